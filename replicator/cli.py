@@ -1,0 +1,80 @@
+"""Command line: ``replicator run MODE``, ``check``, ``demo`` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from replicator import __version__, logs
+from replicator.config import load_connection, load_extractor, load_filter
+from replicator.errors import ReplicatorError
+from replicator.job import Job
+from replicator.modes import MODES, runner
+
+log = logging.getLogger("replicator")
+
+
+def _add_config_args(p: argparse.ArgumentParser, destination: bool = True) -> None:
+    p.add_argument("--source", required=True, metavar="FILE", help="source connection config (YAML)")
+    if destination:
+        p.add_argument("--destination", required=True, metavar="FILE", help="destination connection config")
+    p.add_argument("--filter", metavar="FILE", help="filter config: which tables, columns, rows")
+    p.add_argument("--extractor", metavar="FILE", help="extractor config: threads, chunking, per-table keys")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="replicator", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"replicator {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a replication mode")
+    run.add_argument("mode", choices=list(MODES))
+    _add_config_args(run)
+    run.add_argument("--once", action="store_true", help="catch up once and exit (realtime, delta-snapshot)")
+    run.add_argument(
+        "--fresh", action="store_true", help="forget earlier progress and copy everything again (snapshot)"
+    )
+    run.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
+
+    demo = sub.add_parser("demo", help="local throwaway servers, sample data, a snapshot you can watch")
+    demo.add_argument("--rows", type=int, default=200_000, help="rows in the largest sample table")
+    demo.add_argument("--keep", action="store_true", help="leave the servers running at the end")
+    return parser
+
+
+def _load_job(args: argparse.Namespace) -> Job:
+    return Job(
+        source=load_connection(args.source, "source"),
+        destination=load_connection(args.destination, "destination"),
+        filter=load_filter(args.filter),
+        extractor=load_extractor(args.extractor),
+        once=args.once,
+        fresh=args.fresh,
+        progress=False if args.no_progress else None,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        if args.command == "run":
+            return runner(args.mode)(_load_job(args))
+        if args.command == "demo":
+            from replicator.demo import run_demo
+
+            return run_demo(rows=args.rows, keep=args.keep)
+        raise AssertionError(args.command)
+    except ReplicatorError as e:
+        print(f"error: {logs.mask(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

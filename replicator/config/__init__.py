@@ -1,0 +1,74 @@
+"""Loading and validating the YAML config files (connection, filter, extractor)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from replicator.config.connection import ConnectionConfig
+from replicator.config.extractor import ExtractorConfig
+from replicator.config.filter import FilterConfig
+from replicator.config.model import validate
+from replicator.config.yamlfile import YamlDoc, load_yaml
+from replicator import logs
+from replicator.errors import ConfigError
+
+__all__ = [
+    "ConfigFile",
+    "ConnectionConfig",
+    "ExtractorConfig",
+    "FilterConfig",
+    "load_connection",
+    "load_extractor",
+    "load_filter",
+]
+
+T = TypeVar("T", bound=BaseModel)
+
+Role = Literal["source", "destination"]
+
+_SOURCE_ONLY = ("replication-slots", "publication", "log-monitoring", "log-reader-type")
+_DESTINATION_ONLY = ("deletes",)
+
+
+@dataclass(frozen=True)
+class ConfigFile(Generic[T]):
+    """A validated config value and the document it came from (None for built-in defaults)."""
+
+    value: T
+    doc: YamlDoc | None = None
+
+    def where(self, *loc: str | int) -> str:
+        """``file:line`` of a key, for messages about values that only later prove wrong."""
+        return self.doc.where(tuple(loc)) if self.doc else "(defaults)"
+
+
+def load_connection(path: str | os.PathLike[str], role: Role) -> ConfigFile[ConnectionConfig]:
+    doc = load_yaml(path)
+    value = validate(ConnectionConfig, doc, f"{role} connection")
+    if value.password is not None:
+        logs.register_secret(value.password.get_secret_value())
+    wrong = _DESTINATION_ONLY if role == "source" else _SOURCE_ONLY
+    for key in wrong:
+        if isinstance(doc.data, dict) and key in doc.data:
+            other = "destination" if role == "source" else "source"
+            raise ConfigError(f"{doc.where((key,))}: {key}: only valid in a {other} connection config")
+    return ConfigFile(value, doc)
+
+
+def load_filter(path: str | os.PathLike[str] | None) -> ConfigFile[FilterConfig] | None:
+    if path is None:
+        return None
+    doc = load_yaml(path)
+    return ConfigFile(validate(FilterConfig, doc, "filter"), doc)
+
+
+def load_extractor(path: str | os.PathLike[str] | None) -> ConfigFile[ExtractorConfig]:
+    if path is None:
+        return ConfigFile(ExtractorConfig())
+    doc = load_yaml(Path(path))
+    return ConfigFile(validate(ExtractorConfig, doc, "extractor"), doc)

@@ -1,0 +1,105 @@
+"""Extractor config: how each mode reads the source (`snapshot`, `realtime`, `delta-snapshot`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from replicator.config.model import ConfigModel
+
+
+def _default_threads() -> int:
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+class SplitHints(ConfigModel):
+    row_count_estimate: int | None = Field(default=None, ge=0)
+    split_key_min_value: Any = None
+    split_key_max_value: Any = None
+
+
+class SnapshotTableConfig(ConfigModel):
+    row_identifier_key: list[str] | None = None
+    split_key: str | None = None
+    split_hints: SplitHints | None = None
+
+
+class SnapshotPerTable(ConfigModel):
+    catalog: str | None = None
+    schema_name: str | None = Field(default=None, alias="schema")
+    tables: dict[str, SnapshotTableConfig | None] = {}
+
+
+class SnapshotConfig(ConfigModel):
+    threads: int = Field(default_factory=_default_threads, ge=1, le=256)
+    fetch_size_rows: int = Field(default=5000, ge=1)
+    min_job_size_rows: int = Field(default=100_000, ge=1)
+    max_jobs_per_chunk: int = Field(default=32, ge=1)
+    per_table_config: list[SnapshotPerTable] = []
+
+
+class Heartbeat(ConfigModel):
+    enable: bool = True
+    catalog: str | None = None
+    schema_name: str | None = Field(default=None, alias="schema")
+    table_name: str = "replicate_io_cdc_heartbeat"
+    column_name: str = "timestamp"
+    interval_ms: int = Field(default=10_000, ge=100)
+
+
+class StartPosition(ConfigModel):
+    start_lsn: str | None = None
+
+    @field_validator("start_lsn")
+    @classmethod
+    def _lsn(cls, value: str | None) -> str | None:
+        if value is not None:
+            hi, sep, lo = value.partition("/")
+            try:
+                int(hi, 16), int(lo, 16)
+            except ValueError:
+                sep = ""
+            if not sep:
+                raise ValueError(f"start-lsn must look like 16/B374D848, got {value!r}")
+        return value
+
+
+class RealtimeConfig(ConfigModel):
+    threads: int = Field(default=1, ge=1, le=64)
+    fetch_size_rows: int = Field(default=10_000, ge=1)
+    fetch_duration_per_extractor_slot_s: float = Field(default=3, gt=0)
+    heartbeat: Heartbeat = Heartbeat()
+    start_position: StartPosition | None = None
+
+
+class DeltaTableConfig(ConfigModel):
+    row_identifier_key: list[str] | None = None
+    update_key: list[str] | str | None = None
+    split_key: str | None = None
+    replicate_deletes: bool | None = None
+
+
+class DeltaPerTable(ConfigModel):
+    catalog: str | None = None
+    schema_name: str | None = Field(default=None, alias="schema")
+    tables: dict[str, DeltaTableConfig | None] = {}
+
+
+class DeltaSnapshotConfig(ConfigModel):
+    threads: int = Field(default_factory=_default_threads, ge=1, le=256)
+    fetch_size_rows: int = Field(default=5000, ge=1)
+    min_job_size_rows: int = Field(default=100_000, ge=1)
+    max_jobs_per_chunk: int = Field(default=32, ge=1)
+    row_identifier_key: list[str] | None = None
+    update_key: list[str] | str | None = None
+    replicate_deletes: bool = True
+    interval_s: float = Field(default=60, gt=0)
+    per_table_config: list[DeltaPerTable] = []
+
+
+class ExtractorConfig(ConfigModel):
+    snapshot: SnapshotConfig = SnapshotConfig()
+    realtime: RealtimeConfig = RealtimeConfig()
+    delta_snapshot: DeltaSnapshotConfig = DeltaSnapshotConfig()

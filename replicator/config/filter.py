@@ -1,0 +1,48 @@
+"""Filter config: which tables, columns and rows to replicate (the Arcion `allow` format)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from replicator.config.model import ConfigModel
+
+
+class TableRule(ConfigModel):
+    """One allowed table: an optional column list and an optional row predicate."""
+
+    allow: list[str] | None = None
+    conditions: str | None = None
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _split_quirk(cls, value: object) -> object:
+        # The documented quirk: ["FB, IG"] means two columns, FB and IG.
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return [c.strip() for v in value for c in v.split(",") if c.strip()]
+        return value
+
+    @field_validator("conditions")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("conditions must be a SQL predicate, not empty text")
+        return value
+
+
+class SchemaFilter(ConfigModel):
+    catalog: str | None = None
+    schema_name: str | None = Field(default=None, alias="schema")
+    types: list[Literal["TABLE"]] = ["TABLE"]
+    allow: dict[str, TableRule | None] | None = None
+
+
+class FilterConfig(ConfigModel):
+    allow: SchemaFilter | list[SchemaFilter]
+
+    @property
+    def schemas(self) -> list[SchemaFilter]:
+        return self.allow if isinstance(self.allow, list) else [self.allow]

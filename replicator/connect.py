@@ -1,0 +1,150 @@
+"""Opening connections from a connection config: libpq parameters, SSL, retries, clear errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+import tenacity
+from psycopg.conninfo import make_conninfo
+
+from replicator.config.connection import ConnectionConfig
+from replicator.errors import ReplicatorError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# SQLSTATE classes for which trying again cannot help: bad credentials, unknown database.
+_PERMANENT_SQLSTATE_PREFIXES = ("28", "3D")
+_PERMANENT_MESSAGES = ("certificate", "does not match host name", "SSL error", "no pg_hba.conf entry")
+
+
+class ConnectError(ReplicatorError):
+    """A database could not be reached or refused us."""
+
+
+def credentials(cfg: ConnectionConfig) -> tuple[str, str | None]:
+    """Username and password, from the file or from the configured credential store."""
+    if cfg.credential_store is not None:
+        from replicator.credentials import fetch_credentials
+
+        return fetch_credentials(cfg)
+    assert cfg.username is not None  # guaranteed by ConnectionConfig validation
+    return cfg.username, cfg.password.get_secret_value() if cfg.password else None
+
+
+def conninfo(cfg: ConnectionConfig, application_name: str, replication: bool = False) -> str:
+    """A libpq connection string. It holds the password: never log it."""
+    user, password = credentials(cfg)
+    params: dict[str, Any] = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "dbname": cfg.database,
+        "user": user,
+        "password": password,
+        "application_name": application_name,
+        "connect_timeout": min(cfg.socket_timeout_s, 30) if cfg.socket_timeout_s else 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+    }
+    if cfg.socket_timeout_s:
+        params["tcp_user_timeout"] = cfg.socket_timeout_s * 1000
+    if cfg.ssl is not None:
+        params["sslmode"] = cfg.ssl.ssl_mode
+        if cfg.ssl.root_cert:
+            params["sslrootcert"] = str(cfg.ssl.root_cert)
+        if cfg.ssl.ssl_cert and cfg.ssl.ssl_key:
+            params["sslcert"] = str(cfg.ssl.ssl_cert)
+            params["sslkey"] = str(cfg.ssl.ssl_key)
+    if replication:
+        params["replication"] = "database"
+    return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+def describe(cfg: ConnectionConfig) -> str:
+    """``host:port/database`` for messages (no credentials)."""
+    return f"{cfg.host}:{cfg.port}/{cfg.database}"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may go away by itself (network, restart), so retrying makes sense."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None) or ""
+    if state.startswith(_PERMANENT_SQLSTATE_PREFIXES):
+        return False
+    text = str(exc)
+    return not any(m in text for m in _PERMANENT_MESSAGES)
+
+
+def retrying(cfg: ConnectionConfig, what: str) -> tenacity.Retrying:
+    """Retry transient failures ``max-retries`` times, ``retry-wait-duration-ms`` apart."""
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "%s failed (attempt %d of %d), retrying in %.1fs: %s",
+            what, state.attempt_number, cfg.max_retries + 1, cfg.retry_wait_duration_ms / 1000,
+            _first_line(exc),
+        )
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(cfg.max_retries + 1),
+        wait=tenacity.wait_fixed(cfg.retry_wait_duration_ms / 1000),
+        retry=tenacity.retry_if_exception(is_transient),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+
+
+def with_retries(cfg: ConnectionConfig, what: str, fn: Callable[[], T]) -> T:
+    for attempt in retrying(cfg, what):
+        with attempt:
+            return fn()
+    raise AssertionError("unreachable")
+
+
+def connect(
+    cfg: ConnectionConfig,
+    role: str,
+    application_name: str = "replicator",
+    autocommit: bool = False,
+    replication: bool = False,
+) -> psycopg.Connection[Any]:
+    """Connect with retries; failures become a ConnectError that says which server and why."""
+    info = conninfo(cfg, application_name, replication=replication)
+
+    def attempt() -> psycopg.Connection[Any]:
+        return psycopg.connect(info, autocommit=autocommit)
+
+    try:
+        return with_retries(cfg, f"connecting to the {role} {describe(cfg)}", attempt)
+    except psycopg.OperationalError as e:
+        raise ConnectError(connect_failure_message(cfg, role, e)) from None
+
+
+def connect_failure_message(cfg: ConnectionConfig, role: str, exc: BaseException) -> str:
+    text = _first_line(exc)
+    hint = ""
+    if "certificate" in text or "SSL" in text or "host name" in text:
+        hint = (
+            "\n  hint: check ssl.root-cert (the CA that signed the server certificate) and that `host` "
+            "matches a name in the server certificate (verify-full checks both)"
+        )
+    elif "password authentication failed" in text:
+        hint = "\n  hint: check username and password (or the credential-store secret)"
+    elif "Connection refused" in text or "timeout" in text:
+        hint = "\n  hint: is the server running, and does a firewall or security group allow this address?"
+    user = cfg.username or "(from credential-store)"
+    return f"cannot connect to the {role} {describe(cfg)} as {user}: {text}{hint}"
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc or "").strip()
+    # libpq prefixes every attempt with "connection failed: connection to server at ... failed:";
+    # keep the server's own words, which say what is wrong.
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines[:3]) if lines else type(exc).__name__

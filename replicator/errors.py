@@ -1,0 +1,23 @@
+"""Errors a user can act on. The CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+
+class ReplicatorError(Exception):
+    """A failure with a message meant for the user (bad input, unreachable server, ...)."""
+
+    exit_code = 1
+
+
+class ConfigError(ReplicatorError):
+    """A configuration file is missing, malformed or invalid."""
+
+    exit_code = 2
+
+
+class SourceError(ReplicatorError):
+    """The source database cannot be used as configured."""
+
+
+class DestinationError(ReplicatorError):
+    """The destination database cannot be used as configured."""

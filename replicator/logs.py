@@ -1,0 +1,40 @@
+"""Logging set-up: plain lines, and secrets masked wherever they might slip into a message."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` in every log record from now on (defence in depth: we never log it on purpose)."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def mask(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, "********")
+    return text
+
+
+class _MaskingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _secrets:
+            record.msg = mask(record.getMessage())
+            record.args = None
+        return True
+
+
+def setup(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(_MaskingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Third-party chatter is not what a user running a replication wants to read.
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
