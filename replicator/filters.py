@@ -71,9 +71,8 @@ def _apply_filter(
     chosen: dict[tuple[str, str], tuple[tuple[Column, ...], str | None, str]],
 ) -> None:
     cfg = filter_file.value
-    many = isinstance(cfg.allow, list)
     for i, schema_filter in enumerate(cfg.schemas):
-        base: tuple[str | int, ...] = ("allow", i) if many else ("allow",)
+        base: tuple[str | int, ...] = ("allow", i)
         if schema_filter.catalog is not None and schema_filter.catalog != database:
             raise ConfigError(
                 f"{filter_file.where(*base, 'catalog')}: catalog: '{schema_filter.catalog}' is not the "

@@ -129,18 +129,27 @@ class TableState:
         return any(c.done and c.run_id != run_id for c in self.chunks)
 
 
-def load_snapshot_state(conn: psycopg.Connection[Any], job: str) -> dict[tuple[str, str], TableState]:
+def load_snapshot_state(
+    conn: psycopg.Connection[Any], job: str, only: tuple[str, str] | None = None
+) -> dict[tuple[str, str], TableState]:
+    """Snapshot progress of every table of ``job`` (or of the ``only`` table)."""
+    where = sql.SQL("job = %s") + (sql.SQL(" AND schema_name = %s AND table_name = %s") if only else sql.SQL(""))
+    params = (job, *only) if only else (job,)
     tables = conn.execute(
-        """SELECT schema_name, table_name, status, created_by_us, key_columns, key_built
-           FROM _replicator.snapshot_tables WHERE job = %s""",
-        (job,),
+        sql.SQL(
+            """SELECT schema_name, table_name, status, created_by_us, key_columns, key_built
+               FROM _replicator.snapshot_tables WHERE {}"""
+        ).format(where),
+        params,
     ).fetchall()
     chunks: dict[tuple[str, str], list[ChunkState]] = {}
     for row in conn.execute(
-        """SELECT schema_name, table_name, chunk_no, source_schema, source_table, kind,
-                  lower_bound, upper_bound, run_id, rows, done_at IS NOT NULL
-           FROM _replicator.snapshot_chunks WHERE job = %s ORDER BY chunk_no""",
-        (job,),
+        sql.SQL(
+            """SELECT schema_name, table_name, chunk_no, source_schema, source_table, kind,
+                      lower_bound, upper_bound, run_id, rows, done_at IS NOT NULL
+               FROM _replicator.snapshot_chunks WHERE {} ORDER BY chunk_no"""
+        ).format(where),
+        params,
     ).fetchall():
         plan = ChunkPlan(row[2], row[3], row[4], row[5], row[6], row[7])
         chunks.setdefault((row[0], row[1]), []).append(ChunkState(plan, row[8], row[9], row[10]))

@@ -152,15 +152,21 @@ def _prepare(
     """Plan new tables (creating or emptying them at the destination) and pick up unfinished ones."""
     cfg = job.extractor.value.snapshot
     existing = state.load_snapshot_state(control, job.job_id)
-    works = []
+    todo: list[SelectedTable] = []
+    plans: dict[tuple[str, str], list[state.ChunkPlan]] = {}
     for st in selected:
-        key = (st.table.schema, st.table.name)
-        ts = existing.get(key)
+        ts = existing.get((st.table.schema, st.table.name))
         if ts is not None and ts.done:
             summary.skipped.append(st.display)
-            continue
-        if ts is None:
-            chunks = plan_table(exporter, st, cfg)
+        else:
+            todo.append(st)
+            if ts is None:
+                # Plan every new table before creating any, so a bad split key stops the run cleanly.
+                plans[(st.table.schema, st.table.name)] = plan_table(exporter, st, cfg)
+    works = []
+    for st in todo:
+        key = (st.table.schema, st.table.name)
+        if key in plans:
             with control.transaction():
                 found = dest.describe_table(control, *key)
                 if found is None:
@@ -172,8 +178,9 @@ def _prepare(
                     if has_rows and has_rows[0]:
                         log.warning("%s exists at the destination with rows; emptying it for the snapshot", st.display)
                     dest.truncate(control, found)
-                state.record_table_plan(control, job.job_id, *key, found is None, st.key, chunks)
-            ts = state.load_snapshot_state(control, job.job_id)[key]
+                state.record_table_plan(control, job.job_id, *key, found is None, st.key, plans[key])
+            existing.update(state.load_snapshot_state(control, job.job_id, only=key))
+        ts = existing[key]
         found = dest.describe_table(control, *key)
         if found is None:
             raise DestinationError(
@@ -183,13 +190,14 @@ def _prepare(
         binary = binary_safe(catalog, st.columns) and (
             ts.created_by_us or all(found.columns[c.name].type_sql == c.type_sql for c in st.columns)
         )
-        merge = bool(st.key) and ts.done_in_other_runs(run_id)
+        # Merging needs the key's unique index, which exists only on tables we created.
+        merge = bool(st.key) and ts.done_in_other_runs(run_id) and ts.created_by_us
         if merge and ts.created_by_us and not ts.key_built:
             log.info("%s: resuming under a new snapshot; building its key first so the rest merges by key", st.display)
             with control.transaction():
                 dest.build_key(control, st)
                 state.mark_key_built(control, job.job_id, *key)
-            ts = state.load_snapshot_state(control, job.job_id)[key]
+            ts = state.load_snapshot_state(control, job.job_id, only=key)[key]
         works.append(TableWork(st, ts, found, columns, binary, merge, remaining=len(ts.pending)))
     return works
 
@@ -329,6 +337,10 @@ class _Worker(threading.Thread):
             self._reset_source()
             kind = SourceError if e.side == "source" else DestinationError
             raise kind(f"copying {name} (chunk {chunk.chunk_no}) failed at the {e.side}: {_reason(e.error)}") from None
+        except psycopg.Error as e:
+            if is_transient(e):
+                raise
+            raise DestinationError(f"loading {name} (chunk {chunk.chunk_no}) failed: {_reason(e)}") from None
         with w.lock:
             w.remaining -= 1
             last = w.remaining == 0
@@ -338,11 +350,16 @@ class _Worker(threading.Thread):
     def _finalize(self, w: TableWork) -> None:
         _, dst = self._connections()
         key = (w.st.table.schema, w.st.table.name)
-        with dst.transaction():
-            if w.table.created_by_us and not w.table.key_built and w.st.key:
-                dest.build_key(dst, w.st)
-                state.mark_key_built(dst, self.job.job_id, *key)
-            state.mark_table_done(dst, self.job.job_id, *key)
+        try:
+            with dst.transaction():
+                if w.table.created_by_us and not w.table.key_built and w.st.key:
+                    dest.build_key(dst, w.st)
+                    state.mark_key_built(dst, self.job.job_id, *key)
+                state.mark_table_done(dst, self.job.job_id, *key)
+        except psycopg.Error as e:
+            if is_transient(e):
+                raise
+            raise DestinationError(f"finishing {w.st.display} failed: {_reason(e)}") from None
         self.bar.table_done(w.st.display)
 
     def _reset_source(self) -> None:
