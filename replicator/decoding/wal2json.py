@@ -17,6 +17,9 @@ What wal2json does differently from pgoutput, and how we even it out:
   skips the former and sends one message for the latter. We do the same as pgoutput
   (wal2json does not say whether CASCADE or RESTART IDENTITY was used: both read False).
 - It prints generated columns; pgoutput (PostgreSQL 15) does not publish them: we drop them.
+  (Known from the catalog: a generated column dropped before its changes are decoded is taken
+  for a plain one.)
+- It names partitions, not the partitioned table (it knows nothing of publish_via_partition_root).
 """
 
 from __future__ import annotations
