@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +75,16 @@ class ChunkJob:
     chunk: state.ChunkPlan
 
 
-def run_snapshot(job: Job, imported_snapshot: str | None = None, progress: Progress | None = None) -> SnapshotSummary:
-    """Copy every selected table; ``imported_snapshot`` pins the view (`full` mode passes the slot's)."""
+def run_snapshot(
+    job: Job,
+    imported_snapshot: str | None = None,
+    progress: Progress | None = None,
+    only: Collection[tuple[str, str]] | None = None,
+) -> SnapshotSummary:
+    """Copy every selected table (or the ``only`` ones among them).
+
+    ``imported_snapshot`` pins the view: the `full` mode passes the one its new slot exported.
+    """
     src_cfg = job.source.value
     exporter = connect(src_cfg, "source", APP, autocommit=True)
     control = connect(job.destination.value, "destination", APP, autocommit=True)
@@ -83,6 +92,8 @@ def run_snapshot(job: Job, imported_snapshot: str | None = None, progress: Progr
         snapshot_name = _open_snapshot(exporter, imported_snapshot)
         catalog = load_catalog(exporter)
         selected = select_tables(catalog, job.filter, job.extractor, src_cfg.database, "snapshot")
+        if only is not None:
+            selected = [s for s in selected if (s.table.schema, s.table.name) in only]
         check_conditions(exporter, selected)
         state.ensure_schema(control)
         state.lock_job(control, job.job_id, "snapshot")
