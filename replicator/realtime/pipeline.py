@@ -147,7 +147,8 @@ class SlotPipeline:
                         in_txn = False
                         applier.source_commit(ev.end_lsn)
                         self.stats.transactions += 1
-                self._reconnects = 0 if events else self._reconnects
+                # A stream that (re)opened and reads is healthy: max-retries counts failures in a row.
+                self._reconnects = 0
                 idle = not events
                 if not in_txn and applier.pending_transactions and (
                     idle or applier.open_seconds >= batch_s or stop.is_set()
