@@ -253,6 +253,9 @@ class Applier:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
         with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, _cols(columns))) as copy:
             copy.write("".join(_copy_line(r) for r in rows))
+        # Temp tables get no statistics from autovacuum; without them the planner may join the
+        # stage to the table with a full scan of the table instead of key lookups.
+        self.conn.execute(sql.SQL("ANALYZE {}").format(stage))
         return stage
 
     def _match(self, t: Target, left: str, right: str) -> sql.Composable:
