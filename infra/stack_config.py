@@ -210,6 +210,8 @@ def _describe(where: str, err: Any) -> str:
     for part in loc:
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
     msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] != "value_error":  # pydantic's own sentences; ours keep their capitals (PostgreSQL)
+        msg = msg[:1].lower() + msg[1:]
     if err["type"] == "missing":
         msg = "required key is missing"
     elif "password" not in key and isinstance(err.get("input"), (str, int, float)) and err["type"] != "value_error":
