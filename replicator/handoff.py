@@ -123,3 +123,13 @@ def handoff(stack_outputs: str, output: str | None = None) -> str:
     if output:
         target.write_text(text, encoding="utf-8")
     return text
+
+
+def run_handoff(stack_outputs: str, output: str | None) -> int:
+    """``replicator handoff``: print the config, or write it and say where."""
+    text = handoff(stack_outputs, output)
+    if output:
+        print(f"wrote {output}: use it as --source (run `replicator check --source {output}` first)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
