@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import psycopg
+
 from replicator import __version__, logs
 from replicator.config import load_connection, load_extractor, load_filter
 from replicator.errors import ReplicatorError
@@ -96,6 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReplicatorError as e:
         print(f"error: {logs.mask(str(e))}", file=sys.stderr)
         return e.exit_code
+    except psycopg.Error as e:
+        # A database refused something we did not anticipate: say what it said, without a traceback
+        # (use --log-level DEBUG for one).
+        log.debug("database error", exc_info=True)
+        print(f"error: database error: {logs.mask(str(e).strip())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

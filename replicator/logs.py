@@ -28,12 +28,19 @@ class _MaskingFilter(logging.Filter):
         return True
 
 
+_handler: logging.Handler | None = None
+
+
 def setup(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
-    handler.addFilter(_MaskingFilter())
+    """Log to stderr; calling it again (tests run the CLI many times) replaces only our handler."""
+    global _handler
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    if _handler is not None:
+        root.removeHandler(_handler)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    _handler.addFilter(_MaskingFilter())
+    root.addHandler(_handler)
     root.setLevel(level.upper())
     # Third-party chatter is not what a user running a replication wants to read.
     for noisy in ("botocore", "boto3", "urllib3"):

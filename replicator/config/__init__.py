@@ -44,7 +44,7 @@ class ConfigFile(Generic[T]):
 
     def where(self, *loc: str | int) -> str:
         """``file:line`` of a key, for messages about values that only later prove wrong."""
-        return self.doc.where(tuple(loc)) if self.doc else "(defaults)"
+        return self.doc.where(self.doc.written(tuple(loc))) if self.doc else "(defaults)"
 
 
 def load_connection(path: str | os.PathLike[str], role: Role) -> ConfigFile[ConnectionConfig]:

@@ -41,8 +41,14 @@ class SchemaFilter(ConfigModel):
 
 
 class FilterConfig(ConfigModel):
-    allow: SchemaFilter | list[SchemaFilter]
+    # One schema's rules, or a list of them (several schemas).
+    allow: list[SchemaFilter]
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, dict) else value
 
     @property
     def schemas(self) -> list[SchemaFilter]:
-        return self.allow if isinstance(self.allow, list) else [self.allow]
+        return self.allow

@@ -62,7 +62,7 @@ def validate(model: type[M], doc: YamlDoc, what: str) -> M:
 
 
 def _describe(err: Any, model: type[BaseModel], doc: YamlDoc) -> str:
-    loc: Loc = tuple(p for p in err["loc"] if not _is_internal_loc(p))
+    loc: Loc = doc.written(tuple(p for p in err["loc"] if not _is_internal_loc(p)))
     key = dotted(loc)
     kind = err["type"]
     if kind == "extra_forbidden":

@@ -33,6 +33,25 @@ class YamlDoc:
                 return line
         return None
 
+    def written(self, loc: Loc) -> Loc:
+        """``loc`` as written in the file: a list index where the file has a single mapping is dropped.
+
+        Some keys accept one mapping or a list of them; validation sees a list either way.
+        """
+        out: list[str | int] = []
+        node = self.data
+        for part in loc:
+            if isinstance(part, int) and isinstance(node, dict):
+                continue
+            out.append(part)
+            if isinstance(node, dict):
+                node = node.get(part)
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                node = None
+        return tuple(out)
+
     def where(self, loc: Loc = ()) -> str:
         line = self.line_of(loc)
         return f"{self.path}:{line}" if line else str(self.path)

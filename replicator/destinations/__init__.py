@@ -1,0 +1,1 @@
+"""Destinations: where rows and changes land. PostgreSQL first."""

@@ -1,0 +1,208 @@
+"""Stream ``COPY ... TO STDOUT`` from one server into ``COPY ... FROM STDIN`` on another.
+
+Rows are never decoded: libpq hands us each row's bytes, we batch them into large buffers and
+pass them on. We work at psycopg's ``pq`` (libpq) layer because it lets us wait on the sockets
+with ``select`` ourselves, which releases the GIL, so several relays run truly in parallel.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import pq
+
+BUFFER_BYTES = 256 * 1024
+PROGRESS_EVERY_ROWS = 20_000
+
+
+class RelayError(Exception):
+    """The copy failed on one side; ``side`` says which, ``error`` carries the server's error."""
+
+    def __init__(self, side: str, error: psycopg.Error):
+        super().__init__(f"{side}: {error}")
+        self.side = side
+        self.error = error
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    rows: int
+    bytes: int
+
+
+def relay_copy(
+    src: psycopg.Connection[Any],
+    copy_out: bytes,
+    dst: psycopg.Connection[Any],
+    copy_in: bytes,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> RelayResult:
+    """Run ``copy_out`` on ``src`` and feed its output to ``copy_in`` on ``dst``.
+
+    Both connections must be idle in a transaction or autocommit; neither commits here.
+    ``on_progress(rows, bytes)`` is called with increments every few thousand rows.
+    """
+    sp, dp = src.pgconn, dst.pgconn
+    _start(sp, copy_out, pq.ExecStatus.COPY_OUT, "source", src)
+    try:
+        _start(dp, copy_in, pq.ExecStatus.COPY_IN, "destination", dst)
+    except BaseException:
+        _abandon_copy_out(src)
+        raise
+    rows = total = exact_rows = 0  # rows: already reported to on_progress
+    pending_rows = pending_bytes = 0
+    parts: list[memoryview] = []
+    size = 0
+    get = sp.get_copy_data
+    sock = sp.socket
+    try:
+        while True:
+            n, data = get(1)
+            if n > 0:
+                parts.append(data)
+                size += n
+                pending_rows += 1
+                if size >= BUFFER_BYTES:
+                    _put(dp, b"".join(parts), dst)
+                    total += size
+                    pending_bytes += size
+                    parts.clear()
+                    size = 0
+                    if on_progress and pending_rows >= PROGRESS_EVERY_ROWS:
+                        on_progress(pending_rows, pending_bytes)
+                        rows += pending_rows
+                        pending_rows = pending_bytes = 0
+            elif n == 0:
+                select.select([sock], [], [])
+                sp.consume_input()
+            else:
+                break
+        if parts:
+            _put(dp, b"".join(parts), dst)
+            total += size
+            pending_bytes += size
+        exact_rows = _finish_copy_out(sp, src)
+    except RelayError as e:
+        if e.side == "source":
+            _abort_copy_in(dp, dst, "source failed")
+        else:
+            _abandon_copy_out(src)
+        raise
+    except BaseException:
+        _abandon_copy_out(src)
+        _abort_copy_in(dp, dst, "relay interrupted")
+        raise
+    _finish_copy_in(dp, dst)
+    # Progress counted CopyData messages; binary COPY adds a trailer message, so settle on the
+    # server's own row count.
+    if on_progress:
+        on_progress(exact_rows - rows, pending_bytes)
+    return RelayResult(rows=exact_rows, bytes=total)
+
+
+def _start(pgconn: pq.abc.PGconn, query: bytes, expected: pq.ExecStatus, side: str, conn: Any) -> None:
+    pgconn.send_query(query)
+    _flush(pgconn)
+    _wait_readable(pgconn, side, conn)
+    res = pgconn.get_result()
+    if res is None or res.status != expected:
+        err = _error(res, conn)
+        while pgconn.get_result() is not None:
+            pass
+        raise RelayError(side, err)
+
+
+def _wait_readable(pgconn: pq.abc.PGconn, side: str, conn: Any) -> None:
+    while pgconn.is_busy():
+        select.select([pgconn.socket], [], [])
+        pgconn.consume_input()
+
+
+def _put(dp: pq.abc.PGconn, data: bytes, conn: Any) -> None:
+    # psycopg keeps its connections in libpq's nonblocking mode: libpq never blocks (while
+    # holding the GIL) on a full socket; we wait for writability in select, which releases it.
+    try:
+        while (rv := dp.put_copy_data(data)) == 0:
+            select.select([], [dp.socket], [])
+        if rv < 0:
+            raise psycopg.OperationalError(dp.get_error_message().decode(errors="replace"))
+        _flush(dp)
+    except psycopg.OperationalError as e:
+        raise RelayError("destination", e) from None
+
+
+def _flush(dp: pq.abc.PGconn) -> None:
+    while dp.flush() > 0:
+        select.select([], [dp.socket], [])
+
+
+def _finish_copy_out(sp: pq.abc.PGconn, conn: Any) -> int:
+    """Collect the COPY TO result; return the row count the server reports."""
+    res = sp.get_result()
+    status = res.status if res is not None else None
+    rows = res.command_tuples if res is not None else None
+    while sp.get_result() is not None:
+        pass
+    if status != pq.ExecStatus.COMMAND_OK:
+        raise RelayError("source", _error(res, conn))
+    return rows or 0
+
+
+def _finish_copy_in(dp: pq.abc.PGconn, conn: Any) -> None:
+    try:
+        while (rv := dp.put_copy_end(None)) == 0:
+            select.select([], [dp.socket], [])
+        if rv < 0:
+            raise psycopg.OperationalError(dp.get_error_message().decode(errors="replace"))
+        _flush(dp)
+    except psycopg.OperationalError as e:
+        raise RelayError("destination", e) from None
+    _wait_readable(dp, "destination", conn)
+    res = dp.get_result()
+    status = res.status if res is not None else None
+    while dp.get_result() is not None:
+        pass
+    if status != pq.ExecStatus.COMMAND_OK:
+        raise RelayError("destination", _error(res, conn))
+
+
+def _abort_copy_in(dp: pq.abc.PGconn, conn: Any, reason: str) -> None:
+    if dp.status != pq.ConnStatus.OK:
+        return
+    try:
+        dp.put_copy_end(reason.encode())
+        _flush(dp)
+        _wait_readable(dp, "destination", conn)
+        while dp.get_result() is not None:
+            pass
+    except Exception:
+        pass
+
+
+def _abandon_copy_out(conn: Any) -> None:
+    """Stop a COPY TO that we will not read to the end (the destination failed)."""
+    sp = conn.pgconn
+    if sp.status != pq.ConnStatus.OK:
+        return
+    try:
+        cancel = sp.get_cancel()
+        cancel.cancel()
+        while True:
+            n, _ = sp.get_copy_data(0)
+            if n < 0:
+                break
+        while sp.get_result() is not None:
+            pass
+    except Exception:
+        pass
+
+
+def _error(res: pq.abc.PGresult | None, conn: Any) -> psycopg.Error:
+    """The server's error as the matching psycopg exception (so SQLSTATE classes work)."""
+    if res is None:
+        return psycopg.OperationalError(conn.pgconn.get_error_message().decode(errors="replace").strip())
+    return psycopg.errors.error_from_result(res, encoding=conn.info.encoding)

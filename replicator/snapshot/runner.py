@@ -1,0 +1,385 @@
+"""The snapshot engine: one consistent view of the source, copied chunk by chunk in parallel.
+
+A coordinator transaction on the source exports a snapshot (or imports one, in `full` mode,
+from the replication slot); every worker imports it, so all chunks of all tables show the
+same instant. Each chunk is relayed as ``COPY TO`` -> ``COPY FROM`` and committed at the
+destination together with its checkpoint. Keys are built when a table's last chunk lands.
+
+Resuming: chunks already committed are skipped. Chunks copied by an earlier run saw an
+earlier instant, so if the source changed in between, a row may have moved between chunks
+(CTIDs move on update). For a table with a key, the rest of such a table is therefore
+merged by key (upsert), never appended, so no row is ever duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator import state
+from replicator.catalog import Catalog, load_catalog
+from replicator.connect import connect, is_transient, retrying
+from replicator.destinations import postgres as dest
+from replicator.errors import DestinationError, SourceError
+from replicator.filters import SelectedTable, check_conditions, select_tables
+from replicator.job import Job
+from replicator.progress import Progress, make_progress
+from replicator.relay import RelayError, relay_copy
+from replicator.snapshot.plan import copy_out_sql, plan_table
+from replicator.typemap import binary_safe
+
+log = logging.getLogger(__name__)
+
+APP = "replicator/snapshot"
+
+
+@dataclass
+class SnapshotSummary:
+    tables: int = 0
+    skipped: list[str] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    keyless: list[str] = field(default_factory=list)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class TableWork:
+    """A table still to copy in this run, and how."""
+
+    st: SelectedTable
+    table: state.TableState
+    dest: dest.DestTable
+    columns: tuple[str, ...]
+    binary: bool
+    merge: bool
+    remaining: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    work: TableWork
+    chunk: state.ChunkPlan
+
+
+def run_snapshot(job: Job, imported_snapshot: str | None = None, progress: Progress | None = None) -> SnapshotSummary:
+    """Copy every selected table; ``imported_snapshot`` pins the view (`full` mode passes the slot's)."""
+    src_cfg = job.source.value
+    exporter = connect(src_cfg, "source", APP, autocommit=True)
+    control = connect(job.destination.value, "destination", APP, autocommit=True)
+    try:
+        snapshot_name = _open_snapshot(exporter, imported_snapshot)
+        catalog = load_catalog(exporter)
+        selected = select_tables(catalog, job.filter, job.extractor, src_cfg.database, "snapshot")
+        check_conditions(exporter, selected)
+        state.ensure_schema(control)
+        state.lock_job(control, job.job_id, "snapshot")
+        if job.fresh:
+            with control.transaction():
+                state.forget_snapshot(control, job.job_id, [(s.table.schema, s.table.name) for s in selected])
+        run_id = uuid.uuid4().hex
+        summary = SnapshotSummary(tables=len(selected))
+        works = _prepare(job, exporter, control, catalog, selected, run_id, summary)
+        summary.keyless = [s.display for s in selected if not s.key]
+        if summary.keyless:
+            log.warning(
+                "no primary key and no row-identifier-key (copied anyway; realtime and delta-snapshot "
+                "need one): %s",
+                ", ".join(summary.keyless),
+            )
+        if summary.skipped:
+            log.info(
+                "already copied by an earlier run (use --fresh to copy again): %s", ", ".join(summary.skipped)
+            )
+        bar = progress or make_progress("snapshot", len(works), job.progress)
+        try:
+            _copy_all(job, works, snapshot_name, run_id, bar)
+        finally:
+            if progress is None:
+                bar.close()
+        summary.rows, summary.bytes, summary.seconds = bar.totals.rows, bar.totals.bytes, bar.totals.seconds
+        return summary
+    finally:
+        control.close()
+        exporter.close()
+
+
+def _open_snapshot(conn: psycopg.Connection[Any], imported: str | None) -> str:
+    _session_settings(conn)
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    if imported:
+        conn.execute(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(imported)}'")
+        return imported
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _snapshot_id(name: str) -> str:
+    # SET TRANSACTION SNAPSHOT takes no parameters; snapshot names are hex digits and dashes.
+    if not name or any(ch not in "0123456789ABCDEFabcdef-" for ch in name):
+        raise SourceError(f"invalid snapshot name {name!r}")
+    return name
+
+
+def _session_settings(conn: psycopg.Connection[Any]) -> None:
+    # Managed services often set these; a long snapshot must not be cut by them.
+    conn.execute("SET statement_timeout = 0")
+    conn.execute("SET idle_in_transaction_session_timeout = 0")
+
+
+def _prepare(
+    job: Job,
+    exporter: psycopg.Connection[Any],
+    control: psycopg.Connection[Any],
+    catalog: Catalog,
+    selected: list[SelectedTable],
+    run_id: str,
+    summary: SnapshotSummary,
+) -> list[TableWork]:
+    """Plan new tables (creating or emptying them at the destination) and pick up unfinished ones."""
+    cfg = job.extractor.value.snapshot
+    existing = state.load_snapshot_state(control, job.job_id)
+    todo: list[SelectedTable] = []
+    plans: dict[tuple[str, str], list[state.ChunkPlan]] = {}
+    for st in selected:
+        ts = existing.get((st.table.schema, st.table.name))
+        if ts is not None and ts.done:
+            summary.skipped.append(st.display)
+        else:
+            todo.append(st)
+            if ts is None:
+                # Plan every new table before creating any, so a bad split key stops the run cleanly.
+                plans[(st.table.schema, st.table.name)] = plan_table(exporter, st, cfg)
+    works = []
+    for st in todo:
+        key = (st.table.schema, st.table.name)
+        if key in plans:
+            with control.transaction():
+                found = dest.describe_table(control, *key)
+                if found is None:
+                    dest.create_table(control, catalog, st)
+                else:
+                    has_rows = control.execute(
+                        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(found.ident)
+                    ).fetchone()
+                    if has_rows and has_rows[0]:
+                        log.warning("%s exists at the destination with rows; emptying it for the snapshot", st.display)
+                    dest.truncate(control, found)
+                state.record_table_plan(control, job.job_id, *key, found is None, st.key, plans[key])
+            existing.update(state.load_snapshot_state(control, job.job_id, only=key))
+        ts = existing[key]
+        found = dest.describe_table(control, *key)
+        if found is None:
+            raise DestinationError(
+                f"destination table {st.display} disappeared since an earlier run; run with --fresh"
+            )
+        columns = dest.copy_columns(st, found)
+        binary = binary_safe(catalog, st.columns) and (
+            ts.created_by_us or all(found.columns[c.name].type_sql == c.type_sql for c in st.columns)
+        )
+        # Merging needs the key's unique index, which exists only on tables we created.
+        merge = bool(st.key) and ts.done_in_other_runs(run_id) and ts.created_by_us
+        if merge and ts.created_by_us and not ts.key_built:
+            log.info("%s: resuming under a new snapshot; building its key first so the rest merges by key", st.display)
+            with control.transaction():
+                dest.build_key(control, st)
+                state.mark_key_built(control, job.job_id, *key)
+            ts = state.load_snapshot_state(control, job.job_id, only=key)[key]
+        works.append(TableWork(st, ts, found, columns, binary, merge, remaining=len(ts.pending)))
+    return works
+
+
+def _copy_all(job: Job, works: list[TableWork], snapshot_name: str, run_id: str, bar: Progress) -> None:
+    jobs: queue.Queue[ChunkJob | TableWork] = queue.Queue()
+    # Tables whose chunks are all done but which were not finalized (crash at that moment).
+    for w in works:
+        bar.add_table(w.st.display, w.st.table.estimated_rows)
+        if w.remaining == 0:
+            jobs.put(w)
+    # Largest tables first, so the longest chains of chunks start early.
+    for w in sorted(works, key=lambda w: -w.st.table.estimated_rows):
+        for c in w.table.pending:
+            jobs.put(ChunkJob(w, c))
+    threads = max(1, min(job.extractor.value.snapshot.threads, jobs.qsize()))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    workers = [
+        _Worker(job, snapshot_name, run_id, jobs, stop, errors, bar, name=f"snapshot-{i}") for i in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            while w.is_alive():
+                w.join(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        for w in workers:
+            w.cancel()
+        for w in workers:
+            w.join()
+        raise
+    if errors:
+        raise errors[0]
+
+
+class _Worker(threading.Thread):
+    """Holds one source connection inside the snapshot and one destination connection."""
+
+    def __init__(
+        self,
+        job: Job,
+        snapshot_name: str,
+        run_id: str,
+        jobs: queue.Queue[ChunkJob | TableWork],
+        stop: threading.Event,
+        errors: list[BaseException],
+        bar: Progress,
+        name: str,
+    ):
+        super().__init__(name=name, daemon=True)
+        self.job, self.snapshot_name, self.run_id = job, snapshot_name, run_id
+        self.jobs, self.stop, self.errors, self.bar = jobs, stop, errors, bar
+        self.src: psycopg.Connection[Any] | None = None
+        self.dst: psycopg.Connection[Any] | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    item = self.jobs.get_nowait()
+                except queue.Empty:
+                    return
+                if isinstance(item, TableWork):
+                    self._with_retries(f"finishing {item.st.display}", lambda: self._finalize(item))
+                else:
+                    self._with_retries(
+                        f"copying {item.work.st.display} chunk {item.chunk.chunk_no}", lambda: self._copy(item)
+                    )
+        except BaseException as e:  # reported by the coordinating thread
+            self.errors.append(e)
+            self.stop.set()
+        finally:
+            self._close()
+
+    def cancel(self) -> None:
+        if self.src is not None and not self.src.closed:
+            try:
+                self.src.cancel()
+            except psycopg.Error:
+                pass
+
+    def _with_retries(self, what: str, fn: Any) -> None:
+        for attempt in retrying(self.job.source.value, what):
+            with attempt:
+                try:
+                    fn()
+                except BaseException as e:
+                    if is_transient(e) or isinstance(e, RelayError) and is_transient(e.error):
+                        self._close()  # reconnect (and re-import the snapshot) on the next attempt
+                        if isinstance(e, RelayError):
+                            raise e.error from None
+                    raise
+
+    def _connections(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
+        if self.src is None or self.src.closed:
+            self.src = connect(self.job.source.value, "source", APP, autocommit=True)
+            _session_settings(self.src)
+            self.src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                self.src.execute(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(self.snapshot_name)}'")
+            except psycopg.Error as e:
+                raise SourceError(
+                    f"cannot join the snapshot {self.snapshot_name}: {e}; the coordinating connection was "
+                    f"probably lost; run again to resume"
+                ) from None
+        if self.dst is None or self.dst.closed:
+            self.dst = connect(self.job.destination.value, "destination", APP, autocommit=True)
+            # Safe: a chunk and its checkpoint commit together, so a destination crash loses both or neither.
+            self.dst.execute("SET synchronous_commit = off")
+        return self.src, self.dst
+
+    def _copy(self, item: ChunkJob) -> None:
+        w, chunk = item.work, item.chunk
+        src, dst = self._connections()
+        name = w.st.display
+        copy_out = copy_out_sql(w.st, chunk, w.columns, w.binary)
+        key = (w.st.table.schema, w.st.table.name)
+
+        def progress(rows: int, nbytes: int) -> None:
+            self.bar.advance(name, rows, nbytes)
+
+        try:
+            with dst.transaction():
+                if w.merge:
+                    stage = dest.create_stage(dst, w.dest, w.columns)
+                    result = relay_copy(src, copy_out, dst, dest.copy_in_sql(stage, w.columns, w.binary), progress)
+                    dest.merge_stage(dst, w.dest, stage, w.columns, w.st.key)
+                else:
+                    result = relay_copy(src, copy_out, dst, dest.copy_in_sql(w.dest, w.columns, w.binary), progress)
+                state.mark_chunk_done(dst, self.job.job_id, *key, chunk.chunk_no, self.run_id, result.rows)
+        except RelayError as e:
+            if is_transient(e.error):
+                raise
+            self._reset_source()
+            kind = SourceError if e.side == "source" else DestinationError
+            raise kind(f"copying {name} (chunk {chunk.chunk_no}) failed at the {e.side}: {_reason(e.error)}") from None
+        except psycopg.Error as e:
+            if is_transient(e):
+                raise
+            raise DestinationError(f"loading {name} (chunk {chunk.chunk_no}) failed: {_reason(e)}") from None
+        with w.lock:
+            w.remaining -= 1
+            last = w.remaining == 0
+        if last:
+            self._finalize(w)
+
+    def _finalize(self, w: TableWork) -> None:
+        _, dst = self._connections()
+        key = (w.st.table.schema, w.st.table.name)
+        try:
+            with dst.transaction():
+                if w.table.created_by_us and not w.table.key_built and w.st.key:
+                    dest.build_key(dst, w.st)
+                    state.mark_key_built(dst, self.job.job_id, *key)
+                state.mark_table_done(dst, self.job.job_id, *key)
+        except psycopg.Error as e:
+            if is_transient(e):
+                raise
+            raise DestinationError(f"finishing {w.st.display} failed: {_reason(e)}") from None
+        self.bar.table_done(w.st.display)
+
+    def _reset_source(self) -> None:
+        """After a failed statement the source transaction is aborted: start over in the snapshot."""
+        if self.src is not None:
+            self.src.close()
+            self.src = None
+
+    def _close(self) -> None:
+        for conn in (self.src, self.dst):
+            if conn is not None:
+                try:
+                    conn.close()
+                except psycopg.Error:
+                    pass
+        self.src = self.dst = None
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, psycopg.Error) and e.diag.message_primary:
+        return e.diag.message_primary
+    return str(e).strip()
+
