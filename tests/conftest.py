@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -125,6 +126,8 @@ def moto_server() -> Iterator[str]:
 
     from replicator.localpg import free_port
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -149,3 +152,16 @@ def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> AwsEndpoint:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     endpoint.reset()
     return endpoint
+
+
+@pytest.fixture
+def rds_replication(source_cluster: LocalCluster) -> Iterator[str]:
+    """Stands in for RDS's built-in role (NOLOGIN, REPLICATION) on the shared source cluster.
+
+    Roles are cluster-wide, so it is dropped afterwards: other tests must see a plain self-hosted server.
+    """
+    with psycopg.connect(source_cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE ROLE rds_replication NOLOGIN REPLICATION")
+    yield "rds_replication"
+    with psycopg.connect(source_cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("DROP ROLE rds_replication")

@@ -23,16 +23,6 @@ def user() -> str:
 
 
 @pytest.fixture
-def rds_replication(source_db: Database) -> str:
-    """Stands in for RDS's built-in role (a NOLOGIN role whose members may replicate)."""
-    source_db.execute(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication') "
-        "THEN CREATE ROLE rds_replication NOLOGIN REPLICATION; END IF; END $$"
-    )
-    return "rds_replication"
-
-
-@pytest.fixture
 def db(source_db: Database) -> Database:
     source_db.execute("CREATE SCHEMA sales")
     source_db.execute("CREATE TABLE public.items (id int PRIMARY KEY, name text)")
