@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +167,3 @@ def moto_rds(aws: AwsEndpoint, monkeypatch: pytest.MonkeyPatch) -> MotoRds:
 
 def commands(fix: str | None) -> list[str]:
     return [line for line in (fix or "").splitlines() if line.startswith("aws ")]
-
-
-def words(text: str) -> str:
-    return re.sub(r"\s+", " ", text)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 
 from replicator.localpg import SUPERUSER, SUPERUSER_PASSWORD
