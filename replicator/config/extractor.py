@@ -11,7 +11,9 @@ from replicator.config.model import ConfigModel
 
 
 def _default_threads() -> int:
-    return max(2, min(8, os.cpu_count() or 2))
+    # One more worker than cores: each worker alternates between waiting on the source and on
+    # the destination, so an extra one keeps every core busy.
+    return max(2, min(8, (os.cpu_count() or 1) + 1))
 
 
 class SplitHints(ConfigModel):
