@@ -44,7 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="local throwaway servers, sample data, a snapshot you can watch")
     demo.add_argument("--rows", type=int, default=200_000, help="rows in the largest sample table")
     demo.add_argument("--keep", action="store_true", help="leave the servers running at the end")
+    _add_handoff(sub)
+    _add_check(sub)
     return parser
+
+
+def _add_handoff(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("handoff", help="turn `pulumi stack output --json` into a source connection config")
+    p.add_argument("--stack-outputs", required=True, metavar="FILE|-", help="the JSON outputs ('-': standard input)")
+    p.add_argument("--output", metavar="FILE", help="where to write the config (default: standard output)")
+
+
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("check", help="check every prerequisite of the source (and destination); say how to fix each")
+    p.add_argument("--source", required=True, metavar="FILE", help="source connection config (YAML)")
+    p.add_argument("--destination", metavar="FILE", help="destination connection config")
+    p.add_argument("--filter", metavar="FILE", help="filter config: which tables, columns, rows")
+    p.add_argument("--extractor", metavar="FILE", help="extractor config: per-table keys")
+    p.add_argument("--client-ip", metavar="ADDRESS", help="the address AWS sees the replicator as (default: detected)")
 
 
 def _load_job(args: argparse.Namespace) -> Job:
@@ -69,6 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from replicator.demo import run_demo
 
             return run_demo(rows=args.rows, keep=args.keep)
+        if args.command == "handoff":
+            from replicator.handoff import run_handoff
+
+            return run_handoff(args.stack_outputs, args.output)
+        if args.command == "check":
+            from replicator.check import run_check
+
+            return run_check(args.source, args.destination, args.filter, args.extractor, args.client_ip)
         raise AssertionError(args.command)
     except ReplicatorError as e:
         print(f"error: {logs.mask(str(e))}", file=sys.stderr)
