@@ -90,7 +90,7 @@ class Wal2JsonDecoder:
         self._shapes: dict[tuple[str, str, tuple[Any, ...]], _Shape] = {}
         self._tables: dict[tuple[str, str], TableInfo] = {}
         self._begin: Begin | None = None  # Begin not yet sent: sent with the first change
-        self._in_transaction = False
+        self.in_transaction = False
         self._xid = 0
         self._time: datetime | None = None
         self._truncate: list[Relation] = []
@@ -113,13 +113,8 @@ class Wal2JsonDecoder:
         self._shapes.clear()
         self._tables.clear()
         self._begin = None
-        self._in_transaction = False
+        self.in_transaction = False
         self._truncate = []
-
-    @property
-    def in_transaction(self) -> bool:
-        """Whether the last message left us inside a transaction."""
-        return self._in_transaction
 
     def decode(self, data: bytes | str, lsn: int) -> Sequence[Event]:
         try:
@@ -147,10 +142,10 @@ class Wal2JsonDecoder:
             self._xid = int(msg["xid"])
             self._time = _timestamp(msg["timestamp"])
             self._begin = Begin(self._xid, Lsn.parse(msg["lsn"]), self._time)
-            self._in_transaction = True
+            self.in_transaction = True
             return _NONE
         if action == "C":
-            self._in_transaction = False
+            self.in_transaction = False
             if self._begin is not None:  # nothing was sent: skip the empty transaction
                 self._begin = None
                 return _NONE

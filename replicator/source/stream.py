@@ -76,8 +76,9 @@ class ReplicationStream:
         self.status_interval_s = status_interval_s
         self._where = where
         self._pgconn = conn.pgconn
-        self._received = Lsn(start_lsn)  # highest WAL position the server told us about
-        self._position = Lsn(start_lsn)  # everything committing before it has been returned
+        # Plain ints on the hot path; the properties hand out Lsn values.
+        self._received = int(start_lsn)  # highest WAL position the server told us about
+        self._position = int(start_lsn)  # everything committing before it has been returned
         self._flushed = Lsn(0)  # what the caller confirmed; 0 = nothing yet (the server ignores 0)
         self._last_status = 0.0
         self._selector = selectors.DefaultSelector()
@@ -115,7 +116,7 @@ class ReplicationStream:
         returned was not inside a transaction), confirming ``position`` is safe; on an idle source
         it moves with the server's keepalives, so the slot keeps up without any change to apply.
         """
-        return self._position
+        return Lsn(self._position)
 
     @property
     def confirmed(self) -> Lsn:
@@ -145,18 +146,18 @@ class ReplicationStream:
                     if events:
                         extend(events)
                     if end > self._received:
-                        self._received = Lsn(end)
-                    if not decoder.in_transaction and start > self._position:
+                        self._received = end
+                    if start > self._position and not decoder.in_transaction:
                         # A commit (or a skipped empty transaction) ends here.
-                        self._position = Lsn(start)
+                        self._position = start
                     if len(out) >= max_events:
                         break
                 elif kind == _K:
                     end, _clock, reply = _keepalive(buf, 1)
                     if end > self._received:
-                        self._received = Lsn(end)
-                    if not decoder.in_transaction and end > self._position:
-                        self._position = Lsn(end)
+                        self._received = end
+                    if end > self._position and not decoder.in_transaction:
+                        self._position = end
                     if reply:
                         self._send_status()
                 countdown -= 1
