@@ -43,6 +43,7 @@ from replicator.decoding.changes import (
     ReplicaIdentity,
     Truncate,
     Value,
+    Values,
 )
 from replicator.lsn import Lsn
 
@@ -180,8 +181,7 @@ class Wal2JsonDecoder:
         if action == "D":
             ident = msg["identity"]
             shape = self._shape_of(schema, table, ident, partial=True)
-            old = _values(shape, ident, None)
-            return Change(Op.DELETE, shape.relation, None, old, lsn, self._xid, self._time)
+            return Change(Op.DELETE, shape.relation, None, _values(shape, ident, None), lsn, self._xid, self._time)
         columns = msg["columns"]
         if action == "I":
             shape = self._shape_of(schema, table, columns, partial=False)
@@ -190,7 +190,7 @@ class Wal2JsonDecoder:
         shape = self._shape_of(schema, table, columns, partial=True)
         new = _values(shape, columns, UNCHANGED_TOAST)
         rel = shape.relation
-        old = None
+        old: Values | None = None
         ident = msg.get("identity")
         if ident is not None:
             ishape = self._shape_of(schema, table, ident, partial=True)
@@ -240,16 +240,14 @@ class Wal2JsonDecoder:
         # The catalog has moved on since this change (a column added or dropped later):
         # the message's columns are the truth, the catalog still knows their typmod and key flag.
         by_name = {c.name: c for c in info.relation.columns}
-        columns = []
+        listed = []
         for name, type_oid in zip(names, types):
             if name in info.generated:
                 continue
             col = by_name.get(name)
-            columns.append(col if col is not None and col.type_oid == type_oid else Column(name, type_oid, -1, False))
+            listed.append(col if col is not None and col.type_oid == type_oid else Column(name, type_oid, -1, False))
         known = info.relation
-        return TableInfo(
-            Relation(known.oid, schema, table, known.replica_identity, tuple(columns)), info.generated
-        )
+        return TableInfo(Relation(known.oid, schema, table, known.replica_identity, tuple(listed)), info.generated)
 
 
 def _fits(info: TableInfo, names: tuple[str, ...], types: tuple[int, ...], partial: bool) -> bool:
@@ -269,8 +267,8 @@ def _make_shape(rel: Relation, names: tuple[str, ...], types: tuple[int, ...]) -
     return _Shape(rel, None if same else positions, fix)
 
 
-def _values(shape: _Shape, columns: list[dict[str, Any]], missing: Value) -> tuple[Value, ...]:
-    values: list[Value] = [c["value"] for c in columns]
+def _values(shape: _Shape, columns: list[dict[str, Any]], missing: Value) -> Values:
+    values: list[Any] = [c["value"] for c in columns]  # str or None, and bool for bool columns
     for i, type_oid in shape.fix:
         v = values[i]
         if v is not None:

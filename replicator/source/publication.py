@@ -85,14 +85,14 @@ def create_publication_sql(
     """CREATE PUBLICATION for ``tables``: column lists on PostgreSQL 15+, partitions via their root."""
     facts = facts if facts is not None else _table_facts(conn, tables)
     version = conn.info.server_version
-    items = []
+    items: list[sql.Composable] = []
     for t in tables:
         item: sql.Composable = t.identifier()
         columns = _column_list(t, facts[(t.schema, t.table)]) if version >= 150000 else None
         if columns is not None:
             item = sql.SQL("{} ({})").format(item, sql.SQL(", ").join(map(sql.Identifier, columns)))
         items.append(item)
-    options = [sql.SQL("publish = {}").format(sql.Literal(_PUBLISH))]
+    options: list[sql.Composable] = [sql.SQL("publish = {}").format(sql.Literal(_PUBLISH))]
     if version >= 130000:
         options.append(sql.SQL("publish_via_partition_root = true"))
     return sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH ({})").format(

@@ -46,7 +46,10 @@ def get_slot(conn: psycopg.Connection[Any], name: str) -> SlotInfo | None:
     row = conn.execute(_SLOT_QUERY, (name,)).fetchone()
     if row is None:
         return None
-    return SlotInfo(*row[:6], _lsn(row[6]), _lsn(row[7]), row[8])
+    name, plugin, slot_type, database, active, active_pid, restart, confirmed, wal_status = row
+    return SlotInfo(
+        name, plugin, slot_type, database, active, active_pid, _lsn(restart), _lsn(confirmed), wal_status
+    )
 
 
 def check_slot(info: SlotInfo, plugin: str, database: str) -> None:

@@ -32,6 +32,7 @@ from replicator.errors import SourceError
 from replicator.lsn import Lsn
 from replicator.source.session import apply_output_settings
 from replicator.source.slots import get_slot
+from replicator.source.stream import ReplicationLost, SlotInUse
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class SqlReader:
         self.poll_interval_s = poll_interval_s
         self._where = where
         self._binary = decoder.plugin == "pgoutput"
-        self._rows: Iterator[tuple[Lsn, Any]] | None = None
+        self._rows: Iterator[Any] | None = None  # psycopg's stream() generator
         self._peek_rows = 0  # rows read from the current peek
         self._peek_limit = 0  # its upto_nchanges
         self._peek_upto = Lsn(0)  # its upto_lsn
@@ -166,7 +167,8 @@ class SqlReader:
         try:
             if self._rows is not None:
                 rows, self._rows = self._rows, None
-                rows.close()  # abandon the peek (psycopg cancels it); its rows are read again next time
+                # Abandon the peek (psycopg cancels it); its rows are read again next time.
+                rows.close()  # type: ignore[attr-defined]  # it is a generator
             self._advance()
         except psycopg.Error as e:
             log.warning("could not move slot %s to %s on close: %s", self.slot, self._flushed, e)
@@ -232,12 +234,12 @@ class SqlReader:
 
     def _failed(self, exc: psycopg.Error) -> SourceError:
         text = exc.diag.message_primary or str(exc)
-        error: SourceError = SourceError(f"reading slot {self.slot!r} on {self._where} failed: {text}")
-        if isinstance(exc, psycopg.OperationalError):
-            from replicator.source.stream import ReplicationLost
-
-            error = ReplicationLost(
+        if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.ObjectInUse):
+            return ReplicationLost(
                 f"connection to {self._where} (slot {self.slot!r}) lost: {text}; "
                 "reconnect and resume from the last checkpoint"
             )
-        return error
+        message = f"reading slot {self.slot!r} on {self._where} failed: {text}"
+        if isinstance(exc, psycopg.errors.ObjectInUse):
+            return SlotInUse(message)
+        return SourceError(message)

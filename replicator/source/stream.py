@@ -57,6 +57,21 @@ class ReplicationLost(SourceError):
     transient = True
 
 
+class SlotInUse(SourceError):
+    """Another connection streams the slot: usually our previous walsender, still exiting.
+
+    Transient: retry after a moment (if another replicator runs on this slot, it keeps failing).
+    """
+
+    transient = True
+
+
+# SQLSTATEs that end a stream and may go away by themselves: connection exceptions (08),
+# operator intervention (57: terminate, shutdown, crash), insufficient resources (53).
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "57", "53")
+_OBJECT_IN_USE = "55006"
+
+
 class ReplicationStream:
     """A started logical replication stream on its own connection. Not thread-safe."""
 
@@ -232,8 +247,11 @@ class ReplicationStream:
             if result.status == pq.ExecStatus.COPY_BOTH:
                 break
             if result.status == pq.ExecStatus.FATAL_ERROR:
-                message = (result.error_message or b"").decode(errors="replace").strip()
-                raise SourceError(f"cannot stream slot {self.slot!r} from {self._where}: {message}")
+                message = _first_line(result.error_message)
+                text = f"cannot stream slot {self.slot!r} from {self._where}: {message}"
+                if _sqlstate(result) == _OBJECT_IN_USE:
+                    raise SlotInUse(text)
+                raise SourceError(text)
         self._last_status = time.monotonic()
         log.info("streaming slot %s (%s) from %s", self.slot, self.decoder.plugin, Lsn(start_lsn))
 
@@ -261,13 +279,19 @@ class ReplicationStream:
             while self._pgconn.flush():
                 writable.select(1.0)
 
-    def _ended(self) -> ReplicationLost:
-        """The server ended the COPY: collect its reason."""
+    def _ended(self) -> SourceError:
+        """The server ended the COPY: collect its reason, and whether trying again can help."""
         messages = []
+        permanent = False
         while (result := self._pgconn.get_result()) is not None:
             if result.error_message:
-                messages.append(result.error_message.decode(errors="replace").strip())
-        return self._lost("; ".join(messages) or "the server ended the replication stream")
+                messages.append(_first_line(result.error_message))
+                state = _sqlstate(result)  # none: libpq's own (the connection broke)
+                permanent = permanent or bool(state and not state.startswith(_TRANSIENT_SQLSTATE_PREFIXES))
+        reason = "; ".join(messages) or "the server ended the replication stream"
+        if permanent:  # e.g. the publication was dropped: reconnecting would fail the same way
+            return SourceError(f"streaming slot {self.slot!r} from {self._where} failed: {reason}")
+        return self._lost(reason)
 
     def _lost(self, reason: str) -> ReplicationLost:
         reason = " ".join(line.strip() for line in reason.splitlines() if line.strip())
@@ -275,6 +299,17 @@ class ReplicationStream:
             f"replication connection to {self._where} (slot {self.slot!r}) lost: {reason}; "
             "reconnect and resume from the last checkpoint"
         )
+
+
+def _sqlstate(result: pq.abc.PGresult) -> str:
+    state = result.error_field(pq.DiagnosticField.SQLSTATE)
+    return state.decode() if state else ""
+
+
+def _first_line(message: bytes | None) -> str:
+    # libpq appends CONTEXT lines; the first one says what is wrong.
+    text = (message or b"").decode(errors="replace").strip()
+    return text.splitlines()[0].strip() if text else ""
 
 
 def _repl_literal(value: str) -> str:

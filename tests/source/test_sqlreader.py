@@ -6,6 +6,7 @@ import pytest
 
 from replicator.decoding.changes import Begin, Change, Commit
 from replicator.errors import SourceError
+from replicator.source.stream import SlotInUse
 
 from tests.replication import Replication, flush_lsn, read_until
 
@@ -99,3 +100,12 @@ def test_missing_slot_is_reported(replication: Replication) -> None:
     workload(replication)
     with pytest.raises(SourceError, match="replication slot 'nope' does not exist on the source 127.0.0.1"):
         replication.sql_reader("nope", "pgoutput")
+
+
+def test_slot_streamed_elsewhere_is_a_transient_error(replication: Replication) -> None:
+    workload(replication)
+    slot = replication.slot("pgoutput")
+    with replication.stream(slot, "pgoutput"), replication.sql_reader(slot, "pgoutput") as reader:
+        with pytest.raises(SlotInUse, match=f"reading slot '{slot}' .* is active for PID") as busy:
+            reader.read(timeout=1)
+    assert busy.value.transient

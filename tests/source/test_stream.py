@@ -12,7 +12,7 @@ from replicator.decoding.changes import Begin, Change, Commit
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.errors import SourceError
 from replicator.lsn import Lsn
-from replicator.source.stream import ReplicationLost, ReplicationStream
+from replicator.source.stream import ReplicationLost, ReplicationStream, SlotInUse
 
 from tests.replication import Replication, flush_lsn, read_until
 
@@ -145,5 +145,17 @@ def test_unusable_slots_are_reported(replication: Replication) -> None:
     with pytest.raises(SourceError, match="cannot stream slot 'nope' from the source 127.0.0.1.*does not exist"):
         replication.stream("nope", "pgoutput")
     with replication.stream(slot, "pgoutput"):
-        with pytest.raises(SourceError, match="is active for PID"):
+        with pytest.raises(SlotInUse, match="is active for PID") as busy:
             replication.stream(slot, "pgoutput")
+    assert busy.value.transient  # our previous walsender may just not have exited yet
+
+
+def test_errors_that_retrying_cannot_fix_are_not_transient(replication: Replication) -> None:
+    slot = three_transactions(replication)
+    replication.db.execute("DROP PUBLICATION pub")
+    replication.db.execute("INSERT INTO t VALUES (4)")  # decoded with a catalog that has no "pub"
+    with replication.stream(slot, "pgoutput") as stream, pytest.raises(SourceError) as failed:
+        for _ in range(20):
+            stream.read(timeout=0.5)
+    assert not isinstance(failed.value, ReplicationLost) and not getattr(failed.value, "transient", False)
+    assert 'publication "pub" does not exist' in str(failed.value)
