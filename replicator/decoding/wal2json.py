@@ -7,8 +7,9 @@ What wal2json does differently from pgoutput, and how we even it out:
   (a catalog lookup, see ``replicator.source.describe``), called once per table shape.
 - Values are JSON: numbers arrive unquoted (we parse them as strings, so ``1.50`` stays
   ``1.50``), booleans as ``true``/``false`` (we turn them back to ``t``/``f``), ``bytea`` without
-  its leading ``\\x`` (we put it back). wal2json before 2.6 prints NaN and ±Infinity in float and
-  numeric columns as ``null``: that loss happens in the plugin and cannot be undone here.
+  its leading ``\\x`` (we put it back). wal2json prints NaN and ±Infinity in float and numeric
+  columns as ``null``, a loss we cannot undo, unless asked for ``numeric-data-types-as-string``
+  (wal2json 2.6+; ``numeric_as_string=True``).
 - An UPDATE leaves out unchanged TOASTed columns: they become ``UNCHANGED_TOAST``.
 - ``identity`` holds the old replica identity: key columns (DEFAULT / INDEX) or the whole old
   row (FULL). For an UPDATE that did not change the key it repeats the new key; pgoutput sends
@@ -85,9 +86,14 @@ class Wal2JsonDecoder:
 
     plugin = "wal2json"
 
-    def __init__(self, describe: Describe, tables: Iterable[tuple[str, str]] | None = None):
+    def __init__(
+        self, describe: Describe, tables: Iterable[tuple[str, str]] | None = None, numeric_as_string: bool = False
+    ):
         self.describe = describe
         self.tables = tuple(tables) if tables is not None else None
+        # wal2json 2.6+: numbers as JSON strings, which keeps NaN and Infinity (else printed null).
+        # See replicator.source.slots.wal2json_accepts to find out whether the server's wal2json can.
+        self.numeric_as_string = numeric_as_string
         self._shapes: dict[tuple[str, str, tuple[Any, ...]], _Shape] = {}
         self._tables: dict[tuple[str, str], TableInfo] = {}
         self._begin: Begin | None = None  # Begin not yet sent: sent with the first change
@@ -106,6 +112,8 @@ class Wal2JsonDecoder:
             "include-type-oids": "1",
             "include-types": "0",
         }
+        if self.numeric_as_string:
+            options["numeric-data-types-as-string"] = "1"
         if self.tables is not None:
             options["add-tables"] = ",".join(f"{_escape(s)}.{_escape(t)}" for s, t in self.tables)
         return options

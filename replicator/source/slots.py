@@ -120,6 +120,23 @@ def drop_slot(conn: psycopg.Connection[Any], name: str, missing_ok: bool = True)
     return True
 
 
+def wal2json_accepts(conn: psycopg.Connection[Any], slot: str, option: str, value: str = "1") -> bool:
+    """Whether the server's wal2json knows ``option`` (e.g. numeric-data-types-as-string, 2.6+).
+
+    Peeks at ``slot`` (which must not be streaming) up to its first WAL record: enough for the
+    plugin to parse its options. Nothing is consumed.
+    """
+    try:
+        with conn.transaction():  # a savepoint when a transaction is open: the failure stays here
+            conn.execute(
+                "SELECT count(*) FROM pg_catalog.pg_logical_slot_peek_changes(%s, '0/1', NULL, %s, %s)",
+                (slot, option, value),
+            )
+    except psycopg.errors.InvalidParameterValue:
+        return False
+    return True
+
+
 class SnapshotSlot:
     """A slot just created with ``EXPORT_SNAPSHOT``, and the replication connection keeping it alive.
 

@@ -9,7 +9,15 @@ from psycopg import sql
 from replicator.decoding.changes import Change
 from replicator.errors import SourceError
 from replicator.lsn import Lsn
-from replicator.source.slots import SnapshotSlot, check_slot, create_slot, drop_slot, ensure_slot, get_slot
+from replicator.source.slots import (
+    SnapshotSlot,
+    check_slot,
+    create_slot,
+    drop_slot,
+    ensure_slot,
+    get_slot,
+    wal2json_accepts,
+)
 
 from tests.replication import Replication, flush_lsn, read_until
 
@@ -94,3 +102,10 @@ def test_drop(replication: Replication) -> None:
         assert drop_slot(conn, "no_such_slot") is False
         with pytest.raises(SourceError, match="does not exist"):
             drop_slot(conn, "no_such_slot", missing_ok=False)
+
+
+def test_wal2json_option_probe(replication: Replication) -> None:
+    slot = replication.slot("wal2json")
+    with replication.db.connect() as conn:
+        assert wal2json_accepts(conn, slot, "include-xids") is True
+        assert wal2json_accepts(conn, slot, "no-such-option") is False
