@@ -26,6 +26,7 @@ What wal2json does differently from pgoutput, and how we even it out:
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,10 +47,12 @@ from replicator.decoding.changes import (
     Value,
     Values,
 )
-from replicator.lsn import Lsn
+from replicator.lsn import Lsn, lsn_from_server
 
 BOOL_OID = 16
 BYTEA_OID = 17
+# Types wal2json prints as JSON numbers (int2, int4, int8, oid, float4, float8, numeric).
+NUMBER_OIDS = frozenset({20, 21, 23, 26, 700, 701, 1700})
 _NONE: tuple[Event, ...] = ()
 
 
@@ -65,8 +68,12 @@ Describe = Callable[[str, str], "TableInfo | None"]
 """(schema, table) -> what the catalog says about the table, or None if it is gone."""
 
 
-_decoder = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=str)
-_loads = _decoder.decode
+# Numbers with a fraction or exponent stay text ("1.50" must not become 1.5); integers are parsed
+# natively (faster) and printed back, which is exact for them.
+# The C scanner itself: JSONDecoder.decode only wraps it with whitespace checks we do not need.
+_scan = json.JSONDecoder(parse_float=str, parse_constant=str).scan_once  # type: ignore[attr-defined]
+_name_and_type = operator.itemgetter("name", "typeoid")
+_value_of = operator.itemgetter("value")
 
 
 @dataclass
@@ -127,10 +134,10 @@ class Wal2JsonDecoder:
 
     def decode(self, data: bytes | str, lsn: int) -> Sequence[Event]:
         try:
-            msg = _loads(data if isinstance(data, str) else data.decode())
+            msg = _scan(data if isinstance(data, str) else data.decode(), 0)[0]
             action = msg["action"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise DecodeError(f"malformed wal2json message at {Lsn(lsn)}: {e}") from None
+        except (ValueError, KeyError, TypeError, StopIteration) as e:
+            raise DecodeError(f"malformed wal2json message at {Lsn(lsn)}: {e!r}") from None
         try:
             if self._truncate and action != "T":
                 flushed = self._flush_truncate()
@@ -150,7 +157,7 @@ class Wal2JsonDecoder:
         if action == "B":
             self._xid = int(msg["xid"])
             self._time = _timestamp(msg["timestamp"])
-            self._begin = Begin(self._xid, Lsn.parse(msg["lsn"]), self._time)
+            self._begin = Begin(self._xid, _lsn(msg["lsn"]), self._time)
             self.in_transaction = True
             return _NONE
         if action == "C":
@@ -159,11 +166,11 @@ class Wal2JsonDecoder:
                 self._begin = None
                 return _NONE
             assert self._time is not None
-            return (Commit(self._xid, Lsn.parse(msg["lsn"]), Lsn.parse(msg["nextlsn"]), self._time),)
+            return (Commit(self._xid, _lsn(msg["lsn"]), _lsn(msg["nextlsn"]), self._time),)
         if action == "T":
             shape = self._reshape(msg["schema"], msg["table"], (), (), partial=True)
             self._truncate.append(shape.relation)
-            self._truncate_lsn = Lsn.parse(msg["lsn"])
+            self._truncate_lsn = _lsn(msg["lsn"])
             return _NONE
         if action == "M":
             return _NONE
@@ -185,7 +192,7 @@ class Wal2JsonDecoder:
     def _change(self, action: str, msg: dict[str, Any]) -> Change | None:
         schema, table = msg["schema"], msg["table"]
         assert self._time is not None
-        lsn = Lsn.parse(msg["lsn"])
+        lsn = _lsn(msg["lsn"])
         if action == "D":
             ident = msg["identity"]
             shape = self._shape_of(schema, table, ident, partial=True)
@@ -213,13 +220,15 @@ class Wal2JsonDecoder:
     # Relations.
 
     def _shape_of(self, schema: str, table: str, columns: list[dict[str, Any]], partial: bool) -> _Shape:
-        names = tuple(c["name"] for c in columns)
-        types = tuple(int(c["typeoid"]) for c in columns)
-        key = (schema, table, names + types)
+        signature = tuple(map(_name_and_type, columns))
+        key = (schema, table, signature)
         shape = self._shapes.get(key)
-        state = self._tables.get((schema, table))
-        if shape is not None and state is not None and shape.relation is state.relation:
-            return shape
+        if shape is not None:
+            state = self._tables.get((schema, table))
+            if state is not None and shape.relation is state.relation:
+                return shape
+        names = tuple(n for n, _ in signature)
+        types = tuple(int(t) for _, t in signature)
         return self._reshape(schema, table, names, types, partial, key)
 
     def _reshape(
@@ -270,20 +279,22 @@ def _fits(info: TableInfo, names: tuple[str, ...], types: tuple[int, ...], parti
 def _make_shape(rel: Relation, names: tuple[str, ...], types: tuple[int, ...]) -> _Shape:
     index = {n: i for i, n in enumerate(rel.names)}
     positions = tuple(index.get(n, -1) for n in names)
-    fix = tuple((i, t) for i, t in enumerate(types) if t == BOOL_OID or t == BYTEA_OID)
+    fix = tuple((i, t) for i, t in enumerate(types) if t == BOOL_OID or t == BYTEA_OID or t in NUMBER_OIDS)
     same = positions == tuple(range(len(rel.columns)))
     return _Shape(rel, None if same else positions, fix)
 
 
 def _values(shape: _Shape, columns: list[dict[str, Any]], missing: Value) -> Values:
-    values: list[Any] = [c["value"] for c in columns]  # str or None, and bool for bool columns
+    values: list[Any] = list(map(_value_of, columns))  # str or None; int or bool for some types
     for i, type_oid in shape.fix:
         v = values[i]
         if v is not None:
             if type_oid == BOOL_OID:
                 values[i] = "t" if v is True else "f"
-            else:
+            elif type_oid == BYTEA_OID:
                 values[i] = "\\x" + v
+            elif type(v) is int:
+                values[i] = str(v)
     if shape.positions is None:
         return tuple(values)
     row: list[Value] = [missing] * len(shape.relation.columns)
@@ -291,6 +302,12 @@ def _values(shape: _Shape, columns: list[dict[str, Any]], missing: Value) -> Val
         if pos >= 0:  # -1: a generated column, which pgoutput does not publish
             row[pos] = v
     return tuple(row)
+
+
+def _lsn(text: str) -> Lsn:
+    """An LSN wal2json printed ("16/B374D848"): well-formed, so parsed without Lsn.parse's checks."""
+    hi, _, lo = text.partition("/")
+    return lsn_from_server((int(hi, 16) << 32) | int(lo, 16))
 
 
 def _timestamp(text: str) -> datetime:

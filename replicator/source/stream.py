@@ -98,7 +98,11 @@ class ReplicationStream:
         self._last_status = 0.0
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._pgconn.socket, selectors.EVENT_READ)
-        self._start(start_lsn)
+        try:
+            self._start(start_lsn)
+        except BaseException:
+            self._selector.close()
+            raise
 
     @classmethod
     def open(
