@@ -54,7 +54,8 @@ def build_backlog(conn: psycopg.Connection, changes: int) -> tuple[int, Lsn]:
         )
     for b in range(updates):
         conn.execute(
-            "UPDATE bench SET n = n + 1, pad = upper(pad) WHERE id > %s AND id <= %s", (b * BATCH, (b + 1) * BATCH)
+            "UPDATE bench SET n = n + 1, pad = upper(pad) WHERE id > %s AND id <= %s",
+            (b * BATCH, (b + 1) * BATCH),
         )
     top = inserts * BATCH
     for b in range(deletes):
@@ -69,10 +70,20 @@ def run_reference(cluster: LocalCluster, slot: str, end: Lsn) -> float:
     subprocess.run(
         [
             str(cluster.bindir / "pg_recvlogical"),
-            "-d", cluster.conninfo("bench"),
-            "--slot", slot, "--start", "--no-loop",
-            "-o", "proto_version=1", "-o", "publication_names=pub",
-            "--endpos", str(end), "-f", "/dev/null",
+            "-d",
+            cluster.conninfo("bench"),
+            "--slot",
+            slot,
+            "--start",
+            "--no-loop",
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=pub",
+            "--endpos",
+            str(end),
+            "-f",
+            "/dev/null",
         ],
         check=True,
     )
@@ -115,7 +126,9 @@ def decoder_only(conn: psycopg.Connection, slot: str, limit: int) -> tuple[float
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--changes", type=int, default=1_000_000)
     args = parser.parse_args()
 
@@ -147,9 +160,13 @@ def main() -> int:
         print(f"pg_recvlogical -> /dev/null : {ref_s:7.2f}s  {total / ref_s:>10,.0f} changes/s")
         print(f"ours (stream + decode)      : {ours_s:7.2f}s  {total / ours_s:>10,.0f} changes/s")
         print(f"ratio (ours / reference)    : {ref_s / ours_s:7.2f}  (1.0 = as fast as the bare stream)")
-        print(f"our CPU while streaming     : {ours_cpu:7.2f}s  {total / ours_cpu:>10,.0f} changes per CPU-second"
-              f" ({os.cpu_count()} cores shared with the server)")
-        print(f"decoder alone               : {dec_n / dec_s:>19,.0f} changes/s ({dec_n:,} changes in memory)")
+        print(
+            f"our CPU while streaming     : {ours_cpu:7.2f}s  {total / ours_cpu:>10,.0f} changes per CPU-second"
+            f" ({os.cpu_count()} cores shared with the server)"
+        )
+        print(
+            f"decoder alone               : {dec_n / dec_s:>19,.0f} changes/s ({dec_n:,} changes in memory)"
+        )
         print(f"peak RSS while streaming    : {peak_mb:7.0f} MB")
         return 0
     finally:

@@ -51,8 +51,6 @@ from replicator.lsn import Lsn, lsn_from_server
 
 BOOL_OID = 16
 BYTEA_OID = 17
-# Types wal2json prints as JSON numbers (int2, int4, int8, oid, float4, float8, numeric).
-NUMBER_OIDS = frozenset({20, 21, 23, 26, 700, 701, 1700})
 _NONE: tuple[Event, ...] = ()
 
 
@@ -68,10 +66,9 @@ Describe = Callable[[str, str], "TableInfo | None"]
 """(schema, table) -> what the catalog says about the table, or None if it is gone."""
 
 
-# Numbers with a fraction or exponent stay text ("1.50" must not become 1.5); integers are parsed
-# natively (faster) and printed back, which is exact for them.
+# Numbers stay the text the server printed: "1.50" must not become 1.5, nor a float8 "-0" become 0.
 # The C scanner itself: JSONDecoder.decode only wraps it with whitespace checks we do not need.
-_scan = json.JSONDecoder(parse_float=str, parse_constant=str).scan_once  # type: ignore[attr-defined]
+_scan = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=str).scan_once  # type: ignore[attr-defined]
 _name_and_type = operator.itemgetter("name", "typeoid")
 _value_of = operator.itemgetter("value")
 
@@ -94,7 +91,10 @@ class Wal2JsonDecoder:
     plugin = "wal2json"
 
     def __init__(
-        self, describe: Describe, tables: Iterable[tuple[str, str]] | None = None, numeric_as_string: bool = False
+        self,
+        describe: Describe,
+        tables: Iterable[tuple[str, str]] | None = None,
+        numeric_as_string: bool = False,
     ):
         self.describe = describe
         self.tables = tuple(tables) if tables is not None else None
@@ -196,7 +196,9 @@ class Wal2JsonDecoder:
         if action == "D":
             ident = msg["identity"]
             shape = self._shape_of(schema, table, ident, partial=True)
-            return Change(Op.DELETE, shape.relation, None, _values(shape, ident, None), lsn, self._xid, self._time)
+            return Change(
+                Op.DELETE, shape.relation, None, _values(shape, ident, None), lsn, self._xid, self._time
+            )
         columns = msg["columns"]
         if action == "I":
             shape = self._shape_of(schema, table, columns, partial=False)
@@ -232,7 +234,12 @@ class Wal2JsonDecoder:
         return self._reshape(schema, table, names, types, partial, key)
 
     def _reshape(
-        self, schema: str, table: str, names: tuple[str, ...], types: tuple[int, ...], partial: bool,
+        self,
+        schema: str,
+        table: str,
+        names: tuple[str, ...],
+        types: tuple[int, ...],
+        partial: bool,
         key: tuple[str, str, tuple[Any, ...]] | None = None,
     ) -> _Shape:
         """The table's relation as of this message: the one we have if the columns fit, else a new one."""
@@ -262,9 +269,13 @@ class Wal2JsonDecoder:
             if name in info.generated:
                 continue
             col = by_name.get(name)
-            listed.append(col if col is not None and col.type_oid == type_oid else Column(name, type_oid, -1, False))
+            listed.append(
+                col if col is not None and col.type_oid == type_oid else Column(name, type_oid, -1, False)
+            )
         known = info.relation
-        return TableInfo(Relation(known.oid, schema, table, known.replica_identity, tuple(listed)), info.generated)
+        return TableInfo(
+            Relation(known.oid, schema, table, known.replica_identity, tuple(listed)), info.generated
+        )
 
 
 def _fits(info: TableInfo, names: tuple[str, ...], types: tuple[int, ...], partial: bool) -> bool:
@@ -279,22 +290,20 @@ def _fits(info: TableInfo, names: tuple[str, ...], types: tuple[int, ...], parti
 def _make_shape(rel: Relation, names: tuple[str, ...], types: tuple[int, ...]) -> _Shape:
     index = {n: i for i, n in enumerate(rel.names)}
     positions = tuple(index.get(n, -1) for n in names)
-    fix = tuple((i, t) for i, t in enumerate(types) if t == BOOL_OID or t == BYTEA_OID or t in NUMBER_OIDS)
+    fix = tuple((i, t) for i, t in enumerate(types) if t == BOOL_OID or t == BYTEA_OID)
     same = positions == tuple(range(len(rel.columns)))
     return _Shape(rel, None if same else positions, fix)
 
 
 def _values(shape: _Shape, columns: list[dict[str, Any]], missing: Value) -> Values:
-    values: list[Any] = list(map(_value_of, columns))  # str or None; int or bool for some types
+    values: list[Any] = list(map(_value_of, columns))  # str or None; bool for bool columns
     for i, type_oid in shape.fix:
         v = values[i]
         if v is not None:
             if type_oid == BOOL_OID:
                 values[i] = "t" if v is True else "f"
-            elif type_oid == BYTEA_OID:
+            else:
                 values[i] = "\\x" + v
-            elif type(v) is int:
-                values[i] = str(v)
     if shape.positions is None:
         return tuple(values)
     row: list[Value] = [missing] * len(shape.relation.columns)

@@ -121,7 +121,11 @@ def publication_problems(
     _all, ins, upd, dele, trunc, viaroot = row
     problems = []
     if not (ins and upd and dele and trunc):
-        absent = [op for op, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc)) if not on]
+        absent = [
+            op
+            for op, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc))
+            if not on
+        ]
         fix = sql.SQL("ALTER PUBLICATION {} SET (publish = {});").format(pub, sql.Literal(_PUBLISH))
         problems.append(f"it does not publish {', '.join(absent)}; fix: {fix.as_string(conn)}")
 
@@ -210,6 +214,11 @@ WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 """
 
 
-def _table_facts(conn: psycopg.Connection[Any], tables: Sequence[PublishedTable]) -> dict[tuple[str, str], _TableFacts]:
+def _table_facts(
+    conn: psycopg.Connection[Any], tables: Sequence[PublishedTable]
+) -> dict[tuple[str, str], _TableFacts]:
     rows = conn.execute(_FACTS_QUERY, ([t.schema for t in tables], [t.table for t in tables])).fetchall()
-    return {(s, t): _TableFacts(kind, ident, tuple(cols), tuple(idcols)) for s, t, kind, ident, cols, idcols in rows}
+    return {
+        (s, t): _TableFacts(kind, ident, tuple(cols), tuple(idcols))
+        for s, t, kind, ident, cols, idcols in rows
+    }

@@ -146,7 +146,9 @@ class SnapshotSlot:
     Streaming from ``consistent_point`` then continues exactly where that snapshot ends.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], slot: str, plugin: str, consistent_point: Lsn, snapshot: str):
+    def __init__(
+        self, conn: psycopg.Connection[Any], slot: str, plugin: str, consistent_point: Lsn, snapshot: str
+    ):
         self.conn = conn
         self.slot = slot
         self.plugin = plugin
@@ -180,7 +182,9 @@ class SnapshotSlot:
     def __enter__(self) -> SnapshotSlot:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -190,7 +194,9 @@ def _check_plugin_name(plugin: str) -> None:
 
 
 def _create_failed(name: str, plugin: str, exc: psycopg.Error, where: str = "the source") -> SourceError:
-    text = exc.diag.message_primary if isinstance(exc, psycopg.Error) and exc.diag.message_primary else str(exc)
+    text = (
+        exc.diag.message_primary if isinstance(exc, psycopg.Error) and exc.diag.message_primary else str(exc)
+    )
     state = getattr(exc, "sqlstate", None) or ""
     hint = ""
     if isinstance(exc, psycopg.errors.DuplicateObject):
@@ -201,9 +207,13 @@ def _create_failed(name: str, plugin: str, exc: psycopg.Error, where: str = "the
             "or on Amazon RDS / Aurora: GRANT rds_replication TO <user>;"
         )
     elif "wal_level" in text:
-        hint = "; set wal_level = logical (on RDS / Aurora: rds.logical_replication = 1) and restart the server"
+        hint = (
+            "; set wal_level = logical (on RDS / Aurora: rds.logical_replication = 1) and restart the server"
+        )
     elif "max_replication_slots" in text or state == "53400":
-        hint = "; raise max_replication_slots, or drop slots no longer used (SELECT * FROM pg_replication_slots)"
+        hint = (
+            "; raise max_replication_slots, or drop slots no longer used (SELECT * FROM pg_replication_slots)"
+        )
     elif isinstance(exc, psycopg.errors.UndefinedFile) or "could not access file" in text:
         hint = f"; the {plugin} output plugin is not installed on the server"
     return SourceError(f"cannot create replication slot {name!r} ({plugin}) on {where}: {text}{hint}")

@@ -94,7 +94,9 @@ class SqlReader:
     ) -> SqlReader:
         conn = connect(cfg, "source", application_name, autocommit=True)
         try:
-            return cls(conn, slot, decoder, start_lsn, fetch_rows, poll_interval_s, f"the source {describe(cfg)}")
+            return cls(
+                conn, slot, decoder, start_lsn, fetch_rows, poll_interval_s, f"the source {describe(cfg)}"
+            )
         except BaseException:
             conn.close()
             raise
@@ -178,7 +180,9 @@ class SqlReader:
     def __enter__(self) -> SqlReader:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # Polling.

@@ -20,9 +20,13 @@ def test_describes_tables_like_pgoutput_relation_messages(replication: Replicati
     )
     replication.publish("d", "f", "n", "i")
     slot = replication.slot("pgoutput")
-    replication.db.execute("INSERT INTO d (a, b) VALUES (1, 'x'); INSERT INTO f VALUES (1, 'x');"
-                           "INSERT INTO n VALUES (1, 'x'); INSERT INTO i VALUES (1, 2, 'x')")
-    sent = {e.relation.table: e.relation for e in replication.events(slot, "pgoutput") if isinstance(e, Change)}
+    replication.db.execute(
+        "INSERT INTO d (a, b) VALUES (1, 'x'); INSERT INTO f VALUES (1, 'x');"
+        "INSERT INTO n VALUES (1, 'x'); INSERT INTO i VALUES (1, 2, 'x')"
+    )
+    sent = {
+        e.relation.table: e.relation for e in replication.events(slot, "pgoutput") if isinstance(e, Change)
+    }
 
     with replication.db.connect() as conn:
         described = {t: describe_table(conn, "public", t) for t in ("d", "f", "n", "i")}

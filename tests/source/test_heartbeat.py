@@ -37,9 +37,13 @@ def test_table_is_created_in_the_arcion_shape(replication: Replication) -> None:
 
 def test_default_names_and_wrong_column_or_catalog(replication: Replication) -> None:
     with replication.db.connect() as conn:
-        assert ensure_heartbeat_table(conn, Heartbeat()) == PublishedTable("public", "replicate_io_cdc_heartbeat")
-        assert replication.db.fetchall("SELECT attname FROM pg_attribute WHERE attrelid = "
-                                       "'replicate_io_cdc_heartbeat'::regclass AND attnum > 0") == [("timestamp",)]
+        assert ensure_heartbeat_table(conn, Heartbeat()) == PublishedTable(
+            "public", "replicate_io_cdc_heartbeat"
+        )
+        assert replication.db.fetchall(
+            "SELECT attname FROM pg_attribute WHERE attrelid = "
+            "'replicate_io_cdc_heartbeat'::regclass AND attnum > 0"
+        ) == [("timestamp",)]
         with pytest.raises(SourceError, match="exists without a column 'ts'.*column-name"):
             ensure_heartbeat_table(conn, Heartbeat.model_validate({"column-name": "ts"}))
         with pytest.raises(SourceError, match="heartbeat.catalog is 'other' but the source database is"):

@@ -25,16 +25,23 @@ def test_creates_with_column_lists_keys_included_and_partitions_via_root(replica
     with replication.db.connect() as conn:
         assert ensure_publication(conn, "pub", tables) is True
         assert ensure_publication(conn, "pub", tables) is False  # reused: valid as created
-    assert replication.db.fetchall("SELECT tablename, attnames, pubviaroot FROM pg_publication_tables "
-                                   "JOIN pg_publication USING (pubname) ORDER BY 1") == [
+    assert replication.db.fetchall(
+        "SELECT tablename, attnames, pubviaroot FROM pg_publication_tables "
+        "JOIN pg_publication USING (pubname) ORDER BY 1"
+    ) == [
         ("parted", ["id", "at"], True),
         ("t", ["id", "a"], True),  # the key is published too: updates need it
     ]
 
     slot = replication.slot("pgoutput")
-    replication.db.execute("INSERT INTO t VALUES (1, 'x', 'hidden'); INSERT INTO parted VALUES (1, '2024-05-01')")
+    replication.db.execute(
+        "INSERT INTO t VALUES (1, 'x', 'hidden'); INSERT INTO parted VALUES (1, '2024-05-01')"
+    )
     changes = [e for e in replication.events(slot, "pgoutput") if isinstance(e, Change)]
-    assert [(c.relation.table, c.new) for c in changes] == [("t", ("1", "x")), ("parted", ("1", "2024-05-01"))]
+    assert [(c.relation.table, c.new) for c in changes] == [
+        ("t", ("1", "x")),
+        ("parted", ("1", "2024-05-01")),
+    ]
 
 
 def test_reports_every_problem_with_its_fix(replication: Replication) -> None:
@@ -74,18 +81,28 @@ def test_reports_every_problem_with_its_fix(replication: Replication) -> None:
 def test_missing_table_and_creation_failure(replication: Replication) -> None:
     replication.db.execute(
         "CREATE TABLE t (id int PRIMARY KEY); DROP ROLE IF EXISTS pub_user;"
-        "CREATE ROLE pub_user LOGIN PASSWORD 'pw-pub'; GRANT CREATE ON DATABASE " + f'"{replication.db.name}"' + " TO pub_user"
+        "CREATE ROLE pub_user LOGIN PASSWORD 'pw-pub'; GRANT CREATE ON DATABASE "
+        + f'"{replication.db.name}"'
+        + " TO pub_user"
     )
-    with replication.db.connect() as conn, pytest.raises(SourceError, match="cannot publish public.u: no such table"):
+    with (
+        replication.db.connect() as conn,
+        pytest.raises(SourceError, match="cannot publish public.u: no such table"),
+    ):
         ensure_publication(conn, "pub", [T, U])
     try:
         info = replication.db.cluster.conninfo(replication.db.name, user="pub_user", password="pw-pub")
         with psycopg.connect(info, autocommit=True) as conn, pytest.raises(SourceError) as err:
             ensure_publication(conn, "pub", [T])
         assert "must be owner of table t" in str(err.value)
-        assert "ask the tables' owner (or a superuser) to run: CREATE PUBLICATION \"pub\" FOR TABLE \"public\".\"t\"" in str(err.value)
+        assert (
+            'ask the tables\' owner (or a superuser) to run: CREATE PUBLICATION "pub" FOR TABLE "public"."t"'
+            in str(err.value)
+        )
     finally:
-        replication.db.execute(f'REVOKE ALL ON DATABASE "{replication.db.name}" FROM pub_user; DROP ROLE pub_user')
+        replication.db.execute(
+            f'REVOKE ALL ON DATABASE "{replication.db.name}" FROM pub_user; DROP ROLE pub_user'
+        )
 
 
 def test_replica_identity_problems(replication: Replication) -> None:

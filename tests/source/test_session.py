@@ -11,12 +11,14 @@ from tests.replication import Replication
 
 @pytest.mark.parametrize("plugin", ["pgoutput", "wal2json"])
 @pytest.mark.parametrize("reader", ["stream", "sql"])
-def test_values_print_the_same_whatever_the_database_settings(replication: Replication, plugin: str, reader: str) -> None:
+def test_values_print_the_same_whatever_the_database_settings(
+    replication: Replication, plugin: str, reader: str
+) -> None:
     db = replication.db
     db.execute(
-        f'ALTER DATABASE "{db.name}" SET DateStyle = \'SQL, DMY\';'
-        f'ALTER DATABASE "{db.name}" SET IntervalStyle = \'sql_standard\';'
-        f'ALTER DATABASE "{db.name}" SET bytea_output = \'escape\';'
+        f"ALTER DATABASE \"{db.name}\" SET DateStyle = 'SQL, DMY';"
+        f"ALTER DATABASE \"{db.name}\" SET IntervalStyle = 'sql_standard';"
+        f"ALTER DATABASE \"{db.name}\" SET bytea_output = 'escape';"
         f'ALTER DATABASE "{db.name}" SET extra_float_digits = -3;'
         "CREATE TABLE t (id int PRIMARY KEY, d date, iv interval, by bytea, f float8)"
     )

@@ -84,7 +84,10 @@ def test_slot_of_another_database_is_refused(replication: Replication) -> None:
 def test_create_without_privilege_says_what_to_grant(replication: Replication) -> None:
     replication.db.execute("DROP ROLE IF EXISTS plain_user; CREATE ROLE plain_user LOGIN PASSWORD 'pw-plain'")
     try:
-        with psycopg.connect(replication.db.cluster.conninfo(replication.db.name, user="plain_user", password="pw-plain"), autocommit=True) as conn:
+        with psycopg.connect(
+            replication.db.cluster.conninfo(replication.db.name, user="plain_user", password="pw-plain"),
+            autocommit=True,
+        ) as conn:
             with pytest.raises(SourceError, match="REPLICATION attribute .* rds_replication"):
                 create_slot(conn, "not_allowed", "pgoutput")
     finally:

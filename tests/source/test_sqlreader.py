@@ -78,7 +78,9 @@ def test_resumes_from_the_callers_checkpoint(replication: Replication) -> None:
     assert replication.confirmed_flush(slot) == checkpoint  # the checkpoint was confirmed on open
 
 
-def test_large_transactions_come_in_pieces_and_slow_confirmers_still_progress(replication: Replication) -> None:
+def test_large_transactions_come_in_pieces_and_slow_confirmers_still_progress(
+    replication: Replication,
+) -> None:
     workload(replication)
     slot = replication.slot("pgoutput")
     replication.db.execute("INSERT INTO t SELECT i, 'x' FROM generate_series(1, 5000) i")

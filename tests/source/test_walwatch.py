@@ -14,10 +14,14 @@ from tests.replication import Replication
 
 
 def monitoring(max_bytes: float, percent: int) -> LogMonitoring:
-    return LogMonitoring.model_validate({"max-wal-size-gb": max_bytes / GB, "alert-threshold-percent": percent})
+    return LogMonitoring.model_validate(
+        {"max-wal-size-gb": max_bytes / GB, "alert-threshold-percent": percent}
+    )
 
 
-def test_warns_at_threshold_and_stops_at_maximum(replication: Replication, caplog: pytest.LogCaptureFixture) -> None:
+def test_warns_at_threshold_and_stops_at_maximum(
+    replication: Replication, caplog: pytest.LogCaptureFixture
+) -> None:
     slot = replication.slot("pgoutput")
     replication.db.execute("CREATE TABLE filler AS SELECT i, md5(i::text) FROM generate_series(1, 20000) i")
     with replication.db.connect() as conn:
