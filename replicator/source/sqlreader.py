@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect, describe
@@ -35,6 +35,9 @@ from replicator.source.slots import get_slot
 from replicator.source.stream import ReplicationLost, SlotInUse
 
 log = logging.getLogger(__name__)
+
+# Rows per round trip when streaming a peek; chunked results need libpq 17+ (else one by one).
+_STREAM_CHUNK = 1000 if pq.version() >= 170000 else 1
 
 
 class SqlReader:
@@ -204,7 +207,7 @@ class SqlReader:
             sql.Identifier(function), sql.SQL("").join(sql.SQL(", %s") for _ in options)
         )
         self._rows = self.conn.cursor(binary=True).stream(
-            query, [self.slot, self._peek_upto, self._peek_limit, *options], size=1000
+            query, [self.slot, self._peek_upto, self._peek_limit, *options], size=_STREAM_CHUNK
         )
         self._peek_rows = 0
         self._delivered_new = False
