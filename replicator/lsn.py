@@ -47,6 +47,11 @@ class Lsn(int):
         return str(self) if not spec else int.__format__(self, spec)
 
 
+def lsn_from_server(value: int) -> Lsn:
+    """An Lsn from a 64-bit position the server sent: no range check (hot path of decoding)."""
+    return int.__new__(Lsn, value)
+
+
 # pg_lsn's type oid: fixed in the catalog since PostgreSQL 9.4.
 PG_LSN_OID = 3220
 

@@ -84,14 +84,20 @@ class Replication:
         pairs = [(p.schema, p.table) for p in map(_published, tables)] if tables is not None else None
         return Wal2JsonDecoder(CatalogDescriber(conn), pairs)
 
-    def stream(self, slot: str, plugin: str, tables: Sequence[str] | None = None, start: Lsn = Lsn(0), **kw: Any) -> ReplicationStream:
+    def stream(
+        self, slot: str, plugin: str, tables: Sequence[str] | None = None, start: Lsn = Lsn(0), **kw: Any
+    ) -> ReplicationStream:
         return ReplicationStream.open(self.cfg, slot, self.decoder(plugin, tables), start, **kw)
 
-    def sql_reader(self, slot: str, plugin: str, tables: Sequence[str] | None = None, start: Lsn = Lsn(0), **kw: Any) -> SqlReader:
+    def sql_reader(
+        self, slot: str, plugin: str, tables: Sequence[str] | None = None, start: Lsn = Lsn(0), **kw: Any
+    ) -> SqlReader:
         kw.setdefault("poll_interval_s", 0.1)
         return SqlReader.open(self.cfg, slot, self.decoder(plugin, tables), start, **kw)
 
-    def events(self, slot: str, plugin: str, tables: Sequence[str] | None = None, reader: str = "stream") -> list[Event]:
+    def events(
+        self, slot: str, plugin: str, tables: Sequence[str] | None = None, reader: str = "stream"
+    ) -> list[Event]:
         """All events in the slot up to now (nothing confirmed)."""
         target = flush_lsn(self.db)
         open_ = self.stream if reader == "stream" else self.sql_reader
@@ -99,7 +105,11 @@ class Replication:
             return read_until(r, target)
 
     def confirmed_flush(self, slot: str) -> Lsn:
-        return Lsn(self.db.fetchone("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,)))
+        return Lsn(
+            self.db.fetchone(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            )
+        )
 
     def close(self) -> None:
         for conn in self._conns:

@@ -177,14 +177,12 @@ class Decoder(Protocol):
         """Events for one message; ``lsn`` is the position the server gave with it."""
         ...
 
-    @property
-    def in_transaction(self) -> bool:
-        """Whether the messages decoded so far left a transaction open (Begin seen, Commit not)."""
-        ...
-
     def reset(self) -> None:
         """Forget per-connection state (call after reconnecting: the server resends relations)."""
         ...
+
+    in_transaction: bool
+    """Whether the messages decoded so far left a transaction open (Begin seen, Commit not)."""
 
 
 class DecodeError(ValueError):

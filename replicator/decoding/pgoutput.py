@@ -31,8 +31,9 @@ from replicator.decoding.changes import (
     Value,
     Values,
 )
-from replicator.lsn import Lsn
+from replicator.lsn import Lsn, lsn_from_server
 
+_lsn = lsn_from_server
 _int16 = struct.Struct(">h").unpack_from
 _int32 = struct.Struct(">i").unpack_from
 _uint32 = struct.Struct(">I").unpack_from
@@ -71,7 +72,7 @@ class PgOutputDecoder:
         self.types: dict[int, tuple[str, str]] = {}  # oid -> (schema, name), from Type messages
         self._xid = 0
         self._time = PG_EPOCH
-        self._in_transaction = False
+        self.in_transaction = False
         self._handlers: dict[int, Callable[[bytes, int], Sequence[Event]]] = {
             ord("B"): self._on_begin,
             ord("C"): self._on_commit,
@@ -94,11 +95,7 @@ class PgOutputDecoder:
     def reset(self) -> None:
         self.relations.clear()
         self.types.clear()
-        self._in_transaction = False
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._in_transaction
+        self.in_transaction = False
 
     def decode(self, data: bytes, lsn: int) -> Sequence[Event]:
         try:
@@ -120,13 +117,13 @@ class PgOutputDecoder:
         final_lsn, micros, xid = _begin(buf, 1)
         self._xid = xid
         self._time = pg_time(micros)
-        self._in_transaction = True
-        return (Begin(xid, Lsn(final_lsn), self._time),)
+        self.in_transaction = True
+        return (Begin(xid, _lsn(final_lsn), self._time),)
 
     def _on_commit(self, buf: bytes, lsn: int) -> Sequence[Event]:
         _flags, commit_lsn, end_lsn, _micros = _commit(buf, 1)
-        self._in_transaction = False
-        return (Commit(self._xid, Lsn(commit_lsn), Lsn(end_lsn), self._time),)
+        self.in_transaction = False
+        return (Commit(self._xid, _lsn(commit_lsn), _lsn(end_lsn), self._time),)
 
     # Rows.
 
@@ -135,7 +132,7 @@ class PgOutputDecoder:
         if buf[5] != 78:  # 'N'
             raise DecodeError(f"INSERT without a new tuple at {Lsn(lsn)}")
         new, _ = read_tuple(buf, 6, _text_of(buf))
-        return (Change(Op.INSERT, rel, new, None, Lsn(lsn), self._xid, self._time),)
+        return (Change(Op.INSERT, rel, new, None, _lsn(lsn), self._xid, self._time),)
 
     def _on_update(self, buf: bytes, lsn: int) -> Sequence[Event]:
         rel = self._relation(buf)
@@ -149,21 +146,21 @@ class PgOutputDecoder:
         if kind != 78:
             raise DecodeError(f"UPDATE without a new tuple at {Lsn(lsn)}")
         new, _ = read_tuple(buf, pos + 1, text)
-        return (Change(Op.UPDATE, rel, new, old, Lsn(lsn), self._xid, self._time),)
+        return (Change(Op.UPDATE, rel, new, old, _lsn(lsn), self._xid, self._time),)
 
     def _on_delete(self, buf: bytes, lsn: int) -> Sequence[Event]:
         rel = self._relation(buf)
         if buf[5] not in (75, 79):
             raise DecodeError(f"DELETE without an old tuple at {Lsn(lsn)}")
         old, _ = read_tuple(buf, 6, _text_of(buf))
-        return (Change(Op.DELETE, rel, None, old, Lsn(lsn), self._xid, self._time),)
+        return (Change(Op.DELETE, rel, None, old, _lsn(lsn), self._xid, self._time),)
 
     def _on_truncate(self, buf: bytes, lsn: int) -> Sequence[Event]:
         (count,) = _int32(buf, 1)
         options = buf[5]
         oids = struct.unpack_from(f">{count}I", buf, 6)
         rels = tuple(self._known(oid) for oid in oids)
-        return (Truncate(rels, bool(options & 1), bool(options & 2), Lsn(lsn), self._xid, self._time),)
+        return (Truncate(rels, bool(options & 1), bool(options & 2), _lsn(lsn), self._xid, self._time),)
 
     # Catalog.
 
@@ -192,7 +189,10 @@ class PgOutputDecoder:
         return _NONE
 
     def _relation(self, buf: bytes) -> Relation:
-        return self._known(_uint32(buf, 1)[0])
+        try:
+            return self.relations[_uint32(buf, 1)[0]]
+        except KeyError:
+            return self._known(_uint32(buf, 1)[0])
 
     def _known(self, oid: int) -> Relation:
         try:
@@ -232,7 +232,10 @@ def read_tuple(buf: bytes, pos: int, text: str | None) -> tuple[Values, int]:
 
 
 def _text_of(buf: bytes) -> str | None:
-    return buf.decode("ascii") if buf.isascii() else None
+    try:
+        return buf.decode("ascii")
+    except UnicodeDecodeError:  # not all ASCII: values are decoded one by one, as UTF-8
+        return None
 
 
 def _cstring(buf: bytes, pos: int) -> tuple[str, int]:

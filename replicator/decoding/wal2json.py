@@ -7,8 +7,9 @@ What wal2json does differently from pgoutput, and how we even it out:
   (a catalog lookup, see ``replicator.source.describe``), called once per table shape.
 - Values are JSON: numbers arrive unquoted (we parse them as strings, so ``1.50`` stays
   ``1.50``), booleans as ``true``/``false`` (we turn them back to ``t``/``f``), ``bytea`` without
-  its leading ``\\x`` (we put it back). wal2json before 2.6 prints NaN and ±Infinity in float and
-  numeric columns as ``null``: that loss happens in the plugin and cannot be undone here.
+  its leading ``\\x`` (we put it back). wal2json prints NaN and ±Infinity in float and numeric
+  columns as ``null``, a loss we cannot undo, unless asked for ``numeric-data-types-as-string``
+  (wal2json 2.6+; ``numeric_as_string=True``).
 - An UPDATE leaves out unchanged TOASTed columns: they become ``UNCHANGED_TOAST``.
 - ``identity`` holds the old replica identity: key columns (DEFAULT / INDEX) or the whole old
   row (FULL). For an UPDATE that did not change the key it repeats the new key; pgoutput sends
@@ -25,6 +26,7 @@ What wal2json does differently from pgoutput, and how we even it out:
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,8 +45,9 @@ from replicator.decoding.changes import (
     ReplicaIdentity,
     Truncate,
     Value,
+    Values,
 )
-from replicator.lsn import Lsn
+from replicator.lsn import Lsn, lsn_from_server
 
 BOOL_OID = 16
 BYTEA_OID = 17
@@ -63,8 +66,11 @@ Describe = Callable[[str, str], "TableInfo | None"]
 """(schema, table) -> what the catalog says about the table, or None if it is gone."""
 
 
-_decoder = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=str)
-_loads = _decoder.decode
+# Numbers stay the text the server printed: "1.50" must not become 1.5, nor a float8 "-0" become 0.
+# The C scanner itself: JSONDecoder.decode only wraps it with whitespace checks we do not need.
+_scan = json.JSONDecoder(parse_float=str, parse_int=str, parse_constant=str).scan_once  # type: ignore[attr-defined]
+_name_and_type = operator.itemgetter("name", "typeoid")
+_value_of = operator.itemgetter("value")
 
 
 @dataclass
@@ -84,13 +90,21 @@ class Wal2JsonDecoder:
 
     plugin = "wal2json"
 
-    def __init__(self, describe: Describe, tables: Iterable[tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        describe: Describe,
+        tables: Iterable[tuple[str, str]] | None = None,
+        numeric_as_string: bool = False,
+    ):
         self.describe = describe
         self.tables = tuple(tables) if tables is not None else None
+        # wal2json 2.6+: numbers as JSON strings, which keeps NaN and Infinity (else printed null).
+        # See replicator.source.slots.wal2json_accepts to find out whether the server's wal2json can.
+        self.numeric_as_string = numeric_as_string
         self._shapes: dict[tuple[str, str, tuple[Any, ...]], _Shape] = {}
         self._tables: dict[tuple[str, str], TableInfo] = {}
         self._begin: Begin | None = None  # Begin not yet sent: sent with the first change
-        self._in_transaction = False
+        self.in_transaction = False
         self._xid = 0
         self._time: datetime | None = None
         self._truncate: list[Relation] = []
@@ -105,6 +119,8 @@ class Wal2JsonDecoder:
             "include-type-oids": "1",
             "include-types": "0",
         }
+        if self.numeric_as_string:
+            options["numeric-data-types-as-string"] = "1"
         if self.tables is not None:
             options["add-tables"] = ",".join(f"{_escape(s)}.{_escape(t)}" for s, t in self.tables)
         return options
@@ -113,20 +129,15 @@ class Wal2JsonDecoder:
         self._shapes.clear()
         self._tables.clear()
         self._begin = None
-        self._in_transaction = False
+        self.in_transaction = False
         self._truncate = []
-
-    @property
-    def in_transaction(self) -> bool:
-        """Whether the last message left us inside a transaction."""
-        return self._in_transaction
 
     def decode(self, data: bytes | str, lsn: int) -> Sequence[Event]:
         try:
-            msg = _loads(data if isinstance(data, str) else data.decode())
+            msg = _scan(data if isinstance(data, str) else data.decode(), 0)[0]
             action = msg["action"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise DecodeError(f"malformed wal2json message at {Lsn(lsn)}: {e}") from None
+        except (ValueError, KeyError, TypeError, StopIteration) as e:
+            raise DecodeError(f"malformed wal2json message at {Lsn(lsn)}: {e!r}") from None
         try:
             if self._truncate and action != "T":
                 flushed = self._flush_truncate()
@@ -146,20 +157,20 @@ class Wal2JsonDecoder:
         if action == "B":
             self._xid = int(msg["xid"])
             self._time = _timestamp(msg["timestamp"])
-            self._begin = Begin(self._xid, Lsn.parse(msg["lsn"]), self._time)
-            self._in_transaction = True
+            self._begin = Begin(self._xid, _lsn(msg["lsn"]), self._time)
+            self.in_transaction = True
             return _NONE
         if action == "C":
-            self._in_transaction = False
+            self.in_transaction = False
             if self._begin is not None:  # nothing was sent: skip the empty transaction
                 self._begin = None
                 return _NONE
             assert self._time is not None
-            return (Commit(self._xid, Lsn.parse(msg["lsn"]), Lsn.parse(msg["nextlsn"]), self._time),)
+            return (Commit(self._xid, _lsn(msg["lsn"]), _lsn(msg["nextlsn"]), self._time),)
         if action == "T":
             shape = self._reshape(msg["schema"], msg["table"], (), (), partial=True)
             self._truncate.append(shape.relation)
-            self._truncate_lsn = Lsn.parse(msg["lsn"])
+            self._truncate_lsn = _lsn(msg["lsn"])
             return _NONE
         if action == "M":
             return _NONE
@@ -181,12 +192,13 @@ class Wal2JsonDecoder:
     def _change(self, action: str, msg: dict[str, Any]) -> Change | None:
         schema, table = msg["schema"], msg["table"]
         assert self._time is not None
-        lsn = Lsn.parse(msg["lsn"])
+        lsn = _lsn(msg["lsn"])
         if action == "D":
             ident = msg["identity"]
             shape = self._shape_of(schema, table, ident, partial=True)
-            old = _values(shape, ident, None)
-            return Change(Op.DELETE, shape.relation, None, old, lsn, self._xid, self._time)
+            return Change(
+                Op.DELETE, shape.relation, None, _values(shape, ident, None), lsn, self._xid, self._time
+            )
         columns = msg["columns"]
         if action == "I":
             shape = self._shape_of(schema, table, columns, partial=False)
@@ -195,7 +207,7 @@ class Wal2JsonDecoder:
         shape = self._shape_of(schema, table, columns, partial=True)
         new = _values(shape, columns, UNCHANGED_TOAST)
         rel = shape.relation
-        old = None
+        old: Values | None = None
         ident = msg.get("identity")
         if ident is not None:
             ishape = self._shape_of(schema, table, ident, partial=True)
@@ -210,17 +222,24 @@ class Wal2JsonDecoder:
     # Relations.
 
     def _shape_of(self, schema: str, table: str, columns: list[dict[str, Any]], partial: bool) -> _Shape:
-        names = tuple(c["name"] for c in columns)
-        types = tuple(int(c["typeoid"]) for c in columns)
-        key = (schema, table, names + types)
+        signature = tuple(map(_name_and_type, columns))
+        key = (schema, table, signature)
         shape = self._shapes.get(key)
-        state = self._tables.get((schema, table))
-        if shape is not None and state is not None and shape.relation is state.relation:
-            return shape
+        if shape is not None:
+            state = self._tables.get((schema, table))
+            if state is not None and shape.relation is state.relation:
+                return shape
+        names = tuple(n for n, _ in signature)
+        types = tuple(int(t) for _, t in signature)
         return self._reshape(schema, table, names, types, partial, key)
 
     def _reshape(
-        self, schema: str, table: str, names: tuple[str, ...], types: tuple[int, ...], partial: bool,
+        self,
+        schema: str,
+        table: str,
+        names: tuple[str, ...],
+        types: tuple[int, ...],
+        partial: bool,
         key: tuple[str, str, tuple[Any, ...]] | None = None,
     ) -> _Shape:
         """The table's relation as of this message: the one we have if the columns fit, else a new one."""
@@ -245,15 +264,17 @@ class Wal2JsonDecoder:
         # The catalog has moved on since this change (a column added or dropped later):
         # the message's columns are the truth, the catalog still knows their typmod and key flag.
         by_name = {c.name: c for c in info.relation.columns}
-        columns = []
+        listed = []
         for name, type_oid in zip(names, types):
             if name in info.generated:
                 continue
             col = by_name.get(name)
-            columns.append(col if col is not None and col.type_oid == type_oid else Column(name, type_oid, -1, False))
+            listed.append(
+                col if col is not None and col.type_oid == type_oid else Column(name, type_oid, -1, False)
+            )
         known = info.relation
         return TableInfo(
-            Relation(known.oid, schema, table, known.replica_identity, tuple(columns)), info.generated
+            Relation(known.oid, schema, table, known.replica_identity, tuple(listed)), info.generated
         )
 
 
@@ -274,8 +295,8 @@ def _make_shape(rel: Relation, names: tuple[str, ...], types: tuple[int, ...]) -
     return _Shape(rel, None if same else positions, fix)
 
 
-def _values(shape: _Shape, columns: list[dict[str, Any]], missing: Value) -> tuple[Value, ...]:
-    values: list[Value] = [c["value"] for c in columns]
+def _values(shape: _Shape, columns: list[dict[str, Any]], missing: Value) -> Values:
+    values: list[Any] = list(map(_value_of, columns))  # str or None; bool for bool columns
     for i, type_oid in shape.fix:
         v = values[i]
         if v is not None:
@@ -290,6 +311,12 @@ def _values(shape: _Shape, columns: list[dict[str, Any]], missing: Value) -> tup
         if pos >= 0:  # -1: a generated column, which pgoutput does not publish
             row[pos] = v
     return tuple(row)
+
+
+def _lsn(text: str) -> Lsn:
+    """An LSN wal2json printed ("16/B374D848"): well-formed, so parsed without Lsn.parse's checks."""
+    hi, _, lo = text.partition("/")
+    return lsn_from_server((int(hi, 16) << 32) | int(lo, 16))
 
 
 def _timestamp(text: str) -> datetime:

@@ -50,4 +50,6 @@ def describe_table(conn: psycopg.Connection[Any], schema: str, table: str) -> Ta
         else:
             columns.append(Column(name, type_oid, typmod, bool(is_key)))
     oid, ident = rows[0][0], rows[0][1]
-    return TableInfo(Relation(oid, schema, table, ReplicaIdentity(ident), tuple(columns)), frozenset(generated))
+    return TableInfo(
+        Relation(oid, schema, table, ReplicaIdentity(ident), tuple(columns)), frozenset(generated)
+    )

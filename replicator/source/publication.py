@@ -85,14 +85,14 @@ def create_publication_sql(
     """CREATE PUBLICATION for ``tables``: column lists on PostgreSQL 15+, partitions via their root."""
     facts = facts if facts is not None else _table_facts(conn, tables)
     version = conn.info.server_version
-    items = []
+    items: list[sql.Composable] = []
     for t in tables:
         item: sql.Composable = t.identifier()
         columns = _column_list(t, facts[(t.schema, t.table)]) if version >= 150000 else None
         if columns is not None:
             item = sql.SQL("{} ({})").format(item, sql.SQL(", ").join(map(sql.Identifier, columns)))
         items.append(item)
-    options = [sql.SQL("publish = {}").format(sql.Literal(_PUBLISH))]
+    options: list[sql.Composable] = [sql.SQL("publish = {}").format(sql.Literal(_PUBLISH))]
     if version >= 130000:
         options.append(sql.SQL("publish_via_partition_root = true"))
     return sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH ({})").format(
@@ -121,7 +121,11 @@ def publication_problems(
     _all, ins, upd, dele, trunc, viaroot = row
     problems = []
     if not (ins and upd and dele and trunc):
-        absent = [op for op, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc)) if not on]
+        absent = [
+            op
+            for op, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc))
+            if not on
+        ]
         fix = sql.SQL("ALTER PUBLICATION {} SET (publish = {});").format(pub, sql.Literal(_PUBLISH))
         problems.append(f"it does not publish {', '.join(absent)}; fix: {fix.as_string(conn)}")
 
@@ -210,6 +214,11 @@ WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
 """
 
 
-def _table_facts(conn: psycopg.Connection[Any], tables: Sequence[PublishedTable]) -> dict[tuple[str, str], _TableFacts]:
+def _table_facts(
+    conn: psycopg.Connection[Any], tables: Sequence[PublishedTable]
+) -> dict[tuple[str, str], _TableFacts]:
     rows = conn.execute(_FACTS_QUERY, ([t.schema for t in tables], [t.table for t in tables])).fetchall()
-    return {(s, t): _TableFacts(kind, ident, tuple(cols), tuple(idcols)) for s, t, kind, ident, cols, idcols in rows}
+    return {
+        (s, t): _TableFacts(kind, ident, tuple(cols), tuple(idcols))
+        for s, t, kind, ident, cols, idcols in rows
+    }

@@ -46,7 +46,10 @@ def get_slot(conn: psycopg.Connection[Any], name: str) -> SlotInfo | None:
     row = conn.execute(_SLOT_QUERY, (name,)).fetchone()
     if row is None:
         return None
-    return SlotInfo(*row[:6], _lsn(row[6]), _lsn(row[7]), row[8])
+    name, plugin, slot_type, database, active, active_pid, restart, confirmed, wal_status = row
+    return SlotInfo(
+        name, plugin, slot_type, database, active, active_pid, _lsn(restart), _lsn(confirmed), wal_status
+    )
 
 
 def check_slot(info: SlotInfo, plugin: str, database: str) -> None:
@@ -117,6 +120,23 @@ def drop_slot(conn: psycopg.Connection[Any], name: str, missing_ok: bool = True)
     return True
 
 
+def wal2json_accepts(conn: psycopg.Connection[Any], slot: str, option: str, value: str = "1") -> bool:
+    """Whether the server's wal2json knows ``option`` (e.g. numeric-data-types-as-string, 2.6+).
+
+    Peeks at ``slot`` (which must not be streaming) up to its first WAL record: enough for the
+    plugin to parse its options. Nothing is consumed.
+    """
+    try:
+        with conn.transaction():  # a savepoint when a transaction is open: the failure stays here
+            conn.execute(
+                "SELECT count(*) FROM pg_catalog.pg_logical_slot_peek_changes(%s, '0/1', NULL, %s, %s)",
+                (slot, option, value),
+            )
+    except psycopg.errors.InvalidParameterValue:
+        return False
+    return True
+
+
 class SnapshotSlot:
     """A slot just created with ``EXPORT_SNAPSHOT``, and the replication connection keeping it alive.
 
@@ -126,7 +146,9 @@ class SnapshotSlot:
     Streaming from ``consistent_point`` then continues exactly where that snapshot ends.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], slot: str, plugin: str, consistent_point: Lsn, snapshot: str):
+    def __init__(
+        self, conn: psycopg.Connection[Any], slot: str, plugin: str, consistent_point: Lsn, snapshot: str
+    ):
         self.conn = conn
         self.slot = slot
         self.plugin = plugin
@@ -160,7 +182,9 @@ class SnapshotSlot:
     def __enter__(self) -> SnapshotSlot:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -170,7 +194,9 @@ def _check_plugin_name(plugin: str) -> None:
 
 
 def _create_failed(name: str, plugin: str, exc: psycopg.Error, where: str = "the source") -> SourceError:
-    text = exc.diag.message_primary if isinstance(exc, psycopg.Error) and exc.diag.message_primary else str(exc)
+    text = (
+        exc.diag.message_primary if isinstance(exc, psycopg.Error) and exc.diag.message_primary else str(exc)
+    )
     state = getattr(exc, "sqlstate", None) or ""
     hint = ""
     if isinstance(exc, psycopg.errors.DuplicateObject):
@@ -181,9 +207,13 @@ def _create_failed(name: str, plugin: str, exc: psycopg.Error, where: str = "the
             "or on Amazon RDS / Aurora: GRANT rds_replication TO <user>;"
         )
     elif "wal_level" in text:
-        hint = "; set wal_level = logical (on RDS / Aurora: rds.logical_replication = 1) and restart the server"
+        hint = (
+            "; set wal_level = logical (on RDS / Aurora: rds.logical_replication = 1) and restart the server"
+        )
     elif "max_replication_slots" in text or state == "53400":
-        hint = "; raise max_replication_slots, or drop slots no longer used (SELECT * FROM pg_replication_slots)"
+        hint = (
+            "; raise max_replication_slots, or drop slots no longer used (SELECT * FROM pg_replication_slots)"
+        )
     elif isinstance(exc, psycopg.errors.UndefinedFile) or "could not access file" in text:
         hint = f"; the {plugin} output plugin is not installed on the server"
     return SourceError(f"cannot create replication slot {name!r} ({plugin}) on {where}: {text}{hint}")

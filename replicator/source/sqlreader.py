@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect, describe
@@ -32,8 +32,12 @@ from replicator.errors import SourceError
 from replicator.lsn import Lsn
 from replicator.source.session import apply_output_settings
 from replicator.source.slots import get_slot
+from replicator.source.stream import ReplicationLost, SlotInUse
 
 log = logging.getLogger(__name__)
+
+# Rows per round trip when streaming a peek; chunked results need libpq 17+ (else one by one).
+_STREAM_CHUNK = 1000 if pq.version() >= 170000 else 1
 
 
 class SqlReader:
@@ -56,7 +60,7 @@ class SqlReader:
         self.poll_interval_s = poll_interval_s
         self._where = where
         self._binary = decoder.plugin == "pgoutput"
-        self._rows: Iterator[tuple[Lsn, Any]] | None = None
+        self._rows: Iterator[Any] | None = None  # psycopg's stream() generator
         self._peek_rows = 0  # rows read from the current peek
         self._peek_limit = 0  # its upto_nchanges
         self._peek_upto = Lsn(0)  # its upto_lsn
@@ -93,7 +97,9 @@ class SqlReader:
     ) -> SqlReader:
         conn = connect(cfg, "source", application_name, autocommit=True)
         try:
-            return cls(conn, slot, decoder, start_lsn, fetch_rows, poll_interval_s, f"the source {describe(cfg)}")
+            return cls(
+                conn, slot, decoder, start_lsn, fetch_rows, poll_interval_s, f"the source {describe(cfg)}"
+            )
         except BaseException:
             conn.close()
             raise
@@ -166,7 +172,8 @@ class SqlReader:
         try:
             if self._rows is not None:
                 rows, self._rows = self._rows, None
-                rows.close()  # abandon the peek (psycopg cancels it); its rows are read again next time
+                # Abandon the peek (psycopg cancels it); its rows are read again next time.
+                rows.close()  # type: ignore[attr-defined]  # it is a generator
             self._advance()
         except psycopg.Error as e:
             log.warning("could not move slot %s to %s on close: %s", self.slot, self._flushed, e)
@@ -176,7 +183,9 @@ class SqlReader:
     def __enter__(self) -> SqlReader:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # Polling.
@@ -198,7 +207,7 @@ class SqlReader:
             sql.Identifier(function), sql.SQL("").join(sql.SQL(", %s") for _ in options)
         )
         self._rows = self.conn.cursor(binary=True).stream(
-            query, [self.slot, self._peek_upto, self._peek_limit, *options], size=1000
+            query, [self.slot, self._peek_upto, self._peek_limit, *options], size=_STREAM_CHUNK
         )
         self._peek_rows = 0
         self._delivered_new = False
@@ -232,12 +241,12 @@ class SqlReader:
 
     def _failed(self, exc: psycopg.Error) -> SourceError:
         text = exc.diag.message_primary or str(exc)
-        error: SourceError = SourceError(f"reading slot {self.slot!r} on {self._where} failed: {text}")
-        if isinstance(exc, psycopg.OperationalError):
-            from replicator.source.stream import ReplicationLost
-
-            error = ReplicationLost(
+        if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.ObjectInUse):
+            return ReplicationLost(
                 f"connection to {self._where} (slot {self.slot!r}) lost: {text}; "
                 "reconnect and resume from the last checkpoint"
             )
-        return error
+        message = f"reading slot {self.slot!r} on {self._where} failed: {text}"
+        if isinstance(exc, psycopg.errors.ObjectInUse):
+            return SlotInUse(message)
+        return SourceError(message)

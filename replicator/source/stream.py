@@ -57,6 +57,21 @@ class ReplicationLost(SourceError):
     transient = True
 
 
+class SlotInUse(SourceError):
+    """Another connection streams the slot: usually our previous walsender, still exiting.
+
+    Transient: retry after a moment (if another replicator runs on this slot, it keeps failing).
+    """
+
+    transient = True
+
+
+# SQLSTATEs that end a stream and may go away by themselves: connection exceptions (08),
+# operator intervention (57: terminate, shutdown, crash), insufficient resources (53).
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "57", "53")
+_OBJECT_IN_USE = "55006"
+
+
 class ReplicationStream:
     """A started logical replication stream on its own connection. Not thread-safe."""
 
@@ -76,13 +91,18 @@ class ReplicationStream:
         self.status_interval_s = status_interval_s
         self._where = where
         self._pgconn = conn.pgconn
-        self._received = Lsn(start_lsn)  # highest WAL position the server told us about
-        self._position = Lsn(start_lsn)  # everything committing before it has been returned
+        # Plain ints on the hot path; the properties hand out Lsn values.
+        self._received = int(start_lsn)  # highest WAL position the server told us about
+        self._position = int(start_lsn)  # everything committing before it has been returned
         self._flushed = Lsn(0)  # what the caller confirmed; 0 = nothing yet (the server ignores 0)
         self._last_status = 0.0
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._pgconn.socket, selectors.EVENT_READ)
-        self._start(start_lsn)
+        try:
+            self._start(start_lsn)
+        except BaseException:
+            self._selector.close()
+            raise
 
     @classmethod
     def open(
@@ -115,7 +135,7 @@ class ReplicationStream:
         returned was not inside a transaction), confirming ``position`` is safe; on an idle source
         it moves with the server's keepalives, so the slot keeps up without any change to apply.
         """
-        return self._position
+        return Lsn(self._position)
 
     @property
     def confirmed(self) -> Lsn:
@@ -145,18 +165,18 @@ class ReplicationStream:
                     if events:
                         extend(events)
                     if end > self._received:
-                        self._received = Lsn(end)
-                    if not decoder.in_transaction and start > self._position:
+                        self._received = end
+                    if start > self._position and not decoder.in_transaction:
                         # A commit (or a skipped empty transaction) ends here.
-                        self._position = Lsn(start)
+                        self._position = start
                     if len(out) >= max_events:
                         break
                 elif kind == _K:
                     end, _clock, reply = _keepalive(buf, 1)
                     if end > self._received:
-                        self._received = Lsn(end)
-                    if not decoder.in_transaction and end > self._position:
-                        self._position = Lsn(end)
+                        self._received = end
+                    if end > self._position and not decoder.in_transaction:
+                        self._position = end
                     if reply:
                         self._send_status()
                 countdown -= 1
@@ -203,7 +223,9 @@ class ReplicationStream:
     def __enter__(self) -> ReplicationStream:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # Protocol.
@@ -231,8 +253,11 @@ class ReplicationStream:
             if result.status == pq.ExecStatus.COPY_BOTH:
                 break
             if result.status == pq.ExecStatus.FATAL_ERROR:
-                message = (result.error_message or b"").decode(errors="replace").strip()
-                raise SourceError(f"cannot stream slot {self.slot!r} from {self._where}: {message}")
+                message = _first_line(result.error_message)
+                text = f"cannot stream slot {self.slot!r} from {self._where}: {message}"
+                if _sqlstate(result) == _OBJECT_IN_USE:
+                    raise SlotInUse(text)
+                raise SourceError(text)
         self._last_status = time.monotonic()
         log.info("streaming slot %s (%s) from %s", self.slot, self.decoder.plugin, Lsn(start_lsn))
 
@@ -260,13 +285,19 @@ class ReplicationStream:
             while self._pgconn.flush():
                 writable.select(1.0)
 
-    def _ended(self) -> ReplicationLost:
-        """The server ended the COPY: collect its reason."""
+    def _ended(self) -> SourceError:
+        """The server ended the COPY: collect its reason, and whether trying again can help."""
         messages = []
+        permanent = False
         while (result := self._pgconn.get_result()) is not None:
             if result.error_message:
-                messages.append(result.error_message.decode(errors="replace").strip())
-        return self._lost("; ".join(messages) or "the server ended the replication stream")
+                messages.append(_first_line(result.error_message))
+                state = _sqlstate(result)  # none: libpq's own (the connection broke)
+                permanent = permanent or bool(state and not state.startswith(_TRANSIENT_SQLSTATE_PREFIXES))
+        reason = "; ".join(messages) or "the server ended the replication stream"
+        if permanent:  # e.g. the publication was dropped: reconnecting would fail the same way
+            return SourceError(f"streaming slot {self.slot!r} from {self._where} failed: {reason}")
+        return self._lost(reason)
 
     def _lost(self, reason: str) -> ReplicationLost:
         reason = " ".join(line.strip() for line in reason.splitlines() if line.strip())
@@ -274,6 +305,17 @@ class ReplicationStream:
             f"replication connection to {self._where} (slot {self.slot!r}) lost: {reason}; "
             "reconnect and resume from the last checkpoint"
         )
+
+
+def _sqlstate(result: pq.abc.PGresult) -> str:
+    state = result.error_field(pq.DiagnosticField.SQLSTATE)
+    return state.decode() if state else ""
+
+
+def _first_line(message: bytes | None) -> str:
+    # libpq appends CONTEXT lines; the first one says what is wrong.
+    text = (message or b"").decode(errors="replace").strip()
+    return text.splitlines()[0].strip() if text else ""
 
 
 def _repl_literal(value: str) -> str:

@@ -89,7 +89,10 @@ class WalWatch:
                     log.warning(
                         "replication slot %s holds %s of WAL on the source: %d%% of the %g GB maximum "
                         "(log-monitoring.alert-threshold-percent is %d%%); the pipeline is falling behind",
-                        r.slot, _gb(size), size * 100 // limit, self.monitoring.max_wal_size_gb,
+                        r.slot,
+                        _gb(size),
+                        size * 100 // limit,
+                        self.monitoring.max_wal_size_gb,
                         self.monitoring.alert_threshold_percent,
                     )
             elif r.slot in self._alerting:

@@ -96,12 +96,18 @@ def test_replica_identity_full_like_pgoutput(replication: Replication) -> None:
 def test_truncate_like_pgoutput_without_options(replication: Replication) -> None:
     replication.db.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
     pgoutput, wal2json = both(
-        replication, ["a", "b"], ["INSERT INTO a VALUES (1)", "TRUNCATE a, b RESTART IDENTITY", "INSERT INTO b VALUES (1)"]
+        replication,
+        ["a", "b"],
+        ["INSERT INTO a VALUES (1)", "TRUNCATE a, b RESTART IDENTITY", "INSERT INTO b VALUES (1)"],
     )
     [pg_trunc] = [e for e in pgoutput if isinstance(e, Truncate)]
     [wj_trunc] = [e for e in wal2json if isinstance(e, Truncate)]
     assert pg_trunc.restart_identity and not wj_trunc.restart_identity  # wal2json does not say
-    assert (wj_trunc.relations, wj_trunc.lsn, wj_trunc.xid) == (pg_trunc.relations, pg_trunc.lsn, pg_trunc.xid)
+    assert (wj_trunc.relations, wj_trunc.lsn, wj_trunc.xid) == (
+        pg_trunc.relations,
+        pg_trunc.lsn,
+        pg_trunc.xid,
+    )
     assert [e for e in wal2json if e is not wj_trunc] == [e for e in pgoutput if e is not pg_trunc]
 
 
@@ -125,7 +131,9 @@ def test_schema_changes_like_pgoutput(replication: Replication) -> None:
 
 
 def test_generated_columns_are_left_out_like_pgoutput(replication: Replication) -> None:
-    replication.db.execute("CREATE TABLE t (id int PRIMARY KEY, a int, g int GENERATED ALWAYS AS (a * 2) STORED)")
+    replication.db.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, a int, g int GENERATED ALWAYS AS (a * 2) STORED)"
+    )
     pgoutput, wal2json = both(
         replication, ["t"], ["INSERT INTO t (id, a) VALUES (1, 1)", "UPDATE t SET a = 2", "DELETE FROM t"]
     )
@@ -136,15 +144,21 @@ def test_generated_columns_are_left_out_like_pgoutput(replication: Replication) 
 def test_empty_transactions_are_skipped_like_pgoutput(replication: Replication) -> None:
     replication.db.execute("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int)")
     pgoutput, wal2json = both(
-        replication, ["t"], ["INSERT INTO other VALUES (1)", "INSERT INTO t VALUES (1)", "INSERT INTO other VALUES (2)"]
+        replication,
+        ["t"],
+        ["INSERT INTO other VALUES (1)", "INSERT INTO t VALUES (1)", "INSERT INTO other VALUES (2)"],
     )
     assert len(pgoutput) == 3  # Begin, Change, Commit
     assert wal2json == pgoutput
 
 
 def test_names_needing_quotes(replication: Replication) -> None:
-    replication.db.execute('CREATE SCHEMA "My.Schema"; CREATE TABLE "My.Schema"."a,b t" ("Id" int PRIMARY KEY, "x y" text)')
-    pgoutput, wal2json = both(replication, ["My.Schema.a,b t"], ["""INSERT INTO "My.Schema"."a,b t" VALUES (1, 'v')"""])
+    replication.db.execute(
+        'CREATE SCHEMA "My.Schema"; CREATE TABLE "My.Schema"."a,b t" ("Id" int PRIMARY KEY, "x y" text)'
+    )
+    pgoutput, wal2json = both(
+        replication, ["My.Schema.a,b t"], ["""INSERT INTO "My.Schema"."a,b t" VALUES (1, 'v')"""]
+    )
     assert [e.relation.qualified_name for e in pgoutput if isinstance(e, Change)] == ["My.Schema.a,b t"]
     assert wal2json == pgoutput
 

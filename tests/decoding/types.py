@@ -54,7 +54,7 @@ ROW_1 = {
 ROW_2 = {"id": 2}  # every other column NULL
 ROW_3 = {
     "id": 3, "i2": 0, "i4": -1, "i8": 9223372036854775807, "num": "-0.000001", "num_scaled": "-99999.9999",
-    "f4": "-3.4e38", "f8": "1e-300", "cash": "-0.01", "t": "", "vc": "x" * 20, "ch": "abcde",
+    "f4": "-0", "f8": "1e-300", "cash": "-0.01", "t": "", "vc": "x" * 20, "ch": "abcde",
     "by": b"", "b": False, "j": "[]", "jb": "[]", "d": "infinity", "ts": "-infinity", "tstz": "infinity",
     "iv": "-1 days", "ai": "{}", "at": "{}", "r": "empty", "comp": "(,)",
 }

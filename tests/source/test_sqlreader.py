@@ -6,6 +6,7 @@ import pytest
 
 from replicator.decoding.changes import Begin, Change, Commit
 from replicator.errors import SourceError
+from replicator.source.stream import SlotInUse
 
 from tests.replication import Replication, flush_lsn, read_until
 
@@ -77,7 +78,9 @@ def test_resumes_from_the_callers_checkpoint(replication: Replication) -> None:
     assert replication.confirmed_flush(slot) == checkpoint  # the checkpoint was confirmed on open
 
 
-def test_large_transactions_come_in_pieces_and_slow_confirmers_still_progress(replication: Replication) -> None:
+def test_large_transactions_come_in_pieces_and_slow_confirmers_still_progress(
+    replication: Replication,
+) -> None:
     workload(replication)
     slot = replication.slot("pgoutput")
     replication.db.execute("INSERT INTO t SELECT i, 'x' FROM generate_series(1, 5000) i")
@@ -99,3 +102,12 @@ def test_missing_slot_is_reported(replication: Replication) -> None:
     workload(replication)
     with pytest.raises(SourceError, match="replication slot 'nope' does not exist on the source 127.0.0.1"):
         replication.sql_reader("nope", "pgoutput")
+
+
+def test_slot_streamed_elsewhere_is_a_transient_error(replication: Replication) -> None:
+    workload(replication)
+    slot = replication.slot("pgoutput")
+    with replication.stream(slot, "pgoutput"), replication.sql_reader(slot, "pgoutput") as reader:
+        with pytest.raises(SlotInUse, match=f"reading slot '{slot}' .* is active for PID") as busy:
+            reader.read(timeout=1)
+    assert busy.value.transient

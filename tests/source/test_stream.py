@@ -12,7 +12,7 @@ from replicator.decoding.changes import Begin, Change, Commit
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.errors import SourceError
 from replicator.lsn import Lsn
-from replicator.source.stream import ReplicationLost, ReplicationStream
+from replicator.source.stream import ReplicationLost, ReplicationStream, SlotInUse
 
 from tests.replication import Replication, flush_lsn, read_until
 
@@ -75,15 +75,22 @@ def test_keepalives_are_answered_while_idle(replication: Replication) -> None:
         return ReplicationStream(conn, name, PgOutputDecoder(["pub"]), status_interval_s=600)
 
     with stream_with_short_timeout(slot) as answered, stream_with_short_timeout(other) as ignored:
-        pid = replication.db.fetchone("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        pid = replication.db.fetchone(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        )
         until = time.monotonic() + 4
         while time.monotonic() < until:
             answered.read(timeout=0.3)
-        assert replication.db.fetchone(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-        ) == pid
+        assert (
+            replication.db.fetchone(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            )
+            == pid
+        )
         # The control: the server dropped the stream nobody read for 4 s (> wal_sender_timeout).
-        assert not replication.db.fetchone("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (other,))
+        assert not replication.db.fetchone(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (other,)
+        )
         with pytest.raises(ReplicationLost, match="server closed the connection"):
             ignored.read(timeout=1)
 
@@ -115,7 +122,9 @@ def test_terminated_walsender_is_transient_and_resumes_from_checkpoint(replicati
         events = read_until(stream, flush_lsn(replication.db))
         checkpoint = [e for e in events if isinstance(e, Commit)][0].end_lsn  # the first one was applied
         stream.confirm(checkpoint)
-        pid = replication.db.fetchone("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        pid = replication.db.fetchone(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        )
         replication.db.execute("SELECT pg_terminate_backend(%s)", (pid,))
         with pytest.raises(ReplicationLost) as lost:
             for _ in range(20):
@@ -124,7 +133,13 @@ def test_terminated_walsender_is_transient_and_resumes_from_checkpoint(replicati
     assert "terminating connection due to administrator command" in str(lost.value)
     assert "reconnect and resume" in str(lost.value)
 
-    wait_for(lambda: not replication.db.fetchone("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)))
+    wait_for(
+        lambda: (
+            not replication.db.fetchone(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            )
+        )
+    )
     with replication.stream(slot, "pgoutput", start=checkpoint) as stream:
         resumed = read_until(stream, flush_lsn(replication.db))
     assert [e.new for e in resumed if isinstance(e, Change)] == [("2",), ("3",)]
@@ -142,8 +157,22 @@ def test_read_returns_when_idle(replication: Replication) -> None:
 
 def test_unusable_slots_are_reported(replication: Replication) -> None:
     slot = three_transactions(replication)
-    with pytest.raises(SourceError, match="cannot stream slot 'nope' from the source 127.0.0.1.*does not exist"):
+    with pytest.raises(
+        SourceError, match="cannot stream slot 'nope' from the source 127.0.0.1.*does not exist"
+    ):
         replication.stream("nope", "pgoutput")
     with replication.stream(slot, "pgoutput"):
-        with pytest.raises(SourceError, match="is active for PID"):
+        with pytest.raises(SlotInUse, match="is active for PID") as busy:
             replication.stream(slot, "pgoutput")
+    assert busy.value.transient  # our previous walsender may just not have exited yet
+
+
+def test_errors_that_retrying_cannot_fix_are_not_transient(replication: Replication) -> None:
+    slot = three_transactions(replication)
+    replication.db.execute("DROP PUBLICATION pub")
+    replication.db.execute("INSERT INTO t VALUES (4)")  # decoded with a catalog that has no "pub"
+    with replication.stream(slot, "pgoutput") as stream, pytest.raises(SourceError) as failed:
+        for _ in range(20):
+            stream.read(timeout=0.5)
+    assert not isinstance(failed.value, ReplicationLost) and not getattr(failed.value, "transient", False)
+    assert 'publication "pub" does not exist' in str(failed.value)
