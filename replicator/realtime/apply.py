@@ -59,6 +59,8 @@ class Applier:
     column_type: ColumnType
     soft_deletes: bool = False
     flush_rows: int = 10_000
+    # Leaf partition -> its root, for decoders that name the partition (wal2json).
+    aliases: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     _batches: dict[tuple[str, str], fold.TableBatch] = field(default_factory=dict)
     _buffered: int = 0  # changes folded since the last flush
     _txn_changes: int = 0
@@ -155,6 +157,7 @@ class Applier:
 
     def _batch(self, rel: Relation) -> fold.TableBatch | None:
         key = (rel.schema, rel.table)
+        key = self.aliases.get(key, key)
         target = self.targets.get(key)
         if target is None:
             return None

@@ -31,6 +31,7 @@ from replicator.realtime.apply import Applier, Target
 from replicator.realtime.setup import SlotPlan, start_position
 from replicator.source.describe import CatalogDescriber
 from replicator.source.heartbeat import HeartbeatWriter
+from replicator.source.slots import wal2json_accepts
 from replicator.source.sqlreader import SqlReader
 from replicator.source.stream import ReplicationLost, ReplicationStream
 from replicator.source.walwatch import WalWatch
@@ -56,6 +57,9 @@ class SlotPipeline:
         self.job = job
         self.plan = plan
         self.targets = {k: v for k, v in targets.items() if k in plan.table_keys}
+        self.aliases = {
+            (p.schema, p.name): (t.table.schema, t.table.name) for t in plan.tables for p in t.table.partitions
+        }
         self.heartbeat = heartbeat
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
@@ -71,6 +75,7 @@ class SlotPipeline:
                 dst, self.job.job_id, self.plan.slot, self.targets, self._column_type(aux, dst),
                 soft_deletes=self.job.destination.value.deletes == "soft",
                 flush_rows=self.cfg.fetch_size_rows,
+                aliases=self.aliases,
             )
             writer = HeartbeatWriter(aux, self.cfg.heartbeat) if self.heartbeat else None
             watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])
@@ -114,11 +119,13 @@ class SlotPipeline:
         if self.plan.plugin == "pgoutput":
             assert self.plan.publication is not None
             return PgOutputDecoder([self.plan.publication])
-        tables = [*self.targets]
+        # wal2json names leaf partitions, not their root: ask for those, and map them back (aliases).
+        tables = [*self.targets, *self.aliases]
         if self.heartbeat:
             hb = self.cfg.heartbeat
             tables.append((hb.schema_name or "public", hb.table_name))
-        return Wal2JsonDecoder(CatalogDescriber(aux), tables)
+        exact_numbers = wal2json_accepts(aux, self.plan.slot, "numeric-data-types-as-string")
+        return Wal2JsonDecoder(CatalogDescriber(aux), tables, numeric_as_string=exact_numbers)
 
     def _stream(
         self,

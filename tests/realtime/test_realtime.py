@@ -49,6 +49,25 @@ def test_toast_unchanged_key_updates_truncate_and_new_columns(env: Env) -> None:
     assert env.dest.fetchone("SELECT min(length(body)) FROM docs") == 102400
 
 
+def test_partitioned_table_lands_in_one_table(env: Env) -> None:
+    env.source.execute(
+        """CREATE TABLE events (id bigint, at date NOT NULL, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+           CREATE TABLE events_a PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+           CREATE TABLE events_b PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+           INSERT INTO events SELECT g, '2024-01-01'::date + g, 'v' FROM generate_series(1, 600) g;"""
+    )
+    assert env.run("full", "--once") == 0
+    env.source.execute(
+        """INSERT INTO events SELECT g, '2024-01-01'::date + (g % 600), 'new' FROM generate_series(1000, 1100) g;
+           UPDATE events SET v = 'changed' WHERE id % 7 = 0;
+           UPDATE events SET at = at + 200 WHERE id BETWEEN 300 AND 320;  -- moves rows across partitions
+           DELETE FROM events WHERE id % 11 = 0;"""
+    )
+    assert env.run("realtime", "--once") == 0
+    env.assert_equal("events")
+    assert env.dest.fetchone("SELECT count(*) FROM pg_class WHERE relname LIKE 'events\\_%' AND relkind = 'r'") == 0
+
+
 def test_large_transaction_streams_with_bounded_memory(pg_env: Env) -> None:
     pg_env.source.execute("CREATE TABLE bulk (id bigint PRIMARY KEY, v text)")
     assert pg_env.run("full", "--once") == 0
