@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 
 from replicator.job import Job
 from replicator.modes.snapshot import format_summary
-from replicator.realtime.runner import prepare, stop_on_signals, stream, summary
+from replicator.realtime.runner import prepare, stream, summary
+from replicator.signals import stop_on_signals
 from replicator.realtime.setup import SlotPlan
 from replicator.snapshot.runner import run_snapshot
 from replicator.source.slots import SnapshotSlot, get_slot
@@ -26,6 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def run(job: Job) -> int:
+    with stop_on_signals() as stop:
+        return _run(job, stop)
+
+
+def _run(job: Job, stop: threading.Event) -> int:
     def snapshot(plans: list[SlotPlan]) -> None:
         for plan in plans:
             tables = plan.table_keys
@@ -33,15 +40,16 @@ def run(job: Job) -> int:
                 exists = get_slot(conn, plan.slot) is not None
             if exists:
                 log.info("slot %s exists: resuming (or skipping) its tables' snapshot", plan.slot)
-                print(format_summary(run_snapshot(job, only=tables)))
+                print(format_summary(run_snapshot(job, only=tables, stop=stop)))
                 continue
             with SnapshotSlot.create(job.source.value, plan.slot, plan.plugin) as created:
                 # A new slot means a new starting point: earlier snapshot progress does not match it.
                 fresh = dataclasses.replace(job, fresh=True)
-                print(format_summary(run_snapshot(fresh, imported_snapshot=created.snapshot_name, only=tables)))
+                print(format_summary(
+                    run_snapshot(fresh, imported_snapshot=created.snapshot_name, only=tables, stop=stop)
+                ))
 
     prepared = prepare(job, create_slots=False, before_destination=snapshot)
-    with stop_on_signals() as stop:
-        stats = stream(job, prepared, stop)
+    stats = stream(job, prepared, stop)
     print(summary(stats))
     return 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from replicator.job import Job
-from replicator.realtime.runner import prepare, stop_on_signals, stream, summary
+from replicator.realtime.runner import prepare, stream, summary
+from replicator.signals import stop_on_signals
 
 
 def run(job: Job) -> int:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from replicator import state
 from replicator.connect import connect
@@ -84,26 +81,6 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
         if errors:
             raise errors[0]
         return [r for r in results if r is not None]
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM and SIGINT set the returned event: pipelines finish their batch and stop cleanly."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        log.info("received %s: finishing the current batch and stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def summary(stats: list[SlotStats]) -> str:

@@ -28,7 +28,7 @@ from replicator import state
 from replicator.catalog import Catalog, load_catalog
 from replicator.connect import connect, is_transient, retrying
 from replicator.destinations import postgres as dest
-from replicator.errors import DestinationError, SourceError
+from replicator.errors import DestinationError, Interrupted, SourceError
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
 from replicator.progress import Progress, make_progress
@@ -80,10 +80,12 @@ def run_snapshot(
     imported_snapshot: str | None = None,
     progress: Progress | None = None,
     only: Collection[tuple[str, str]] | None = None,
+    stop: threading.Event | None = None,
 ) -> SnapshotSummary:
     """Copy every selected table (or the ``only`` ones among them).
 
     ``imported_snapshot`` pins the view: the `full` mode passes the one its new slot exported.
+    When ``stop`` is set, workers finish their chunk and the run raises ``Interrupted``.
     """
     src_cfg = job.source.value
     exporter = connect(src_cfg, "source", APP, autocommit=True)
@@ -116,7 +118,7 @@ def run_snapshot(
             )
         bar = progress or make_progress("snapshot", len(works), job.progress)
         try:
-            _copy_all(job, works, snapshot_name, run_id, bar)
+            _copy_all(job, works, snapshot_name, run_id, bar, stop or threading.Event())
         finally:
             if progress is None:
                 bar.close()
@@ -213,7 +215,9 @@ def _prepare(
     return works
 
 
-def _copy_all(job: Job, works: list[TableWork], snapshot_name: str, run_id: str, bar: Progress) -> None:
+def _copy_all(
+    job: Job, works: list[TableWork], snapshot_name: str, run_id: str, bar: Progress, stop: threading.Event
+) -> None:
     jobs: queue.Queue[ChunkJob | TableWork] = queue.Queue()
     # Tables whose chunks are all done but which were not finalized (crash at that moment).
     for w in works:
@@ -225,7 +229,6 @@ def _copy_all(job: Job, works: list[TableWork], snapshot_name: str, run_id: str,
         for c in w.table.pending:
             jobs.put(ChunkJob(w, c))
     threads = max(1, min(job.extractor.value.snapshot.threads, jobs.qsize()))
-    stop = threading.Event()
     errors: list[BaseException] = []
     workers = [
         _Worker(job, snapshot_name, run_id, jobs, stop, errors, bar, name=f"snapshot-{i}") for i in range(threads)
@@ -245,6 +248,8 @@ def _copy_all(job: Job, works: list[TableWork], snapshot_name: str, run_id: str,
         raise
     if errors:
         raise errors[0]
+    if stop.is_set() and not jobs.empty():
+        raise Interrupted("snapshot interrupted; every finished chunk is kept: run the same command again to resume")
 
 
 class _Worker(threading.Thread):

@@ -110,15 +110,47 @@ def test_full_with_writes_during_the_snapshot(pg_env: Env) -> None:
     child = spawn_cli(*pg_env.args("full"))
     rng = random.Random(3)
     next_id = [300_000]
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        random_workload(pg_env.source, rng, 5, next_id)
-    time.sleep(1)
-    child.send_signal(signal.SIGTERM)
-    out, err = child.communicate(timeout=60)
+    try:
+        # Keep writing while the snapshot runs, and a little after it is done.
+        deadline = time.monotonic() + 120
+        while not _snapshot_done(pg_env) and time.monotonic() < deadline:
+            random_workload(pg_env.source, rng, 5, next_id)
+        random_workload(pg_env.source, rng, 20, next_id)
+        time.sleep(1)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert "realtime stopped" in out
     assert pg_env.run("realtime", "--once") == 0
+    pg_env.assert_equal("items", "pairs")
+
+
+def _snapshot_done(env: Env) -> bool:
+    if env.dest.fetchone("SELECT to_regclass('_replicator.snapshot_tables')") is None:
+        return False
+    return bool(env.dest.fetchone(
+        "SELECT count(*) = 2 AND bool_and(status = 'done') FROM _replicator.snapshot_tables"
+    ))
+
+
+def test_sigterm_during_the_snapshot_stops_cleanly_and_resumes(pg_env: Env) -> None:
+    pg_env.source.execute(WORKLOAD_SCHEMA + "INSERT INTO items SELECT g, 'filler', 0, 0, '{}', NULL FROM generate_series(10000, 300000) g;")
+    pg_env.extractor_text += "snapshot:\n  threads: 1\n  min-job-size-rows: 2000\n  max-jobs-per-chunk: 100\n"
+    child = spawn_cli(*pg_env.args("full"))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            pg_env.dest.fetchone("SELECT to_regclass('_replicator.snapshot_chunks')") is not None
+            and pg_env.dest.fetchone("SELECT count(*) FROM _replicator.snapshot_chunks WHERE done_at IS NOT NULL")
+        ):
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert "snapshot interrupted" in err and "Traceback" not in err
+    assert pg_env.run("full", "--once") == 0
     pg_env.assert_equal("items", "pairs")
 
 
