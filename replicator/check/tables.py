@@ -14,6 +14,7 @@ from replicator.config import ConfigFile, ExtractorConfig, FilterConfig
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, select_tables
 from replicator.provision import pgaccess
+from replicator.realtime.setup import plan_slots
 
 TABLES = "tables"
 
@@ -101,17 +102,30 @@ def check_keys(ctx: SourceContext, tables: list[SelectedTable]) -> CheckResult:
 
 
 def check_publication(ctx: SourceContext, tables: list[SelectedTable]) -> list[CheckResult]:
-    conn, name = ctx.conn, ctx.cfg.publication
-    table_list = sql.SQL(", ").join(sql.Identifier(t.table.schema, t.table.name) for t in tables)
-    if not name:
+    """The publication of every pgoutput slot, as `replicator run` will use it (one per slot when several)."""
+    if not ctx.cfg.publication:
+        table_list = sql.SQL(", ").join(sql.Identifier(t.table.schema, t.table.name) for t in tables)
         create = sql.SQL("CREATE PUBLICATION replicator_pub FOR TABLE {}").format(table_list)
         return [fail(TABLES, "publication", "pgoutput slots need a publication, and the config names none",
                      f"add `publication: replicator_pub` to the source config, then run:\n{ctx.sql(create)}")]
+    results = []
+    for plan in plan_slots(ConfigFile(ctx.cfg), tables):
+        if plan.publication is not None and plan.tables:
+            results.extend(_check_one_publication(ctx, plan.publication, plan.tables))
+    return results
+
+
+def _check_one_publication(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> list[CheckResult]:
+    conn = ctx.conn
+    table_list = sql.SQL(", ").join(sql.Identifier(t.table.schema, t.table.name) for t in tables)
     row = conn.execute(
         "SELECT puballtables, pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = %s", (name,)
     ).fetchone()
     if row is None:
         create = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), table_list)
+        if _owns_all(ctx, tables):
+            return [warn(TABLES, "publication", f"publication {name} does not exist yet; `replicator run` "
+                         "creates it (the user owns the tables)", ctx.sql(create))]
         return [fail(TABLES, "publication", f"publication {name} does not exist", ctx.sql(create))]
     all_tables, ins, upd, dele = (bool(v) for v in row)
     results = []
@@ -126,6 +140,14 @@ def check_publication(ctx: SourceContext, tables: list[SelectedTable]) -> list[C
     return results
 
 
+def _owns_all(ctx: SourceContext, tables: list[SelectedTable]) -> bool:
+    row = ctx.conn.execute(
+        "SELECT bool_and(pg_has_role(current_user, c.relowner, 'USAGE')) FROM pg_class c WHERE c.oid = ANY(%s)",
+        ([t.table.oid for t in tables],),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def _coverage(ctx: SourceContext, name: str, all_tables: bool, tables: list[SelectedTable]) -> CheckResult:
     if all_tables:
         return ok(TABLES, "publication coverage", f"{name} is FOR ALL TABLES")
@@ -138,18 +160,22 @@ def _coverage(ctx: SourceContext, name: str, all_tables: bool, tables: list[Sele
     missing = [t for t in tables if not _published(t, members)]
     if not missing:
         return ok(TABLES, "publication coverage", f"{name} covers all {len(tables)} selected table(s)")
-    return fail(
-        TABLES, "publication coverage", f"{name} leaves out {_names(missing)}",
-        "\n".join(ctx.sql(pgaccess.add_to_publication(name, (t.table.schema, t.table.name))) for t in missing),
-    )
+    fixes = [ctx.sql(pgaccess.add_to_publication(name, (t.table.schema, t.table.name)))
+             for t in missing if not _leaves_published(t, members)]
+    if any(_leaves_published(t, members) for t in missing):
+        fixes.append(ctx.sql(sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)").format(
+            sql.Identifier(name))))
+    return fail(TABLES, "publication coverage", f"{name} leaves out {_names(missing)}", "\n".join(fixes))
+
+
+def _leaves_published(t: SelectedTable, members: set[tuple[str, str]]) -> bool:
+    return bool(t.table.partitions) and all((p.schema, p.name) in members for p in t.table.partitions)
 
 
 def _published(t: SelectedTable, members: set[tuple[str, str]]) -> bool:
-    if (t.table.schema, t.table.name) in members:
-        return True
-    # A partitioned table is listed by its leaf partitions unless publish_via_partition_root is on.
-    leaves = t.table.partitions
-    return bool(leaves) and all((p.schema, p.name) in members for p in leaves)
+    # A partitioned table must be published via its root (pg_publication_tables then lists the
+    # root): published leaf by leaf, a partition attached later would not be replicated.
+    return (t.table.schema, t.table.name) in members
 
 
 def _filters(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> CheckResult:
@@ -162,9 +188,13 @@ def _filters(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> Chec
         (name,),
     ).fetchall()
     by_oid = {t.table.oid: t for t in tables}
-    filtered = [(by_oid[r[0]], r[1], r[2]) for r in rows if r[0] in by_oid]
+    filtered = [
+        (by_oid[r[0]], r[1], r[2])
+        for r in rows
+        if r[0] in by_oid and (r[1] is not None or _leaves_out(ctx, by_oid[r[0]], name))
+    ]
     if not filtered:
-        return ok(TABLES, "publication filters", f"{name} has no row filters or column lists on selected tables")
+        return ok(TABLES, "publication filters", f"{name} sends every selected row and column")
     details, statements = [], []
     for t, where, columns in filtered:
         what = [f"WHERE {where}"] if where else []
@@ -179,6 +209,20 @@ def _filters(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> Chec
         "the publication must send every change",
         "\n".join(statements),
     )
+
+
+def _leaves_out(ctx: SourceContext, t: SelectedTable, name: str) -> bool:
+    """Whether the publication's column list for ``t`` lacks a column the filter selects.
+
+    A column list is fine (replicator creates one itself when the filter names columns) as long as
+    it carries every selected column.
+    """
+    row = ctx.conn.execute(
+        "SELECT attnames FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s AND tablename = %s",
+        (name, t.table.schema, t.table.name),
+    ).fetchone()
+    published = set(row[0]) if row and row[0] is not None else None
+    return published is not None and any(c.name not in published for c in t.columns if not c.is_generated)
 
 
 def _identity_name(code: str) -> str:

@@ -30,9 +30,6 @@ from replicator.source.slots import get_slot
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PUBLICATION = "replicator_pub"
-
-
 @dataclass
 class SlotPlan:
     slot: str
@@ -52,13 +49,18 @@ def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]
             f"{source.where()}: replication-slots: required for realtime and full modes, e.g.\n"
             "  replication-slots:\n    replicator_slot: [pgoutput]"
         )
-    names = list(cfg.slots)
-    base = cfg.publication or DEFAULT_PUBLICATION
+    if "pgoutput" in cfg.slots.values() and not cfg.publication:
+        raise ConfigError(
+            f"{source.where()}: publication: required for pgoutput slots (the publication names the tables the "
+            f"slot decodes; it is created for the filtered tables if missing), e.g. publication: replicator_pub"
+        )
+    base = cfg.publication or ""
+    pgoutput_slots = [n for n, plugin in cfg.slots.items() if plugin == "pgoutput"]
     plans = [
         SlotPlan(
             slot=name,
             plugin=plugin,
-            publication=(base if len(names) == 1 else f"{base}_{name}") if plugin == "pgoutput" else None,
+            publication=(base if len(pgoutput_slots) == 1 else f"{base}_{name}") if plugin == "pgoutput" else None,
         )
         for name, plugin in cfg.slots.items()
     ]

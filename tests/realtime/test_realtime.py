@@ -239,3 +239,11 @@ def test_keyless_tables_are_named_up_front(pg_env: Env, caplog: pytest.LogCaptur
     assert "public.loose: no primary key and REPLICA IDENTITY DEFAULT" in caplog.text
     assert "ALTER TABLE public.loose REPLICA IDENTITY FULL" in caplog.text
     assert "public.full_ident: no primary key" not in caplog.text
+
+
+def test_pgoutput_slot_needs_a_publication_name(pg_env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    pg_env.source_config = lambda **kw: pg_env.source.write_config(  # type: ignore[method-assign]
+        pg_env.tmp / "source.yaml", **{"replication-slots": {pg_env.slot: ["pgoutput"]}})
+    assert pg_env.run("realtime", "--once") == 2
+    err = capsys.readouterr().err
+    assert "source.yaml: publication: required for pgoutput slots" in err and "Traceback" not in err
