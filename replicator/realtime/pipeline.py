@@ -53,14 +53,22 @@ class SlotStats:
 class SlotPipeline:
     """Streams one slot into the destination until ``stop`` is set (or, with ``until``, caught up)."""
 
-    def __init__(self, job: Job, plan: SlotPlan, targets: dict[tuple[str, str], Target], heartbeat: bool):
+    def __init__(
+        self,
+        job: Job,
+        plan: SlotPlan,
+        targets: dict[tuple[str, str], Target],
+        heartbeat: bool,
+        write_heartbeat: bool = True,
+    ):
         self.job = job
         self.plan = plan
         self.targets = {k: v for k, v in targets.items() if k in plan.table_keys}
         self.aliases = {
             (p.schema, p.name): (t.table.schema, t.table.name) for t in plan.tables for p in t.table.partitions
         }
-        self.heartbeat = heartbeat
+        self.heartbeat = heartbeat  # the heartbeat table exists and is published
+        self.write_heartbeat = heartbeat and write_heartbeat
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
         self._reconnects = 0
@@ -77,7 +85,7 @@ class SlotPipeline:
                 flush_rows=self.cfg.fetch_size_rows,
                 aliases=self.aliases,
             )
-            writer = HeartbeatWriter(aux, self.cfg.heartbeat) if self.heartbeat else None
+            writer = HeartbeatWriter(aux, self.cfg.heartbeat) if self.write_heartbeat else None
             watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])
             while True:
                 try:

@@ -59,7 +59,11 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
     until = current_wal_lsn(job) if job.once else None
     with connect(job.destination.value, "destination", APP, autocommit=True) as lock_conn:
         state.lock_job(lock_conn, job.job_id, "realtime")  # held by this session while we stream
-        pipelines = [SlotPipeline(job, plan, prepared.targets, prepared.heartbeat) for plan in prepared.plans]
+        # One heartbeat writer is enough: the heartbeat table is in every slot's publication.
+        pipelines = [
+            SlotPipeline(job, plan, prepared.targets, prepared.heartbeat, write_heartbeat=i == 0)
+            for i, plan in enumerate(prepared.plans)
+        ]
         if len(pipelines) == 1:
             return [pipelines[0].run(stop, until)]
         results: list[SlotStats | None] = [None] * len(pipelines)

@@ -83,7 +83,9 @@ class HeartbeatWriter:
         # One row, whose key is the time: update it, or insert it the first time.
         self._statement = sql.SQL(
             "WITH moved AS (UPDATE {t} SET {c} = %(now)s RETURNING 1) "
-            "INSERT INTO {t} ({c}) SELECT %(now)s WHERE NOT EXISTS (SELECT FROM moved)"
+            "INSERT INTO {t} ({c}) SELECT %(now)s WHERE NOT EXISTS (SELECT FROM moved) "
+            # Two writers racing on the very first row must not fail.
+            "ON CONFLICT DO NOTHING"
         ).format(t=table, c=column)
 
     def tick(self) -> bool:
