@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="local throwaway servers, sample data, a snapshot you can watch")
     demo.add_argument("--rows", type=int, default=200_000, help="rows in the largest sample table")
+    demo.add_argument("--seconds", type=float, default=20.0, help="how long the simulated shop writes changes")
     demo.add_argument("--keep", action="store_true", help="leave the servers running at the end")
     _add_handoff(sub)
     _add_check(sub)
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from replicator.demo import run_demo
 
-            return run_demo(rows=args.rows, keep=args.keep)
+            return run_demo(rows=args.rows, seconds=args.seconds, keep=args.keep)
         if args.command == "handoff":
             from replicator.handoff import run_handoff
 

@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 
 def run(job: Job) -> int:
     with stop_on_signals() as stop:
-        return _run(job, stop)
+        return run_until(job, stop)
 
 
-def _run(job: Job, stop: threading.Event) -> int:
+def run_until(job: Job, stop: threading.Event) -> int:
+    """The full mode until ``stop`` is set (or, with ``job.once``, until caught up)."""
     def snapshot(plans: list[SlotPlan]) -> None:
         for plan in plans:
             tables = plan.table_keys
