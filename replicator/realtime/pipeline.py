@@ -116,7 +116,11 @@ class SlotPipeline:
         ).fetchone()
         if slot_row is None:
             raise SourceError(f"replication slot {self.plan.slot!r} does not exist any more")
-        start = start_position(dst, self.job.job_id, self.plan.slot, Lsn.parse(slot_row[0]) if slot_row[0] else None)
+        configured = self.cfg.start_position.start_lsn if self.cfg.start_position else None
+        start = start_position(
+            dst, self.job.job_id, self.plan.slot, Lsn.parse(slot_row[0]) if slot_row[0] else None,
+            Lsn.parse(configured) if configured else None,
+        )
         decoder = self._decoder(aux)
         if src_cfg.log_reader_type == "SQL":
             return SqlReader.open(src_cfg, self.plan.slot, decoder, start, fetch_rows=self.cfg.fetch_size_rows,

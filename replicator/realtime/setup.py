@@ -17,7 +17,6 @@ import psycopg
 
 from replicator.catalog import Catalog, load_catalog
 from replicator.config import ConfigFile, ConnectionConfig
-from replicator.connect import connect
 from replicator.destinations import postgres as dest
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, select_tables
@@ -26,7 +25,6 @@ from replicator.lsn import Lsn
 from replicator.realtime.apply import Target
 from replicator.source.heartbeat import ensure_heartbeat_table
 from replicator.source.publication import PublishedTable, ensure_publication
-from replicator.source.slots import get_slot
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +138,10 @@ def prepare_destination(
     return targets
 
 
-def start_position(conn: psycopg.Connection[Any], job_id: str, slot: str, slot_confirmed: Lsn | None) -> Lsn:
-    """Where the stream resumes: our checkpoint, else the slot's confirmed position."""
+def start_position(
+    conn: psycopg.Connection[Any], job_id: str, slot: str, slot_confirmed: Lsn | None, start_lsn: Lsn | None = None
+) -> Lsn:
+    """Where the stream resumes: our checkpoint; else the configured start-lsn; else the slot's position."""
     row = conn.execute(
         "SELECT lsn::text FROM _replicator.slot_checkpoints WHERE job = %s AND slot_name = %s", (job_id, slot)
     ).fetchone()
@@ -152,10 +152,12 @@ def start_position(conn: psycopg.Connection[Any], job_id: str, slot: str, slot_c
             "between are not in the destination; run `full` again (with --fresh) to repair",
             slot, slot_confirmed, checkpoint,
         )
+    if checkpoint is None and start_lsn is not None:
+        if slot_confirmed is not None and start_lsn < slot_confirmed:
+            log.warning(
+                "realtime.start-position.start-lsn %s is before slot %s's confirmed position %s: "
+                "the server starts at %s (earlier changes are no longer in the slot)",
+                start_lsn, slot, slot_confirmed, slot_confirmed,
+            )
+        return start_lsn
     return checkpoint or slot_confirmed or Lsn(0)
-
-
-def slot_confirmed(cfg: ConnectionConfig, slot: str) -> Lsn | None:
-    with connect(cfg, "source", "replicator/realtime", autocommit=True) as conn:
-        info = get_slot(conn, slot)
-    return info.confirmed_flush_lsn if info else None

@@ -228,7 +228,7 @@ def _copy_all(
     for w in sorted(works, key=lambda w: -w.st.table.estimated_rows):
         for c in w.table.pending:
             jobs.put(ChunkJob(w, c))
-    threads = max(1, min(job.extractor.value.snapshot.threads, jobs.qsize()))
+    threads = max(1, min(job.extractor.value.snapshot.threads, jobs.qsize(), _connection_budget(job)))
     errors: list[BaseException] = []
     workers = [
         _Worker(job, snapshot_name, run_id, jobs, stop, errors, bar, name=f"snapshot-{i}") for i in range(threads)
@@ -250,6 +250,14 @@ def _copy_all(
         raise errors[0]
     if stop.is_set() and not jobs.empty():
         raise Interrupted("snapshot interrupted; every finished chunk is kept: run the same command again to resume")
+
+
+def _connection_budget(job: Job) -> int:
+    """Workers that fit in ``max-connections`` of both sides (each side also holds two of its own)."""
+    budget = min(job.source.value.max_connections, job.destination.value.max_connections) - 2
+    if budget < job.extractor.value.snapshot.threads:
+        log.info("using %d worker(s): max-connections leaves room for no more", max(budget, 1))
+    return max(budget, 1)
 
 
 class _Worker(threading.Thread):

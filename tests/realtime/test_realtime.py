@@ -247,3 +247,14 @@ def test_pgoutput_slot_needs_a_publication_name(pg_env: Env, capsys: pytest.Capt
     assert pg_env.run("realtime", "--once") == 2
     err = capsys.readouterr().err
     assert "source.yaml: publication: required for pgoutput slots" in err and "Traceback" not in err
+
+
+def test_start_lsn_skips_what_came_before(pg_env: Env) -> None:
+    pg_env.source.execute("CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'snap')")
+    assert pg_env.run("full", "--once") == 0
+    pg_env.source.execute("INSERT INTO t VALUES (2, 'before')")
+    start = pg_env.source.fetchone("SELECT pg_current_wal_lsn()::text")
+    pg_env.source.execute("INSERT INTO t VALUES (3, 'after')")
+    pg_env.extractor_text += f"  start-position:\n    start-lsn: {start}\n"
+    assert pg_env.run("realtime", "--once") == 0
+    assert pg_env.dest.fetchall("SELECT id FROM t ORDER BY id") == [(1,), (3,)]
