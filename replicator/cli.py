@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
 
+    status = sub.add_parser("status", help="progress held in the destination (and, with --source, the slots' lag)")
+    status.add_argument("--destination", required=True, metavar="FILE", help="destination connection config")
+    status.add_argument("--source", metavar="FILE", help="source connection config, to show the slots' state")
+
     demo = sub.add_parser("demo", help="local throwaway servers, sample data, a snapshot you can watch")
     demo.add_argument("--rows", type=int, default=200_000, help="rows in the largest sample table")
     demo.add_argument("--seconds", type=float, default=20.0, help="how long the simulated shop writes changes")
@@ -83,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return runner(args.mode)(_load_job(args))
+        if args.command == "status":
+            from replicator.status import render_status
+
+            print(render_status(
+                load_connection(args.destination, "destination"),
+                load_connection(args.source, "source") if args.source else None,
+            ))
+            return 0
         if args.command == "demo":
             from replicator.demo import run_demo
 
