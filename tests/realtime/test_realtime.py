@@ -258,3 +258,16 @@ def test_start_lsn_skips_what_came_before(pg_env: Env) -> None:
     pg_env.extractor_text += f"  start-position:\n    start-lsn: {start}\n"
     assert pg_env.run("realtime", "--once") == 0
     assert pg_env.dest.fetchall("SELECT id FROM t ORDER BY id") == [(1,), (3,)]
+
+
+def test_wal_retention_over_the_maximum_stops_the_pipeline(pg_env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    pg_env.source.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
+    assert pg_env.run("full", "--once") == 0
+    pg_env.source.execute("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+    monitoring = {"max-wal-size-gb": 0.0001, "alert-threshold-percent": 50}  # ~100 kB: already exceeded
+    pg_env.source_config = lambda **kw: pg_env.source.write_config(  # type: ignore[method-assign]
+        pg_env.tmp / "source.yaml",
+        **{"replication-slots": {pg_env.slot: ["pgoutput"]}, "publication": f"{pg_env.slot}_pub", "log-monitoring": monitoring})
+    assert pg_env.run("realtime", "--once") == 1
+    err = capsys.readouterr().err
+    assert f"slot '{pg_env.slot}' holds" in err and "log-monitoring.max-wal-size-gb" in err and "Traceback" not in err
