@@ -25,6 +25,7 @@ from psycopg import sql
 
 from replicator import state
 from replicator.catalog import Catalog, load_catalog
+from replicator.config.extractor import SnapshotConfig
 from replicator.connect import connect, is_transient, retrying
 from replicator.destinations import postgres as dest
 from replicator.errors import DestinationError, SourceError
@@ -74,24 +75,51 @@ class ChunkJob:
     chunk: state.ChunkPlan
 
 
-def run_snapshot(job: Job, imported_snapshot: str | None = None, progress: Progress | None = None) -> SnapshotSummary:
-    """Copy every selected table; ``imported_snapshot`` pins the view (`full` mode passes the slot's)."""
+@dataclass(frozen=True)
+class SnapshotScope:
+    """Part of a larger run: copy exactly ``tables`` with ``settings``, under the caller's job lock.
+
+    delta-snapshot uses it for the first pass of its tables: it has selected them already (with
+    its own keys and split keys), holds the job lock on ``control`` (a destination connection in
+    autocommit mode) and pins the view with its own exported snapshot.
+    """
+
+    tables: list[SelectedTable]
+    settings: SnapshotConfig
+    control: psycopg.Connection[Any]
+
+
+def run_snapshot(
+    job: Job,
+    imported_snapshot: str | None = None,
+    progress: Progress | None = None,
+    scope: SnapshotScope | None = None,
+) -> SnapshotSummary:
+    """Copy every selected table; ``imported_snapshot`` pins the view (`full` mode passes the slot's).
+
+    With a ``scope``, copy only its tables: selection, ``--fresh``, the state schema and the job
+    lock are then the caller's business.
+    """
     src_cfg = job.source.value
     exporter = connect(src_cfg, "source", APP, autocommit=True)
-    control = connect(job.destination.value, "destination", APP, autocommit=True)
+    control = scope.control if scope else connect(job.destination.value, "destination", APP, autocommit=True)
     try:
         snapshot_name = _open_snapshot(exporter, imported_snapshot)
         catalog = load_catalog(exporter)
-        selected = select_tables(catalog, job.filter, job.extractor, src_cfg.database, "snapshot")
-        check_conditions(exporter, selected)
-        state.ensure_schema(control)
-        state.lock_job(control, job.job_id, "snapshot")
-        if job.fresh:
-            with control.transaction():
-                state.forget_snapshot(control, job.job_id, [(s.table.schema, s.table.name) for s in selected])
+        if scope is None:
+            selected = select_tables(catalog, job.filter, job.extractor, src_cfg.database, "snapshot")
+            check_conditions(exporter, selected)
+            state.ensure_schema(control)
+            state.lock_job(control, job.job_id, "snapshot")
+            if job.fresh:
+                with control.transaction():
+                    state.forget_snapshot(control, job.job_id, [(s.table.schema, s.table.name) for s in selected])
+        else:
+            selected = scope.tables
+        settings = scope.settings if scope else job.extractor.value.snapshot
         run_id = uuid.uuid4().hex
         summary = SnapshotSummary(tables=len(selected))
-        works = _prepare(job, exporter, control, catalog, selected, run_id, summary)
+        works = _prepare(exporter, control, catalog, selected, run_id, summary, job.job_id, settings)
         summary.keyless = [s.display for s in selected if not s.key]
         if summary.keyless:
             log.warning(
@@ -105,14 +133,15 @@ def run_snapshot(job: Job, imported_snapshot: str | None = None, progress: Progr
             )
         bar = progress or make_progress("snapshot", len(works), job.progress)
         try:
-            _copy_all(job, works, snapshot_name, run_id, bar)
+            _copy_all(job, works, snapshot_name, run_id, bar, settings.threads)
         finally:
             if progress is None:
                 bar.close()
         summary.rows, summary.bytes, summary.seconds = bar.totals.rows, bar.totals.bytes, bar.totals.seconds
         return summary
     finally:
-        control.close()
+        if scope is None:
+            control.close()
         exporter.close()
 
 
@@ -141,17 +170,17 @@ def _session_settings(conn: psycopg.Connection[Any]) -> None:
 
 
 def _prepare(
-    job: Job,
     exporter: psycopg.Connection[Any],
     control: psycopg.Connection[Any],
     catalog: Catalog,
     selected: list[SelectedTable],
     run_id: str,
     summary: SnapshotSummary,
+    job_id: str,
+    cfg: SnapshotConfig,
 ) -> list[TableWork]:
     """Plan new tables (creating or emptying them at the destination) and pick up unfinished ones."""
-    cfg = job.extractor.value.snapshot
-    existing = state.load_snapshot_state(control, job.job_id)
+    existing = state.load_snapshot_state(control, job_id)
     todo: list[SelectedTable] = []
     plans: dict[tuple[str, str], list[state.ChunkPlan]] = {}
     for st in selected:
@@ -178,8 +207,8 @@ def _prepare(
                     if has_rows and has_rows[0]:
                         log.warning("%s exists at the destination with rows; emptying it for the snapshot", st.display)
                     dest.truncate(control, found)
-                state.record_table_plan(control, job.job_id, *key, found is None, st.key, plans[key])
-            existing.update(state.load_snapshot_state(control, job.job_id, only=key))
+                state.record_table_plan(control, job_id, *key, found is None, st.key, plans[key])
+            existing.update(state.load_snapshot_state(control, job_id, only=key))
         ts = existing[key]
         found = dest.describe_table(control, *key)
         if found is None:
@@ -196,13 +225,15 @@ def _prepare(
             log.info("%s: resuming under a new snapshot; building its key first so the rest merges by key", st.display)
             with control.transaction():
                 dest.build_key(control, st)
-                state.mark_key_built(control, job.job_id, *key)
-            ts = state.load_snapshot_state(control, job.job_id, only=key)[key]
+                state.mark_key_built(control, job_id, *key)
+            ts = state.load_snapshot_state(control, job_id, only=key)[key]
         works.append(TableWork(st, ts, found, columns, binary, merge, remaining=len(ts.pending)))
     return works
 
 
-def _copy_all(job: Job, works: list[TableWork], snapshot_name: str, run_id: str, bar: Progress) -> None:
+def _copy_all(
+    job: Job, works: list[TableWork], snapshot_name: str, run_id: str, bar: Progress, threads: int
+) -> None:
     jobs: queue.Queue[ChunkJob | TableWork] = queue.Queue()
     # Tables whose chunks are all done but which were not finalized (crash at that moment).
     for w in works:
@@ -213,7 +244,7 @@ def _copy_all(job: Job, works: list[TableWork], snapshot_name: str, run_id: str,
     for w in sorted(works, key=lambda w: -w.st.table.estimated_rows):
         for c in w.table.pending:
             jobs.put(ChunkJob(w, c))
-    threads = max(1, min(job.extractor.value.snapshot.threads, jobs.qsize()))
+    threads = max(1, min(threads, jobs.qsize()))
     stop = threading.Event()
     errors: list[BaseException] = []
     workers = [
