@@ -17,6 +17,8 @@ from replicator.typemap import column_sql, create_type_sql, types_in_order
 log = logging.getLogger(__name__)
 
 KEY_BUILD_MEMORY = "512MB"
+# With `deletes: soft`, a row deleted at the source stays, with this set to true.
+SOFT_DELETE_COLUMN = "__replicator_is_deleted"
 
 
 @dataclass(frozen=True)
@@ -190,23 +192,62 @@ def create_stage(conn: psycopg.Connection[Any], table: DestTable, columns: tuple
 
 
 def merge_stage(
-    conn: psycopg.Connection[Any], table: DestTable, stage: sql.Identifier, columns: tuple[str, ...], key: tuple[str, ...]
+    conn: psycopg.Connection[Any],
+    table: DestTable,
+    stage: sql.Identifier,
+    columns: tuple[str, ...],
+    key: tuple[str, ...],
+    undelete: bool = False,
 ) -> None:
-    """Upsert the staged rows by key: a row already present takes the staged values."""
+    """Upsert the staged rows by key: a row already present takes the staged values.
+
+    ``undelete``: also clear the soft-delete mark (a key deleted at the source came back).
+    """
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    non_key = [c for c in columns if c not in key]
-    action = (
-        sql.SQL("DO UPDATE SET {}").format(
-            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in non_key)
-        )
-        if non_key
-        else sql.SQL("DO NOTHING")
-    )
+    sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns if c not in key]
+    if undelete:
+        sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
+    action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sets)) if sets else sql.SQL("DO NOTHING")
     conn.execute(
         sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
             table.ident, cols, cols, stage, sql.SQL(", ").join(sql.Identifier(k) for k in key), action
         )
     )
+
+
+def ensure_soft_delete_column(conn: psycopg.Connection[Any], table: DestTable) -> DestTable:
+    """Add the soft-delete mark to ``table`` if missing (instant: a constant default)."""
+    if SOFT_DELETE_COLUMN in table.columns:
+        return table
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} boolean NOT NULL DEFAULT false").format(
+            table.ident, sql.Identifier(SOFT_DELETE_COLUMN)
+        )
+    )
+    columns = {**table.columns, SOFT_DELETE_COLUMN: DestColumn(SOFT_DELETE_COLUMN, "boolean", False)}
+    return DestTable(table.schema, table.name, columns)
+
+
+def delete_absent(
+    conn: psycopg.Connection[Any],
+    table: DestTable,
+    stage: sql.Identifier,
+    key: tuple[str, ...],
+    in_range: sql.Composable,
+    soft: bool,
+) -> int:
+    """Delete (or soft-delete) the rows of ``table`` in ``in_range`` whose key is not in ``stage``.
+
+    ``in_range`` refers to the destination table as ``d``. Returns the number of rows removed.
+    """
+    match = sql.SQL(" AND ").join(sql.SQL("s.{0} = d.{0}").format(sql.Identifier(k)) for k in key)
+    absent = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM {} s WHERE {})").format(in_range, stage, match)
+    if soft:
+        flag = sql.Identifier(SOFT_DELETE_COLUMN)
+        query = sql.SQL("UPDATE {} d SET {} = true WHERE NOT d.{} AND {}").format(table.ident, flag, flag, absent)
+    else:
+        query = sql.SQL("DELETE FROM {} d WHERE {}").format(table.ident, absent)
+    return conn.execute(query).rowcount
 
 
 def _bytes(q: sql.Composable) -> bytes:

@@ -1,0 +1,194 @@
+"""replicate-deletes: remove from the destination the keys that are gone from the source.
+
+Changed-row scans cannot see a deleted row, so deletes are found by comparing key sets, in
+ordered key ranges of ``chunk_rows`` keys so that neither side ever holds more than one range:
+
+1. One source query walks the next range in key order (an index scan for a primary key) and
+   returns its last key, its key count and a digest (sum of a 64-bit hash of each key's text).
+   A range shorter than ``chunk_rows`` is the last and is open-ended, so keys past the
+   source's last one are checked too.
+2. The destination computes the same count and digest for that range. Equal: nothing to
+   delete. (This runs after the pass has upserted its changes from the same snapshot, so the
+   destination holds every source key and can only have more; the digest guards the rest.)
+3. Otherwise the source's keys of the range are relayed as ``COPY`` (never decoded) into a
+   temporary table at the destination, and the destination rows of the range whose key is not
+   there are deleted, or marked deleted with ``deletes: soft``. Each range commits on its own:
+   deleting is idempotent and every pass compares afresh, so a kill midway loses nothing.
+
+Both sides must order keys the same way. Integer, numeric, uuid and date/time keys do; text
+depends on the collation, which may differ between the servers, so collatable key columns
+are compared under ``COLLATE "C"`` (byte order) on both sides: right everywhere, at the cost
+of a sort instead of an index walk at the source. The digests compare text forms, so both
+connections use the same output settings (``SESSION_SETTINGS``); if the forms differ anyway
+(say, a destination table created by hand with other types), the digests differ and step 3,
+which compares typed values, decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.catalog import Column
+from replicator.delta.tables import DeltaTable
+from replicator.destinations import postgres as dest
+from replicator.relay import relay_copy
+from replicator.snapshot.plan import select_sql
+
+# Identical text forms of key values on both servers (for the digests).
+SESSION_SETTINGS = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, MDY",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "1",
+    "bytea_output": "hex",
+}
+
+Digest = tuple[int, Decimal]
+
+
+@dataclass(frozen=True)
+class KeyOrder:
+    """How both sides order and compare one table's key."""
+
+    columns: tuple[Column, ...]
+    bytewise: frozenset[str]  # collatable columns, compared under COLLATE "C"
+
+    def _expr(self, col: Column, alias: str | None) -> sql.Composable:
+        ident = sql.Identifier(alias, col.name) if alias else sql.Identifier(col.name)
+        return sql.SQL('{} COLLATE "C"').format(ident) if col.name in self.bytewise else ident
+
+    def _row(self, alias: str | None) -> sql.Composable:
+        exprs = [self._expr(c, alias) for c in self.columns]
+        return exprs[0] if len(exprs) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(exprs))
+
+    def _values(self, values: tuple[str, ...]) -> sql.Composable:
+        lits = [sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(c.type_sql)) for c, v in zip(self.columns, values, strict=True)]
+        return lits[0] if len(lits) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(lits))
+
+    def order_by(self, descending: bool = False) -> sql.Composable:
+        direction = sql.SQL(" DESC" if descending else "")
+        return sql.SQL(", ").join(sql.SQL("{}{}").format(self._expr(c, None), direction) for c in self.columns)
+
+    def after(self, lower: tuple[str, ...] | None, alias: str | None = None) -> list[sql.Composable]:
+        if lower is None:
+            return []
+        return [sql.SQL("{} > {}").format(self._row(alias), self._values(lower))]
+
+    def between(
+        self, lower: tuple[str, ...] | None, upper: tuple[str, ...] | None, alias: str | None = None
+    ) -> list[sql.Composable]:
+        """Keys in ``(lower, upper]``; a missing bound is open."""
+        preds = self.after(lower, alias)
+        if upper is not None:
+            preds.append(sql.SQL("{} <= {}").format(self._row(alias), self._values(upper)))
+        return preds
+
+    def digest_sql(self, alias: str | None = None) -> sql.Composable:
+        idents = [sql.Identifier(alias, c.name) if alias else sql.Identifier(c.name) for c in self.columns]
+        return sql.SQL("hashtextextended(ROW({})::text, 0)").format(sql.SQL(", ").join(idents))
+
+
+def key_order(src: psycopg.Connection[Any], t: DeltaTable) -> KeyOrder:
+    rows = src.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attcollation <> 0 AND attname = ANY(%s)",
+        (t.st.table.oid, list(t.st.key)),
+    ).fetchall()
+    return KeyOrder(t.key_columns, frozenset(r[0] for r in rows))
+
+
+def replicate_deletes(
+    src: psycopg.Connection[Any],
+    dst: psycopg.Connection[Any],
+    t: DeltaTable,
+    target: dest.DestTable,
+    binary: bool,
+    chunk_rows: int,
+    soft: bool,
+) -> int:
+    """Walk the key ranges (``src`` reads in the pass's snapshot); return the rows removed."""
+    order = key_order(src, t)
+    lower: tuple[str, ...] | None = None
+    removed = 0
+    while True:
+        upper, source_digest = _source_range(src, t, order, lower, chunk_rows)
+        if source_digest != _destination_digest(dst, target, order, lower, upper, soft):
+            removed += _remove_absent(src, dst, t, target, order, lower, upper, binary, soft)
+        if upper is None:
+            return removed
+        lower = upper
+
+
+def _source_range(
+    src: psycopg.Connection[Any], t: DeltaTable, order: KeyOrder, lower: tuple[str, ...] | None, chunk_rows: int
+) -> tuple[tuple[str, ...] | None, Digest]:
+    """The range after ``lower``: its last key (None when it is the open-ended last range) and digest."""
+    keys = [sql.Identifier(c.name) for c in order.columns]
+    inner = sql.SQL("{} ORDER BY {} LIMIT {}").format(
+        select_sql(t.st, keys, order.after(lower)), order.order_by(), sql.Literal(chunk_rows)
+    )
+    query = sql.SQL(
+        "SELECT {texts}, count(*) OVER (), coalesce(sum({digest}) OVER (), 0) FROM ({inner}) s "
+        "ORDER BY {desc} LIMIT 1"
+    ).format(
+        texts=sql.SQL(", ").join(sql.SQL("{}::text").format(k) for k in keys),
+        digest=order.digest_sql(),
+        inner=inner,
+        desc=order.order_by(descending=True),
+    )
+    row = src.execute(query).fetchone()
+    if row is None:
+        return None, (0, Decimal(0))
+    n = len(keys)
+    count, digest = int(row[n]), Decimal(row[n + 1])
+    upper = tuple(row[:n]) if count >= chunk_rows else None
+    return upper, (count, digest)
+
+
+def _destination_digest(
+    dst: psycopg.Connection[Any],
+    target: dest.DestTable,
+    order: KeyOrder,
+    lower: tuple[str, ...] | None,
+    upper: tuple[str, ...] | None,
+    soft: bool,
+) -> Digest:
+    preds = order.between(lower, upper, "d")
+    if soft:
+        preds.append(sql.SQL("NOT d.{}").format(sql.Identifier(dest.SOFT_DELETE_COLUMN)))
+    query = sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM {} d{}").format(
+        order.digest_sql("d"),
+        target.ident,
+        sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(preds)) if preds else sql.SQL(""),
+    )
+    row = dst.execute(query).fetchone()
+    assert row is not None
+    return int(row[0]), Decimal(row[1])
+
+
+def _remove_absent(
+    src: psycopg.Connection[Any],
+    dst: psycopg.Connection[Any],
+    t: DeltaTable,
+    target: dest.DestTable,
+    order: KeyOrder,
+    lower: tuple[str, ...] | None,
+    upper: tuple[str, ...] | None,
+    binary: bool,
+    soft: bool,
+) -> int:
+    key = t.st.key
+    fmt = sql.SQL("binary" if binary else "text")
+    copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(
+        select_sql(t.st, [sql.Identifier(k) for k in key], order.between(lower, upper)), fmt
+    )
+    in_range = order.between(lower, upper, "d") or [sql.SQL("true")]
+    with dst.transaction():
+        stage = dest.create_stage(dst, target, key)
+        relay_copy(src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(stage, key, binary))
+        dst.execute(sql.SQL("ANALYZE {}").format(stage))  # a good anti-join plan needs its size
+        return dest.delete_absent(dst, target, stage, key, sql.SQL(" AND ").join(in_range), soft)
