@@ -60,11 +60,12 @@ def _refuse_keyless(selected: list[SelectedTable], job: Job) -> None:
     if not keyless:
         return
     names = ", ".join(keyless)
-    which = f"table {names} has" if len(keyless) == 1 else f"tables {names} have"
+    one = len(keyless) == 1
     raise ConfigError(
-        f"{which} no primary key and no row-identifier-key: delta-snapshot cannot tell their rows apart "
-        f"(add a primary key, set row-identifier-key under delta-snapshot: per-table-config in the "
-        f"extractor config, or leave {'it' if len(keyless) == 1 else 'them'} out with a filter)"
+        f"{'table ' + names + ' has' if one else 'tables ' + names + ' have'} no primary key and no "
+        f"row-identifier-key: delta-snapshot cannot tell {'its' if one else 'their'} rows apart (add a "
+        f"primary key, set row-identifier-key under delta-snapshot: per-table-config in the extractor "
+        f"config, or leave {'it' if one else 'them'} out with a filter)"
     )
 
 
