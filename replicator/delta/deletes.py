@@ -3,10 +3,10 @@
 Changed-row scans cannot see a deleted row, so deletes are found by comparing key sets, in
 ordered key ranges of ``chunk_rows`` keys so that neither side ever holds more than one range:
 
-1. One source query walks the next range in key order (an index scan for a primary key) and
-   returns its last key, its key count and a digest (sum of a 64-bit hash of each key's text).
-   A range shorter than ``chunk_rows`` is the last and is open-ended, so keys past the
-   source's last one are checked too.
+1. The source finds the range's last key (the ``chunk_rows``-th after the previous range, an
+   index scan for a primary key), then its key count and a digest (sum of a 64-bit hash of
+   each key's text). Without a ``chunk_rows``-th key the range is the last and open-ended, so
+   keys past the source's last one are checked too.
 2. The destination computes the same count and digest for that range. Equal: nothing to
    delete. (This runs after the pass has upserted its changes from the same snapshot, so the
    destination holds every source key and can only have more; the digest guards the rest.)
@@ -128,25 +128,17 @@ def _source_range(
 ) -> tuple[tuple[str, ...] | None, Digest]:
     """The range after ``lower``: its last key (None when it is the open-ended last range) and digest."""
     keys = [sql.Identifier(c.name) for c in order.columns]
-    inner = sql.SQL("{} ORDER BY {} LIMIT {}").format(
-        select_sql(t.st, keys, order.after(lower)), order.order_by(), sql.Literal(chunk_rows)
+    # Aliased: in "SELECT k::text ... ORDER BY k", k would mean the text output column.
+    texts = [sql.SQL("{}::text AS {}").format(k, sql.Identifier(f"_replicator_k{i}")) for i, k in enumerate(keys)]
+    boundary = sql.SQL("{} ORDER BY {} LIMIT 1 OFFSET {}").format(
+        select_sql(t.st, texts, order.after(lower)), order.order_by(), sql.Literal(chunk_rows - 1)
     )
-    query = sql.SQL(
-        "SELECT {texts}, count(*) OVER (), coalesce(sum({digest}) OVER (), 0) FROM ({inner}) s "
-        "ORDER BY {desc} LIMIT 1"
-    ).format(
-        texts=sql.SQL(", ").join(sql.SQL("{}::text").format(k) for k in keys),
-        digest=order.digest_sql(),
-        inner=inner,
-        desc=order.order_by(descending=True),
-    )
-    row = src.execute(query).fetchone()
-    if row is None:
-        return None, (0, Decimal(0))
-    n = len(keys)
-    count, digest = int(row[n]), Decimal(row[n + 1])
-    upper = tuple(row[:n]) if count >= chunk_rows else None
-    return upper, (count, digest)
+    row = src.execute(boundary).fetchone()
+    upper = tuple(row) if row is not None else None
+    digest = sql.SQL("count(*), coalesce(sum({}), 0)").format(order.digest_sql())
+    found = src.execute(select_sql(t.st, [digest], order.between(lower, upper))).fetchone()
+    assert found is not None
+    return upper, (int(found[0]), Decimal(found[1]))
 
 
 def _destination_digest(

@@ -135,7 +135,8 @@ def test_kill_while_deleting_then_the_next_pass_finishes_the_deletes(setup: Delt
 def test_kill_during_the_first_snapshot_then_changes_then_rerun(setup: DeltaSetup) -> None:
     _kill_at_gate(setup, GATE_CHUNK)
     done = setup.dest.fetchone("SELECT count(*) FROM _replicator.snapshot_chunks WHERE done_at IS NOT NULL")
-    assert done >= 2
+    total = setup.dest.fetchone("SELECT count(*) FROM _replicator.snapshot_chunks")
+    assert 1 <= done < total  # killed with part of the first snapshot committed
     # Rows move between chunks and some vanish before the snapshot resumes under a new snapshot.
     setup.source.execute(CHANGES.format(k=4))
     setup.once()
