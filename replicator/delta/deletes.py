@@ -1,7 +1,8 @@
 """replicate-deletes: remove from the destination the keys that are gone from the source.
 
 Changed-row scans cannot see a deleted row, so deletes are found by comparing key sets, in
-ordered key ranges of ``chunk_rows`` keys so that neither side ever holds more than one range:
+ordered key ranges of ``chunk_rows`` keys (``min-job-size-rows``), so that neither side ever
+holds more than one range at a time; the pass's workers compare ranges in parallel:
 
 1. The source finds the range's last key (the ``chunk_rows``-th after the previous range, an
    index scan for a primary key), then its key count and a digest (sum of a 64-bit hash of
@@ -10,9 +11,11 @@ ordered key ranges of ``chunk_rows`` keys so that neither side ever holds more t
 2. The destination computes the same count and digest for that range. Equal: nothing to
    delete. (This runs after the pass has upserted its changes from the same snapshot, so the
    destination holds every source key and can only have more; the digest guards the rest.)
-3. Otherwise the source's keys of the range are relayed as ``COPY`` (never decoded) into a
-   temporary table at the destination, and the destination rows of the range whose key is not
-   there are deleted, or marked deleted with ``deletes: soft``. Each range commits on its own:
+3. Otherwise the source's keys of the range are relayed as ``COPY`` (never decoded; one row
+   of arrays per range) into a temporary table at the destination, and the destination rows
+   of the range whose key is not there are deleted, or marked deleted with ``deletes: soft``.
+   Deletes rarely come alone, so right after a range that had some, the next one skips
+   steps 1's digest and 2 and goes straight to this. Each range commits on its own:
    deleting is idempotent and every pass compares afresh, so a kill midway loses nothing.
 
 Both sides must order keys the same way. Integer, numeric, uuid and date/time keys do; text
@@ -26,7 +29,8 @@ which compares typed values, decides.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +42,7 @@ from replicator.delta.tables import DeltaTable
 from replicator.destinations import postgres as dest
 from replicator.relay import relay_copy
 from replicator.snapshot.plan import select_sql
+from replicator.typemap import is_user_oid
 
 # Identical text forms of key values on both servers (for the digests).
 SESSION_SETTINGS = {
@@ -93,6 +98,30 @@ class KeyOrder:
         return sql.SQL("hashtextextended(ROW({})::text, 0)").format(sql.SQL(", ").join(idents))
 
 
+@dataclass
+class TableDeletes:
+    """One table's key comparison in a pass: shared by the workers that take its ranges."""
+
+    table: DeltaTable
+    target: dest.DestTable
+    order: KeyOrder
+    binary: bool
+    soft: bool
+    removed: int = 0
+    # Deletes are seldom alone: right after a range that had some, digests are wasted work.
+    recent_deletes: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """Keys in ``(lower, upper]`` of one table; a missing bound is open."""
+
+    deletes: TableDeletes
+    lower: tuple[str, ...] | None
+    upper: tuple[str, ...] | None
+
+
 def key_order(src: psycopg.Connection[Any], t: DeltaTable) -> KeyOrder:
     rows = src.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attcollation <> 0 AND attname = ANY(%s)",
@@ -101,44 +130,61 @@ def key_order(src: psycopg.Connection[Any], t: DeltaTable) -> KeyOrder:
     return KeyOrder(t.key_columns, frozenset(r[0] for r in rows))
 
 
-def replicate_deletes(
-    src: psycopg.Connection[Any],
-    dst: psycopg.Connection[Any],
-    t: DeltaTable,
-    target: dest.DestTable,
-    binary: bool,
-    chunk_rows: int,
-    soft: bool,
-) -> int:
-    """Walk the key ranges (``src`` reads in the pass's snapshot); return the rows removed."""
-    order = key_order(src, t)
+def key_ranges(src: psycopg.Connection[Any], work: TableDeletes, chunk_rows: int) -> list[KeyRange]:
+    """Cut the table's keys (``src`` reads in the pass's snapshot) into ranges of ``chunk_rows`` keys.
+
+    Only the boundaries are read here (one index probe each); the ranges are then compared in
+    parallel by ``compare_range``.
+    """
+    ranges = []
     lower: tuple[str, ...] | None = None
-    removed = 0
     while True:
-        upper, source_digest = _source_range(src, t, order, lower, chunk_rows)
-        if source_digest != _destination_digest(dst, target, order, lower, upper, soft):
-            removed += _remove_absent(src, dst, t, target, order, lower, upper, binary, soft)
+        upper = _range_end(src, work.table, work.order, lower, chunk_rows)
+        ranges.append(KeyRange(work, lower, upper))
         if upper is None:
-            return removed
+            return ranges
         lower = upper
 
 
-def _source_range(
+def compare_range(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], r: KeyRange) -> None:
+    """Delete (or soft-delete) the destination rows of ``r`` whose key the source no longer has."""
+    w = r.deletes
+    if w.recent_deletes or _source_digest(src, w.table, w.order, r.lower, r.upper) != _destination_digest(
+        dst, w.target, w.order, r.lower, r.upper, w.soft
+    ):
+        found = _remove_absent(src, dst, w.table, w.target, w.order, r.lower, r.upper, w.binary, w.soft)
+        with w.lock:
+            w.removed += found
+            w.recent_deletes = found > 0
+    else:
+        w.recent_deletes = False
+
+
+def _range_end(
     src: psycopg.Connection[Any], t: DeltaTable, order: KeyOrder, lower: tuple[str, ...] | None, chunk_rows: int
-) -> tuple[tuple[str, ...] | None, Digest]:
-    """The range after ``lower``: its last key (None when it is the open-ended last range) and digest."""
+) -> tuple[str, ...] | None:
+    """The range after ``lower`` ends at the ``chunk_rows``-th key; None: it is the last, open-ended."""
     keys = [sql.Identifier(c.name) for c in order.columns]
     # Aliased: in "SELECT k::text ... ORDER BY k", k would mean the text output column.
     texts = [sql.SQL("{}::text AS {}").format(k, sql.Identifier(f"_replicator_k{i}")) for i, k in enumerate(keys)]
-    boundary = sql.SQL("{} ORDER BY {} LIMIT 1 OFFSET {}").format(
+    query = sql.SQL("{} ORDER BY {} LIMIT 1 OFFSET {}").format(
         select_sql(t.st, texts, order.after(lower)), order.order_by(), sql.Literal(chunk_rows - 1)
     )
-    row = src.execute(boundary).fetchone()
-    upper = tuple(row) if row is not None else None
+    row = src.execute(query).fetchone()
+    return tuple(row) if row is not None else None
+
+
+def _source_digest(
+    src: psycopg.Connection[Any],
+    t: DeltaTable,
+    order: KeyOrder,
+    lower: tuple[str, ...] | None,
+    upper: tuple[str, ...] | None,
+) -> Digest:
     digest = sql.SQL("count(*), coalesce(sum({}), 0)").format(order.digest_sql())
     found = src.execute(select_sql(t.st, [digest], order.between(lower, upper))).fetchone()
     assert found is not None
-    return upper, (int(found[0]), Decimal(found[1]))
+    return int(found[0]), Decimal(found[1])
 
 
 def _destination_digest(
@@ -174,13 +220,17 @@ def _remove_absent(
     soft: bool,
 ) -> int:
     key = t.st.key
-    fmt = sql.SQL("binary" if binary else "text")
+    # The range's keys travel as one row of arrays: relaying row by row would cost a trip
+    # through Python per key. Binary arrays carry their element type's OID, equal on both
+    # servers only for built-in types.
+    binary = binary and not any(is_user_oid(c.type_oid) for c in order.columns)
+    arrays = [sql.SQL("array_agg({})").format(sql.Identifier(k)) for k in key]
     copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(
-        select_sql(t.st, [sql.Identifier(k) for k in key], order.between(lower, upper)), fmt
+        select_sql(t.st, arrays, order.between(lower, upper)), sql.SQL("binary" if binary else "text")
     )
     in_range = order.between(lower, upper, "d") or [sql.SQL("true")]
     with dst.transaction():
-        stage = dest.create_stage(dst, target, key)
-        relay_copy(src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(stage, key, binary))
-        dst.execute(sql.SQL("ANALYZE {}").format(stage))  # a good anti-join plan needs its size
+        packed = dest.create_key_arrays(dst, target, key)
+        relay_copy(src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(packed, key, binary))
+        stage = dest.unpack_key_arrays(dst, packed, key)
         return dest.delete_absent(dst, target, stage, key, sql.SQL(" AND ").join(in_range), soft)

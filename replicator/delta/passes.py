@@ -80,7 +80,12 @@ class RunContext:
 
 @dataclass(frozen=True)
 class _Work:
+    """One table's changes in a pass."""
+
     table: DeltaTable
+    target: dest.DestTable
+    columns: tuple[str, ...]
+    binary: bool
     where: Any  # sql.Composable | None (None: every row)
     mark: state.Watermark
     result: TableResult
@@ -138,17 +143,34 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
         for t in tables:
             result = TableResult(t.display, t.kind, snapshotted=t in new or t in resumed)
             summary.results.append(result)
-            if t in new:
-                continue
-            where = changes.changed_rows(t, marks.get(t.ident), snapshot)
-            result.full_read = where is None
-            works.append(_Work(t, where, upcoming[t.ident], result))
+            if t not in new:
+                works.append(_work(control, catalog, t, changes.changed_rows(t, marks.get(t.ident), snapshot),
+                                   upcoming[t.ident], result))
         cfg = job.extractor.value.delta_snapshot
         run_parallel(
             job, snapshot.name, deletes.SESSION_SETTINGS, works, cfg.threads,
-            lambda w: f"delta pass of {w.table.display}",
-            lambda session, w: _delta(job, catalog, session, w, soft, cfg.min_job_size_rows),
+            lambda w: f"merging changed rows of {w.table.display}",
+            lambda session, w: _apply(job.job_id, session, w, soft),
         )
+        # Deletes after the changes (so matching ranges show as equal), range by range in parallel.
+        compared = {
+            w.table.ident: deletes.TableDeletes(w.table, w.target, deletes.key_order(src, w.table), w.binary, soft)
+            for w in works if w.table.replicate_deletes
+        }
+        ranges = [r for d in compared.values() for r in deletes.key_ranges(src, d, cfg.min_job_size_rows)]
+        run_parallel(
+            job, snapshot.name, deletes.SESSION_SETTINGS, ranges, cfg.threads,
+            lambda r: f"comparing keys of {r.deletes.table.display}",
+            lambda session, r: deletes.compare_range(*session.connections(), r),
+        )
+        for w in works:
+            if w.table.ident in compared:
+                w.result.deleted = compared[w.table.ident].removed
+            log.info(
+                "%s: %s row(s) upserted%s, %s deleted (%s)",
+                w.table.display, f"{w.result.upserted:,}", " (read every row)" if w.result.full_read else "",
+                f"{w.result.deleted:,}" if w.table.replicate_deletes else "none", w.table.kind,
+            )
         src.execute("COMMIT")
     finally:
         src.close()
@@ -234,23 +256,26 @@ def _soft_delete_column(control: psycopg.Connection[Any], t: DeltaTable) -> None
             dest.ensure_soft_delete_column(control, target)
 
 
-def _delta(job: Job, catalog: Catalog, session: Session, w: _Work, soft: bool, chunk_rows: int) -> None:
-    t = w.table
-    src, dst = session.connections()
-    target = dest.describe_table(dst, *t.ident)
+def _work(
+    control: psycopg.Connection[Any],
+    catalog: Catalog,
+    t: DeltaTable,
+    where: Any,
+    mark: state.Watermark,
+    result: TableResult,
+) -> _Work:
+    target = dest.describe_table(control, *t.ident)
     if target is None:
         raise DestinationError(f"destination table {t.display} disappeared; run with --fresh to copy it again")
-    columns = dest.copy_columns(t.st, target)
     binary = binary_safe(catalog, t.st.columns) and all(
         target.columns[c.name].type_sql == c.type_sql for c in t.st.columns
     )
+    result.full_read = where is None
+    return _Work(t, target, dest.copy_columns(t.st, target), binary, where, mark, result)
+
+
+def _apply(job_id: str, session: Session, w: _Work, soft: bool) -> None:
+    src, dst = session.connections()
     w.result.upserted = changes.apply_changes(
-        src, dst, job.job_id, t, target, columns, binary, w.where, w.mark, soft
-    )
-    if t.replicate_deletes:
-        w.result.deleted = deletes.replicate_deletes(src, dst, t, target, binary, chunk_rows, soft)
-    log.info(
-        "%s: %s row(s) upserted%s, %s deleted (%s)",
-        t.display, f"{w.result.upserted:,}", " (read every row)" if w.result.full_read else "",
-        f"{w.result.deleted:,}" if t.replicate_deletes else "none", t.kind,
+        src, dst, job_id, w.table, w.target, w.columns, w.binary, w.where, w.mark, soft
     )

@@ -228,6 +228,34 @@ def ensure_soft_delete_column(conn: psycopg.Connection[Any], table: DestTable) -
     return DestTable(table.schema, table.name, columns)
 
 
+def create_key_arrays(conn: psycopg.Connection[Any], table: DestTable, key: tuple[str, ...]) -> sql.Identifier:
+    """A temporary table (dropped at commit) with one array column per key column of ``table``."""
+    packed = sql.Identifier("_replicator_key_arrays")
+    cols = sql.SQL(", ").join(
+        sql.SQL("{} {}[]").format(sql.Identifier(k), sql.SQL(table.columns[k].type_sql)) for k in key
+    )
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(packed, cols))
+    for k in key:
+        # Stored once and read once: compressing a megabyte of keys would cost more than all the rest.
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE EXTERNAL").format(packed, sql.Identifier(k))
+        )
+    return packed
+
+
+def unpack_key_arrays(conn: psycopg.Connection[Any], packed: sql.Identifier, key: tuple[str, ...]) -> sql.Identifier:
+    """The keys held in ``packed``'s arrays, one per row, in a temporary table (dropped at commit)."""
+    stage = sql.Identifier("_replicator_stage")
+    idents = [sql.Identifier(k) for k in key]
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT u.* FROM {} p, unnest({}) AS u({})").format(
+            stage, packed, sql.SQL(", ").join(sql.SQL("p.{}").format(i) for i in idents), sql.SQL(", ").join(idents)
+        )
+    )
+    conn.execute(sql.SQL("ANALYZE {}").format(stage))  # a good anti-join plan needs its size
+    return stage
+
+
 def delete_absent(
     conn: psycopg.Connection[Any],
     table: DestTable,
