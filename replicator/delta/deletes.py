@@ -232,5 +232,4 @@ def _remove_absent(
     with dst.transaction():
         packed = dest.create_key_arrays(dst, target, key)
         relay_copy(src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(packed, key, binary))
-        stage = dest.unpack_key_arrays(dst, packed, key)
-        return dest.delete_absent(dst, target, stage, key, sql.SQL(" AND ").join(in_range), soft)
+        return dest.delete_absent(dst, target, packed, key, sql.SQL(" AND ").join(in_range), soft)

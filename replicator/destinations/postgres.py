@@ -243,33 +243,29 @@ def create_key_arrays(conn: psycopg.Connection[Any], table: DestTable, key: tupl
     return packed
 
 
-def unpack_key_arrays(conn: psycopg.Connection[Any], packed: sql.Identifier, key: tuple[str, ...]) -> sql.Identifier:
-    """The keys held in ``packed``'s arrays, one per row, in a temporary table (dropped at commit)."""
-    stage = sql.Identifier("_replicator_stage")
-    idents = [sql.Identifier(k) for k in key]
-    conn.execute(
-        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT u.* FROM {} p, unnest({}) AS u({})").format(
-            stage, packed, sql.SQL(", ").join(sql.SQL("p.{}").format(i) for i in idents), sql.SQL(", ").join(idents)
-        )
-    )
-    conn.execute(sql.SQL("ANALYZE {}").format(stage))  # a good anti-join plan needs its size
-    return stage
-
-
 def delete_absent(
     conn: psycopg.Connection[Any],
     table: DestTable,
-    stage: sql.Identifier,
+    packed: sql.Identifier,
     key: tuple[str, ...],
     in_range: sql.Composable,
     soft: bool,
 ) -> int:
-    """Delete (or soft-delete) the rows of ``table`` in ``in_range`` whose key is not in ``stage``.
+    """Delete (or soft-delete) the rows of ``table`` in ``in_range`` whose key is not in ``packed``.
 
-    ``in_range`` refers to the destination table as ``d``. Returns the number of rows removed.
+    ``packed`` holds the keys as one row of arrays (``create_key_arrays``); ``in_range`` refers
+    to the destination table as ``d``. Returns the number of rows removed. Call in a transaction.
     """
-    match = sql.SQL(" AND ").join(sql.SQL("s.{0} = d.{0}").format(sql.Identifier(k)) for k in key)
-    absent = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM {} s WHERE {})").format(in_range, stage, match)
+    # The planner cannot see how many keys the arrays hold (it guesses 10), and then sorts
+    # them for a merge join; hashing them is what works at every size.
+    conn.execute("SET LOCAL enable_mergejoin = off")
+    conn.execute("SET LOCAL enable_nestloop = off")
+    idents = [sql.Identifier(k) for k in key]
+    keys = sql.SQL("SELECT {} FROM {} p").format(
+        sql.SQL(", ").join(sql.SQL("unnest(p.{0}) AS {0}").format(i) for i in idents), packed
+    )
+    match = sql.SQL(" AND ").join(sql.SQL("s.{0} = d.{0}").format(i) for i in idents)
+    absent = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM ({}) s WHERE {})").format(in_range, keys, match)
     if soft:
         flag = sql.Identifier(SOFT_DELETE_COLUMN)
         query = sql.SQL("UPDATE {} d SET {} = true WHERE NOT d.{} AND {}").format(table.ident, flag, flag, absent)
