@@ -86,8 +86,21 @@ def fresh_database(cluster: LocalCluster, name: str) -> None:
 
 
 def replicator(mode: str, workdir: Path, dest: str, extractor: Path, *extra: str) -> float:
-    args = [sys.executable, "-m", "replicator", "run", mode, "--no-progress", "--source", str(workdir / "source.yaml"),
-            "--destination", str(workdir / f"{dest}.yaml"), "--extractor", str(extractor), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "replicator",
+        "run",
+        mode,
+        "--no-progress",
+        "--source",
+        str(workdir / "source.yaml"),
+        "--destination",
+        str(workdir / f"{dest}.yaml"),
+        "--extractor",
+        str(extractor),
+        *extra,
+    ]
     start = time.perf_counter()
     subprocess.run(args, check=True, cwd=REPO, capture_output=True)
     return time.perf_counter() - start
@@ -101,7 +114,9 @@ def fingerprint(cluster: LocalCluster, db: str) -> tuple[int, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--changed", type=float, default=0.01, help="fraction of rows changed per round")
     parser.add_argument("--repeats", type=int, default=3)
@@ -110,7 +125,9 @@ def main() -> int:
     workdir.chmod(0o755)
     cluster = start_cluster(workdir / "cluster")
     try:
-        print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+        print(
+            f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)"
+        )
         print(f"building {args.rows:,} rows ...", flush=True)
         build_source(cluster, args.rows)
         dests = {name: f"bench_delta_{i}" for i, name in enumerate(VARIANTS)}
@@ -134,7 +151,9 @@ def main() -> int:
             snapshots.append(replicator("snapshot", workdir, "bench_snap", snap_extractor))
             line = [f"  round {r + 1} ({n:,} rows changed): snapshot {snapshots[-1]:.2f} s"]
             for name in VARIANTS:
-                passes[name].append(replicator("delta-snapshot", workdir, dests[name], extractors[name], "--once"))
+                passes[name].append(
+                    replicator("delta-snapshot", workdir, dests[name], extractors[name], "--once")
+                )
                 line.append(f"{name} {passes[name][-1]:.2f} s")
             print(", ".join(line), flush=True)
         expected = fingerprint(cluster, "bench_src")
@@ -145,8 +164,10 @@ def main() -> int:
         print(f"full snapshot (replicator run snapshot, end to end, PK built): {snap:.2f} s")
         for name, times in passes.items():
             t = statistics.median(times)
-            print(f"delta pass, {name:<17} ({args.changed:.0%} of {args.rows:,} rows changed): "
-                  f"{t:.2f} s  ratio snapshot/pass: {snap / t:.1f}x")
+            print(
+                f"delta pass, {name:<17} ({args.changed:.0%} of {args.rows:,} rows changed): "
+                f"{t:.2f} s  ratio snapshot/pass: {snap / t:.1f}x"
+            )
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         return 0
     finally:

@@ -51,13 +51,19 @@ def next_watermark(
     return state.Watermark("update-key", updatekey.next_value(t.st.update_key, prev, reading, horizon))
 
 
-def changed_rows(t: DeltaTable, mark: state.Watermark | None, snapshot: PassSnapshot) -> sql.Composable | None:
+def changed_rows(
+    t: DeltaTable, mark: state.Watermark | None, snapshot: PassSnapshot
+) -> sql.Composable | None:
     """The predicate selecting rows changed since ``mark``; None when every row must be read."""
     if mark is None:
         return None
     if mark.kind != t.kind:
-        log.warning("%s: the last pass tracked changes by %s, this one by %s: reading every row once",
-                    t.display, mark.kind, t.kind)
+        log.warning(
+            "%s: the last pass tracked changes by %s, this one by %s: reading every row once",
+            t.display,
+            mark.kind,
+            t.kind,
+        )
         return None
     if t.kind == "xmin":
         since = xmin.since(mark.value)
@@ -65,7 +71,10 @@ def changed_rows(t: DeltaTable, mark: state.Watermark | None, snapshot: PassSnap
         if window is None:
             log.warning(
                 "%s: the last pass is too far back in transaction IDs (watermark %s, now %s) to compare "
-                "32-bit xmin values: reading every row once", t.display, since, snapshot.xmax,
+                "32-bit xmin values: reading every row once",
+                t.display,
+                since,
+                snapshot.xmax,
             )
             return None
         return xmin.predicate(window)
@@ -90,10 +99,14 @@ def apply_changes(
 ) -> int:
     """Upsert the rows matching ``where`` (None: all) and store ``mark``; returns the rows read."""
     query = select_sql(t.st, [sql.Identifier(c) for c in columns], [] if where is None else [where])
-    copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(query, sql.SQL("binary" if binary else "text"))
+    copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(
+        query, sql.SQL("binary" if binary else "text")
+    )
     with dst.transaction():
         stage = dest.create_stage(dst, target, columns)
-        result = relay_copy(src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(stage, columns, binary))
+        result = relay_copy(
+            src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(stage, columns, binary)
+        )
         if result.rows:
             dest.merge_stage(dst, target, stage, columns, t.st.key, undelete=soft)
         state.save_watermark(dst, job_id, *t.ident, mark)

@@ -72,12 +72,17 @@ class KeyOrder:
         return exprs[0] if len(exprs) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(exprs))
 
     def _values(self, values: tuple[str, ...]) -> sql.Composable:
-        lits = [sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(c.type_sql)) for c, v in zip(self.columns, values, strict=True)]
+        lits = [
+            sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(c.type_sql))
+            for c, v in zip(self.columns, values, strict=True)
+        ]
         return lits[0] if len(lits) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(lits))
 
     def order_by(self, descending: bool = False) -> sql.Composable:
         direction = sql.SQL(" DESC" if descending else "")
-        return sql.SQL(", ").join(sql.SQL("{}{}").format(self._expr(c, None), direction) for c in self.columns)
+        return sql.SQL(", ").join(
+            sql.SQL("{}{}").format(self._expr(c, None), direction) for c in self.columns
+        )
 
     def after(self, lower: tuple[str, ...] | None, alias: str | None = None) -> list[sql.Composable]:
         if lower is None:
@@ -161,12 +166,18 @@ def compare_range(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], r:
 
 
 def _range_end(
-    src: psycopg.Connection[Any], t: DeltaTable, order: KeyOrder, lower: tuple[str, ...] | None, chunk_rows: int
+    src: psycopg.Connection[Any],
+    t: DeltaTable,
+    order: KeyOrder,
+    lower: tuple[str, ...] | None,
+    chunk_rows: int,
 ) -> tuple[str, ...] | None:
     """The range after ``lower`` ends at the ``chunk_rows``-th key; None: it is the last, open-ended."""
     keys = [sql.Identifier(c.name) for c in order.columns]
     # Aliased: in "SELECT k::text ... ORDER BY k", k would mean the text output column.
-    texts = [sql.SQL("{}::text AS {}").format(k, sql.Identifier(f"_replicator_k{i}")) for i, k in enumerate(keys)]
+    texts = [
+        sql.SQL("{}::text AS {}").format(k, sql.Identifier(f"_replicator_k{i}")) for i, k in enumerate(keys)
+    ]
     query = sql.SQL("{} ORDER BY {} LIMIT 1 OFFSET {}").format(
         select_sql(t.st, texts, order.after(lower)), order.order_by(), sql.Literal(chunk_rows - 1)
     )

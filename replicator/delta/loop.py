@@ -19,10 +19,9 @@ from typing import Any
 import psycopg
 
 from replicator import state
-from replicator.connect import connect, is_transient
-from replicator.connect import ConnectError
+from replicator.connect import ConnectError, connect, is_transient
 from replicator.delta.passes import PassSummary, RunContext, run_pass
-from replicator.delta.workers import APP
+from replicator.delta.workers import APP, SnapshotLost
 from replicator.job import Job
 
 log = logging.getLogger(__name__)
@@ -42,8 +41,10 @@ class StopRequest:
         if self.event.is_set():
             raise KeyboardInterrupt
         self.event.set()
-        log.warning("%s: stopping after the pass under way (signal again to stop at once)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "%s: stopping after the pass under way (signal again to stop at once)",
+            signal.Signals(signum).name,
+        )
 
     @property
     def requested(self) -> bool:
@@ -67,7 +68,7 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
             number += 1
             try:
                 summary = run_pass(ctx, number, fresh=job.fresh and number == 1)
-            except (psycopg.OperationalError, ConnectError) as e:
+            except (psycopg.OperationalError, ConnectError, SnapshotLost) as e:
                 if job.once or stop.requested or not _transient(e):
                     raise
                 log.warning("pass %d failed, trying again in %.0f s: %s", number, interval, str(e).strip())
@@ -87,7 +88,7 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
 
 
 def _transient(e: BaseException) -> bool:
-    return isinstance(e, ConnectError) or is_transient(e)
+    return isinstance(e, ConnectError | SnapshotLost) or is_transient(e)
 
 
 def _control(job: Job) -> psycopg.Connection[Any]:

@@ -13,7 +13,8 @@ Order of a pass, and why:
    snapshot via ``run_snapshot``. If the run dies midway, the next one resumes the snapshot
    under a later snapshot and keeps this older watermark, which is the safe one.
 6. Resumed and ready tables, in parallel: changed rows + watermark in one destination
-   transaction per table, then deletes by key ranges (``deletes``).
+   transaction per table (``changes``); then deletes, the key ranges of all tables in
+   parallel (``deletes``).
 """
 
 from __future__ import annotations
@@ -91,22 +92,27 @@ class _Work:
     result: TableResult
 
 
+SOURCE_SETTINGS = {
+    "statement_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",  # the pass's snapshot stays open while workers read
+    **deletes.SESSION_SETTINGS,
+}
+
+
 def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
     job, control = ctx.job, ctx.control
     started = time.monotonic()
     summary = PassSummary(number)
     src = connect(job.source.value, "source", APP, autocommit=True)
     try:
-        session_settings(src, {"statement_timeout": "0", "idle_in_transaction_session_timeout": "0",
-                               **deletes.SESSION_SETTINGS})
+        session_settings(src, SOURCE_SETTINGS)
         with src.transaction():
             catalog = load_catalog(src)
         tables = select_delta_tables(src, job, catalog)
         if fresh:
-            idents = [t.ident for t in tables]
             with control.transaction():
-                state.forget_watermarks(control, job.job_id, idents)
-                state.forget_snapshot(control, job.job_id, idents)
+                state.forget_watermarks(control, job.job_id, [t.ident for t in tables])
+                state.forget_snapshot(control, job.job_id, [t.ident for t in tables])
         new, resumed, ready = _classify(control, job.job_id, tables)
         # A snapshot reuses an existing destination table as is, and builds keys only on
         # tables it creates (when they are complete): check what can be checked up front.
@@ -116,11 +122,12 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
         readings = {t.ident: updatekey.read_maxima(src, t.st) for t in tables if t.kind == "update-key"}
         horizon = updatekey.read_horizon(src) if readings else None
         _warn_horizon(ctx, horizon)
+
         snapshot = _open_snapshot(src)
         log.info(
             "pass %d: %d table(s): %d to snapshot, %d to finish, %d by delta",
             number, len(tables), len(new), len(resumed), len(ready),
-        )
+        )  # fmt: skip
         upcoming = {
             t.ident: changes.next_watermark(
                 t, None if t in new else marks.get(t.ident), snapshot, readings.get(t.ident), horizon
@@ -139,43 +146,60 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
         if soft:
             for t in tables:
                 _soft_delete_column(control, t)
+
         works = []
         for t in tables:
             result = TableResult(t.display, t.kind, snapshotted=t in new or t in resumed)
             summary.results.append(result)
             if t not in new:
-                works.append(_work(control, catalog, t, changes.changed_rows(t, marks.get(t.ident), snapshot),
-                                   upcoming[t.ident], result))
-        cfg = job.extractor.value.delta_snapshot
-        run_parallel(
-            job, snapshot.name, deletes.SESSION_SETTINGS, works, cfg.threads,
-            lambda w: f"merging changed rows of {w.table.display}",
-            lambda session, w: _apply(job.job_id, session, w, soft),
-        )
-        # Deletes after the changes (so matching ranges show as equal), range by range in parallel.
-        compared = {
-            w.table.ident: deletes.TableDeletes(w.table, w.target, deletes.key_order(src, w.table), w.binary, soft)
-            for w in works if w.table.replicate_deletes
-        }
-        ranges = [r for d in compared.values() for r in deletes.key_ranges(src, d, cfg.min_job_size_rows)]
-        run_parallel(
-            job, snapshot.name, deletes.SESSION_SETTINGS, ranges, cfg.threads,
-            lambda r: f"comparing keys of {r.deletes.table.display}",
-            lambda session, r: deletes.compare_range(*session.connections(), r),
-        )
-        for w in works:
-            if w.table.ident in compared:
-                w.result.deleted = compared[w.table.ident].removed
-            log.info(
-                "%s: %s row(s) upserted%s, %s deleted (%s)",
-                w.table.display, f"{w.result.upserted:,}", " (read every row)" if w.result.full_read else "",
-                f"{w.result.deleted:,}" if w.table.replicate_deletes else "none", w.table.kind,
-            )
+                where = changes.changed_rows(t, marks.get(t.ident), snapshot)
+                works.append(_work(control, catalog, t, where, upcoming[t.ident], result))
+        _apply_all(job, src, snapshot, works, soft)
         src.execute("COMMIT")
     finally:
         src.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _apply_all(
+    job: Job, src: psycopg.Connection[Any], snapshot: PassSnapshot, works: list[_Work], soft: bool
+) -> None:
+    """Changed rows of every table in parallel; then deletes, key range by key range, in parallel.
+
+    Deletes come second so that, for a range without deletes, both sides already hold the
+    same keys and the digests agree.
+    """
+    cfg = job.extractor.value.delta_snapshot
+    run_parallel(
+        job, snapshot.name, deletes.SESSION_SETTINGS, works, cfg.threads,
+        lambda w: f"merging changed rows of {w.table.display}",
+        lambda session, w: _apply(job.job_id, session, w, soft),
+    )  # fmt: skip
+    compared = {
+        w.table.ident: deletes.TableDeletes(
+            w.table, w.target, deletes.key_order(src, w.table), w.binary, soft
+        )
+        for w in works
+        if w.table.replicate_deletes
+    }
+    ranges = [r for d in compared.values() for r in deletes.key_ranges(src, d, cfg.min_job_size_rows)]
+    run_parallel(
+        job, snapshot.name, deletes.SESSION_SETTINGS, ranges, cfg.threads,
+        lambda r: f"comparing keys of {r.deletes.table.display}",
+        lambda session, r: deletes.compare_range(*session.connections(), r),
+    )  # fmt: skip
+    for w in works:
+        if w.table.ident in compared:
+            w.result.deleted = compared[w.table.ident].removed
+        log.info(
+            "%s: %s row(s) upserted%s, %s deleted (%s)",
+            w.table.display,
+            f"{w.result.upserted:,}",
+            " (read every row)" if w.result.full_read else "",
+            f"{w.result.deleted:,}" if w.table.replicate_deletes else "none",
+            w.table.kind,
+        )
 
 
 def _classify(
@@ -197,8 +221,10 @@ def _classify(
         else:
             ready.append(t)
     if stale:
-        log.info("copying again, since no delta watermark says when they were copied: %s",
-                 ", ".join(".".join(s) for s in stale))
+        log.info(
+            "copying again, since no delta watermark says when they were copied: %s",
+            ", ".join(".".join(s) for s in stale),
+        )
         with control.transaction():
             state.forget_snapshot(control, job_id, stale)
     return new, resumed, ready
@@ -211,13 +237,15 @@ def _warn_horizon(ctx: RunContext, horizon: updatekey.Horizon | None) -> None:
         ctx.warned_hidden = True
         log.warning(
             "%d session(s) of other roles hide when their transactions began (grant pg_read_all_stats, "
-            "or pg_monitor on RDS, to the source user): update-key tables then cannot wait for such "
-            "a transaction, and a row it commits late with an older update key could be missed",
+            "or pg_monitor which includes it, to the source user): update-key tables then cannot wait "
+            "for such a transaction, and a row it commits late with an older update key could be missed",
             horizon.hidden_sessions,
         )
     if horizon.prepared:
-        log.info("%d prepared transaction(s) open at the source: update-key watermarks wait for them",
-                 horizon.prepared)
+        log.info(
+            "%d prepared transaction(s) open at the source: update-key watermarks wait for them",
+            horizon.prepared,
+        )
 
 
 def _open_snapshot(src: psycopg.Connection[Any]) -> PassSnapshot:
@@ -230,7 +258,9 @@ def _open_snapshot(src: psycopg.Connection[Any]) -> PassSnapshot:
     return PassSnapshot(str(row[0]), int(row[1]), int(row[2]))
 
 
-def _snapshot(job: Job, control: psycopg.Connection[Any], snapshot: PassSnapshot, tables: list[DeltaTable]) -> int:
+def _snapshot(
+    job: Job, control: psycopg.Connection[Any], snapshot: PassSnapshot, tables: list[DeltaTable]
+) -> int:
     cfg = job.extractor.value.delta_snapshot
     settings = SnapshotConfig(
         threads=cfg.threads,
@@ -241,7 +271,9 @@ def _snapshot(job: Job, control: psycopg.Connection[Any], snapshot: PassSnapshot
     bar = make_progress("delta-snapshot: first pass", len(tables), job.progress)
     try:
         result = run_snapshot(
-            job, snapshot.name, progress=bar,
+            job,
+            snapshot.name,
+            progress=bar,
             scope=SnapshotScope([t.st for t in tables], settings, control),
         )
     finally:
@@ -266,7 +298,9 @@ def _work(
 ) -> _Work:
     target = dest.describe_table(control, *t.ident)
     if target is None:
-        raise DestinationError(f"destination table {t.display} disappeared; run with --fresh to copy it again")
+        raise DestinationError(
+            f"destination table {t.display} disappeared; run with --fresh to copy it again"
+        )
     binary = binary_safe(catalog, t.st.columns) and all(
         target.columns[c.name].type_sql == c.type_sql for c in t.st.columns
     )

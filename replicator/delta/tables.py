@@ -78,9 +78,7 @@ def _check_section_update_key(selected: list[SelectedTable], job: Job) -> None:
     where = job.extractor.where("delta-snapshot", "update-key")
     has_it = [st for st in selected if all(st.table.column(c) for c in columns)]
     if selected and not has_it:
-        raise ConfigError(
-            f"{where}: update-key: no selected table has column(s) {', '.join(columns)}"
-        )
+        raise ConfigError(f"{where}: update-key: no selected table has column(s) {', '.join(columns)}")
     without = [st.display for st in selected if st not in has_it and not st.update_key]
     if without:
         log.info("no column %s in %s: these tables use xmin instead", ", ".join(columns), ", ".join(without))
@@ -98,7 +96,8 @@ def _check_update_key(st: SelectedTable) -> None:
     if cols and all(c is not None and not c.not_null for c in cols):
         log.warning(
             "%s: update-key %s allows NULL; rows whose update key is NULL are copied by the first pass only",
-            st.display, ", ".join(st.update_key),
+            st.display,
+            ", ".join(st.update_key),
         )
 
 
@@ -127,6 +126,7 @@ def check_destination_key(conn: psycopg.Connection[Any], t: DeltaTable) -> None:
     ).fetchone()
     if not found or not found[0]:
         raise DestinationError(
-            f"destination table {t.display} has no primary key or unique index on ({', '.join(t.st.key)}); "
-            f"delta-snapshot merges changed rows by key: add one, or drop the table so replicator recreates it"
+            f"destination table {t.display} has no primary key or unique index on "
+            f"({', '.join(t.st.key)}); delta-snapshot merges changed rows by key: add one, or drop "
+            f"the table so replicator recreates it"
         )

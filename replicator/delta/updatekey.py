@@ -34,8 +34,9 @@ that made it stayed open. How:
 
 A long transaction thus holds the bound back (later passes re-read what was committed since
 it began, which is harmless: rows are upserted by key) and its rows arrive once it commits.
-Limits: seeing other roles' ``xact_start`` needs ``pg_read_all_stats`` (``pg_monitor`` on
-RDS); without it their open transactions are invisible to step 2 and a warning says so.
+Limits: seeing other roles' ``xact_start`` needs ``pg_read_all_stats`` (or ``pg_monitor``,
+which includes it); without it their open transactions are invisible to step 2 and a warning
+says so.
 While a prepared (two-phase) transaction exists the bound does not advance (its start time
 is unknown). The clocks compared are all the source server's own.
 """
@@ -57,7 +58,15 @@ from replicator.snapshot.plan import relation_sql
 log = logging.getLogger(__name__)
 
 TYPES = frozenset(
-    {"smallint", "integer", "bigint", "numeric", "date", "timestamp without time zone", "timestamp with time zone"}
+    {
+        "smallint",
+        "integer",
+        "bigint",
+        "numeric",
+        "date",
+        "timestamp without time zone",
+        "timestamp with time zone",
+    }
 )
 MAX_READINGS = 50  # readings waiting for long transactions; dropping the oldest is only more conservative
 
@@ -94,7 +103,9 @@ def read_maxima(conn: psycopg.Connection[Any], st: SelectedTable) -> Reading:
     """Step 1. ``conn`` is in autocommit mode: the statement's own snapshot is the one that counts."""
     columns = [sql.SQL("max({})::text").format(sql.Identifier(c)) for c in st.update_key]
     # clock_timestamp() runs during execution, after the statement took its snapshot.
-    query = sql.SQL("SELECT clock_timestamp(), {} FROM {}").format(sql.SQL(", ").join(columns), relation_sql(st))
+    query = sql.SQL("SELECT clock_timestamp(), {} FROM {}").format(
+        sql.SQL(", ").join(columns), relation_sql(st)
+    )
     row = conn.execute(query).fetchone()
     assert row is not None
     return Reading(row[0], tuple(row[1:]))

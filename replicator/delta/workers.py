@@ -22,6 +22,10 @@ APP = "replicator/delta-snapshot"
 T = TypeVar("T")
 
 
+class SnapshotLost(SourceError):
+    """A worker could not join the pass's snapshot: its exporting connection is gone."""
+
+
 def session_settings(conn: psycopg.Connection[Any], settings: dict[str, str]) -> None:
     for name, value in settings.items():
         conn.execute("SELECT set_config(%s, %s, false)", (name, value))
@@ -44,7 +48,7 @@ class Session:
                 # SET TRANSACTION SNAPSHOT takes no parameters; the name came from pg_export_snapshot().
                 self.src.execute(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(self.snapshot_name)}'")
             except psycopg.Error as e:
-                raise SourceError(
+                raise SnapshotLost(
                     f"cannot join the pass's snapshot {self.snapshot_name}: {e}; the coordinating "
                     f"connection was probably lost; the next pass starts over"
                 ) from None

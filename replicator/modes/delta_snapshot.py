@@ -28,6 +28,8 @@ def format_summary(s: PassSummary) -> str:
         if r.snapshotted:
             parts.append("snapshot")
         if not (r.snapshotted and not r.upserted and not r.deleted):
-            parts.append(f"{r.upserted:,} upserted{' (read every row)' if r.full_read else ''}, {r.deleted:,} deleted")
+            parts.append(
+                f"{r.upserted:,} upserted{' (read every row)' if r.full_read else ''}, {r.deleted:,} deleted"
+            )
         lines.append(f"  {r.table} ({r.kind}): {'; '.join(parts)}")
     return "\n".join(lines)

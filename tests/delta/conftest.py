@@ -23,10 +23,15 @@ class DeltaSetup:
 
     def args(self, *extra: str) -> list[str]:
         args = [
-            "run", "delta-snapshot", "--no-progress",
-            "--source", str(self.source.write_config(self.tmp / "source.yaml")),
-            "--destination", str(self.dest.write_config(self.tmp / "destination.yaml", **self.dest_extra)),
-            "--extractor", str(write(self.tmp / "extractor.yaml", self.extractor)),
+            "run",
+            "delta-snapshot",
+            "--no-progress",
+            "--source",
+            str(self.source.write_config(self.tmp / "source.yaml")),
+            "--destination",
+            str(self.dest.write_config(self.tmp / "destination.yaml", **self.dest_extra)),
+            "--extractor",
+            str(write(self.tmp / "extractor.yaml", self.extractor)),
         ]
         if self.filter is not None:
             args += ["--filter", str(write(self.tmp / "filter.yaml", self.filter))]

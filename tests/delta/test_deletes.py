@@ -64,6 +64,8 @@ def test_composite_keys_with_text_walk_in_order(delta: DeltaSetup) -> None:
     )
     delta.extractor = "delta-snapshot:\n  min-job-size-rows: 150\n"
     delta.once()
-    delta.source.execute("DELETE FROM c WHERE n % 13 = 0 OR region = 'r3'; INSERT INTO c VALUES ('r3', '2025-01-01', 1, 'back')")
+    delta.source.execute(
+        "DELETE FROM c WHERE n % 13 = 0 OR region = 'r3'; INSERT INTO c VALUES ('r3', '2025-01-01', 1, 'back')"
+    )
     delta.once()
     delta.assert_same("c")

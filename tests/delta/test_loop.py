@@ -35,7 +35,9 @@ class _PassCounter:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_runs_until_signalled_and_stops_cleanly(delta: DeltaSetup, capsys: pytest.CaptureFixture[str], sig: int) -> None:
+def test_runs_until_signalled_and_stops_cleanly(
+    delta: DeltaSetup, capsys: pytest.CaptureFixture[str], sig: int
+) -> None:
     delta.source.execute("CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')")
     delta.extractor = "delta-snapshot:\n  interval-s: 0.3\n"
     child = spawn_cli(*delta.args())
@@ -43,8 +45,11 @@ def test_runs_until_signalled_and_stops_cleanly(delta: DeltaSetup, capsys: pytes
         passes = _PassCounter(delta.dest)
         _wait_for(lambda: passes() >= 2, "two passes", child)
         delta.source.execute("INSERT INTO t VALUES (2, 'while running'); UPDATE t SET v = 'b' WHERE id = 1")
-        _wait_for(lambda: delta.dest.fetchone("SELECT count(*) FROM t WHERE v IN ('b', 'while running')") == 2,
-                  "the change to arrive", child)
+        _wait_for(
+            lambda: delta.dest.fetchone("SELECT count(*) FROM t WHERE v IN ('b', 'while running')") == 2,
+            "the change to arrive",
+            child,
+        )
         # Another run for the same source and destination is refused while this one runs.
         assert run_cli(*delta.args("--once")) == 1
         assert "another replicator run for source" in capsys.readouterr().err
@@ -57,4 +62,62 @@ def test_runs_until_signalled_and_stops_cleanly(delta: DeltaSetup, capsys: pytes
     assert f"{signal.Signals(sig).name}: stopping after the pass under way" in err
     assert "stopped after pass" in err
     assert "delta-snapshot pass 2 complete" in out
+    delta.assert_same("t")
+
+
+LOCK_KEY = 4444
+GATE = f"""
+CREATE OR REPLACE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NULL; END $$;
+CREATE TRIGGER test_gate AFTER UPDATE ON _replicator.delta_watermarks
+    FOR EACH ROW EXECUTE FUNCTION public.test_gate();
+"""
+
+
+def test_a_pass_whose_source_connections_are_killed_is_retried(delta: DeltaSetup) -> None:
+    delta.source.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b')"
+    )
+    delta.extractor = "delta-snapshot:\n  interval-s: 0.3\n"
+    child = spawn_cli(*delta.args())
+    holder = None
+    try:
+        passes = _PassCounter(delta.dest)
+        _wait_for(lambda: passes() >= 1, "the first pass", child)
+        holder = delta.dest.connect()
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        delta.dest.execute(GATE)
+        delta.source.execute("UPDATE t SET v = 'changed' WHERE id = 1; DELETE FROM t WHERE id = 2")
+        _wait_for(
+            lambda: delta.dest.fetchone(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s",
+                (LOCK_KEY,),
+            ),
+            "a pass to block at the gate",
+            child,
+        )
+        # The source restarts, as far as this run can tell: every connection it has is gone.
+        delta.source.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'replicator/%%' AND datname = current_database()"
+        )
+        holder.close()  # first: the blocked pass holds a lock DROP TRIGGER needs
+        delta.dest.execute("DROP TRIGGER test_gate ON _replicator.delta_watermarks")
+        _wait_for(
+            lambda: (
+                delta.dest.fetchone("SELECT count(*) FROM t") == 1
+                and delta.dest.fetchone("SELECT v FROM t") == "changed"
+            ),
+            "the change and the delete to arrive",
+            child,
+        )
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if holder is not None and not holder.closed:
+            holder.close()
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    assert "failed, trying again" in err
     delta.assert_same("t")

@@ -51,7 +51,9 @@ def setup(delta: DeltaSetup) -> DeltaSetup:
     return delta
 
 
-def test_inserts_updates_and_deletes_arrive_pass_after_pass(setup: DeltaSetup, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inserts_updates_and_deletes_arrive_pass_after_pass(
+    setup: DeltaSetup, capsys: pytest.CaptureFixture[str]
+) -> None:
     setup.once()
     setup.assert_same(*TABLES)
     first = capsys.readouterr().out
@@ -149,7 +151,9 @@ def test_a_sequence_value_committed_late_arrives(setup: DeltaSetup) -> None:
     setup.assert_same("versioned")
 
 
-def test_the_update_key_bound_advances_when_nothing_is_open(setup: DeltaSetup, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_update_key_bound_advances_when_nothing_is_open(
+    setup: DeltaSetup, capsys: pytest.CaptureFixture[str]
+) -> None:
     setup.once()
     setup.once()  # reads from the first pass's maxima
     setup.source.execute("UPDATE versioned SET v = 'x' WHERE id IN (7, 8, 9)")
@@ -186,7 +190,9 @@ def test_soft_deletes_mark_rows_and_a_returning_key_is_live_again(setup: DeltaSe
     setup.source.execute("DELETE FROM items WHERE id BETWEEN 1 AND 250; DELETE FROM pairs WHERE n > 590")
     setup.once()
     assert setup.dest.fetchone("SELECT count(*) FROM items") == 1000
-    assert setup.dest.fetchall(f"SELECT min(id), max(id), count(*) FROM items WHERE {flag}") == [(1, 250, 250)]
+    assert setup.dest.fetchall(f"SELECT min(id), max(id), count(*) FROM items WHERE {flag}") == [
+        (1, 250, 250)
+    ]
     assert setup.dest.fetchone(f"SELECT count(*) FROM pairs WHERE {flag}") == 10
     setup.source.execute("INSERT INTO items VALUES (5, 'back', 5)")
     setup.once()
@@ -232,13 +238,17 @@ def test_rows_leaving_the_filter_condition_are_deleted(delta: DeltaSetup) -> Non
     )
     delta.once()
     assert delta.dest.fetchone("SELECT count(*) FROM t") == 150
-    delta.source.execute("UPDATE t SET region = 'us' WHERE id <= 100; UPDATE t SET region = 'eu' WHERE id = 299")
+    delta.source.execute(
+        "UPDATE t SET region = 'us' WHERE id <= 100; UPDATE t SET region = 'eu' WHERE id = 299"
+    )
     delta.once()
     assert delta.dest.fetchall("SELECT count(*), min(id) FROM t") == [(101, 102)]
     assert delta.dest.fetchone("SELECT count(*) FROM t WHERE id = 299") == 1
 
 
-def test_new_tables_join_later_and_fresh_starts_over(setup: DeltaSetup, capsys: pytest.CaptureFixture[str]) -> None:
+def test_new_tables_join_later_and_fresh_starts_over(
+    setup: DeltaSetup, capsys: pytest.CaptureFixture[str]
+) -> None:
     setup.once()
     setup.source.execute("CREATE TABLE later (id integer PRIMARY KEY); INSERT INTO later VALUES (1), (2)")
     setup.dest.execute("INSERT INTO items VALUES (-1, 'stray', 0)")  # not at the source
@@ -252,7 +262,9 @@ def test_new_tables_join_later_and_fresh_starts_over(setup: DeltaSetup, capsys: 
     setup.assert_same(*TABLES, "later")
 
 
-def test_changing_the_update_key_reads_every_row_once(setup: DeltaSetup, capsys: pytest.CaptureFixture[str]) -> None:
+def test_changing_the_update_key_reads_every_row_once(
+    setup: DeltaSetup, capsys: pytest.CaptureFixture[str]
+) -> None:
     setup.once()
     setup.extractor = EXTRACTOR.replace("update-key: [version]", "update-key: [id]")
     capsys.readouterr()

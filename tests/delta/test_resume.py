@@ -97,15 +97,20 @@ def _kill_at_gate(setup: DeltaSetup, gate: str) -> None:
 
 
 def _waiting(db: Database) -> bool:
-    return bool(db.fetchone(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s", (LOCK_KEY,)
-    ))
+    return bool(
+        db.fetchone(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s",
+            (LOCK_KEY,),
+        )
+    )
 
 
 def _snapshot_of_destination(db: Database) -> dict[str, object]:
     return {
         **{t: checksum(db, "public", t) for t in TABLES},
-        "marks": db.fetchall("SELECT table_name, kind, watermark FROM _replicator.delta_watermarks ORDER BY 1"),
+        "marks": db.fetchall(
+            "SELECT table_name, kind, watermark FROM _replicator.delta_watermarks ORDER BY 1"
+        ),
     }
 
 

@@ -57,7 +57,9 @@ def test_a_row_identifier_key_makes_a_keyless_table_usable(setup: DeltaSetup) ->
     setup.assert_same("other_nokey")
 
 
-def test_a_nullable_row_identifier_key_cannot_replicate_deletes(setup: DeltaSetup, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_nullable_row_identifier_key_cannot_replicate_deletes(
+    setup: DeltaSetup, capsys: pytest.CaptureFixture[str]
+) -> None:
     setup.source.execute("DROP TABLE nokey, other_nokey")
     setup.extractor = """delta-snapshot:
   per-table-config:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -16,7 +16,7 @@ from replicator.filters import SelectedTable
 from replicator.localpg import start_cluster
 from tests.conftest import Database
 
-T0 = datetime(2025, 1, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
 COLS = ("updated_at",)
 
 
@@ -46,8 +46,12 @@ def test_a_long_transaction_holds_the_bound_until_it_ends() -> None:
 
 
 def test_a_reading_taken_in_the_same_instant_a_transaction_began_is_not_used() -> None:
-    v = updatekey.next_value(COLS, {"columns": ["updated_at"], "since": ["50"], "readings": []},
-                             Reading(_at(0), ("100",)), Horizon(_at(0)))
+    v = updatekey.next_value(
+        COLS,
+        {"columns": ["updated_at"], "since": ["50"], "readings": []},
+        Reading(_at(0), ("100",)),
+        Horizon(_at(0)),
+    )
     assert v["since"] == ["50"]
 
 
@@ -112,7 +116,9 @@ def test_prepared_transactions_make_the_horizon_unknown(cluster_root: Path) -> N
         cluster.destroy()
 
 
-@pytest.mark.parametrize("type_sql", ["timestamptz", "timestamp", "date", "bigint", "integer", "numeric(12,2)"])
+@pytest.mark.parametrize(
+    "type_sql", ["timestamptz", "timestamp", "date", "bigint", "integer", "numeric(12,2)"]
+)
 def test_maxima_round_trip_into_the_predicate(source_db: Database, type_sql: str) -> None:
     """A bound read as text and cast back selects the row holding the maximum (>=), for each type."""
     source_db.execute(f"CREATE TABLE t (id integer PRIMARY KEY, k {type_sql})")

@@ -91,7 +91,8 @@ def _advance_to(cluster: LocalCluster, next_xid: int) -> None:
     cluster.stop()
     subprocess.run(
         _as_postgres([str(cluster.bindir / "pg_resetwal"), "-x", str(next_xid), str(cluster.datadir)]),
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     cluster.start()
 
@@ -160,7 +161,9 @@ def test_changes_across_the_32_bit_wrap_arrive(
     # What committed after the long transaction began is read again (11-20, 1000), and its row arrives.
     assert "public.t (xmin): 12 upserted, 0 deleted" in capsys.readouterr().out
     assert checksum(dest_db, "public", "t") == checksum(source, "public", "t")
-    assert dest_db.fetchone("SELECT v FROM t WHERE id = 1001") == "long transaction, opened just after the wrap"
+    assert (
+        dest_db.fetchone("SELECT v FROM t WHERE id = 1001") == "long transaction, opened just after the wrap"
+    )
     # The stored watermark is a 64-bit ID in the new epoch.
     mark = dest_db.fetchone("SELECT watermark::json->>'xmin' FROM _replicator.delta_watermarks")
     assert int(mark) > E
