@@ -114,6 +114,8 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
                 state.forget_watermarks(control, job.job_id, [t.ident for t in tables])
                 state.forget_snapshot(control, job.job_id, [t.ident for t in tables])
         new, resumed, ready = _classify(control, job.job_id, tables)
+        is_new = {t.ident for t in new}
+        snapshotted = is_new | {t.ident for t in resumed}
         # A snapshot reuses an existing destination table as is, and builds keys only on
         # tables it creates (when they are complete): check what can be checked up front.
         for t in ready + [t for t in new if dest.describe_table(control, *t.ident) is not None]:
@@ -130,7 +132,7 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
         )  # fmt: skip
         upcoming = {
             t.ident: changes.next_watermark(
-                t, None if t in new else marks.get(t.ident), snapshot, readings.get(t.ident), horizon
+                t, None if t.ident in is_new else marks.get(t.ident), snapshot, readings.get(t.ident), horizon
             )
             for t in tables
         }
@@ -149,9 +151,9 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
 
         works = []
         for t in tables:
-            result = TableResult(t.display, t.kind, snapshotted=t in new or t in resumed)
+            result = TableResult(t.display, t.kind, snapshotted=t.ident in snapshotted)
             summary.results.append(result)
-            if t not in new:
+            if t.ident not in is_new:
                 where = changes.changed_rows(t, marks.get(t.ident), snapshot)
                 works.append(_work(control, catalog, t, where, upcoming[t.ident], result))
         _apply_all(job, src, snapshot, works, soft)

@@ -42,7 +42,11 @@ class Session:
     def connections(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
         if self.src is None or self.src.closed:
             self.src = connect(self.job.source.value, "source", APP, autocommit=True)
-            session_settings(self.src, {"statement_timeout": "0", **self.settings})
+            # Idle in the pass's snapshot between tables: managed services' timeouts must not cut it.
+            session_settings(
+                self.src,
+                {"statement_timeout": "0", "idle_in_transaction_session_timeout": "0", **self.settings},
+            )
             self.src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
                 # SET TRANSACTION SNAPSHOT takes no parameters; the name came from pg_export_snapshot().
