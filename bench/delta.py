@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -172,6 +173,7 @@ def main() -> int:
         return 0
     finally:
         cluster.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
