@@ -62,20 +62,22 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
     stop = StopRequest()
     ctx = RunContext(job, _control(job))
     interval = job.extractor.value.delta_snapshot.interval_s
+    fresh = job.fresh  # until a pass has done it
     try:
         number = 0
         while True:
             number += 1
             try:
-                summary = run_pass(ctx, number, fresh=job.fresh and number == 1)
+                ctx.control = _alive(job, ctx.control)
+                summary = run_pass(ctx, number, fresh=fresh)
             except (psycopg.OperationalError, ConnectError, SnapshotLost) as e:
                 if job.once or stop.requested or not _transient(e):
                     raise
-                log.warning("pass %d failed, trying again in %.0f s: %s", number, interval, str(e).strip())
+                log.warning("pass %d failed, trying again in %g s: %s", number, interval, str(e).strip())
                 if stop.wait(interval):
                     break
-                ctx.control = _reconnect(job, ctx.control)
                 continue
+            fresh = False
             report(summary)
             if job.once or stop.requested or stop.wait(interval):
                 break
@@ -103,7 +105,8 @@ def _control(job: Job) -> psycopg.Connection[Any]:
     return control
 
 
-def _reconnect(job: Job, control: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+def _alive(job: Job, control: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """``control``, or a new one if it was lost (taking the job lock again: another run may have it)."""
     try:
         control.execute("SELECT 1")
         return control
