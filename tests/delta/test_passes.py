@@ -307,3 +307,22 @@ def test_user_types_move_in_text_format_for_rows_and_keys(delta: DeltaSetup) -> 
     )
     delta.once()
     delta.assert_same("typed")
+
+
+def test_an_xmin_watermark_from_another_server_reads_every_row_once(
+    setup: DeltaSetup, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    setup.once()
+    # As if the source had been replaced by a server whose transaction counter is far behind.
+    setup.dest.execute(
+        "UPDATE _replicator.delta_watermarks SET watermark = '{\"xmin\": \"99999999999\"}' WHERE kind = 'xmin'"
+    )
+    setup.source.execute("UPDATE items SET v = 'x' WHERE id = 1")
+    capsys.readouterr()
+    setup.once()
+    out = capsys.readouterr().out
+    assert "public.items (xmin): 1,000 upserted (read every row)" in out
+    assert "too far back in transaction IDs" in caplog.text
+    setup.once()
+    assert "public.items (xmin): 0 upserted, 0 deleted" in capsys.readouterr().out
+    setup.assert_same(*TABLES)
