@@ -11,6 +11,7 @@ since rows merge by key, nothing is duplicated.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,7 @@ def apply_changes(
     where: sql.Composable | None,
     mark: state.Watermark,
     soft: bool,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Upsert the rows matching ``where`` (None: all) and store ``mark``; returns the rows read."""
     query = select_sql(t.st, [sql.Identifier(c) for c in columns], [] if where is None else [where])
@@ -105,7 +107,7 @@ def apply_changes(
     with dst.transaction():
         stage = dest.create_stage(dst, target, columns)
         result = relay_copy(
-            src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(stage, columns, binary)
+            src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(stage, columns, binary), on_progress
         )
         if result.rows:
             dest.merge_stage(dst, target, stage, columns, t.st.key, undelete=soft)

@@ -20,6 +20,7 @@ Order of a pass, and why:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ from replicator.delta.workers import APP, Session, run_parallel, session_setting
 from replicator.destinations import postgres as dest
 from replicator.errors import DestinationError
 from replicator.job import Job
-from replicator.progress import make_progress
+from replicator.progress import LOG_EVERY_S, make_progress
 from replicator.snapshot.runner import SnapshotScope, run_snapshot
 from replicator.typemap import binary_safe
 
@@ -164,6 +165,30 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
     return summary
 
 
+class _Ticker:
+    """Says how a long phase is going, every few seconds, from whichever worker is due."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.rows = 0
+        self.ranges = 0
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def add(self, rows: int = 0, ranges: int = 0, total_ranges: int = 0) -> None:
+        with self._lock:
+            self.rows += rows
+            self.ranges += ranges
+            now = time.monotonic()
+            if now - self._last < LOG_EVERY_S:
+                return
+            self._last = now
+        if total_ranges:
+            log.info("%s: %d of %d key ranges compared", self.what, self.ranges, total_ranges)
+        else:
+            log.info("%s: %s changed rows merged so far", self.what, f"{self.rows:,}")
+
+
 def _apply_all(
     job: Job, src: psycopg.Connection[Any], snapshot: PassSnapshot, works: list[_Work], soft: bool
 ) -> None:
@@ -173,10 +198,11 @@ def _apply_all(
     same keys and the digests agree.
     """
     cfg = job.extractor.value.delta_snapshot
+    merging = _Ticker("merging changes")
     run_parallel(
         job, snapshot.name, deletes.SESSION_SETTINGS, works, cfg.threads,
         lambda w: f"merging changed rows of {w.table.display}",
-        lambda session, w: _apply(job.job_id, session, w, soft),
+        lambda session, w: _apply(job.job_id, session, w, soft, merging),
     )  # fmt: skip
     compared = {
         w.table.ident: deletes.TableDeletes(
@@ -186,10 +212,15 @@ def _apply_all(
         if w.table.replicate_deletes
     }
     ranges = [r for d in compared.values() for r in deletes.key_ranges(src, d, cfg.min_job_size_rows)]
+    comparing = _Ticker("replicate-deletes")
+
+    def compare(session: Session, r: deletes.KeyRange) -> None:
+        deletes.compare_range(*session.connections(), r)
+        comparing.add(ranges=1, total_ranges=len(ranges))
+
     run_parallel(
         job, snapshot.name, deletes.SESSION_SETTINGS, ranges, cfg.threads,
-        lambda r: f"comparing keys of {r.deletes.table.display}",
-        lambda session, r: deletes.compare_range(*session.connections(), r),
+        lambda r: f"comparing keys of {r.deletes.table.display}", compare,
     )  # fmt: skip
     for w in works:
         if w.table.ident in compared:
@@ -310,8 +341,9 @@ def _work(
     return _Work(t, target, dest.copy_columns(t.st, target), binary, where, mark, result)
 
 
-def _apply(job_id: str, session: Session, w: _Work, soft: bool) -> None:
+def _apply(job_id: str, session: Session, w: _Work, soft: bool, ticker: _Ticker) -> None:
     src, dst = session.connections()
     w.result.upserted = changes.apply_changes(
-        src, dst, job_id, w.table, w.target, w.columns, w.binary, w.where, w.mark, soft
-    )
+        src, dst, job_id, w.table, w.target, w.columns, w.binary, w.where, w.mark, soft,
+        lambda rows, nbytes: ticker.add(rows=rows),
+    )  # fmt: skip
