@@ -210,7 +210,7 @@ def load_catalog(conn: psycopg.Connection[Any]) -> Catalog:
                 pages=sum(p.pages for p in leafs) if leafs else pages,
                 partitions=leafs,
             )
-        _load_types(cur, cat, {c.type_oid for cols in columns.values() for c in cols})
+        load_types(cur, cat, {c.type_oid for cols in columns.values() for c in cols})
     return cat
 
 
@@ -232,7 +232,7 @@ def _leaf_partitions(cur: psycopg.Cursor[Any], roots: list[int]) -> dict[int, li
     return grouped
 
 
-def _load_types(cur: psycopg.Cursor[Any], cat: Catalog, oids: set[int]) -> None:
+def load_types(cur: psycopg.Cursor[Any], cat: Catalog, oids: set[int]) -> None:
     """Load every user type reachable from ``oids`` (through arrays, domains, composites, ranges)."""
     pending = {o for o in oids if o >= FIRST_NORMAL_OID}
     while pending:

@@ -43,10 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
 
+    status = sub.add_parser("status", help="progress held in the destination (and, with --source, the slots' lag)")
+    status.add_argument("--destination", required=True, metavar="FILE", help="destination connection config")
+    status.add_argument("--source", metavar="FILE", help="source connection config, to show the slots' state")
+
     demo = sub.add_parser("demo", help="local throwaway servers, sample data, a snapshot you can watch")
     demo.add_argument("--rows", type=int, default=200_000, help="rows in the largest sample table")
+    demo.add_argument("--seconds", type=float, default=20.0, help="how long the simulated shop writes changes")
     demo.add_argument("--keep", action="store_true", help="leave the servers running at the end")
+    _add_handoff(sub)
+    _add_check(sub)
     return parser
+
+
+def _add_handoff(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("handoff", help="turn `pulumi stack output --json` into a source connection config")
+    p.add_argument("--stack-outputs", required=True, metavar="FILE|-", help="the JSON outputs ('-': standard input)")
+    p.add_argument("--output", metavar="FILE", help="where to write the config (default: standard output)")
+
+
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("check", help="check every prerequisite of the source (and destination); say how to fix each")
+    p.add_argument("--source", required=True, metavar="FILE", help="source connection config (YAML)")
+    p.add_argument("--destination", metavar="FILE", help="destination connection config")
+    p.add_argument("--filter", metavar="FILE", help="filter config: which tables, columns, rows")
+    p.add_argument("--extractor", metavar="FILE", help="extractor config: per-table keys")
+    p.add_argument("--client-ip", metavar="ADDRESS", help="the address AWS sees the replicator as (default: detected)")
 
 
 def _load_job(args: argparse.Namespace) -> Job:
@@ -67,10 +89,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return runner(args.mode)(_load_job(args))
+        if args.command == "status":
+            from replicator.status import render_status
+
+            print(render_status(
+                load_connection(args.destination, "destination"),
+                load_connection(args.source, "source") if args.source else None,
+            ))
+            return 0
         if args.command == "demo":
             from replicator.demo import run_demo
 
-            return run_demo(rows=args.rows, keep=args.keep)
+            return run_demo(rows=args.rows, seconds=args.seconds, keep=args.keep)
+        if args.command == "handoff":
+            from replicator.handoff import run_handoff
+
+            return run_handoff(args.stack_outputs, args.output)
+        if args.command == "check":
+            from replicator.check import run_check
+
+            return run_check(args.source, args.destination, args.filter, args.extractor, args.client_ip)
         raise AssertionError(args.command)
     except ReplicatorError as e:
         print(f"error: {logs.mask(str(e))}", file=sys.stderr)

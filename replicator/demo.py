@@ -1,15 +1,20 @@
 """``replicator demo``: two throwaway local servers, sample data, a replication you can watch.
 
 Everything it does is what a user would do by hand: write the YAML configs (they are kept,
-and printed, so they can be copied), run the snapshot through the same code path as
-``replicator run snapshot``, then check the destination against the source.
+and printed, so they can be copied) and run the `full` mode through the same code path as
+``replicator run full``: a snapshot, then changes streamed while a simulated shop writes to
+the source. At the end the destination is compared with the source, row for row.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import yaml
@@ -18,8 +23,7 @@ from psycopg import sql
 from replicator.config import load_connection, load_extractor, load_filter
 from replicator.job import Job
 from replicator.localpg import LocalCluster, start_cluster
-from replicator.modes.snapshot import format_summary
-from replicator.snapshot.runner import run_snapshot
+from replicator.modes.full import run_until as full_mode
 
 log = logging.getLogger("replicator.demo")
 
@@ -98,11 +102,14 @@ def write_configs(workdir: Path, source: LocalCluster, dest: LocalCluster) -> di
         "extractor": workdir / "extractor.yaml",
         "filter": workdir / "filter.yaml",
     }
-    files["source"].write_text(yaml.safe_dump(source.connection_config("shop"), sort_keys=False))
+    files["source"].write_text(yaml.safe_dump(source.connection_config(
+        "shop", **{"replication-slots": {"demo_slot": ["pgoutput"]}, "publication": "demo_pub"}), sort_keys=False))
     files["destination"].write_text(yaml.safe_dump(dest.connection_config("shop_replica"), sort_keys=False))
     files["extractor"].write_text(
         "snapshot:\n  threads: 2\n  min-job-size-rows: 50000\n  per-table-config:\n"
         "  - schema: public\n    tables:\n      orders:\n        split-key: id\n"
+        "      audit_log:\n        row-identifier-key: [at, actor]\n"
+        "realtime:\n  fetch-duration-per-extractor-slot-s: 0.5\n  heartbeat:\n    interval-ms: 1000\n"
     )
     files["filter"].write_text(
         "allow:\n  catalog: shop\n  schema: public\n  types: [TABLE]\n  allow:\n"
@@ -111,52 +118,146 @@ def write_configs(workdir: Path, source: LocalCluster, dest: LocalCluster) -> di
     return files
 
 
-def compare(source: str, dest: str, tables: list[str]) -> list[tuple[str, int, int]]:
-    out = []
-    with psycopg.connect(source) as s, psycopg.connect(dest) as d:
+WORKLOAD = [
+    # new orders with their items
+    """WITH o AS (INSERT INTO orders (customer_id, status, placed_at, total, client_ip)
+                 SELECT md5('c' || (1 + (random() * 999)::int))::uuid, 'new', now(), round((random() * 500)::numeric, 2), '10.9.8.7'
+                 RETURNING id)
+       INSERT INTO order_items (order_id, line, sku, qty, unit_price)
+       SELECT o.id, l, 'SKU-' || (1 + (random() * 9)::int), 1 + (random() * 3)::int, 9.99 FROM o, generate_series(1, 2) l""",
+    # orders move through their life
+    "UPDATE orders SET status = 'paid' WHERE id IN (SELECT id FROM orders WHERE status = 'new' ORDER BY random() LIMIT 3)",
+    "UPDATE orders SET status = 'shipped', note = 'shipped at ' || now() WHERE id = (SELECT max(id) - (random() * 50)::int FROM orders)",
+    # cancelled orders are purged
+    """WITH gone AS (DELETE FROM orders WHERE id IN (SELECT id FROM orders WHERE status = 'cancelled' LIMIT 2) RETURNING id)
+       DELETE FROM order_items WHERE order_id IN (SELECT id FROM gone)""",
+    "INSERT INTO page_views SELECT (random() * 1e9)::bigint, now(), '/live', '{\"ua\": \"demo\"}' FROM generate_series(1, 5)",
+    "UPDATE customers SET preferences = preferences || jsonb_build_object('seen', now()) WHERE id = md5('c' || (1 + (random() * 999)::int))::uuid",
+]
+
+
+def write_changes(conninfo: str, stop: threading.Event, counter: list[int]) -> None:
+    """A shop at work: a few dozen small transactions a second until ``stop``."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        while not stop.is_set():
+            with conn.transaction():
+                # Every transaction takes an order; two other things happen around it.
+                for statement in [WORKLOAD[0], *random.sample(WORKLOAD[1:], 2)]:
+                    conn.execute(statement)
+            counter[0] += 1
+            time.sleep(0.02)
+
+
+def checksums(conninfo: str, tables: list[str]) -> dict[str, tuple[int, str]]:
+    out = {}
+    with psycopg.connect(conninfo) as conn:
         for t in tables:
-            q = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))
-            out.append((t, s.execute(q).fetchone()[0], d.execute(q).fetchone()[0]))  # type: ignore[index]
+            q = sql.SQL("SELECT count(*), md5(coalesce(string_agg(r::text, '|' ORDER BY r::text), '')) FROM {} r")
+            row = conn.execute(q.format(sql.Identifier(t))).fetchone()
+            assert row is not None
+            out[t] = (int(row[0]), str(row[1]))
     return out
 
 
-def run_demo(rows: int = 200_000, keep: bool = False) -> int:
+def _one(conninfo: str, query: str) -> Any:
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(query).fetchone()
+    return row[0] if row else None
+
+
+def run_demo(rows: int = 200_000, seconds: float = 20.0, keep: bool = False) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="replicator-demo-"))
     workdir.chmod(0o755)
     print(f"demo: starting two throwaway PostgreSQL servers under {workdir}")
     source = start_cluster(workdir / "source-server")
     dest = start_cluster(workdir / "destination-server")
+    src_info, dst_info = source.conninfo("shop"), dest.conninfo("shop_replica")
     try:
         source.create_database("shop")
         dest.create_database("shop_replica")
         print(f"demo: loading sample data (orders: {rows:,} rows; enums, domains, jsonb, arrays, a partitioned table ...)")
-        load_sample_data(source.conninfo("shop"), rows)
+        load_sample_data(src_info, rows)
         files = write_configs(workdir, source, dest)
         print(f"demo: configs written to {workdir} (copy them as a start for your own):")
         for name in ("source", "extractor", "filter"):
             print(f"--- {files[name].name}\n{files[name].read_text()}")
-        print(f"demo: running: replicator run snapshot --source {files['source']} --destination "
-              f"{files['destination']} --filter {files['filter']} --extractor {files['extractor']}")
+        print(f"demo: running: replicator run full --source {files['source']} --destination {files['destination']} "
+              f"--filter {files['filter']} --extractor {files['extractor']}")
         job = Job(
             source=load_connection(files["source"], "source"),
             destination=load_connection(files["destination"], "destination"),
             filter=load_filter(files["filter"]),
             extractor=load_extractor(files["extractor"]),
         )
-        summary = run_snapshot(job)
-        print(format_summary(summary))
-        tables = ["customers", "products", "orders", "order_items", "page_views", "audit_log"]
-        print(f"{'table':<14}{'source rows':>14}{'destination rows':>18}")
-        ok = True
-        for t, s_rows, d_rows in compare(source.conninfo("shop"), dest.conninfo("shop_replica"), tables):
-            ok &= s_rows == d_rows
-            print(f"{t:<14}{s_rows:>14,}{d_rows:>18,}")
-        print("demo: destination matches source" if ok else "demo: MISMATCH between source and destination")
+        ok = _replicate_and_watch(job, src_info, dst_info, seconds)
         if keep:
-            print(f"demo: servers left running:\n  source:      psql \"{source.conninfo('shop')}\"\n"
-                  f"  destination: psql \"{dest.conninfo('shop_replica')}\"")
+            print(f"demo: servers left running:\n  source:      psql \"{src_info}\"\n  destination: psql \"{dst_info}\"")
         return 0 if ok else 1
     finally:
         if not keep:
             source.destroy()
             dest.destroy()
+
+
+def _replicate_and_watch(job: Job, src_info: str, dst_info: str, seconds: float) -> bool:
+    stop, writing = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def replicate() -> None:
+        try:
+            full_mode(job, stop)
+        except BaseException as e:  # shown by the main thread
+            failure.append(e)
+
+    runner = threading.Thread(target=replicate, name="replication")
+    runner.start()
+    while runner.is_alive() and not _snapshot_done(dst_info):
+        time.sleep(0.2)
+    txns = [0]
+    writer = threading.Thread(target=write_changes, args=(src_info, writing, txns), name="shop")
+    if runner.is_alive():
+        print(f"demo: snapshot done; now the shop gets busy for {seconds:.0f} s and changes stream across:")
+        writer.start()
+    try:
+        started = time.monotonic()
+        while runner.is_alive() and time.monotonic() - started < seconds:
+            time.sleep(1)
+            _show(src_info, dst_info, time.monotonic() - started, txns[0])
+        writing.set()
+        if writer.is_alive():
+            writer.join()
+        target = _one(src_info, "SELECT pg_current_wal_lsn()::text")
+        deadline = time.monotonic() + 60
+        while runner.is_alive() and time.monotonic() < deadline and not _one(
+            src_info, f"SELECT confirmed_flush_lsn >= '{target}' FROM pg_replication_slots WHERE slot_name = 'demo_slot'"
+        ):
+            time.sleep(0.2)
+        _show(src_info, dst_info, time.monotonic() - started, txns[0])
+    finally:
+        writing.set()
+        stop.set()
+        runner.join()
+    if failure:
+        raise failure[0]
+    tables = ["customers", "products", "orders", "order_items", "page_views", "audit_log"]
+    want, got = checksums(src_info, tables), checksums(dst_info, tables)
+    print(f"{'table':<14}{'source rows':>14}{'destination rows':>18}  content")
+    for t in tables:
+        print(f"{t:<14}{want[t][0]:>14,}{got[t][0]:>18,}  {'identical' if want[t] == got[t] else 'DIFFERENT'}")
+    same = want == got
+    print("demo: destination matches source, row for row" if same else "demo: MISMATCH between source and destination")
+    return same
+
+
+def _snapshot_done(dst_info: str) -> bool:
+    try:
+        return bool(_one(dst_info, "SELECT count(*) = 6 AND bool_and(status = 'done') FROM _replicator.snapshot_tables"))
+    except psycopg.Error:
+        return False
+
+
+def _show(src_info: str, dst_info: str, elapsed: float, txns: int) -> None:
+    lag = _one(src_info, "SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'demo_slot'")
+    s_orders, d_orders = _one(src_info, "SELECT count(*) FROM orders"), _one(dst_info, "SELECT count(*) FROM orders")
+    print(f"  {elapsed:5.1f} s  {txns:5,} source transactions   orders: source {s_orders:,} / destination {d_orders:,}"
+          f"   slot lag {int(lag or 0) / 1024:,.0f} kB", flush=True)

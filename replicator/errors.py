@@ -21,3 +21,9 @@ class SourceError(ReplicatorError):
 
 class DestinationError(ReplicatorError):
     """The destination database cannot be used as configured."""
+
+
+class Interrupted(ReplicatorError):
+    """Stopped by a signal before the work was complete; running the same command again resumes."""
+
+    exit_code = 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -95,3 +96,72 @@ def source_db(source_cluster: LocalCluster) -> Database:
 def dest_db(dest_cluster: LocalCluster) -> Database:
     """A fresh, empty destination database (on the shared destination cluster)."""
     return _fresh_db(dest_cluster, "dst")
+
+
+# -- AWS: a moto server on a loopback port (never the real AWS) -----------------------------------
+
+
+@dataclass
+class AwsEndpoint:
+    """The moto server every boto3 client in the test talks to (via AWS_ENDPOINT_URL)."""
+
+    url: str
+    region: str = "eu-west-1"
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, region_name=self.region, endpoint_url=self.url)
+
+    def reset(self) -> None:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=10)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """One moto server (all services) for the session; it shares its backends with this process."""
+    from moto.server import ThreadedMotoServer
+
+    from replicator.localpg import free_port
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> AwsEndpoint:
+    """A clean moto endpoint, with the environment pointing boto3 at it and dummy credentials."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    endpoint = AwsEndpoint(moto_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", endpoint.region)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    endpoint.reset()
+    return endpoint
+
+
+@pytest.fixture
+def rds_replication(source_cluster: LocalCluster) -> Iterator[str]:
+    """Stands in for RDS's built-in role (NOLOGIN, REPLICATION) on the shared source cluster.
+
+    Roles are cluster-wide, so it is dropped afterwards: other tests must see a plain self-hosted server.
+    """
+    with psycopg.connect(source_cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("CREATE ROLE rds_replication NOLOGIN REPLICATION")
+    yield "rds_replication"
+    with psycopg.connect(source_cluster.conninfo(), autocommit=True) as conn:
+        conn.execute("DROP ROLE rds_replication")

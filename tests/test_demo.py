@@ -7,9 +7,11 @@ import pytest
 from replicator.cli import main
 
 
-def test_demo_copies_the_sample_data_and_checks_it(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--rows", "2000"]) == 0
+def test_demo_snapshots_streams_and_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--rows", "2000", "--seconds", "3"]) == 0
     out = capsys.readouterr().out
     assert "snapshot complete: 6 table(s) copied" in out
-    assert "demo: destination matches source" in out
-    assert "order_items            4,000             4,000" in out
+    assert "now the shop gets busy" in out and "source transactions" in out
+    assert "realtime stopped:" in out
+    assert out.count("identical") == 6
+    assert "demo: destination matches source, row for row" in out

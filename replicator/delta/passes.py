@@ -77,6 +77,7 @@ class RunContext:
 
     job: Job
     control: psycopg.Connection[Any]
+    stop: threading.Event = field(default_factory=threading.Event)  # set by SIGTERM/SIGINT
     warned_hidden: bool = False
 
 
@@ -142,7 +143,7 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
                 for t in new:
                     state.save_watermark(control, job.job_id, *t.ident, upcoming[t.ident])
         if new or resumed:
-            summary.snapshot_rows = _snapshot(job, control, snapshot, new + resumed)
+            summary.snapshot_rows = _snapshot(job, control, snapshot, new + resumed, ctx.stop)
             for t in resumed:
                 check_destination_key(control, t)
         soft = job.destination.value.deletes == "soft"
@@ -292,7 +293,11 @@ def _open_snapshot(src: psycopg.Connection[Any]) -> PassSnapshot:
 
 
 def _snapshot(
-    job: Job, control: psycopg.Connection[Any], snapshot: PassSnapshot, tables: list[DeltaTable]
+    job: Job,
+    control: psycopg.Connection[Any],
+    snapshot: PassSnapshot,
+    tables: list[DeltaTable],
+    stop: threading.Event,
 ) -> int:
     cfg = job.extractor.value.delta_snapshot
     settings = SnapshotConfig(
@@ -307,6 +312,7 @@ def _snapshot(
             job,
             snapshot.name,
             progress=bar,
+            stop=stop,
             scope=SnapshotScope([t.st for t in tables], settings, control),
         )
     finally:

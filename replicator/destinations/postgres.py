@@ -26,6 +26,7 @@ class DestColumn:
     name: str
     type_sql: str
     generated: bool
+    not_null: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def describe_table(conn: psycopg.Connection[Any], schema: str, name: str) -> Des
     with conn.transaction():
         conn.execute("SELECT set_config('search_path', '', true)")
         rows = conn.execute(
-            """SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated <> ''
+            """SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '', a.attnotnull
                FROM pg_attribute a
                JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
                WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
@@ -59,7 +60,7 @@ def describe_table(conn: psycopg.Connection[Any], schema: str, name: str) -> Des
         ).fetchone()
     if not exists:
         return None
-    return DestTable(schema, name, {r[0]: DestColumn(r[0], r[1], r[2]) for r in rows})
+    return DestTable(schema, name, {r[0]: DestColumn(r[0], r[1], r[2], r[3]) for r in rows})
 
 
 def ensure_types(conn: psycopg.Connection[Any], catalog: Catalog, columns: tuple[Column, ...]) -> None:
@@ -132,6 +133,16 @@ def create_table(conn: psycopg.Connection[Any], catalog: Catalog, st: SelectedTa
             conn.execute(ddl(False))
     except psycopg.Error as e:
         raise DestinationError(f"cannot create table {st.display} in the destination: {_reason(e)}") from None
+
+
+def ensure_soft_delete_column(conn: psycopg.Connection[Any], table: DestTable) -> None:
+    """``deletes: soft``: rows deleted at the source stay, flagged (adding a defaulted column is instant)."""
+    if SOFT_DELETE_COLUMN not in table.columns:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} boolean NOT NULL DEFAULT false").format(
+                table.ident, sql.Identifier(SOFT_DELETE_COLUMN)
+            )
+        )
 
 
 def truncate(conn: psycopg.Connection[Any], table: DestTable) -> None:
@@ -213,19 +224,6 @@ def merge_stage(
             table.ident, cols, cols, stage, sql.SQL(", ").join(sql.Identifier(k) for k in key), action
         )
     )
-
-
-def ensure_soft_delete_column(conn: psycopg.Connection[Any], table: DestTable) -> DestTable:
-    """Add the soft-delete mark to ``table`` if missing (instant: a constant default)."""
-    if SOFT_DELETE_COLUMN in table.columns:
-        return table
-    conn.execute(
-        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} boolean NOT NULL DEFAULT false").format(
-            table.ident, sql.Identifier(SOFT_DELETE_COLUMN)
-        )
-    )
-    columns = {**table.columns, SOFT_DELETE_COLUMN: DestColumn(SOFT_DELETE_COLUMN, "boolean", False)}
-    return DestTable(table.schema, table.name, columns)
 
 
 def create_key_arrays(conn: psycopg.Connection[Any], table: DestTable, key: tuple[str, ...]) -> sql.Identifier:

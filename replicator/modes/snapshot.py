@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from replicator.job import Job
+from replicator.signals import stop_on_signals
 from replicator.snapshot.runner import SnapshotSummary, run_snapshot
 
 
 def run(job: Job) -> int:
-    summary = run_snapshot(job)
+    with stop_on_signals() as stop:
+        summary = run_snapshot(job, stop=stop)
     print(format_summary(summary))
     return 0
 

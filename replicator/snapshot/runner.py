@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ from replicator.catalog import Catalog, load_catalog
 from replicator.config.extractor import SnapshotConfig
 from replicator.connect import connect, is_transient, retrying
 from replicator.destinations import postgres as dest
-from replicator.errors import DestinationError, SourceError
+from replicator.errors import DestinationError, Interrupted, SourceError
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
 from replicator.progress import Progress, make_progress
@@ -93,12 +94,16 @@ def run_snapshot(
     job: Job,
     imported_snapshot: str | None = None,
     progress: Progress | None = None,
+    only: Collection[tuple[str, str]] | None = None,
+    stop: threading.Event | None = None,
     scope: SnapshotScope | None = None,
 ) -> SnapshotSummary:
-    """Copy every selected table; ``imported_snapshot`` pins the view (`full` mode passes the slot's).
+    """Copy every selected table (or the ``only`` ones among them).
 
-    With a ``scope``, copy only its tables: selection, ``--fresh``, the state schema and the job
-    lock are then the caller's business.
+    ``imported_snapshot`` pins the view: the `full` mode passes the one its new slot exported.
+    When ``stop`` is set, workers finish their chunk and the run raises ``Interrupted``.
+    With a ``scope``, copy exactly its tables: selection, ``--fresh``, the state schema and
+    the job lock are then the caller's business.
     """
     src_cfg = job.source.value
     exporter = connect(src_cfg, "source", APP, autocommit=True)
@@ -108,6 +113,8 @@ def run_snapshot(
         catalog = load_catalog(exporter)
         if scope is None:
             selected = select_tables(catalog, job.filter, job.extractor, src_cfg.database, "snapshot")
+            if only is not None:
+                selected = [s for s in selected if (s.table.schema, s.table.name) in only]
             check_conditions(exporter, selected)
             state.ensure_schema(control)
             state.lock_job(control, job.job_id, "snapshot")
@@ -133,7 +140,7 @@ def run_snapshot(
             )
         bar = progress or make_progress("snapshot", len(works), job.progress)
         try:
-            _copy_all(job, works, snapshot_name, run_id, bar, settings.threads)
+            _copy_all(job, works, snapshot_name, run_id, bar, settings.threads, stop or threading.Event())
         finally:
             if progress is None:
                 bar.close()
@@ -232,7 +239,13 @@ def _prepare(
 
 
 def _copy_all(
-    job: Job, works: list[TableWork], snapshot_name: str, run_id: str, bar: Progress, threads: int
+    job: Job,
+    works: list[TableWork],
+    snapshot_name: str,
+    run_id: str,
+    bar: Progress,
+    threads: int,
+    stop: threading.Event,
 ) -> None:
     jobs: queue.Queue[ChunkJob | TableWork] = queue.Queue()
     # Tables whose chunks are all done but which were not finalized (crash at that moment).
@@ -244,8 +257,7 @@ def _copy_all(
     for w in sorted(works, key=lambda w: -w.st.table.estimated_rows):
         for c in w.table.pending:
             jobs.put(ChunkJob(w, c))
-    threads = max(1, min(threads, jobs.qsize()))
-    stop = threading.Event()
+    threads = max(1, min(threads, jobs.qsize(), _connection_budget(job, threads)))
     errors: list[BaseException] = []
     workers = [
         _Worker(job, snapshot_name, run_id, jobs, stop, errors, bar, name=f"snapshot-{i}") for i in range(threads)
@@ -265,6 +277,16 @@ def _copy_all(
         raise
     if errors:
         raise errors[0]
+    if stop.is_set() and not jobs.empty():
+        raise Interrupted("snapshot interrupted; every finished chunk is kept: run the same command again to resume")
+
+
+def _connection_budget(job: Job, threads: int) -> int:
+    """Workers that fit in ``max-connections`` of both sides (each side also holds two of its own)."""
+    budget = min(job.source.value.max_connections, job.destination.value.max_connections) - 2
+    if budget < threads:
+        log.info("using %d worker(s): max-connections leaves room for no more", max(budget, 1))
+    return max(budget, 1)
 
 
 class _Worker(threading.Thread):

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from replicator import state
 from tests.conftest import Database
 from tests.delta.conftest import DeltaSetup
 from tests.support import run_cli, spawn_cli
@@ -59,7 +60,7 @@ def test_runs_until_signalled_and_stops_cleanly(
         if child.poll() is None:
             child.kill()
     assert child.returncode == 0, err
-    assert f"{signal.Signals(sig).name}: stopping after the pass under way" in err
+    assert f"received {signal.Signals(sig).name}: finishing the work in progress, then stopping" in err
     assert "stopped after pass" in err
     assert "delta-snapshot pass 2 complete" in out
     delta.assert_same("t")
@@ -121,3 +122,53 @@ def test_a_pass_whose_source_connections_are_killed_is_retried(delta: DeltaSetup
     assert child.returncode == 0, err
     assert "failed, trying again" in err
     delta.assert_same("t")
+
+
+CHUNK_GATE = f"""
+CREATE OR REPLACE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NULL; END $$;
+CREATE TRIGGER test_gate AFTER UPDATE ON _replicator.snapshot_chunks
+    FOR EACH ROW WHEN (NEW.done_at IS NOT NULL) EXECUTE FUNCTION public.test_gate();
+"""
+
+
+def test_a_signal_during_the_first_snapshot_stops_after_the_chunks_in_flight(delta: DeltaSetup) -> None:
+    delta.source.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); "
+        "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g; ANALYZE t"
+    )
+    delta.extractor = "delta-snapshot:\n  threads: 1\n  min-job-size-rows: 500\n"
+    with delta.dest.connect() as conn:
+        state.ensure_schema(conn)
+        conn.execute(CHUNK_GATE)
+    holder = delta.dest.connect()
+    holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+    child = spawn_cli(*delta.args())
+    try:
+        _wait_for(lambda: _waiting(delta.dest), "the first chunk to wait at the gate", child)
+        child.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the signal is handled; then the chunk in flight may commit
+        holder.close()
+        out, err = child.communicate(timeout=60)
+    finally:
+        if not holder.closed:
+            holder.close()
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    assert "snapshot interrupted; every finished chunk is kept: run the same command again to resume" in err
+    done = delta.dest.fetchone("SELECT count(*) FROM _replicator.snapshot_chunks WHERE done_at IS NOT NULL")
+    assert done == 1
+    delta.dest.execute("DROP TRIGGER test_gate ON _replicator.snapshot_chunks")
+    delta.source.execute("UPDATE t SET v = 'after the stop' WHERE id % 100 = 0; DELETE FROM t WHERE id <= 10")
+    delta.once()
+    delta.assert_same("t")
+
+
+def _waiting(db: Database) -> bool:
+    return bool(
+        db.fetchone(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s",
+            (LOCK_KEY,),
+        )
+    )

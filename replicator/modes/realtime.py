@@ -1,0 +1,15 @@
+"""``replicator run realtime``: stream changes from the slots until stopped (or, with --once, caught up)."""
+
+from __future__ import annotations
+
+from replicator.job import Job
+from replicator.realtime.runner import prepare, stream, summary
+from replicator.signals import stop_on_signals
+
+
+def run(job: Job) -> int:
+    prepared = prepare(job)
+    with stop_on_signals() as stop:
+        stats = stream(job, prepared, stop)
+    print(summary(stats))
+    return 0

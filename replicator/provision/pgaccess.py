@@ -1,0 +1,335 @@
+"""The replication user and its rights, as idempotent SQL (run by the Pulumi dynamic provider).
+
+Every function here may run again on a database where it already ran, or half ran: roles,
+grants and publications are created only when missing and granted again harmlessly, so a
+``pulumi up`` that was interrupted is repaired by the next one. Each call runs in one
+transaction, so a failure leaves nothing half done. The statement builders are shared with
+``replicator check``, whose fixes must be exactly what the program would have run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+ReplicationRight = Literal["rds_replication", "attribute"]
+QualifiedName = tuple[str, str]  # (schema, table)
+
+ALL_TABLES = "*"
+
+
+class AccessError(RuntimeError):
+    """The database refused a step; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class AccessSpec:
+    """What the replication user must be able to do in one database."""
+
+    user: str
+    schemas: tuple[str, ...] = ("public",)
+    # rds_replication on RDS/Aurora; the REPLICATION attribute on self-hosted PostgreSQL.
+    replication_right: ReplicationRight = "rds_replication"
+    # Roles whose future tables the user may read (ALTER DEFAULT PRIVILEGES FOR ROLE ...);
+    # empty means the admin role that runs this.
+    table_owners: tuple[str, ...] = ()
+    heartbeat_table: QualifiedName | None = None
+    publication: str | None = None
+    # Managed publication members: (schema, table) pairs, or ALL_TABLES for FOR ALL TABLES
+    # (superuser only, so not on RDS). None leaves the publication to someone else.
+    publication_tables: tuple[QualifiedName, ...] | Literal["*"] | None = None
+
+    @classmethod
+    def from_props(cls, props: dict[str, Any]) -> AccessSpec:
+        """From the dynamic provider's property bag (plain JSON values)."""
+        hb = props.get("heartbeat_table")
+        tables = props.get("publication_tables")
+        if tables is not None and tables != ALL_TABLES:
+            tables = tuple(split_name(t) for t in tables)
+        return cls(
+            user=props["user"],
+            schemas=tuple(props.get("schemas") or ("public",)),
+            replication_right=props.get("replication_right", "rds_replication"),
+            table_owners=tuple(props.get("table_owners") or ()),
+            heartbeat_table=split_name(hb) if hb else None,
+            publication=props.get("publication") or None,
+            publication_tables=tables,
+        )
+
+
+def split_name(name: str) -> QualifiedName:
+    """``"sales.orders"`` -> ``("sales", "orders")``; a bare name is in ``public``."""
+    schema, dot, table = name.partition(".")
+    return (schema, table) if dot else ("public", schema)
+
+
+def _table(name: QualifiedName) -> sql.Identifier:
+    return sql.Identifier(*name)
+
+
+# -- statement builders (shared with `replicator check`) ---------------------------------------------
+
+
+def grant_replication(user: str, right: ReplicationRight) -> sql.Composed:
+    if right == "rds_replication":
+        return sql.SQL("GRANT rds_replication TO {}").format(sql.Identifier(user))
+    return sql.SQL("ALTER ROLE {} WITH REPLICATION").format(sql.Identifier(user))
+
+
+def grant_schema_usage(user: str, schema: str) -> sql.Composed:
+    return sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(user))
+
+
+def grant_select_all(user: str, schema: str) -> sql.Composed:
+    return sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
+        sql.Identifier(schema), sql.Identifier(user)
+    )
+
+
+def grant_select(user: str, table: QualifiedName) -> sql.Composed:
+    return sql.SQL("GRANT SELECT ON {} TO {}").format(_table(table), sql.Identifier(user))
+
+
+def default_select(user: str, schema: str, owner: str | None, revoke: bool = False) -> sql.Composed:
+    """ALTER DEFAULT PRIVILEGES: tables created later in ``schema`` are readable too."""
+    action = (
+        sql.SQL("REVOKE SELECT ON TABLES FROM {}") if revoke else sql.SQL("GRANT SELECT ON TABLES TO {}")
+    ).format(sql.Identifier(user))
+    for_role = sql.SQL("FOR ROLE {} ").format(sql.Identifier(owner)) if owner else sql.SQL("")
+    return sql.SQL("ALTER DEFAULT PRIVILEGES {}IN SCHEMA {} {}").format(for_role, sql.Identifier(schema), action)
+
+
+def grant_connect(user: str, database: str) -> sql.Composed:
+    return sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), sql.Identifier(user))
+
+
+def create_publication(name: str, tables: tuple[QualifiedName, ...] | Literal["*"]) -> sql.Composed:
+    if tables == ALL_TABLES:
+        return sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(sql.Identifier(name))
+    if not tables:
+        return sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name))
+    return sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+        sql.Identifier(name), sql.SQL(", ").join(_table(t) for t in tables)
+    )
+
+
+def publish_all_operations(name: str) -> sql.Composed:
+    return sql.SQL("ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')").format(
+        sql.Identifier(name)
+    )
+
+
+def add_to_publication(name: str, table: QualifiedName) -> sql.Composed:
+    return sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(name), _table(table))
+
+
+def drop_from_publication(name: str, table: QualifiedName) -> sql.Composed:
+    return sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(name), _table(table))
+
+
+# -- the idempotent steps ----------------------------------------------------------------------------
+
+
+def encrypted_password(conn: psycopg.Connection[Any], user: str, password: str) -> str:
+    """A SCRAM verifier computed by libpq, so the clear password never reaches the server or its logs."""
+    return conn.pgconn.encrypt_password(password.encode(), user.encode(), b"scram-sha-256").decode()
+
+
+def ensure_access(conn: psycopg.Connection[Any], spec: AccessSpec, password: str) -> None:
+    """Create or repair the user and every right it needs, in one transaction."""
+    with _transaction(conn, f"setting up replication user {spec.user}"):
+        _ensure_role(conn, spec.user, password)
+        conn.execute(grant_replication(spec.user, spec.replication_right))
+        conn.execute(grant_connect(spec.user, _current_database(conn)))
+        for schema in spec.schemas:
+            _require_schema(conn, schema)
+            conn.execute(grant_schema_usage(spec.user, schema))
+            conn.execute(grant_select_all(spec.user, schema))
+            for owner in spec.table_owners or (None,):
+                conn.execute(default_select(spec.user, schema, owner))
+        if spec.heartbeat_table:
+            _ensure_heartbeat_rights(conn, spec.user, spec.heartbeat_table)
+        if spec.publication and spec.publication_tables is not None:
+            _ensure_publication(conn, spec.publication, spec.publication_tables)
+
+
+def update_access(conn: psycopg.Connection[Any], old: AccessSpec, new: AccessSpec, password: str) -> None:
+    """Take back what ``old`` granted and ``new`` no longer asks for, then ensure ``new``."""
+    if old.user != new.user:
+        raise AccessError("renaming the replication user is a replacement, not an update")
+    with _transaction(conn, f"updating replication user {new.user}"):
+        for schema in set(old.schemas) - set(new.schemas):
+            _revoke_schema(conn, old, schema)
+        for schema in set(old.schemas) & set(new.schemas):
+            for owner in set(old.table_owners or (None,)) - set(new.table_owners or (None,)):
+                conn.execute(default_select(old.user, schema, owner, revoke=True))
+        if old.replication_right != new.replication_right:
+            _revoke_replication(conn, old.user, old.replication_right)
+        if old.heartbeat_table and old.heartbeat_table != new.heartbeat_table:
+            _revoke_heartbeat_rights(conn, old.user, old.heartbeat_table)
+        if old.publication and old.publication_tables is not None and (
+            old.publication != new.publication or new.publication_tables is None
+        ):
+            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(old.publication)))
+        ensure_access(conn, new, password)
+
+
+def drop_access(conn: psycopg.Connection[Any], spec: AccessSpec) -> None:
+    """Remove the user and everything granted to it here; nothing to do if it is already gone."""
+    with _transaction(conn, f"removing replication user {spec.user}"):
+        if spec.publication and spec.publication_tables is not None:
+            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(spec.publication)))
+        if not _role_exists(conn, spec.user):
+            return
+        for schema in spec.schemas:
+            _revoke_schema(conn, spec, schema)
+        if spec.heartbeat_table:
+            _revoke_heartbeat_rights(conn, spec.user, spec.heartbeat_table, drop_owned_table=True)
+        conn.execute(
+            sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(
+                sql.Identifier(_current_database(conn)), sql.Identifier(spec.user)
+            )
+        )
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(spec.user)))
+
+
+def role_exists(conn: psycopg.Connection[Any], user: str) -> bool:
+    return _role_exists(conn, user)
+
+
+class _transaction:
+    """One transaction whose failure becomes an AccessError naming the step (nested use is a savepoint)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], what: str) -> None:
+        self.conn, self.what = conn, what
+        self._tx = conn.transaction()
+
+    def __enter__(self) -> None:
+        self._tx.__enter__()
+
+    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> bool:
+        self._tx.__exit__(et, ev, tb)
+        if isinstance(ev, psycopg.Error) and not isinstance(ev, AccessError):
+            detail = f" ({ev.diag.message_detail})" if ev.diag.message_detail else ""
+            raise AccessError(f"{self.what}: {ev.diag.message_primary or ev}{detail}") from None
+        return False
+
+
+def _role_exists(conn: psycopg.Connection[Any], user: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone() is not None
+
+
+def _current_database(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT current_database()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _ensure_role(conn: psycopg.Connection[Any], user: str, password: str) -> None:
+    verifier = sql.Literal(encrypted_password(conn, user, password))
+    verb = "ALTER" if _role_exists(conn, user) else "CREATE"
+    conn.execute(
+        sql.SQL(verb + " ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(user), verifier)
+    )
+
+
+def _require_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
+        raise AccessError(f"schema {schema!r} does not exist in database {_current_database(conn)!r}")
+
+
+def _schema_exists(conn: psycopg.Connection[Any], schema: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+
+
+def _table_owner(conn: psycopg.Connection[Any], table: QualifiedName) -> str | None:
+    row = conn.execute(
+        "SELECT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s",
+        table,
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _revoke_schema(conn: psycopg.Connection[Any], spec: AccessSpec, schema: str) -> None:
+    if not _schema_exists(conn, schema):
+        return
+    for owner in spec.table_owners or (None,):
+        if owner is None or _role_exists(conn, owner):
+            conn.execute(default_select(spec.user, schema, owner, revoke=True))
+    conn.execute(
+        sql.SQL("REVOKE SELECT ON ALL TABLES IN SCHEMA {} FROM {}").format(
+            sql.Identifier(schema), sql.Identifier(spec.user)
+        )
+    )
+    conn.execute(
+        sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), sql.Identifier(spec.user))
+    )
+
+
+def _revoke_replication(conn: psycopg.Connection[Any], user: str, right: ReplicationRight) -> None:
+    if right == "rds_replication":
+        if _role_exists(conn, "rds_replication"):
+            conn.execute(sql.SQL("REVOKE rds_replication FROM {}").format(sql.Identifier(user)))
+    else:
+        conn.execute(sql.SQL("ALTER ROLE {} WITH NOREPLICATION").format(sql.Identifier(user)))
+
+
+def _ensure_heartbeat_rights(conn: psycopg.Connection[Any], user: str, table: QualifiedName) -> None:
+    # The replicator creates (and so owns) its heartbeat table; here it gets a schema to do that
+    # in, or the rights on a table an administrator created beforehand.
+    schema = sql.Identifier(table[0])
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+    conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(schema, sql.Identifier(user)))
+    owner = _table_owner(conn, table)
+    if owner is not None and owner != user:
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(_table(table), sql.Identifier(user))
+        )
+
+
+def _revoke_heartbeat_rights(
+    conn: psycopg.Connection[Any], user: str, table: QualifiedName, drop_owned_table: bool = False
+) -> None:
+    if not _schema_exists(conn, table[0]):
+        return
+    owner = _table_owner(conn, table)
+    if owner == user and drop_owned_table:
+        conn.execute(sql.SQL("DROP TABLE {}").format(_table(table)))
+    elif owner is not None and owner != user:
+        conn.execute(
+            sql.SQL("REVOKE SELECT, INSERT, UPDATE, DELETE ON {} FROM {}").format(_table(table), sql.Identifier(user))
+        )
+    conn.execute(
+        sql.SQL("REVOKE USAGE, CREATE ON SCHEMA {} FROM {}").format(sql.Identifier(table[0]), sql.Identifier(user))
+    )
+
+
+def _ensure_publication(
+    conn: psycopg.Connection[Any], name: str, tables: tuple[QualifiedName, ...] | Literal["*"]
+) -> None:
+    row = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
+    want_all = tables == ALL_TABLES
+    if row is not None and bool(row[0]) != want_all:
+        # FOR ALL TABLES cannot be altered into a table list or back: recreate it.
+        conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
+        row = None
+    if row is None:
+        conn.execute(create_publication(name, tables))
+    elif not want_all and tables:
+        # SET TABLE replaces the whole member list, dropping members, row filters and column
+        # lists someone added by hand: the publication becomes exactly what was declared.
+        conn.execute(
+            sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(
+                sql.Identifier(name), sql.SQL(", ").join(_table(t) for t in tables)
+            )
+        )
+    elif not want_all:
+        for t in conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,)
+        ).fetchall():
+            conn.execute(drop_from_publication(name, (t[0], t[1])))
+    conn.execute(publish_all_operations(name))

@@ -1,0 +1,387 @@
+"""Applying decoded changes to a PostgreSQL destination: set-wise, in source-transaction units.
+
+One destination transaction covers one or more whole source transactions and ends by writing
+the slot checkpoint (the end LSN of the last source commit it covers), so a crash leaves the
+destination exactly at a source commit boundary and the stream resumes right after it.
+
+Inside it, changes are folded per key (``fold.py``) and flushed every ``flush_rows`` changes:
+per table a TRUNCATE first, then moves, deletes, full-row upserts and partial updates, each
+staged with COPY into a session temp table and merged with one statement. A source transaction
+larger than ``flush_rows`` is flushed several times inside the same destination transaction,
+so memory stays bounded and the transaction is still never half-applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate, Values
+from replicator.destinations.postgres import SOFT_DELETE_COLUMN, DestTable, describe_table
+from replicator.errors import DestinationError
+from replicator.lsn import Lsn
+from replicator.realtime import fold
+
+log = logging.getLogger(__name__)
+
+# COPY text format: backslash, and the characters that would end a field or a row.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+@dataclass
+class Target:
+    """A destination table and what we know about it."""
+
+    table: DestTable
+    key: tuple[str, ...]  # destination key columns ((): no key, changes applied one by one)
+    key_nullable: bool = False
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return self.table.ident
+
+
+ColumnType = Callable[[int, int], str]  # (type oid, typmod) -> type as SQL, looked up at the source
+
+
+@dataclass
+class Applier:
+    conn: psycopg.Connection[Any]  # destination, autocommit (transactions are explicit)
+    job: str
+    slot: str
+    targets: dict[tuple[str, str], Target]
+    column_type: ColumnType
+    soft_deletes: bool = False
+    flush_rows: int = 10_000
+    # Leaf partition -> its root, for decoders that name the partition (wal2json).
+    aliases: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    _batches: dict[tuple[str, str], fold.TableBatch] = field(default_factory=dict)
+    _buffered: int = 0  # changes folded since the last flush
+    _txn_changes: int = 0
+    _in_txn: bool = False
+    _pending_lsn: Lsn | None = None  # end LSN of the last source commit applied but not committed
+    _pending_txns: int = 0
+    _txn_started: float = 0.0
+    _stages: dict[tuple[Any, ...], sql.Identifier] = field(default_factory=dict)
+    _stage_seq: int = 0
+    applied_changes: int = 0
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def change(self, event: Change | Truncate) -> None:
+        """Fold one change into the open destination transaction (opening it if needed)."""
+        self._begin()
+        if isinstance(event, Truncate):
+            for rel in event.relations:
+                batch = self._batch(rel)
+                if batch is not None:
+                    batch.truncate()
+            return
+        batch = self._batch(event.relation)
+        if batch is None:
+            return  # a published table we do not replicate (e.g. the heartbeat table)
+        batch.add(event)
+        self._buffered += 1
+        self._txn_changes += 1
+        if self._buffered >= self.flush_rows:
+            self.flush()
+
+    def source_commit(self, end_lsn: Lsn) -> None:
+        """A source transaction ended: everything fed so far belongs to complete transactions."""
+        self._begin()
+        self._pending_lsn = end_lsn
+        self._pending_txns += 1
+
+    @property
+    def pending_transactions(self) -> int:
+        return self._pending_txns
+
+    @property
+    def transaction_changes(self) -> int:
+        """Changes fed into the open destination transaction."""
+        return self._txn_changes
+
+    def reset_session(self) -> None:
+        """After reconnecting to the destination: the session's staging tables are gone."""
+        self._stages.clear()
+
+    @property
+    def open_seconds(self) -> float:
+        return time.monotonic() - self._txn_started if self._in_txn else 0.0
+
+    # -- committing ------------------------------------------------------------------------
+
+    def commit(self) -> Lsn | None:
+        """Flush, write the checkpoint, commit. Returns the LSN now safe to confirm to the source.
+
+        Only call at a source transaction boundary (after ``source_commit``).
+        """
+        if not self._in_txn or self._pending_lsn is None:
+            return None
+        self.flush()
+        self.conn.execute(
+            """INSERT INTO _replicator.slot_checkpoints (job, slot_name, lsn) VALUES (%s, %s, %s)
+               ON CONFLICT (job, slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()""",
+            (self.job, self.slot, str(self._pending_lsn)),
+        )
+        self.conn.execute("COMMIT")
+        lsn = self._pending_lsn
+        self._in_txn, self._pending_lsn, self._pending_txns, self._txn_changes = False, None, 0, 0
+        return lsn
+
+    def rollback(self) -> None:
+        """Abandon whatever is not committed (the stream will resend it from the checkpoint)."""
+        self._batches.clear()
+        self._buffered = 0
+        self._pending_lsn, self._pending_txns, self._txn_changes = None, 0, 0
+        if self._in_txn and not self.conn.closed:
+            try:
+                self.conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
+        self._in_txn = False
+
+    def _begin(self) -> None:
+        if not self._in_txn:
+            self.conn.execute("BEGIN")
+            self._in_txn = True
+            self._txn_started = time.monotonic()
+
+    # -- relations and schema changes ------------------------------------------------------
+
+    def _batch(self, rel: Relation) -> fold.TableBatch | None:
+        key = (rel.schema, rel.table)
+        key = self.aliases.get(key, key)
+        target = self.targets.get(key)
+        if target is None:
+            return None
+        batch = self._batches.get(key)
+        if batch is not None and batch.relation is not rel and batch.relation.columns != rel.columns:
+            # The table's shape changed mid-batch (ALTER TABLE): apply what was folded under the
+            # old shape first; values of different shapes cannot share a staging table.
+            self.flush()
+            batch = None
+        if batch is None:
+            self._adapt_destination(target, rel)
+            missing = [k for k in target.key if k not in rel.names]
+            if missing:
+                raise DestinationError(
+                    f"{rel.qualified_name}: the stream does not carry key column(s) {', '.join(missing)}"
+                )
+            batch = fold.TableBatch(rel, tuple(rel.names.index(k) for k in target.key))
+            self._batches[key] = batch
+        return batch
+
+    def _adapt_destination(self, target: Target, rel: Relation) -> None:
+        """Add columns the source gained; let NOT NULL columns the source lost take NULLs."""
+        dest = target.table
+        added = [c for c in rel.columns if c.name not in dest.columns]
+        lost = [
+            c for c in dest.columns.values()
+            if c.name not in rel.names and c.not_null and not c.generated and c.name != SOFT_DELETE_COLUMN
+        ]
+        if not added and not lost:
+            return
+        for col in added:
+            type_sql = self.column_type(col.type_oid, col.typmod)
+            log.info("%s: new column %s %s at the source; adding it at the destination", rel.qualified_name, col.name, type_sql)
+            self.conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                    dest.ident, sql.Identifier(col.name), sql.SQL(type_sql)
+                )
+            )
+        for c in lost:
+            log.info("%s: column %s is gone at the source; it takes NULLs from now on", rel.qualified_name, c.name)
+            self.conn.execute(
+                sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(dest.ident, sql.Identifier(c.name))
+            )
+        refreshed = describe_table(self.conn, dest.schema, dest.name)
+        assert refreshed is not None
+        target.table = refreshed
+        # Staging tables were shaped like the old table.
+        for sig in [k for k in self._stages if k[0] == (dest.schema, dest.name)]:
+            self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self._stages.pop(sig)))
+
+    # -- flushing --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Apply every folded operation inside the open destination transaction."""
+        batches, self._batches, self._buffered = self._batches, {}, 0
+        for key, batch in batches.items():
+            target = self.targets[key]
+            if batch.truncated:
+                self._truncate(target)
+            if batch.keyless:
+                self._apply_in_order(target, batch)
+            else:
+                deletes, full, partial, moves = fold.split(batch.ops)
+                for new_key, op in moves:
+                    self._move(target, batch, new_key, op)
+                if deletes:
+                    self._delete(target, batch, deletes)
+                if full:
+                    self._upsert(target, batch, full)
+                for group in _by_unchanged(partial):
+                    self._update(target, batch, group)
+            self.applied_changes += batch.changes
+
+    def _truncate(self, t: Target) -> None:
+        if self.soft_deletes:
+            self.conn.execute(
+                sql.SQL("UPDATE {} SET {} = true").format(t.ident, sql.Identifier(SOFT_DELETE_COLUMN))
+            )
+        else:
+            self.conn.execute(sql.SQL("TRUNCATE {}").format(t.ident))
+
+    def _stage(self, t: Target, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> sql.Identifier:
+        """COPY ``rows`` (text-format values) into a session temp table shaped like ``columns``."""
+        sig = ((t.table.schema, t.table.name), tuple(columns))
+        stage = self._stages.get(sig)
+        if stage is None:
+            self._stage_seq += 1
+            stage = sql.Identifier(f"_replicator_stage_{self._stage_seq}")
+            self.conn.execute(
+                sql.SQL("CREATE TEMP TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
+                    stage, _cols(columns), t.ident
+                )
+            )
+            self._stages[sig] = stage
+        else:
+            self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
+        with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, _cols(columns))) as copy:
+            copy.write("".join(_copy_line(r) for r in rows))
+        # Temp tables get no statistics from autovacuum; without them the planner may join the
+        # stage to the table with a full scan of the table instead of key lookups.
+        self.conn.execute(sql.SQL("ANALYZE {}").format(stage))
+        return stage
+
+    def _match(self, t: Target, left: str, right: str) -> sql.Composable:
+        op = sql.SQL(" IS NOT DISTINCT FROM ") if t.key_nullable else sql.SQL(" = ")
+        return sql.SQL(" AND ").join(
+            sql.SQL("{}.{}{}{}.{}").format(sql.Identifier(left), sql.Identifier(k), op, sql.Identifier(right), sql.Identifier(k))
+            for k in t.key
+        )
+
+    def _delete(self, t: Target, batch: fold.TableBatch, keys: list[fold.Key]) -> None:
+        stage = self._stage(t, t.key, keys)
+        if self.soft_deletes:
+            q = sql.SQL("UPDATE {} AS d SET {} = true FROM {} AS s WHERE {}").format(
+                t.ident, sql.Identifier(SOFT_DELETE_COLUMN), stage, self._match(t, "d", "s")
+            )
+        else:
+            q = sql.SQL("DELETE FROM {} AS d USING {} AS s WHERE {}").format(t.ident, stage, self._match(t, "d", "s"))
+        self.conn.execute(q)
+
+    def _columns(self, t: Target, batch: fold.TableBatch) -> list[tuple[int, str]]:
+        """(position in the stream's values, name) of the columns the destination stores."""
+        dest = t.table.columns
+        return [(i, c.name) for i, c in enumerate(batch.relation.columns) if c.name in dest and not dest[c.name].generated]
+
+    def _upsert(self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert]) -> None:
+        cols = self._columns(t, batch)
+        names = [n for _, n in cols]
+        stage = self._stage(t, names, ([op.values[i] for i, _ in cols] for op in ops))
+        sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
+        if self.soft_deletes:
+            sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
+        action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sets)) if sets else sql.SQL("DO NOTHING")
+        self.conn.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+                t.ident, _cols(names), _cols(names), stage, _cols(t.key), action
+            )
+        )
+
+    def _update(self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert]) -> None:
+        """Rows whose unchanged TOAST values stay as the destination holds them."""
+        cols = [(i, n) for i, n in self._columns(t, batch) if ops[0].values[i] is not UNCHANGED_TOAST or n in t.key]
+        names = [n for _, n in cols]
+        stage = self._stage(t, names, ([op.values[i] for i, _ in cols] for op in ops))
+        sets = [sql.SQL("{0} = s.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
+        if self.soft_deletes:
+            sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
+        if sets:
+            self.conn.execute(
+                sql.SQL("UPDATE {} AS d SET {} FROM {} AS s WHERE {}").format(
+                    t.ident, sql.SQL(", ").join(sets), stage, self._match(t, "d", "s")
+                )
+            )
+
+    def _move(self, t: Target, batch: fold.TableBatch, new_key: fold.Key, op: fold.Upsert) -> None:
+        """A key change with unchanged TOAST values: take those from the row at the old key."""
+        assert op.base_key is not None
+        cols = self._columns(t, batch)
+        exprs = [
+            sql.Identifier(n) if op.values[i] is UNCHANGED_TOAST else sql.SQL("{}::{}").format(
+                sql.Literal(op.values[i]), sql.SQL(t.table.columns[n].type_sql)
+            )
+            for i, n in cols
+        ]
+        where = sql.SQL(" AND ").join(
+            sql.SQL("{} IS NOT DISTINCT FROM {}::{}").format(
+                sql.Identifier(k), sql.Literal(v), sql.SQL(t.table.columns[k].type_sql)
+            )
+            for k, v in zip(t.key, op.base_key, strict=True)
+        )
+        names = [n for _, n in cols]
+        sets = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key)
+        self.conn.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE {} ON CONFLICT ({}) DO UPDATE SET {}").format(
+                t.ident, _cols(names), sql.SQL(", ").join(exprs), t.ident, where, _cols(t.key), sets
+            )
+        )
+
+    def _apply_in_order(self, t: Target, batch: fold.TableBatch) -> None:
+        """Tables without a key (REPLICA IDENTITY FULL): each change in order, one row at a time."""
+        cols = self._columns(t, batch)
+        names = [n for _, n in cols]
+        for ch in batch.in_order:
+            if ch.op is Op.INSERT:
+                assert ch.new is not None
+                self.conn.execute(
+                    sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                        t.ident, _cols(names), sql.SQL(", ").join(self._typed(t, n, ch.new[i]) for i, n in cols)
+                    )
+                )
+                continue
+            assert ch.old is not None
+            match = sql.SQL(" AND ").join(
+                sql.SQL("{}::text IS NOT DISTINCT FROM {}::text").format(sql.Identifier(n), self._typed(t, n, ch.old[i]))
+                for i, n in cols
+                if ch.old[i] is not UNCHANGED_TOAST
+            )
+            one_row = sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(t.ident, match)
+            if ch.op is Op.DELETE:
+                self.conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(t.ident, one_row))
+            else:
+                assert ch.new is not None
+                sets = sql.SQL(", ").join(
+                    sql.SQL("{} = {}").format(sql.Identifier(n), self._typed(t, n, ch.new[i]))
+                    for i, n in cols
+                    if ch.new[i] is not UNCHANGED_TOAST
+                )
+                self.conn.execute(sql.SQL("UPDATE {} SET {} WHERE {}").format(t.ident, sets, one_row))
+
+    def _typed(self, t: Target, name: str, value: Any) -> sql.Composable:
+        return sql.SQL("{}::{}").format(sql.Literal(value), sql.SQL(t.table.columns[name].type_sql))
+
+
+def _by_unchanged(ops: list[fold.Upsert]) -> list[list[fold.Upsert]]:
+    groups: dict[tuple[int, ...], list[fold.Upsert]] = {}
+    for op in ops:
+        groups.setdefault(fold.unchanged_positions(op.values), []).append(op)
+    return list(groups.values())
+
+
+def _cols(names: Iterable[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _copy_line(row: Sequence[Any]) -> str:
+    return "\t".join("\\N" if v is None else v.translate(_COPY_ESCAPES) for v in row) + "\n"
+

@@ -1,0 +1,127 @@
+"""Folding a run of row changes into one net operation per key (last write wins, a delete removes).
+
+Applying N changes to one row costs the same as applying the last one, so a batch is reduced
+to at most one operation per destination key before it touches the destination. Unchanged
+TOAST values are filled from an earlier change in the batch when there is one; otherwise they
+stay marked, and the destination keeps what it holds.
+
+An UPDATE that changes the key moves the row: the old key is deleted, the new key written.
+If such an UPDATE carries unchanged TOAST values that the batch cannot supply, they must be
+read from the destination's row at the old key: that is an upsert with a ``base_key``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Values
+
+Key = tuple[str | None, ...]
+
+
+@dataclass(slots=True)
+class Upsert:
+    """The row's final values. ``base_key``: where unchanged TOAST values are to be read from
+    (None: the row's own key, i.e. the row must already exist)."""
+
+    values: Values
+    base_key: Key | None = None
+
+    @property
+    def partial(self) -> bool:
+        return UNCHANGED_TOAST in self.values
+
+
+class Delete:
+    __slots__ = ()
+
+
+DELETE = Delete()
+
+Operation = Upsert | Delete
+
+
+@dataclass
+class TableBatch:
+    """Net operations for one destination table, for the changes since the last flush."""
+
+    relation: Relation
+    key_positions: tuple[int, ...]  # positions of the destination key in relation.columns
+    truncated: bool = False  # a TRUNCATE comes first, before ``ops``
+    ops: dict[Key, Operation] = field(default_factory=dict)
+    in_order: list[Change] = field(default_factory=list)  # tables without a key: no folding possible
+    changes: int = 0
+
+    @property
+    def keyless(self) -> bool:
+        return not self.key_positions
+
+    def key_of(self, row: Values) -> Key:
+        return tuple(row[i] for i in self.key_positions)  # type: ignore[misc]
+
+    def add(self, change: Change) -> None:
+        self.changes += 1
+        if self.keyless:
+            self.in_order.append(change)
+            return
+        if change.op is Op.INSERT:
+            assert change.new is not None
+            self.ops[self.key_of(change.new)] = Upsert(change.new)
+        elif change.op is Op.DELETE:
+            assert change.old is not None
+            self.ops[self.key_of(change.old)] = DELETE
+        elif change.op is Op.UPDATE:
+            self._update(change)
+
+    def _update(self, change: Change) -> None:
+        assert change.new is not None
+        new_key = self.key_of(change.new)
+        old_key = self.key_of(change.old) if change.old is not None else new_key
+        if any(v is UNCHANGED_TOAST for v in old_key):
+            old_key = new_key  # identity FULL logs unchanged TOASTed keys as such; the key did not change
+        values, base = change.new, None
+        prev = self.ops.get(old_key)
+        if isinstance(prev, Upsert):
+            values, base = fill_unchanged(values, prev.values), prev.base_key
+        if old_key != new_key:
+            self.ops[old_key] = DELETE
+            if UNCHANGED_TOAST in values:
+                base = base or old_key
+            self.ops[new_key] = Upsert(values, base)
+        else:
+            self.ops[new_key] = Upsert(values, base)
+
+    def truncate(self) -> None:
+        self.truncated = True
+        self.ops.clear()
+        self.in_order.clear()
+
+
+def fill_unchanged(values: Values, earlier: Values) -> Values:
+    """``values`` with each UNCHANGED_TOAST replaced by the earlier value at that position."""
+    if UNCHANGED_TOAST not in values:
+        return values
+    return tuple(e if v is UNCHANGED_TOAST else v for v, e in zip(values, earlier, strict=True))
+
+
+def split(ops: dict[Key, Operation]) -> tuple[list[Key], list[Upsert], list[Upsert], list[tuple[Key, Upsert]]]:
+    """(deleted keys, full upserts, partial updates of existing rows, moves reading an old row)."""
+    deletes: list[Key] = []
+    full: list[Upsert] = []
+    partial: list[Upsert] = []
+    moves: list[tuple[Key, Upsert]] = []
+    for key, op in ops.items():
+        if isinstance(op, Delete):
+            deletes.append(key)
+        elif op.base_key is not None and op.partial:
+            moves.append((key, op))
+        elif op.partial:
+            partial.append(op)
+        else:
+            full.append(op)
+    return deletes, full, partial, moves
+
+
+def unchanged_positions(values: Sequence[object]) -> tuple[int, ...]:
+    return tuple(i for i, v in enumerate(values) if v is UNCHANGED_TOAST)

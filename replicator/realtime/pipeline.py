@@ -1,0 +1,226 @@
+"""One slot's pipeline: read decoded changes, apply them in batches, checkpoint, acknowledge.
+
+The source hears only what the destination has committed: after each destination commit the
+checkpoint LSN is confirmed to the slot; when everything received is applied and no
+transaction is open, the stream's own position is confirmed too, so an idle slot keeps up.
+
+A broken replication connection (server restart, walsender terminated, network) rolls back
+the open destination transaction and resumes from the checkpoint: nothing lost, nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from replicator.catalog import Catalog, Column as CatalogColumn, load_types
+from replicator.connect import connect, is_transient
+from replicator.decoding.changes import Begin, Change, Commit, Decoder, Truncate
+from replicator.decoding.pgoutput import PgOutputDecoder
+from replicator.decoding.wal2json import Wal2JsonDecoder
+from replicator.destinations.postgres import ensure_types
+from replicator.errors import SourceError
+from replicator.job import Job
+from replicator.lsn import Lsn
+from replicator.realtime.apply import Applier, Target
+from replicator.realtime.setup import SlotPlan, start_position
+from replicator.source.describe import CatalogDescriber
+from replicator.source.heartbeat import HeartbeatWriter
+from replicator.source.slots import wal2json_accepts
+from replicator.source.sqlreader import SqlReader
+from replicator.source.stream import ReplicationLost, ReplicationStream
+from replicator.source.walwatch import WalWatch
+
+log = logging.getLogger(__name__)
+
+APP = "replicator/realtime"
+STOP_GRACE_S = 30.0  # on stop, how long to wait for an open source transaction to commit
+
+
+@dataclass
+class SlotStats:
+    transactions: int = 0
+    changes: int = 0
+    commits: int = 0
+    confirmed: Lsn = Lsn(0)
+
+
+class SlotPipeline:
+    """Streams one slot into the destination until ``stop`` is set (or, with ``until``, caught up)."""
+
+    def __init__(
+        self,
+        job: Job,
+        plan: SlotPlan,
+        targets: dict[tuple[str, str], Target],
+        heartbeat: bool,
+        write_heartbeat: bool = True,
+    ):
+        self.job = job
+        self.plan = plan
+        self.targets = {k: v for k, v in targets.items() if k in plan.table_keys}
+        self.aliases = {
+            (p.schema, p.name): (t.table.schema, t.table.name) for t in plan.tables for p in t.table.partitions
+        }
+        self.heartbeat = heartbeat  # the heartbeat table exists and is published
+        self.write_heartbeat = heartbeat and write_heartbeat
+        self.cfg = job.extractor.value.realtime
+        self.stats = SlotStats()
+        self._reconnects = 0
+
+    def run(self, stop: threading.Event, until: Lsn | None = None) -> SlotStats:
+        src_cfg = self.job.source.value
+        dst = connect(self.job.destination.value, "destination", APP, autocommit=True)
+        aux = connect(src_cfg, "source", APP, autocommit=True)  # heartbeat, WAL watch, type lookups
+        try:
+            dst.execute("SET synchronous_commit = off")  # safe: the checkpoint commits with the rows
+            applier = Applier(
+                dst, self.job.job_id, self.plan.slot, self.targets, self._column_type(aux, dst),
+                soft_deletes=self.job.destination.value.deletes == "soft",
+                flush_rows=self.cfg.fetch_size_rows,
+                aliases=self.aliases,
+            )
+            writer = HeartbeatWriter(aux, self.cfg.heartbeat) if self.write_heartbeat else None
+            watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])
+            while True:
+                try:
+                    self._stream(dst, aux, applier, writer, watch, stop, until)
+                    return self.stats
+                except (ReplicationLost, psycopg.OperationalError) as e:
+                    applier.rollback()
+                    if not (isinstance(e, ReplicationLost) or is_transient(e)):
+                        raise
+                    self._reconnects += 1
+                    if self._reconnects > src_cfg.max_retries:
+                        raise SourceError(f"slot {self.plan.slot}: giving up after {self._reconnects - 1} reconnects: {e}") from None
+                    log.warning("slot %s: %s; resuming from the checkpoint in %.1fs", self.plan.slot, e,
+                                src_cfg.retry_wait_duration_ms / 1000)
+                    time.sleep(src_cfg.retry_wait_duration_ms / 1000)
+                    if dst.closed or dst.broken:
+                        dst = connect(self.job.destination.value, "destination", APP, autocommit=True)
+                        applier.conn = dst
+                        applier.reset_session()
+        finally:
+            dst.close()
+            aux.close()
+
+    def _open_reader(self, dst: psycopg.Connection[Any], aux: psycopg.Connection[Any]) -> Any:
+        src_cfg = self.job.source.value
+        slot_row = aux.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self.plan.slot,)
+        ).fetchone()
+        if slot_row is None:
+            raise SourceError(f"replication slot {self.plan.slot!r} does not exist any more")
+        configured = self.cfg.start_position.start_lsn if self.cfg.start_position else None
+        start = start_position(
+            dst, self.job.job_id, self.plan.slot, Lsn.parse(slot_row[0]) if slot_row[0] else None,
+            Lsn.parse(configured) if configured else None,
+        )
+        decoder = self._decoder(aux)
+        if src_cfg.log_reader_type == "SQL":
+            return SqlReader.open(src_cfg, self.plan.slot, decoder, start, fetch_rows=self.cfg.fetch_size_rows,
+                                  poll_interval_s=min(1.0, self.cfg.fetch_duration_per_extractor_slot_s), application_name=APP)
+        return ReplicationStream.open(src_cfg, self.plan.slot, decoder, start, application_name=APP)
+
+    def _decoder(self, aux: psycopg.Connection[Any]) -> Decoder:
+        if self.plan.plugin == "pgoutput":
+            assert self.plan.publication is not None
+            return PgOutputDecoder([self.plan.publication])
+        # wal2json names leaf partitions, not their root: ask for those, and map them back (aliases).
+        tables = [*self.targets, *self.aliases]
+        if self.heartbeat:
+            hb = self.cfg.heartbeat
+            tables.append((hb.schema_name or "public", hb.table_name))
+        exact_numbers = wal2json_accepts(aux, self.plan.slot, "numeric-data-types-as-string")
+        return Wal2JsonDecoder(CatalogDescriber(aux), tables, numeric_as_string=exact_numbers)
+
+    def _stream(
+        self,
+        dst: psycopg.Connection[Any],
+        aux: psycopg.Connection[Any],
+        applier: Applier,
+        writer: HeartbeatWriter | None,
+        watch: WalWatch,
+        stop: threading.Event,
+        until: Lsn | None,
+    ) -> None:
+        reader = self._open_reader(dst, aux)
+        batch_s = self.cfg.fetch_duration_per_extractor_slot_s
+        in_txn = False
+        stopping_since: float | None = None
+        try:
+            while True:
+                events = reader.read(max_events=self.cfg.fetch_size_rows, timeout=min(batch_s, 1.0))
+                for ev in events:
+                    if isinstance(ev, (Change, Truncate)):
+                        applier.change(ev)
+                        self.stats.changes += 1
+                    elif isinstance(ev, Begin):
+                        in_txn = True
+                    elif isinstance(ev, Commit):
+                        in_txn = False
+                        applier.source_commit(ev.end_lsn)
+                        self.stats.transactions += 1
+                # A stream that (re)opened and reads is healthy: max-retries counts failures in a row.
+                self._reconnects = 0
+                idle = not events
+                if not in_txn and applier.pending_transactions and (
+                    idle or applier.open_seconds >= batch_s or stop.is_set()
+                    or applier.transaction_changes >= self.cfg.fetch_size_rows
+                ):
+                    self._commit(applier, reader)
+                if not in_txn and not applier.pending_transactions and reader.position > reader.confirmed:
+                    # Everything received is applied: the slot may move on (keeps idle slots current).
+                    reader.confirm(reader.position)
+                if writer is not None:
+                    writer.tick()
+                watch.check_if_due(aux)
+                if until is not None and not in_txn and not applier.pending_transactions and reader.position >= until:
+                    return
+                if stop.is_set():
+                    if not in_txn:
+                        return
+                    stopping_since = stopping_since or time.monotonic()
+                    if time.monotonic() - stopping_since > STOP_GRACE_S:
+                        log.warning("slot %s: stopping inside a large source transaction; it will be "
+                                    "applied from its start next time", self.plan.slot)
+                        applier.rollback()
+                        return
+        finally:
+            reader.close()
+
+    def _commit(self, applier: Applier, reader: Any) -> None:
+        lsn = applier.commit()
+        if lsn is not None:
+            reader.confirm(lsn)
+            self.stats.commits += 1
+            self.stats.confirmed = lsn
+
+    def _column_type(self, aux: psycopg.Connection[Any], dst: psycopg.Connection[Any]) -> Any:
+        def column_type(oid: int, typmod: int) -> str:
+            """A column type as SQL for ALTER TABLE ADD COLUMN (creating a new user type first)."""
+            with aux.transaction():
+                aux.execute("SELECT set_config('search_path', '', true)")
+                row = aux.execute("SELECT format_type(%s, %s)", (oid, typmod)).fetchone()
+                catalog = Catalog()
+                with aux.cursor() as cur:
+                    load_types(cur, catalog, {oid})
+            assert row is not None
+            if catalog.types:
+                ensure_types(dst, catalog, (CatalogColumn("_", 0, row[0], oid, False),))
+            return str(row[0])
+
+        return column_type
+
+
+def current_wal_lsn(job: Job) -> Lsn:
+    with connect(job.source.value, "source", APP, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return Lsn.parse(row[0])
+

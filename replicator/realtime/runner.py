@@ -1,0 +1,94 @@
+"""Running realtime replication: set up, then one pipeline thread per slot, until stopped or caught up."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from replicator import state
+from replicator.connect import connect
+from replicator.job import Job
+from replicator.lsn import Lsn
+from replicator.realtime.apply import Target
+from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
+from replicator.realtime.setup import (
+    SlotPlan,
+    identity_warnings,
+    plan_slots,
+    prepare_destination,
+    prepare_source,
+    select_realtime_tables,
+)
+from replicator.source.slots import ensure_slot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    plans: list[SlotPlan]
+    targets: dict[tuple[str, str], Target]
+    heartbeat: bool
+
+
+def prepare(job: Job, create_slots: bool = True, before_destination: Callable[[list[SlotPlan]], None] | None = None) -> Prepared:
+    """Everything up to streaming: tables, publications, slots, destination tables, state."""
+    with connect(job.source.value, "source", APP, autocommit=True) as src:
+        with src.transaction():
+            catalog, tables = select_realtime_tables(job, src)
+        for warning in identity_warnings(tables):
+            log.warning(warning)
+        plans = plan_slots(job.source, tables)
+        heartbeat = prepare_source(job, src, plans)
+        if create_slots:
+            for plan in plans:
+                ensure_slot(src, plan.slot, plan.plugin)
+    if before_destination is not None:
+        before_destination(plans)
+    with connect(job.destination.value, "destination", APP, autocommit=True) as dst:
+        state.ensure_schema(dst)
+        targets = prepare_destination(job, dst, catalog, tables)
+    return Prepared(plans, targets, heartbeat is not None)
+
+
+def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) -> list[SlotStats]:
+    """Run every slot's pipeline; with ``job.once``, until caught up with the source's WAL at start."""
+    stop = stop or threading.Event()
+    until = current_wal_lsn(job) if job.once else None
+    with connect(job.destination.value, "destination", APP, autocommit=True) as lock_conn:
+        state.lock_job(lock_conn, job.job_id, "realtime")  # held by this session while we stream
+        # One heartbeat writer is enough: the heartbeat table is in every slot's publication.
+        pipelines = [
+            SlotPipeline(job, plan, prepared.targets, prepared.heartbeat, write_heartbeat=i == 0)
+            for i, plan in enumerate(prepared.plans)
+        ]
+        if len(pipelines) == 1:
+            return [pipelines[0].run(stop, until)]
+        results: list[SlotStats | None] = [None] * len(pipelines)
+        errors: list[BaseException] = []
+
+        def run_one(i: int) -> None:
+            try:
+                results[i] = pipelines[i].run(stop, until)
+            except BaseException as e:  # reported below
+                errors.append(e)
+                stop.set()
+
+        threads = [threading.Thread(target=run_one, args=(i,), name=f"slot-{p.plan.slot}") for i, p in enumerate(pipelines)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+        if errors:
+            raise errors[0]
+        return [r for r in results if r is not None]
+
+
+def summary(stats: list[SlotStats]) -> str:
+    tx = sum(s.transactions for s in stats)
+    ch = sum(s.changes for s in stats)
+    lsn = max((s.confirmed for s in stats), default=Lsn(0))
+    return f"realtime stopped: {tx:,} transactions, {ch:,} changes applied; confirmed up to {lsn}"

@@ -1,0 +1,140 @@
+"""Per-table checks: grants, keys / replica identity, publication coverage, operations and filters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from replicator.check import Status
+from tests.check.conftest import Source, make_source
+from tests.conftest import Database
+
+
+def test_missing_grant(source: Source) -> None:
+    source.db.execute(f'REVOKE SELECT ON public.orders FROM "{source.user}"')
+    result = source.check().find("select grants")
+    assert result.status is Status.FAIL
+    assert result.detail == f"{source.user} may not read 1 table(s): public.orders"
+    assert result.fix == f'GRANT SELECT ON "public"."orders" TO "{source.user}";'
+    source.apply_sql(result.fix)
+    assert source.check().find("select grants").status is Status.OK
+
+
+def test_missing_schema_usage(source: Source) -> None:
+    source.db.execute("CREATE SCHEMA sales; CREATE TABLE sales.refunds (id int PRIMARY KEY)")
+    source.db.execute(f'ALTER PUBLICATION "pub_{source.user}" ADD TABLE sales.refunds')
+    result = source.check().find("select grants")
+    assert result.status is Status.FAIL
+    assert result.fix == (
+        f'GRANT USAGE ON SCHEMA "sales" TO "{source.user}";\nGRANT SELECT ON "sales"."refunds" TO "{source.user}";'
+    )
+    source.apply_sql(result.fix)
+    assert source.check().ok
+
+
+def test_column_grants_cover_a_filtered_column_list(source: Source) -> None:
+    source.db.execute(f'REVOKE SELECT ON public.items FROM "{source.user}"')
+    source.db.execute(f'GRANT SELECT (id, name) ON public.items TO "{source.user}"')
+    filter_ = {"allow": {"schema": "public", "allow": {"items": {"allow": ["id", "name"]}, "orders": None}}}
+    assert source.check(filter_=filter_).find("select grants").status is Status.OK
+
+
+def test_table_without_key(source: Source) -> None:
+    source.db.execute("CREATE TABLE public.events (at timestamptz, what text)")
+    source.db.execute(f'ALTER PUBLICATION "pub_{source.user}" ADD TABLE public.events')
+    result = source.check().find("keys")
+    assert result.status is Status.FAIL
+    assert "public.events has no primary key" in result.detail
+    lines = (result.fix or "").splitlines()
+    assert lines[0].startswith('ALTER TABLE "public"."events" ADD PRIMARY KEY (...);  -- or set row-identifier-key')
+    assert lines[1] == 'ALTER TABLE "public"."events" REPLICA IDENTITY FULL;'
+    # The documented alternative: a row-identifier-key plus REPLICA IDENTITY FULL.
+    source.db.execute(lines[1])
+    extractor = {"snapshot": {"per-table-config": [{"schema": "public", "tables": {"events": {"row-identifier-key": ["at", "what"]}}}]}}
+    assert source.check(extractor=extractor).find("keys").status is Status.OK
+
+
+def test_replica_identity_nothing(source: Source) -> None:
+    source.db.execute("ALTER TABLE public.items REPLICA IDENTITY NOTHING")
+    result = source.check().find("keys")
+    assert result.status is Status.FAIL
+    assert result.detail == "updates and deletes cannot be replicated: public.items has replica identity NOTHING"
+    source.apply_sql(result.fix or "")
+    assert source.check().find("keys").status is Status.OK
+
+
+def test_publication_without_delete(source: Source) -> None:
+    source.db.execute(f"ALTER PUBLICATION \"pub_{source.user}\" SET (publish = 'insert, update')")
+    report = source.check()
+    result = report.find("publish operations")
+    assert result.status is Status.FAIL and result.detail == f"publication pub_{source.user} does not publish delete"
+    assert result.fix == f"ALTER PUBLICATION \"pub_{source.user}\" SET (publish = 'insert, update, delete, truncate');"
+    assert report.exit_code == 1
+    source.apply_sql(result.fix)
+    assert source.check().ok
+
+
+def test_publication_missing_a_table(source: Source) -> None:
+    source.db.execute(f'ALTER PUBLICATION "pub_{source.user}" DROP TABLE public.orders')
+    result = source.check().find("publication coverage")
+    assert result.status is Status.FAIL and result.detail == f"pub_{source.user} leaves out public.orders"
+    assert result.fix == f'ALTER PUBLICATION "pub_{source.user}" ADD TABLE "public"."orders";'
+    source.apply_sql(result.fix)
+    assert source.check().ok
+
+
+def test_publication_row_filter_and_column_list(source: Source) -> None:
+    pub = f"pub_{source.user}"
+    source.db.execute(f'ALTER PUBLICATION "{pub}" SET TABLE public.items WHERE (id > 10), public.orders (id, item)')
+    result = source.check().find("publication filters")
+    assert result.status is Status.FAIL
+    assert "public.items (WHERE (id > 10))" in result.detail and "public.orders (a column list)" in result.detail
+    source.apply_sql(result.fix or "")
+    assert source.check().ok
+
+
+def test_publication_that_does_not_exist(source: Source) -> None:
+    result = source.check(publication="nope").find("publication")
+    assert result.status is Status.FAIL
+    assert result.fix == 'CREATE PUBLICATION "nope" FOR TABLE "public"."items", "public"."orders";'
+    source.apply_sql(result.fix)
+    assert source.check(publication="nope").ok
+
+
+def test_pgoutput_without_a_publication_name(source: Source) -> None:
+    result = source.check(publication=None).find("publication")
+    assert result.status is Status.FAIL
+    assert (result.fix or "").startswith("add `publication: replicator_pub` to the source config")
+
+
+def test_partitioned_table_must_be_published_via_its_root(source_db: Database, tmp_path: Path) -> None:
+    # Published leaf by leaf, a partition attached later would be missed, and realtime refuses it.
+    src = make_source(source_db, tmp_path)
+    source_db.execute("CREATE TABLE public.m (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)")
+    source_db.execute("CREATE TABLE public.m_2024 PARTITION OF public.m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')")
+    source_db.execute(f'CREATE PUBLICATION "pub_{src.user}" FOR TABLE public.m')
+    result = src.check().find("publication coverage")
+    assert result.status is Status.FAIL
+    assert result.fix == f'ALTER PUBLICATION "pub_{src.user}" SET (publish_via_partition_root = true);'
+    src.apply_sql(result.fix)
+    report = src.check()
+    assert report.find("publication coverage").status is Status.OK, report.render()
+
+
+def test_filter_naming_a_missing_table(source: Source) -> None:
+    result = source.check(filter_={"allow": {"schema": "public", "allow": {"itemz": None}}}).find("selection")
+    assert result.status is Status.FAIL and "no table 'itemz'" in result.detail and "did you mean 'items'" in result.detail
+
+
+def test_wal2json_only_needs_no_publication(source: Source) -> None:
+    report = source.check(**{"replication-slots": {f"j_{source.user}": ["wal2json"]}}, publication=None)
+    assert report.ok, report.render()
+    assert "publication" not in [r.name for r in report.results]
+
+
+def test_column_list_carrying_every_selected_column_is_fine(source: Source) -> None:
+    # What `replicator run` itself creates when the filter names columns.
+    pub = f"pub_{source.user}"
+    source.db.execute(f'ALTER PUBLICATION "{pub}" SET TABLE public.items, public.orders (id, item)')
+    filter_ = {"allow": {"schema": "public", "allow": {"items": None, "orders": {"allow": ["item"]}}}}
+    report = source.check(filter_=filter_)
+    assert report.find("publication filters").status is Status.OK, report.render()

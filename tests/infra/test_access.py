@@ -1,0 +1,53 @@
+"""Replication access: the dynamic resource's inputs, and the secret the replicator will read."""
+
+from __future__ import annotations
+
+import json
+
+from tests.infra.conftest import BASE, RecordingMocks, run_program
+
+USER = "pulumi-python:dynamic/replicator:ReplicationUser"
+
+
+def test_replication_user_inputs(mocks: RecordingMocks) -> None:
+    run_program(
+        {**BASE, "replicationUser": "cdc", "schemas": ["public", "sales"], "tableOwners": ["app"],
+         "heartbeatTable": "replicator.heartbeat", "publication": "cdc_pub",
+         "publicationTables": ["public.items", "sales.orders"], "passwordVersion": 3},
+        mocks,
+    )
+    user = mocks.one(USER)
+    assert {k: v for k, v in user.inputs.items() if k != "__provider"} == {
+        "host": "orders-db.abcdefghij.eu-west-1.rds.amazonaws.com", "port": 5432, "database": "orders",
+        "admin_user": "postgres", "admin_password": "admin-secret-value", "sslmode": "require",
+        "user": "cdc", "replication_right": "rds_replication", "schemas": ["public", "sales"],
+        "table_owners": ["app"], "heartbeat_table": "replicator.heartbeat", "publication": "cdc_pub",
+        "publication_tables": ["public.items", "sales.orders"], "password_version": 3,
+    }
+    assert {"admin_password", "__provider"} <= user.secret_keys
+
+
+def test_publication_left_alone_without_a_table_list(mocks: RecordingMocks) -> None:
+    out = run_program(BASE, mocks)
+    assert "publication" not in mocks.one(USER).inputs  # not managed by the program...
+    assert out["publication"] == "replicator_pub"  # ...but still handed to the replicator
+
+
+def test_secret_holds_the_rds_shaped_json(mocks: RecordingMocks) -> None:
+    out = run_program({**BASE, "secretName": "replicator/orders"}, mocks)
+    secret = mocks.one("aws:secretsmanager/secret:Secret")
+    assert secret.inputs["name"] == "replicator/orders"
+    version = mocks.one("aws:secretsmanager/secretVersion:SecretVersion")
+    assert version.inputs["secretId"] == out["secretArn"]
+    assert "secretString" in version.secret_keys
+    assert json.loads(version.inputs["secretString"]) == {
+        "username": "replicator", "password": "generated-by-the-provider", "engine": "postgres",
+        "host": "orders-db.abcdefghij.eu-west-1.rds.amazonaws.com", "port": 5432, "dbname": "orders",
+        "dbInstanceIdentifier": "orders-db",
+    }
+
+
+def test_aurora_secret_names_the_cluster(mocks: RecordingMocks) -> None:
+    run_program({**BASE, "engine": "aurora-postgresql", "engineVersion": "16.1", "identifier": "aur"}, mocks)
+    fields = json.loads(mocks.one("aws:secretsmanager/secretVersion:SecretVersion").inputs["secretString"])
+    assert fields["dbClusterIdentifier"] == "aur" and "dbInstanceIdentifier" not in fields

@@ -1,0 +1,205 @@
+"""The replication user's SQL, against a real PostgreSQL server: effect, idempotence, repair, removal."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+import psycopg
+import pytest
+
+from replicator.provision import pgaccess
+from replicator.provision.pgaccess import AccessError, AccessSpec
+from tests.conftest import Database
+
+_n = itertools.count()
+
+
+@pytest.fixture
+def user() -> str:
+    # Roles are cluster-wide: every test gets its own name.
+    return f"repl_{os.getpid()}_{next(_n)}"
+
+
+@pytest.fixture
+def db(source_db: Database) -> Database:
+    source_db.execute("CREATE SCHEMA sales")
+    source_db.execute("CREATE TABLE public.items (id int PRIMARY KEY, name text)")
+    source_db.execute("CREATE TABLE sales.orders (id int PRIMARY KEY, total numeric)")
+    source_db.execute("INSERT INTO public.items VALUES (1, 'a')")
+    source_db.execute("INSERT INTO sales.orders VALUES (1, 9.5)")
+    return source_db
+
+
+def as_user(db: Database, user: str, password: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(db.cluster.conninfo(db.name, user=user, password=password), autocommit=True)
+
+
+def can_select(db: Database, user: str, table: str) -> bool:
+    return bool(db.fetchone("SELECT has_table_privilege(%s, %s, 'SELECT')", (user, table)))
+
+
+def run(db: Database, fn: Any, *args: Any) -> None:
+    with db.connect() as conn:
+        fn(conn, *args)
+
+
+def test_ensure_creates_a_login_role_with_every_right(db: Database, user: str, rds_replication: str) -> None:
+    spec = AccessSpec(user=user, schemas=("public", "sales"), replication_right="rds_replication")
+    run(db, pgaccess.ensure_access, spec, "first-password-123")
+
+    with as_user(db, user, "first-password-123") as conn:
+        assert conn.execute("SELECT name FROM public.items").fetchall() == [("a",)]
+        assert conn.execute("SELECT total FROM sales.orders").fetchone()[0] == 9.5  # type: ignore[index]
+    assert db.fetchone("SELECT pg_has_role(%s, 'rds_replication', 'MEMBER')", (user,)) is True
+    assert db.fetchone("SELECT rolreplication FROM pg_roles WHERE rolname = %s", (user,)) is False
+    assert db.fetchone("SELECT has_database_privilege(%s, current_database(), 'CONNECT')", (user,)) is True
+    # Only a SCRAM verifier reached the server, never the clear password.
+    assert db.fetchone("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (user,)).startswith("SCRAM-SHA-256$")
+
+
+def test_tables_created_later_are_readable_too(db: Database, user: str, rds_replication: str) -> None:
+    run(db, pgaccess.ensure_access, AccessSpec(user=user, schemas=("sales",)), "pw-123456")
+    db.execute("CREATE TABLE sales.refunds (id int PRIMARY KEY)")
+    assert can_select(db, user, "sales.refunds")
+    assert not can_select(db, user, "public.items")  # public was not asked for
+
+
+def test_default_privileges_for_named_table_owners(db: Database, user: str, rds_replication: str) -> None:
+    owner = f"{user}_app"
+    db.execute(f'CREATE ROLE "{owner}"')
+    db.execute(f'GRANT CREATE, USAGE ON SCHEMA sales TO "{owner}"')
+    run(db, pgaccess.ensure_access, AccessSpec(user=user, schemas=("sales",), table_owners=(owner,)), "pw-123456")
+    db.execute(f'SET ROLE "{owner}"; CREATE TABLE sales.by_app (id int PRIMARY KEY); RESET ROLE')
+    assert can_select(db, user, "sales.by_app")
+    run(db, pgaccess.drop_access, AccessSpec(user=user, schemas=("sales",), table_owners=(owner,)))
+    db.execute("DROP TABLE sales.by_app")
+    db.execute(f'REVOKE ALL ON SCHEMA sales FROM "{owner}"; DROP ROLE "{owner}"')
+
+
+def test_self_hosted_variant_uses_the_replication_attribute(db: Database, user: str) -> None:
+    run(db, pgaccess.ensure_access, AccessSpec(user=user, replication_right="attribute"), "pw-123456")
+    assert db.fetchone("SELECT rolreplication FROM pg_roles WHERE rolname = %s", (user,)) is True
+    # The attribute is what lets it open a replication connection.
+    info = db.cluster.conninfo(db.name, user=user, password="pw-123456", replication="database")
+    with psycopg.connect(info, autocommit=True) as conn:
+        assert conn.execute("IDENTIFY_SYSTEM").fetchone() is not None
+
+
+def test_ensure_is_idempotent_and_repairs_drift(db: Database, user: str, rds_replication: str) -> None:
+    spec = AccessSpec(user=user, schemas=("public", "sales"))
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    run(db, pgaccess.ensure_access, spec, "pw-123456")  # again: no error, same state
+    db.execute(f'REVOKE SELECT ON sales.orders FROM "{user}"')
+    db.execute(f'REVOKE rds_replication FROM "{user}"')
+    assert not can_select(db, user, "sales.orders")
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    assert can_select(db, user, "sales.orders")
+    assert db.fetchone("SELECT pg_has_role(%s, 'rds_replication', 'MEMBER')", (user,)) is True
+
+
+def test_ensure_adopts_an_existing_role_and_sets_its_password(db: Database, user: str) -> None:
+    db.execute(f"CREATE ROLE \"{user}\" LOGIN PASSWORD 'old-password'")
+    run(db, pgaccess.ensure_access, AccessSpec(user=user, replication_right="attribute"), "new-password-1")
+    with as_user(db, user, "new-password-1") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (user,)
+
+
+def test_a_missing_schema_fails_cleanly_and_leaves_nothing_behind(db: Database, user: str) -> None:
+    spec = AccessSpec(user=user, schemas=("public", "nope"), replication_right="attribute")
+    with pytest.raises(AccessError, match="schema 'nope' does not exist"):
+        run(db, pgaccess.ensure_access, spec, "pw-123456")
+    assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0
+
+
+def test_update_takes_back_what_is_no_longer_asked_for(db: Database, user: str, rds_replication: str) -> None:
+    old = AccessSpec(user=user, schemas=("public", "sales"), replication_right="rds_replication")
+    new = AccessSpec(user=user, schemas=("public",), replication_right="attribute")
+    run(db, pgaccess.ensure_access, old, "pw-123456")
+    run(db, pgaccess.update_access, old, new, "pw-123456")
+    assert not can_select(db, user, "sales.orders")
+    assert db.fetchone("SELECT has_schema_privilege(%s, 'sales', 'USAGE')", (user,)) is False
+    assert can_select(db, user, "public.items")
+    assert db.fetchone("SELECT pg_has_role(%s, 'rds_replication', 'MEMBER')", (user,)) is False
+    assert db.fetchone("SELECT rolreplication FROM pg_roles WHERE rolname = %s", (user,)) is True
+    db.execute("CREATE TABLE sales.later (id int PRIMARY KEY)")
+    assert not can_select(db, user, "sales.later")  # default privileges were taken back too
+
+
+def test_managed_publication_is_created_and_kept_exact(db: Database, user: str) -> None:
+    spec = AccessSpec(
+        user=user, replication_right="attribute", publication="pub_a",
+        publication_tables=(("public", "items"), ("sales", "orders")),
+    )
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    members = "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = 'pub_a' ORDER BY 1"
+    assert [r[0] for r in db.fetchall(members)] == ["public.items", "sales.orders"]
+    # Drift: an operation switched off, a row filter added, an extra table.
+    db.execute("CREATE TABLE public.extra (id int PRIMARY KEY)")
+    db.execute("ALTER PUBLICATION pub_a SET (publish = 'insert, update')")
+    db.execute("ALTER PUBLICATION pub_a SET TABLE public.items WHERE (id > 10), sales.orders, public.extra")
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    assert [r[0] for r in db.fetchall(members)] == ["public.items", "sales.orders"]
+    assert db.fetchall("SELECT pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = 'pub_a'") == [
+        (True, True, True)
+    ]
+    assert db.fetchone("SELECT count(*) FROM pg_publication_rel WHERE prqual IS NOT NULL") == 0
+
+
+def test_all_tables_publication_for_self_hosted(db: Database, user: str) -> None:
+    spec = AccessSpec(user=user, replication_right="attribute", publication="pub_all", publication_tables="*")
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    assert db.fetchone("SELECT puballtables FROM pg_publication WHERE pubname = 'pub_all'") is True
+    narrower = AccessSpec(
+        user=user, replication_right="attribute", publication="pub_all", publication_tables=(("public", "items"),)
+    )
+    run(db, pgaccess.update_access, spec, narrower, "pw-123456")
+    assert db.fetchone("SELECT puballtables FROM pg_publication WHERE pubname = 'pub_all'") is False
+
+
+def test_heartbeat_schema_lets_the_user_create_its_table(db: Database, user: str) -> None:
+    spec = AccessSpec(user=user, replication_right="attribute", heartbeat_table=("replicator_hb", "heartbeat"))
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    with as_user(db, user, "pw-123456") as conn:
+        conn.execute("CREATE TABLE replicator_hb.heartbeat (id int PRIMARY KEY, at timestamptz)")
+        conn.execute("INSERT INTO replicator_hb.heartbeat VALUES (1, now())")
+    run(db, pgaccess.ensure_access, spec, "pw-123456")  # again, with the table now there and owned by the user
+    run(db, pgaccess.drop_access, spec)
+    assert db.fetchone("SELECT to_regclass('replicator_hb.heartbeat')") is None
+    assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0
+
+
+def test_heartbeat_table_made_by_an_admin_gets_granted(db: Database, user: str) -> None:
+    db.execute("CREATE SCHEMA hb; CREATE TABLE hb.beat (id int PRIMARY KEY)")
+    run(db, pgaccess.ensure_access, AccessSpec(user=user, replication_right="attribute", heartbeat_table=("hb", "beat")), "pw-123456")
+    with as_user(db, user, "pw-123456") as conn:
+        conn.execute("INSERT INTO hb.beat VALUES (1) ON CONFLICT (id) DO UPDATE SET id = 1")
+    run(db, pgaccess.drop_access, AccessSpec(user=user, replication_right="attribute", heartbeat_table=("hb", "beat")))
+    assert db.fetchone("SELECT to_regclass('hb.beat')") is not None  # not ours to drop
+
+
+def test_drop_removes_everything_and_is_idempotent(db: Database, user: str, rds_replication: str) -> None:
+    spec = AccessSpec(
+        user=user, schemas=("public", "sales"), publication="pub_d", publication_tables=(("public", "items"),)
+    )
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    run(db, pgaccess.drop_access, spec)
+    assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0
+    assert db.fetchone("SELECT count(*) FROM pg_publication WHERE pubname = 'pub_d'") == 0
+    assert db.fetchone("SELECT count(*) FROM pg_default_acl") == 0
+    run(db, pgaccess.drop_access, spec)  # already gone: nothing to do, no error
+
+
+def test_unmanaged_publication_is_left_alone(db: Database, user: str) -> None:
+    db.execute("CREATE PUBLICATION theirs FOR TABLE public.items")
+    spec = AccessSpec(user=user, replication_right="attribute", publication="theirs", publication_tables=None)
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    run(db, pgaccess.drop_access, spec)
+    assert db.fetchone("SELECT count(*) FROM pg_publication WHERE pubname = 'theirs'") == 1
+
+
+def test_statement_builders_quote_names(db: Database) -> None:
+    with db.connect() as conn:
+        text = pgaccess.grant_select('we"ird', ("Sales", "Order Lines")).as_string(conn)
+    assert text == 'GRANT SELECT ON "Sales"."Order Lines" TO "we""ird"'

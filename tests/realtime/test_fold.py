@@ -1,0 +1,78 @@
+"""Folding changes per key: the rules, checked on hand-built events (pure logic, no database)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from replicator.decoding.changes import UNCHANGED_TOAST, Change, Column, Op, Relation, ReplicaIdentity
+from replicator.lsn import Lsn
+from replicator.realtime import fold
+
+REL = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (
+    Column("id", 20, -1, True), Column("v", 25, -1, False), Column("big", 25, -1, False),
+))
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def ch(op: Op, new: tuple | None = None, old: tuple | None = None) -> Change:
+    return Change(op, REL, new, old, Lsn(1), 1, NOW)
+
+
+def batch(*changes: Change) -> fold.TableBatch:
+    b = fold.TableBatch(REL, (0,))
+    for c in changes:
+        b.add(c)
+    return b
+
+
+def test_last_write_wins_and_delete_removes() -> None:
+    b = batch(
+        ch(Op.INSERT, ("1", "a", "x")),
+        ch(Op.UPDATE, ("1", "b", "x")),
+        ch(Op.INSERT, ("2", "a", "y")),
+        ch(Op.DELETE, old=("2", None, None)),
+    )
+    assert b.ops == {("1",): fold.Upsert(("1", "b", "x")), ("2",): fold.DELETE}
+    assert b.changes == 4
+
+
+def test_unchanged_toast_filled_from_the_batch_else_kept_marked() -> None:
+    b = batch(ch(Op.INSERT, ("1", "a", "big value")), ch(Op.UPDATE, ("1", "b", UNCHANGED_TOAST)))
+    assert b.ops[("1",)] == fold.Upsert(("1", "b", "big value"))
+    b = batch(ch(Op.UPDATE, ("3", "b", UNCHANGED_TOAST)))
+    op = b.ops[("3",)]
+    assert isinstance(op, fold.Upsert) and op.partial and op.base_key is None
+
+
+def test_key_change_moves_the_row_and_remembers_where_toast_lives() -> None:
+    b = batch(ch(Op.UPDATE, ("2", "v", UNCHANGED_TOAST), old=("1", None, None)))
+    assert b.ops[("1",)] is fold.DELETE
+    assert b.ops[("2",)] == fold.Upsert(("2", "v", UNCHANGED_TOAST), base_key=("1",))
+    # Moved twice: the TOASTed value still comes from the first key's row.
+    b.add(ch(Op.UPDATE, ("3", "w", UNCHANGED_TOAST), old=("2", None, None)))
+    assert b.ops[("2",)] is fold.DELETE
+    assert b.ops[("3",)] == fold.Upsert(("3", "w", UNCHANGED_TOAST), base_key=("1",))
+    deletes, full, partial, moves = fold.split(b.ops)
+    assert sorted(deletes) == [("1",), ("2",)] and not full and not partial
+    assert moves == [(("3",), fold.Upsert(("3", "w", UNCHANGED_TOAST), base_key=("1",)))]
+
+
+def test_key_change_with_complete_values_is_a_plain_upsert() -> None:
+    b = batch(ch(Op.INSERT, ("1", "a", "x")), ch(Op.UPDATE, ("2", "a", UNCHANGED_TOAST), old=("1", None, None)))
+    assert b.ops[("2",)] == fold.Upsert(("2", "a", "x"))
+    assert fold.split(b.ops)[1] == [fold.Upsert(("2", "a", "x"))]
+
+
+def test_truncate_discards_what_came_before() -> None:
+    b = batch(ch(Op.INSERT, ("1", "a", "x")))
+    b.truncate()
+    b.add(ch(Op.INSERT, ("2", "a", "x")))
+    assert b.truncated and list(b.ops) == [("2",)]
+
+
+def test_keyless_tables_keep_every_change_in_order() -> None:
+    b = fold.TableBatch(REL, ())
+    changes = [ch(Op.INSERT, ("1", "a", "x")), ch(Op.DELETE, old=("1", "a", "x")), ch(Op.INSERT, ("1", "a", "x"))]
+    for c in changes:
+        b.add(c)
+    assert b.in_order == changes and not b.ops

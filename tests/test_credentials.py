@@ -1,0 +1,134 @@
+"""Credentials from AWS Secrets Manager (a moto server reached through AWS_ENDPOINT_URL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from replicator import credentials, logs
+from replicator.config import load_connection
+from replicator.connect import connect
+from replicator.credentials import CredentialError, fetch_credentials
+from replicator.localpg import SUPERUSER, SUPERUSER_PASSWORD, free_port
+from tests.conftest import AwsEndpoint, Database
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    credentials.clear_cache()
+    yield
+    credentials.clear_cache()
+
+
+def config(tmp_path: Path, store: dict[str, Any], **extra: Any) -> Any:
+    data = {"type": "POSTGRESQL", "host": "127.0.0.1", "port": 5432, "database": "d", "credential-store": store, **extra}
+    path = tmp_path / "source.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_connection(path, "source").value
+
+
+def put_secret(aws: AwsEndpoint, name: str, value: Any, binary: bool = False) -> str:
+    sm = aws.client("secretsmanager")
+    if binary:
+        return str(sm.create_secret(Name=name, SecretBinary=b"\x00\x01")["ARN"])
+    text = value if isinstance(value, str) else json.dumps(value)
+    return str(sm.create_secret(Name=name, SecretString=text)["ARN"])
+
+
+RDS_SHAPED = {"username": "replicator", "password": "s3cret-Pa55word", "engine": "postgres", "host": "h", "port": 5432}
+
+
+def test_reads_username_and_password_by_name(aws: AwsEndpoint, tmp_path: Path) -> None:
+    put_secret(aws, "replicator/source", RDS_SHAPED)
+    cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "replicator/source", "region": aws.region})
+    assert fetch_credentials(cfg) == ("replicator", "s3cret-Pa55word")
+    assert logs.mask("password=s3cret-Pa55word") == "password=********"
+
+
+def test_region_comes_from_the_arn(aws: AwsEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arn = put_secret(aws, "by-arn", RDS_SHAPED)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": arn})
+    assert fetch_credentials(cfg)[0] == "replicator"
+
+
+def test_region_comes_from_an_rds_host(aws: AwsEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    put_secret(aws, "by-host", RDS_SHAPED)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "by-host"},
+                 host=f"orders.c9akciq32.{aws.region}.rds.amazonaws.com")
+    assert fetch_credentials(cfg)[0] == "replicator"
+
+
+def test_no_region_anywhere(aws: AwsEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "x"})
+    with pytest.raises(CredentialError, match="no AWS region for secretsmanager"):
+        fetch_credentials(cfg)
+
+
+def test_missing_secret(aws: AwsEndpoint, tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "nope", "region": aws.region})
+    with pytest.raises(CredentialError, match=r"secret 'nope' in eu-west-1 \(http://127.0.0.1:\d+\) does not exist"):
+        fetch_credentials(cfg)
+
+
+@pytest.mark.parametrize(
+    ("value", "binary", "message"),
+    [
+        ("user=a password=hunter2-leaked", False, "is not JSON"),
+        (["replicator", "hunter2-leaked"], False, "must be a JSON object"),
+        ({"username": "replicator", "pass": "hunter2-leaked"}, False, "has no password"),
+        ({"username": "", "password": "hunter2-leaked"}, False, "has no username"),
+        (None, True, "holds binary data"),
+    ],
+)
+def test_malformed_secret_never_quoted(aws: AwsEndpoint, tmp_path: Path, value: Any, binary: bool, message: str) -> None:
+    put_secret(aws, "bad", value, binary=binary)
+    cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "bad", "region": aws.region})
+    with pytest.raises(CredentialError, match=message) as e:
+        fetch_credentials(cfg)
+    assert "hunter2" not in str(e.value)
+
+
+def test_unreachable_endpoint(aws: AwsEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "x", "region": aws.region})
+    with pytest.raises(CredentialError, match="cannot reach the AWS endpoint"):
+        fetch_credentials(cfg)
+
+
+def test_no_credentials(aws: AwsEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "x", "region": aws.region})
+    with pytest.raises(CredentialError, match="no AWS credentials found"):
+        fetch_credentials(cfg)
+
+
+def test_read_once_then_cached(aws: AwsEndpoint, tmp_path: Path) -> None:
+    put_secret(aws, "cached", RDS_SHAPED)
+    cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "cached", "region": aws.region})
+    assert fetch_credentials(cfg)[0] == "replicator"
+    aws.client("secretsmanager").delete_secret(SecretId="cached", ForceDeleteWithoutRecovery=True)
+    assert fetch_credentials(cfg)[0] == "replicator"  # many connections, one read
+    credentials.clear_cache()
+    with pytest.raises(CredentialError, match="does not exist"):
+        fetch_credentials(cfg)
+
+
+def test_connect_uses_the_secret(aws: AwsEndpoint, source_db: Database, tmp_path: Path) -> None:
+    put_secret(aws, "pg", {"username": SUPERUSER, "password": SUPERUSER_PASSWORD})
+    path = tmp_path / "source.yaml"
+    data = source_db.config()
+    del data["username"], data["password"]
+    data["credential-store"] = {"type": "AWS_SECRETS_MANAGER", "secret-id": "pg", "region": aws.region}
+    path.write_text(yaml.safe_dump(data))
+    with connect(load_connection(path, "source").value, "source") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (SUPERUSER,)
