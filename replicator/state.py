@@ -263,6 +263,22 @@ def save_watermark(conn: psycopg.Connection[Any], job: str, schema: str, name: s
     )
 
 
+def describe_watermark(kind: str, text: str | None) -> str:
+    """A stored watermark in a few words (``replicator status``)."""
+    value = json.loads(text) if text else {}
+    if kind == "xmin":
+        return f"rows written by transaction {value.get('xmin')} and later"
+    since = value.get("since")
+    columns = value.get("columns", [])
+    waiting = len(value.get("readings", []))
+    bounds = (
+        " or ".join(f"{c} >= {b}" if b is not None else f"{c} not null" for c, b in zip(columns, since, strict=False))
+        if since is not None
+        else "every row"
+    )
+    return bounds + (f" ({waiting} reading(s) wait for open transactions)" if waiting else "")
+
+
 def forget_watermarks(conn: psycopg.Connection[Any], job: str, tables: Iterable[tuple[str, str]]) -> None:
     """Drop delta watermarks for these tables (``--fresh``): their next pass is a full snapshot."""
     for schema, name in tables:

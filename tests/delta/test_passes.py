@@ -340,3 +340,28 @@ def test_long_phases_report_progress(
     assert "merging changes: " in caplog.text and "changed rows merged so far" in caplog.text
     # 1000, 800, 500 and 600 keys in ranges of 100: 10 + 8 + 5 + 6 ranges, plus an open-ended last one each.
     assert "replicate-deletes: 33 of 33 key ranges compared" in caplog.text
+
+
+def test_status_describes_the_watermarks(setup: DeltaSetup) -> None:
+    from replicator.cli import main as cli
+
+    setup.once()
+    setup.once()
+    lines = _run_status(setup, cli)
+    assert any(
+        "public.items" in line and "xmin: next pass reads rows written by transaction" in line
+        for line in lines
+    )
+    versioned = next(line for line in lines if "public.versioned" in line and "update-key:" in line)
+    bound = setup.source.fetchone("SELECT max(version) FROM versioned")
+    assert f"update-key: next pass reads version >= {bound} (" in versioned
+
+
+def _run_status(setup: DeltaSetup, cli) -> list[str]:  # type: ignore[no-untyped-def]
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli(["status", "--destination", str(setup.tmp / "destination.yaml")]) == 0
+    return out.getvalue().splitlines()
