@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--once", action="store_true", help="catch up once and exit (realtime, delta-snapshot)")
     run.add_argument(
-        "--fresh", action="store_true", help="forget earlier progress and copy everything again (snapshot)"
+        "--fresh",
+        action="store_true",
+        help="forget earlier progress and copy everything again (snapshot, delta-snapshot)",
     )
     run.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
 

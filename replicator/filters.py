@@ -35,6 +35,8 @@ class SelectedTable:
     config_where: str = ""  # file:line of the table's per-table-config entry
     update_key: tuple[str, ...] = ()  # delta-snapshot only
     replicate_deletes: bool | None = None  # delta-snapshot only
+    key_where: str = ""  # file:line of the row-identifier-key, when the key came from one
+    update_key_where: str = ""  # file:line of the update-key (per table, else the section's)
 
     @property
     def display(self) -> str:
@@ -169,6 +171,9 @@ def _per_table_settings(
                             f"{table.display} has no column '{col}'{_did_you_mean(col, [c.name for c in table.columns])}"
                         )
             values["_where"] = extractor.where(*loc, "tables", name)
+            for key_field in ("row_identifier_key", "update_key"):
+                if key_field in values:
+                    values[f"_{key_field}_where"] = extractor.where(*loc, "tables", name, key_field.replace("_", "-"))
             out[(table.schema, table.name)] = values
     return out
 
@@ -185,22 +190,33 @@ def _selected(
     key: tuple[str, ...] = table.primary_key
     key_from: Literal["primary-key", "row-identifier-key"] | None = "primary-key" if key else None
     rik = settings.get("row_identifier_key")
+    rik_where = settings.get("_row_identifier_key_where", "")
     if section == "delta-snapshot" and not rik:
         rik = extractor.value.delta_snapshot.row_identifier_key
         rik = rik if rik and all(table.column(c) for c in rik) else None
+        rik_where = extractor.where(section, "row-identifier-key")
+    key_where = ""
     if not key and rik:
-        key, key_from = tuple(rik), "row-identifier-key"
+        key, key_from, key_where = tuple(rik), "row-identifier-key", rik_where
     if key:
         selected_names = {c.name for c in columns}
         columns = tuple(c for c in table.columns if c.name in selected_names or c.name in key)
     update_key: tuple[str, ...] = ()
+    update_key_where = ""
     replicate_deletes = None
     if section == "delta-snapshot":
-        uk = settings.get("update_key") or extractor.value.delta_snapshot.update_key
+        uk = settings.get("update_key")
+        update_key_where = settings.get("_update_key_where", "")
+        if not uk:
+            # The section-wide update-key applies to the tables that have its columns.
+            uk = extractor.value.delta_snapshot.update_key
+            update_key_where = extractor.where(section, "update-key")
         if isinstance(uk, str):
             uk = [uk]
         if uk and all(table.column(c) for c in uk):
             update_key = tuple(uk)
+        else:
+            update_key_where = ""
         replicate_deletes = settings.get("replicate_deletes", extractor.value.delta_snapshot.replicate_deletes)
     hints = settings.get("split_hints")
     return SelectedTable(
@@ -215,6 +231,8 @@ def _selected(
         config_where=settings.get("_where", ""),
         update_key=update_key,
         replicate_deletes=replicate_deletes,
+        key_where=key_where,
+        update_key_where=update_key_where,
     )
 
 

@@ -6,6 +6,7 @@ crash at any instant leaves state and data agreeing: what is marked done is ther
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -233,3 +234,55 @@ def forget_snapshot(conn: psycopg.Connection[Any], job: str, tables: Iterable[tu
                 ),
                 (job, schema, name),
             )
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Where the next delta pass of a table starts reading; ``value`` is kind-specific (JSON)."""
+
+    kind: str  # 'xmin' | 'update-key'
+    value: dict[str, Any]
+
+
+def load_watermarks(conn: psycopg.Connection[Any], job: str) -> dict[tuple[str, str], Watermark]:
+    rows = conn.execute(
+        "SELECT schema_name, table_name, kind, watermark FROM _replicator.delta_watermarks WHERE job = %s",
+        (job,),
+    ).fetchall()
+    return {(s, n): Watermark(kind, json.loads(value) if value else {}) for s, n, kind, value in rows}
+
+
+def save_watermark(conn: psycopg.Connection[Any], job: str, schema: str, name: str, mark: Watermark) -> None:
+    """Store a table's watermark; call in the transaction that applied the rows it covers."""
+    conn.execute(
+        """INSERT INTO _replicator.delta_watermarks (job, schema_name, table_name, kind, watermark)
+           VALUES (%s, %s, %s, %s, %s)
+           ON CONFLICT (job, schema_name, table_name)
+           DO UPDATE SET kind = EXCLUDED.kind, watermark = EXCLUDED.watermark, updated_at = now()""",
+        (job, schema, name, mark.kind, json.dumps(mark.value, sort_keys=True)),
+    )
+
+
+def describe_watermark(kind: str, text: str | None) -> str:
+    """A stored watermark in a few words (``replicator status``)."""
+    value = json.loads(text) if text else {}
+    if kind == "xmin":
+        return f"rows written by transaction {value.get('xmin')} and later"
+    since = value.get("since")
+    columns = value.get("columns", [])
+    waiting = len(value.get("readings", []))
+    bounds = (
+        " or ".join(f"{c} >= {b}" if b is not None else f"{c} not null" for c, b in zip(columns, since, strict=False))
+        if since is not None
+        else "every row"
+    )
+    return bounds + (f" ({waiting} reading(s) wait for open transactions)" if waiting else "")
+
+
+def forget_watermarks(conn: psycopg.Connection[Any], job: str, tables: Iterable[tuple[str, str]]) -> None:
+    """Drop delta watermarks for these tables (``--fresh``): their next pass is a full snapshot."""
+    for schema, name in tables:
+        conn.execute(
+            "DELETE FROM _replicator.delta_watermarks WHERE job = %s AND schema_name = %s AND table_name = %s",
+            (job, schema, name),
+        )

@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 
+from replicator import state
 from replicator.config import ConfigFile, ConnectionConfig
 from replicator.connect import connect
 
@@ -71,7 +72,8 @@ def _delta(dst: psycopg.Connection[Any]) -> list[str]:
     if not rows:
         return []
     return ["delta-snapshot:"] + [
-        f"  {job}  {table:<40} {kind} watermark {mark} ({_age(age)} ago)" for job, table, kind, mark, age in rows
+        f"  {job}  {table:<40} {kind}: next pass reads {state.describe_watermark(kind, mark)} ({_age(age)} ago)"
+        for job, table, kind, mark, age in rows
     ]
 
 

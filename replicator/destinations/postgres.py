@@ -17,6 +17,7 @@ from replicator.typemap import column_sql, create_type_sql, types_in_order
 log = logging.getLogger(__name__)
 
 KEY_BUILD_MEMORY = "512MB"
+# With `deletes: soft`, a row deleted at the source stays, with this set to true.
 SOFT_DELETE_COLUMN = "__replicator_is_deleted"
 
 
@@ -202,23 +203,73 @@ def create_stage(conn: psycopg.Connection[Any], table: DestTable, columns: tuple
 
 
 def merge_stage(
-    conn: psycopg.Connection[Any], table: DestTable, stage: sql.Identifier, columns: tuple[str, ...], key: tuple[str, ...]
+    conn: psycopg.Connection[Any],
+    table: DestTable,
+    stage: sql.Identifier,
+    columns: tuple[str, ...],
+    key: tuple[str, ...],
+    undelete: bool = False,
 ) -> None:
-    """Upsert the staged rows by key: a row already present takes the staged values."""
+    """Upsert the staged rows by key: a row already present takes the staged values.
+
+    ``undelete``: also clear the soft-delete mark (a key deleted at the source came back).
+    """
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    non_key = [c for c in columns if c not in key]
-    action = (
-        sql.SQL("DO UPDATE SET {}").format(
-            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in non_key)
-        )
-        if non_key
-        else sql.SQL("DO NOTHING")
-    )
+    sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns if c not in key]
+    if undelete:
+        sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
+    action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sets)) if sets else sql.SQL("DO NOTHING")
     conn.execute(
         sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
             table.ident, cols, cols, stage, sql.SQL(", ").join(sql.Identifier(k) for k in key), action
         )
     )
+
+
+def create_key_arrays(conn: psycopg.Connection[Any], table: DestTable, key: tuple[str, ...]) -> sql.Identifier:
+    """A temporary table (dropped at commit) with one array column per key column of ``table``."""
+    packed = sql.Identifier("_replicator_key_arrays")
+    cols = sql.SQL(", ").join(
+        sql.SQL("{} {}[]").format(sql.Identifier(k), sql.SQL(table.columns[k].type_sql)) for k in key
+    )
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(packed, cols))
+    for k in key:
+        # Stored once and read once: compressing a megabyte of keys would cost more than all the rest.
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE EXTERNAL").format(packed, sql.Identifier(k))
+        )
+    return packed
+
+
+def delete_absent(
+    conn: psycopg.Connection[Any],
+    table: DestTable,
+    packed: sql.Identifier,
+    key: tuple[str, ...],
+    in_range: sql.Composable,
+    soft: bool,
+) -> int:
+    """Delete (or soft-delete) the rows of ``table`` in ``in_range`` whose key is not in ``packed``.
+
+    ``packed`` holds the keys as one row of arrays (``create_key_arrays``); ``in_range`` refers
+    to the destination table as ``d``. Returns the number of rows removed. Call in a transaction.
+    """
+    # The planner cannot see how many keys the arrays hold (it guesses 10), and then sorts
+    # them for a merge join; hashing them is what works at every size.
+    conn.execute("SET LOCAL enable_mergejoin = off")
+    conn.execute("SET LOCAL enable_nestloop = off")
+    idents = [sql.Identifier(k) for k in key]
+    keys = sql.SQL("SELECT {} FROM {} p").format(
+        sql.SQL(", ").join(sql.SQL("unnest(p.{0}) AS {0}").format(i) for i in idents), packed
+    )
+    match = sql.SQL(" AND ").join(sql.SQL("s.{0} = d.{0}").format(i) for i in idents)
+    absent = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM ({}) s WHERE {})").format(in_range, keys, match)
+    if soft:
+        flag = sql.Identifier(SOFT_DELETE_COLUMN)
+        query = sql.SQL("UPDATE {} d SET {} = true WHERE NOT d.{} AND {}").format(table.ident, flag, flag, absent)
+    else:
+        query = sql.SQL("DELETE FROM {} d WHERE {}").format(table.ident, absent)
+    return conn.execute(query).rowcount
 
 
 def _bytes(q: sql.Composable) -> bytes:

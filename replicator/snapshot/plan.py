@@ -9,6 +9,7 @@ outside the planned range (pages added since, values beyond the hints) are still
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -131,16 +132,35 @@ def _estimated_rows(conn: psycopg.Connection[Any], st: SelectedTable) -> int:
     return _size(conn, st.table.schema, st.table.name)[1]
 
 
-def chunk_select(st: SelectedTable, chunk: ChunkPlan, columns: tuple[str, ...]) -> sql.Composed:
-    """``SELECT columns FROM relation WHERE chunk range [AND filter condition]``."""
-    relation = sql.Identifier(chunk.source_schema, chunk.source_table)
-    partitioned_root = st.table.kind == "p" and (chunk.source_schema, chunk.source_table) == (
-        st.table.schema,
-        st.table.name,
-    )
+def relation_sql(st: SelectedTable, schema: str | None = None, name: str | None = None) -> sql.Composable:
+    """The relation to read ``st`` (or one of its partitions) from, as a FROM item."""
+    schema, name = schema or st.table.schema, name or st.table.name
+    relation = sql.Identifier(schema, name)
+    partitioned_root = st.table.kind == "p" and (schema, name) == (st.table.schema, st.table.name)
     # ONLY keeps inheritance children (selected as tables of their own) out; a partitioned
     # root must not have it, or it would read nothing.
-    source = relation if partitioned_root else sql.SQL("ONLY {}").format(relation)
+    return relation if partitioned_root else sql.SQL("ONLY {}").format(relation)
+
+
+def select_sql(
+    st: SelectedTable,
+    columns: Sequence[sql.Composable],
+    predicates: Sequence[sql.Composable] = (),
+    relation: sql.Composable | None = None,
+) -> sql.Composed:
+    """``SELECT columns FROM relation WHERE predicates [AND the filter's condition]``."""
+    where = list(predicates)
+    if st.condition:
+        where.append(sql.SQL("({})").format(sql.SQL(st.condition)))
+    query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), relation or relation_sql(st))
+    if where:
+        query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(where))
+    return query
+
+
+def chunk_select(st: SelectedTable, chunk: ChunkPlan, columns: tuple[str, ...]) -> sql.Composed:
+    """``SELECT columns FROM relation WHERE chunk range [AND filter condition]``."""
+    source = relation_sql(st, chunk.source_schema, chunk.source_table)
     predicates: list[sql.Composable] = []
     if chunk.kind == "ctid":
         if chunk.lower is not None:
@@ -157,12 +177,7 @@ def chunk_select(st: SelectedTable, chunk: ChunkPlan, columns: tuple[str, ...]) 
             # NULL keys belong to no range; the first chunk takes them.
             upper = sql.SQL("({} OR {} IS NULL)").format(upper, key)
         predicates.extend(p for p in (lower, upper) if p is not None)
-    if st.condition:
-        predicates.append(sql.SQL("({})").format(sql.SQL(st.condition)))
-    query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns), source)
-    if predicates:
-        query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(predicates))
-    return query
+    return select_sql(st, [sql.Identifier(c) for c in columns], predicates, source)
 
 
 def copy_out_sql(st: SelectedTable, chunk: ChunkPlan, columns: tuple[str, ...], binary: bool) -> bytes:

@@ -26,6 +26,7 @@ from psycopg import sql
 
 from replicator import state
 from replicator.catalog import Catalog, load_catalog
+from replicator.config.extractor import SnapshotConfig
 from replicator.connect import connect, is_transient, retrying
 from replicator.destinations import postgres as dest
 from replicator.errors import DestinationError, Interrupted, SourceError
@@ -75,36 +76,57 @@ class ChunkJob:
     chunk: state.ChunkPlan
 
 
+@dataclass(frozen=True)
+class SnapshotScope:
+    """Part of a larger run: copy exactly ``tables`` with ``settings``, under the caller's job lock.
+
+    delta-snapshot uses it for the first pass of its tables: it has selected them already (with
+    its own keys and split keys), holds the job lock on ``control`` (a destination connection in
+    autocommit mode) and pins the view with its own exported snapshot.
+    """
+
+    tables: list[SelectedTable]
+    settings: SnapshotConfig
+    control: psycopg.Connection[Any]
+
+
 def run_snapshot(
     job: Job,
     imported_snapshot: str | None = None,
     progress: Progress | None = None,
     only: Collection[tuple[str, str]] | None = None,
     stop: threading.Event | None = None,
+    scope: SnapshotScope | None = None,
 ) -> SnapshotSummary:
     """Copy every selected table (or the ``only`` ones among them).
 
     ``imported_snapshot`` pins the view: the `full` mode passes the one its new slot exported.
     When ``stop`` is set, workers finish their chunk and the run raises ``Interrupted``.
+    With a ``scope``, copy exactly its tables: selection, ``--fresh``, the state schema and
+    the job lock are then the caller's business.
     """
     src_cfg = job.source.value
     exporter = connect(src_cfg, "source", APP, autocommit=True)
-    control = connect(job.destination.value, "destination", APP, autocommit=True)
+    control = scope.control if scope else connect(job.destination.value, "destination", APP, autocommit=True)
     try:
         snapshot_name = _open_snapshot(exporter, imported_snapshot)
         catalog = load_catalog(exporter)
-        selected = select_tables(catalog, job.filter, job.extractor, src_cfg.database, "snapshot")
-        if only is not None:
-            selected = [s for s in selected if (s.table.schema, s.table.name) in only]
-        check_conditions(exporter, selected)
-        state.ensure_schema(control)
-        state.lock_job(control, job.job_id, "snapshot")
-        if job.fresh:
-            with control.transaction():
-                state.forget_snapshot(control, job.job_id, [(s.table.schema, s.table.name) for s in selected])
+        if scope is None:
+            selected = select_tables(catalog, job.filter, job.extractor, src_cfg.database, "snapshot")
+            if only is not None:
+                selected = [s for s in selected if (s.table.schema, s.table.name) in only]
+            check_conditions(exporter, selected)
+            state.ensure_schema(control)
+            state.lock_job(control, job.job_id, "snapshot")
+            if job.fresh:
+                with control.transaction():
+                    state.forget_snapshot(control, job.job_id, [(s.table.schema, s.table.name) for s in selected])
+        else:
+            selected = scope.tables
+        settings = scope.settings if scope else job.extractor.value.snapshot
         run_id = uuid.uuid4().hex
         summary = SnapshotSummary(tables=len(selected))
-        works = _prepare(job, exporter, control, catalog, selected, run_id, summary)
+        works = _prepare(exporter, control, catalog, selected, run_id, summary, job.job_id, settings)
         summary.keyless = [s.display for s in selected if not s.key]
         if summary.keyless:
             log.warning(
@@ -118,14 +140,15 @@ def run_snapshot(
             )
         bar = progress or make_progress("snapshot", len(works), job.progress)
         try:
-            _copy_all(job, works, snapshot_name, run_id, bar, stop or threading.Event())
+            _copy_all(job, works, snapshot_name, run_id, bar, settings.threads, stop or threading.Event())
         finally:
             if progress is None:
                 bar.close()
         summary.rows, summary.bytes, summary.seconds = bar.totals.rows, bar.totals.bytes, bar.totals.seconds
         return summary
     finally:
-        control.close()
+        if scope is None:
+            control.close()
         exporter.close()
 
 
@@ -154,17 +177,17 @@ def _session_settings(conn: psycopg.Connection[Any]) -> None:
 
 
 def _prepare(
-    job: Job,
     exporter: psycopg.Connection[Any],
     control: psycopg.Connection[Any],
     catalog: Catalog,
     selected: list[SelectedTable],
     run_id: str,
     summary: SnapshotSummary,
+    job_id: str,
+    cfg: SnapshotConfig,
 ) -> list[TableWork]:
     """Plan new tables (creating or emptying them at the destination) and pick up unfinished ones."""
-    cfg = job.extractor.value.snapshot
-    existing = state.load_snapshot_state(control, job.job_id)
+    existing = state.load_snapshot_state(control, job_id)
     todo: list[SelectedTable] = []
     plans: dict[tuple[str, str], list[state.ChunkPlan]] = {}
     for st in selected:
@@ -191,8 +214,8 @@ def _prepare(
                     if has_rows and has_rows[0]:
                         log.warning("%s exists at the destination with rows; emptying it for the snapshot", st.display)
                     dest.truncate(control, found)
-                state.record_table_plan(control, job.job_id, *key, found is None, st.key, plans[key])
-            existing.update(state.load_snapshot_state(control, job.job_id, only=key))
+                state.record_table_plan(control, job_id, *key, found is None, st.key, plans[key])
+            existing.update(state.load_snapshot_state(control, job_id, only=key))
         ts = existing[key]
         found = dest.describe_table(control, *key)
         if found is None:
@@ -209,14 +232,20 @@ def _prepare(
             log.info("%s: resuming under a new snapshot; building its key first so the rest merges by key", st.display)
             with control.transaction():
                 dest.build_key(control, st)
-                state.mark_key_built(control, job.job_id, *key)
-            ts = state.load_snapshot_state(control, job.job_id, only=key)[key]
+                state.mark_key_built(control, job_id, *key)
+            ts = state.load_snapshot_state(control, job_id, only=key)[key]
         works.append(TableWork(st, ts, found, columns, binary, merge, remaining=len(ts.pending)))
     return works
 
 
 def _copy_all(
-    job: Job, works: list[TableWork], snapshot_name: str, run_id: str, bar: Progress, stop: threading.Event
+    job: Job,
+    works: list[TableWork],
+    snapshot_name: str,
+    run_id: str,
+    bar: Progress,
+    threads: int,
+    stop: threading.Event,
 ) -> None:
     jobs: queue.Queue[ChunkJob | TableWork] = queue.Queue()
     # Tables whose chunks are all done but which were not finalized (crash at that moment).
@@ -228,7 +257,7 @@ def _copy_all(
     for w in sorted(works, key=lambda w: -w.st.table.estimated_rows):
         for c in w.table.pending:
             jobs.put(ChunkJob(w, c))
-    threads = max(1, min(job.extractor.value.snapshot.threads, jobs.qsize(), _connection_budget(job)))
+    threads = max(1, min(threads, jobs.qsize(), _connection_budget(job, threads)))
     errors: list[BaseException] = []
     workers = [
         _Worker(job, snapshot_name, run_id, jobs, stop, errors, bar, name=f"snapshot-{i}") for i in range(threads)
@@ -252,10 +281,10 @@ def _copy_all(
         raise Interrupted("snapshot interrupted; every finished chunk is kept: run the same command again to resume")
 
 
-def _connection_budget(job: Job) -> int:
+def _connection_budget(job: Job, threads: int) -> int:
     """Workers that fit in ``max-connections`` of both sides (each side also holds two of its own)."""
     budget = min(job.source.value.max_connections, job.destination.value.max_connections) - 2
-    if budget < job.extractor.value.snapshot.threads:
+    if budget < threads:
         log.info("using %d worker(s): max-connections leaves room for no more", max(budget, 1))
     return max(budget, 1)
 

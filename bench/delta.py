@@ -1,0 +1,184 @@
+"""Delta-snapshot benchmark: one delta pass vs a full snapshot of the same table, in the same run.
+
+    python bench/delta.py [--rows 1000000] [--changed 0.01] [--repeats 3]
+
+Builds t(id bigint primary key, a text, b numeric, c timestamptz, d jsonb) with an index on c,
+in one database of a throwaway local cluster, and brings three destination databases up to
+date with `replicator run delta-snapshot --once` (their first pass is a snapshot, not timed):
+  xmin:             changes found by xmin (a full scan of t), deletes by key ranges;
+  update-key:       changes found by `update-key: c` (an index range scan), deletes by key ranges;
+  xmin, no deletes: xmin with `replicate-deletes: false` (no key comparison).
+Then, per round: change a fraction of the rows (80% updated, 10% deleted, 10% inserted, c set
+to now()), time one `--once` pass of each (a new process, end to end), and time the reference:
+`replicator run snapshot` of the same table into a fresh database (a new process, end to end,
+key built). Prints the medians, the ratio snapshot / delta pass (above 1: the pass is faster)
+both of the medians and as the median of each round's ratio, and the machine's load average,
+since the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from replicator.localpg import LocalCluster, start_cluster  # noqa: E402
+
+TABLE_DDL = "CREATE TABLE t (id bigint PRIMARY KEY, a text, b numeric, c timestamptz NOT NULL, d jsonb)"
+VARIANTS = {
+    "xmin": "delta-snapshot:\n  threads: 2\n",
+    "update-key": "delta-snapshot:\n  threads: 2\n  update-key: c\n",
+    "xmin, no deletes": "delta-snapshot:\n  threads: 2\n  replicate-deletes: false\n",
+}
+
+
+def build_source(cluster: LocalCluster, rows: int) -> None:
+    cluster.create_database("bench_src")
+    with psycopg.connect(cluster.conninfo("bench_src"), autocommit=True) as conn:
+        conn.execute(TABLE_DDL)
+        conn.execute(
+            """INSERT INTO t SELECT g, md5(g::text), g * 1.5, '2025-01-01'::timestamptz + g * interval '1 second',
+                      jsonb_build_object('k', g, 'v', md5(g::text))
+               FROM generate_series(1, %s) g""",
+            (rows,),
+        )
+        conn.execute("CREATE INDEX t_c ON t (c)")
+        conn.execute("VACUUM ANALYZE t")
+
+
+def change(cluster: LocalCluster, rows: int, fraction: float, round_no: int) -> int:
+    """Change ``fraction`` of the rows: 80% updates, 10% deletes, 10% inserts. Returns rows changed."""
+    n = int(rows * fraction)
+    updates, deletes, inserts = n * 8 // 10, n // 10, n - n * 8 // 10 - n // 10
+    with psycopg.connect(cluster.conninfo("bench_src"), autocommit=True) as conn:
+        conn.execute("SELECT setseed(%s)", (round_no / 100,))
+        conn.execute(
+            """UPDATE t SET a = md5(random()::text), c = now()
+               WHERE id IN (SELECT 1 + floor(random() * %s)::bigint FROM generate_series(1, %s))""",
+            (rows, updates),
+        )
+        conn.execute(
+            "DELETE FROM t WHERE id IN (SELECT 1 + floor(random() * %s)::bigint FROM generate_series(1, %s))",
+            (rows, deletes),
+        )
+        start = rows * (round_no + 1) * 10
+        conn.execute(
+            """INSERT INTO t SELECT g, md5(g::text), g, now(), '{}' FROM generate_series(%s, %s) g""",
+            (start, start + inserts - 1),
+        )
+    return n
+
+
+def fresh_database(cluster: LocalCluster, name: str) -> None:
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+
+
+def replicator(mode: str, workdir: Path, dest: str, extractor: Path, *extra: str) -> float:
+    args = [
+        sys.executable,
+        "-m",
+        "replicator",
+        "run",
+        mode,
+        "--no-progress",
+        "--source",
+        str(workdir / "source.yaml"),
+        "--destination",
+        str(workdir / f"{dest}.yaml"),
+        "--extractor",
+        str(extractor),
+        *extra,
+    ]
+    start = time.perf_counter()
+    subprocess.run(args, check=True, cwd=REPO, capture_output=True)
+    return time.perf_counter() - start
+
+
+def fingerprint(cluster: LocalCluster, db: str) -> tuple[int, int]:
+    with psycopg.connect(cluster.conninfo(db)) as conn:
+        row = conn.execute("SELECT count(*), sum(hashtext(t::text)) FROM t").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--changed", type=float, default=0.01, help="fraction of rows changed per round")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
+    workdir.chmod(0o755)
+    cluster = start_cluster(workdir / "cluster")
+    try:
+        print(
+            f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)"
+        )
+        print(f"building {args.rows:,} rows ...", flush=True)
+        build_source(cluster, args.rows)
+        dests = {name: f"bench_delta_{i}" for i, name in enumerate(VARIANTS)}
+        (workdir / "source.yaml").write_text(yaml.safe_dump(cluster.connection_config("bench_src")))
+        for db in [*dests.values(), "bench_snap"]:
+            (workdir / f"{db}.yaml").write_text(yaml.safe_dump(cluster.connection_config(db)))
+        extractors = {}
+        for i, (name, text) in enumerate(VARIANTS.items()):
+            extractors[name] = workdir / f"extractor_{i}.yaml"
+            extractors[name].write_text(text)
+            fresh_database(cluster, dests[name])
+            first = replicator("delta-snapshot", workdir, dests[name], extractors[name], "--once")
+            print(f"  first pass ({name}): a snapshot, {first:.2f} s", flush=True)
+        snap_extractor = workdir / "snapshot.yaml"
+        snap_extractor.write_text("snapshot:\n  threads: 2\n")
+        snapshots: list[float] = []
+        passes: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        for r in range(args.repeats):
+            n = change(cluster, args.rows, args.changed, r)
+            fresh_database(cluster, "bench_snap")
+            snapshots.append(replicator("snapshot", workdir, "bench_snap", snap_extractor))
+            line = [f"  round {r + 1} ({n:,} rows changed): snapshot {snapshots[-1]:.2f} s"]
+            for name in VARIANTS:
+                passes[name].append(
+                    replicator("delta-snapshot", workdir, dests[name], extractors[name], "--once")
+                )
+                line.append(f"{name} {passes[name][-1]:.2f} s")
+            print(", ".join(line), flush=True)
+        expected = fingerprint(cluster, "bench_src")
+        assert fingerprint(cluster, "bench_snap") == expected
+        for name in ("xmin", "update-key"):
+            assert fingerprint(cluster, dests[name]) == expected, name
+        snap = statistics.median(snapshots)
+        print(f"full snapshot (replicator run snapshot, end to end, PK built): {snap:.2f} s")
+        for name, times in passes.items():
+            t = statistics.median(times)
+            # Each round's snapshot and passes run back to back: their ratio is steadier than
+            # the ratio of medians when other work on the machine comes and goes.
+            paired = statistics.median(s / p for s, p in zip(snapshots, times, strict=True))
+            print(
+                f"delta pass, {name:<17} ({args.changed:.0%} of {args.rows:,} rows changed): {t:.2f} s  "
+                f"ratio snapshot/pass: {snap / t:.1f}x (median of per-round ratios {paired:.1f}x)"
+            )
+        print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return 0
+    finally:
+        cluster.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""replicate-deletes: remove from the destination the keys that are gone from the source.
+
+Changed-row scans cannot see a deleted row, so deletes are found by comparing key sets, in
+ordered key ranges of ``chunk_rows`` keys (``min-job-size-rows``), so that neither side ever
+holds more than one range at a time; the pass's workers compare ranges in parallel:
+
+1. The source finds the range's last key (the ``chunk_rows``-th after the previous range, an
+   index scan for a primary key), then its key count and a digest (sum of a 64-bit hash of
+   each key's text). Without a ``chunk_rows``-th key the range is the last and open-ended, so
+   keys past the source's last one are checked too.
+2. The destination computes the same count and digest for that range. Equal: nothing to
+   delete. (This runs after the pass has upserted its changes from the same snapshot, so the
+   destination holds every source key and can only have more; the digest guards the rest.)
+3. Otherwise the source's keys of the range are relayed as ``COPY`` (never decoded; one row
+   of arrays per range) into a temporary table at the destination, and the destination rows
+   of the range whose key is not there are deleted, or marked deleted with ``deletes: soft``.
+   Deletes rarely come alone, so right after a range that had some, the next one skips
+   steps 1's digest and 2 and goes straight to this. Each range commits on its own:
+   deleting is idempotent and every pass compares afresh, so a kill midway loses nothing.
+
+Both sides must order keys the same way. Integer, numeric, uuid and date/time keys do; text
+depends on the collation, which may differ between the servers, so collatable key columns
+are compared under ``COLLATE "C"`` (byte order) on both sides: right everywhere, at the cost
+of a sort instead of an index walk at the source. The digests compare text forms, so both
+connections use the same output settings (``SESSION_SETTINGS``); if the forms differ anyway
+(say, a destination table created by hand with other types), the digests differ and step 3,
+which compares typed values, decides.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.catalog import Column
+from replicator.delta.tables import DeltaTable
+from replicator.destinations import postgres as dest
+from replicator.relay import relay_copy
+from replicator.snapshot.plan import select_sql
+from replicator.typemap import is_user_oid
+
+# Identical text forms of key values on both servers (for the digests).
+SESSION_SETTINGS = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, MDY",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "1",
+    "bytea_output": "hex",
+}
+
+Digest = tuple[int, Decimal]
+
+
+@dataclass(frozen=True)
+class KeyOrder:
+    """How both sides order and compare one table's key."""
+
+    columns: tuple[Column, ...]
+    bytewise: frozenset[str]  # collatable columns, compared under COLLATE "C"
+
+    def _expr(self, col: Column, alias: str | None) -> sql.Composable:
+        ident = sql.Identifier(alias, col.name) if alias else sql.Identifier(col.name)
+        return sql.SQL('{} COLLATE "C"').format(ident) if col.name in self.bytewise else ident
+
+    def _row(self, alias: str | None) -> sql.Composable:
+        exprs = [self._expr(c, alias) for c in self.columns]
+        return exprs[0] if len(exprs) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(exprs))
+
+    def _values(self, values: tuple[str, ...]) -> sql.Composable:
+        lits = [
+            sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(c.type_sql))
+            for c, v in zip(self.columns, values, strict=True)
+        ]
+        return lits[0] if len(lits) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(lits))
+
+    def order_by(self, descending: bool = False) -> sql.Composable:
+        direction = sql.SQL(" DESC" if descending else "")
+        return sql.SQL(", ").join(
+            sql.SQL("{}{}").format(self._expr(c, None), direction) for c in self.columns
+        )
+
+    def after(self, lower: tuple[str, ...] | None, alias: str | None = None) -> list[sql.Composable]:
+        if lower is None:
+            return []
+        return [sql.SQL("{} > {}").format(self._row(alias), self._values(lower))]
+
+    def between(
+        self, lower: tuple[str, ...] | None, upper: tuple[str, ...] | None, alias: str | None = None
+    ) -> list[sql.Composable]:
+        """Keys in ``(lower, upper]``; a missing bound is open."""
+        preds = self.after(lower, alias)
+        if upper is not None:
+            preds.append(sql.SQL("{} <= {}").format(self._row(alias), self._values(upper)))
+        return preds
+
+    def digest_sql(self, alias: str | None = None) -> sql.Composable:
+        idents = [sql.Identifier(alias, c.name) if alias else sql.Identifier(c.name) for c in self.columns]
+        return sql.SQL("hashtextextended(ROW({})::text, 0)").format(sql.SQL(", ").join(idents))
+
+
+@dataclass
+class TableDeletes:
+    """One table's key comparison in a pass: shared by the workers that take its ranges."""
+
+    table: DeltaTable
+    target: dest.DestTable
+    order: KeyOrder
+    binary: bool
+    soft: bool
+    removed: int = 0
+    # Deletes are seldom alone: right after a range that had some, digests are wasted work.
+    recent_deletes: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """Keys in ``(lower, upper]`` of one table; a missing bound is open."""
+
+    deletes: TableDeletes
+    lower: tuple[str, ...] | None
+    upper: tuple[str, ...] | None
+
+
+def key_order(src: psycopg.Connection[Any], t: DeltaTable) -> KeyOrder:
+    rows = src.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attcollation <> 0 AND attname = ANY(%s)",
+        (t.st.table.oid, list(t.st.key)),
+    ).fetchall()
+    return KeyOrder(t.key_columns, frozenset(r[0] for r in rows))
+
+
+def key_ranges(src: psycopg.Connection[Any], work: TableDeletes, chunk_rows: int) -> list[KeyRange]:
+    """Cut the table's keys (``src`` reads in the pass's snapshot) into ranges of ``chunk_rows`` keys.
+
+    Only the boundaries are read here (one index probe each); the ranges are then compared in
+    parallel by ``compare_range``.
+    """
+    ranges = []
+    lower: tuple[str, ...] | None = None
+    while True:
+        upper = _range_end(src, work.table, work.order, lower, chunk_rows)
+        ranges.append(KeyRange(work, lower, upper))
+        if upper is None:
+            return ranges
+        lower = upper
+
+
+def compare_range(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], r: KeyRange) -> None:
+    """Delete (or soft-delete) the destination rows of ``r`` whose key the source no longer has."""
+    w = r.deletes
+    if w.recent_deletes or _source_digest(src, w.table, w.order, r.lower, r.upper) != _destination_digest(
+        dst, w.target, w.order, r.lower, r.upper, w.soft
+    ):
+        found = _remove_absent(src, dst, w.table, w.target, w.order, r.lower, r.upper, w.binary, w.soft)
+        with w.lock:
+            w.removed += found
+            w.recent_deletes = found > 0
+    else:
+        w.recent_deletes = False
+
+
+def _range_end(
+    src: psycopg.Connection[Any],
+    t: DeltaTable,
+    order: KeyOrder,
+    lower: tuple[str, ...] | None,
+    chunk_rows: int,
+) -> tuple[str, ...] | None:
+    """The range after ``lower`` ends at the ``chunk_rows``-th key; None: it is the last, open-ended."""
+    keys = [sql.Identifier(c.name) for c in order.columns]
+    # Aliased: in "SELECT k::text ... ORDER BY k", k would mean the text output column.
+    texts = [
+        sql.SQL("{}::text AS {}").format(k, sql.Identifier(f"_replicator_k{i}")) for i, k in enumerate(keys)
+    ]
+    query = sql.SQL("{} ORDER BY {} LIMIT 1 OFFSET {}").format(
+        select_sql(t.st, texts, order.after(lower)), order.order_by(), sql.Literal(chunk_rows - 1)
+    )
+    row = src.execute(query).fetchone()
+    return tuple(row) if row is not None else None
+
+
+def _source_digest(
+    src: psycopg.Connection[Any],
+    t: DeltaTable,
+    order: KeyOrder,
+    lower: tuple[str, ...] | None,
+    upper: tuple[str, ...] | None,
+) -> Digest:
+    digest = sql.SQL("count(*), coalesce(sum({}), 0)").format(order.digest_sql())
+    found = src.execute(select_sql(t.st, [digest], order.between(lower, upper))).fetchone()
+    assert found is not None
+    return int(found[0]), Decimal(found[1])
+
+
+def _destination_digest(
+    dst: psycopg.Connection[Any],
+    target: dest.DestTable,
+    order: KeyOrder,
+    lower: tuple[str, ...] | None,
+    upper: tuple[str, ...] | None,
+    soft: bool,
+) -> Digest:
+    preds = order.between(lower, upper, "d")
+    if soft:
+        preds.append(sql.SQL("NOT d.{}").format(sql.Identifier(dest.SOFT_DELETE_COLUMN)))
+    query = sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM {} d{}").format(
+        order.digest_sql("d"),
+        target.ident,
+        sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(preds)) if preds else sql.SQL(""),
+    )
+    row = dst.execute(query).fetchone()
+    assert row is not None
+    return int(row[0]), Decimal(row[1])
+
+
+def _remove_absent(
+    src: psycopg.Connection[Any],
+    dst: psycopg.Connection[Any],
+    t: DeltaTable,
+    target: dest.DestTable,
+    order: KeyOrder,
+    lower: tuple[str, ...] | None,
+    upper: tuple[str, ...] | None,
+    binary: bool,
+    soft: bool,
+) -> int:
+    key = t.st.key
+    # The range's keys travel as one row of arrays: relaying row by row would cost a trip
+    # through Python per key. Binary arrays carry their element type's OID, equal on both
+    # servers only for built-in types.
+    binary = binary and not any(is_user_oid(c.type_oid) for c in order.columns)
+    arrays = [sql.SQL("array_agg({})").format(sql.Identifier(k)) for k in key]
+    copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(
+        select_sql(t.st, arrays, order.between(lower, upper)), sql.SQL("binary" if binary else "text")
+    )
+    in_range = order.between(lower, upper, "d") or [sql.SQL("true")]
+    with dst.transaction():
+        packed = dest.create_key_arrays(dst, target, key)
+        relay_copy(src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(packed, key, binary))
+        return dest.delete_absent(dst, target, packed, key, sql.SQL(" AND ").join(in_range), soft)

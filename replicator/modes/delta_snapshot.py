@@ -1,0 +1,35 @@
+"""``replicator run delta-snapshot``: replication without replication slots, by scanning for changes.
+
+The first pass of a table is a full snapshot; later passes move only the rows changed since
+(by ``update-key`` or by ``xmin``) and, with ``replicate-deletes``, remove deleted ones.
+Passes repeat every ``interval-s`` until SIGTERM/SIGINT; ``--once`` runs one pass.
+"""
+
+from __future__ import annotations
+
+from replicator.delta.loop import run_passes
+from replicator.delta.passes import PassSummary
+from replicator.job import Job
+
+
+def run(job: Job) -> int:
+    return run_passes(job, lambda summary: print(format_summary(summary), flush=True))
+
+
+def format_summary(s: PassSummary) -> str:
+    snapshotted = [r for r in s.results if r.snapshotted]
+    head = f"delta-snapshot pass {s.number} complete in {s.seconds:.1f} s: {len(s.results)} table(s)"
+    if snapshotted:
+        head += f", {len(snapshotted)} snapshotted ({s.snapshot_rows:,} rows)"
+    head += f"; {s.upserted:,} row(s) upserted, {s.deleted:,} deleted"
+    lines = [head]
+    for r in s.results:
+        parts = []
+        if r.snapshotted:
+            parts.append("snapshot")
+        if not (r.snapshotted and not r.upserted and not r.deleted):
+            parts.append(
+                f"{r.upserted:,} upserted{' (read every row)' if r.full_read else ''}, {r.deleted:,} deleted"
+            )
+        lines.append(f"  {r.table} ({r.kind}): {'; '.join(parts)}")
+    return "\n".join(lines)
