@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 # The venv's tools (aws, used by tests that run the check's printed fixes) come first on PATH.
 export PATH="$PWD/.venv/bin:$PATH"
-exec .venv/bin/python -m pytest "$@"
+# One worker per core; a test file stays on one worker (its module fixtures, e.g. the SSL server, too).
+exec .venv/bin/python -m pytest -n auto --dist loadfile "$@"
