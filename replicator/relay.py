@@ -129,7 +129,7 @@ def _put(dp: pq.abc.PGconn, data: bytes, conn: Any) -> None:
         while (rv := dp.put_copy_data(data)) == 0:
             select.select([], [dp.socket], [])
         if rv < 0:
-            raise psycopg.OperationalError(dp.get_error_message().decode(errors="replace"))
+            raise psycopg.OperationalError(dp.get_error_message())
         _flush(dp)
     except psycopg.OperationalError as e:
         raise RelayError("destination", e) from None
@@ -157,7 +157,7 @@ def _finish_copy_in(dp: pq.abc.PGconn, conn: Any) -> None:
         while (rv := dp.put_copy_end(None)) == 0:
             select.select([], [dp.socket], [])
         if rv < 0:
-            raise psycopg.OperationalError(dp.get_error_message().decode(errors="replace"))
+            raise psycopg.OperationalError(dp.get_error_message())
         _flush(dp)
     except psycopg.OperationalError as e:
         raise RelayError("destination", e) from None
@@ -204,5 +204,5 @@ def _abandon_copy_out(conn: Any) -> None:
 def _error(res: pq.abc.PGresult | None, conn: Any) -> psycopg.Error:
     """The server's error as the matching psycopg exception (so SQLSTATE classes work)."""
     if res is None:
-        return psycopg.OperationalError(conn.pgconn.get_error_message().decode(errors="replace").strip())
+        return psycopg.OperationalError(conn.pgconn.get_error_message().strip())
     return psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
