@@ -98,6 +98,7 @@ typedef struct {
     PGconn *src, *dst;
     PyThreadState *saved; /* this thread's state while the GIL is released */
     PyObject *on_progress;
+    int check_signals; /* in the main thread: run Python's signal handlers (Ctrl-C) now and then */
     long long every, rows, total, reported_rows, reported_bytes, pending_rows;
 } Pump;
 
@@ -170,11 +171,20 @@ put_dest(Pump *p, const char *data, int len)
     return flush_dest(p);
 }
 
-/* After each send: progress every `every` rows, with the GIL taken just for the call. */
+/* After each send: progress every `every` rows, with the GIL taken just for the call. In the
+ * main thread, a signal that arrived while we were not waiting in poll() is acted on here (the
+ * Python loop would have run its handler at once; only the main thread runs handlers). */
 static int
 sent(Pump *p, long long nbytes)
 {
     p->total += nbytes;
+    if (p->check_signals) {
+        PyEval_RestoreThread(p->saved);
+        int failed = PyErr_CheckSignals();
+        p->saved = PyEval_SaveThread();
+        if (failed)
+            return PYTHON_ERROR;
+    }
     if (p->on_progress == Py_None || p->pending_rows < p->every)
         return 0;
     long long rows = p->pending_rows, bytes = p->total - p->reported_bytes;
@@ -256,7 +266,8 @@ relay_pump(PyObject *self, PyObject *args)
     PyObject *on_progress;
     long long every;
     Py_ssize_t cap;
-    if (!PyArg_ParseTuple(args, "KKOLn:pump", &src, &dst, &on_progress, &every, &cap))
+    int check_signals;
+    if (!PyArg_ParseTuple(args, "KKOLnp:pump", &src, &dst, &on_progress, &every, &cap, &check_signals))
         return NULL;
     if (!bound) {
         PyErr_SetString(PyExc_RuntimeError, "bind() has not found libpq");
@@ -281,6 +292,7 @@ relay_pump(PyObject *self, PyObject *args)
         .src = (PGconn *)(uintptr_t)src,
         .dst = (PGconn *)(uintptr_t)dst,
         .on_progress = on_progress,
+        .check_signals = check_signals,
         .every = every > 0 ? every : 1,
     };
     Py_INCREF(on_progress);
@@ -299,7 +311,7 @@ static PyMethodDef relay_methods[] = {
      "bind(path, expected_version) -> (PQlibVersion(), library file): use the libpq found through\n"
      "an already loaded object, if its version is the expected one; else OSError (nothing changes)."},
     {"pump", relay_pump, METH_VARARGS,
-     "pump(src_ptr, dst_ptr, on_progress, progress_every_rows, buffer_bytes)\n"
+     "pump(src_ptr, dst_ptr, on_progress, progress_every_rows, buffer_bytes, check_signals)\n"
      "-> (outcome, rows, bytes, reported_rows, reported_bytes): move rows until the COPY TO ends."},
     {NULL, NULL, 0, NULL},
 };

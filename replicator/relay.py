@@ -14,6 +14,7 @@ Both connections must stay open, and be used by no other thread, while a relay r
 from __future__ import annotations
 
 import select
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -103,8 +104,9 @@ def _pump_native(
     src_ptr, dst_ptr = sp.pgconn_ptr, dp.pgconn_ptr
     if src_ptr is None or dst_ptr is None:
         raise psycopg.OperationalError("the connection is closed")
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where Ctrl-C is handled
     outcome, _, total, reported_rows, reported_bytes = native.pump(
-        src_ptr, dst_ptr, on_progress, PROGRESS_EVERY_ROWS, BUFFER_BYTES
+        src_ptr, dst_ptr, on_progress, PROGRESS_EVERY_ROWS, BUFFER_BYTES, in_main_thread
     )
     if outcome == relay_native.SOURCE_RECEIVE:
         raise psycopg.OperationalError(f"receiving copy data failed: {sp.get_error_message()}")

@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 PURE_PYTHON_ENV = "REPLICATOR_PURE_PYTHON_RELAY"
 
-# pump(src_ptr, dst_ptr, on_progress, progress_every_rows, buffer_bytes)
+# pump(src_ptr, dst_ptr, on_progress, progress_every_rows, buffer_bytes, check_signals)
 #   -> (outcome, rows, bytes, reported_rows, reported_bytes)
-Pump = Callable[[int, int, Callable[[int, int], None] | None, int, int], tuple[int, int, int, int, int]]
+Pump = Callable[[int, int, Callable[[int, int], None] | None, int, int, bool], tuple[int, int, int, int, int]]
 
 # Outcomes of pump(), as in _relay.c.
 DONE = 0

@@ -6,7 +6,9 @@ of the C loop cannot pass by silently falling back to Python.
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -179,7 +181,7 @@ def test_cancel_from_another_thread(
     loop: str, dest_db: Database, conns: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(relay, "PROGRESS_EVERY_ROWS", 1000)
-    dest_db.execute("CREATE TABLE t (g bigint)")
+    dest_db.execute("CREATE TABLE t (g int)")
     src, dst = conns
     progress = Progress()
     outcome: list[BaseException] = []
@@ -205,6 +207,48 @@ def test_cancel_from_another_thread(
     assert len(outcome) == 1 and isinstance(outcome[0], RelayError), outcome
     assert outcome[0].side == "source"
     assert isinstance(outcome[0].error, errors.QueryCanceled)
+    assert dest_db.fetchone("SELECT count(*) FROM t") == 0
+    assert_usable(src, dst)
+
+
+def test_ctrl_c_in_the_main_thread(
+    loop: str, dest_db: Database, conns: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C stops a relay running in the main thread (where Python runs signal handlers).
+
+    No progress callback: in the C loop that would be a moment with the GIL where Python could
+    notice the signal; without one the loop itself must.
+    """
+    dest_db.execute("CREATE TABLE t (g int)")
+    src, dst = conns
+    copying = threading.Event()
+    done = threading.Event()
+
+    def interrupt() -> None:
+        with dest_db.connect() as watcher:
+            while not done.is_set():
+                row = watcher.execute(
+                    "SELECT tuples_processed FROM pg_stat_progress_copy WHERE pid = %s", (dst.info.backend_pid,)
+                ).fetchone()
+                if row and row[0] > 10_000:
+                    copying.set()
+                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                    return
+                time.sleep(0.05)
+
+    interrupter = threading.Thread(target=interrupt)
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with dst.transaction():
+                relay_copy(
+                    src, b"COPY (SELECT generate_series(1, 2000000000)) TO STDOUT (FORMAT binary)",
+                    dst, b"COPY t FROM STDIN (FORMAT binary)",
+                )
+    finally:
+        done.set()
+        interrupter.join()
+    assert copying.is_set()
     assert dest_db.fetchone("SELECT count(*) FROM t") == 0
     assert_usable(src, dst)
 
