@@ -31,8 +31,10 @@ from snapshot import build_source, time_ours, time_reference  # noqa: E402
 
 from replicator.localpg import LocalCluster, start_cluster  # noqa: E402
 
-STATS = re.compile(
-    r"LOG:  QUERY STATISTICS\n.*?!\t([\d.]+) s user, ([\d.]+) s system, [\d.]+ s elapsed.*?STATEMENT:  (.*?)\n", re.S
+STATS = re.compile(  # one statement's statistics block: user s, system s, the statement
+    r"LOG:  QUERY STATISTICS\n.*?!\t([\d.]+) s user, ([\d.]+) s system, [\d.]+ s elapsed"
+    r".*?STATEMENT:  (.*?)\n",
+    re.S,
 )
 SETUP = re.compile(r"^(DROP DATABASE|CREATE DATABASE|CHECKPOINT)", re.I)  # the benchmark's own, untimed
 COLUMNS = ("wall", "client", "source COPY", "dest COPY", "key build", "other SQL", "total CPU")
@@ -69,7 +71,9 @@ def measure(cluster: LocalCluster, run: Callable[[], float]) -> dict[str, float]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -101,7 +105,8 @@ def main() -> int:
             print(f"  round {i + 1} done (load average {os.getloadavg()[0]:.2f})", flush=True)
         print(f"{'seconds (median)':18s}" + "".join(f"{c:>12s}" for c in COLUMNS))
         for name, results in runs.items():
-            print(f"{name:18s}" + "".join(f"{statistics.median(r[c] for r in results):12.2f}" for c in COLUMNS))
+            medians = [statistics.median(r[c] for r in results) for c in COLUMNS]
+            print(f"{name:18s}" + "".join(f"{m:12.2f}" for m in medians))
         return 0
     finally:
         cluster.destroy()
