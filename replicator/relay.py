@@ -1,19 +1,29 @@
 """Stream ``COPY ... TO STDOUT`` from one server into ``COPY ... FROM STDIN`` on another.
 
 Rows are never decoded: libpq hands us each row's bytes, we batch them into large buffers and
-pass them on. We work at psycopg's ``pq`` (libpq) layer because it lets us wait on the sockets
-with ``select`` ourselves, which releases the GIL, so several relays run truly in parallel.
+pass them on. We work at psycopg's ``pq`` (libpq) layer. libpq returns one message per row, so
+the per-row loop runs in C without the GIL (``replicator._relay``, see ``relay_native``) when it
+is built; otherwise a Python loop does the same, waiting on the sockets with ``select`` (which
+releases the GIL) so several relays still overlap. Starting, finishing and aborting both COPYs
+is here, shared by the two loops.
+
+Both connections must stay open, and be used by no other thread, while a relay runs on them
+(cancelling the source from another thread is fine: that is what libpq's cancel is for).
 """
 
 from __future__ import annotations
 
 import select
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import pq
+
+from replicator import relay_native
+from replicator.relay_native import NativeRelay, native_relay
 
 BUFFER_BYTES = 256 * 1024
 PROGRESS_EVERY_ROWS = 20_000
@@ -53,38 +63,12 @@ def relay_copy(
     except BaseException:
         _abandon_copy_out(src)
         raise
-    rows = total = exact_rows = 0  # rows: already reported to on_progress
-    pending_rows = pending_bytes = 0
-    parts: list[memoryview] = []
-    size = 0
-    get = sp.get_copy_data
-    sock = sp.socket
     try:
-        while True:
-            n, data = get(1)
-            if n > 0:
-                parts.append(data)
-                size += n
-                pending_rows += 1
-                if size >= BUFFER_BYTES:
-                    _put(dp, b"".join(parts), dst)
-                    total += size
-                    pending_bytes += size
-                    parts.clear()
-                    size = 0
-                    if on_progress and pending_rows >= PROGRESS_EVERY_ROWS:
-                        on_progress(pending_rows, pending_bytes)
-                        rows += pending_rows
-                        pending_rows = pending_bytes = 0
-            elif n == 0:
-                select.select([sock], [], [])
-                sp.consume_input()
-            else:
-                break
-        if parts:
-            _put(dp, b"".join(parts), dst)
-            total += size
-            pending_bytes += size
+        native = native_relay()
+        if native is not None:
+            moved = _pump_native(native, sp, dp, on_progress)
+        else:
+            moved = _pump_python(sp, dp, dst, on_progress)
         exact_rows = _finish_copy_out(sp, src)
     except RelayError as e:
         if e.side == "source":
@@ -100,8 +84,79 @@ def relay_copy(
     # Progress counted CopyData messages; binary COPY adds a trailer message, so settle on the
     # server's own row count.
     if on_progress:
-        on_progress(exact_rows - rows, pending_bytes)
-    return RelayResult(rows=exact_rows, bytes=total)
+        on_progress(exact_rows - moved.reported_rows, moved.bytes - moved.reported_bytes)
+    return RelayResult(rows=exact_rows, bytes=moved.bytes)
+
+
+@dataclass(frozen=True)
+class _Moved:
+    """What a pump moved: all bytes, and the part already reported to ``on_progress``."""
+
+    bytes: int
+    reported_rows: int
+    reported_bytes: int
+
+
+def _pump_native(
+    native: NativeRelay, sp: pq.abc.PGconn, dp: pq.abc.PGconn, on_progress: Callable[[int, int], None] | None
+) -> _Moved:
+    """The loop in C, without the GIL; failures raise what ``_pump_python`` raises for them."""
+    src_ptr, dst_ptr = sp.pgconn_ptr, dp.pgconn_ptr
+    if src_ptr is None or dst_ptr is None:
+        raise psycopg.OperationalError("the connection is closed")
+    in_main_thread = threading.current_thread() is threading.main_thread()  # where Ctrl-C is handled
+    outcome, _, total, reported_rows, reported_bytes = native.pump(
+        src_ptr, dst_ptr, on_progress, PROGRESS_EVERY_ROWS, BUFFER_BYTES, in_main_thread
+    )
+    if outcome == relay_native.SOURCE_RECEIVE:
+        raise psycopg.OperationalError(f"receiving copy data failed: {sp.get_error_message()}")
+    if outcome == relay_native.SOURCE_CONSUME:
+        raise psycopg.OperationalError(f"consuming input failed: {sp.get_error_message()}")
+    if outcome == relay_native.DEST_SEND:
+        message = f"sending copy data failed: {dp.get_error_message()}"
+        raise RelayError("destination", psycopg.OperationalError(message))
+    if outcome in (relay_native.DEST_FLUSH, relay_native.DEST_CONSUME):
+        what = "flushing" if outcome == relay_native.DEST_FLUSH else "consuming input"
+        raise RelayError("destination", psycopg.OperationalError(f"{what} failed: {dp.get_error_message()}"))
+    return _Moved(total, reported_rows, reported_bytes)
+
+
+def _pump_python(
+    sp: pq.abc.PGconn, dp: pq.abc.PGconn, dst: Any, on_progress: Callable[[int, int], None] | None
+) -> _Moved:
+    """Read rows until the COPY TO ends, passing them on in large buffers."""
+    rows = total = 0  # rows: already reported to on_progress
+    pending_rows = pending_bytes = 0
+    parts: list[memoryview] = []
+    size = 0
+    get = sp.get_copy_data
+    sock = sp.socket
+    while True:
+        n, data = get(1)
+        if n > 0:
+            parts.append(data)
+            size += n
+            pending_rows += 1
+            if size >= BUFFER_BYTES:
+                _put(dp, b"".join(parts), dst)
+                total += size
+                pending_bytes += size
+                parts.clear()
+                size = 0
+                if on_progress and pending_rows >= PROGRESS_EVERY_ROWS:
+                    on_progress(pending_rows, pending_bytes)
+                    rows += pending_rows
+                    pending_rows = pending_bytes = 0
+        elif n == 0:
+            select.select([sock], [], [])
+            sp.consume_input()
+        else:
+            break
+    if parts:
+        _put(dp, b"".join(parts), dst)
+        total += size
+        pending_bytes += size
+    return _Moved(total, rows, total - pending_bytes)
 
 
 def _start(pgconn: pq.abc.PGconn, query: bytes, expected: pq.ExecStatus, side: str, conn: Any) -> None:
@@ -129,7 +184,7 @@ def _put(dp: pq.abc.PGconn, data: bytes, conn: Any) -> None:
         while (rv := dp.put_copy_data(data)) == 0:
             select.select([], [dp.socket], [])
         if rv < 0:
-            raise psycopg.OperationalError(dp.get_error_message().decode(errors="replace"))
+            raise psycopg.OperationalError(dp.get_error_message())
         _flush(dp)
     except psycopg.OperationalError as e:
         raise RelayError("destination", e) from None
@@ -157,7 +212,7 @@ def _finish_copy_in(dp: pq.abc.PGconn, conn: Any) -> None:
         while (rv := dp.put_copy_end(None)) == 0:
             select.select([], [dp.socket], [])
         if rv < 0:
-            raise psycopg.OperationalError(dp.get_error_message().decode(errors="replace"))
+            raise psycopg.OperationalError(dp.get_error_message())
         _flush(dp)
     except psycopg.OperationalError as e:
         raise RelayError("destination", e) from None
@@ -204,5 +259,5 @@ def _abandon_copy_out(conn: Any) -> None:
 def _error(res: pq.abc.PGresult | None, conn: Any) -> psycopg.Error:
     """The server's error as the matching psycopg exception (so SQLSTATE classes work)."""
     if res is None:
-        return psycopg.OperationalError(conn.pgconn.get_error_message().decode(errors="replace").strip())
+        return psycopg.OperationalError(conn.pgconn.get_error_message().strip())
     return psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
