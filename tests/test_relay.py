@@ -231,9 +231,14 @@ def test_ctrl_c_in_the_main_thread(
                     "SELECT tuples_processed FROM pg_stat_progress_copy WHERE pid = %s", (dst.info.backend_pid,)
                 ).fetchone()
                 if row and row[0] > 10_000:
+                    # Python may raise a KeyboardInterrupt inside a finalizer, where it is
+                    # swallowed: interrupt again for as long as the COPY is still running.
                     copying.set()
                     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-                    return
+                    time.sleep(0.5)
+                    continue
+                if copying.is_set():
+                    return  # the COPY is over: the relay stopped
                 time.sleep(0.05)
 
     interrupter = threading.Thread(target=interrupt)
