@@ -19,8 +19,8 @@ import psycopg
 
 from replicator import state
 from replicator.connect import ConnectError, connect, is_transient
-from replicator.delta.passes import PassSummary, RunContext, run_pass
-from replicator.delta.workers import APP, SnapshotLost
+from replicator.delta.passes import APP, PassSummary, RunContext, run_pass
+from replicator.snapshot.workers import SnapshotLost
 from replicator.job import Job
 from replicator.signals import stop_on_signals
 

@@ -34,7 +34,7 @@ from replicator.connect import connect
 from replicator.delta import changes, deletes, updatekey
 from replicator.delta.changes import PassSnapshot
 from replicator.delta.tables import DeltaTable, check_destination_key, select_delta_tables
-from replicator.delta.workers import APP, Session, run_parallel, session_settings
+from replicator.snapshot.workers import SNAPSHOT_SESSION, Session, run_parallel, session_settings
 from replicator.destinations import postgres as dest
 from replicator.errors import DestinationError
 from replicator.job import Job
@@ -94,11 +94,9 @@ class _Work:
     result: TableResult
 
 
-SOURCE_SETTINGS = {
-    "statement_timeout": "0",
-    "idle_in_transaction_session_timeout": "0",  # the pass's snapshot stays open while workers read
-    **deletes.SESSION_SETTINGS,
-}
+APP = "replicator/delta-snapshot"
+
+SOURCE_SETTINGS = {**SNAPSHOT_SESSION, **deletes.SESSION_SETTINGS}
 
 
 def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
@@ -203,7 +201,7 @@ def _apply_all(
     run_parallel(
         job, snapshot.name, deletes.SESSION_SETTINGS, works, cfg.threads,
         lambda w: f"merging changed rows of {w.table.display}",
-        lambda session, w: _apply(job.job_id, session, w, soft, merging),
+        lambda session, w: _apply(job.job_id, session, w, soft, merging), APP,
     )  # fmt: skip
     compared = {
         w.table.ident: deletes.TableDeletes(
@@ -221,7 +219,7 @@ def _apply_all(
 
     run_parallel(
         job, snapshot.name, deletes.SESSION_SETTINGS, ranges, cfg.threads,
-        lambda r: f"comparing keys of {r.deletes.table.display}", compare,
+        lambda r: f"comparing keys of {r.deletes.table.display}", compare, APP,
     )  # fmt: skip
     for w in works:
         if w.table.ident in compared:

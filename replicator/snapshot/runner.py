@@ -14,7 +14,6 @@ merged by key (upsert), never appended, so no row is ever duplicated.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import uuid
 from collections.abc import Collection
@@ -27,14 +26,15 @@ from psycopg import sql
 from replicator import state
 from replicator.catalog import Catalog, load_catalog
 from replicator.config.extractor import SnapshotConfig
-from replicator.connect import connect, is_transient, retrying
+from replicator.connect import connect
 from replicator.destinations import postgres as dest
-from replicator.errors import DestinationError, Interrupted, SourceError
+from replicator.errors import DestinationError, Interrupted
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
 from replicator.progress import Progress, make_progress
-from replicator.relay import RelayError, relay_copy
+from replicator.relay import relay_copy
 from replicator.snapshot.plan import copy_out_sql, plan_table
+from replicator.snapshot.workers import SNAPSHOT_SESSION, Session, begin_in_snapshot, run_parallel, session_settings
 from replicator.typemap import binary_safe
 
 log = logging.getLogger(__name__)
@@ -153,27 +153,13 @@ def run_snapshot(
 
 
 def _open_snapshot(conn: psycopg.Connection[Any], imported: str | None) -> str:
-    _session_settings(conn)
-    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    session_settings(conn, SNAPSHOT_SESSION)
+    begin_in_snapshot(conn, imported)
     if imported:
-        conn.execute(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(imported)}'")
         return imported
     row = conn.execute("SELECT pg_export_snapshot()").fetchone()
     assert row is not None
     return str(row[0])
-
-
-def _snapshot_id(name: str) -> str:
-    # SET TRANSACTION SNAPSHOT takes no parameters; snapshot names are hex digits and dashes.
-    if not name or any(ch not in "0123456789ABCDEFabcdef-" for ch in name):
-        raise SourceError(f"invalid snapshot name {name!r}")
-    return name
-
-
-def _session_settings(conn: psycopg.Connection[Any]) -> None:
-    # Managed services often set these; a long snapshot must not be cut by them.
-    conn.execute("SET statement_timeout = 0")
-    conn.execute("SET idle_in_transaction_session_timeout = 0")
 
 
 def _prepare(
@@ -247,37 +233,29 @@ def _copy_all(
     threads: int,
     stop: threading.Event,
 ) -> None:
-    jobs: queue.Queue[ChunkJob | TableWork] = queue.Queue()
-    # Tables whose chunks are all done but which were not finalized (crash at that moment).
+    # Tables whose chunks are all done but which were not finalized (crash at that moment) first;
+    # then the largest tables' chunks, so the longest chains of chunks start early.
+    items: list[ChunkJob | TableWork] = []
     for w in works:
         bar.add_table(w.st.display, w.st.table.estimated_rows)
         if w.remaining == 0:
-            jobs.put(w)
-    # Largest tables first, so the longest chains of chunks start early.
+            items.append(w)
     for w in sorted(works, key=lambda w: -w.st.table.estimated_rows):
-        for c in w.table.pending:
-            jobs.put(ChunkJob(w, c))
-    threads = max(1, min(threads, jobs.qsize(), _connection_budget(job, threads)))
-    errors: list[BaseException] = []
-    workers = [
-        _Worker(job, snapshot_name, run_id, jobs, stop, errors, bar, name=f"snapshot-{i}") for i in range(threads)
-    ]
-    for w in workers:
-        w.start()
-    try:
-        for w in workers:
-            while w.is_alive():
-                w.join(0.2)
-    except KeyboardInterrupt:
-        stop.set()
-        for w in workers:
-            w.cancel()
-        for w in workers:
-            w.join()
-        raise
-    if errors:
-        raise errors[0]
-    if stop.is_set() and not jobs.empty():
+        items.extend(ChunkJob(w, c) for c in w.table.pending)
+
+    def describe(item: ChunkJob | TableWork) -> str:
+        if isinstance(item, TableWork):
+            return f"finishing {item.st.display}"
+        return f"copying {item.work.st.display} (chunk {item.chunk.chunk_no})"
+
+    def handle(session: Session, item: ChunkJob | TableWork) -> None:
+        if isinstance(item, TableWork):
+            _finalize(job, session, item, bar)
+        else:
+            _copy(job, session, item, run_id, bar)
+
+    threads = max(1, min(threads, len(items), _connection_budget(job, threads)))
+    if not run_parallel(job, snapshot_name, {}, items, threads, describe, handle, APP, stop):
         raise Interrupted("snapshot interrupted; every finished chunk is kept: run the same command again to resume")
 
 
@@ -289,150 +267,38 @@ def _connection_budget(job: Job, threads: int) -> int:
     return max(budget, 1)
 
 
-class _Worker(threading.Thread):
-    """Holds one source connection inside the snapshot and one destination connection."""
+def _copy(job: Job, session: Session, item: ChunkJob, run_id: str, bar: Progress) -> None:
+    w, chunk = item.work, item.chunk
+    src, dst = session.connections()
+    name = w.st.display
+    copy_out = copy_out_sql(w.st, chunk, w.columns, w.binary)
+    key = (w.st.table.schema, w.st.table.name)
 
-    def __init__(
-        self,
-        job: Job,
-        snapshot_name: str,
-        run_id: str,
-        jobs: queue.Queue[ChunkJob | TableWork],
-        stop: threading.Event,
-        errors: list[BaseException],
-        bar: Progress,
-        name: str,
-    ):
-        super().__init__(name=name, daemon=True)
-        self.job, self.snapshot_name, self.run_id = job, snapshot_name, run_id
-        self.jobs, self.stop, self.errors, self.bar = jobs, stop, errors, bar
-        self.src: psycopg.Connection[Any] | None = None
-        self.dst: psycopg.Connection[Any] | None = None
+    def progress(rows: int, nbytes: int) -> None:
+        bar.advance(name, rows, nbytes)
 
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                try:
-                    item = self.jobs.get_nowait()
-                except queue.Empty:
-                    return
-                if isinstance(item, TableWork):
-                    self._with_retries(f"finishing {item.st.display}", lambda: self._finalize(item))
-                else:
-                    self._with_retries(
-                        f"copying {item.work.st.display} chunk {item.chunk.chunk_no}", lambda: self._copy(item)
-                    )
-        except BaseException as e:  # reported by the coordinating thread
-            self.errors.append(e)
-            self.stop.set()
-        finally:
-            self._close()
-
-    def cancel(self) -> None:
-        if self.src is not None and not self.src.closed:
-            try:
-                self.src.cancel()
-            except psycopg.Error:
-                pass
-
-    def _with_retries(self, what: str, fn: Any) -> None:
-        for attempt in retrying(self.job.source.value, what):
-            with attempt:
-                try:
-                    fn()
-                except BaseException as e:
-                    if is_transient(e) or isinstance(e, RelayError) and is_transient(e.error):
-                        self._close()  # reconnect (and re-import the snapshot) on the next attempt
-                        if isinstance(e, RelayError):
-                            raise e.error from None
-                    raise
-
-    def _connections(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
-        if self.src is None or self.src.closed:
-            self.src = connect(self.job.source.value, "source", APP, autocommit=True)
-            _session_settings(self.src)
-            self.src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            try:
-                self.src.execute(f"SET TRANSACTION SNAPSHOT '{_snapshot_id(self.snapshot_name)}'")
-            except psycopg.Error as e:
-                raise SourceError(
-                    f"cannot join the snapshot {self.snapshot_name}: {e}; the coordinating connection was "
-                    f"probably lost; run again to resume"
-                ) from None
-        if self.dst is None or self.dst.closed:
-            self.dst = connect(self.job.destination.value, "destination", APP, autocommit=True)
-            # Safe: a chunk and its checkpoint commit together, so a destination crash loses both or neither.
-            self.dst.execute("SET synchronous_commit = off")
-        return self.src, self.dst
-
-    def _copy(self, item: ChunkJob) -> None:
-        w, chunk = item.work, item.chunk
-        src, dst = self._connections()
-        name = w.st.display
-        copy_out = copy_out_sql(w.st, chunk, w.columns, w.binary)
-        key = (w.st.table.schema, w.st.table.name)
-
-        def progress(rows: int, nbytes: int) -> None:
-            self.bar.advance(name, rows, nbytes)
-
-        try:
-            with dst.transaction():
-                if w.merge:
-                    stage = dest.create_stage(dst, w.dest, w.columns)
-                    result = relay_copy(src, copy_out, dst, dest.copy_in_sql(stage, w.columns, w.binary), progress)
-                    dest.merge_stage(dst, w.dest, stage, w.columns, w.st.key)
-                else:
-                    result = relay_copy(src, copy_out, dst, dest.copy_in_sql(w.dest, w.columns, w.binary), progress)
-                state.mark_chunk_done(dst, self.job.job_id, *key, chunk.chunk_no, self.run_id, result.rows)
-        except RelayError as e:
-            if is_transient(e.error):
-                raise
-            self._reset_source()
-            kind = SourceError if e.side == "source" else DestinationError
-            raise kind(f"copying {name} (chunk {chunk.chunk_no}) failed at the {e.side}: {_reason(e.error)}") from None
-        except psycopg.Error as e:
-            if is_transient(e):
-                raise
-            raise DestinationError(f"loading {name} (chunk {chunk.chunk_no}) failed: {_reason(e)}") from None
-        with w.lock:
-            w.remaining -= 1
-            last = w.remaining == 0
-        if last:
-            self._finalize(w)
-
-    def _finalize(self, w: TableWork) -> None:
-        _, dst = self._connections()
-        key = (w.st.table.schema, w.st.table.name)
-        try:
-            with dst.transaction():
-                if w.table.created_by_us and not w.table.key_built and w.st.key:
-                    dest.build_key(dst, w.st)
-                    state.mark_key_built(dst, self.job.job_id, *key)
-                state.mark_table_done(dst, self.job.job_id, *key)
-        except psycopg.Error as e:
-            if is_transient(e):
-                raise
-            raise DestinationError(f"finishing {w.st.display} failed: {_reason(e)}") from None
-        self.bar.table_done(w.st.display)
-
-    def _reset_source(self) -> None:
-        """After a failed statement the source transaction is aborted: start over in the snapshot."""
-        if self.src is not None:
-            self.src.close()
-            self.src = None
-
-    def _close(self) -> None:
-        for conn in (self.src, self.dst):
-            if conn is not None:
-                try:
-                    conn.close()
-                except psycopg.Error:
-                    pass
-        self.src = self.dst = None
+    with dst.transaction():
+        if w.merge:
+            stage = dest.create_stage(dst, w.dest, w.columns)
+            result = relay_copy(src, copy_out, dst, dest.copy_in_sql(stage, w.columns, w.binary), progress)
+            dest.merge_stage(dst, w.dest, stage, w.columns, w.st.key)
+        else:
+            result = relay_copy(src, copy_out, dst, dest.copy_in_sql(w.dest, w.columns, w.binary), progress)
+        state.mark_chunk_done(dst, job.job_id, *key, chunk.chunk_no, run_id, result.rows)
+    with w.lock:
+        w.remaining -= 1
+        last = w.remaining == 0
+    if last:
+        _finalize(job, session, w, bar)
 
 
-def _reason(e: BaseException) -> str:
-    if isinstance(e, psycopg.Error) and e.diag.message_primary:
-        return e.diag.message_primary
-    return str(e).strip()
-
+def _finalize(job: Job, session: Session, w: TableWork, bar: Progress) -> None:
+    """The table's last chunk is in: build its key, mark it done (one transaction)."""
+    _, dst = session.connections()
+    key = (w.st.table.schema, w.st.table.name)
+    with dst.transaction():
+        if w.table.created_by_us and not w.table.key_built and w.st.key:
+            dest.build_key(dst, w.st)
+            state.mark_key_built(dst, job.job_id, *key)
+        state.mark_table_done(dst, job.job_id, *key)
+    bar.table_done(w.st.display)
