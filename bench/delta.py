@@ -34,6 +34,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._table import FILL_SQL  # noqa: E402
 from replicator.localpg import LocalCluster, start_cluster  # noqa: E402
 
 TABLE_DDL = "CREATE TABLE t (id bigint PRIMARY KEY, a text, b numeric, c timestamptz NOT NULL, d jsonb)"
@@ -48,12 +49,7 @@ def build_source(cluster: LocalCluster, rows: int) -> None:
     cluster.create_database("bench_src")
     with psycopg.connect(cluster.conninfo("bench_src"), autocommit=True) as conn:
         conn.execute(TABLE_DDL)
-        conn.execute(
-            """INSERT INTO t SELECT g, md5(g::text), g * 1.5, '2025-01-01'::timestamptz + g * interval '1 second',
-                      jsonb_build_object('k', g, 'v', md5(g::text))
-               FROM generate_series(1, %s) g""",
-            (rows,),
-        )
+        conn.execute(FILL_SQL, (1, rows))
         conn.execute("CREATE INDEX t_c ON t (c)")
         conn.execute("VACUUM ANALYZE t")
 

@@ -28,25 +28,23 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._table import FILL_SQL, TABLE_DDL  # noqa: E402
 from replicator.localpg import LocalCluster, start_cluster  # noqa: E402
 
-DDL = "CREATE TABLE t (id bigint PRIMARY KEY, a text, b numeric, c timestamptz, d jsonb)"
-FILL = """INSERT INTO t SELECT g, md5(g::text), g * 1.5, '2025-01-01'::timestamptz + g * interval '1 second',
-          jsonb_build_object('k', g) FROM generate_series(%s, %s) g"""
 
 
 def setup(src: LocalCluster, dst: LocalCluster, rows: int) -> None:
     src.create_database("bench")
     with psycopg.connect(src.conninfo("bench"), autocommit=True) as conn:
-        conn.execute(DDL)
-        conn.execute(FILL, (1, rows))
+        conn.execute(TABLE_DDL)
+        conn.execute(FILL_SQL, (1, rows))
         conn.execute("CREATE PUBLICATION native_pub FOR TABLE t")
         conn.execute("CREATE PUBLICATION ours_pub FOR TABLE t")
         conn.execute("SELECT pg_create_logical_replication_slot('ours', 'pgoutput')")
     for db in ("native", "ours"):
         dst.create_database(db)
         with psycopg.connect(dst.conninfo(db), autocommit=True) as conn:
-            conn.execute(DDL)
+            conn.execute(TABLE_DDL)
             with psycopg.connect(src.conninfo("bench")) as s, s.cursor().copy("COPY t TO STDOUT (FORMAT binary)") as out:
                 with conn.cursor().copy("COPY t FROM STDIN (FORMAT binary)") as into:
                     for block in out:
@@ -73,7 +71,7 @@ def backlog(src: LocalCluster, rows: int, changes: int, txn: int) -> str:
                 conn.execute("UPDATE t SET b = b + 1, d = d || '{\"u\": 1}' WHERE id >= %s AND id < %s", (upd, upd + n))
                 upd += n
             elif kind == "i":
-                conn.execute(FILL, (next_id, next_id + n - 1))
+                conn.execute(FILL_SQL, (next_id, next_id + n - 1))
                 next_id += n
             else:
                 conn.execute("DELETE FROM t WHERE id > %s AND id <= %s", (dele - n, dele))
