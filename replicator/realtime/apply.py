@@ -9,6 +9,19 @@ per table a TRUNCATE first, then moves, deletes, full-row upserts and partial up
 staged with COPY into a session temp table and merged with one statement. A source transaction
 larger than ``flush_rows`` is flushed several times inside the same destination transaction,
 so memory stays bounded and the transaction is still never half-applied.
+
+Statement shapes, chosen by measurement (see bench/realtime.py):
+
+- Joins of a stage to its table are forced to nested loops over the table's key index. With
+  hash or merge joins allowed, the planner scans the whole destination table for each batch
+  of deletes or updates (a seq scan looks cheaper than 10,000 index probes on paper), which
+  makes every flush cost as much as the table is large. The stage is never ANALYZEd: with the
+  join shape fixed its statistics change nothing, and ANALYZE cost ~30 ms a flush.
+- Rows are upserted without ``ON CONFLICT`` where the key is NOT NULL: an INSERT of rows the
+  fold knows to be new costs about half as much CPU as speculative insertion, and an UPDATE of
+  existing rows writes less WAL than ``ON CONFLICT DO UPDATE`` (which also locks each row).
+  Each statement is followed by the other one only if its row count says some rows were not
+  where the fold expected them (e.g. a stream replayed over a later snapshot).
 """
 
 from __future__ import annotations
@@ -29,6 +42,9 @@ from replicator.lsn import Lsn
 from replicator.realtime import fold
 
 log = logging.getLogger(__name__)
+
+# Key lookups, never whole-table scans (see the module docstring). LOCAL: ends with the transaction.
+_BEGIN = "BEGIN; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 
 # COPY text format: backslash, and the characters that would end a field or a row.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -149,7 +165,7 @@ class Applier:
 
     def _begin(self) -> None:
         if not self._in_txn:
-            self.conn.execute("BEGIN")
+            self.conn.execute(_BEGIN)
             self._in_txn = True
             self._txn_started = time.monotonic()
 
@@ -225,8 +241,11 @@ class Applier:
                     self._move(target, batch, new_key, op)
                 if deletes:
                     self._delete(target, batch, deletes)
-                if full:
-                    self._upsert(target, batch, full)
+                fresh = [op for op in full if op.fresh]
+                if fresh:
+                    self._upsert(target, batch, fresh, fresh=True)
+                if len(fresh) < len(full):
+                    self._upsert(target, batch, [op for op in full if not op.fresh], fresh=False)
                 for group in _by_unchanged(partial):
                     self._update(target, batch, group)
             self.applied_changes += batch.changes
@@ -256,9 +275,6 @@ class Applier:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
         with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, _cols(columns))) as copy:
             copy.write("".join(_copy_line(r) for r in rows))
-        # Temp tables get no statistics from autovacuum; without them the planner may join the
-        # stage to the table with a full scan of the table instead of key lookups.
-        self.conn.execute(sql.SQL("ANALYZE {}").format(stage))
         return stage
 
     def _match(self, t: Target, left: str, right: str) -> sql.Composable:
@@ -283,18 +299,40 @@ class Applier:
         dest = t.table.columns
         return [(i, c.name) for i, c in enumerate(batch.relation.columns) if c.name in dest and not dest[c.name].generated]
 
-    def _upsert(self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert]) -> None:
+    def _upsert(self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert], fresh: bool) -> None:
+        """Whole rows: inserted where the key has no row, else updated in place."""
         cols = self._columns(t, batch)
         names = [n for _, n in cols]
         stage = self._stage(t, names, ([op.values[i] for i, _ in cols] for op in ops))
-        sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
+        if t.key_nullable:
+            # NULLs in the key: only the unique index (NULLS NOT DISTINCT) can find those rows.
+            sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
+            if self.soft_deletes:
+                sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
+            action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sets)) if sets else sql.SQL("DO NOTHING")
+            self.conn.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+                    t.ident, _cols(names), _cols(names), stage, _cols(t.key), action
+                )
+            )
+            return
+        insert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS s WHERE NOT EXISTS (SELECT FROM {} AS d WHERE {})").format(
+            t.ident, _cols(names), _cols(names), stage, t.ident, self._match(t, "d", "s")
+        )
+        update = self._update_statement(t, names, stage)
+        first, then = (insert, update) if fresh else (update, insert)
+        done = self.conn.execute(first).rowcount if first is not None else 0
+        if done < len(ops) and then is not None:
+            self.conn.execute(then)
+
+    def _update_statement(self, t: Target, names: Sequence[str], stage: sql.Identifier) -> sql.Composable | None:
+        sets = [sql.SQL("{0} = s.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
         if self.soft_deletes:
             sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
-        action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sets)) if sets else sql.SQL("DO NOTHING")
-        self.conn.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
-                t.ident, _cols(names), _cols(names), stage, _cols(t.key), action
-            )
+        if not sets:
+            return None
+        return sql.SQL("UPDATE {} AS d SET {} FROM {} AS s WHERE {}").format(
+            t.ident, sql.SQL(", ").join(sets), stage, self._match(t, "d", "s")
         )
 
     def _update(self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert]) -> None:
@@ -302,15 +340,9 @@ class Applier:
         cols = [(i, n) for i, n in self._columns(t, batch) if ops[0].values[i] is not UNCHANGED_TOAST or n in t.key]
         names = [n for _, n in cols]
         stage = self._stage(t, names, ([op.values[i] for i, _ in cols] for op in ops))
-        sets = [sql.SQL("{0} = s.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
-        if self.soft_deletes:
-            sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
-        if sets:
-            self.conn.execute(
-                sql.SQL("UPDATE {} AS d SET {} FROM {} AS s WHERE {}").format(
-                    t.ident, sql.SQL(", ").join(sets), stage, self._match(t, "d", "s")
-                )
-            )
+        update = self._update_statement(t, names, stage)
+        if update is not None:
+            self.conn.execute(update)
 
     def _move(self, t: Target, batch: fold.TableBatch, new_key: fold.Key, op: fold.Upsert) -> None:
         """A key change with unchanged TOAST values: take those from the row at the old key."""

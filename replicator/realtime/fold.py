@@ -8,6 +8,10 @@ stay marked, and the destination keeps what it holds.
 An UPDATE that changes the key moves the row: the old key is deleted, the new key written.
 If such an UPDATE carries unchanged TOAST values that the batch cannot supply, they must be
 read from the destination's row at the old key: that is an upsert with a ``base_key``.
+
+An upsert whose key had no row before the batch (first written by an INSERT, or by a key-moving
+UPDATE, with no earlier operation on that key in the batch) is ``fresh``: the destination most
+likely has no row there, so it is inserted first and updated only if it was there after all.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ Key = tuple[str | None, ...]
 @dataclass(slots=True)
 class Upsert:
     """The row's final values. ``base_key``: where unchanged TOAST values are to be read from
-    (None: the row's own key, i.e. the row must already exist)."""
+    (None: the row's own key, i.e. the row must already exist). ``fresh``: the key had no row
+    when the batch began (a hint for the order of statements, not part of the value)."""
 
     values: Values
     base_key: Key | None = None
+    fresh: bool = field(default=False, compare=False)
 
     @property
     def partial(self) -> bool:
@@ -67,7 +73,9 @@ class TableBatch:
             return
         if change.op is Op.INSERT:
             assert change.new is not None
-            self.ops[self.key_of(change.new)] = Upsert(change.new)
+            key = self.key_of(change.new)
+            prev = self.ops.get(key)
+            self.ops[key] = Upsert(change.new, None, prev is None or (prev is not DELETE and prev.fresh))  # type: ignore[union-attr]
         elif change.op is Op.DELETE:
             assert change.old is not None
             self.ops[self.key_of(change.old)] = DELETE
@@ -80,17 +88,19 @@ class TableBatch:
         old_key = self.key_of(change.old) if change.old is not None else new_key
         if any(v is UNCHANGED_TOAST for v in old_key):
             old_key = new_key  # identity FULL logs unchanged TOASTed keys as such; the key did not change
-        values, base = change.new, None
+        values, base, fresh = change.new, None, False
         prev = self.ops.get(old_key)
         if isinstance(prev, Upsert):
-            values, base = fill_unchanged(values, prev.values), prev.base_key
+            values, base, fresh = fill_unchanged(values, prev.values), prev.base_key, prev.fresh
         if old_key != new_key:
             self.ops[old_key] = DELETE
             if UNCHANGED_TOAST in values:
                 base = base or old_key
-            self.ops[new_key] = Upsert(values, base)
+            # The new key held no row at the source just before (keys are unique), and none in
+            # this batch either unless an earlier operation on it says otherwise.
+            self.ops[new_key] = Upsert(values, base, new_key not in self.ops)
         else:
-            self.ops[new_key] = Upsert(values, base)
+            self.ops[new_key] = Upsert(values, base, fresh)
 
     def truncate(self) -> None:
         self.truncated = True

@@ -76,3 +76,18 @@ def test_keyless_tables_keep_every_change_in_order() -> None:
     for c in changes:
         b.add(c)
     assert b.in_order == changes and not b.ops
+
+
+def test_keys_without_a_row_before_the_batch_are_fresh() -> None:
+    b = batch(
+        ch(Op.INSERT, ("1", "a", "x")),
+        ch(Op.UPDATE, ("1", "b", "x")),  # still the row inserted in this batch
+        ch(Op.UPDATE, ("2", "b", "x")),  # a row from before the batch
+        ch(Op.DELETE, old=("3", None, None)),
+        ch(Op.INSERT, ("3", "a", "x")),  # replaces a row from before the batch
+        ch(Op.UPDATE, ("5", "m", "x"), old=("4", None, None)),  # moved to a key that had no row
+        ch(Op.DELETE, old=("7", None, None)),
+        ch(Op.UPDATE, ("7", "m", "x"), old=("8", None, None)),  # moved onto a key deleted in the batch
+    )
+    fresh = {k: op.fresh for k, op in b.ops.items() if isinstance(op, fold.Upsert)}
+    assert fresh == {("1",): True, ("2",): False, ("3",): False, ("5",): True, ("7",): False}
