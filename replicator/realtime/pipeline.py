@@ -1,5 +1,8 @@
 """One slot's pipeline: read decoded changes, apply them in batches, checkpoint, acknowledge.
 
+Reading and decoding run on the pipeline's thread, applying on an ``ApplyWorker`` thread that
+owns the destination connection (``worker.py``), so the destination works while we read.
+
 The source hears only what the destination has committed: after each destination commit the
 checkpoint LSN is confirmed to the slot; when everything received is applied and no
 transaction is open, the stream's own position is confirmed too, so an idle slot keeps up.
@@ -20,7 +23,7 @@ import psycopg
 
 from replicator.catalog import Catalog, Column as CatalogColumn, load_types
 from replicator.connect import connect, is_transient
-from replicator.decoding.changes import Begin, Change, Commit, Decoder, Truncate
+from replicator.decoding.changes import Begin, Commit, Decoder, Event
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.decoding.wal2json import Wal2JsonDecoder
 from replicator.destinations.postgres import ensure_types
@@ -29,6 +32,7 @@ from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.apply import Applier, Target
 from replicator.realtime.setup import SlotPlan, start_position
+from replicator.realtime.worker import ApplyWorker, CommitRules, Progress
 from replicator.source.describe import CatalogDescriber
 from replicator.source.heartbeat import HeartbeatWriter
 from replicator.source.slots import wal2json_accepts
@@ -64,6 +68,7 @@ class SlotPipeline:
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
         self._reconnects = 0
+        self._aux_lock = threading.Lock()  # aux serves the reader (heartbeat, WAL watch) and the worker (types)
 
     def run(self, stop: threading.Event, until: Lsn | None = None) -> SlotStats:
         src_cfg = self.job.source.value
@@ -137,62 +142,60 @@ class SlotPipeline:
         stop: threading.Event,
         until: Lsn | None,
     ) -> None:
+        """Read on this thread, apply on the worker's, until caught up or stopped (see worker.py)."""
         reader = self._open_reader(dst, aux)
         batch_s = self.cfg.fetch_duration_per_extractor_slot_s
+        rules = CommitRules(max_open_s=batch_s, max_changes=self.cfg.fetch_size_rows)
+        worker = ApplyWorker(applier, rules, name=f"apply-{self.plan.slot}").start()
+        progress = worker.progress
         in_txn = False
         stopping_since: float | None = None
         try:
             while True:
                 events = reader.read(max_events=self.cfg.fetch_size_rows, timeout=min(batch_s, 1.0))
-                for ev in events:
-                    if isinstance(ev, (Change, Truncate)):
-                        applier.change(ev)
-                        self.stats.changes += 1
-                    elif isinstance(ev, Begin):
-                        in_txn = True
-                    elif isinstance(ev, Commit):
-                        in_txn = False
-                        applier.source_commit(ev.end_lsn)
-                        self.stats.transactions += 1
+                in_txn = _in_transaction(events, in_txn)
+                worker.put(events, reader.position, idle=not events)
                 # A stream that (re)opened and reads is healthy: max-retries counts failures in a row.
                 self._reconnects = 0
-                idle = not events
-                if not in_txn and applier.pending_transactions and (
-                    idle or applier.open_seconds >= batch_s or stop.is_set()
-                    or applier.transaction_changes >= self.cfg.fetch_size_rows
-                ):
-                    self._commit(applier, reader)
-                if not in_txn and not applier.pending_transactions and reader.position > reader.confirmed:
-                    # Everything received is applied: the slot may move on (keeps idle slots current).
-                    reader.confirm(reader.position)
-                if writer is not None:
-                    writer.tick()
-                watch.check_if_due(aux)
-                if until is not None and not in_txn and not applier.pending_transactions and reader.position >= until:
-                    return
+                self._confirm(reader, progress)
+                with self._aux_lock:
+                    if writer is not None:
+                        writer.tick()
+                    watch.check_if_due(aux)
+                if until is not None and not in_txn and reader.position >= until:
+                    break
                 if stop.is_set():
                     if not in_txn:
-                        return
+                        break
                     stopping_since = stopping_since or time.monotonic()
                     if time.monotonic() - stopping_since > STOP_GRACE_S:
                         log.warning("slot %s: stopping inside a large source transaction; it will be "
                                     "applied from its start next time", self.plan.slot)
-                        applier.rollback()
+                        worker.abort()
                         return
+            worker.finish()
+            self._confirm(reader, progress)
         finally:
+            worker.abort()  # no-op once finished; else rolls back what is not committed
+            self.stats.transactions += progress.transactions
+            self.stats.changes += progress.changes
+            self.stats.commits += progress.commits
             reader.close()
 
-    def _commit(self, applier: Applier, reader: Any) -> None:
-        lsn = applier.commit()
-        if lsn is not None:
-            reader.confirm(lsn)
-            self.stats.commits += 1
-            self.stats.confirmed = lsn
+    def _confirm(self, reader: Any, progress: Progress) -> None:
+        """Tell the source what the destination has committed (and, when nothing is pending,
+        everything read: keeps an idle slot current)."""
+        committed, drained = progress.committed, progress.drained
+        if committed is not None and committed > reader.confirmed:
+            reader.confirm(committed)
+            self.stats.confirmed = committed
+        if drained is not None and drained > reader.confirmed:
+            reader.confirm(drained)
 
     def _column_type(self, aux: psycopg.Connection[Any], dst: psycopg.Connection[Any]) -> Any:
         def column_type(oid: int, typmod: int) -> str:
             """A column type as SQL for ALTER TABLE ADD COLUMN (creating a new user type first)."""
-            with aux.transaction():
+            with self._aux_lock, aux.transaction():
                 aux.execute("SELECT set_config('search_path', '', true)")
                 row = aux.execute("SELECT format_type(%s, %s)", (oid, typmod)).fetchone()
                 catalog = Catalog()
@@ -204,6 +207,17 @@ class SlotPipeline:
             return str(row[0])
 
         return column_type
+
+
+def _in_transaction(events: list[Event], before: bool) -> bool:
+    """Whether the stream is inside a source transaction after ``events``."""
+    for ev in reversed(events):
+        t = type(ev)
+        if t is Commit:
+            return False
+        if t is Begin:
+            return True
+    return before
 
 
 def current_wal_lsn(job: Job) -> Lsn:
