@@ -27,6 +27,7 @@ Statement shapes, chosen by measurement (see bench/realtime.py):
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -86,23 +87,31 @@ class Applier:
     _txn_started: float = 0.0
     _stages: dict[tuple[Any, ...], sql.Identifier] = field(default_factory=dict)
     _stage_seq: int = 0
+    _last_relation: Relation | None = None  # the relation of the last change, and its batch
+    _last_batch: fold.TableBatch | None = None
     applied_changes: int = 0
 
     # -- feeding ---------------------------------------------------------------------------
 
     def change(self, event: Change | Truncate) -> None:
         """Fold one change into the open destination transaction (opening it if needed)."""
-        self._begin()
-        if isinstance(event, Truncate):
+        if not self._in_txn:
+            self._begin()
+        if type(event) is Truncate:
             for rel in event.relations:
                 batch = self._batch(rel)
                 if batch is not None:
                     batch.truncate()
             return
-        batch = self._batch(event.relation)
+        rel = event.relation
+        if rel is self._last_relation:  # runs of changes to one table: skip the lookups
+            batch = self._last_batch
+        else:
+            batch = self._batch(rel)
+            self._last_relation, self._last_batch = rel, batch
         if batch is None:
             return  # a published table we do not replicate (e.g. the heartbeat table)
-        batch.add(event)
+        batch.add(event)  # type: ignore[arg-type]
         self._buffered += 1
         self._txn_changes += 1
         if self._buffered >= self.flush_rows:
@@ -154,6 +163,7 @@ class Applier:
     def rollback(self) -> None:
         """Abandon whatever is not committed (the stream will resend it from the checkpoint)."""
         self._batches.clear()
+        self._last_relation = self._last_batch = None
         self._buffered = 0
         self._pending_lsn, self._pending_txns, self._txn_changes = None, 0, 0
         if self._in_txn and not self.conn.closed:
@@ -229,6 +239,7 @@ class Applier:
     def flush(self) -> None:
         """Apply every folded operation inside the open destination transaction."""
         batches, self._batches, self._buffered = self._batches, {}, 0
+        self._last_relation = self._last_batch = None
         for key, batch in batches.items():
             target = self.targets[key]
             if batch.truncated:
@@ -258,7 +269,7 @@ class Applier:
         else:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(t.ident))
 
-    def _stage(self, t: Target, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> sql.Identifier:
+    def _stage(self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> sql.Identifier:
         """COPY ``rows`` (text-format values) into a session temp table shaped like ``columns``."""
         sig = ((t.table.schema, t.table.name), tuple(columns))
         stage = self._stages.get(sig)
@@ -274,7 +285,7 @@ class Applier:
         else:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
         with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, _cols(columns))) as copy:
-            copy.write("".join(_copy_line(r) for r in rows))
+            copy.write(copy_text(rows, len(columns)))
         return stage
 
     def _match(self, t: Target, left: str, right: str) -> sql.Composable:
@@ -303,7 +314,7 @@ class Applier:
         """Whole rows: inserted where the key has no row, else updated in place."""
         cols = self._columns(t, batch)
         names = [n for _, n in cols]
-        stage = self._stage(t, names, ([op.values[i] for i, _ in cols] for op in ops))
+        stage = self._stage(t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)))
         if t.key_nullable:
             # NULLs in the key: only the unique index (NULLS NOT DISTINCT) can find those rows.
             sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
@@ -339,7 +350,7 @@ class Applier:
         """Rows whose unchanged TOAST values stay as the destination holds them."""
         cols = [(i, n) for i, n in self._columns(t, batch) if ops[0].values[i] is not UNCHANGED_TOAST or n in t.key]
         names = [n for _, n in cols]
-        stage = self._stage(t, names, ([op.values[i] for i, _ in cols] for op in ops))
+        stage = self._stage(t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)))
         update = self._update_statement(t, names, stage)
         if update is not None:
             self.conn.execute(update)
@@ -410,10 +421,41 @@ def _by_unchanged(ops: list[fold.Upsert]) -> list[list[fold.Upsert]]:
     return list(groups.values())
 
 
+def _project(ops: list[fold.Upsert], positions: list[int], width: int) -> list[Sequence[Any]]:
+    """The values at ``positions`` of each operation's row (the rows themselves when that is all of them)."""
+    if positions == list(range(width)):
+        return [op.values for op in ops]
+    if len(positions) == 1:
+        (i,) = positions
+        return [(op.values[i],) for op in ops]
+    pick = operator.itemgetter(*positions)
+    return [pick(op.values) for op in ops]
+
+
 def _cols(names: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def _copy_line(row: Sequence[Any]) -> str:
+def copy_text(rows: Sequence[Sequence[str | None]], width: int) -> str:
+    """Rows of text values (None: NULL), each ``width`` long, in COPY's text format.
+
+    Values almost never hold a backslash, tab, newline or carriage return, so rows are joined
+    as they are and the whole text is checked once for those characters (a few fast scans);
+    only if one is found is every value escaped. NULLs travel as NUL characters, which no
+    PostgreSQL text value can contain, until the check is done.
+    """
+    if not rows:
+        return ""
+    join = "\t".join
+    text = "\n".join([join(r) if None not in r else join(["\0" if v is None else v for v in r]) for r in rows])  # type: ignore[misc]
+    n = len(rows)
+    if "\\" in text or "\r" in text or text.count("\n") != n - 1 or text.count("\t") != n * (width - 1):
+        return "".join(map(_copy_line, rows))
+    if "\0" in text:
+        text = text.replace("\0", "\\N")
+    return text + "\n"
+
+
+def _copy_line(row: Sequence[str | None]) -> str:
     return "\t".join("\\N" if v is None else v.translate(_COPY_ESCAPES) for v in row) + "\n"
 

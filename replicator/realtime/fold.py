@@ -16,7 +16,8 @@ likely has no row there, so it is inserted first and updated only if it was ther
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Values
@@ -47,6 +48,8 @@ DELETE = Delete()
 
 Operation = Upsert | Delete
 
+_INSERT, _UPDATE, _DELETE = Op.INSERT, Op.UPDATE, Op.DELETE
+
 
 @dataclass
 class TableBatch:
@@ -59,35 +62,54 @@ class TableBatch:
     in_order: list[Change] = field(default_factory=list)  # tables without a key: no folding possible
     changes: int = 0
 
+    def __post_init__(self) -> None:
+        # Built once: this runs for every change.
+        positions = self.key_positions
+        if len(positions) == 1:
+            (i,) = positions
+            self._key_of: Callable[[Values], Key] = lambda row: (row[i],)  # type: ignore[return-value]
+        elif positions:
+            pick = operator.itemgetter(*positions)
+            self._key_of = pick
+        else:
+            self._key_of = lambda row: ()
+        self._keyless = not positions
+
     @property
     def keyless(self) -> bool:
-        return not self.key_positions
+        return self._keyless
 
     def key_of(self, row: Values) -> Key:
-        return tuple(row[i] for i in self.key_positions)  # type: ignore[misc]
+        return self._key_of(row)
 
     def add(self, change: Change) -> None:
         self.changes += 1
-        if self.keyless:
+        if self._keyless:
             self.in_order.append(change)
             return
-        if change.op is Op.INSERT:
-            assert change.new is not None
-            key = self.key_of(change.new)
-            prev = self.ops.get(key)
-            self.ops[key] = Upsert(change.new, None, prev is None or (prev is not DELETE and prev.fresh))  # type: ignore[union-attr]
-        elif change.op is Op.DELETE:
+        op = change.op
+        ops = self.ops
+        if op is _INSERT:
+            new = change.new
+            assert new is not None
+            key = self._key_of(new)
+            prev = ops.get(key)
+            ops[key] = Upsert(new, None, prev is None or (prev is not DELETE and prev.fresh))  # type: ignore[union-attr]
+        elif op is _DELETE:
             assert change.old is not None
-            self.ops[self.key_of(change.old)] = DELETE
-        elif change.op is Op.UPDATE:
+            ops[self._key_of(change.old)] = DELETE
+        elif op is _UPDATE:
             self._update(change)
 
     def _update(self, change: Change) -> None:
         assert change.new is not None
-        new_key = self.key_of(change.new)
-        old_key = self.key_of(change.old) if change.old is not None else new_key
-        if any(v is UNCHANGED_TOAST for v in old_key):
-            old_key = new_key  # identity FULL logs unchanged TOASTed keys as such; the key did not change
+        new_key = self._key_of(change.new)
+        if change.old is None:
+            old_key = new_key
+        else:
+            old_key = self._key_of(change.old)
+            if UNCHANGED_TOAST in old_key:
+                old_key = new_key  # identity FULL logs unchanged TOASTed keys as such; the key did not change
         values, base, fresh = change.new, None, False
         prev = self.ops.get(old_key)
         if isinstance(prev, Upsert):

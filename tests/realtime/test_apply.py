@@ -15,7 +15,7 @@ from replicator import state
 from replicator.decoding.changes import Change, Column, Op, Relation, ReplicaIdentity
 from replicator.destinations.postgres import describe_table
 from replicator.lsn import Lsn
-from replicator.realtime.apply import Applier, Target
+from replicator.realtime.apply import Applier, Target, copy_text
 from tests.conftest import Database
 
 REL = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (
@@ -91,3 +91,23 @@ def test_joins_to_the_stage_probe_the_key_instead_of_scanning_the_table(dest: ps
         sql.SQL("EXPLAIN DELETE FROM t AS d USING {} AS s WHERE d.id = s.id").format(stage)).fetchall())
     a.rollback()
     assert "Index" in plan and "Seq Scan on t" not in plan, plan
+
+
+@pytest.mark.parametrize("tricky", [
+    ["plain", "", None, "\\N", "tab\there", "line\nbreak", "cr\rhere", "back\\slash", "ünï ✓"],
+    ["plain", "", None, "\\N", "only safe values", "x"],  # no character to escape: the fast path
+])
+def test_values_reach_the_destination_exactly(dest: psycopg.Connection[Any], tricky: list[str | None]) -> None:
+    a = applier(dest)
+    apply(a, *(ch(Op.INSERT, (str(i), v)) for i, v in enumerate(tricky)))
+    # Updates of existing rows go through a stage too.
+    apply(a, *(ch(Op.UPDATE, (str(i), v)) for i, v in enumerate(reversed(tricky))), lsn=200)
+    got = dest.execute("SELECT v FROM t ORDER BY id").fetchall()
+    assert [v for (v,) in got] == list(reversed(tricky))
+
+
+def test_copy_text_escapes_only_when_it_must() -> None:
+    assert copy_text([("1", "a"), ("2", None)], 2) == "1\ta\n2\t\\N\n"
+    assert copy_text([("1", "a\tb"), ("2", None)], 2) == "1\ta\\tb\n2\t\\N\n"
+    assert copy_text([("1", "a\\b\r\n")], 2) == "1\ta\\\\b\\r\\n\n"
+    assert copy_text([], 2) == ""
