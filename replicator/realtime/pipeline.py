@@ -152,7 +152,7 @@ class SlotPipeline:
         stopping_since: float | None = None
         try:
             while True:
-                events = reader.read(max_events=self.cfg.fetch_size_rows, timeout=min(batch_s, 1.0))
+                events = reader.read(max_events=self.cfg.fetch_size_rows, timeout=min(batch_s, 1.0), until=until)
                 in_txn = _in_transaction(events, in_txn)
                 worker.put(events, reader.position, idle=not events)
                 # A stream that (re)opened and reads is healthy: max-retries counts failures in a row.

@@ -45,6 +45,7 @@ _status = struct.Struct(">cQQQqB").pack  # 'r': written, flushed, applied, clock
 _W, _K = ord("w"), ord("k")
 _PG_EPOCH_UNIX = 946_684_800  # 2000-01-01 in Unix time
 _CHECK_EVERY = 512  # messages between clock checks while data keeps flowing
+_NO_LSN = 1 << 64  # beyond any LSN: read() without ``until``
 
 
 class ReplicationLost(SourceError):
@@ -142,11 +143,13 @@ class ReplicationStream:
         """The last position passed to ``confirm()``."""
         return self._flushed
 
-    def read(self, max_events: int = 10_000, timeout: float = 1.0) -> list[Event]:
+    def read(self, max_events: int = 10_000, timeout: float = 1.0, until: Lsn | None = None) -> list[Event]:
         """Events decoded from the stream: returns at ``max_events``, or after ``timeout`` seconds
-        with what has arrived (possibly nothing). Keepalives are answered while reading."""
+        with what has arrived (possibly nothing), or as soon as ``position`` reaches ``until``
+        (the end of a catch-up: no need to wait for more). Keepalives are answered while reading."""
         out: list[Event] = []
         deadline = time.monotonic() + timeout
+        stop_at = _NO_LSN if until is None else int(until)
         pgconn = self._pgconn
         decoder = self.decoder
         decode = decoder.decode
@@ -169,6 +172,8 @@ class ReplicationStream:
                     if start > self._position and not decoder.in_transaction:
                         # A commit (or a skipped empty transaction) ends here.
                         self._position = start
+                        if start >= stop_at:
+                            break
                     if len(out) >= max_events:
                         break
                 elif kind == _K:
@@ -179,6 +184,8 @@ class ReplicationStream:
                         self._position = end
                     if reply:
                         self._send_status()
+                    if self._position >= stop_at:
+                        break
                 countdown -= 1
                 if countdown == 0:
                     countdown = _CHECK_EVERY
@@ -187,6 +194,8 @@ class ReplicationStream:
                         break
                 continue
             if nbytes == 0:  # nothing buffered: wait for the socket
+                if self._position >= stop_at:
+                    break
                 self._status_if_due()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

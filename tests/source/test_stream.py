@@ -176,3 +176,20 @@ def test_errors_that_retrying_cannot_fix_are_not_transient(replication: Replicat
             stream.read(timeout=0.5)
     assert not isinstance(failed.value, ReplicationLost) and not getattr(failed.value, "transient", False)
     assert 'publication "pub" does not exist' in str(failed.value)
+
+
+def test_read_returns_as_soon_as_the_position_reaches_until(replication: Replication) -> None:
+    slot = three_transactions(replication)
+    target = flush_lsn(replication.db)
+    with replication.stream(slot, "pgoutput") as stream:
+        started = time.monotonic()
+        events = []
+        while stream.position < target:
+            events += stream.read(max_events=10_000, timeout=30, until=target)
+        took = time.monotonic() - started
+        # Already there: returns at once, without waiting out the timeout.
+        again = time.monotonic()
+        assert stream.read(max_events=10_000, timeout=30, until=target) == []
+        assert time.monotonic() - again < 1
+    assert sum(1 for e in events if type(e) is Change) == 3
+    assert took < 10, f"took {took:.1f}s: read() waited for its timeout"
