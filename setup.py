@@ -9,7 +9,10 @@ from setuptools import Extension, setup
 pgoutput = Extension(
     "replicator._pgoutput",
     sources=["replicator/_pgoutput.c"],
-    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    # Deliberately not linked against libpq: pump() calls the libpq psycopg has loaded, found at
+    # run time (see the comment at the top of _pgoutput.c).
+    libraries=["dl"],
+    extra_compile_args=["-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     optional=True,
 )
 

@@ -13,6 +13,19 @@
  *   dataclass's __init__ does, without its Python frame. configure() hands over the classes
  *   and markers of replicator.decoding.changes and checks that Change is still the plain
  *   slotted dataclass this expects; pgoutput.py falls back to Python if it is not.
+ * - pump(...): the replication stream's read loop for runs of row messages, straight from
+ *   libpq. Through psycopg's wrapper each CopyData message costs a Python call, a buffer
+ *   object, a memoryview, a slice and a copy before decoding even starts; here consecutive
+ *   XLogData messages carrying Insert, Update or Delete become Change events without
+ *   leaving C. Anything else (Begin, Commit, Relation, keepalives, a message we cannot
+ *   decode) is handed back to replicator/source/stream.py, which does what it always did.
+ *
+ * pump() must call the very libpq psycopg uses (psycopg-binary bundles its own; a PGconn
+ * from one build passed to another would be undefined behaviour). So nothing here links
+ * against libpq: bind_libpq() takes the path of an object psycopg has loaded (its pq module,
+ * or the libpq its ctypes wrapper loaded), opens it with RTLD_NOLOAD (never loading anything
+ * new) and looks the two functions up in that object's dependency tree, then checks the
+ * library's version against psycopg's. This is the approach of replicator/_relay.c.
  *
  * Message formats: https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
  * Values are text-format (we never start the stream with binary 'true'): str, None for NULL,
@@ -23,6 +36,7 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include <dlfcn.h>
 #include <stdint.h>
 
 static uint32_t
@@ -304,7 +318,190 @@ done:
     return result;
 }
 
+/* libpq, as psycopg loaded it (bind_libpq). */
+typedef struct pg_conn PGconn; /* opaque, as in libpq-fe.h */
+static int (*pq_getCopyData)(PGconn *, char **, int);
+static void (*pq_freemem)(void *);
+
+/* bind_libpq(path, expected_version) -> (version, library file) */
+static PyObject *
+bind_libpq(PyObject *self, PyObject *args)
+{
+    const char *path;
+    int expected;
+    if (!PyArg_ParseTuple(args, "si:bind_libpq", &path, &expected))
+        return NULL;
+    dlerror();
+    /* Never dlclose()d: psycopg keeps the library loaded for the life of the process anyway. */
+    void *handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (handle == NULL) {
+        const char *why = dlerror();
+        return PyErr_Format(PyExc_OSError, "%s is not loaded in this process (%s)", path,
+                            why ? why : "dlopen with RTLD_NOLOAD found no such object");
+    }
+    void *get = dlsym(handle, "PQgetCopyData"), *freemem = dlsym(handle, "PQfreemem");
+    void *libversion = dlsym(handle, "PQlibVersion");
+    if (get == NULL || freemem == NULL || libversion == NULL)
+        return PyErr_Format(PyExc_OSError, "libpq's functions not found from %s", path);
+    Dl_info info;
+    const char *library = "?";
+    if (dladdr(get, &info) && info.dli_fname)
+        library = info.dli_fname;
+    int version = ((int (*)(void))libversion)();
+    if (version != expected)
+        return PyErr_Format(PyExc_OSError, "the libpq found from %s (%s) is version %d, not %d", path, library,
+                            version, expected);
+    pq_getCopyData = (int (*)(PGconn *, char **, int))get;
+    pq_freemem = (void (*)(void *))freemem;
+    return Py_BuildValue("(is)", version, library);
+}
+
+/* Outcomes of pump(); stream.py knows them by these numbers. */
+enum {
+    PUMP_FULL = 0,     /* out holds max_events events */
+    PUMP_COUNT = 1,    /* max_messages messages taken: time for the caller's periodic checks */
+    PUMP_NO_DATA = 2,  /* nothing buffered: the caller waits for the socket */
+    PUMP_MESSAGE = 3,  /* a message for the caller to handle, returned as bytes */
+    PUMP_END = 4,      /* PQgetCopyData returned -1: the server ended the COPY */
+    PUMP_FAILED = 5,   /* PQgetCopyData returned -2 */
+};
+
+static uint64_t
+be64(const unsigned char *p)
+{
+    return ((uint64_t)be32(p) << 32) | be32(p + 4);
+}
+
+/* A row message (after the 25-byte XLogData header) as a Change; NULL without an error set when
+ * it is something to hand back to the caller (not a row, unknown relation, malformed). */
+static PyObject *
+change_of(const unsigned char *msg, Py_ssize_t size, PyObject *relations, uint64_t lsn_value, PyObject *xid,
+          PyObject *commit_time)
+{
+    char kind;
+    uint32_t relid;
+    PyObject *old = NULL, *new = NULL, *oid = NULL, *lsn = NULL, *change = NULL, *result = NULL;
+    if (size < 1 || (msg[0] != 'I' && msg[0] != 'U' && msg[0] != 'D'))
+        return NULL;
+    if (parse_row(msg, size, unchanged_toast, &kind, &relid, &old, &new) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_ValueError))
+            PyErr_Clear(); /* the caller decodes it again and reports it properly */
+        return NULL;
+    }
+    if ((oid = PyLong_FromUnsignedLong(relid)) == NULL)
+        goto done;
+    PyObject *rel = PyDict_GetItemWithError(relations, oid); /* borrowed */
+    if (rel == NULL)
+        goto done; /* unknown (or an error, which stays set) */
+    if ((lsn = make_lsn(lsn_value)) == NULL)
+        goto done;
+    if ((change = change_type->tp_alloc(change_type, 0)) == NULL)
+        goto done;
+    PyObject *op = kind == 'I' ? op_insert : kind == 'U' ? op_update : op_delete;
+    PyObject *values[N_FIELDS] = {op, rel, new ? new : Py_None, old ? old : Py_None, lsn, xid, commit_time};
+    for (int i = 0; i < N_FIELDS; i++) {
+        if (PyMember_SetOne((char *)change, fields[i], values[i]) < 0)
+            goto done;
+    }
+    result = Py_NewRef(change);
+done:
+    Py_XDECREF(change);
+    Py_XDECREF(lsn);
+    Py_XDECREF(oid);
+    Py_XDECREF(old);
+    Py_XDECREF(new);
+    return result;
+}
+
+/* pump(conn_ptr, relations, xid, commit_time, out, max_events, max_messages)
+ *   -> (outcome, messages taken, highest WAL end seen, message bytes or None)
+ *
+ * Takes CopyData messages from libpq (never blocking) while they are XLogData carrying row
+ * messages of known relations, appending their Change events to out. conn_ptr is psycopg's
+ * PGconn.pgconn_ptr, in COPY BOTH state, used by no other thread meanwhile. The GIL is held
+ * throughout (nothing here waits). */
+static PyObject *
+pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "pump() takes 7 arguments");
+        return NULL;
+    }
+    if (pq_getCopyData == NULL || change_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pump: bind_libpq() and configure() must be called first");
+        return NULL;
+    }
+    PGconn *conn = (PGconn *)PyLong_AsVoidPtr(args[0]);
+    if (conn == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "pump: no connection");
+        return NULL;
+    }
+    PyObject *relations = args[1], *xid = args[2], *commit_time = args[3], *out = args[4];
+    if (!PyDict_Check(relations) || !PyList_Check(out)) {
+        PyErr_SetString(PyExc_TypeError, "pump: relations must be a dict and out a list");
+        return NULL;
+    }
+    Py_ssize_t max_events = PyLong_AsSsize_t(args[5]);
+    Py_ssize_t max_messages = PyLong_AsSsize_t(args[6]);
+    if ((max_events == -1 || max_messages == -1) && PyErr_Occurred())
+        return NULL;
+
+    int outcome = PUMP_COUNT;
+    Py_ssize_t taken = 0;
+    uint64_t received = 0;
+    PyObject *message = NULL;
+    while (taken < max_messages) {
+        if (PyList_GET_SIZE(out) >= max_events) {
+            outcome = PUMP_FULL;
+            break;
+        }
+        char *buf = NULL;
+        int n = pq_getCopyData(conn, &buf, 1);
+        if (n <= 0) {
+            outcome = n == 0 ? PUMP_NO_DATA : n == -1 ? PUMP_END : PUMP_FAILED;
+            break;
+        }
+        taken++;
+        const unsigned char *data = (const unsigned char *)buf;
+        PyObject *change = NULL;
+        if (data[0] == 'w' && n > 25) {
+            change = change_of(data + 25, n - 25, relations, be64(data + 1), xid, commit_time);
+            if (change == NULL && PyErr_Occurred()) {
+                pq_freemem(buf);
+                return NULL;
+            }
+        }
+        if (change == NULL) { /* not ours to decode: the caller handles it */
+            message = PyBytes_FromStringAndSize(buf, n);
+            pq_freemem(buf);
+            if (message == NULL)
+                return NULL;
+            outcome = PUMP_MESSAGE;
+            break;
+        }
+        uint64_t end = be64(data + 9);
+        if (end > received)
+            received = end;
+        pq_freemem(buf);
+        int failed = PyList_Append(out, change);
+        Py_DECREF(change);
+        if (failed < 0)
+            return NULL;
+    }
+    PyObject *result = Py_BuildValue("(inKO)", outcome, taken, (unsigned long long)received,
+                                     message ? message : Py_None);
+    Py_XDECREF(message);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"bind_libpq", bind_libpq, METH_VARARGS,
+     "bind_libpq(path, expected_version) -> (version, library): find psycopg's libpq for pump()."},
+    {"pump", (PyCFunction)(void (*)(void))pump, METH_FASTCALL,
+     "pump(conn_ptr, relations, xid, commit_time, out, max_events, max_messages)\n"
+     "    -> (outcome, messages taken, highest WAL end seen, message or None)\n\n"
+     "Read runs of pgoutput row messages straight from libpq into Change events."},
     {"configure", configure, METH_VARARGS,
      "configure(Change, Lsn, Op.INSERT, Op.UPDATE, Op.DELETE, UNCHANGED_TOAST): what row_change builds."},
     {"row_change", (PyCFunction)(void (*)(void))row_change, METH_FASTCALL,

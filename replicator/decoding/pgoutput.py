@@ -15,11 +15,15 @@ Both give the same events and the same errors (tests/decoding runs both).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import os
 import struct
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from psycopg import pq
 
 from replicator.decoding.changes import (
     UNCHANGED_TOAST,
@@ -37,6 +41,8 @@ from replicator.decoding.changes import (
     Values,
 )
 from replicator.lsn import Lsn, lsn_from_server
+
+log = logging.getLogger(__name__)
 
 _lsn = lsn_from_server
 _int16 = struct.Struct(">h").unpack_from
@@ -96,6 +102,19 @@ class PgOutputDecoder:
             "proto_version": str(self.proto_version),
             "publication_names": ",".join(_quote_ident(p) for p in self.publications),
         }
+
+    def native_pump(self) -> Pump | None:
+        """A loop in C that reads runs of row messages straight from libpq into events
+        (``replicator._pgoutput.pump``, used by ``ReplicationStream.read``), or None when the
+        extension or psycopg's libpq cannot be used."""
+        if NATIVE is None or not _bind_libpq():
+            return None
+        pump, relations = NATIVE.pump, self.relations  # the dict itself: reset() clears it in place
+
+        def run(conn_ptr: int, out: list[Event], max_events: int, max_messages: int) -> PumpResult:
+            return pump(conn_ptr, relations, self._xid, self._time, out, max_events, max_messages)  # type: ignore[no-any-return]
+
+        return run
 
     def reset(self) -> None:
         self.relations.clear()
@@ -296,6 +315,41 @@ def _native() -> Any:
     except TypeError:
         return None
     return _pgoutput
+
+
+PumpResult = tuple[int, int, int, "bytes | None"]
+"""(outcome, messages taken, highest WAL end seen, a message for the caller): see _pgoutput.c."""
+Pump = Callable[[int, list[Event], int, int], PumpResult]
+"""(PGconn pointer, events out, max events, max messages) -> PumpResult"""
+PUMP_FULL, PUMP_COUNT, PUMP_NO_DATA, PUMP_MESSAGE, PUMP_END, PUMP_FAILED = range(6)
+
+
+@functools.cache
+def _bind_libpq() -> bool:
+    """Point the extension's pump at the libpq psycopg uses (the same library, the same version)."""
+    assert NATIVE is not None
+    try:
+        version, library = NATIVE.bind_libpq(_libpq_carrier(), pq.version())
+    except (OSError, ImportError, AttributeError) as e:
+        log.debug("pgoutput: reading with psycopg, not in C: cannot use psycopg's libpq: %s", e)
+        return False
+    log.debug("pgoutput: reading row messages in C through %s (libpq %s)", library, version)
+    return True
+
+
+def _libpq_carrier() -> str:
+    """A file psycopg has loaded whose dependency tree holds (or which is) the libpq it calls."""
+    if pq.__impl__ == "binary":
+        import psycopg_binary.pq  # type: ignore[import-not-found]
+
+        return str(psycopg_binary.pq.__file__)
+    if pq.__impl__ == "c":
+        import psycopg_c.pq  # type: ignore[import-not-found]
+
+        return str(psycopg_c.pq.__file__)
+    from psycopg.pq import _pq_ctypes  # type: ignore[attr-defined]
+
+    return str(_pq_ctypes.libname)
 
 
 NATIVE = _native()

@@ -29,10 +29,12 @@ from typing import Any
 
 import psycopg
 from psycopg import pq, sql
+from psycopg.pq.misc import error_message
 
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect, describe
 from replicator.decoding.changes import Decoder, Event
+from replicator.decoding.pgoutput import PUMP_COUNT, PUMP_END, PUMP_FULL, PUMP_MESSAGE, PUMP_NO_DATA, Pump
 from replicator.errors import SourceError
 from replicator.lsn import Lsn
 from replicator.source.session import apply_output_settings
@@ -99,6 +101,10 @@ class ReplicationStream:
         self._last_status = 0.0
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._pgconn.socket, selectors.EVENT_READ)
+        # pgoutput can read runs of row messages in C, straight from libpq (see _pgoutput.c).
+        native_pump = getattr(decoder, "native_pump", None)
+        self._pump: Pump | None = native_pump() if native_pump is not None else None
+        self._conn_ptr = self._pgconn.pgconn_ptr
         try:
             self._start(start_lsn)
         except BaseException:
@@ -155,11 +161,37 @@ class ReplicationStream:
         decode = decoder.decode
         extend = out.extend
         countdown = _CHECK_EVERY
+        pump, conn_ptr = self._pump, self._conn_ptr
         while True:
-            try:
-                nbytes, buf = pgconn.get_copy_data(1)
-            except psycopg.OperationalError as e:
-                raise self._lost(str(e)) from None
+            if pump is not None:
+                # Runs of row messages are read and decoded in C; anything else comes back here.
+                outcome, taken, received, message = pump(conn_ptr, out, max_events, countdown)
+                if received > self._received:
+                    self._received = received
+                countdown -= taken
+                if outcome == PUMP_MESSAGE:
+                    assert message is not None
+                    nbytes, buf = len(message), message
+                    countdown += 1  # counted again below
+                elif outcome == PUMP_NO_DATA:
+                    nbytes = 0
+                elif outcome == PUMP_FULL:
+                    break
+                elif outcome == PUMP_COUNT:
+                    countdown = _CHECK_EVERY
+                    self._status_if_due()
+                    if time.monotonic() >= deadline:
+                        break
+                    continue
+                elif outcome == PUMP_END:
+                    nbytes = -1
+                else:  # PUMP_FAILED: as psycopg's get_copy_data() would raise
+                    raise self._lost(error_message(pgconn))
+            else:
+                try:
+                    nbytes, buf = pgconn.get_copy_data(1)
+                except psycopg.OperationalError as e:
+                    raise self._lost(str(e)) from None
             if nbytes > 0:
                 kind = buf[0]
                 if kind == _W:

@@ -28,13 +28,14 @@ BIG = "SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 3200)"
 
 @pytest.fixture(autouse=True, params=["native", "python"])
 def row_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs with the C row decoder (when it is built) and with the pure-Python one."""
+    """Every test here runs with the C row decoder and read loop (when built) and with the pure-Python ones."""
     if request.param == "native":
         if pgoutput.NATIVE is None:
             pytest.skip("replicator._pgoutput is not built (python setup.py build_ext --inplace)")
     else:
         monkeypatch.setattr(pgoutput, "row_change", pgoutput.row_change_py)
         monkeypatch.setattr(pgoutput, "row_message", pgoutput.row_message_py)
+        monkeypatch.setattr(PgOutputDecoder, "native_pump", lambda self: None)
     return str(request.param)
 
 
