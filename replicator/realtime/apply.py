@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import operator
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,141 +67,70 @@ ColumnType = Callable[[int, int], str]  # (type oid, typmod) -> type as SQL, loo
 
 
 @dataclass
-class Applier:
-    conn: psycopg.Connection[Any]  # destination, autocommit (transactions are explicit)
+class Writer:
+    """The destination side: applies ``Folded`` units and commits them with their checkpoint.
+
+    Owns the destination connection (autocommit; transactions are explicit) while it works.
+    """
+
+    conn: psycopg.Connection[Any]
     job: str
     slot: str
     targets: dict[tuple[str, str], Target]
     column_type: ColumnType
     soft_deletes: bool = False
-    flush_rows: int = 10_000
-    # Leaf partition -> its root, for decoders that name the partition (wal2json).
-    aliases: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    _batches: dict[tuple[str, str], fold.TableBatch] = field(default_factory=dict)
-    _buffered: int = 0  # changes folded since the last flush
-    _txn_changes: int = 0
     _in_txn: bool = False
-    _pending_lsn: Lsn | None = None  # end LSN of the last source commit applied but not committed
-    _pending_txns: int = 0
-    _txn_started: float = 0.0
     _stages: dict[tuple[Any, ...], sql.Identifier] = field(default_factory=dict)
     _stage_seq: int = 0
-    _last_relation: Relation | None = None  # the relation of the last change, and its batch
-    _last_batch: fold.TableBatch | None = None
+    _checked: dict[tuple[str, str], Relation] = field(default_factory=dict)  # relation shape the table fits
+    _altered: set[tuple[str, str]] = field(default_factory=set)  # tables altered in the open transaction
+    _stale: set[tuple[str, str]] = field(default_factory=set)  # tables whose ALTER was rolled back
     applied_changes: int = 0
 
-    # -- feeding ---------------------------------------------------------------------------
-
-    def change(self, event: Change | Truncate) -> None:
-        """Fold one change into the open destination transaction (opening it if needed)."""
-        if not self._in_txn:
-            self._begin()
-        if type(event) is Truncate:
-            for rel in event.relations:
-                batch = self._batch(rel)
-                if batch is not None:
-                    batch.truncate()
-            return
-        rel = event.relation
-        if rel is self._last_relation:  # runs of changes to one table: skip the lookups
-            batch = self._last_batch
-        else:
-            batch = self._batch(rel)
-            self._last_relation, self._last_batch = rel, batch
-        if batch is None:
-            return  # a published table we do not replicate (e.g. the heartbeat table)
-        batch.add(event)  # type: ignore[arg-type]
-        self._buffered += 1
-        self._txn_changes += 1
-        if self._buffered >= self.flush_rows:
-            self.flush()
-
-    def source_commit(self, end_lsn: Lsn) -> None:
-        """A source transaction ended: everything fed so far belongs to complete transactions."""
+    def apply(self, folded: fold.Folded) -> None:
+        """Apply one unit inside the open destination transaction (opening it if needed)."""
         self._begin()
-        self._pending_lsn = end_lsn
-        self._pending_txns += 1
+        self.flush(folded.batches)
 
-    @property
-    def pending_transactions(self) -> int:
-        return self._pending_txns
-
-    @property
-    def transaction_changes(self) -> int:
-        """Changes fed into the open destination transaction."""
-        return self._txn_changes
-
-    def reset_session(self) -> None:
-        """After reconnecting to the destination: the session's staging tables are gone."""
-        self._stages.clear()
-
-    @property
-    def open_seconds(self) -> float:
-        return time.monotonic() - self._txn_started if self._in_txn else 0.0
-
-    # -- committing ------------------------------------------------------------------------
-
-    def commit(self) -> Lsn | None:
-        """Flush, write the checkpoint, commit. Returns the LSN now safe to confirm to the source.
-
-        Only call at a source transaction boundary (after ``source_commit``).
-        """
-        if not self._in_txn or self._pending_lsn is None:
-            return None
-        self.flush()
+    def commit(self, lsn: Lsn) -> None:
+        """Write the checkpoint ``lsn`` and commit: everything applied is now durable."""
+        self._begin()
         self.conn.execute(
             """INSERT INTO _replicator.slot_checkpoints (job, slot_name, lsn) VALUES (%s, %s, %s)
                ON CONFLICT (job, slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()""",
-            (self.job, self.slot, str(self._pending_lsn)),
+            (self.job, self.slot, str(lsn)),
         )
         self.conn.execute("COMMIT")
-        lsn = self._pending_lsn
-        self._in_txn, self._pending_lsn, self._pending_txns, self._txn_changes = False, None, 0, 0
-        return lsn
+        self._in_txn = False
+        self._altered.clear()
 
     def rollback(self) -> None:
-        """Abandon whatever is not committed (the stream will resend it from the checkpoint)."""
-        self._batches.clear()
-        self._last_relation = self._last_batch = None
-        self._buffered = 0
-        self._pending_lsn, self._pending_txns, self._txn_changes = None, 0, 0
-        if self._in_txn and not self.conn.closed:
+        """Abandon the open destination transaction, if one is open."""
+        if not self._in_txn:
+            return
+        self._in_txn = False
+        if not self.conn.closed:
             try:
                 self.conn.execute("ROLLBACK")
             except psycopg.Error:
                 pass
-        self._in_txn = False
+        # Stages created in the transaction went with it (the others are merely left unused).
+        self._stages.clear()
+        # So did its ALTER TABLEs: what we learnt of those tables is stale (described again when next used).
+        self._stale |= self._altered
+        self._altered.clear()
+
+    def reset_session(self) -> None:
+        """After reconnecting to the destination: the session's staging tables are gone."""
+        self._stages.clear()
+        self._checked.clear()
 
     def _begin(self) -> None:
         if not self._in_txn:
             self.conn.execute(_BEGIN)
             self._in_txn = True
-            self._txn_started = time.monotonic()
 
     # -- relations and schema changes ------------------------------------------------------
-
-    def _batch(self, rel: Relation) -> fold.TableBatch | None:
-        key = (rel.schema, rel.table)
-        key = self.aliases.get(key, key)
-        target = self.targets.get(key)
-        if target is None:
-            return None
-        batch = self._batches.get(key)
-        if batch is not None and batch.relation is not rel and batch.relation.columns != rel.columns:
-            # The table's shape changed mid-batch (ALTER TABLE): apply what was folded under the
-            # old shape first; values of different shapes cannot share a staging table.
-            self.flush()
-            batch = None
-        if batch is None:
-            self._adapt_destination(target, rel)
-            missing = [k for k in target.key if k not in rel.names]
-            if missing:
-                raise DestinationError(
-                    f"{rel.qualified_name}: the stream does not carry key column(s) {', '.join(missing)}"
-                )
-            batch = fold.TableBatch(rel, tuple(rel.names.index(k) for k in target.key))
-            self._batches[key] = batch
-        return batch
 
     def _adapt_destination(self, target: Target, rel: Relation) -> None:
         """Add columns the source gained; let NOT NULL columns the source lost take NULLs."""
@@ -227,6 +155,7 @@ class Applier:
             self.conn.execute(
                 sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(dest.ident, sql.Identifier(c.name))
             )
+        self._altered.add((dest.schema, dest.name))
         refreshed = describe_table(self.conn, dest.schema, dest.name)
         assert refreshed is not None
         target.table = refreshed
@@ -236,12 +165,19 @@ class Applier:
 
     # -- flushing --------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Apply every folded operation inside the open destination transaction."""
-        batches, self._batches, self._buffered = self._batches, {}, 0
-        self._last_relation = self._last_batch = None
+    def flush(self, batches: dict[tuple[str, str], fold.TableBatch]) -> None:
+        """Apply folded operations inside the open destination transaction."""
         for key, batch in batches.items():
             target = self.targets[key]
+            if key in self._stale:
+                refreshed = describe_table(self.conn, *key)
+                assert refreshed is not None
+                target.table = refreshed
+                self._stale.discard(key)
+                self._checked.pop(key, None)
+            if self._checked.get(key) is not batch.relation:
+                self._adapt_destination(target, batch.relation)
+                self._checked[key] = batch.relation
             if batch.truncated:
                 self._truncate(target)
             if batch.keyless:
@@ -459,3 +395,71 @@ def copy_text(rows: Sequence[Sequence[str | None]], width: int) -> str:
 def _copy_line(row: Sequence[str | None]) -> str:
     return "\t".join("\\N" if v is None else v.translate(_COPY_ESCAPES) for v in row) + "\n"
 
+
+
+class Applier:
+    """Folds and writes on one thread: what the pipeline splits between its reader (``Folder``)
+    and its worker (``Writer``), in one object for callers that need no overlap."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        job: str,
+        slot: str,
+        targets: dict[tuple[str, str], Target],
+        column_type: ColumnType,
+        soft_deletes: bool = False,
+        flush_rows: int = 10_000,
+        aliases: dict[tuple[str, str], tuple[str, str]] | None = None,
+    ):
+        self.writer = Writer(conn, job, slot, targets, column_type, soft_deletes)
+        self.folder = fold.Folder({k: t.key for k, t in targets.items()}, aliases, flush_rows)
+
+    def change(self, event: Change | Truncate) -> None:
+        """Fold one change; apply what is ready (every ``flush_rows`` changes)."""
+        ready = self.folder.change(event)
+        if ready:
+            for folded in ready:
+                self.writer.apply(folded)
+
+    def source_commit(self, end_lsn: Lsn) -> None:
+        """A source transaction ended: everything fed so far belongs to complete transactions."""
+        self.folder.source_commit(end_lsn)
+
+    def commit(self) -> Lsn | None:
+        """Apply the rest, write the checkpoint, commit. Returns the LSN now safe to confirm to
+        the source. Only call at a source transaction boundary (after ``source_commit``)."""
+        done = self.folder.commit()
+        if done is None:
+            return None
+        ready, lsn = done
+        for folded in ready:
+            self.writer.apply(folded)
+        self.writer.commit(lsn)
+        return lsn
+
+    def flush(self) -> None:
+        """Apply everything folded so far inside the open destination transaction."""
+        for folded in self.folder.take():
+            self.writer.apply(folded)
+
+    def rollback(self) -> None:
+        """Abandon whatever is not committed (the stream will resend it from the checkpoint)."""
+        self.folder.clear()
+        self.writer.rollback()
+
+    @property
+    def pending_transactions(self) -> int:
+        return self.folder.pending_transactions
+
+    @property
+    def transaction_changes(self) -> int:
+        return self.folder.transaction_changes
+
+    @property
+    def open_seconds(self) -> float:
+        return self.folder.open_seconds
+
+    @property
+    def applied_changes(self) -> int:
+        return self.writer.applied_changes

@@ -1,15 +1,20 @@
-"""The apply side of a slot's pipeline, on its own thread: the destination works while we read.
+"""The destination side of a slot's pipeline, on its own thread: the destination works while we read.
 
 PostgreSQL's own logical replication decodes in the walsender and applies in a separate worker
-process, in parallel. Here the reader thread reads and decodes the stream and hands chunks of
-events to an ``ApplyWorker``, which owns the destination connection: it folds, stages, merges
-and commits (``Applier``), and publishes what it has committed. Only that ever reaches the
-source as confirmed. The queue between them is short (``depth`` chunks of at most
-``fetch-size-rows`` events), so memory stays bounded and the reader waits when it is ahead.
+process, in parallel. Here the slot's thread reads, decodes and folds (``fold.Folder``, which
+never touches the destination) and hands what is folded to an ``ApplyWorker``, which owns the
+destination connection: it stages, merges and commits (``apply.Writer``) and publishes what it
+has committed. Only that ever reaches the source as confirmed. So the destination merges one
+unit while the next one is read and folded, and stays busy.
 
-Guarantees are the applier's, unchanged: one destination transaction covers whole source
-transactions and commits with their checkpoint; on any failure the open transaction is rolled
-back and the stream resumes from the checkpoint.
+The queue between them is short (a few units of at most ``fetch-size-rows`` changes each), so
+memory stays bounded and the reader waits when it is ahead. Items are applied in order:
+units, commits (the checkpoint LSN commits with the units before it: whole source transactions
+only, as the reader decides), and "drained" marks (everything read up to a stream position is
+committed: the source may move there, which keeps idle slots current).
+
+On any failure the worker stops; the reader raises its error, and the open destination
+transaction is rolled back: the stream resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -17,22 +22,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from replicator.decoding.changes import Begin, Change, Commit, Event, Truncate
 from replicator.lsn import Lsn
-from replicator.realtime.apply import Applier
+from replicator.realtime.apply import Writer
+from replicator.realtime.fold import Folded
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CommitRules:
-    """When the worker commits, at a source transaction boundary with transactions pending."""
-
-    max_open_s: float  # the destination transaction has been open this long
-    max_changes: int  # it holds this many changes
 
 
 @dataclass
@@ -40,21 +36,19 @@ class Progress:
     """What the worker has made durable, read by the reader thread (plain attribute reads)."""
 
     committed: Lsn | None = None  # checkpoint of the last destination commit
-    drained: Lsn | None = None  # reader position after the last chunk applied with nothing pending
-    transactions: int = 0
-    changes: int = 0
+    drained: Lsn | None = None  # a stream position up to which everything read is committed
     commits: int = 0
 
 
-_FINISH = object()  # commit what is complete, then end
+_APPLY, _COMMIT, _DRAINED = 0, 1, 2
+_FINISH = object()  # everything before it is done: end
 
 
 class ApplyWorker:
-    """Applies chunks of events on a thread of its own; see the module docstring."""
+    """Applies folded units and commits on a thread of its own; see the module docstring."""
 
-    def __init__(self, applier: Applier, rules: CommitRules, name: str, depth: int = 2):
-        self.applier = applier
-        self.rules = rules
+    def __init__(self, writer: Writer, name: str, depth: int = 4):
+        self.writer = writer
         self.progress = Progress()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
         self._abort = threading.Event()
@@ -67,39 +61,35 @@ class ApplyWorker:
 
     # -- the reader's side -----------------------------------------------------------------
 
-    def put(self, events: Sequence[Event], position: Lsn, idle: bool) -> None:
-        """Hand over the events of one read (``idle``: the read found nothing new) and the reader's
-        position after it; waits while the queue is full. Raises the worker's error, if any."""
-        while True:
-            self.check()
-            try:
-                self._queue.put((events, position, idle), timeout=0.5)
-                return
-            except queue.Full:
-                continue
+    def apply(self, folded: Folded) -> None:
+        """Stage and merge this unit (inside the open destination transaction)."""
+        self._put((_APPLY, folded))
+
+    def commit(self, lsn: Lsn) -> None:
+        """Commit what was applied, with checkpoint ``lsn`` (the end of a source transaction)."""
+        self._put((_COMMIT, lsn))
+
+    def drained(self, position: Lsn) -> None:
+        """Everything read up to ``position`` has been handed over and committed (or was nothing
+        to apply): publish ``position`` once the worker gets here."""
+        self._put((_DRAINED, position))
 
     def check(self) -> None:
         """Raise, in the reader's thread, whatever ended the worker."""
         if self._error is not None:
             raise self._error
-        if not self._thread.is_alive() and self._thread.ident is not None and not self._abort.is_set():
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._abort.is_set():
             raise RuntimeError("the apply worker ended unexpectedly")
 
     def finish(self) -> None:
-        """Apply everything handed over, commit it (the reader is at a transaction boundary), end."""
-        while self._thread.is_alive():
-            self.check()
-            try:
-                self._queue.put(_FINISH, timeout=0.5)
-                break
-            except queue.Full:
-                continue
+        """Wait until everything handed over is done; then end."""
+        self._put(_FINISH)
         self._thread.join()
         if self._error is not None:
             raise self._error
 
     def abort(self) -> None:
-        """Stop without committing; the open destination transaction is rolled back."""
+        """Stop without committing more; the open destination transaction is rolled back."""
         self._abort.set()
         while True:  # make room, so that a worker waiting for work wakes up
             try:
@@ -113,55 +103,37 @@ class ApplyWorker:
         if self._thread.ident is not None:
             self._thread.join()
 
+    def _put(self, item: object) -> None:
+        # Waits while the queue is full, watching for the worker's failure.
+        while True:
+            self.check()
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
     # -- the worker's thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        applier = self.applier
+        writer = self.writer
         progress = self.progress
-        in_txn = False
-        position: Lsn | None = None
         try:
             while not self._abort.is_set():
                 item = self._queue.get()
-                if self._abort.is_set():
+                if self._abort.is_set() or item is _FINISH:
                     break
-                if item is _FINISH:
-                    if in_txn:  # not at a boundary: nothing of the open destination transaction stays
-                        applier.rollback()
-                        return
-                    if applier.pending_transactions:
-                        self._commit()
-                    progress.drained = position
-                    return
-                events, position, idle = item  # type: ignore[misc]
-                change = applier.change
-                for ev in events:
-                    t = type(ev)
-                    if t is Change or t is Truncate:
-                        change(ev)  # type: ignore[arg-type]
-                        progress.changes += 1
-                    elif t is Begin:
-                        in_txn = True
-                    elif t is Commit:
-                        in_txn = False
-                        applier.source_commit(ev.end_lsn)  # type: ignore[union-attr]
-                        progress.transactions += 1
-                if not in_txn and applier.pending_transactions and (
-                    idle
-                    or applier.open_seconds >= self.rules.max_open_s
-                    or applier.transaction_changes >= self.rules.max_changes
-                ):
-                    self._commit()
-                if not in_txn and not applier.pending_transactions:
-                    progress.drained = position  # everything read so far is applied
+                kind, arg = item  # type: ignore[misc]
+                if kind == _APPLY:
+                    writer.apply(arg)
+                elif kind == _COMMIT:
+                    writer.commit(arg)
+                    progress.committed = arg
+                    progress.commits += 1
+                else:
+                    progress.drained = arg
         except BaseException as e:  # handed to the reader thread by check()
             self._error = e
         finally:
-            if self._error is not None or self._abort.is_set():
-                applier.rollback()
-
-    def _commit(self) -> None:
-        lsn = self.applier.commit()
-        if lsn is not None:
-            self.progress.committed = lsn
-            self.progress.commits += 1
+            # Whatever was applied but not committed does not stay (normally nothing is left).
+            writer.rollback()

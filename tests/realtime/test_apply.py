@@ -86,7 +86,7 @@ def test_joins_to_the_stage_probe_the_key_instead_of_scanning_the_table(dest: ps
         a.change(ch(Op.DELETE, old=(str(i), None)))
     # The statements run inside the applier's transaction, with its planner settings.
     a.flush()
-    (stage,) = a._stages.values()
+    (stage,) = a.writer._stages.values()
     plan = "\n".join(r[0] for r in dest.execute(
         sql.SQL("EXPLAIN DELETE FROM t AS d USING {} AS s WHERE d.id = s.id").format(stage)).fetchall())
     a.rollback()
