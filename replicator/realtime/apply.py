@@ -82,6 +82,7 @@ class Writer:
     _in_txn: bool = False
     _stages: dict[tuple[Any, ...], sql.Identifier] = field(default_factory=dict)
     _stage_seq: int = 0
+    _filled: set[tuple[Any, ...]] = field(default_factory=set)  # stages (by signature) filled in the open transaction
     _checked: dict[tuple[str, str], Relation] = field(default_factory=dict)  # relation shape the table fits
     _altered: set[tuple[str, str]] = field(default_factory=set)  # tables altered in the open transaction
     _stale: set[tuple[str, str]] = field(default_factory=set)  # tables whose ALTER was rolled back
@@ -103,6 +104,7 @@ class Writer:
         self.conn.execute("COMMIT")
         self._in_txn = False
         self._altered.clear()
+        self._filled.clear()
 
     def rollback(self) -> None:
         """Abandon the open destination transaction, if one is open."""
@@ -116,6 +118,7 @@ class Writer:
                 pass
         # Stages created in the transaction went with it (the others are merely left unused).
         self._stages.clear()
+        self._filled.clear()
         # So did its ALTER TABLEs: what we learnt of those tables is stale (described again when next used).
         self._stale |= self._altered
         self._altered.clear()
@@ -123,6 +126,7 @@ class Writer:
     def reset_session(self) -> None:
         """After reconnecting to the destination: the session's staging tables are gone."""
         self._stages.clear()
+        self._filled.clear()
         self._checked.clear()
 
     def _begin(self) -> None:
@@ -205,21 +209,30 @@ class Writer:
         else:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(t.ident))
 
-    def _stage(self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> sql.Identifier:
-        """COPY ``rows`` (text-format values) into a session temp table shaped like ``columns``."""
-        sig = ((t.table.schema, t.table.name), tuple(columns))
+    def _stage(
+        self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]], role: str = ""
+    ) -> sql.Identifier:
+        """COPY ``rows`` (text-format values) into a session temp table shaped like ``columns``.
+
+        Stages empty themselves at commit (ON COMMIT DELETE ROWS: a truncation in place), so
+        one is TRUNCATEd only when used twice in a transaction. TRUNCATE gives a table a new
+        file and a new catalog row, ~4 ms each time; ``role`` keeps stages used together in a
+        flush apart (inserted and updated rows).
+        """
+        sig = ((t.table.schema, t.table.name), tuple(columns), role)
         stage = self._stages.get(sig)
         if stage is None:
             self._stage_seq += 1
             stage = sql.Identifier(f"_replicator_stage_{self._stage_seq}")
             self.conn.execute(
-                sql.SQL("CREATE TEMP TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
+                sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
                     stage, _cols(columns), t.ident
                 )
             )
             self._stages[sig] = stage
-        else:
+        elif sig in self._filled:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
+        self._filled.add(sig)
         with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, _cols(columns))) as copy:
             copy.write(copy_text(rows, len(columns)))
         return stage
@@ -250,7 +263,8 @@ class Writer:
         """Whole rows: inserted where the key has no row, else updated in place."""
         cols = self._columns(t, batch)
         names = [n for _, n in cols]
-        stage = self._stage(t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)))
+        stage = self._stage(t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)),
+                            role="insert" if fresh else "update")
         if t.key_nullable:
             # NULLs in the key: only the unique index (NULLS NOT DISTINCT) can find those rows.
             sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]

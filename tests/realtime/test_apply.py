@@ -111,3 +111,21 @@ def test_copy_text_escapes_only_when_it_must() -> None:
     assert copy_text([("1", "a\tb"), ("2", None)], 2) == "1\ta\\tb\n2\t\\N\n"
     assert copy_text([("1", "a\\b\r\n")], 2) == "1\ta\\\\b\\r\\n\n"
     assert copy_text([], 2) == ""
+
+
+def test_a_transaction_larger_than_a_flush_reuses_its_stages(dest: psycopg.Connection[Any]) -> None:
+    dest.execute("INSERT INTO t SELECT g, 'old' FROM generate_series(100, 120) g")
+    table = describe_table(dest, "public", "t")
+    assert table is not None
+    a = Applier(dest, "job", "slot", {("public", "t"): Target(table, ("id",))}, lambda oid, typmod: "text", flush_rows=3)
+    changes = [ch(Op.INSERT, (str(i), f"new {i}")) for i in range(10)]
+    changes += [ch(Op.UPDATE, (str(100 + i), f"updated {i}")) for i in range(10)]
+    changes += [ch(Op.DELETE, old=(str(110 + i), None)) for i in range(5)]
+    apply(a, *changes)  # 25 changes in flushes of 3, all in one destination transaction
+    apply(a, ch(Op.INSERT, ("50", "next")), ch(Op.UPDATE, ("120", "next")), lsn=200)  # stages emptied at commit
+    got = dict(dest.execute("SELECT id, v FROM t").fetchall())
+    want = {i: f"new {i}" for i in range(10)} | {100 + i: f"updated {i}" for i in range(10)}
+    want |= {115 + i: "old" for i in range(5)} | {50: "next", 120: "next"}
+    assert got == want
+    for stage in a.writer._stages.values():  # nothing left over for the next transaction
+        assert dest.execute(sql.SQL("SELECT count(*) FROM {}").format(stage)).fetchone() == (0,)
