@@ -35,19 +35,18 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate, Values
+from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate
 from replicator.destinations.postgres import SOFT_DELETE_COLUMN, DestTable, describe_table
-from replicator.errors import DestinationError
 from replicator.lsn import Lsn
-from replicator.realtime import fold
+from replicator.realtime import fold, staging
 
 log = logging.getLogger(__name__)
 
 # Key lookups, never whole-table scans (see the module docstring). LOCAL: ends with the transaction.
 _BEGIN = "BEGIN; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 
-# COPY text format: backslash, and the characters that would end a field or a row.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# Savepoints (subtransactions) per destination transaction for COPYing new rows straight in.
+MAX_SAVEPOINTS = 32
 
 
 @dataclass
@@ -83,6 +82,7 @@ class Writer:
     _stages: dict[tuple[Any, ...], sql.Identifier] = field(default_factory=dict)
     _stage_seq: int = 0
     _filled: set[tuple[Any, ...]] = field(default_factory=set)  # stages (by signature) filled in the open transaction
+    _savepoints: int = 0  # in the open transaction
     _checked: dict[tuple[str, str], Relation] = field(default_factory=dict)  # relation shape the table fits
     _altered: set[tuple[str, str]] = field(default_factory=set)  # tables altered in the open transaction
     _stale: set[tuple[str, str]] = field(default_factory=set)  # tables whose ALTER was rolled back
@@ -105,6 +105,7 @@ class Writer:
         self._in_txn = False
         self._altered.clear()
         self._filled.clear()
+        self._savepoints = 0
 
     def rollback(self) -> None:
         """Abandon the open destination transaction, if one is open."""
@@ -119,6 +120,7 @@ class Writer:
         # Stages created in the transaction went with it (the others are merely left unused).
         self._stages.clear()
         self._filled.clear()
+        self._savepoints = 0
         # So did its ALTER TABLEs: what we learnt of those tables is stale (described again when next used).
         self._stale |= self._altered
         self._altered.clear()
@@ -187,17 +189,16 @@ class Writer:
             if batch.keyless:
                 self._apply_in_order(target, batch)
             else:
-                deletes, full, partial, moves = fold.split(batch.ops)
-                for new_key, op in moves:
+                p = batch.prepared or staging.prepare(batch, texts=False)
+                for new_key, op in p.moves:
                     self._move(target, batch, new_key, op)
-                if deletes:
-                    self._delete(target, batch, deletes)
-                fresh = [op for op in full if op.fresh]
-                if fresh:
-                    self._upsert(target, batch, fresh, fresh=True)
-                if len(fresh) < len(full):
-                    self._upsert(target, batch, [op for op in full if not op.fresh], fresh=False)
-                for group in _by_unchanged(partial):
+                if p.deletes:
+                    self._delete(target, batch, p.deletes, p.deleted_keys)
+                if p.fresh:
+                    self._upsert(target, batch, p.fresh, True, p.fresh_text)
+                if p.existing:
+                    self._upsert(target, batch, p.existing, False, p.existing_text)
+                for group in _by_unchanged(p.partial):
                     self._update(target, batch, group)
             self.applied_changes += batch.changes
 
@@ -212,7 +213,11 @@ class Writer:
     def _stage(
         self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]], role: str = ""
     ) -> sql.Identifier:
-        """COPY ``rows`` (text-format values) into a session temp table shaped like ``columns``.
+        """COPY ``rows`` (text-format values) into a session temp table shaped like ``columns``."""
+        return self._stage_text(t, columns, staging.copy_text(rows, len(columns)), role)
+
+    def _stage_text(self, t: Target, columns: Sequence[str], text: str, role: str = "") -> sql.Identifier:
+        """COPY ``text`` (rows in COPY's text format) into a session temp table shaped like ``columns``.
 
         Stages empty themselves at commit (ON COMMIT DELETE ROWS: a truncation in place), so
         one is TRUNCATEd only when used twice in a transaction. TRUNCATE gives a table a new
@@ -234,7 +239,7 @@ class Writer:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
         self._filled.add(sig)
         with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, _cols(columns))) as copy:
-            copy.write(copy_text(rows, len(columns)))
+            copy.write(text)
         return stage
 
     def _match(self, t: Target, left: str, right: str) -> sql.Composable:
@@ -244,7 +249,18 @@ class Writer:
             for k in t.key
         )
 
-    def _delete(self, t: Target, batch: fold.TableBatch, keys: list[fold.Key]) -> None:
+    def _delete(self, t: Target, batch: fold.TableBatch, keys: list[fold.Key], literal: str | None) -> None:
+        """Rows by key: a one-column key is passed as an array (probed through the key's index,
+        no stage to fill); other keys are staged."""
+        type_sql = t.table.columns[t.key[0]].type_sql
+        if literal is not None and len(t.key) == 1 and not t.key_nullable and not type_sql.endswith("]"):
+            where = sql.SQL("{} = ANY({}::{}[])").format(sql.Identifier(t.key[0]), sql.Placeholder(), sql.SQL(type_sql))
+            if self.soft_deletes:
+                q = sql.SQL("UPDATE {} SET {} = true WHERE {}").format(t.ident, sql.Identifier(SOFT_DELETE_COLUMN), where)
+            else:
+                q = sql.SQL("DELETE FROM {} WHERE {}").format(t.ident, where)
+            self.conn.execute(q, (literal,))
+            return
         stage = self._stage(t, t.key, keys)
         if self.soft_deletes:
             q = sql.SQL("UPDATE {} AS d SET {} = true FROM {} AS s WHERE {}").format(
@@ -259,12 +275,25 @@ class Writer:
         dest = t.table.columns
         return [(i, c.name) for i, c in enumerate(batch.relation.columns) if c.name in dest and not dest[c.name].generated]
 
-    def _upsert(self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert], fresh: bool) -> None:
-        """Whole rows: inserted where the key has no row, else updated in place."""
+    def _upsert(
+        self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert], fresh: bool, text: str | None = None
+    ) -> None:
+        """Whole rows: inserted where the key has no row, else updated in place.
+
+        ``text``: the rows in COPY format with every column of the stream (``staging``), used
+        when the destination stores all of them. Rows expected to be new are first COPYed
+        straight into the table (see ``_copy_fresh``)."""
         cols = self._columns(t, batch)
         names = [n for _, n in cols]
-        stage = self._stage(t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)),
-                            role="insert" if fresh else "update")
+        if len(cols) != len(batch.relation.columns):
+            text = None  # the destination leaves some out: format the projection here
+        if fresh and text is not None and self._copy_fresh(t, names, text):
+            return
+        if text is not None:
+            stage = self._stage_text(t, names, text, role="insert" if fresh else "update")
+        else:
+            stage = self._stage(t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)),
+                                role="insert" if fresh else "update")
         if t.key_nullable:
             # NULLs in the key: only the unique index (NULLS NOT DISTINCT) can find those rows.
             sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
@@ -285,6 +314,27 @@ class Writer:
         done = self.conn.execute(first).rowcount if first is not None else 0
         if done < len(ops) and then is not None:
             self.conn.execute(then)
+
+    def _copy_fresh(self, t: Target, names: Sequence[str], text: str) -> bool:
+        """COPY rows expected to be new straight into the table: no stage to fill and read, no
+        probe before each insert (the key's unique index checks). If one is there after all
+        (a stream replayed over a later snapshot), the COPY fails, is rolled back to a
+        savepoint and False is returned: the caller stages them. Not with NULLs possible in
+        the key (the index may not see them as duplicates), not with soft deletes (a deleted
+        row kept there makes re-inserts common), and at most MAX_SAVEPOINTS times per
+        transaction (more subtransactions would slow visibility checks of other sessions)."""
+        if t.key_nullable or self.soft_deletes or self._savepoints >= MAX_SAVEPOINTS:
+            return False
+        self._savepoints += 1
+        self.conn.execute("SAVEPOINT _replicator_fresh")
+        try:
+            with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(t.ident, _cols(names))) as copy:
+                copy.write(text)
+        except psycopg.errors.UniqueViolation:
+            self.conn.execute("ROLLBACK TO SAVEPOINT _replicator_fresh; RELEASE SAVEPOINT _replicator_fresh")
+            return False
+        self.conn.execute("RELEASE SAVEPOINT _replicator_fresh")
+        return True
 
     def _update_statement(self, t: Target, names: Sequence[str], stage: sql.Identifier) -> sql.Composable | None:
         sets = [sql.SQL("{0} = s.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
@@ -384,31 +434,6 @@ def _project(ops: list[fold.Upsert], positions: list[int], width: int) -> list[S
 
 def _cols(names: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-
-
-def copy_text(rows: Sequence[Sequence[str | None]], width: int) -> str:
-    """Rows of text values (None: NULL), each ``width`` long, in COPY's text format.
-
-    Values almost never hold a backslash, tab, newline or carriage return, so rows are joined
-    as they are and the whole text is checked once for those characters (a few fast scans);
-    only if one is found is every value escaped. NULLs travel as NUL characters, which no
-    PostgreSQL text value can contain, until the check is done.
-    """
-    if not rows:
-        return ""
-    join = "\t".join
-    text = "\n".join([join(r) if None not in r else join(["\0" if v is None else v for v in r]) for r in rows])  # type: ignore[misc]
-    n = len(rows)
-    if "\\" in text or "\r" in text or text.count("\n") != n - 1 or text.count("\t") != n * (width - 1):
-        return "".join(map(_copy_line, rows))
-    if "\0" in text:
-        text = text.replace("\0", "\\N")
-    return text + "\n"
-
-
-def _copy_line(row: Sequence[str | None]) -> str:
-    return "\t".join("\\N" if v is None else v.translate(_COPY_ESCAPES) for v in row) + "\n"
-
 
 
 class Applier:

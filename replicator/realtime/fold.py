@@ -24,6 +24,7 @@ import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate, Values
 from replicator.errors import DestinationError
@@ -68,6 +69,7 @@ class TableBatch:
     ops: dict[Key, Operation] = field(default_factory=dict)
     in_order: list[Change] = field(default_factory=list)  # tables without a key: no folding possible
     changes: int = 0
+    prepared: Any = field(default=None, repr=False, compare=False)  # staging.Prepared, once prepared
 
     def __post_init__(self) -> None:
         # Built once: this runs for every change.

@@ -33,6 +33,7 @@ from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.apply import Target, Writer
 from replicator.realtime.fold import Folder
+from replicator.realtime.staging import prepare_all
 from replicator.realtime.setup import SlotPlan, start_position
 from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.source.describe import CatalogDescriber
@@ -209,7 +210,7 @@ class SlotPipeline:
                 changes += 1
                 if ready:
                     for folded in ready:
-                        worker.apply(folded)
+                        worker.apply(prepare_all(folded))
             elif t is Begin:
                 in_txn = True
             elif t is Commit:
@@ -226,7 +227,7 @@ class SlotPipeline:
         if done is not None:
             ready, lsn = done
             for folded in ready:
-                worker.apply(folded)
+                worker.apply(prepare_all(folded))
             worker.commit(lsn)
 
     def _confirm(self, reader: Any, progress: Progress) -> None:

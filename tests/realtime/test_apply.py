@@ -15,7 +15,8 @@ from replicator import state
 from replicator.decoding.changes import Change, Column, Op, Relation, ReplicaIdentity
 from replicator.destinations.postgres import describe_table
 from replicator.lsn import Lsn
-from replicator.realtime.apply import Applier, Target, copy_text
+from replicator.realtime.apply import Applier, Target
+from replicator.realtime.staging import array_literal, copy_text
 from tests.conftest import Database
 
 REL = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (
@@ -129,3 +130,35 @@ def test_a_transaction_larger_than_a_flush_reuses_its_stages(dest: psycopg.Conne
     assert got == want
     for stage in a.writer._stages.values():  # nothing left over for the next transaction
         assert dest.execute(sql.SQL("SELECT count(*) FROM {}").format(stage)).fetchone() == (0,)
+
+
+def test_array_literal_quotes_every_key() -> None:
+    assert array_literal(["1", "22"]) == '{"1","22"}'
+    assert array_literal(['a"b', "c\\d", "e,f", "{g}", " h "]) == '{"a\\"b","c\\\\d","e,f","{g}"," h "}'
+    assert array_literal(["1", None]) is None  # NULL keys are staged instead
+
+
+@pytest.mark.parametrize("key", ["plain", 'q"uote', "back\\slash", "com,ma", "{brace}", " spaced ", "NULL", ""])
+def test_deletes_by_array_find_every_key(dest_db: Database, key: str) -> None:
+    dest_db.execute("CREATE TABLE k (id text PRIMARY KEY, v text)")
+    with dest_db.connect() as conn:
+        state.ensure_schema(conn)
+        conn.execute("INSERT INTO k VALUES (%s, 'a'), ('other', 'b')", (key,))
+        rel = Relation(2, "public", "k", ReplicaIdentity.DEFAULT, (Column("id", 25, -1, True), Column("v", 25, -1, False)))
+        table = describe_table(conn, "public", "k")
+        assert table is not None
+        a = Applier(conn, "job", "slot", {("public", "k"): Target(table, ("id",))}, lambda oid, typmod: "text")
+        a.change(Change(Op.DELETE, rel, None, (key, None), Lsn(1), 1, NOW))
+        a.source_commit(Lsn(10))
+        a.commit()
+        assert conn.execute("SELECT id FROM k").fetchall() == [("other",)]
+
+
+def test_new_rows_in_many_flushes_of_one_transaction(dest: psycopg.Connection[Any]) -> None:
+    table = describe_table(dest, "public", "t")
+    assert table is not None
+    a = Applier(dest, "job", "slot", {("public", "t"): Target(table, ("id",))}, lambda oid, typmod: "text", flush_rows=1)
+    # More flushes than savepoints allowed in a transaction: the rest go through the stage.
+    apply(a, *(ch(Op.INSERT, (str(i), "v")) for i in range(80)), ch(Op.INSERT, ("5", "again")))
+    assert dest.execute("SELECT count(*), min(id), max(id) FROM t").fetchone() == (80, 0, 79)
+    assert dest.execute("SELECT v FROM t WHERE id = 5").fetchone() == ("again",)
