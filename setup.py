@@ -1,22 +1,36 @@
-"""Only the optional C part of the relay lives here; everything else is in pyproject.toml.
+"""Only the optional C parts live here; everything else is in pyproject.toml.
 
-The extension is optional: without a compiler the install still succeeds and
-replicator/relay.py uses its pure-Python loop. It is built on Linux only, the one platform
-where its way of finding psycopg's libpq (dlopen RTLD_NOLOAD + dladdr) is tested.
+Both extensions are optional: without a compiler the install still succeeds and the pure-Python
+code paths are used (same results, slower):
+
+- ``replicator._relay``: the snapshot relay's per-row loop (replicator/relay.py falls back);
+- ``replicator._pgoutput``: the pgoutput row decoder (replicator/decoding/pgoutput.py falls back).
+
+Neither is linked against libpq: the functions are looked up at run time in the libpq psycopg
+has loaded (dlopen RTLD_NOLOAD + dladdr; see the comments at the top of each .c file). That
+lookup is tested on Linux only, so the extensions are built on Linux only.
 """
 
 import sys
 
 from setuptools import Extension, setup
 
+CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+
 relay = Extension(
     "replicator._relay",
     sources=["replicator/_relay.c"],
-    # Deliberately not linked against libpq: the functions are looked up at run time in the
-    # libpq psycopg has loaded (see the comment at the top of _relay.c).
     libraries=["dl"],
-    extra_compile_args=["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    extra_compile_args=CFLAGS,
     optional=True,
 )
 
-setup(ext_modules=[relay] if sys.platform.startswith("linux") else [])
+pgoutput = Extension(
+    "replicator._pgoutput",
+    sources=["replicator/_pgoutput.c"],
+    libraries=["dl"],
+    extra_compile_args=CFLAGS,
+    optional=True,
+)
+
+setup(ext_modules=[relay, pgoutput] if sys.platform.startswith("linux") else [])

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from replicator.config.connection import ConnectionConfig  # noqa: E402
 from replicator.decoding.changes import Change  # noqa: E402
-from replicator.decoding.pgoutput import PgOutputDecoder  # noqa: E402
+from replicator.decoding.pgoutput import NATIVE, PgOutputDecoder  # noqa: E402
 from replicator.localpg import LocalCluster, start_cluster  # noqa: E402
 from replicator.lsn import Lsn  # noqa: E402
 from replicator.source.publication import PublishedTable, ensure_publication  # noqa: E402
@@ -182,6 +182,7 @@ def main() -> int:
             f"decoder alone               : {dec_n / dec_s:>19,.0f} changes/s ({dec_n:,} changes in memory)"
         )
         print(f"peak RSS while streaming    : {peak_mb:7.0f} MB")
+        print(f"row decoder                 : {'C extension' if NATIVE else 'pure Python'}")
         return 0
     finally:
         cluster.destroy()

@@ -5,16 +5,25 @@ We never ask for streaming of in-progress transactions, so protocol 2 carries th
 as protocol 1 (streaming is what it adds). Values arrive in text format (we never ask for
 ``binary``), which is exactly what the change model wants.
 
-This is the hot path of realtime catch-up: messages are parsed with precompiled ``struct``
-readers straight from the buffer, and a message made of ASCII only (the common case) is decoded
-to ``str`` once and sliced, rather than decoding every value separately.
+This is the hot path of realtime catch-up. Row messages (Insert, Update, Delete) become Change
+events in ``row_change``: the C extension ``replicator._pgoutput`` when it is built, else
+``row_change_py``, which parses with precompiled ``struct`` readers straight from the buffer
+and decodes a message made of ASCII only (the common case) to ``str`` once and slices it.
+Both give the same events and the same errors (tests/decoding runs both).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
+import os
 import struct
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from psycopg import pq
 
 from replicator.decoding.changes import (
     UNCHANGED_TOAST,
@@ -32,6 +41,8 @@ from replicator.decoding.changes import (
     Values,
 )
 from replicator.lsn import Lsn, lsn_from_server
+
+log = logging.getLogger(__name__)
 
 _lsn = lsn_from_server
 _int16 = struct.Struct(">h").unpack_from
@@ -76,9 +87,9 @@ class PgOutputDecoder:
         self._handlers: dict[int, Callable[[bytes, int], Sequence[Event]]] = {
             ord("B"): self._on_begin,
             ord("C"): self._on_commit,
-            ord("I"): self._on_insert,
-            ord("U"): self._on_update,
-            ord("D"): self._on_delete,
+            ord("I"): self._on_row,
+            ord("U"): self._on_row,
+            ord("D"): self._on_row,
             ord("T"): self._on_truncate,
             ord("R"): self._on_relation,
             ord("Y"): self._on_type,
@@ -91,6 +102,19 @@ class PgOutputDecoder:
             "proto_version": str(self.proto_version),
             "publication_names": ",".join(_quote_ident(p) for p in self.publications),
         }
+
+    def native_pump(self) -> Pump | None:
+        """A loop in C that reads runs of row messages straight from libpq into events
+        (``replicator._pgoutput.pump``, used by ``ReplicationStream.read``), or None when the
+        extension or psycopg's libpq cannot be used."""
+        if NATIVE is None or not _bind_libpq():
+            return None
+        pump, relations = NATIVE.pump, self.relations  # the dict itself: reset() clears it in place
+
+        def run(conn_ptr: int, out: list[Event], max_events: int, max_messages: int) -> PumpResult:
+            return pump(conn_ptr, relations, self._xid, self._time, out, max_events, max_messages)  # type: ignore[no-any-return]
+
+        return run
 
     def reset(self) -> None:
         self.relations.clear()
@@ -127,33 +151,12 @@ class PgOutputDecoder:
 
     # Rows.
 
-    def _on_insert(self, buf: bytes, lsn: int) -> Sequence[Event]:
-        rel = self._relation(buf)
-        if buf[5] != 78:  # 'N'
-            raise DecodeError(f"INSERT without a new tuple at {Lsn(lsn)}")
-        new, _ = read_tuple(buf, 6, _text_of(buf))
-        return (Change(Op.INSERT, rel, new, None, _lsn(lsn), self._xid, self._time),)
-
-    def _on_update(self, buf: bytes, lsn: int) -> Sequence[Event]:
-        rel = self._relation(buf)
-        text = _text_of(buf)
-        old = None
-        pos = 5
-        kind = buf[pos]
-        if kind == 75 or kind == 79:  # 'K' (old key) or 'O' (old row)
-            old, pos = read_tuple(buf, pos + 1, text)
-            kind = buf[pos]
-        if kind != 78:
-            raise DecodeError(f"UPDATE without a new tuple at {Lsn(lsn)}")
-        new, _ = read_tuple(buf, pos + 1, text)
-        return (Change(Op.UPDATE, rel, new, old, _lsn(lsn), self._xid, self._time),)
-
-    def _on_delete(self, buf: bytes, lsn: int) -> Sequence[Event]:
-        rel = self._relation(buf)
-        if buf[5] not in (75, 79):
-            raise DecodeError(f"DELETE without an old tuple at {Lsn(lsn)}")
-        old, _ = read_tuple(buf, 6, _text_of(buf))
-        return (Change(Op.DELETE, rel, None, old, _lsn(lsn), self._xid, self._time),)
+    def _on_row(self, buf: bytes, lsn: int) -> Sequence[Event]:
+        """Insert, Update or Delete."""
+        change = row_change(buf, self.relations, lsn, self._xid, self._time)
+        if change is None:
+            self._known(_uint32(buf, 1)[0])  # raises: no Relation message for it yet
+        return (change,)
 
     def _on_truncate(self, buf: bytes, lsn: int) -> Sequence[Event]:
         (count,) = _int32(buf, 1)
@@ -188,12 +191,6 @@ class PgOutputDecoder:
         self.types[oid] = (schema or "pg_catalog", name)
         return _NONE
 
-    def _relation(self, buf: bytes) -> Relation:
-        try:
-            return self.relations[_uint32(buf, 1)[0]]
-        except KeyError:
-            return self._known(_uint32(buf, 1)[0])
-
     def _known(self, oid: int) -> Relation:
         try:
             return self.relations[oid]
@@ -201,13 +198,56 @@ class PgOutputDecoder:
             raise DecodeError(f"change for relation {oid} before its Relation message") from None
 
 
-def read_tuple(buf: bytes, pos: int, text: str | None) -> tuple[Values, int]:
+def row_message_py(buf: bytes, toast: object) -> tuple[int, Values | None, Values | None]:
+    """An Insert, Update or Delete message: (relation oid, old values or None, new values or None).
+
+    The pure-Python version of ``replicator._pgoutput.row_message`` (same results, same errors).
+    """
+    if len(buf) < 6:
+        raise ValueError("row message cut short")
+    try:
+        return _row_message(buf, toast)
+    except (struct.error, IndexError):
+        raise ValueError("tuple data cut short") from None
+
+
+def _row_message(buf: bytes, toast: object) -> tuple[int, Values | None, Values | None]:
+    (relid,) = _uint32(buf, 1)
+    text = _text_of(buf)
+    kind = buf[0]
+    old = new = None
+    if kind == 73:  # 'I'
+        if buf[5] != 78:  # 'N'
+            raise ValueError("INSERT without a new tuple")
+        new, _ = read_tuple(buf, 6, text, toast)
+    elif kind == 85:  # 'U'
+        pos = 5
+        tuple_kind = buf[pos]
+        if tuple_kind == 75 or tuple_kind == 79:  # 'K' (old key) or 'O' (old row)
+            old, pos = read_tuple(buf, pos + 1, text, toast)
+            if pos >= len(buf):
+                raise ValueError("UPDATE without a new tuple")
+            tuple_kind = buf[pos]
+        if tuple_kind != 78:
+            raise ValueError("UPDATE without a new tuple")
+        new, _ = read_tuple(buf, pos + 1, text, toast)
+    elif kind == 68:  # 'D'
+        if buf[5] not in (75, 79):
+            raise ValueError("DELETE without an old tuple")
+        old, _ = read_tuple(buf, 6, text, toast)
+    else:
+        raise ValueError(f"not a row message: {chr(kind)!r}")
+    return relid, old, new
+
+
+def read_tuple(buf: bytes, pos: int, text: str | None, toast: object = UNCHANGED_TOAST) -> tuple[Values, int]:
     """TupleData at ``pos``: the values and the position after them.
 
     ``text`` is ``buf`` decoded, when it is ASCII (so byte offsets are character offsets).
     """
     (count,) = _int16(buf, pos)
     pos += 2
+    size = len(buf)
     values: list[Value] = []
     append = values.append
     for _ in range(count):
@@ -216,18 +256,20 @@ def read_tuple(buf: bytes, pos: int, text: str | None) -> tuple[Values, int]:
             (length,) = _int32(buf, pos + 1)
             pos += 5
             end = pos + length
+            if length < 0 or end > size:
+                raise ValueError("tuple value longer than its message")
             append(text[pos:end] if text is not None else buf[pos:end].decode())
             pos = end
         elif kind == _NULL:
             append(None)
             pos += 1
         elif kind == _TOAST:
-            append(UNCHANGED_TOAST)
+            append(toast)  # type: ignore[arg-type]
             pos += 1
         elif kind == _BINARY:
-            raise DecodeError("binary tuple data: the stream was started with binary 'true'")
+            raise ValueError("binary tuple data: the stream was started with binary 'true'")
         else:
-            raise DecodeError(f"unknown tuple column kind {chr(kind)!r}")
+            raise ValueError(f"unknown tuple column kind {chr(kind)!r}")
     return tuple(values), pos
 
 
@@ -236,6 +278,87 @@ def _text_of(buf: bytes) -> str | None:
         return buf.decode("ascii")
     except UnicodeDecodeError:  # not all ASCII: values are decoded one by one, as UTF-8
         return None
+
+
+def row_change_py(
+    buf: bytes, relations: dict[int, Relation], lsn: int, xid: int, commit_time: datetime
+) -> Change | None:
+    """An Insert, Update or Delete message as a Change event (None if its relation is unknown).
+
+    The pure-Python version of ``replicator._pgoutput.row_change``.
+    """
+    relid, old, new = row_message_py(buf, UNCHANGED_TOAST)
+    rel = relations.get(relid)
+    if rel is None:
+        return None
+    return Change(_ROW_OPS[buf[0]], rel, new, old, _lsn(lsn), xid, commit_time)
+
+
+PURE_PYTHON_ENV = "REPLICATOR_PURE_PYTHON_DECODE"
+
+
+def _native() -> Any:
+    """The C extension, ready to build Change events; None to use the Python versions."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from replicator import _pgoutput  # type: ignore[attr-defined]
+    except ImportError:  # not built (no C compiler at install): the Python versions do the same
+        return None
+    # row_change fills the fields the dataclass's __init__ would, and nothing else.
+    if [f.name for f in dataclasses.fields(Change)] != ["op", "relation", "new", "old", "lsn", "xid", "commit_time"]:
+        return None
+    if hasattr(Change, "__post_init__"):
+        return None
+    try:
+        _pgoutput.configure(Change, Lsn, Op.INSERT, Op.UPDATE, Op.DELETE, UNCHANGED_TOAST)
+    except TypeError:
+        return None
+    return _pgoutput
+
+
+PumpResult = tuple[int, int, int, "bytes | None"]
+"""(outcome, messages taken, highest WAL end seen, a message for the caller): see _pgoutput.c."""
+Pump = Callable[[int, list[Event], int, int], PumpResult]
+"""(PGconn pointer, events out, max events, max messages) -> PumpResult"""
+PUMP_FULL, PUMP_COUNT, PUMP_NO_DATA, PUMP_MESSAGE, PUMP_END, PUMP_FAILED = range(6)
+
+
+@functools.cache
+def _bind_libpq() -> bool:
+    """Point the extension's pump at the libpq psycopg uses (the same library, the same version)."""
+    assert NATIVE is not None
+    try:
+        version, library = NATIVE.bind_libpq(_libpq_carrier(), pq.version())
+    except (OSError, ImportError, AttributeError) as e:
+        log.debug("pgoutput: reading with psycopg, not in C: cannot use psycopg's libpq: %s", e)
+        return False
+    log.debug("pgoutput: reading row messages in C through %s (libpq %s)", library, version)
+    return True
+
+
+def _libpq_carrier() -> str:
+    """A file psycopg has loaded whose dependency tree holds (or which is) the libpq it calls."""
+    if pq.__impl__ == "binary":
+        import psycopg_binary.pq  # type: ignore[import-not-found]
+
+        return str(psycopg_binary.pq.__file__)
+    if pq.__impl__ == "c":
+        import psycopg_c.pq  # type: ignore[import-not-found]
+
+        return str(psycopg_c.pq.__file__)
+    from psycopg.pq import _pq_ctypes  # type: ignore[attr-defined]
+
+    return str(_pq_ctypes.libname)
+
+
+NATIVE = _native()
+"""``replicator._pgoutput`` when it is built and usable (not turned off with
+``REPLICATOR_PURE_PYTHON_DECODE=1``), else None."""
+row_message = NATIVE.row_message if NATIVE else row_message_py
+row_change = NATIVE.row_change if NATIVE else row_change_py
+
+_ROW_OPS = {ord("I"): Op.INSERT, ord("U"): Op.UPDATE, ord("D"): Op.DELETE}
 
 
 def _cstring(buf: bytes, pos: int) -> tuple[str, int]:

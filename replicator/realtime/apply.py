@@ -9,12 +9,25 @@ per table a TRUNCATE first, then moves, deletes, full-row upserts and partial up
 staged with COPY into a session temp table and merged with one statement. A source transaction
 larger than ``flush_rows`` is flushed several times inside the same destination transaction,
 so memory stays bounded and the transaction is still never half-applied.
+
+Statement shapes, chosen by measurement (see bench/realtime.py):
+
+- Joins of a stage to its table are forced to nested loops over the table's key index. With
+  hash or merge joins allowed, the planner scans the whole destination table for each batch
+  of deletes or updates (a seq scan looks cheaper than 10,000 index probes on paper), which
+  makes every flush cost as much as the table is large. The stage is never ANALYZEd: with the
+  join shape fixed its statistics change nothing, and ANALYZE cost ~30 ms a flush.
+- Rows are upserted without ``ON CONFLICT`` where the key is NOT NULL: an INSERT of rows the
+  fold knows to be new costs about half as much CPU as speculative insertion, and an UPDATE of
+  existing rows writes less WAL than ``ON CONFLICT DO UPDATE`` (which also locks each row).
+  Each statement is followed by the other one only if its row count says some rows were not
+  where the fold expected them (e.g. a stream replayed over a later snapshot).
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,16 +35,18 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate, Values
+from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate
 from replicator.destinations.postgres import SOFT_DELETE_COLUMN, DestTable, describe_table
-from replicator.errors import DestinationError
 from replicator.lsn import Lsn
-from replicator.realtime import fold
+from replicator.realtime import fold, staging
 
 log = logging.getLogger(__name__)
 
-# COPY text format: backslash, and the characters that would end a field or a row.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# Key lookups, never whole-table scans (see the module docstring). LOCAL: ends with the transaction.
+_BEGIN = "BEGIN; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+
+# Savepoints (subtransactions) per destination transaction for COPYing new rows straight in.
+MAX_SAVEPOINTS = 32
 
 
 @dataclass
@@ -51,132 +66,77 @@ ColumnType = Callable[[int, int], str]  # (type oid, typmod) -> type as SQL, loo
 
 
 @dataclass
-class Applier:
-    conn: psycopg.Connection[Any]  # destination, autocommit (transactions are explicit)
+class Writer:
+    """The destination side: applies ``Folded`` units and commits them with their checkpoint.
+
+    Owns the destination connection (autocommit; transactions are explicit) while it works.
+    """
+
+    conn: psycopg.Connection[Any]
     job: str
     slot: str
     targets: dict[tuple[str, str], Target]
     column_type: ColumnType
     soft_deletes: bool = False
-    flush_rows: int = 10_000
-    # Leaf partition -> its root, for decoders that name the partition (wal2json).
-    aliases: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
-    _batches: dict[tuple[str, str], fold.TableBatch] = field(default_factory=dict)
-    _buffered: int = 0  # changes folded since the last flush
-    _txn_changes: int = 0
     _in_txn: bool = False
-    _pending_lsn: Lsn | None = None  # end LSN of the last source commit applied but not committed
-    _pending_txns: int = 0
-    _txn_started: float = 0.0
     _stages: dict[tuple[Any, ...], sql.Identifier] = field(default_factory=dict)
     _stage_seq: int = 0
+    _filled: set[tuple[Any, ...]] = field(default_factory=set)  # stages (by signature) filled in the open transaction
+    _savepoints: int = 0  # in the open transaction
+    _checked: dict[tuple[str, str], Relation] = field(default_factory=dict)  # relation shape the table fits
+    _altered: set[tuple[str, str]] = field(default_factory=set)  # tables altered in the open transaction
+    _stale: set[tuple[str, str]] = field(default_factory=set)  # tables whose ALTER was rolled back
     applied_changes: int = 0
 
-    # -- feeding ---------------------------------------------------------------------------
-
-    def change(self, event: Change | Truncate) -> None:
-        """Fold one change into the open destination transaction (opening it if needed)."""
+    def apply(self, folded: fold.Folded) -> None:
+        """Apply one unit inside the open destination transaction (opening it if needed)."""
         self._begin()
-        if isinstance(event, Truncate):
-            for rel in event.relations:
-                batch = self._batch(rel)
-                if batch is not None:
-                    batch.truncate()
-            return
-        batch = self._batch(event.relation)
-        if batch is None:
-            return  # a published table we do not replicate (e.g. the heartbeat table)
-        batch.add(event)
-        self._buffered += 1
-        self._txn_changes += 1
-        if self._buffered >= self.flush_rows:
-            self.flush()
+        self.flush(folded.batches)
 
-    def source_commit(self, end_lsn: Lsn) -> None:
-        """A source transaction ended: everything fed so far belongs to complete transactions."""
+    def commit(self, lsn: Lsn) -> None:
+        """Write the checkpoint ``lsn`` and commit: everything applied is now durable."""
         self._begin()
-        self._pending_lsn = end_lsn
-        self._pending_txns += 1
-
-    @property
-    def pending_transactions(self) -> int:
-        return self._pending_txns
-
-    @property
-    def transaction_changes(self) -> int:
-        """Changes fed into the open destination transaction."""
-        return self._txn_changes
-
-    def reset_session(self) -> None:
-        """After reconnecting to the destination: the session's staging tables are gone."""
-        self._stages.clear()
-
-    @property
-    def open_seconds(self) -> float:
-        return time.monotonic() - self._txn_started if self._in_txn else 0.0
-
-    # -- committing ------------------------------------------------------------------------
-
-    def commit(self) -> Lsn | None:
-        """Flush, write the checkpoint, commit. Returns the LSN now safe to confirm to the source.
-
-        Only call at a source transaction boundary (after ``source_commit``).
-        """
-        if not self._in_txn or self._pending_lsn is None:
-            return None
-        self.flush()
         self.conn.execute(
             """INSERT INTO _replicator.slot_checkpoints (job, slot_name, lsn) VALUES (%s, %s, %s)
                ON CONFLICT (job, slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()""",
-            (self.job, self.slot, str(self._pending_lsn)),
+            (self.job, self.slot, str(lsn)),
         )
         self.conn.execute("COMMIT")
-        lsn = self._pending_lsn
-        self._in_txn, self._pending_lsn, self._pending_txns, self._txn_changes = False, None, 0, 0
-        return lsn
+        self._in_txn = False
+        self._altered.clear()
+        self._filled.clear()
+        self._savepoints = 0
 
     def rollback(self) -> None:
-        """Abandon whatever is not committed (the stream will resend it from the checkpoint)."""
-        self._batches.clear()
-        self._buffered = 0
-        self._pending_lsn, self._pending_txns, self._txn_changes = None, 0, 0
-        if self._in_txn and not self.conn.closed:
+        """Abandon the open destination transaction, if one is open."""
+        if not self._in_txn:
+            return
+        self._in_txn = False
+        if not self.conn.closed:
             try:
                 self.conn.execute("ROLLBACK")
             except psycopg.Error:
                 pass
-        self._in_txn = False
+        # Stages created in the transaction went with it (the others are merely left unused).
+        self._stages.clear()
+        self._filled.clear()
+        self._savepoints = 0
+        # So did its ALTER TABLEs: what we learnt of those tables is stale (described again when next used).
+        self._stale |= self._altered
+        self._altered.clear()
+
+    def reset_session(self) -> None:
+        """After reconnecting to the destination: the session's staging tables are gone."""
+        self._stages.clear()
+        self._filled.clear()
+        self._checked.clear()
 
     def _begin(self) -> None:
         if not self._in_txn:
-            self.conn.execute("BEGIN")
+            self.conn.execute(_BEGIN)
             self._in_txn = True
-            self._txn_started = time.monotonic()
 
     # -- relations and schema changes ------------------------------------------------------
-
-    def _batch(self, rel: Relation) -> fold.TableBatch | None:
-        key = (rel.schema, rel.table)
-        key = self.aliases.get(key, key)
-        target = self.targets.get(key)
-        if target is None:
-            return None
-        batch = self._batches.get(key)
-        if batch is not None and batch.relation is not rel and batch.relation.columns != rel.columns:
-            # The table's shape changed mid-batch (ALTER TABLE): apply what was folded under the
-            # old shape first; values of different shapes cannot share a staging table.
-            self.flush()
-            batch = None
-        if batch is None:
-            self._adapt_destination(target, rel)
-            missing = [k for k in target.key if k not in rel.names]
-            if missing:
-                raise DestinationError(
-                    f"{rel.qualified_name}: the stream does not carry key column(s) {', '.join(missing)}"
-                )
-            batch = fold.TableBatch(rel, tuple(rel.names.index(k) for k in target.key))
-            self._batches[key] = batch
-        return batch
 
     def _adapt_destination(self, target: Target, rel: Relation) -> None:
         """Add columns the source gained; let NOT NULL columns the source lost take NULLs."""
@@ -201,6 +161,7 @@ class Applier:
             self.conn.execute(
                 sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(dest.ident, sql.Identifier(c.name))
             )
+        self._altered.add((dest.schema, dest.name))
         refreshed = describe_table(self.conn, dest.schema, dest.name)
         assert refreshed is not None
         target.table = refreshed
@@ -210,24 +171,34 @@ class Applier:
 
     # -- flushing --------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Apply every folded operation inside the open destination transaction."""
-        batches, self._batches, self._buffered = self._batches, {}, 0
+    def flush(self, batches: dict[tuple[str, str], fold.TableBatch]) -> None:
+        """Apply folded operations inside the open destination transaction."""
         for key, batch in batches.items():
             target = self.targets[key]
+            if key in self._stale:
+                refreshed = describe_table(self.conn, *key)
+                assert refreshed is not None
+                target.table = refreshed
+                self._stale.discard(key)
+                self._checked.pop(key, None)
+            if self._checked.get(key) is not batch.relation:
+                self._adapt_destination(target, batch.relation)
+                self._checked[key] = batch.relation
             if batch.truncated:
                 self._truncate(target)
             if batch.keyless:
                 self._apply_in_order(target, batch)
             else:
-                deletes, full, partial, moves = fold.split(batch.ops)
-                for new_key, op in moves:
+                p = batch.prepared or staging.prepare(batch, texts=False)
+                for new_key, op in p.moves:
                     self._move(target, batch, new_key, op)
-                if deletes:
-                    self._delete(target, batch, deletes)
-                if full:
-                    self._upsert(target, batch, full)
-                for group in _by_unchanged(partial):
+                if p.deletes:
+                    self._delete(target, batch, p.deletes, p.deleted_keys)
+                if p.fresh:
+                    self._upsert(target, batch, p.fresh, True, p.fresh_text)
+                if p.existing:
+                    self._upsert(target, batch, p.existing, False, p.existing_text)
+                for group in _by_unchanged(p.partial):
                     self._update(target, batch, group)
             self.applied_changes += batch.changes
 
@@ -239,26 +210,36 @@ class Applier:
         else:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(t.ident))
 
-    def _stage(self, t: Target, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> sql.Identifier:
+    def _stage(
+        self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]], role: str = ""
+    ) -> sql.Identifier:
         """COPY ``rows`` (text-format values) into a session temp table shaped like ``columns``."""
-        sig = ((t.table.schema, t.table.name), tuple(columns))
+        return self._stage_text(t, columns, staging.copy_text(rows, len(columns)), role)
+
+    def _stage_text(self, t: Target, columns: Sequence[str], text: str, role: str = "") -> sql.Identifier:
+        """COPY ``text`` (rows in COPY's text format) into a session temp table shaped like ``columns``.
+
+        Stages empty themselves at commit (ON COMMIT DELETE ROWS: a truncation in place), so
+        one is TRUNCATEd only when used twice in a transaction. TRUNCATE gives a table a new
+        file and a new catalog row, ~4 ms each time; ``role`` keeps stages used together in a
+        flush apart (inserted and updated rows).
+        """
+        sig = ((t.table.schema, t.table.name), tuple(columns), role)
         stage = self._stages.get(sig)
         if stage is None:
             self._stage_seq += 1
             stage = sql.Identifier(f"_replicator_stage_{self._stage_seq}")
             self.conn.execute(
-                sql.SQL("CREATE TEMP TABLE {} AS SELECT {} FROM {} WITH NO DATA").format(
+                sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
                     stage, _cols(columns), t.ident
                 )
             )
             self._stages[sig] = stage
-        else:
+        elif sig in self._filled:
             self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
+        self._filled.add(sig)
         with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, _cols(columns))) as copy:
-            copy.write("".join(_copy_line(r) for r in rows))
-        # Temp tables get no statistics from autovacuum; without them the planner may join the
-        # stage to the table with a full scan of the table instead of key lookups.
-        self.conn.execute(sql.SQL("ANALYZE {}").format(stage))
+            copy.write(text)
         return stage
 
     def _match(self, t: Target, left: str, right: str) -> sql.Composable:
@@ -268,7 +249,18 @@ class Applier:
             for k in t.key
         )
 
-    def _delete(self, t: Target, batch: fold.TableBatch, keys: list[fold.Key]) -> None:
+    def _delete(self, t: Target, batch: fold.TableBatch, keys: list[fold.Key], literal: str | None) -> None:
+        """Rows by key: a one-column key is passed as an array (probed through the key's index,
+        no stage to fill); other keys are staged."""
+        type_sql = t.table.columns[t.key[0]].type_sql
+        if literal is not None and len(t.key) == 1 and not t.key_nullable and not type_sql.endswith("]"):
+            where = sql.SQL("{} = ANY({}::{}[])").format(sql.Identifier(t.key[0]), sql.Placeholder(), sql.SQL(type_sql))
+            if self.soft_deletes:
+                q = sql.SQL("UPDATE {} SET {} = true WHERE {}").format(t.ident, sql.Identifier(SOFT_DELETE_COLUMN), where)
+            else:
+                q = sql.SQL("DELETE FROM {} WHERE {}").format(t.ident, where)
+            self.conn.execute(q, (literal,))
+            return
         stage = self._stage(t, t.key, keys)
         if self.soft_deletes:
             q = sql.SQL("UPDATE {} AS d SET {} = true FROM {} AS s WHERE {}").format(
@@ -283,34 +275,85 @@ class Applier:
         dest = t.table.columns
         return [(i, c.name) for i, c in enumerate(batch.relation.columns) if c.name in dest and not dest[c.name].generated]
 
-    def _upsert(self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert]) -> None:
+    def _upsert(
+        self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert], fresh: bool, text: str | None = None
+    ) -> None:
+        """Whole rows: inserted where the key has no row, else updated in place.
+
+        ``text``: the rows in COPY format with every column of the stream (``staging``), used
+        when the destination stores all of them. Rows expected to be new are first COPYed
+        straight into the table (see ``_copy_fresh``)."""
         cols = self._columns(t, batch)
         names = [n for _, n in cols]
-        stage = self._stage(t, names, ([op.values[i] for i, _ in cols] for op in ops))
-        sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
+        if len(cols) != len(batch.relation.columns):
+            text = None  # the destination leaves some out: format the projection here
+        if fresh and text is not None and self._copy_fresh(t, names, text):
+            return
+        if text is not None:
+            stage = self._stage_text(t, names, text, role="insert" if fresh else "update")
+        else:
+            stage = self._stage(t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)),
+                                role="insert" if fresh else "update")
+        if t.key_nullable:
+            # NULLs in the key: only the unique index (NULLS NOT DISTINCT) can find those rows.
+            sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
+            if self.soft_deletes:
+                sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
+            action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sets)) if sets else sql.SQL("DO NOTHING")
+            self.conn.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
+                    t.ident, _cols(names), _cols(names), stage, _cols(t.key), action
+                )
+            )
+            return
+        insert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS s WHERE NOT EXISTS (SELECT FROM {} AS d WHERE {})").format(
+            t.ident, _cols(names), _cols(names), stage, t.ident, self._match(t, "d", "s")
+        )
+        update = self._update_statement(t, names, stage)
+        first, then = (insert, update) if fresh else (update, insert)
+        done = self.conn.execute(first).rowcount if first is not None else 0
+        if done < len(ops) and then is not None:
+            self.conn.execute(then)
+
+    def _copy_fresh(self, t: Target, names: Sequence[str], text: str) -> bool:
+        """COPY rows expected to be new straight into the table: no stage to fill and read, no
+        probe before each insert (the key's unique index checks). If one is there after all
+        (a stream replayed over a later snapshot), the COPY fails, is rolled back to a
+        savepoint and False is returned: the caller stages them. Not with NULLs possible in
+        the key (the index may not see them as duplicates), not with soft deletes (a deleted
+        row kept there makes re-inserts common), and at most MAX_SAVEPOINTS times per
+        transaction (more subtransactions would slow visibility checks of other sessions)."""
+        if t.key_nullable or self.soft_deletes or self._savepoints >= MAX_SAVEPOINTS:
+            return False
+        self._savepoints += 1
+        self.conn.execute("SAVEPOINT _replicator_fresh")
+        try:
+            with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(t.ident, _cols(names))) as copy:
+                copy.write(text)
+        except psycopg.errors.UniqueViolation:
+            self.conn.execute("ROLLBACK TO SAVEPOINT _replicator_fresh; RELEASE SAVEPOINT _replicator_fresh")
+            return False
+        self.conn.execute("RELEASE SAVEPOINT _replicator_fresh")
+        return True
+
+    def _update_statement(self, t: Target, names: Sequence[str], stage: sql.Identifier) -> sql.Composable | None:
+        sets = [sql.SQL("{0} = s.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
         if self.soft_deletes:
             sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
-        action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sets)) if sets else sql.SQL("DO NOTHING")
-        self.conn.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
-                t.ident, _cols(names), _cols(names), stage, _cols(t.key), action
-            )
+        if not sets:
+            return None
+        return sql.SQL("UPDATE {} AS d SET {} FROM {} AS s WHERE {}").format(
+            t.ident, sql.SQL(", ").join(sets), stage, self._match(t, "d", "s")
         )
 
     def _update(self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert]) -> None:
         """Rows whose unchanged TOAST values stay as the destination holds them."""
         cols = [(i, n) for i, n in self._columns(t, batch) if ops[0].values[i] is not UNCHANGED_TOAST or n in t.key]
         names = [n for _, n in cols]
-        stage = self._stage(t, names, ([op.values[i] for i, _ in cols] for op in ops))
-        sets = [sql.SQL("{0} = s.{0}").format(sql.Identifier(n)) for n in names if n not in t.key]
-        if self.soft_deletes:
-            sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
-        if sets:
-            self.conn.execute(
-                sql.SQL("UPDATE {} AS d SET {} FROM {} AS s WHERE {}").format(
-                    t.ident, sql.SQL(", ").join(sets), stage, self._match(t, "d", "s")
-                )
-            )
+        stage = self._stage(t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)))
+        update = self._update_statement(t, names, stage)
+        if update is not None:
+            self.conn.execute(update)
 
     def _move(self, t: Target, batch: fold.TableBatch, new_key: fold.Key, op: fold.Upsert) -> None:
         """A key change with unchanged TOAST values: take those from the row at the old key."""
@@ -378,10 +421,84 @@ def _by_unchanged(ops: list[fold.Upsert]) -> list[list[fold.Upsert]]:
     return list(groups.values())
 
 
+def _project(ops: list[fold.Upsert], positions: list[int], width: int) -> list[Sequence[Any]]:
+    """The values at ``positions`` of each operation's row (the rows themselves when that is all of them)."""
+    if positions == list(range(width)):
+        return [op.values for op in ops]
+    if len(positions) == 1:
+        (i,) = positions
+        return [(op.values[i],) for op in ops]
+    pick = operator.itemgetter(*positions)
+    return [pick(op.values) for op in ops]
+
+
 def _cols(names: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def _copy_line(row: Sequence[Any]) -> str:
-    return "\t".join("\\N" if v is None else v.translate(_COPY_ESCAPES) for v in row) + "\n"
+class Applier:
+    """Folds and writes on one thread: what the pipeline splits between its reader (``Folder``)
+    and its worker (``Writer``), in one object for callers that need no overlap."""
 
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        job: str,
+        slot: str,
+        targets: dict[tuple[str, str], Target],
+        column_type: ColumnType,
+        soft_deletes: bool = False,
+        flush_rows: int = 10_000,
+        aliases: dict[tuple[str, str], tuple[str, str]] | None = None,
+    ):
+        self.writer = Writer(conn, job, slot, targets, column_type, soft_deletes)
+        self.folder = fold.Folder({k: t.key for k, t in targets.items()}, aliases, flush_rows)
+
+    def change(self, event: Change | Truncate) -> None:
+        """Fold one change; apply what is ready (every ``flush_rows`` changes)."""
+        ready = self.folder.change(event)
+        if ready:
+            for folded in ready:
+                self.writer.apply(folded)
+
+    def source_commit(self, end_lsn: Lsn) -> None:
+        """A source transaction ended: everything fed so far belongs to complete transactions."""
+        self.folder.source_commit(end_lsn)
+
+    def commit(self) -> Lsn | None:
+        """Apply the rest, write the checkpoint, commit. Returns the LSN now safe to confirm to
+        the source. Only call at a source transaction boundary (after ``source_commit``)."""
+        done = self.folder.commit()
+        if done is None:
+            return None
+        ready, lsn = done
+        for folded in ready:
+            self.writer.apply(folded)
+        self.writer.commit(lsn)
+        return lsn
+
+    def flush(self) -> None:
+        """Apply everything folded so far inside the open destination transaction."""
+        for folded in self.folder.take():
+            self.writer.apply(folded)
+
+    def rollback(self) -> None:
+        """Abandon whatever is not committed (the stream will resend it from the checkpoint)."""
+        self.folder.clear()
+        self.writer.rollback()
+
+    @property
+    def pending_transactions(self) -> int:
+        return self.folder.pending_transactions
+
+    @property
+    def transaction_changes(self) -> int:
+        return self.folder.transaction_changes
+
+    @property
+    def open_seconds(self) -> float:
+        return self.folder.open_seconds
+
+    @property
+    def applied_changes(self) -> int:
+        return self.writer.applied_changes

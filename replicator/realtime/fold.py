@@ -8,14 +8,27 @@ stay marked, and the destination keeps what it holds.
 An UPDATE that changes the key moves the row: the old key is deleted, the new key written.
 If such an UPDATE carries unchanged TOAST values that the batch cannot supply, they must be
 read from the destination's row at the old key: that is an upsert with a ``base_key``.
+
+An upsert whose key had no row before the batch (first written by an INSERT, or by a key-moving
+UPDATE, with no earlier operation on that key in the batch) is ``fresh``: the destination most
+likely has no row there, so it is inserted first and updated only if it was there after all.
+
+``Folder`` does this for every table of a stream, between destination commits, and hands out
+``Folded`` units (what one flush applies); it never touches the destination, so it can run on
+the thread that reads the stream while another one writes (``worker.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Values
+from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate, Values
+from replicator.errors import DestinationError
+from replicator.lsn import Lsn
 
 Key = tuple[str | None, ...]
 
@@ -23,10 +36,12 @@ Key = tuple[str | None, ...]
 @dataclass(slots=True)
 class Upsert:
     """The row's final values. ``base_key``: where unchanged TOAST values are to be read from
-    (None: the row's own key, i.e. the row must already exist)."""
+    (None: the row's own key, i.e. the row must already exist). ``fresh``: the key had no row
+    when the batch began (a hint for the order of statements, not part of the value)."""
 
     values: Values
     base_key: Key | None = None
+    fresh: bool = field(default=False, compare=False)
 
     @property
     def partial(self) -> bool:
@@ -41,6 +56,8 @@ DELETE = Delete()
 
 Operation = Upsert | Delete
 
+_INSERT, _UPDATE, _DELETE = Op.INSERT, Op.UPDATE, Op.DELETE
+
 
 @dataclass
 class TableBatch:
@@ -52,50 +69,221 @@ class TableBatch:
     ops: dict[Key, Operation] = field(default_factory=dict)
     in_order: list[Change] = field(default_factory=list)  # tables without a key: no folding possible
     changes: int = 0
+    prepared: Any = field(default=None, repr=False, compare=False)  # staging.Prepared, once prepared
+
+    def __post_init__(self) -> None:
+        # Built once: this runs for every change.
+        positions = self.key_positions
+        if len(positions) == 1:
+            (i,) = positions
+            self._key_of: Callable[[Values], Key] = lambda row: (row[i],)  # type: ignore[return-value]
+        elif positions:
+            pick = operator.itemgetter(*positions)
+            self._key_of = pick
+        else:
+            self._key_of = lambda row: ()
+        self._keyless = not positions
 
     @property
     def keyless(self) -> bool:
-        return not self.key_positions
+        return self._keyless
 
     def key_of(self, row: Values) -> Key:
-        return tuple(row[i] for i in self.key_positions)  # type: ignore[misc]
+        return self._key_of(row)
 
     def add(self, change: Change) -> None:
         self.changes += 1
-        if self.keyless:
+        if self._keyless:
             self.in_order.append(change)
             return
-        if change.op is Op.INSERT:
-            assert change.new is not None
-            self.ops[self.key_of(change.new)] = Upsert(change.new)
-        elif change.op is Op.DELETE:
+        op = change.op
+        ops = self.ops
+        if op is _INSERT:
+            new = change.new
+            assert new is not None
+            key = self._key_of(new)
+            prev = ops.get(key)
+            ops[key] = Upsert(new, None, prev is None or (prev is not DELETE and prev.fresh))  # type: ignore[union-attr]
+        elif op is _DELETE:
             assert change.old is not None
-            self.ops[self.key_of(change.old)] = DELETE
-        elif change.op is Op.UPDATE:
+            ops[self._key_of(change.old)] = DELETE
+        elif op is _UPDATE:
             self._update(change)
 
     def _update(self, change: Change) -> None:
         assert change.new is not None
-        new_key = self.key_of(change.new)
-        old_key = self.key_of(change.old) if change.old is not None else new_key
-        if any(v is UNCHANGED_TOAST for v in old_key):
-            old_key = new_key  # identity FULL logs unchanged TOASTed keys as such; the key did not change
-        values, base = change.new, None
+        new_key = self._key_of(change.new)
+        if change.old is None:
+            old_key = new_key
+        else:
+            old_key = self._key_of(change.old)
+            if UNCHANGED_TOAST in old_key:
+                old_key = new_key  # identity FULL logs unchanged TOASTed keys as such; the key did not change
+        values, base, fresh = change.new, None, False
         prev = self.ops.get(old_key)
         if isinstance(prev, Upsert):
-            values, base = fill_unchanged(values, prev.values), prev.base_key
+            values, base, fresh = fill_unchanged(values, prev.values), prev.base_key, prev.fresh
         if old_key != new_key:
             self.ops[old_key] = DELETE
             if UNCHANGED_TOAST in values:
                 base = base or old_key
-            self.ops[new_key] = Upsert(values, base)
+            # The new key held no row at the source just before (keys are unique), and none in
+            # this batch either unless an earlier operation on it says otherwise.
+            self.ops[new_key] = Upsert(values, base, new_key not in self.ops)
         else:
-            self.ops[new_key] = Upsert(values, base)
+            self.ops[new_key] = Upsert(values, base, fresh)
 
     def truncate(self) -> None:
         self.truncated = True
         self.ops.clear()
         self.in_order.clear()
+
+
+TableKey = tuple[str, str]  # (schema, table) of a destination table
+
+
+@dataclass
+class Folded:
+    """What one flush applies: net operations per destination table, in the order first touched."""
+
+    batches: dict[TableKey, TableBatch]
+    changes: int  # the changes folded into them
+
+
+class Folder:
+    """Folds a stream's changes per destination table, between destination commits.
+
+    ``keys``: the destination key columns of each replicated table (changes to other tables are
+    skipped); ``aliases``: leaf partition -> its root, for decoders that name partitions.
+    ``change()`` hands out a ``Folded`` every ``flush_rows`` changes (a source transaction larger
+    than that is applied in pieces inside one destination transaction: bounded memory) and when
+    a table's shape changes mid-batch (values of different shapes cannot share a stage).
+    ``commit()`` hands out the rest with the checkpoint, at a source transaction boundary.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[TableKey, tuple[str, ...]],
+        aliases: Mapping[TableKey, TableKey] | None = None,
+        flush_rows: int = 10_000,
+    ):
+        self.keys = dict(keys)
+        self.aliases = dict(aliases or {})
+        self.flush_rows = flush_rows
+        self._batches: dict[TableKey, TableBatch] = {}
+        self._buffered = 0  # changes folded into _batches
+        self._last_relation: Relation | None = None  # the relation of the last change, and its batch
+        self._last_batch: TableBatch | None = None
+        self._ready: list[Folded] = []
+        # The open destination transaction: what it will cover once committed.
+        self._pending_lsn: Lsn | None = None  # end LSN of the last source commit fed
+        self._pending_txns = 0
+        self._txn_changes = 0
+        self._txn_started: float | None = None
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def change(self, event: Change | Truncate) -> list[Folded] | None:
+        """Fold one change; returns the units that are ready to apply, if any (rarely)."""
+        if self._txn_started is None:
+            self._txn_started = time.monotonic()
+        if type(event) is Truncate:
+            for rel in event.relations:
+                batch = self._batch(rel)
+                if batch is not None:
+                    batch.truncate()
+            return self._take_ready()
+        rel = event.relation
+        if rel is self._last_relation:  # runs of changes to one table: skip the lookups
+            batch = self._last_batch
+        else:
+            batch = self._batch(rel)
+            self._last_relation, self._last_batch = rel, batch
+        if batch is None:
+            return self._take_ready()  # a published table we do not replicate (e.g. the heartbeat table)
+        batch.add(event)  # type: ignore[arg-type]
+        self._buffered += 1
+        self._txn_changes += 1
+        if self._buffered >= self.flush_rows:
+            self._cut()
+        return self._take_ready() if self._ready else None
+
+    def source_commit(self, end_lsn: Lsn) -> None:
+        """A source transaction ended: everything fed so far belongs to complete transactions."""
+        if self._txn_started is None:
+            self._txn_started = time.monotonic()
+        self._pending_lsn = end_lsn
+        self._pending_txns += 1
+
+    def commit(self) -> tuple[list[Folded], Lsn] | None:
+        """At a source transaction boundary: what is left to apply, and the checkpoint to commit
+        with it (None if no source transaction ended since the last commit)."""
+        if self._pending_lsn is None:
+            return None
+        self._cut()
+        done, lsn = self._take_ready(), self._pending_lsn
+        self._pending_lsn, self._pending_txns, self._txn_changes, self._txn_started = None, 0, 0, None
+        return done, lsn
+
+    def take(self) -> list[Folded]:
+        """Everything folded so far, ready or not (to apply inside the open transaction)."""
+        self._cut()
+        return self._take_ready()
+
+    def clear(self) -> None:
+        """Forget everything not committed (the stream will resend it from the checkpoint)."""
+        self._batches, self._buffered, self._ready = {}, 0, []
+        self._last_relation = self._last_batch = None
+        self._pending_lsn, self._pending_txns, self._txn_changes, self._txn_started = None, 0, 0, None
+
+    @property
+    def pending_transactions(self) -> int:
+        """Source transactions fed since the last commit."""
+        return self._pending_txns
+
+    @property
+    def transaction_changes(self) -> int:
+        """Changes fed since the last commit."""
+        return self._txn_changes
+
+    @property
+    def open_seconds(self) -> float:
+        """How long ago the first event after the last commit was fed."""
+        return 0.0 if self._txn_started is None else time.monotonic() - self._txn_started
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def _batch(self, rel: Relation) -> TableBatch | None:
+        key = (rel.schema, rel.table)
+        key = self.aliases.get(key, key)
+        dest_key = self.keys.get(key)
+        if dest_key is None:
+            return None
+        batch = self._batches.get(key)
+        if batch is not None and batch.relation is not rel and batch.relation.columns != rel.columns:
+            # The table's shape changed mid-batch (ALTER TABLE): what was folded under the old
+            # shape is applied first.
+            self._cut()
+            batch = None
+        if batch is None:
+            missing = [k for k in dest_key if k not in rel.names]
+            if missing:
+                raise DestinationError(
+                    f"{rel.qualified_name}: the stream does not carry key column(s) {', '.join(missing)}"
+                )
+            batch = TableBatch(rel, tuple(rel.names.index(k) for k in dest_key))
+            self._batches[key] = batch
+        return batch
+
+    def _cut(self) -> None:
+        if self._batches:
+            self._ready.append(Folded(self._batches, self._buffered))
+            self._batches, self._buffered = {}, 0
+            self._last_relation = self._last_batch = None
+
+    def _take_ready(self) -> list[Folded]:
+        ready, self._ready = self._ready, []
+        return ready
 
 
 def fill_unchanged(values: Values, earlier: Values) -> Values:
@@ -112,14 +300,15 @@ def split(ops: dict[Key, Operation]) -> tuple[list[Key], list[Upsert], list[Upse
     partial: list[Upsert] = []
     moves: list[tuple[Key, Upsert]] = []
     for key, op in ops.items():
-        if isinstance(op, Delete):
+        if type(op) is Delete:
             deletes.append(key)
-        elif op.base_key is not None and op.partial:
-            moves.append((key, op))
-        elif op.partial:
-            partial.append(op)
+        elif UNCHANGED_TOAST in op.values:  # type: ignore[union-attr]
+            if op.base_key is not None:  # type: ignore[union-attr]
+                moves.append((key, op))  # type: ignore[arg-type]
+            else:
+                partial.append(op)  # type: ignore[arg-type]
         else:
-            full.append(op)
+            full.append(op)  # type: ignore[arg-type]
     return deletes, full, partial, moves
 
 

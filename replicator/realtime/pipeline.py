@@ -1,5 +1,9 @@
 """One slot's pipeline: read decoded changes, apply them in batches, checkpoint, acknowledge.
 
+Reading, decoding and folding run on the pipeline's thread, staging, merging and committing on
+an ``ApplyWorker`` thread that owns the destination connection (``worker.py``), so the
+destination works while we read.
+
 The source hears only what the destination has committed: after each destination commit the
 checkpoint LSN is confirmed to the slot; when everything received is applied and no
 transaction is open, the stream's own position is confirmed too, so an idle slot keeps up.
@@ -20,15 +24,18 @@ import psycopg
 
 from replicator.catalog import Catalog, Column as CatalogColumn, load_types
 from replicator.connect import connect, is_transient
-from replicator.decoding.changes import Begin, Change, Commit, Decoder, Truncate
+from replicator.decoding.changes import Begin, Change, Commit, Decoder, Event, Truncate
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.decoding.wal2json import Wal2JsonDecoder
 from replicator.destinations.postgres import ensure_types
 from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
-from replicator.realtime.apply import Applier, Target
+from replicator.realtime.apply import Target, Writer
+from replicator.realtime.fold import Folder
+from replicator.realtime.staging import prepare_all
 from replicator.realtime.setup import SlotPlan, start_position
+from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.source.describe import CatalogDescriber
 from replicator.source.heartbeat import HeartbeatWriter
 from replicator.source.slots import wal2json_accepts
@@ -72,6 +79,7 @@ class SlotPipeline:
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
         self._reconnects = 0
+        self._aux_lock = threading.Lock()  # aux serves the reader (heartbeat, WAL watch) and the worker (types)
 
     def run(self, stop: threading.Event, until: Lsn | None = None) -> SlotStats:
         src_cfg = self.job.source.value
@@ -79,20 +87,20 @@ class SlotPipeline:
         aux = connect(src_cfg, "source", APP, autocommit=True)  # heartbeat, WAL watch, type lookups
         try:
             dst.execute("SET synchronous_commit = off")  # safe: the checkpoint commits with the rows
-            applier = Applier(
+            writer = Writer(
                 dst, self.job.job_id, self.plan.slot, self.targets, self._column_type(aux, dst),
                 soft_deletes=self.job.destination.value.deletes == "soft",
-                flush_rows=self.cfg.fetch_size_rows,
-                aliases=self.aliases,
             )
-            writer = HeartbeatWriter(aux, self.cfg.heartbeat) if self.write_heartbeat else None
+            folder = Folder({k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows)
+            writer_hb = HeartbeatWriter(aux, self.cfg.heartbeat) if self.write_heartbeat else None
             watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])
             while True:
                 try:
-                    self._stream(dst, aux, applier, writer, watch, stop, until)
+                    self._stream(dst, aux, folder, writer, writer_hb, watch, stop, until)
                     return self.stats
                 except (ReplicationLost, psycopg.OperationalError) as e:
-                    applier.rollback()
+                    folder.clear()
+                    writer.rollback()
                     if not (isinstance(e, ReplicationLost) or is_transient(e)):
                         raise
                     self._reconnects += 1
@@ -103,8 +111,9 @@ class SlotPipeline:
                     time.sleep(src_cfg.retry_wait_duration_ms / 1000)
                     if dst.closed or dst.broken:
                         dst = connect(self.job.destination.value, "destination", APP, autocommit=True)
-                        applier.conn = dst
-                        applier.reset_session()
+                        dst.execute("SET synchronous_commit = off")
+                        writer.conn = dst
+                        writer.reset_session()
         finally:
             dst.close()
             aux.close()
@@ -143,68 +152,110 @@ class SlotPipeline:
         self,
         dst: psycopg.Connection[Any],
         aux: psycopg.Connection[Any],
-        applier: Applier,
-        writer: HeartbeatWriter | None,
+        folder: Folder,
+        writer: Writer,
+        heartbeat: HeartbeatWriter | None,
         watch: WalWatch,
         stop: threading.Event,
         until: Lsn | None,
     ) -> None:
+        """Read and fold on this thread, write on the worker's, until caught up or stopped (see worker.py)."""
         reader = self._open_reader(dst, aux)
         batch_s = self.cfg.fetch_duration_per_extractor_slot_s
+        max_changes = self.cfg.fetch_size_rows
+        worker = ApplyWorker(writer, name=f"apply-{self.plan.slot}").start()
+        progress = worker.progress
+        stats = self.stats
         in_txn = False
+        drained = Lsn(0)  # the last position handed to the worker as drained
         stopping_since: float | None = None
         try:
             while True:
-                events = reader.read(max_events=self.cfg.fetch_size_rows, timeout=min(batch_s, 1.0))
-                for ev in events:
-                    if isinstance(ev, (Change, Truncate)):
-                        applier.change(ev)
-                        self.stats.changes += 1
-                    elif isinstance(ev, Begin):
-                        in_txn = True
-                    elif isinstance(ev, Commit):
-                        in_txn = False
-                        applier.source_commit(ev.end_lsn)
-                        self.stats.transactions += 1
+                events = reader.read(max_events=max_changes, timeout=min(batch_s, 1.0), until=until)
+                in_txn = self._fold(events, folder, worker, in_txn)
+                if not in_txn and folder.pending_transactions and (
+                    not events or folder.open_seconds >= batch_s or folder.transaction_changes >= max_changes
+                    or stop.is_set()
+                ):
+                    self._commit(folder, worker)
+                if not in_txn and not folder.pending_transactions and reader.position > drained:
+                    drained = reader.position  # everything read is (or will be, in order) committed
+                    worker.drained(drained)
                 # A stream that (re)opened and reads is healthy: max-retries counts failures in a row.
                 self._reconnects = 0
-                idle = not events
-                if not in_txn and applier.pending_transactions and (
-                    idle or applier.open_seconds >= batch_s or stop.is_set()
-                    or applier.transaction_changes >= self.cfg.fetch_size_rows
-                ):
-                    self._commit(applier, reader)
-                if not in_txn and not applier.pending_transactions and reader.position > reader.confirmed:
-                    # Everything received is applied: the slot may move on (keeps idle slots current).
-                    reader.confirm(reader.position)
-                if writer is not None:
-                    writer.tick()
-                watch.check_if_due(aux)
-                if until is not None and not in_txn and not applier.pending_transactions and reader.position >= until:
-                    return
+                self._confirm(reader, progress)
+                with self._aux_lock:
+                    if heartbeat is not None:
+                        heartbeat.tick()
+                    watch.check_if_due(aux)
+                if until is not None and not in_txn and reader.position >= until:
+                    break
                 if stop.is_set():
                     if not in_txn:
-                        return
+                        break
                     stopping_since = stopping_since or time.monotonic()
                     if time.monotonic() - stopping_since > STOP_GRACE_S:
                         log.warning("slot %s: stopping inside a large source transaction; it will be "
                                     "applied from its start next time", self.plan.slot)
-                        applier.rollback()
+                        worker.abort()
+                        folder.clear()
                         return
+            self._commit(folder, worker)
+            if reader.position > drained:
+                worker.drained(reader.position)
+            worker.finish()
+            self._confirm(reader, progress)
         finally:
+            worker.abort()  # no-op once finished; else rolls back what is not committed
+            stats.commits += progress.commits
             reader.close()
 
-    def _commit(self, applier: Applier, reader: Any) -> None:
-        lsn = applier.commit()
-        if lsn is not None:
-            reader.confirm(lsn)
-            self.stats.commits += 1
-            self.stats.confirmed = lsn
+    def _fold(self, events: list[Event], folder: Folder, worker: ApplyWorker, in_txn: bool) -> bool:
+        """Fold one read's events, handing ready units to the worker; returns whether the stream
+        is inside a source transaction after them."""
+        change = folder.change
+        changes = transactions = 0
+        for ev in events:
+            t = type(ev)
+            if t is Change or t is Truncate:
+                ready = change(ev)  # type: ignore[arg-type]
+                changes += 1
+                if ready:
+                    for folded in ready:
+                        worker.apply(prepare_all(folded))
+            elif t is Begin:
+                in_txn = True
+            elif t is Commit:
+                in_txn = False
+                folder.source_commit(ev.end_lsn)  # type: ignore[union-attr]
+                transactions += 1
+        self.stats.changes += changes
+        self.stats.transactions += transactions
+        return in_txn
+
+    @staticmethod
+    def _commit(folder: Folder, worker: ApplyWorker) -> None:
+        done = folder.commit()
+        if done is not None:
+            ready, lsn = done
+            for folded in ready:
+                worker.apply(prepare_all(folded))
+            worker.commit(lsn)
+
+    def _confirm(self, reader: Any, progress: Progress) -> None:
+        """Tell the source what the destination has committed (and, when nothing is pending,
+        everything read: keeps an idle slot current)."""
+        committed, drained = progress.committed, progress.drained
+        if committed is not None and committed > reader.confirmed:
+            reader.confirm(committed)
+            self.stats.confirmed = committed
+        if drained is not None and drained > reader.confirmed:
+            reader.confirm(drained)
 
     def _column_type(self, aux: psycopg.Connection[Any], dst: psycopg.Connection[Any]) -> Any:
         def column_type(oid: int, typmod: int) -> str:
             """A column type as SQL for ALTER TABLE ADD COLUMN (creating a new user type first)."""
-            with aux.transaction():
+            with self._aux_lock, aux.transaction():
                 aux.execute("SELECT set_config('search_path', '', true)")
                 row = aux.execute("SELECT format_type(%s, %s)", (oid, typmod)).fetchone()
                 catalog = Catalog()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from replicator import state
@@ -57,7 +59,7 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
     """Run every slot's pipeline; with ``job.once``, until caught up with the source's WAL at start."""
     stop = stop or threading.Event()
     until = current_wal_lsn(job) if job.once else None
-    with connect(job.destination.value, "destination", APP, autocommit=True) as lock_conn:
+    with connect(job.destination.value, "destination", APP, autocommit=True) as lock_conn, _collector_for_streaming():
         state.lock_job(lock_conn, job.job_id, "realtime")  # held by this session while we stream
         # One heartbeat writer is enough: the heartbeat table is in every slot's publication.
         pipelines = [
@@ -85,6 +87,28 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
         if errors:
             raise errors[0]
         return [r for r in results if r is not None]
+
+
+@contextmanager
+def _collector_for_streaming() -> Iterator[None]:
+    """Run Python's cyclic garbage collector less often while changes stream.
+
+    Every change makes a few objects (its event, its value tuples) that live for a batch or
+    two. With the default thresholds a young collection runs every 700 of them and, as they
+    outlive it, full collections keep walking every object the imports created (psycopg,
+    pydantic: hundreds of thousands). That was a quarter of our CPU time on a 200k-change
+    backlog (3.0-3.2 s -> 2.1-2.2 s with this). Nothing on the hot path makes reference cycles,
+    so collecting less often costs no memory to speak of; objects alive now are frozen out of
+    collections, and the usual settings come back when streaming ends.
+    """
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 def summary(stats: list[SlotStats]) -> str:

@@ -80,7 +80,11 @@ class HeartbeatWriter:
         self.last_write: float | None = None
         table = heartbeat_table(hb).identifier()
         column = sql.Identifier(hb.column_name)
-        # One row, whose key is the time: update it, or insert it the first time.
+        # One row, whose key is the time: update it, or insert it the first time. Writers of
+        # other slots (threads of this process, or other jobs) share the table: without the
+        # lock, two first writes insert two rows (or collide on the key), and the next update
+        # then gives both rows the same key.
+        self._lock = sql.SQL("LOCK TABLE {t} IN SHARE ROW EXCLUSIVE MODE").format(t=table)
         self._statement = sql.SQL(
             "WITH moved AS (UPDATE {t} SET {c} = %(now)s RETURNING 1) "
             "INSERT INTO {t} ({c}) SELECT %(now)s WHERE NOT EXISTS (SELECT FROM moved) "
@@ -100,7 +104,9 @@ class HeartbeatWriter:
     def beat(self) -> int:
         """Write the heartbeat now; returns the value written (milliseconds since 1970)."""
         millis = int(time.time() * 1000)
-        self.conn.execute(self._statement, {"now": millis})
+        with self.conn.transaction():
+            self.conn.execute(self._lock)
+            self.conn.execute(self._statement, {"now": millis})
         return millis
 
 

@@ -113,13 +113,16 @@ class SqlReader:
     def confirmed(self) -> Lsn:
         return self._flushed
 
-    def read(self, max_events: int = 10_000, timeout: float = 1.0) -> list[Event]:
+    def read(self, max_events: int = 10_000, timeout: float = 1.0, until: Lsn | None = None) -> list[Event]:
         """Events from the slot: returns at ``max_events``, or after ``timeout`` seconds with what
-        has arrived (possibly nothing). Polls the server at most every ``poll_interval_s`` when idle."""
+        has arrived (possibly nothing), or as soon as ``position`` reaches ``until``. Polls the
+        server at most every ``poll_interval_s`` when idle."""
         out: list[Event] = []
         deadline = time.monotonic() + timeout
         decoder = self.decoder
         while len(out) < max_events:
+            if until is not None and self._position >= until:
+                break
             if self._rows is None:
                 wait = self._last_poll + self.poll_interval_s - time.monotonic()
                 if wait > 0:

@@ -29,10 +29,12 @@ from typing import Any
 
 import psycopg
 from psycopg import pq, sql
+from psycopg.pq.misc import error_message
 
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect, describe
 from replicator.decoding.changes import Decoder, Event
+from replicator.decoding.pgoutput import PUMP_COUNT, PUMP_END, PUMP_FULL, PUMP_MESSAGE, PUMP_NO_DATA, Pump
 from replicator.errors import SourceError
 from replicator.lsn import Lsn
 from replicator.source.session import apply_output_settings
@@ -45,6 +47,7 @@ _status = struct.Struct(">cQQQqB").pack  # 'r': written, flushed, applied, clock
 _W, _K = ord("w"), ord("k")
 _PG_EPOCH_UNIX = 946_684_800  # 2000-01-01 in Unix time
 _CHECK_EVERY = 512  # messages between clock checks while data keeps flowing
+_NO_LSN = 1 << 64  # beyond any LSN: read() without ``until``
 
 
 class ReplicationLost(SourceError):
@@ -98,6 +101,10 @@ class ReplicationStream:
         self._last_status = 0.0
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._pgconn.socket, selectors.EVENT_READ)
+        # pgoutput can read runs of row messages in C, straight from libpq (see _pgoutput.c).
+        native_pump = getattr(decoder, "native_pump", None)
+        self._pump: Pump | None = native_pump() if native_pump is not None else None
+        self._conn_ptr = self._pgconn.pgconn_ptr
         try:
             self._start(start_lsn)
         except BaseException:
@@ -142,21 +149,49 @@ class ReplicationStream:
         """The last position passed to ``confirm()``."""
         return self._flushed
 
-    def read(self, max_events: int = 10_000, timeout: float = 1.0) -> list[Event]:
+    def read(self, max_events: int = 10_000, timeout: float = 1.0, until: Lsn | None = None) -> list[Event]:
         """Events decoded from the stream: returns at ``max_events``, or after ``timeout`` seconds
-        with what has arrived (possibly nothing). Keepalives are answered while reading."""
+        with what has arrived (possibly nothing), or as soon as ``position`` reaches ``until``
+        (the end of a catch-up: no need to wait for more). Keepalives are answered while reading."""
         out: list[Event] = []
         deadline = time.monotonic() + timeout
+        stop_at = _NO_LSN if until is None else int(until)
         pgconn = self._pgconn
         decoder = self.decoder
         decode = decoder.decode
         extend = out.extend
         countdown = _CHECK_EVERY
+        pump, conn_ptr = self._pump, self._conn_ptr
         while True:
-            try:
-                nbytes, buf = pgconn.get_copy_data(1)
-            except psycopg.OperationalError as e:
-                raise self._lost(str(e)) from None
+            if pump is not None:
+                # Runs of row messages are read and decoded in C; anything else comes back here.
+                outcome, taken, received, message = pump(conn_ptr, out, max_events, countdown)
+                if received > self._received:
+                    self._received = received
+                countdown -= taken
+                if outcome == PUMP_MESSAGE:
+                    assert message is not None
+                    nbytes, buf = len(message), message
+                    countdown += 1  # counted again below
+                elif outcome == PUMP_NO_DATA:
+                    nbytes = 0
+                elif outcome == PUMP_FULL:
+                    break
+                elif outcome == PUMP_COUNT:
+                    countdown = _CHECK_EVERY
+                    self._status_if_due()
+                    if time.monotonic() >= deadline:
+                        break
+                    continue
+                elif outcome == PUMP_END:
+                    nbytes = -1
+                else:  # PUMP_FAILED: as psycopg's get_copy_data() would raise
+                    raise self._lost(error_message(pgconn))
+            else:
+                try:
+                    nbytes, buf = pgconn.get_copy_data(1)
+                except psycopg.OperationalError as e:
+                    raise self._lost(str(e)) from None
             if nbytes > 0:
                 kind = buf[0]
                 if kind == _W:
@@ -169,6 +204,8 @@ class ReplicationStream:
                     if start > self._position and not decoder.in_transaction:
                         # A commit (or a skipped empty transaction) ends here.
                         self._position = start
+                        if start >= stop_at:
+                            break
                     if len(out) >= max_events:
                         break
                 elif kind == _K:
@@ -179,6 +216,8 @@ class ReplicationStream:
                         self._position = end
                     if reply:
                         self._send_status()
+                    if self._position >= stop_at:
+                        break
                 countdown -= 1
                 if countdown == 0:
                     countdown = _CHECK_EVERY
@@ -187,6 +226,8 @@ class ReplicationStream:
                         break
                 continue
             if nbytes == 0:  # nothing buffered: wait for the socket
+                if self._position >= stop_at:
+                    break
                 self._status_if_due()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -16,6 +16,7 @@ from replicator.decoding.changes import (
     ReplicaIdentity,
     Truncate,
 )
+from replicator.decoding import pgoutput
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.source.stream import ReplicationStream
 
@@ -23,6 +24,19 @@ from tests.decoding import types
 from tests.replication import Replication, flush_lsn, read_until
 
 BIG = "SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 3200)"  # ~100 KB, incompressible
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def row_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the C row decoder and read loop (when built) and with the pure-Python ones."""
+    if request.param == "native":
+        if pgoutput.NATIVE is None:
+            pytest.skip("replicator._pgoutput is not built (python setup.py build_ext --inplace)")
+    else:
+        monkeypatch.setattr(pgoutput, "row_change", pgoutput.row_change_py)
+        monkeypatch.setattr(pgoutput, "row_message", pgoutput.row_message_py)
+        monkeypatch.setattr(PgOutputDecoder, "native_pump", lambda self: None)
+    return str(request.param)
 
 
 def changes(events: list) -> list[Change]:

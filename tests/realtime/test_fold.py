@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pytest
+
 from replicator.decoding.changes import UNCHANGED_TOAST, Change, Column, Op, Relation, ReplicaIdentity
+from replicator.errors import DestinationError
 from replicator.lsn import Lsn
 from replicator.realtime import fold
 
@@ -76,3 +79,50 @@ def test_keyless_tables_keep_every_change_in_order() -> None:
     for c in changes:
         b.add(c)
     assert b.in_order == changes and not b.ops
+
+
+def test_keys_without_a_row_before_the_batch_are_fresh() -> None:
+    b = batch(
+        ch(Op.INSERT, ("1", "a", "x")),
+        ch(Op.UPDATE, ("1", "b", "x")),  # still the row inserted in this batch
+        ch(Op.UPDATE, ("2", "b", "x")),  # a row from before the batch
+        ch(Op.DELETE, old=("3", None, None)),
+        ch(Op.INSERT, ("3", "a", "x")),  # replaces a row from before the batch
+        ch(Op.UPDATE, ("5", "m", "x"), old=("4", None, None)),  # moved to a key that had no row
+        ch(Op.DELETE, old=("7", None, None)),
+        ch(Op.UPDATE, ("7", "m", "x"), old=("8", None, None)),  # moved onto a key deleted in the batch
+    )
+    fresh = {k: op.fresh for k, op in b.ops.items() if isinstance(op, fold.Upsert)}
+    assert fresh == {("1",): True, ("2",): False, ("3",): False, ("5",): True, ("7",): False}
+
+
+def test_folder_hands_out_units_every_flush_rows_and_the_rest_with_the_checkpoint() -> None:
+    folder = fold.Folder({("public", "t"): ("id",)}, flush_rows=3)
+    other = Relation(2, "public", "heartbeat", ReplicaIdentity.DEFAULT, (Column("ts", 20, -1, True),))
+    ready = [folder.change(ch(Op.INSERT, (str(i), "v", "x"))) for i in range(4)]
+    assert [bool(r) for r in ready] == [False, False, True, False]
+    assert folder.change(Change(Op.INSERT, other, ("1",), None, Lsn(1), 1, NOW)) in (None, [])  # not replicated
+    assert folder.commit() is None  # no source transaction ended yet
+    folder.source_commit(Lsn(100))
+    assert folder.pending_transactions == 1 and folder.transaction_changes == 4
+    done = folder.commit()
+    assert done is not None
+    rest, lsn = done
+    assert lsn == Lsn(100) and [list(u.batches[("public", "t")].ops) for u in rest] == [[("3",)]]
+    assert folder.pending_transactions == 0 and folder.commit() is None
+
+
+def test_folder_cuts_when_a_table_changes_shape() -> None:
+    folder = fold.Folder({("public", "t"): ("id",)})
+    folder.change(ch(Op.INSERT, ("1", "a", "x")))
+    wider = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (*REL.columns, Column("tags", 1009, -1, False)))
+    ready = folder.change(Change(Op.INSERT, wider, ("2", "b", "y", "{a}"), None, Lsn(2), 1, NOW))
+    assert ready and ready[0].batches[("public", "t")].relation is REL
+    (unit,) = folder.take()
+    assert unit.batches[("public", "t")].relation is wider
+
+
+def test_folder_refuses_a_stream_without_the_key() -> None:
+    folder = fold.Folder({("public", "t"): ("code",)})
+    with pytest.raises(DestinationError, match="does not carry key column"):
+        folder.change(ch(Op.INSERT, ("1", "a", "x")))

@@ -91,3 +91,33 @@ def test_heartbeat_moves_the_slot_of_an_idle_database(replication: Replication) 
     assert beat.relation.table == "replicate_io_cdc_heartbeat"
     commit = [e for e in events if isinstance(e, Commit)][0]
     assert replication.confirmed_flush(slot) >= commit.end_lsn > created
+
+
+def test_writers_of_several_slots_share_the_one_row(replication: Replication) -> None:
+    import threading
+
+    hb = Heartbeat()
+    with replication.db.connect() as conn:
+        ensure_heartbeat_table(conn, hb)
+    conns = [replication.db.connect() for _ in range(4)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(conns))
+
+    def write(conn: object) -> None:
+        writer = HeartbeatWriter(conn, hb)  # type: ignore[arg-type]
+        try:
+            start.wait()
+            for _ in range(20):  # the first writes race to insert, the next ones to update
+                writer.beat()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in conns:
+        c.close()
+    assert not errors, errors
+    assert replication.db.fetchone("SELECT count(*) FROM replicate_io_cdc_heartbeat") == 1

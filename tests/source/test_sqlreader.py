@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from replicator.decoding.changes import Begin, Change, Commit
@@ -111,3 +113,20 @@ def test_slot_streamed_elsewhere_is_a_transient_error(replication: Replication) 
         with pytest.raises(SlotInUse, match=f"reading slot '{slot}' .* is active for PID") as busy:
             reader.read(timeout=1)
     assert busy.value.transient
+
+
+def test_read_returns_as_soon_as_the_position_reaches_until(replication: Replication) -> None:
+    workload(replication)
+    slot = replication.slot("pgoutput")
+    replication.db.execute("INSERT INTO t VALUES (1000, 'z')")
+    target = flush_lsn(replication.db)
+    with replication.sql_reader(slot, "pgoutput") as reader:
+        events = []
+        started = time.monotonic()
+        while reader.position < target:
+            events += reader.read(max_events=10_000, timeout=30, until=target)
+        assert time.monotonic() - started < 10
+        again = time.monotonic()
+        assert reader.read(max_events=10_000, timeout=30, until=target) == []
+        assert time.monotonic() - again < 1
+    assert any(isinstance(e, Change) and e.new and e.new[0] == "1000" for e in events)

@@ -8,13 +8,25 @@ import tracemalloc
 import pytest
 
 from replicator.connect import connect
-from replicator.decoding.changes import Begin, Change, Commit
+from replicator.decoding.changes import Begin, Change, Commit, DecodeError
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.errors import SourceError
 from replicator.lsn import Lsn
 from replicator.source.stream import ReplicationLost, ReplicationStream, SlotInUse
 
 from tests.replication import Replication, flush_lsn, read_until
+
+
+@pytest.fixture(autouse=True, params=["C read loop", "psycopg read loop"])
+def read_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """pgoutput streams are read by the C loop of replicator._pgoutput when it is built; every
+    test here also runs with the loop that reads through psycopg (what other decoders use)."""
+    if request.param == "C read loop":
+        if PgOutputDecoder(["pub"]).native_pump() is None:
+            pytest.skip("replicator._pgoutput is not built, or cannot use psycopg's libpq")
+    else:
+        monkeypatch.setattr(PgOutputDecoder, "native_pump", lambda self: None)
+    return str(request.param)
 
 
 def three_transactions(replication: Replication) -> str:
@@ -176,3 +188,29 @@ def test_errors_that_retrying_cannot_fix_are_not_transient(replication: Replicat
             stream.read(timeout=0.5)
     assert not isinstance(failed.value, ReplicationLost) and not getattr(failed.value, "transient", False)
     assert 'publication "pub" does not exist' in str(failed.value)
+
+
+def test_read_returns_as_soon_as_the_position_reaches_until(replication: Replication) -> None:
+    slot = three_transactions(replication)
+    target = flush_lsn(replication.db)
+    with replication.stream(slot, "pgoutput") as stream:
+        started = time.monotonic()
+        events = []
+        while stream.position < target:
+            events += stream.read(max_events=10_000, timeout=30, until=target)
+        took = time.monotonic() - started
+        # Already there: returns at once, without waiting out the timeout.
+        again = time.monotonic()
+        assert stream.read(max_events=10_000, timeout=30, until=target) == []
+        assert time.monotonic() - again < 1
+    assert sum(1 for e in events if type(e) is Change) == 3
+    assert took < 10, f"took {took:.1f}s: read() waited for its timeout"
+
+
+def test_a_row_message_the_c_loop_cannot_decode_is_handed_back_and_reported(replication: Replication) -> None:
+    slot = three_transactions(replication)
+    decoder = PgOutputDecoder(["pub"])
+    decoder._handlers[ord("R")] = lambda buf, lsn: ()  # type: ignore[assignment]  # forget every Relation
+    with ReplicationStream.open(replication.cfg, slot, decoder) as stream:
+        with pytest.raises(DecodeError, match=r"change for relation \d+ before its Relation message"):
+            read_until(stream, flush_lsn(replication.db))

@@ -1,0 +1,95 @@
+"""What a folded batch becomes on its way to the destination: operations sorted by the statement
+that applies them, rows in COPY's text format, deleted keys as an array literal.
+
+Pure Python, no database: the pipeline calls ``prepare_all()`` on its reading thread, so the
+thread that owns the destination connection spends its time in statements (see worker.py).
+Texts hold every column of the stream; the writer uses them when the destination stores every
+one of those columns (the usual case) and otherwise works out its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from replicator.realtime.fold import Folded, Key, TableBatch, Upsert, split
+
+# COPY text format: backslash, and the characters that would end a field or a row.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+@dataclass
+class Prepared:
+    """A table batch's operations, by the statement that applies them."""
+
+    deletes: list[Key]
+    fresh: list[Upsert]  # whole rows whose key had no row before the batch
+    existing: list[Upsert]  # whole rows whose key had one
+    partial: list[Upsert]  # rows with unchanged TOAST values, updated in place
+    moves: list[tuple[Key, Upsert]]  # key changes that read unchanged TOAST values from the old row
+    fresh_text: str | None = None  # COPY text of ``fresh``, every column of the stream
+    existing_text: str | None = None  # likewise for ``existing``
+    deleted_keys: str | None = None  # array literal of the deleted keys, for a one-column key
+
+
+def prepare(batch: TableBatch, texts: bool = True) -> Prepared:
+    """Sort the batch's operations (and, with ``texts``, format them); remembered on the batch."""
+    deletes, full, partial, moves = split(batch.ops)
+    fresh = [op for op in full if op.fresh]
+    existing = [op for op in full if not op.fresh] if len(fresh) < len(full) else []
+    prepared = Prepared(deletes, fresh, existing, partial, moves)
+    if texts:
+        width = len(batch.relation.columns)
+        if fresh:
+            prepared.fresh_text = copy_text([op.values for op in fresh], width)
+        if existing:
+            prepared.existing_text = copy_text([op.values for op in existing], width)
+        if deletes and len(batch.key_positions) == 1:
+            prepared.deleted_keys = array_literal([k[0] for k in deletes])
+    batch.prepared = prepared
+    return prepared
+
+
+def prepare_all(folded: Folded) -> Folded:
+    for batch in folded.batches.values():
+        if not batch.keyless:
+            prepare(batch)
+    return folded
+
+
+def copy_text(rows: Sequence[Sequence[str | None]], width: int) -> str:
+    """Rows of text values (None: NULL), each ``width`` long, in COPY's text format.
+
+    Values almost never hold a backslash, tab, newline or carriage return, so rows are joined
+    as they are and the whole text is checked once for those characters (a few fast scans);
+    only if one is found is every value escaped. NULLs travel as NUL characters, which no
+    PostgreSQL text value can contain, until the check is done.
+    """
+    if not rows:
+        return ""
+    join = "\t".join
+    text = "\n".join([join(r) if None not in r else join(["\0" if v is None else v for v in r]) for r in rows])  # type: ignore[misc]
+    n = len(rows)
+    if "\\" in text or "\r" in text or text.count("\n") != n - 1 or text.count("\t") != n * (width - 1):
+        return "".join(map(_copy_line, rows))
+    if "\0" in text:
+        text = text.replace("\0", "\\N")
+    return text + "\n"
+
+
+def _copy_line(row: Sequence[str | None]) -> str:
+    return "\t".join("\\N" if v is None else v.translate(_COPY_ESCAPES) for v in row) + "\n"
+
+
+def array_literal(values: Sequence[str | None]) -> str | None:
+    """A PostgreSQL array literal of text-format values (None if one is NULL: stage those instead).
+
+    Every element is double-quoted; backslashes and double quotes are escaped only if the
+    values hold any (one scan of them all, in C)."""
+    if None in values:
+        return None
+    items: Sequence[str] = values  # type: ignore[assignment]
+    joined = "".join(items)
+    if '"' in joined or "\\" in joined:
+        items = [v.replace("\\", "\\\\").replace('"', '\\"') for v in items]
+    return '{"' + '","'.join(items) + '"}'

@@ -1,0 +1,139 @@
+"""The destination side of a slot's pipeline, on its own thread: the destination works while we read.
+
+PostgreSQL's own logical replication decodes in the walsender and applies in a separate worker
+process, in parallel. Here the slot's thread reads, decodes and folds (``fold.Folder``, which
+never touches the destination) and hands what is folded to an ``ApplyWorker``, which owns the
+destination connection: it stages, merges and commits (``apply.Writer``) and publishes what it
+has committed. Only that ever reaches the source as confirmed. So the destination merges one
+unit while the next one is read and folded, and stays busy.
+
+The queue between them is short (a few units of at most ``fetch-size-rows`` changes each), so
+memory stays bounded and the reader waits when it is ahead. Items are applied in order:
+units, commits (the checkpoint LSN commits with the units before it: whole source transactions
+only, as the reader decides), and "drained" marks (everything read up to a stream position is
+committed: the source may move there, which keeps idle slots current).
+
+On any failure the worker stops; the reader raises its error, and the open destination
+transaction is rolled back: the stream resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+from replicator.lsn import Lsn
+from replicator.realtime.apply import Writer
+from replicator.realtime.fold import Folded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """What the worker has made durable, read by the reader thread (plain attribute reads)."""
+
+    committed: Lsn | None = None  # checkpoint of the last destination commit
+    drained: Lsn | None = None  # a stream position up to which everything read is committed
+    commits: int = 0
+
+
+_APPLY, _COMMIT, _DRAINED = 0, 1, 2
+_FINISH = object()  # everything before it is done: end
+
+
+class ApplyWorker:
+    """Applies folded units and commits on a thread of its own; see the module docstring."""
+
+    def __init__(self, writer: Writer, name: str, depth: int = 4):
+        self.writer = writer
+        self.progress = Progress()
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._abort = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> ApplyWorker:
+        self._thread.start()
+        return self
+
+    # -- the reader's side -----------------------------------------------------------------
+
+    def apply(self, folded: Folded) -> None:
+        """Stage and merge this unit (inside the open destination transaction)."""
+        self._put((_APPLY, folded))
+
+    def commit(self, lsn: Lsn) -> None:
+        """Commit what was applied, with checkpoint ``lsn`` (the end of a source transaction)."""
+        self._put((_COMMIT, lsn))
+
+    def drained(self, position: Lsn) -> None:
+        """Everything read up to ``position`` has been handed over and committed (or was nothing
+        to apply): publish ``position`` once the worker gets here."""
+        self._put((_DRAINED, position))
+
+    def check(self) -> None:
+        """Raise, in the reader's thread, whatever ended the worker."""
+        if self._error is not None:
+            raise self._error
+        if self._thread.ident is not None and not self._thread.is_alive() and not self._abort.is_set():
+            raise RuntimeError("the apply worker ended unexpectedly")
+
+    def finish(self) -> None:
+        """Wait until everything handed over is done; then end."""
+        self._put(_FINISH)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Stop without committing more; the open destination transaction is rolled back."""
+        self._abort.set()
+        while True:  # make room, so that a worker waiting for work wakes up
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        try:
+            self._queue.put_nowait(_FINISH)
+        except queue.Full:
+            pass
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def _put(self, item: object) -> None:
+        # Waits while the queue is full, watching for the worker's failure.
+        while True:
+            self.check()
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    # -- the worker's thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        writer = self.writer
+        progress = self.progress
+        try:
+            while not self._abort.is_set():
+                item = self._queue.get()
+                if self._abort.is_set() or item is _FINISH:
+                    break
+                kind, arg = item  # type: ignore[misc]
+                if kind == _APPLY:
+                    writer.apply(arg)
+                elif kind == _COMMIT:
+                    writer.commit(arg)
+                    progress.committed = arg
+                    progress.commits += 1
+                else:
+                    progress.drained = arg
+        except BaseException as e:  # handed to the reader thread by check()
+            self._error = e
+        finally:
+            # Whatever was applied but not committed does not stay (normally nothing is left).
+            writer.rollback()

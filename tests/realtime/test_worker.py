@@ -1,0 +1,94 @@
+"""The apply worker on a real destination: applies and commits in order, reports only what it
+committed, hands its errors to the reader, rolls back when aborted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+import pytest
+
+from replicator import state
+from replicator.decoding.changes import Change, Column, Op, Relation, ReplicaIdentity
+from replicator.destinations.postgres import describe_table
+from replicator.lsn import Lsn
+from replicator.realtime.apply import Target, Writer
+from replicator.realtime.fold import Folded, Folder
+from replicator.realtime.worker import ApplyWorker
+from tests.conftest import Database
+
+REL = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (
+    Column("id", 20, -1, True), Column("v", 25, -1, False),
+))
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def folded(*rows: tuple[str, str]) -> Folded:
+    folder = Folder({("public", "t"): ("id",)})
+    for r in rows:
+        folder.change(Change(Op.INSERT, REL, r, None, Lsn(1), 1, NOW))
+    (unit,) = folder.take()
+    return unit
+
+
+@pytest.fixture
+def dest(dest_db: Database) -> Iterator[psycopg.Connection[Any]]:
+    dest_db.execute("CREATE TABLE t (id bigint PRIMARY KEY, v text CHECK (v <> 'bad'))")
+    with dest_db.connect() as conn:
+        state.ensure_schema(conn)
+        yield conn
+
+
+def worker(conn: psycopg.Connection[Any]) -> ApplyWorker:
+    table = describe_table(conn, "public", "t")
+    assert table is not None
+    writer = Writer(conn, "job", "slot", {("public", "t"): Target(table, ("id",))}, lambda oid, typmod: "text")
+    return ApplyWorker(writer, name="test-apply").start()
+
+
+def rows(db: Database) -> list[tuple[Any, ...]]:
+    return db.fetchall("SELECT id, v FROM t ORDER BY id")
+
+
+def checkpoint(db: Database) -> Any:
+    return db.fetchone("SELECT lsn::text FROM _replicator.slot_checkpoints WHERE job = 'job'")
+
+
+def test_applies_and_commits_in_order(dest: psycopg.Connection[Any], dest_db: Database) -> None:
+    w = worker(dest)
+    w.apply(folded(("1", "a"), ("2", "b")))
+    w.apply(folded(("3", "c")))  # a large source transaction: two units, one commit
+    w.commit(Lsn(200))
+    w.drained(Lsn(250))
+    w.apply(folded(("4", "d")))  # applied, never committed: rolled back at the end
+    w.finish()
+    assert rows(dest_db) == [(1, "a"), (2, "b"), (3, "c")]
+    assert w.progress.committed == Lsn(200) and checkpoint(dest_db) == "0/C8"
+    assert w.progress.drained == Lsn(250) and w.progress.commits == 1
+    assert dest.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_an_apply_error_reaches_the_reader_and_nothing_of_it_stays(dest: psycopg.Connection[Any], dest_db: Database) -> None:
+    w = worker(dest)
+    w.apply(folded(("1", "a")))
+    w.commit(Lsn(100))
+    w.apply(folded(("2", "b"), ("3", "bad")))
+    with pytest.raises(psycopg.errors.CheckViolation):
+        for _ in range(100):  # the reader sees the error at its next hand-over (or at finish)
+            w.commit(Lsn(200))
+            w.drained(Lsn(200))
+        w.finish()
+    w.abort()
+    assert rows(dest_db) == [(1, "a")] and w.progress.committed == Lsn(100)
+    assert w.progress.drained is None
+    assert dest.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_abort_rolls_back_the_open_transaction(dest: psycopg.Connection[Any], dest_db: Database) -> None:
+    w = worker(dest)
+    w.apply(folded(("1", "a")))
+    w.abort()
+    assert rows(dest_db) == [] and w.progress.committed is None
+    assert dest.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
