@@ -93,7 +93,7 @@ def check_keys(ctx: SourceContext, tables: list[SelectedTable]) -> CheckResult:
             problems.append(f"{table.display} has replica identity {_identity_name(table.replica_identity)}")
             statements.append(ctx.sql(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident)))
     if not problems:
-        return ok(TABLES, "keys", f"every selected table has a key and a replica identity")
+        return ok(TABLES, "keys", "every selected table has a key and a replica identity")
     return fail(
         TABLES, "keys",
         "updates and deletes cannot be replicated: " + "; ".join(problems),
