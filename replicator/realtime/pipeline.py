@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 APP = "replicator/realtime"
 STOP_GRACE_S = 30.0  # on stop, how long to wait for an open source transaction to commit
+PROGRESS_EVERY_S = 10.0  # how often a streaming slot logs what it has done
 
 
 @dataclass
@@ -169,6 +170,7 @@ class SlotPipeline:
         in_txn = False
         drained = Lsn(0)  # the last position handed to the worker as drained
         stopping_since: float | None = None
+        report = _ProgressReport(self.plan.slot, stats)
         try:
             while True:
                 events = reader.read(max_events=max_changes, timeout=min(batch_s, 1.0), until=until)
@@ -184,6 +186,7 @@ class SlotPipeline:
                 # A stream that (re)opened and reads is healthy: max-retries counts failures in a row.
                 self._reconnects = 0
                 self._confirm(reader, progress)
+                report.maybe(progress.commits, reader.position)
                 with self._aux_lock:
                     if heartbeat is not None:
                         heartbeat.tick()
@@ -267,6 +270,29 @@ class SlotPipeline:
             return str(row[0])
 
         return column_type
+
+
+class _ProgressReport:
+    """Logs a slot's throughput every ``PROGRESS_EVERY_S``: long catch-ups are never silent."""
+
+    def __init__(self, slot: str, stats: SlotStats):
+        self.slot = slot
+        self.stats = stats
+        self.last_at = time.monotonic()
+        self.last_changes = stats.changes
+
+    def maybe(self, commits: int, position: Lsn) -> None:
+        now = time.monotonic()
+        if now - self.last_at < PROGRESS_EVERY_S:
+            return
+        rate = (self.stats.changes - self.last_changes) / (now - self.last_at)
+        log.info(
+            "slot %s: %d changes in %d transactions read (%.0f changes/s), %d destination commits, "
+            "confirmed %s, read up to %s",
+            self.slot, self.stats.changes, self.stats.transactions, rate, self.stats.commits + commits,
+            self.stats.confirmed, position,
+        )
+        self.last_at, self.last_changes = now, self.stats.changes
 
 
 def current_wal_lsn(job: Job) -> Lsn:

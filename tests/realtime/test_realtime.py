@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
 
@@ -271,3 +272,19 @@ def test_wal_retention_over_the_maximum_stops_the_pipeline(pg_env: Env, capsys: 
     assert pg_env.run("realtime", "--once") == 1
     err = capsys.readouterr().err
     assert f"slot '{pg_env.slot}' holds" in err and "log-monitoring.max-wal-size-gb" in err and "Traceback" not in err
+
+
+def test_streaming_logs_its_progress(
+    pg_env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg_env.source.execute("CREATE TABLE ticks (id integer PRIMARY KEY, v text)")
+    assert pg_env.run("full", "--once") == 0
+    pg_env.source.execute("INSERT INTO ticks SELECT g, 'v' FROM generate_series(1, 300) g")
+    monkeypatch.setattr("replicator.realtime.pipeline.PROGRESS_EVERY_S", 0.0)
+    caplog.clear()
+    assert pg_env.run("realtime", "--once") == 0
+    lines = [r.getMessage() for r in caplog.records if "changes/s" in r.getMessage()]
+    assert lines, caplog.text
+    match = re.search(r"(\d+) changes in (\d+) transactions read", lines[-1])
+    assert match is not None, lines[-1]
+    assert int(match[1]) >= 300 and int(match[2]) >= 1  # the heartbeat may add its own
