@@ -20,6 +20,7 @@ CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-Wno-unused-p
 relay = Extension(
     "replicator._relay",
     sources=["replicator/_relay.c"],
+    depends=["replicator/_libpq_bind.h"],
     libraries=["dl"],
     extra_compile_args=CFLAGS,
     optional=True,
@@ -28,6 +29,7 @@ relay = Extension(
 pgoutput = Extension(
     "replicator._pgoutput",
     sources=["replicator/_pgoutput.c"],
+    depends=["replicator/_libpq_bind.h"],
     libraries=["dl"],
     extra_compile_args=CFLAGS,
     optional=True,

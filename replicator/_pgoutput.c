@@ -22,10 +22,7 @@
  *
  * pump() must call the very libpq psycopg uses (psycopg-binary bundles its own; a PGconn
  * from one build passed to another would be undefined behaviour). So nothing here links
- * against libpq: bind_libpq() takes the path of an object psycopg has loaded (its pq module,
- * or the libpq its ctypes wrapper loaded), opens it with RTLD_NOLOAD (never loading anything
- * new) and looks the two functions up in that object's dependency tree, then checks the
- * library's version against psycopg's. This is the approach of replicator/_relay.c.
+ * against libpq: bind_libpq() finds psycopg's own (_libpq_bind.h, shared with _relay.c).
  *
  * Message formats: https://www.postgresql.org/docs/current/protocol-logicalrep-message-formats.html
  * Values are text-format (we never start the stream with binary 'true'): str, None for NULL,
@@ -36,7 +33,7 @@
 #include <Python.h>
 #include <structmember.h>
 
-#include <dlfcn.h>
+#include "_libpq_bind.h"
 #include <stdint.h>
 
 static uint32_t
@@ -323,7 +320,7 @@ typedef struct pg_conn PGconn; /* opaque, as in libpq-fe.h */
 static int (*pq_getCopyData)(PGconn *, char **, int);
 static void (*pq_freemem)(void *);
 
-/* bind_libpq(path, expected_version) -> (version, library file) */
+/* bind_libpq(path, expected_version) -> (version, library file); see _libpq_bind.h */
 static PyObject *
 bind_libpq(PyObject *self, PyObject *args)
 {
@@ -331,29 +328,14 @@ bind_libpq(PyObject *self, PyObject *args)
     int expected;
     if (!PyArg_ParseTuple(args, "si:bind_libpq", &path, &expected))
         return NULL;
-    dlerror();
-    /* Never dlclose()d: psycopg keeps the library loaded for the life of the process anyway. */
-    void *handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
-    if (handle == NULL) {
-        const char *why = dlerror();
-        return PyErr_Format(PyExc_OSError, "%s is not loaded in this process (%s)", path,
-                            why ? why : "dlopen with RTLD_NOLOAD found no such object");
-    }
-    void *get = dlsym(handle, "PQgetCopyData"), *freemem = dlsym(handle, "PQfreemem");
-    void *libversion = dlsym(handle, "PQlibVersion");
-    if (get == NULL || freemem == NULL || libversion == NULL)
-        return PyErr_Format(PyExc_OSError, "libpq's functions not found from %s", path);
-    Dl_info info;
-    const char *library = "?";
-    if (dladdr(get, &info) && info.dli_fname)
-        library = info.dli_fname;
-    int version = ((int (*)(void))libversion)();
-    if (version != expected)
-        return PyErr_Format(PyExc_OSError, "the libpq found from %s (%s) is version %d, not %d", path, library,
-                            version, expected);
-    pq_getCopyData = (int (*)(PGconn *, char **, int))get;
-    pq_freemem = (void (*)(void *))freemem;
-    return Py_BuildValue("(is)", version, library);
+    const char *names[] = {"PQgetCopyData", "PQfreemem", "PQlibVersion"};
+    void *found[3];
+    PyObject *result = find_psycopg_libpq(path, expected, names, found, 3, 2);
+    if (result == NULL)
+        return NULL;
+    pq_getCopyData = (int (*)(PGconn *, char **, int))found[0];
+    pq_freemem = (void (*)(void *))found[1];
+    return result;
 }
 
 /* Outcomes of pump(); stream.py knows them by these numbers. */

@@ -9,10 +9,7 @@
  *
  * We must call the very libpq that psycopg uses: a PGconn from one libpq build passed to
  * another would be undefined behaviour (psycopg-binary bundles its own libpq). So nothing
- * here links against libpq: bind() takes the path of an object psycopg has already loaded
- * (its pq extension module, or the libpq its ctypes wrapper loaded), opens it with
- * RTLD_NOLOAD (never loading anything new) and looks the functions up in that object's
- * dependency tree, where the dynamic linker finds exactly the libpq that object uses.
+ * here links against libpq: bind() finds psycopg's own (_libpq_bind.h).
  *
  * Contract with the caller (relay.py): both connections are in COPY OUT / COPY IN state,
  * stay open for the whole call (no other thread closes them; cancelling the source from
@@ -24,7 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <dlfcn.h>
+#include "_libpq_bind.h"
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
@@ -59,31 +56,13 @@ relay_bind(PyObject *self, PyObject *args)
     int expected;
     if (!PyArg_ParseTuple(args, "si:bind", &path, &expected))
         return NULL;
-    dlerror();
-    /* Never dlclose()d: psycopg keeps the library loaded for the life of the process anyway. */
-    void *handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
-    if (handle == NULL) {
-        const char *why = dlerror();
-        return PyErr_Format(PyExc_OSError, "%s is not loaded in this process (%s)", path,
-                            why ? why : "dlopen with RTLD_NOLOAD found no such object");
-    }
     /* Resolve everything first: a failed bind() leaves an earlier successful one in place. */
     const char *names[] = {"PQgetCopyData", "PQputCopyData", "PQflush",     "PQconsumeInput",
                            "PQsocket",      "PQfreemem",     "PQlibVersion"};
     void *found[sizeof(names) / sizeof(names[0])];
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        found[i] = dlsym(handle, names[i]);
-        if (found[i] == NULL)
-            return PyErr_Format(PyExc_OSError, "%s not found from %s", names[i], path);
-    }
-    Dl_info info;
-    const char *library = "?";
-    if (dladdr(found[0], &info) && info.dli_fname)
-        library = info.dli_fname;
-    int version = ((int (*)(void))found[6])();
-    if (version != expected)
-        return PyErr_Format(PyExc_OSError, "the libpq found from %s (%s) is version %d, not %d", path,
-                            library, version, expected);
+    PyObject *result = find_psycopg_libpq(path, expected, names, found, sizeof(names) / sizeof(names[0]), 6);
+    if (result == NULL)
+        return NULL;
     pq_getCopyData = (int (*)(PGconn *, char **, int))found[0];
     pq_putCopyData = (int (*)(PGconn *, const char *, int))found[1];
     pq_flush = (int (*)(PGconn *))found[2];
@@ -91,7 +70,7 @@ relay_bind(PyObject *self, PyObject *args)
     pq_socket = (int (*)(const PGconn *))found[4];
     pq_freemem = (void (*)(void *))found[5];
     bound = 1;
-    return Py_BuildValue("(is)", version, library);
+    return result;
 }
 
 typedef struct {

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from psycopg import pq
 
+from replicator.libpq import libpq_carrier
+
 log = logging.getLogger(__name__)
 
 PURE_PYTHON_ENV = "REPLICATOR_PURE_PYTHON_RELAY"
@@ -78,7 +80,7 @@ def _bind_once() -> tuple[NativeRelay | None, str]:
     except ImportError as e:
         return None, f"the C relay is not built ({e}); `pip install -e .` builds it with a C compiler"
     try:
-        carrier = _libpq_carrier()
+        carrier = libpq_carrier()
         # bind() refuses a libpq whose version differs from the one psycopg reports.
         version, library = _relay.bind(carrier, pq.version())
     except (OSError, ImportError, AttributeError) as e:
@@ -87,20 +89,6 @@ def _bind_once() -> tuple[NativeRelay | None, str]:
     log.debug("relay: C loop bound to %s (libpq %s, psycopg %s)", library, version, pq.__impl__)
     return NativeRelay(_relay.pump, library, version), ""
 
-
-def _libpq_carrier() -> str:
-    """A file psycopg has loaded whose dependency tree holds (or which is) the libpq it calls."""
-    if pq.__impl__ == "binary":
-        import psycopg_binary.pq  # type: ignore[import-not-found]
-
-        return str(psycopg_binary.pq.__file__)
-    if pq.__impl__ == "c":
-        import psycopg_c.pq  # type: ignore[import-not-found]
-
-        return str(psycopg_c.pq.__file__)
-    from psycopg.pq import _pq_ctypes
-
-    return str(_pq_ctypes.libname)
 
 
 def _explain(why: str) -> None:

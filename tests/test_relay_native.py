@@ -13,6 +13,7 @@ import pytest
 from psycopg import pq
 
 from replicator import relay_native
+from replicator.libpq import libpq_carrier
 from replicator.relay_native import PURE_PYTHON_ENV, native_relay, unavailable_reason
 from tests.support import REPO
 
@@ -51,7 +52,7 @@ def test_never_loads_another_libpq() -> None:
 def test_refuses_another_libpq_version() -> None:
     from replicator import _relay  # type: ignore[attr-defined]
 
-    carrier = relay_native._libpq_carrier()
+    carrier = libpq_carrier()
     with pytest.raises(OSError, match=f"is version {pq.version()}, not {pq.version() + 1}"):
         _relay.bind(carrier, pq.version() + 1)
     assert native_relay() is not None

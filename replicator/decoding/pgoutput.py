@@ -40,6 +40,7 @@ from replicator.decoding.changes import (
     Value,
     Values,
 )
+from replicator.libpq import libpq_carrier
 from replicator.lsn import Lsn, lsn_from_server
 
 log = logging.getLogger(__name__)
@@ -329,27 +330,13 @@ def _bind_libpq() -> bool:
     """Point the extension's pump at the libpq psycopg uses (the same library, the same version)."""
     assert NATIVE is not None
     try:
-        version, library = NATIVE.bind_libpq(_libpq_carrier(), pq.version())
+        version, library = NATIVE.bind_libpq(libpq_carrier(), pq.version())
     except (OSError, ImportError, AttributeError) as e:
         log.debug("pgoutput: reading with psycopg, not in C: cannot use psycopg's libpq: %s", e)
         return False
     log.debug("pgoutput: reading row messages in C through %s (libpq %s)", library, version)
     return True
 
-
-def _libpq_carrier() -> str:
-    """A file psycopg has loaded whose dependency tree holds (or which is) the libpq it calls."""
-    if pq.__impl__ == "binary":
-        import psycopg_binary.pq  # type: ignore[import-not-found]
-
-        return str(psycopg_binary.pq.__file__)
-    if pq.__impl__ == "c":
-        import psycopg_c.pq  # type: ignore[import-not-found]
-
-        return str(psycopg_c.pq.__file__)
-    from psycopg.pq import _pq_ctypes  # type: ignore[attr-defined]
-
-    return str(_pq_ctypes.libname)
 
 
 NATIVE = _native()
