@@ -4,11 +4,13 @@ One destination transaction covers one or more whole source transactions and end
 the slot checkpoint (the end LSN of the last source commit it covers), so a crash leaves the
 destination exactly at a source commit boundary and the stream resumes right after it.
 
-Inside it, changes are folded per key (``fold.py``) and flushed every ``flush_rows`` changes:
-per table a TRUNCATE first, then moves, deletes, full-row upserts and partial updates, each
-staged with COPY into a session temp table and merged with one statement. A source transaction
-larger than ``flush_rows`` is flushed several times inside the same destination transaction,
-so memory stays bounded and the transaction is still never half-applied.
+Inside it, the ``Writer`` applies units folded per key (``fold.py``, at most ``fetch-size-rows``
+changes each) and prepared (``staging.py``): per table a TRUNCATE first, then moves, deletes
+(by key array, or a staged key set), rows known to be new (COPYed straight into the table),
+full-row updates and partial updates (staged with COPY into a session temp table and merged
+with one statement). A source transaction larger than a unit is applied in several units
+inside the same destination transaction, so memory stays bounded and the transaction is still
+never half-applied.
 
 Statement shapes, chosen by measurement (see bench/realtime.py):
 
@@ -35,7 +37,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate
+from replicator.decoding.changes import UNCHANGED_TOAST, Op, Relation
 from replicator.destinations.postgres import SOFT_DELETE_COLUMN, DestTable, describe_table
 from replicator.lsn import Lsn
 from replicator.realtime import fold, staging
@@ -435,70 +437,3 @@ def _project(ops: list[fold.Upsert], positions: list[int], width: int) -> list[S
 def _cols(names: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
-
-class Applier:
-    """Folds and writes on one thread: what the pipeline splits between its reader (``Folder``)
-    and its worker (``Writer``), in one object for callers that need no overlap."""
-
-    def __init__(
-        self,
-        conn: psycopg.Connection[Any],
-        job: str,
-        slot: str,
-        targets: dict[tuple[str, str], Target],
-        column_type: ColumnType,
-        soft_deletes: bool = False,
-        flush_rows: int = 10_000,
-        aliases: dict[tuple[str, str], tuple[str, str]] | None = None,
-    ):
-        self.writer = Writer(conn, job, slot, targets, column_type, soft_deletes)
-        self.folder = fold.Folder({k: t.key for k, t in targets.items()}, aliases, flush_rows)
-
-    def change(self, event: Change | Truncate) -> None:
-        """Fold one change; apply what is ready (every ``flush_rows`` changes)."""
-        ready = self.folder.change(event)
-        if ready:
-            for folded in ready:
-                self.writer.apply(folded)
-
-    def source_commit(self, end_lsn: Lsn) -> None:
-        """A source transaction ended: everything fed so far belongs to complete transactions."""
-        self.folder.source_commit(end_lsn)
-
-    def commit(self) -> Lsn | None:
-        """Apply the rest, write the checkpoint, commit. Returns the LSN now safe to confirm to
-        the source. Only call at a source transaction boundary (after ``source_commit``)."""
-        done = self.folder.commit()
-        if done is None:
-            return None
-        ready, lsn = done
-        for folded in ready:
-            self.writer.apply(folded)
-        self.writer.commit(lsn)
-        return lsn
-
-    def flush(self) -> None:
-        """Apply everything folded so far inside the open destination transaction."""
-        for folded in self.folder.take():
-            self.writer.apply(folded)
-
-    def rollback(self) -> None:
-        """Abandon whatever is not committed (the stream will resend it from the checkpoint)."""
-        self.folder.clear()
-        self.writer.rollback()
-
-    @property
-    def pending_transactions(self) -> int:
-        return self.folder.pending_transactions
-
-    @property
-    def transaction_changes(self) -> int:
-        return self.folder.transaction_changes
-
-    @property
-    def open_seconds(self) -> float:
-        return self.folder.open_seconds
-
-    @property
-    def applied_changes(self) -> int:
-        return self.writer.applied_changes

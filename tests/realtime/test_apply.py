@@ -15,7 +15,8 @@ from replicator import state
 from replicator.decoding.changes import Change, Column, Op, Relation, ReplicaIdentity
 from replicator.destinations.postgres import describe_table
 from replicator.lsn import Lsn
-from replicator.realtime.apply import Applier, Target
+from replicator.realtime.apply import ColumnType, Target, Writer
+from replicator.realtime.fold import Folder
 from replicator.realtime.staging import array_literal, copy_text
 from tests.conftest import Database
 
@@ -23,6 +24,49 @@ REL = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (
     Column("id", 20, -1, True), Column("v", 25, -1, False),
 ))
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+class Applier:
+    """Folder and Writer on one thread (the pipeline splits them between two): enough to drive
+    the writer's statements directly."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        job: str,
+        slot: str,
+        targets: dict[tuple[str, str], Target],
+        column_type: ColumnType,
+        soft_deletes: bool = False,
+        flush_rows: int = 10_000,
+    ):
+        self.writer = Writer(conn, job, slot, targets, column_type, soft_deletes)
+        self.folder = Folder({k: t.key for k, t in targets.items()}, None, flush_rows)
+
+    def change(self, event: Change) -> None:
+        for folded in self.folder.change(event) or ():
+            self.writer.apply(folded)
+
+    def source_commit(self, end_lsn: Lsn) -> None:
+        self.folder.source_commit(end_lsn)
+
+    def commit(self) -> Lsn | None:
+        done = self.folder.commit()
+        if done is None:
+            return None
+        ready, lsn = done
+        for folded in ready:
+            self.writer.apply(folded)
+        self.writer.commit(lsn)
+        return lsn
+
+    def flush(self) -> None:
+        for folded in self.folder.take():
+            self.writer.apply(folded)
+
+    def rollback(self) -> None:
+        self.folder.clear()
+        self.writer.rollback()
 
 
 def ch(op: Op, new: tuple[Any, ...] | None = None, old: tuple[Any, ...] | None = None) -> Change:
