@@ -174,12 +174,13 @@ def _range_end(
 ) -> tuple[str, ...] | None:
     """The range after ``lower`` ends at the ``chunk_rows``-th key; None: it is the last, open-ended."""
     keys = [sql.Identifier(c.name) for c in order.columns]
-    # Aliased: in "SELECT k::text ... ORDER BY k", k would mean the text output column.
-    texts = [
-        sql.SQL("{}::text AS {}").format(k, sql.Identifier(f"_replicator_k{i}")) for i, k in enumerate(keys)
-    ]
-    query = sql.SQL("{} ORDER BY {} LIMIT 1 OFFSET {}").format(
-        select_sql(t.st, texts, order.after(lower)), order.order_by(), sql.Literal(chunk_rows - 1)
+    # The text forms are made outside the OFFSET: inside, every skipped row would be formatted
+    # too (a quarter of a second per million keys).
+    query = sql.SQL("SELECT {} FROM ({} ORDER BY {} LIMIT 1 OFFSET {}) AS s").format(
+        sql.SQL(", ").join(sql.SQL("s.{}::text").format(k) for k in keys),
+        select_sql(t.st, keys, order.after(lower)),
+        order.order_by(),
+        sql.Literal(chunk_rows - 1),
     )
     row = src.execute(query).fetchone()
     return tuple(row) if row is not None else None
