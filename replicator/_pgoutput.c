@@ -259,6 +259,30 @@ make_lsn(unsigned long long v)
     return lsn;
 }
 
+/* A Change of relation rel, built as Change's __init__ would: the one place row_change() and
+ * pump() make their events. New reference, or NULL with an error set. */
+static PyObject *
+new_change(char kind, PyObject *rel, PyObject *new, PyObject *old, unsigned long long lsn_value, PyObject *xid,
+           PyObject *commit_time)
+{
+    PyObject *lsn = make_lsn(lsn_value);
+    if (lsn == NULL)
+        return NULL;
+    PyObject *change = change_type->tp_alloc(change_type, 0);
+    if (change != NULL) {
+        PyObject *op = kind == 'I' ? op_insert : kind == 'U' ? op_update : op_delete;
+        PyObject *values[N_FIELDS] = {op, rel, new ? new : Py_None, old ? old : Py_None, lsn, xid, commit_time};
+        for (int i = 0; i < N_FIELDS; i++) {
+            if (PyMember_SetOne((char *)change, fields[i], values[i]) < 0) {
+                Py_CLEAR(change);
+                break;
+            }
+        }
+    }
+    Py_DECREF(lsn);
+    return change;
+}
+
 /* row_change(buf, relations, lsn, xid, commit_time) -> Change, or None if the relation is unknown */
 static PyObject *
 row_change(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -283,7 +307,7 @@ row_change(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     char kind;
     uint32_t relid;
-    PyObject *old = NULL, *new = NULL, *oid = NULL, *lsn = NULL, *change = NULL, *result = NULL;
+    PyObject *old = NULL, *new = NULL, *oid = NULL, *result = NULL;
     if (parse_row(view.buf, view.len, unchanged_toast, &kind, &relid, &old, &new) < 0)
         goto done;
     if ((oid = PyLong_FromUnsignedLong(relid)) == NULL)
@@ -294,20 +318,8 @@ row_change(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             result = Py_NewRef(Py_None);
         goto done;
     }
-    if ((lsn = make_lsn(lsn_value)) == NULL)
-        goto done;
-    if ((change = change_type->tp_alloc(change_type, 0)) == NULL)
-        goto done;
-    PyObject *op = kind == 'I' ? op_insert : kind == 'U' ? op_update : op_delete;
-    PyObject *values[N_FIELDS] = {op, rel, new ? new : Py_None, old ? old : Py_None, lsn, args[3], args[4]};
-    for (int i = 0; i < N_FIELDS; i++) {
-        if (PyMember_SetOne((char *)change, fields[i], values[i]) < 0)
-            goto done;
-    }
-    result = Py_NewRef(change);
+    result = new_change(kind, rel, new, old, lsn_value, args[3], args[4]);
 done:
-    Py_XDECREF(change);
-    Py_XDECREF(lsn);
     Py_XDECREF(oid);
     Py_XDECREF(old);
     Py_XDECREF(new);
@@ -362,7 +374,7 @@ change_of(const unsigned char *msg, Py_ssize_t size, PyObject *relations, uint64
 {
     char kind;
     uint32_t relid;
-    PyObject *old = NULL, *new = NULL, *oid = NULL, *lsn = NULL, *change = NULL, *result = NULL;
+    PyObject *old = NULL, *new = NULL, *oid = NULL, *result = NULL;
     if (size < 1 || (msg[0] != 'I' && msg[0] != 'U' && msg[0] != 'D'))
         return NULL;
     if (parse_row(msg, size, unchanged_toast, &kind, &relid, &old, &new) < 0) {
@@ -375,20 +387,8 @@ change_of(const unsigned char *msg, Py_ssize_t size, PyObject *relations, uint64
     PyObject *rel = PyDict_GetItemWithError(relations, oid); /* borrowed */
     if (rel == NULL)
         goto done; /* unknown (or an error, which stays set) */
-    if ((lsn = make_lsn(lsn_value)) == NULL)
-        goto done;
-    if ((change = change_type->tp_alloc(change_type, 0)) == NULL)
-        goto done;
-    PyObject *op = kind == 'I' ? op_insert : kind == 'U' ? op_update : op_delete;
-    PyObject *values[N_FIELDS] = {op, rel, new ? new : Py_None, old ? old : Py_None, lsn, xid, commit_time};
-    for (int i = 0; i < N_FIELDS; i++) {
-        if (PyMember_SetOne((char *)change, fields[i], values[i]) < 0)
-            goto done;
-    }
-    result = Py_NewRef(change);
+    result = new_change(kind, rel, new, old, lsn_value, xid, commit_time);
 done:
-    Py_XDECREF(change);
-    Py_XDECREF(lsn);
     Py_XDECREF(oid);
     Py_XDECREF(old);
     Py_XDECREF(new);
