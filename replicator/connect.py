@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import tenacity
@@ -12,18 +11,23 @@ from psycopg.conninfo import make_conninfo
 
 from replicator.config.connection import ConnectionConfig
 from replicator.errors import ReplicatorError
+from replicator.retry import first_line, is_transient, retrying
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# SQLSTATE classes for which trying again cannot help: bad credentials, unknown database.
-_PERMANENT_SQLSTATE_PREFIXES = ("28", "3D")
-_PERMANENT_MESSAGES = ("certificate", "does not match host name", "SSL error", "no pg_hba.conf entry")
-
 
 class ConnectError(ReplicatorError):
-    """A database could not be reached or refused us."""
+    """A database could not be reached or refused us, after ``connect``'s own retries.
+
+    Not transient (those retries are spent). ``recoverable``: whether the cause may go away by
+    itself (the server was unreachable), so that starting over later may succeed, as opposed
+    to a server refusing us (see ``retry``)."""
+
+    transient = False
+
+    def __init__(self, message: str, recoverable: bool):
+        super().__init__(message)
+        self.recoverable = recoverable
 
 
 def credentials(cfg: ConnectionConfig) -> tuple[str, str | None]:
@@ -69,42 +73,9 @@ def describe(cfg: ConnectionConfig) -> str:
     return f"{cfg.host}:{cfg.port}/{cfg.database}"
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether a failure may go away by itself (network, restart), so retrying makes sense."""
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    state = getattr(exc, "sqlstate", None) or ""
-    if state.startswith(_PERMANENT_SQLSTATE_PREFIXES):
-        return False
-    text = str(exc)
-    return not any(m in text for m in _PERMANENT_MESSAGES)
-
-
-def retrying(cfg: ConnectionConfig, what: str) -> tenacity.Retrying:
-    """Retry transient failures ``max-retries`` times, ``retry-wait-duration-ms`` apart."""
-
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "%s failed (attempt %d of %d), retrying in %.1fs: %s",
-            what, state.attempt_number, cfg.max_retries + 1, cfg.retry_wait_duration_ms / 1000,
-            _first_line(exc),
-        )
-
-    return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(cfg.max_retries + 1),
-        wait=tenacity.wait_fixed(cfg.retry_wait_duration_ms / 1000),
-        retry=tenacity.retry_if_exception(is_transient),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-
-
-def with_retries(cfg: ConnectionConfig, what: str, fn: Callable[[], T]) -> T:
-    for attempt in retrying(cfg, what):
-        with attempt:
-            return fn()
-    raise AssertionError("unreachable")
+def retrying_for(cfg: ConnectionConfig, what: str, **kw: Any) -> tenacity.Retrying:
+    """``retry.retrying`` with this server's ``max-retries`` and ``retry-wait-duration-ms``."""
+    return retrying(cfg.max_retries + 1, cfg.retry_wait_duration_ms / 1000, what, **kw)
 
 
 def connect(
@@ -116,18 +87,17 @@ def connect(
 ) -> psycopg.Connection[Any]:
     """Connect with retries; failures become a ConnectError that says which server and why."""
     info = conninfo(cfg, application_name, replication=replication)
-
-    def attempt() -> psycopg.Connection[Any]:
-        return psycopg.connect(info, autocommit=autocommit)
-
     try:
-        return with_retries(cfg, f"connecting to the {role} {describe(cfg)}", attempt)
+        for attempt in retrying_for(cfg, f"connecting to the {role} {describe(cfg)}"):
+            with attempt:
+                return psycopg.connect(info, autocommit=autocommit)
     except psycopg.OperationalError as e:
-        raise ConnectError(connect_failure_message(cfg, role, e)) from None
+        raise ConnectError(connect_failure_message(cfg, role, e), recoverable=is_transient(e)) from None
+    raise AssertionError("unreachable")
 
 
 def connect_failure_message(cfg: ConnectionConfig, role: str, exc: BaseException) -> str:
-    text = _first_line(exc)
+    text = first_line(exc)
     hint = ""
     if "certificate" in text or "SSL" in text or "host name" in text:
         hint = (
@@ -140,11 +110,3 @@ def connect_failure_message(cfg: ConnectionConfig, role: str, exc: BaseException
         hint = "\n  hint: is the server running, and does a firewall or security group allow this address?"
     user = cfg.username or "(from credential-store)"
     return f"cannot connect to the {role} {describe(cfg)} as {user}: {text}{hint}"
-
-
-def _first_line(exc: BaseException | None) -> str:
-    text = str(exc or "").strip()
-    # libpq prefixes every attempt with "connection failed: connection to server at ... failed:";
-    # keep the server's own words, which say what is wrong.
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " ".join(lines[:3]) if lines else type(exc).__name__

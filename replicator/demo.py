@@ -21,6 +21,7 @@ import yaml
 from psycopg import sql
 
 from replicator.config import load_connection, load_extractor, load_filter
+from replicator.destinations import open_destination
 from replicator.job import Job
 from replicator.localpg import LocalCluster, start_cluster
 from replicator.modes.full import run_until as full_mode
@@ -211,7 +212,7 @@ def _replicate_and_watch(job: Job, src_info: str, dst_info: str, seconds: float)
 
     runner = threading.Thread(target=replicate, name="replication")
     runner.start()
-    while runner.is_alive() and not _snapshot_done(dst_info):
+    while runner.is_alive() and not _snapshot_done(job):
         time.sleep(0.2)
     txns = [0]
     writer = threading.Thread(target=write_changes, args=(src_info, writing, txns), name="shop")
@@ -249,11 +250,14 @@ def _replicate_and_watch(job: Job, src_info: str, dst_info: str, seconds: float)
     return same
 
 
-def _snapshot_done(dst_info: str) -> bool:
+def _snapshot_done(job: Job) -> bool:
+    """Whether the destination's state says all six sample tables are copied."""
     try:
-        return bool(_one(dst_info, "SELECT count(*) = 6 AND bool_and(status = 'done') FROM _replicator.snapshot_tables"))
+        with open_destination(job.destination.value).open_session("replicator/demo") as dst:
+            tables = dst.state.snapshot_progress() if dst.state.present() else []
     except psycopg.Error:
         return False
+    return len(tables) == 6 and all(t.status == "done" for t in tables)
 
 
 def _show(src_info: str, dst_info: str, elapsed: float, txns: int) -> None:

@@ -1,11 +1,16 @@
-"""Stream ``COPY ... TO STDOUT`` from one server into ``COPY ... FROM STDIN`` on another.
+"""Stream ``COPY ... TO STDOUT`` from the source into a destination's sink, rows never decoded.
 
-Rows are never decoded: libpq hands us each row's bytes, we batch them into large buffers and
-pass them on. We work at psycopg's ``pq`` (libpq) layer. libpq returns one message per row, so
-the per-row loop runs in C without the GIL (``replicator._relay``, see ``relay_native``) when it
-is built; otherwise a Python loop does the same, waiting on the sockets with ``select`` (which
-releases the GIL) so several relays still overlap. Starting, finishing and aborting both COPYs
-is here, shared by the two loops.
+Two halves. The source half is a ``COPY ... TO STDOUT`` on a source connection, read at psycopg's
+``pq`` (libpq) layer: libpq hands us each row's bytes, and we batch them into large buffers.
+The destination half is a ``CopySink``, which a destination opens for what it loads (a table,
+a stage, a set of keys; see ``replicator.destinations``). ``PgCopyIn`` is the sink of a
+PostgreSQL destination: a ``COPY ... FROM STDIN`` on its connection, also at the libpq layer.
+
+When both ends are PostgreSQL the per-row loop runs in C without the GIL
+(``replicator._relay``, chosen by ``replicator.native``), feeding the sink's libpq connection
+directly. Otherwise a Python loop does the same, waiting on the sockets with ``select`` (which
+releases the GIL) so several relays still overlap, and hands each buffer to ``sink.write``.
+Starting, finishing and aborting both COPYs is here, shared by the two loops.
 
 Both connections must stay open, and be used by no other thread, while a relay runs on them
 (cancelling the source from another thread is fine: that is what libpq's cancel is for).
@@ -17,13 +22,14 @@ import select
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import pq
 
 from replicator import relay_native
 from replicator.relay_native import NativeRelay, native_relay
+from replicator.retry import is_transient
 
 BUFFER_BYTES = 256 * 1024
 PROGRESS_EVERY_ROWS = 20_000
@@ -37,6 +43,10 @@ class RelayError(Exception):
         self.side = side
         self.error = error
 
+    @property
+    def transient(self) -> bool:
+        return is_transient(self.error)
+
 
 @dataclass(frozen=True)
 class RelayResult:
@@ -44,43 +54,70 @@ class RelayResult:
     bytes: int
 
 
+class CopySink(Protocol):
+    """The destination half of a relay: takes COPY data in the format it was opened for.
+
+    Failures raise ``RelayError("destination", ...)`` (the server's error inside), so the relay
+    knows which side to abandon.
+    """
+
+    def start(self) -> None:
+        """Get ready to receive (e.g. send ``COPY ... FROM STDIN``); nothing is written yet."""
+        ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self) -> None:
+        """Everything was written: end the COPY and wait for the destination to accept it."""
+        ...
+
+    def abort(self, reason: str) -> None:
+        """Abandon the COPY (the source failed, or the relay was interrupted); never raises."""
+        ...
+
+    def libpq_conn(self) -> pq.abc.PGconn | None:
+        """The libpq connection a ``COPY FROM STDIN`` is open on, for the C loop to feed
+        directly (bypassing ``write``); None if this sink is not one."""
+        ...
+
+
 def relay_copy(
     src: psycopg.Connection[Any],
     copy_out: bytes,
-    dst: psycopg.Connection[Any],
-    copy_in: bytes,
+    sink: CopySink,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RelayResult:
-    """Run ``copy_out`` on ``src`` and feed its output to ``copy_in`` on ``dst``.
+    """Run ``copy_out`` on ``src`` and feed its output to ``sink``.
 
-    Both connections must be idle in a transaction or autocommit; neither commits here.
+    The source connection must be idle in a transaction or autocommit; nothing commits here.
     ``on_progress(rows, bytes)`` is called with increments every few thousand rows.
     """
-    sp, dp = src.pgconn, dst.pgconn
+    sp = src.pgconn
     _start(sp, copy_out, pq.ExecStatus.COPY_OUT, "source", src)
     try:
-        _start(dp, copy_in, pq.ExecStatus.COPY_IN, "destination", dst)
+        sink.start()
     except BaseException:
         _abandon_copy_out(src)
         raise
     try:
-        native = native_relay()
-        if native is not None:
+        dp = sink.libpq_conn()
+        native = native_relay() if dp is not None else None
+        if native is not None and dp is not None:
             moved = _pump_native(native, sp, dp, on_progress)
         else:
-            moved = _pump_python(sp, dp, dst, on_progress)
+            moved = _pump_python(sp, sink.write, on_progress)
         exact_rows = _finish_copy_out(sp, src)
     except RelayError as e:
         if e.side == "source":
-            _abort_copy_in(dp, dst, "source failed")
+            sink.abort("source failed")
         else:
             _abandon_copy_out(src)
         raise
     except BaseException:
         _abandon_copy_out(src)
-        _abort_copy_in(dp, dst, "relay interrupted")
+        sink.abort("relay interrupted")
         raise
-    _finish_copy_in(dp, dst)
+    sink.finish()
     # Progress counted CopyData messages; binary COPY adds a trailer message, so settle on the
     # server's own row count.
     if on_progress:
@@ -122,7 +159,7 @@ def _pump_native(
 
 
 def _pump_python(
-    sp: pq.abc.PGconn, dp: pq.abc.PGconn, dst: Any, on_progress: Callable[[int, int], None] | None
+    sp: pq.abc.PGconn, write: Callable[[bytes], None], on_progress: Callable[[int, int], None] | None
 ) -> _Moved:
     """Read rows until the COPY TO ends, passing them on in large buffers."""
     rows = total = 0  # rows: already reported to on_progress
@@ -138,7 +175,7 @@ def _pump_python(
             size += n
             pending_rows += 1
             if size >= BUFFER_BYTES:
-                _put(dp, b"".join(parts), dst)
+                write(b"".join(parts))
                 total += size
                 pending_bytes += size
                 parts.clear()
@@ -153,10 +190,35 @@ def _pump_python(
         else:
             break
     if parts:
-        _put(dp, b"".join(parts), dst)
+        write(b"".join(parts))
         total += size
         pending_bytes += size
     return _Moved(total, rows, total - pending_bytes)
+
+
+class PgCopyIn:
+    """The sink of a PostgreSQL destination: ``copy_in`` (a ``COPY ... FROM STDIN``) on ``conn``,
+    which must be idle in a transaction or autocommit and used by no other thread meanwhile."""
+
+    def __init__(self, conn: psycopg.Connection[Any], copy_in: bytes):
+        self.conn = conn
+        self.copy_in = copy_in
+        self._pgconn = conn.pgconn
+
+    def start(self) -> None:
+        _start(self._pgconn, self.copy_in, pq.ExecStatus.COPY_IN, "destination", self.conn)
+
+    def write(self, data: bytes) -> None:
+        _put(self._pgconn, data)
+
+    def finish(self) -> None:
+        _finish_copy_in(self._pgconn, self.conn)
+
+    def abort(self, reason: str) -> None:
+        _abort_copy_in(self._pgconn, self.conn, reason)
+
+    def libpq_conn(self) -> pq.abc.PGconn | None:
+        return self._pgconn
 
 
 def _start(pgconn: pq.abc.PGconn, query: bytes, expected: pq.ExecStatus, side: str, conn: Any) -> None:
@@ -177,7 +239,7 @@ def _wait_readable(pgconn: pq.abc.PGconn, side: str, conn: Any) -> None:
         pgconn.consume_input()
 
 
-def _put(dp: pq.abc.PGconn, data: bytes, conn: Any) -> None:
+def _put(dp: pq.abc.PGconn, data: bytes) -> None:
     # psycopg keeps its connections in libpq's nonblocking mode: libpq never blocks (while
     # holding the GIL) on a full socket; we wait for writability in select, which releases it.
     try:

@@ -15,6 +15,8 @@ import psycopg
 import pytest
 import yaml
 
+from replicator.config.connection import ConnectionConfig
+from replicator.destinations.postgres import PostgresDestination, PostgresSession
 from replicator.localpg import LocalCluster, start_cluster
 
 _counter = itertools.count()
@@ -52,6 +54,16 @@ class Database:
     def write_config(self, path: Path, **extra: Any) -> Path:
         path.write_text(yaml.safe_dump(self.config(**extra), sort_keys=False))
         return path
+
+    def destination(self, **extra: Any) -> PostgresDestination:
+        """This database as a replication destination (``extra``: connection config keys)."""
+        return PostgresDestination(ConnectionConfig.model_validate(self.config(**extra)))
+
+    def session(self, **extra: Any) -> PostgresSession:
+        """A destination session on this database; its state store ready for use."""
+        session = self.destination(**extra).open_session("replicator-tests")
+        session.state.ensure()
+        return session
 
 
 @pytest.fixture(scope="session")

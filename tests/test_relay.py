@@ -17,7 +17,7 @@ import pytest
 from psycopg import errors
 
 from replicator import relay
-from replicator.relay import RelayError, relay_copy
+from replicator.relay import PgCopyIn, RelayError, relay_copy
 from replicator.relay_native import PURE_PYTHON_ENV, native_relay, unavailable_reason
 from tests.conftest import Database
 from tests.support import checksum
@@ -108,7 +108,7 @@ def test_copies_identical_data(
     src, dst = conns
     progress = Progress()
     copy_out, copy_in = f"COPY t TO STDOUT (FORMAT {fmt})", f"COPY t FROM STDIN (FORMAT {fmt})"
-    result = relay_copy(src, copy_out.encode(), dst, copy_in.encode(), progress)
+    result = relay_copy(src, copy_out.encode(), PgCopyIn(dst, copy_in.encode()), progress)
     assert result.rows == 3000
     assert checksum(dest_db, "public", "t") == checksum(source_db, "public", "t")
     assert dest_db.fetchone("SELECT count(*) FROM t WHERE length(big) > 100000") == 12
@@ -127,8 +127,8 @@ def test_empty_result(loop: str, source_db: Database, dest_db: Database, conns: 
     src, dst = conns
     progress = Progress()
     result = relay_copy(
-        src, b"COPY (SELECT * FROM t WHERE false) TO STDOUT (FORMAT binary)", dst,
-        b"COPY t FROM STDIN (FORMAT binary)", progress,
+        src, b"COPY (SELECT * FROM t WHERE false) TO STDOUT (FORMAT binary)", PgCopyIn(dst,
+        b"COPY t FROM STDIN (FORMAT binary)"), progress,
     )
     assert result.rows == 0
     assert progress.rows == 0
@@ -151,7 +151,7 @@ def test_destination_error_mid_copy(
     src, dst = conns
     with pytest.raises(RelayError) as caught:
         with dst.transaction():
-            relay_copy(src, b"COPY t TO STDOUT (FORMAT binary)", dst, b"COPY t FROM STDIN (FORMAT binary)")
+            relay_copy(src, b"COPY t TO STDOUT (FORMAT binary)", PgCopyIn(dst, b"COPY t FROM STDIN (FORMAT binary)"))
     assert caught.value.side == "destination"
     assert isinstance(caught.value.error, expected)
     assert dest_db.fetchone("SELECT count(*) FROM t") == 0
@@ -169,7 +169,7 @@ def test_source_error_mid_copy(
     failing = b"COPY (SELECT g, 1 / (g - 20000) FROM generate_series(1, 30000) g) TO STDOUT (FORMAT binary)"
     with pytest.raises(RelayError) as caught:
         with dst.transaction():
-            relay_copy(src, failing, dst, b"COPY t FROM STDIN (FORMAT binary)", progress)
+            relay_copy(src, failing, PgCopyIn(dst, b"COPY t FROM STDIN (FORMAT binary)"), progress)
     assert caught.value.side == "source"
     assert isinstance(caught.value.error, errors.DivisionByZero)
     assert 0 < progress.rows < 20000  # rows were flowing when the source failed
@@ -193,7 +193,7 @@ def test_cancel_from_another_thread(
                 # far longer than the test waits.
                 relay_copy(
                     src, b"COPY (SELECT generate_series(1, 2000000000)) TO STDOUT (FORMAT binary)",
-                    dst, b"COPY t FROM STDIN (FORMAT binary)", progress,
+                    PgCopyIn(dst, b"COPY t FROM STDIN (FORMAT binary)"), progress,
                 )
         except BaseException as e:
             outcome.append(e)
@@ -248,7 +248,7 @@ def test_ctrl_c_in_the_main_thread(
             with dst.transaction():
                 relay_copy(
                     src, b"COPY (SELECT generate_series(1, 2000000000)) TO STDOUT (FORMAT binary)",
-                    dst, b"COPY t FROM STDIN (FORMAT binary)",
+                    PgCopyIn(dst, b"COPY t FROM STDIN (FORMAT binary)"),
                 )
     finally:
         done.set()
@@ -273,7 +273,7 @@ def test_progress_callback_failure_aborts_both_sides(
     with pytest.raises(KeyError, match="progress display broke"):
         with dst.transaction():
             relay_copy(
-                src, b"COPY t TO STDOUT (FORMAT binary)", dst, b"COPY t FROM STDIN (FORMAT binary)", broken
+                src, b"COPY t TO STDOUT (FORMAT binary)", PgCopyIn(dst, b"COPY t FROM STDIN (FORMAT binary)"), broken
             )
     assert dest_db.fetchone("SELECT count(*) FROM t") == 0
     assert_usable(src, dst)
@@ -300,7 +300,7 @@ def test_notices_on_both_sides_during_copy(
     dst.add_notice_handler(lambda d: heard.append(d.message_primary or ""))
     result = relay_copy(
         src, b"COPY (SELECT noisy(g) FROM generate_series(1, 20000) g) TO STDOUT (FORMAT binary)",
-        dst, b"COPY t FROM STDIN (FORMAT binary)",
+        PgCopyIn(dst, b"COPY t FROM STDIN (FORMAT binary)"),
     )
     assert result.rows == 20000
     assert sorted(heard) == sorted([f"source row {g}" for g in range(500, 20001, 500)]

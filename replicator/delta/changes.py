@@ -1,9 +1,8 @@
 """Changed rows of one table: which to read, and applying them with the watermark, atomically.
 
 A pass reads the rows past the table's stored watermark (see ``xmin`` and ``updatekey``) in
-the pass's snapshot, relays them as ``COPY`` into a temporary table at the destination, merges
-them by key (``INSERT ... ON CONFLICT DO UPDATE``) and stores the watermark for the next pass,
-all in one destination transaction. Killed before the commit, nothing of the pass is there
+the pass's snapshot, relays them as ``COPY`` to the destination, which merges them by key, and
+stores the watermark for the next pass, all in one destination transaction. Killed before the commit, nothing of the pass is there
 and the old watermark reads the same rows again; after it, both are. Nothing is lost and,
 since rows merge by key, nothing is duplicated.
 """
@@ -18,10 +17,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator import state
 from replicator.delta import updatekey, xmin
 from replicator.delta.tables import DeltaTable
-from replicator.destinations import postgres as dest
+from replicator.destinations.base import DestinationSession, DestTable, Watermark
 from replicator.relay import relay_copy
 from replicator.snapshot.plan import select_sql
 
@@ -39,21 +37,21 @@ class PassSnapshot:
 
 def next_watermark(
     t: DeltaTable,
-    previous: state.Watermark | None,
+    previous: Watermark | None,
     snapshot: PassSnapshot,
     reading: updatekey.Reading | None,
     horizon: updatekey.Horizon | None,
-) -> state.Watermark:
+) -> Watermark:
     """The watermark to store once this pass's rows of ``t`` are applied."""
     if t.kind == "xmin":
-        return state.Watermark("xmin", xmin.watermark_value(snapshot.xmin))
+        return Watermark("xmin", xmin.watermark_value(snapshot.xmin))
     assert reading is not None and horizon is not None
     prev = previous.value if previous is not None and previous.kind == "update-key" else None
-    return state.Watermark("update-key", updatekey.next_value(t.st.update_key, prev, reading, horizon))
+    return Watermark("update-key", updatekey.next_value(t.st.update_key, prev, reading, horizon))
 
 
 def changed_rows(
-    t: DeltaTable, mark: state.Watermark | None, snapshot: PassSnapshot
+    t: DeltaTable, mark: Watermark | None, snapshot: PassSnapshot
 ) -> sql.Composable | None:
     """The predicate selecting rows changed since ``mark``; None when every row must be read."""
     if mark is None:
@@ -88,15 +86,14 @@ def changed_rows(
 
 def apply_changes(
     src: psycopg.Connection[Any],
-    dst: psycopg.Connection[Any],
+    dst: DestinationSession,
     job_id: str,
     t: DeltaTable,
-    target: dest.DestTable,
+    target: DestTable,
     columns: tuple[str, ...],
     binary: bool,
     where: sql.Composable | None,
-    mark: state.Watermark,
-    soft: bool,
+    mark: Watermark,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Upsert the rows matching ``where`` (None: all) and store ``mark``; returns the rows read."""
@@ -104,12 +101,27 @@ def apply_changes(
     copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(
         query, sql.SQL("binary" if binary else "text")
     )
+    copy_out_sql = copy_out.as_string(None).encode()
     with dst.transaction():
-        stage = dest.create_stage(dst, target, columns)
-        result = relay_copy(
-            src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(stage, columns, binary), on_progress
+        result = dst.load(
+            target, columns, binary, lambda sink: relay_copy(src, copy_out_sql, sink, on_progress),
+            merge_key=t.st.key, expect_new=False,
         )
-        if result.rows:
-            dest.merge_stage(dst, target, stage, columns, t.st.key, undelete=soft)
-        state.save_watermark(dst, job_id, *t.ident, mark)
+        dst.state.save_watermark(job_id, t.ident, mark)
     return result.rows
+
+
+def describe_watermark(mark: Watermark) -> str:
+    """A stored watermark in a few words (``replicator status``)."""
+    value = mark.value
+    if mark.kind == "xmin":
+        return f"rows written by transaction {value.get('xmin')} and later"
+    since = value.get("since")
+    columns = value.get("columns", [])
+    waiting = len(value.get("readings", []))
+    bounds = (
+        " or ".join(f"{c} >= {b}" if b is not None else f"{c} not null" for c, b in zip(columns, since, strict=False))
+        if since is not None
+        else "every row"
+    )
+    return bounds + (f" ({waiting} reading(s) wait for open transactions)" if waiting else "")

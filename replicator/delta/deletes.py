@@ -37,70 +37,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.catalog import Column
 from replicator.delta.tables import DeltaTable
-from replicator.destinations import postgres as dest
+from replicator.destinations.base import DestinationSession, DestTable
+from replicator.keyorder import DIGEST_SESSION_SETTINGS, Bound, Digest, KeyOrder
 from replicator.relay import relay_copy
 from replicator.snapshot.plan import select_sql
 from replicator.typemap import is_user_oid
 
 # Identical text forms of key values on both servers (for the digests).
-SESSION_SETTINGS = {
-    "TimeZone": "UTC",
-    "DateStyle": "ISO, MDY",
-    "IntervalStyle": "postgres",
-    "extra_float_digits": "1",
-    "bytea_output": "hex",
-}
-
-Digest = tuple[int, Decimal]
-
-
-@dataclass(frozen=True)
-class KeyOrder:
-    """How both sides order and compare one table's key."""
-
-    columns: tuple[Column, ...]
-    bytewise: frozenset[str]  # collatable columns, compared under COLLATE "C"
-
-    def _expr(self, col: Column, alias: str | None) -> sql.Composable:
-        ident = sql.Identifier(alias, col.name) if alias else sql.Identifier(col.name)
-        return sql.SQL('{} COLLATE "C"').format(ident) if col.name in self.bytewise else ident
-
-    def _row(self, alias: str | None) -> sql.Composable:
-        exprs = [self._expr(c, alias) for c in self.columns]
-        return exprs[0] if len(exprs) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(exprs))
-
-    def _values(self, values: tuple[str, ...]) -> sql.Composable:
-        lits = [
-            sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(c.type_sql))
-            for c, v in zip(self.columns, values, strict=True)
-        ]
-        return lits[0] if len(lits) == 1 else sql.SQL("({})").format(sql.SQL(", ").join(lits))
-
-    def order_by(self, descending: bool = False) -> sql.Composable:
-        direction = sql.SQL(" DESC" if descending else "")
-        return sql.SQL(", ").join(
-            sql.SQL("{}{}").format(self._expr(c, None), direction) for c in self.columns
-        )
-
-    def after(self, lower: tuple[str, ...] | None, alias: str | None = None) -> list[sql.Composable]:
-        if lower is None:
-            return []
-        return [sql.SQL("{} > {}").format(self._row(alias), self._values(lower))]
-
-    def between(
-        self, lower: tuple[str, ...] | None, upper: tuple[str, ...] | None, alias: str | None = None
-    ) -> list[sql.Composable]:
-        """Keys in ``(lower, upper]``; a missing bound is open."""
-        preds = self.after(lower, alias)
-        if upper is not None:
-            preds.append(sql.SQL("{} <= {}").format(self._row(alias), self._values(upper)))
-        return preds
-
-    def digest_sql(self, alias: str | None = None) -> sql.Composable:
-        idents = [sql.Identifier(alias, c.name) if alias else sql.Identifier(c.name) for c in self.columns]
-        return sql.SQL("hashtextextended(ROW({})::text, 0)").format(sql.SQL(", ").join(idents))
+SESSION_SETTINGS = DIGEST_SESSION_SETTINGS
 
 
 @dataclass
@@ -108,10 +53,9 @@ class TableDeletes:
     """One table's key comparison in a pass: shared by the workers that take its ranges."""
 
     table: DeltaTable
-    target: dest.DestTable
+    target: DestTable
     order: KeyOrder
     binary: bool
-    soft: bool
     removed: int = 0
     # Deletes are seldom alone: right after a range that had some, digests are wasted work.
     recent_deletes: bool = False
@@ -123,8 +67,8 @@ class KeyRange:
     """Keys in ``(lower, upper]`` of one table; a missing bound is open."""
 
     deletes: TableDeletes
-    lower: tuple[str, ...] | None
-    upper: tuple[str, ...] | None
+    lower: Bound | None
+    upper: Bound | None
 
 
 def key_order(src: psycopg.Connection[Any], t: DeltaTable) -> KeyOrder:
@@ -142,7 +86,7 @@ def key_ranges(src: psycopg.Connection[Any], work: TableDeletes, chunk_rows: int
     parallel by ``compare_range``.
     """
     ranges = []
-    lower: tuple[str, ...] | None = None
+    lower: Bound | None = None
     while True:
         upper = _range_end(src, work.table, work.order, lower, chunk_rows)
         ranges.append(KeyRange(work, lower, upper))
@@ -151,13 +95,13 @@ def key_ranges(src: psycopg.Connection[Any], work: TableDeletes, chunk_rows: int
         lower = upper
 
 
-def compare_range(src: psycopg.Connection[Any], dst: psycopg.Connection[Any], r: KeyRange) -> None:
+def compare_range(src: psycopg.Connection[Any], dst: DestinationSession, r: KeyRange) -> None:
     """Delete (or soft-delete) the destination rows of ``r`` whose key the source no longer has."""
     w = r.deletes
-    if w.recent_deletes or _source_digest(src, w.table, w.order, r.lower, r.upper) != _destination_digest(
-        dst, w.target, w.order, r.lower, r.upper, w.soft
+    if w.recent_deletes or _source_digest(src, w.table, w.order, r.lower, r.upper) != dst.key_range_digest(
+        w.target, w.order, r.lower, r.upper
     ):
-        found = _remove_absent(src, dst, w.table, w.target, w.order, r.lower, r.upper, w.binary, w.soft)
+        found = _remove_absent(src, dst, w, r.lower, r.upper)
         with w.lock:
             w.removed += found
             w.recent_deletes = found > 0
@@ -169,9 +113,9 @@ def _range_end(
     src: psycopg.Connection[Any],
     t: DeltaTable,
     order: KeyOrder,
-    lower: tuple[str, ...] | None,
+    lower: Bound | None,
     chunk_rows: int,
-) -> tuple[str, ...] | None:
+) -> Bound | None:
     """The range after ``lower`` ends at the ``chunk_rows``-th key; None: it is the last, open-ended."""
     keys = [sql.Identifier(c.name) for c in order.columns]
     # The text forms are made outside the OFFSET: inside, every skipped row would be formatted
@@ -190,8 +134,8 @@ def _source_digest(
     src: psycopg.Connection[Any],
     t: DeltaTable,
     order: KeyOrder,
-    lower: tuple[str, ...] | None,
-    upper: tuple[str, ...] | None,
+    lower: Bound | None,
+    upper: Bound | None,
 ) -> Digest:
     digest = sql.SQL("count(*), coalesce(sum({}), 0)").format(order.digest_sql())
     found = src.execute(select_sql(t.st, [digest], order.between(lower, upper))).fetchone()
@@ -199,49 +143,20 @@ def _source_digest(
     return int(found[0]), Decimal(found[1])
 
 
-def _destination_digest(
-    dst: psycopg.Connection[Any],
-    target: dest.DestTable,
-    order: KeyOrder,
-    lower: tuple[str, ...] | None,
-    upper: tuple[str, ...] | None,
-    soft: bool,
-) -> Digest:
-    preds = order.between(lower, upper, "d")
-    if soft:
-        preds.append(sql.SQL("NOT d.{}").format(sql.Identifier(dest.SOFT_DELETE_COLUMN)))
-    query = sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM {} d{}").format(
-        order.digest_sql("d"),
-        target.ident,
-        sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(preds)) if preds else sql.SQL(""),
-    )
-    row = dst.execute(query).fetchone()
-    assert row is not None
-    return int(row[0]), Decimal(row[1])
-
-
 def _remove_absent(
     src: psycopg.Connection[Any],
-    dst: psycopg.Connection[Any],
-    t: DeltaTable,
-    target: dest.DestTable,
-    order: KeyOrder,
-    lower: tuple[str, ...] | None,
-    upper: tuple[str, ...] | None,
-    binary: bool,
-    soft: bool,
+    dst: DestinationSession,
+    w: TableDeletes,
+    lower: Bound | None,
+    upper: Bound | None,
 ) -> int:
-    key = t.st.key
+    t, order = w.table, w.order
     # The range's keys travel as one row of arrays: relaying row by row would cost a trip
     # through Python per key. Binary arrays carry their element type's OID, equal on both
     # servers only for built-in types.
-    binary = binary and not any(is_user_oid(c.type_oid) for c in order.columns)
-    arrays = [sql.SQL("array_agg({})").format(sql.Identifier(k)) for k in key]
+    binary = w.binary and not any(is_user_oid(c.type_oid) for c in order.columns)
+    arrays = [sql.SQL("array_agg({})").format(sql.Identifier(k)) for k in order.names]
     copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(
         select_sql(t.st, arrays, order.between(lower, upper)), sql.SQL("binary" if binary else "text")
-    )
-    in_range = order.between(lower, upper, "d") or [sql.SQL("true")]
-    with dst.transaction():
-        packed = dest.create_key_arrays(dst, target, key)
-        relay_copy(src, copy_out.as_string(None).encode(), dst, dest.copy_in_sql(packed, key, binary))
-        return dest.delete_absent(dst, target, packed, key, sql.SQL(" AND ").join(in_range), soft)
+    ).as_string(None).encode()
+    return dst.delete_absent(w.target, order, lower, upper, binary, lambda sink: relay_copy(src, copy_out, sink))

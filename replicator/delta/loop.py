@@ -5,23 +5,20 @@ SIGTERM or SIGINT asks for a clean stop (``replicator.signals``): the pass under
 long, stops like snapshot mode instead: after the chunks in flight, with ``Interrupted`` (exit
 130; the next run resumes it). A second signal interrupts at once (every destination write is
 a transaction, so that too loses nothing; the next run redoes the unfinished part).
-A pass that fails for a reason that may go away (the source restarted, a network blip) is
-retried after the interval, unless ``--once``.
+A pass that fails for a reason that may go away (the source restarted, a network blip; see
+``retry.may_recover_later``) is tried again after the interval, unless ``--once``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
-import psycopg
-
-from replicator import state
-from replicator.connect import ConnectError, connect, is_transient
 from replicator.delta.passes import APP, PassSummary, RunContext, run_pass
-from replicator.snapshot.workers import SnapshotLost
+from replicator.destinations import open_destination
+from replicator.destinations.base import DestinationSession
 from replicator.job import Job
+from replicator.retry import Stopped, may_recover_later, retrying
 from replicator.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -32,20 +29,31 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
     fresh = job.fresh  # until a pass has done it
     with stop_on_signals() as stop:
         ctx = RunContext(job, _control(job), stop)
+        number = 0
+
+        def one_pass() -> PassSummary:
+            nonlocal number
+            number += 1
+            ctx.control = _alive(job, ctx.control)
+            return run_pass(ctx, number, fresh=fresh)
+
+        def worth_another_pass(e: BaseException) -> bool:
+            return not job.once and not stop.is_set() and may_recover_later(e)
+
+        def wait(seconds: float) -> None:
+            if stop.wait(seconds):
+                raise Stopped
+
         try:
-            number = 0
             while True:
-                number += 1
                 try:
-                    ctx.control = _alive(job, ctx.control)
-                    summary = run_pass(ctx, number, fresh=fresh)
-                except (psycopg.OperationalError, ConnectError, SnapshotLost) as e:
-                    if job.once or stop.is_set() or not _transient(e):
-                        raise
-                    log.warning("pass %d failed, trying again in %g s: %s", number, interval, str(e).strip())
-                    if stop.wait(interval):
-                        break
-                    continue
+                    for attempt in retrying(
+                        None, interval, lambda: f"pass {number}", retry_if=worth_another_pass, sleep=wait
+                    ):
+                        with attempt:
+                            summary = one_pass()
+                except Stopped:
+                    break
                 fresh = False
                 report(summary)
                 if job.once or stop.is_set() or stop.wait(interval):
@@ -57,27 +65,21 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
             ctx.control.close()
 
 
-def _transient(e: BaseException) -> bool:
-    return isinstance(e, ConnectError | SnapshotLost) or is_transient(e)
-
-
-def _control(job: Job) -> psycopg.Connection[Any]:
-    """The destination connection that holds the job lock for the whole run."""
-    control = connect(job.destination.value, "destination", APP, autocommit=True)
+def _control(job: Job) -> DestinationSession:
+    """The destination session that holds the job lock for the whole run."""
+    control = open_destination(job.destination.value).open_session(APP)
     try:
-        state.ensure_schema(control)
-        state.lock_job(control, job.job_id, "delta-snapshot")
+        control.state.ensure()
+        control.state.lock_job(job.job_id, "delta-snapshot")
     except BaseException:
         control.close()
         raise
     return control
 
 
-def _alive(job: Job, control: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+def _alive(job: Job, control: DestinationSession) -> DestinationSession:
     """``control``, or a new one if it was lost (taking the job lock again: another run may have it)."""
-    try:
-        control.execute("SELECT 1")
+    if control.ping():
         return control
-    except psycopg.Error:
-        control.close()
-        return _control(job)
+    control.close()
+    return _control(job)

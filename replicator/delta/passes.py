@@ -26,20 +26,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
-from replicator import state
 from replicator.catalog import Catalog, load_catalog
 from replicator.config.extractor import SnapshotConfig
 from replicator.connect import connect
 from replicator.delta import changes, deletes, updatekey
 from replicator.delta.changes import PassSnapshot
 from replicator.delta.tables import DeltaTable, check_destination_key, select_delta_tables
-from replicator.snapshot.workers import SNAPSHOT_SESSION, Session, run_parallel, session_settings
-from replicator.destinations import postgres as dest
+from replicator.destinations.base import DestinationSession, DestTable, Watermark
 from replicator.errors import DestinationError
 from replicator.job import Job
 from replicator.progress import LOG_EVERY_S, make_progress
 from replicator.snapshot.runner import SnapshotScope, run_snapshot
+from replicator.snapshot.workers import SNAPSHOT_SESSION, Session, run_parallel, session_settings
 from replicator.typemap import binary_safe
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class RunContext:
     """What outlives one pass: the job, the locked destination connection, what was said once."""
 
     job: Job
-    control: psycopg.Connection[Any]
+    control: DestinationSession
     stop: threading.Event = field(default_factory=threading.Event)  # set by SIGTERM/SIGINT
     warned_hidden: bool = False
 
@@ -86,11 +86,11 @@ class _Work:
     """One table's changes in a pass."""
 
     table: DeltaTable
-    target: dest.DestTable
+    target: DestTable
     columns: tuple[str, ...]
     binary: bool
-    where: Any  # sql.Composable | None (None: every row)
-    mark: state.Watermark
+    where: sql.Composable | None  # None: every row
+    mark: Watermark
     result: TableResult
 
 
@@ -111,16 +111,16 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
         tables = select_delta_tables(src, job, catalog)
         if fresh:
             with control.transaction():
-                state.forget_watermarks(control, job.job_id, [t.ident for t in tables])
-                state.forget_snapshot(control, job.job_id, [t.ident for t in tables])
+                control.state.forget_watermarks(job.job_id, [t.ident for t in tables])
+                control.state.forget_snapshot(job.job_id, [t.ident for t in tables])
         new, resumed, ready = _classify(control, job.job_id, tables)
         is_new = {t.ident for t in new}
         snapshotted = is_new | {t.ident for t in resumed}
         # A snapshot reuses an existing destination table as is, and builds keys only on
         # tables it creates (when they are complete): check what can be checked up front.
-        for t in ready + [t for t in new if dest.describe_table(control, *t.ident) is not None]:
+        for t in ready + [t for t in new if control.describe(t.ident) is not None]:
             check_destination_key(control, t)
-        marks = state.load_watermarks(control, job.job_id)
+        marks = control.state.load_watermarks(job.job_id)
         readings = {t.ident: updatekey.read_maxima(src, t.st) for t in tables if t.kind == "update-key"}
         horizon = updatekey.read_horizon(src) if readings else None
         _warn_horizon(ctx, horizon)
@@ -139,16 +139,14 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
         if new:
             with control.transaction():
                 for t in new:
-                    state.save_watermark(control, job.job_id, *t.ident, upcoming[t.ident])
+                    control.state.save_watermark(job.job_id, t.ident, upcoming[t.ident])
         if new or resumed:
             summary.snapshot_rows = _snapshot(job, control, snapshot, new + resumed, ctx.stop)
             for t in resumed:
                 check_destination_key(control, t)
-        soft = job.destination.value.deletes == "soft"
-        if soft:
-            for t in tables:
-                _soft_delete_column(control, t)
-
+            for t in new:  # ready for the next pass's changes (and deletes)
+                if (found := control.describe(t.ident)) is not None:
+                    control.ready_for_changes(found)
         works = []
         for t in tables:
             result = TableResult(t.display, t.kind, snapshotted=t.ident in snapshotted)
@@ -156,7 +154,7 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
             if t.ident not in is_new:
                 where = changes.changed_rows(t, marks.get(t.ident), snapshot)
                 works.append(_work(control, catalog, t, where, upcoming[t.ident], result))
-        _apply_all(job, src, snapshot, works, soft)
+        _apply_all(job, src, snapshot, works)
         src.execute("COMMIT")
     finally:
         src.close()
@@ -188,9 +186,7 @@ class _Ticker:
             log.info("%s: %s changed rows merged so far", self.what, f"{self.rows:,}")
 
 
-def _apply_all(
-    job: Job, src: psycopg.Connection[Any], snapshot: PassSnapshot, works: list[_Work], soft: bool
-) -> None:
+def _apply_all(job: Job, src: psycopg.Connection[Any], snapshot: PassSnapshot, works: list[_Work]) -> None:
     """Changed rows of every table in parallel; then deletes, key range by key range, in parallel.
 
     Deletes come second so that, for a range without deletes, both sides already hold the
@@ -201,12 +197,10 @@ def _apply_all(
     run_parallel(
         job, snapshot.name, deletes.SESSION_SETTINGS, works, cfg.threads,
         lambda w: f"merging changed rows of {w.table.display}",
-        lambda session, w: _apply(job.job_id, session, w, soft, merging), APP,
+        lambda session, w: _apply(job.job_id, session, w, merging), APP,
     )  # fmt: skip
     compared = {
-        w.table.ident: deletes.TableDeletes(
-            w.table, w.target, deletes.key_order(src, w.table), w.binary, soft
-        )
+        w.table.ident: deletes.TableDeletes(w.table, w.target, deletes.key_order(src, w.table), w.binary)
         for w in works
         if w.table.replicate_deletes
     }
@@ -235,10 +229,10 @@ def _apply_all(
 
 
 def _classify(
-    control: psycopg.Connection[Any], job_id: str, tables: list[DeltaTable]
+    control: DestinationSession, job_id: str, tables: list[DeltaTable]
 ) -> tuple[list[DeltaTable], list[DeltaTable], list[DeltaTable]]:
-    marks = state.load_watermarks(control, job_id)
-    snaps = state.load_snapshot_state(control, job_id)
+    marks = control.state.load_watermarks(job_id)
+    snaps = control.state.load_snapshot(job_id)
     new, resumed, ready = [], [], []
     stale = []
     for t in tables:
@@ -258,7 +252,7 @@ def _classify(
             ", ".join(".".join(s) for s in stale),
         )
         with control.transaction():
-            state.forget_snapshot(control, job_id, stale)
+            control.state.forget_snapshot(job_id, stale)
     return new, resumed, ready
 
 
@@ -292,7 +286,7 @@ def _open_snapshot(src: psycopg.Connection[Any]) -> PassSnapshot:
 
 def _snapshot(
     job: Job,
-    control: psycopg.Connection[Any],
+    control: DestinationSession,
     snapshot: PassSnapshot,
     tables: list[DeltaTable],
     stop: threading.Event,
@@ -318,36 +312,30 @@ def _snapshot(
     return result.rows
 
 
-def _soft_delete_column(control: psycopg.Connection[Any], t: DeltaTable) -> None:
-    target = dest.describe_table(control, *t.ident)
-    if target is not None and dest.SOFT_DELETE_COLUMN not in target.columns:
-        with control.transaction():
-            dest.ensure_soft_delete_column(control, target)
-
-
 def _work(
-    control: psycopg.Connection[Any],
+    control: DestinationSession,
     catalog: Catalog,
     t: DeltaTable,
-    where: Any,
-    mark: state.Watermark,
+    where: sql.Composable | None,
+    mark: Watermark,
     result: TableResult,
 ) -> _Work:
-    target = dest.describe_table(control, *t.ident)
+    target = control.describe(t.ident)
     if target is None:
         raise DestinationError(
             f"destination table {t.display} disappeared; run with --fresh to copy it again"
         )
+    target = control.ready_for_changes(target)
     binary = binary_safe(catalog, t.st.columns) and all(
         target.columns[c.name].type_sql == c.type_sql for c in t.st.columns
     )
     result.full_read = where is None
-    return _Work(t, target, dest.copy_columns(t.st, target), binary, where, mark, result)
+    return _Work(t, target, control.copy_columns(t.st, target), binary, where, mark, result)
 
 
-def _apply(job_id: str, session: Session, w: _Work, soft: bool, ticker: _Ticker) -> None:
+def _apply(job_id: str, session: Session, w: _Work, ticker: _Ticker) -> None:
     src, dst = session.connections()
     w.result.upserted = changes.apply_changes(
-        src, dst, job_id, w.table, w.target, w.columns, w.binary, w.where, w.mark, soft,
+        src, dst, job_id, w.table, w.target, w.columns, w.binary, w.where, w.mark,
         lambda rows, nbytes: ticker.add(rows=rows),
     )  # fmt: skip

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
-from psycopg import sql
 
 from replicator.catalog import Catalog, Column
 from replicator.delta import updatekey
+from replicator.destinations.base import DestinationSession
 from replicator.errors import ConfigError, DestinationError
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
@@ -112,19 +112,9 @@ def _check_key_not_null(st: SelectedTable, job: Job) -> None:
         )
 
 
-def check_destination_key(conn: psycopg.Connection[Any], t: DeltaTable) -> None:
+def check_destination_key(dst: DestinationSession, t: DeltaTable) -> None:
     """Changed rows merge by key: an existing destination table needs a unique index on it."""
-    found = conn.execute(
-        """SELECT EXISTS (
-               SELECT 1 FROM pg_index i
-               WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indpred IS NULL
-                 AND i.indexprs IS NULL
-                 AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
-                      FROM pg_attribute a
-                      WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = %s)""",
-        (sql.Identifier(*t.ident).as_string(conn), sorted(t.st.key)),
-    ).fetchone()
-    if not found or not found[0]:
+    if not dst.has_unique_key(t.ident, t.st.key):
         raise DestinationError(
             f"destination table {t.display} has no primary key or unique index on "
             f"({', '.join(t.st.key)}); delta-snapshot merges changed rows by key: add one, or drop "

@@ -8,8 +8,10 @@ The source hears only what the destination has committed: after each destination
 checkpoint LSN is confirmed to the slot; when everything received is applied and no
 transaction is open, the stream's own position is confirmed too, so an idle slot keeps up.
 
-A broken replication connection (server restart, walsender terminated, network) rolls back
-the open destination transaction and resumes from the checkpoint: nothing lost, nothing twice.
+A failure the retry rule calls transient (``replicator.retry``: a broken replication connection,
+a server restart, the network, the slot still held by our previous walsender) rolls back the
+open destination transaction and resumes from the checkpoint: nothing lost, nothing twice.
+``max-retries`` failures in a row end the run.
 """
 
 from __future__ import annotations
@@ -22,25 +24,26 @@ from typing import Any
 
 import psycopg
 
-from replicator.catalog import Catalog, Column as CatalogColumn, load_types
-from replicator.connect import connect, is_transient
+from replicator.catalog import Catalog, load_types
+from replicator.connect import connect, retrying_for
 from replicator.decoding.changes import Begin, Change, Commit, Decoder, Event, Truncate
+from replicator.decoding.fold import Folder
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.decoding.wal2json import Wal2JsonDecoder
-from replicator.destinations.postgres import ensure_types
+from replicator.destinations import open_destination
+from replicator.destinations.base import Applier, DestinationSession, NewColumnType, Target
 from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
-from replicator.realtime.apply import Target, Writer
-from replicator.realtime.fold import Folder
-from replicator.realtime.staging import prepare_all
 from replicator.realtime.setup import SlotPlan, start_position
+from replicator.retry import Streak, is_transient
 from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.source.describe import CatalogDescriber
 from replicator.source.heartbeat import HeartbeatWriter
+from replicator.source.reader import ChangeReader
 from replicator.source.slots import wal2json_accepts
 from replicator.source.sqlreader import SqlReader
-from replicator.source.stream import ReplicationLost, ReplicationStream
+from replicator.source.stream import ReplicationStream
 from replicator.source.walwatch import WalWatch
 
 log = logging.getLogger(__name__)
@@ -79,47 +82,44 @@ class SlotPipeline:
         self.write_heartbeat = heartbeat and write_heartbeat
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
-        self._reconnects = 0
+        self._failures = Streak()  # failures in a row: a stream that reads again is healthy
         self._aux_lock = threading.Lock()  # aux serves the reader (heartbeat, WAL watch) and the worker (types)
 
     def run(self, stop: threading.Event, until: Lsn | None = None) -> SlotStats:
         src_cfg = self.job.source.value
-        dst = connect(self.job.destination.value, "destination", APP, autocommit=True)
+        dst = open_destination(self.job.destination.value).open_session(APP, role="writer")
         aux = connect(src_cfg, "source", APP, autocommit=True)  # heartbeat, WAL watch, type lookups
         try:
-            dst.execute("SET synchronous_commit = off")  # safe: the checkpoint commits with the rows
-            writer = Writer(
-                dst, self.job.job_id, self.plan.slot, self.targets, self._column_type(aux, dst),
-                soft_deletes=self.job.destination.value.deletes == "soft",
-            )
+            writer = dst.applier(self.job.job_id, self.plan.slot, self.targets, self._column_type(aux))
             folder = Folder({k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows)
             writer_hb = HeartbeatWriter(aux, self.cfg.heartbeat) if self.write_heartbeat else None
             watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])
-            while True:
-                try:
-                    self._stream(dst, aux, folder, writer, writer_hb, watch, stop, until)
-                    return self.stats
-                except (ReplicationLost, psycopg.OperationalError) as e:
-                    folder.clear()
-                    writer.rollback()
-                    if not (isinstance(e, ReplicationLost) or is_transient(e)):
-                        raise
-                    self._reconnects += 1
-                    if self._reconnects > src_cfg.max_retries:
-                        raise SourceError(f"slot {self.plan.slot}: giving up after {self._reconnects - 1} reconnects: {e}") from None
-                    log.warning("slot %s: %s; resuming from the checkpoint in %.1fs", self.plan.slot, e,
-                                src_cfg.retry_wait_duration_ms / 1000)
-                    time.sleep(src_cfg.retry_wait_duration_ms / 1000)
-                    if dst.closed or dst.broken:
-                        dst = connect(self.job.destination.value, "destination", APP, autocommit=True)
-                        dst.execute("SET synchronous_commit = off")
-                        writer.conn = dst
-                        writer.reset_session()
+
+            def resume_from_checkpoint(e: BaseException) -> None:
+                # Whatever was read but not committed is read again from the checkpoint.
+                folder.clear()
+                writer.rollback()
+                if not dst.usable:
+                    dst.reopen()
+                    writer.reset()
+
+            what = f"streaming slot {self.plan.slot}"
+            try:
+                for attempt in retrying_for(src_cfg, what, streak=self._failures, before_retry=resume_from_checkpoint):
+                    with attempt:
+                        self._stream(dst, aux, folder, writer, writer_hb, watch, stop, until)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                raise SourceError(
+                    f"slot {self.plan.slot}: giving up after {self._failures.failures - 1} reconnects: {e}"
+                ) from None
+            return self.stats
         finally:
             dst.close()
             aux.close()
 
-    def _open_reader(self, dst: psycopg.Connection[Any], aux: psycopg.Connection[Any]) -> Any:
+    def _open_reader(self, dst: DestinationSession, aux: psycopg.Connection[Any]) -> ChangeReader:
         src_cfg = self.job.source.value
         slot_row = aux.execute(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self.plan.slot,)
@@ -128,7 +128,7 @@ class SlotPipeline:
             raise SourceError(f"replication slot {self.plan.slot!r} does not exist any more")
         configured = self.cfg.start_position.start_lsn if self.cfg.start_position else None
         start = start_position(
-            dst, self.job.job_id, self.plan.slot, Lsn.parse(slot_row[0]) if slot_row[0] else None,
+            dst.state, self.job.job_id, self.plan.slot, Lsn.parse(slot_row[0]) if slot_row[0] else None,
             Lsn.parse(configured) if configured else None,
         )
         decoder = self._decoder(aux)
@@ -151,10 +151,10 @@ class SlotPipeline:
 
     def _stream(
         self,
-        dst: psycopg.Connection[Any],
+        dst: DestinationSession,
         aux: psycopg.Connection[Any],
         folder: Folder,
-        writer: Writer,
+        writer: Applier,
         heartbeat: HeartbeatWriter | None,
         watch: WalWatch,
         stop: threading.Event,
@@ -184,7 +184,7 @@ class SlotPipeline:
                     drained = reader.position  # everything read is (or will be, in order) committed
                     worker.drained(drained)
                 # A stream that (re)opened and reads is healthy: max-retries counts failures in a row.
-                self._reconnects = 0
+                self._failures.reset()
                 self._confirm(reader, progress)
                 report.maybe(progress.commits, reader.position)
                 with self._aux_lock:
@@ -225,7 +225,7 @@ class SlotPipeline:
                 changes += 1
                 if ready:
                     for folded in ready:
-                        worker.apply(prepare_all(folded))
+                        worker.apply(folded)
             elif t is Begin:
                 in_txn = True
             elif t is Commit:
@@ -242,10 +242,10 @@ class SlotPipeline:
         if done is not None:
             ready, lsn = done
             for folded in ready:
-                worker.apply(prepare_all(folded))
+                worker.apply(folded)
             worker.commit(lsn)
 
-    def _confirm(self, reader: Any, progress: Progress) -> None:
+    def _confirm(self, reader: ChangeReader, progress: Progress) -> None:
         """Tell the source what the destination has committed (and, when nothing is pending,
         everything read: keeps an idle slot current)."""
         committed, drained = progress.committed, progress.drained
@@ -255,9 +255,9 @@ class SlotPipeline:
         if drained is not None and drained > reader.confirmed:
             reader.confirm(drained)
 
-    def _column_type(self, aux: psycopg.Connection[Any], dst: psycopg.Connection[Any]) -> Any:
-        def column_type(oid: int, typmod: int) -> str:
-            """A column type as SQL for ALTER TABLE ADD COLUMN (creating a new user type first)."""
+    def _column_type(self, aux: psycopg.Connection[Any]) -> NewColumnType:
+        def column_type(oid: int, typmod: int) -> tuple[str, Catalog]:
+            """A column type as SQL for ALTER TABLE ADD COLUMN, and the user types it needs."""
             with self._aux_lock, aux.transaction():
                 aux.execute("SELECT set_config('search_path', '', true)")
                 row = aux.execute("SELECT format_type(%s, %s)", (oid, typmod)).fetchone()
@@ -265,9 +265,7 @@ class SlotPipeline:
                 with aux.cursor() as cur:
                     load_types(cur, catalog, {oid})
             assert row is not None
-            if catalog.types:
-                ensure_types(dst, catalog, (CatalogColumn("_", 0, row[0], oid, False),))
-            return str(row[0])
+            return str(row[0]), catalog
 
         return column_type
 

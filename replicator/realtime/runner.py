@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from replicator import state
 from replicator.connect import connect
+from replicator.destinations import open_destination
+from replicator.destinations.base import Target
 from replicator.job import Job
 from replicator.lsn import Lsn
-from replicator.realtime.apply import Target
 from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
 from replicator.realtime.setup import (
     SlotPlan,
@@ -49,9 +49,9 @@ def prepare(job: Job, create_slots: bool = True, before_destination: Callable[[l
                 ensure_slot(src, plan.slot, plan.plugin)
     if before_destination is not None:
         before_destination(plans)
-    with connect(job.destination.value, "destination", APP, autocommit=True) as dst:
-        state.ensure_schema(dst)
-        targets = prepare_destination(job, dst, catalog, tables)
+    with open_destination(job.destination.value).open_session(APP) as dst:
+        dst.state.ensure()
+        targets = prepare_destination(dst, catalog, tables)
     return Prepared(plans, targets, heartbeat is not None)
 
 
@@ -59,8 +59,9 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
     """Run every slot's pipeline; with ``job.once``, until caught up with the source's WAL at start."""
     stop = stop or threading.Event()
     until = current_wal_lsn(job) if job.once else None
-    with connect(job.destination.value, "destination", APP, autocommit=True) as lock_conn, _collector_for_streaming():
-        state.lock_job(lock_conn, job.job_id, "realtime")  # held by this session while we stream
+    destination = open_destination(job.destination.value)
+    with destination.open_session(APP) as lock_session, _collector_for_streaming():
+        lock_session.state.lock_job(job.job_id, "realtime")  # held by this session while we stream
         # One heartbeat writer is enough: the heartbeat table is in every slot's publication.
         pipelines = [
             SlotPipeline(job, plan, prepared.targets, prepared.heartbeat, write_heartbeat=i == 0)

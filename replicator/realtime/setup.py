@@ -17,12 +17,11 @@ import psycopg
 
 from replicator.catalog import Catalog, load_catalog
 from replicator.config import ConfigFile, ConnectionConfig
-from replicator.destinations import postgres as dest
+from replicator.destinations.base import DestinationSession, StateStore, Target
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
 from replicator.lsn import Lsn
-from replicator.realtime.apply import Target
 from replicator.source.heartbeat import ensure_heartbeat_table
 from replicator.source.publication import PublishedTable, ensure_publication
 
@@ -115,37 +114,31 @@ def _published_columns(t: SelectedTable) -> tuple[str, ...] | None:
 
 
 def prepare_destination(
-    job: Job, conn: psycopg.Connection[Any], catalog: Catalog, tables: list[SelectedTable]
+    dst: DestinationSession, catalog: Catalog, tables: list[SelectedTable]
 ) -> dict[tuple[str, str], Target]:
-    """Make sure every table exists at the destination (created like a snapshot would), with a key."""
-    soft = job.destination.value.deletes == "soft"
+    """Make sure every table exists at the destination (created like a snapshot would), with a
+    key, ready to receive changes."""
     targets = {}
     for st in tables:
         key = (st.table.schema, st.table.name)
-        found = dest.describe_table(conn, *key)
+        found = dst.describe(key)
         if found is None:
-            with conn.transaction():
-                dest.create_table(conn, catalog, st)
-                dest.build_key(conn, st)
-            found = dest.describe_table(conn, *key)
+            with dst.transaction():
+                dst.create_table(catalog, st)
+                dst.build_key(st)
+            found = dst.describe(key)
             assert found is not None
-        if soft and dest.SOFT_DELETE_COLUMN not in found.columns:
-            dest.ensure_soft_delete_column(conn, found)
-            found = dest.describe_table(conn, *key)
-            assert found is not None
+        found = dst.ready_for_changes(found)
         nullable = any((c := st.table.column(k)) is not None and not c.not_null for k in st.key)
         targets[key] = Target(found, st.key, key_nullable=nullable)
     return targets
 
 
 def start_position(
-    conn: psycopg.Connection[Any], job_id: str, slot: str, slot_confirmed: Lsn | None, start_lsn: Lsn | None = None
+    state: StateStore, job_id: str, slot: str, slot_confirmed: Lsn | None, start_lsn: Lsn | None = None
 ) -> Lsn:
     """Where the stream resumes: our checkpoint; else the configured start-lsn; else the slot's position."""
-    row = conn.execute(
-        "SELECT lsn::text FROM _replicator.slot_checkpoints WHERE job = %s AND slot_name = %s", (job_id, slot)
-    ).fetchone()
-    checkpoint = Lsn.parse(row[0]) if row else None
+    checkpoint = state.slot_checkpoint(job_id, slot)
     if checkpoint is not None and slot_confirmed is not None and slot_confirmed > checkpoint:
         log.warning(
             "slot %s was confirmed up to %s by another consumer, past our checkpoint %s: changes in "

@@ -3,7 +3,7 @@
 PostgreSQL's own logical replication decodes in the walsender and applies in a separate worker
 process, in parallel. Here the slot's thread reads, decodes and folds (``fold.Folder``, which
 never touches the destination) and hands what is folded to an ``ApplyWorker``, which owns the
-destination connection: it stages, merges and commits (``apply.Writer``) and publishes what it
+destination session: its ``Applier`` stages, merges and commits, and the worker publishes what it
 has committed. Only that ever reaches the source as confirmed. So the destination merges one
 unit while the next one is read and folded, and stays busy.
 
@@ -24,9 +24,9 @@ import queue
 import threading
 from dataclasses import dataclass
 
+from replicator.decoding.fold import Folded
+from replicator.destinations.base import Applier
 from replicator.lsn import Lsn
-from replicator.realtime.apply import Writer
-from replicator.realtime.fold import Folded
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,18 @@ class Progress:
 
 
 _APPLY, _COMMIT, _DRAINED = 0, 1, 2
-_FINISH = object()  # everything before it is done: end
+_FINISH = None  # everything before it is done: end
+
+_Item = tuple[int, Folded | Lsn] | None
 
 
 class ApplyWorker:
     """Applies folded units and commits on a thread of its own; see the module docstring."""
 
-    def __init__(self, writer: Writer, name: str, depth: int = 4):
+    def __init__(self, writer: Applier, name: str, depth: int = 4):
         self.writer = writer
         self.progress = Progress()
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=depth)
         self._abort = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -62,8 +64,9 @@ class ApplyWorker:
     # -- the reader's side -----------------------------------------------------------------
 
     def apply(self, folded: Folded) -> None:
-        """Stage and merge this unit (inside the open destination transaction)."""
-        self._put((_APPLY, folded))
+        """Stage and merge this unit (inside the open destination transaction). What needs no
+        database (formatting rows) is done here, on the reader's thread."""
+        self._put((_APPLY, self.writer.prepare(folded)))
 
     def commit(self, lsn: Lsn) -> None:
         """Commit what was applied, with checkpoint ``lsn`` (the end of a source transaction)."""
@@ -103,7 +106,7 @@ class ApplyWorker:
         if self._thread.ident is not None:
             self._thread.join()
 
-    def _put(self, item: object) -> None:
+    def _put(self, item: _Item) -> None:
         # Waits while the queue is full, watching for the worker's failure.
         while True:
             self.check()
@@ -123,8 +126,8 @@ class ApplyWorker:
                 item = self._queue.get()
                 if self._abort.is_set() or item is _FINISH:
                     break
-                kind, arg = item  # type: ignore[misc]
-                if kind == _APPLY:
+                kind, arg = item
+                if isinstance(arg, Folded):
                     writer.apply(arg)
                 elif kind == _COMMIT:
                     writer.commit(arg)

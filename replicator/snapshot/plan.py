@@ -18,7 +18,7 @@ from psycopg import sql
 from replicator.config.extractor import SnapshotConfig
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable
-from replicator.state import ChunkPlan
+from replicator.destinations.base import ChunkPlan
 
 ROWS_PER_PAGE_GUESS = 60  # for tables never analyzed: a typical row is ~100-150 bytes
 

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from replicator import state
 from replicator.catalog import Catalog, load_catalog
 from replicator.config.extractor import SnapshotConfig
 from replicator.connect import connect
-from replicator.destinations import postgres as dest
+from replicator.destinations import open_destination
+from replicator.destinations.base import ChunkPlan, DestinationSession, DestTable, TableState
 from replicator.errors import DestinationError, Interrupted
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
@@ -61,8 +60,8 @@ class TableWork:
     """A table still to copy in this run, and how."""
 
     st: SelectedTable
-    table: state.TableState
-    dest: dest.DestTable
+    table: TableState
+    dest: DestTable
     columns: tuple[str, ...]
     binary: bool
     merge: bool
@@ -73,7 +72,7 @@ class TableWork:
 @dataclass(frozen=True)
 class ChunkJob:
     work: TableWork
-    chunk: state.ChunkPlan
+    chunk: ChunkPlan
 
 
 @dataclass(frozen=True)
@@ -81,13 +80,13 @@ class SnapshotScope:
     """Part of a larger run: copy exactly ``tables`` with ``settings``, under the caller's job lock.
 
     delta-snapshot uses it for the first pass of its tables: it has selected them already (with
-    its own keys and split keys), holds the job lock on ``control`` (a destination connection in
-    autocommit mode) and pins the view with its own exported snapshot.
+    its own keys and split keys), holds the job lock on ``control`` (a destination session) and
+    pins the view with its own exported snapshot.
     """
 
     tables: list[SelectedTable]
     settings: SnapshotConfig
-    control: psycopg.Connection[Any]
+    control: DestinationSession
 
 
 def run_snapshot(
@@ -107,7 +106,7 @@ def run_snapshot(
     """
     src_cfg = job.source.value
     exporter = connect(src_cfg, "source", APP, autocommit=True)
-    control = scope.control if scope else connect(job.destination.value, "destination", APP, autocommit=True)
+    control = scope.control if scope else open_destination(job.destination.value).open_session(APP)
     try:
         snapshot_name = _open_snapshot(exporter, imported_snapshot)
         catalog = load_catalog(exporter)
@@ -116,11 +115,11 @@ def run_snapshot(
             if only is not None:
                 selected = [s for s in selected if (s.table.schema, s.table.name) in only]
             check_conditions(exporter, selected)
-            state.ensure_schema(control)
-            state.lock_job(control, job.job_id, "snapshot")
+            control.state.ensure()
+            control.state.lock_job(job.job_id, "snapshot")
             if job.fresh:
                 with control.transaction():
-                    state.forget_snapshot(control, job.job_id, [(s.table.schema, s.table.name) for s in selected])
+                    control.state.forget_snapshot(job.job_id, [(s.table.schema, s.table.name) for s in selected])
         else:
             selected = scope.tables
         settings = scope.settings if scope else job.extractor.value.snapshot
@@ -164,7 +163,7 @@ def _open_snapshot(conn: psycopg.Connection[Any], imported: str | None) -> str:
 
 def _prepare(
     exporter: psycopg.Connection[Any],
-    control: psycopg.Connection[Any],
+    control: DestinationSession,
     catalog: Catalog,
     selected: list[SelectedTable],
     run_id: str,
@@ -173,9 +172,9 @@ def _prepare(
     cfg: SnapshotConfig,
 ) -> list[TableWork]:
     """Plan new tables (creating or emptying them at the destination) and pick up unfinished ones."""
-    existing = state.load_snapshot_state(control, job_id)
+    existing = control.state.load_snapshot(job_id)
     todo: list[SelectedTable] = []
-    plans: dict[tuple[str, str], list[state.ChunkPlan]] = {}
+    plans: dict[tuple[str, str], list[ChunkPlan]] = {}
     for st in selected:
         ts = existing.get((st.table.schema, st.table.name))
         if ts is not None and ts.done:
@@ -190,25 +189,22 @@ def _prepare(
         key = (st.table.schema, st.table.name)
         if key in plans:
             with control.transaction():
-                found = dest.describe_table(control, *key)
+                found = control.describe(key)
                 if found is None:
-                    dest.create_table(control, catalog, st)
+                    control.create_table(catalog, st)
                 else:
-                    has_rows = control.execute(
-                        sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(found.ident)
-                    ).fetchone()
-                    if has_rows and has_rows[0]:
+                    if control.has_rows(found):
                         log.warning("%s exists at the destination with rows; emptying it for the snapshot", st.display)
-                    dest.truncate(control, found)
-                state.record_table_plan(control, job_id, *key, found is None, st.key, plans[key])
-            existing.update(state.load_snapshot_state(control, job_id, only=key))
+                    control.empty(found)
+                control.state.record_table_plan(job_id, key, found is None, st.key, plans[key])
+            existing.update(control.state.load_snapshot(job_id, only=key))
         ts = existing[key]
-        found = dest.describe_table(control, *key)
+        found = control.describe(key)
         if found is None:
             raise DestinationError(
                 f"destination table {st.display} disappeared since an earlier run; run with --fresh"
             )
-        columns = dest.copy_columns(st, found)
+        columns = control.copy_columns(st, found)
         binary = binary_safe(catalog, st.columns) and (
             ts.created_by_us or all(found.columns[c.name].type_sql == c.type_sql for c in st.columns)
         )
@@ -217,9 +213,9 @@ def _prepare(
         if merge and ts.created_by_us and not ts.key_built:
             log.info("%s: resuming under a new snapshot; building its key first so the rest merges by key", st.display)
             with control.transaction():
-                dest.build_key(control, st)
-                state.mark_key_built(control, job_id, *key)
-            ts = state.load_snapshot_state(control, job_id, only=key)[key]
+                control.build_key(st)
+                control.state.mark_key_built(job_id, key)
+            ts = control.state.load_snapshot(job_id, only=key)[key]
         works.append(TableWork(st, ts, found, columns, binary, merge, remaining=len(ts.pending)))
     return works
 
@@ -278,13 +274,11 @@ def _copy(job: Job, session: Session, item: ChunkJob, run_id: str, bar: Progress
         bar.advance(name, rows, nbytes)
 
     with dst.transaction():
-        if w.merge:
-            stage = dest.create_stage(dst, w.dest, w.columns)
-            result = relay_copy(src, copy_out, dst, dest.copy_in_sql(stage, w.columns, w.binary), progress)
-            dest.merge_stage(dst, w.dest, stage, w.columns, w.st.key)
-        else:
-            result = relay_copy(src, copy_out, dst, dest.copy_in_sql(w.dest, w.columns, w.binary), progress)
-        state.mark_chunk_done(dst, job.job_id, *key, chunk.chunk_no, run_id, result.rows)
+        result = dst.load(
+            w.dest, w.columns, w.binary, lambda sink: relay_copy(src, copy_out, sink, progress),
+            merge_key=w.st.key if w.merge else (),
+        )
+        dst.state.mark_chunk_done(job.job_id, key, chunk.chunk_no, run_id, result.rows)
     with w.lock:
         w.remaining -= 1
         last = w.remaining == 0
@@ -298,7 +292,7 @@ def _finalize(job: Job, session: Session, w: TableWork, bar: Progress) -> None:
     key = (w.st.table.schema, w.st.table.name)
     with dst.transaction():
         if w.table.created_by_us and not w.table.key_built and w.st.key:
-            dest.build_key(dst, w.st)
-            state.mark_key_built(dst, job.job_id, *key)
-        state.mark_table_done(dst, job.job_id, *key)
+            dst.build_key(w.st)
+            dst.state.mark_key_built(job.job_id, key)
+        dst.state.mark_table_done(job.job_id, key)
     bar.table_done(w.st.display)

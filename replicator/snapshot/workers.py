@@ -1,7 +1,7 @@
 """Worker threads that read inside one exported snapshot and write to the destination.
 
 Each worker holds a ``Session``: a source connection that joined the snapshot and a
-destination connection for loading. Workers take items from a queue; a transient failure
+destination session for loading. Workers take items from a queue; a transient failure
 reconnects (rejoining the snapshot, which works for as long as the exporting transaction is
 open) and retries the item; any other failure stops every worker. ``relay_copy`` waits in
 ``select()`` or in C without the GIL, so the threads really run in parallel.
@@ -18,10 +18,13 @@ from typing import Any, Generic, TypeVar
 
 import psycopg
 
-from replicator.connect import connect, is_transient, retrying
+from replicator.connect import connect, retrying_for
+from replicator.destinations import open_destination
+from replicator.destinations.base import DestinationSession
 from replicator.errors import DestinationError, ReplicatorError, SourceError
 from replicator.job import Job
 from replicator.relay import RelayError
+from replicator.retry import is_transient
 
 T = TypeVar("T")
 
@@ -30,7 +33,12 @@ SNAPSHOT_SESSION = {"statement_timeout": "0", "idle_in_transaction_session_timeo
 
 
 class SnapshotLost(SourceError):
-    """A worker could not join the snapshot: the connection that exported it is gone."""
+    """A worker could not join the snapshot: the connection that exported it is gone.
+
+    Joining it again cannot succeed; a new pass (delta-snapshot) takes a new snapshot."""
+
+    transient = False
+    recoverable = True
 
 
 def snapshot_id(name: str) -> str:
@@ -53,14 +61,15 @@ def begin_in_snapshot(conn: psycopg.Connection[Any], snapshot_name: str | None) 
 
 
 class Session:
-    """One worker's pair of connections; reconnects (and rejoins the snapshot) after a failure."""
+    """One worker's source connection and destination session; reconnects (and rejoins the
+    snapshot) after a failure. ``settings`` apply to both (e.g. identical text forms)."""
 
     def __init__(self, job: Job, snapshot_name: str, settings: Mapping[str, str], app: str):
         self.job, self.snapshot_name, self.settings, self.app = job, snapshot_name, settings, app
         self.src: psycopg.Connection[Any] | None = None
-        self.dst: psycopg.Connection[Any] | None = None
+        self.dst: DestinationSession | None = None
 
-    def connections(self) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
+    def connections(self) -> tuple[psycopg.Connection[Any], DestinationSession]:
         if self.src is None or self.src.closed:
             self.src = connect(self.job.source.value, "source", self.app, autocommit=True)
             session_settings(self.src, {**SNAPSHOT_SESSION, **self.settings})
@@ -71,28 +80,30 @@ class Session:
                     f"cannot join the snapshot {self.snapshot_name}: {e}; the coordinating connection was "
                     f"probably lost; run again to resume"
                 ) from None
-        if self.dst is None or self.dst.closed:
-            self.dst = connect(self.job.destination.value, "destination", self.app, autocommit=True)
-            session_settings(self.dst, self.settings)
-            # Safe: rows and their checkpoint commit together, so a destination crash loses both or neither.
-            self.dst.execute("SET synchronous_commit = off")
+        if self.dst is None or not self.dst.usable:
+            if self.dst is not None:
+                self.dst.close()
+            destination = open_destination(self.job.destination.value)
+            self.dst = destination.open_session(self.app, role="writer", settings=self.settings)
         return self.src, self.dst
 
     def cancel(self) -> None:
-        for conn in (self.src, self.dst):
-            if conn is not None and not conn.closed:
-                try:
-                    conn.cancel()
-                except psycopg.Error:
-                    pass
+        if self.src is not None and not self.src.closed:
+            try:
+                self.src.cancel()
+            except psycopg.Error:
+                pass
+        if self.dst is not None:
+            self.dst.cancel()
 
     def close(self) -> None:
-        for conn in (self.src, self.dst):
-            if conn is not None:
-                try:
-                    conn.close()
-                except psycopg.Error:
-                    pass
+        if self.src is not None:
+            try:
+                self.src.close()
+            except psycopg.Error:
+                pass
+        if self.dst is not None:
+            self.dst.close()
         self.src = self.dst = None
 
 
@@ -172,22 +183,28 @@ class _Worker(threading.Thread, Generic[T]):
             self.session.close()
 
     def _with_retries(self, item: T) -> None:
+        """``handle`` the item; a transient failure retries it on new connections (rejoining the
+        snapshot). When retrying cannot help, the server's words, and which side said them."""
         what = self.describe(item)
-        for attempt in retrying(self.job.source.value, what):
-            with attempt:
-                try:
+
+        def reconnect_next_time(e: BaseException) -> None:
+            self.session.close()
+
+        try:
+            for attempt in retrying_for(self.job.source.value, what, before_retry=reconnect_next_time):
+                with attempt:
                     self.handle(self.session, item)
-                except RelayError as e:
-                    self.session.close()  # reconnect (and rejoin the snapshot) on the next attempt
-                    if is_transient(e.error):
-                        raise e.error from None
-                    kind = SourceError if e.side == "source" else DestinationError
-                    raise kind(f"{what} failed at the {e.side}: {reason(e.error)}") from None
-                except psycopg.Error as e:
-                    self.session.close()
-                    if is_transient(e):
-                        raise
-                    raise ReplicatorError(f"{what} failed: {reason(e)}") from None
+        except RelayError as e:
+            self.session.close()
+            if is_transient(e):
+                raise e.error from None  # retries spent: the server's error, for the caller's rule
+            kind = SourceError if e.side == "source" else DestinationError
+            raise kind(f"{what} failed at the {e.side}: {reason(e.error)}") from None
+        except psycopg.Error as e:
+            self.session.close()
+            if is_transient(e):
+                raise
+            raise ReplicatorError(f"{what} failed: {reason(e)}") from None
 
 
 def reason(e: BaseException) -> str:

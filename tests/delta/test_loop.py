@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from replicator import state
 from tests.conftest import Database
 from tests.delta.conftest import DeltaSetup
 from tests.support import run_cli, spawn_cli
@@ -138,8 +137,8 @@ def test_a_signal_during_the_first_snapshot_stops_after_the_chunks_in_flight(del
         "INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g; ANALYZE t"
     )
     delta.extractor = "delta-snapshot:\n  threads: 1\n  min-job-size-rows: 500\n"
+    delta.dest.session().close()  # the state schema, which the gate lives in
     with delta.dest.connect() as conn:
-        state.ensure_schema(conn)
         conn.execute(CHUNK_GATE)
     holder = delta.dest.connect()
     holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from replicator import state
 from tests.conftest import Database
 from tests.delta.conftest import DeltaSetup
 from tests.support import checksum, spawn_cli
@@ -73,8 +72,8 @@ def setup(delta: DeltaSetup) -> DeltaSetup:
 
 def _kill_at_gate(setup: DeltaSetup, gate: str) -> None:
     """Run one pass in a child, wait until it blocks at ``gate``, SIGKILL it, remove the gate."""
+    setup.dest.session().close()  # the state schema, which the gates live in
     with setup.dest.connect() as conn:
-        state.ensure_schema(conn)
         conn.execute(UNGATE)
         conn.execute(WAIT)
         conn.execute(gate)

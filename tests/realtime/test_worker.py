@@ -10,12 +10,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from replicator import state
+from replicator.catalog import Catalog
 from replicator.decoding.changes import Change, Column, Op, Relation, ReplicaIdentity
-from replicator.destinations.postgres import describe_table
+from replicator.decoding.fold import Folded, Folder
+from replicator.destinations.base import Target
+from replicator.destinations.postgres import PostgresSession
 from replicator.lsn import Lsn
-from replicator.realtime.apply import Target, Writer
-from replicator.realtime.fold import Folded, Folder
 from replicator.realtime.worker import ApplyWorker
 from tests.conftest import Database
 
@@ -34,17 +34,17 @@ def folded(*rows: tuple[str, str]) -> Folded:
 
 
 @pytest.fixture
-def dest(dest_db: Database) -> Iterator[psycopg.Connection[Any]]:
+def dest(dest_db: Database) -> Iterator[PostgresSession]:
     dest_db.execute("CREATE TABLE t (id bigint PRIMARY KEY, v text CHECK (v <> 'bad'))")
-    with dest_db.connect() as conn:
-        state.ensure_schema(conn)
-        yield conn
+    with dest_db.session() as session:
+        yield session
 
 
-def worker(conn: psycopg.Connection[Any]) -> ApplyWorker:
-    table = describe_table(conn, "public", "t")
+def worker(session: PostgresSession) -> ApplyWorker:
+    table = session.describe(("public", "t"))
     assert table is not None
-    writer = Writer(conn, "job", "slot", {("public", "t"): Target(table, ("id",))}, lambda oid, typmod: "text")
+    writer = session.applier("job", "slot", {("public", "t"): Target(table, ("id",))},
+                             lambda oid, typmod: ("text", Catalog()))
     return ApplyWorker(writer, name="test-apply").start()
 
 
@@ -56,7 +56,7 @@ def checkpoint(db: Database) -> Any:
     return db.fetchone("SELECT lsn::text FROM _replicator.slot_checkpoints WHERE job = 'job'")
 
 
-def test_applies_and_commits_in_order(dest: psycopg.Connection[Any], dest_db: Database) -> None:
+def test_applies_and_commits_in_order(dest: PostgresSession, dest_db: Database) -> None:
     w = worker(dest)
     w.apply(folded(("1", "a"), ("2", "b")))
     w.apply(folded(("3", "c")))  # a large source transaction: two units, one commit
@@ -67,10 +67,10 @@ def test_applies_and_commits_in_order(dest: psycopg.Connection[Any], dest_db: Da
     assert rows(dest_db) == [(1, "a"), (2, "b"), (3, "c")]
     assert w.progress.committed == Lsn(200) and checkpoint(dest_db) == "0/C8"
     assert w.progress.drained == Lsn(250) and w.progress.commits == 1
-    assert dest.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert dest.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
-def test_an_apply_error_reaches_the_reader_and_nothing_of_it_stays(dest: psycopg.Connection[Any], dest_db: Database) -> None:
+def test_an_apply_error_reaches_the_reader_and_nothing_of_it_stays(dest: PostgresSession, dest_db: Database) -> None:
     w = worker(dest)
     w.apply(folded(("1", "a")))
     w.commit(Lsn(100))
@@ -83,12 +83,12 @@ def test_an_apply_error_reaches_the_reader_and_nothing_of_it_stays(dest: psycopg
     w.abort()
     assert rows(dest_db) == [(1, "a")] and w.progress.committed == Lsn(100)
     assert w.progress.drained is None
-    assert dest.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert dest.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
-def test_abort_rolls_back_the_open_transaction(dest: psycopg.Connection[Any], dest_db: Database) -> None:
+def test_abort_rolls_back_the_open_transaction(dest: PostgresSession, dest_db: Database) -> None:
     w = worker(dest)
     w.apply(folded(("1", "a")))
     w.abort()
     assert rows(dest_db) == [] and w.progress.committed is None
-    assert dest.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert dest.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from replicator import state
 from tests.conftest import Database
 from tests.support import checksum, run_cli, spawn_cli, write
 
@@ -66,8 +65,8 @@ def _args(tmp_path: Path, source_db: Database, dest_db: Database) -> list[str]:
 
 def _kill_at_gate(dest_db: Database, args: list[str], after_chunk: int, at_key: bool = False) -> None:
     """Run the snapshot in a child, wait until a worker blocks at the gate, SIGKILL it."""
+    dest_db.session().close()  # the state schema, which the gate lives in
     with dest_db.connect() as setup:
-        state.ensure_schema(setup)
         setup.execute(DROP_GATE)
         setup.execute(GATE.replace("%(after)s", str(after_chunk)).replace("%(at_key)s", str(at_key).lower()))
     holder = dest_db.connect()
@@ -92,6 +91,7 @@ def _kill_at_gate(dest_db: Database, args: list[str], after_chunk: int, at_key: 
         if child.poll() is None:
             child.kill()
         holder.close()
+    dest_db.session().close()  # the state schema, which the gate lives in
     with dest_db.connect() as setup:
         setup.execute(DROP_GATE)
 

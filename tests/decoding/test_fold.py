@@ -9,7 +9,7 @@ import pytest
 from replicator.decoding.changes import UNCHANGED_TOAST, Change, Column, Op, Relation, ReplicaIdentity
 from replicator.errors import DestinationError
 from replicator.lsn import Lsn
-from replicator.realtime import fold
+from replicator.decoding import fold
 
 REL = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (
     Column("id", 20, -1, True), Column("v", 25, -1, False), Column("big", 25, -1, False),

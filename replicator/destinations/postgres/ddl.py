@@ -1,43 +1,29 @@
-"""PostgreSQL destination: schemas, types, tables and keys, and the statements that load rows."""
+"""PostgreSQL destination DDL: schemas, user types, tables, keys, columns the source gained.
+
+(Later: indexes, constraints, sequences.) Errors become ``DestinationError`` naming the object.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from replicator.catalog import Catalog, Column
+from replicator.destinations.base import DestColumn, DestTable, TableName
+from replicator.destinations.postgres.types import column_sql, create_type_sql, types_in_order
 from replicator.errors import DestinationError
 from replicator.filters import SelectedTable
-from replicator.typemap import column_sql, create_type_sql, types_in_order
 
 log = logging.getLogger(__name__)
 
 KEY_BUILD_MEMORY = "512MB"
-# With `deletes: soft`, a row deleted at the source stays, with this set to true.
-SOFT_DELETE_COLUMN = "__replicator_is_deleted"
 
 
-@dataclass(frozen=True)
-class DestColumn:
-    name: str
-    type_sql: str
-    generated: bool
-    not_null: bool = False
-
-
-@dataclass(frozen=True)
-class DestTable:
-    schema: str
-    name: str
-    columns: dict[str, DestColumn]
-
-    @property
-    def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
+def ident(table: DestTable) -> sql.Identifier:
+    return sql.Identifier(table.schema, table.name)
 
 
 def describe_table(conn: psycopg.Connection[Any], schema: str, name: str) -> DestTable | None:
@@ -115,7 +101,7 @@ def create_table(conn: psycopg.Connection[Any], catalog: Catalog, st: SelectedTa
 
     def ddl(generated: bool) -> sql.Composed:
         cols = sql.SQL(", ").join(column_sql(c, as_generated=generated) for c in st.columns)
-        return sql.SQL("CREATE TABLE {} ({})").format(st.table.ident, cols)
+        return sql.SQL("CREATE TABLE {} ({})").format(ident_of(st), cols)
 
     if any(c.is_generated for c in st.columns):
         try:
@@ -135,18 +121,46 @@ def create_table(conn: psycopg.Connection[Any], catalog: Catalog, st: SelectedTa
         raise DestinationError(f"cannot create table {st.display} in the destination: {_reason(e)}") from None
 
 
-def ensure_soft_delete_column(conn: psycopg.Connection[Any], table: DestTable) -> None:
-    """``deletes: soft``: rows deleted at the source stay, flagged (adding a defaulted column is instant)."""
-    if SOFT_DELETE_COLUMN not in table.columns:
+def has_rows(conn: psycopg.Connection[Any], table: DestTable) -> bool:
+    row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(ident(table))).fetchone()
+    return bool(row and row[0])
+
+
+def truncate(conn: psycopg.Connection[Any], table: DestTable) -> None:
+    conn.execute(sql.SQL("TRUNCATE {}").format(ident(table)))
+
+
+def has_unique_key(conn: psycopg.Connection[Any], table: TableName, columns: tuple[str, ...]) -> bool:
+    """Whether a unique index (no predicate, no expression) covers exactly ``columns``."""
+    found = conn.execute(
+        """SELECT EXISTS (
+               SELECT 1 FROM pg_index i
+               WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indpred IS NULL
+                 AND i.indexprs IS NULL
+                 AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                      FROM pg_attribute a
+                      WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = %s)""",
+        (sql.Identifier(*table).as_string(conn), sorted(columns)),
+    ).fetchone()
+    return bool(found and found[0])
+
+
+def add_columns(conn: psycopg.Connection[Any], table: DestTable, columns: list[tuple[str, str]]) -> None:
+    """Columns the source gained: (name, type as SQL)."""
+    for name, type_sql in columns:
         conn.execute(
-            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} boolean NOT NULL DEFAULT false").format(
-                table.ident, sql.Identifier(SOFT_DELETE_COLUMN)
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                ident(table), sql.Identifier(name), sql.SQL(type_sql)
             )
         )
 
 
-def truncate(conn: psycopg.Connection[Any], table: DestTable) -> None:
-    conn.execute(sql.SQL("TRUNCATE {}").format(table.ident))
+def drop_not_null(conn: psycopg.Connection[Any], table: DestTable, columns: list[str]) -> None:
+    """Columns the source lost take NULLs from now on."""
+    for name in columns:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(ident(table), sql.Identifier(name))
+        )
 
 
 def build_key(conn: psycopg.Connection[Any], st: SelectedTable) -> None:
@@ -159,11 +173,11 @@ def build_key(conn: psycopg.Connection[Any], st: SelectedTable) -> None:
     try:
         with conn.transaction():
             if st.key_from == "primary-key" or not nullable:
-                conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(st.table.ident, cols))
+                conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(ident_of(st), cols))
             else:
                 conn.execute(
                     sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) NULLS NOT DISTINCT").format(
-                        sql.Identifier(f"{st.table.name}_replicator_key"[:63]), st.table.ident, cols
+                        sql.Identifier(f"{st.table.name}_replicator_key"[:63]), ident_of(st), cols
                     )
                 )
     except psycopg.Error as e:
@@ -181,99 +195,9 @@ def copy_columns(st: SelectedTable, dest: DestTable) -> tuple[str, ...]:
     return tuple(c.name for c in st.columns if not dest.columns[c.name].generated)
 
 
-def copy_in_sql(table: DestTable | sql.Identifier, columns: tuple[str, ...], binary: bool) -> bytes:
-    ident = table.ident if isinstance(table, DestTable) else table
-    fmt = sql.SQL("(FORMAT binary)" if binary else "(FORMAT text)")
-    return _bytes(
-        sql.SQL("COPY {} ({}) FROM STDIN {}").format(
-            ident, sql.SQL(", ").join(sql.Identifier(c) for c in columns), fmt
-        )
-    )
-
-
-def create_stage(conn: psycopg.Connection[Any], table: DestTable, columns: tuple[str, ...]) -> sql.Identifier:
-    """A temporary table (dropped at commit) shaped like ``columns`` of ``table``."""
-    stage = sql.Identifier("_replicator_stage")
-    conn.execute(
-        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-            stage, sql.SQL(", ").join(sql.Identifier(c) for c in columns), table.ident
-        )
-    )
-    return stage
-
-
-def merge_stage(
-    conn: psycopg.Connection[Any],
-    table: DestTable,
-    stage: sql.Identifier,
-    columns: tuple[str, ...],
-    key: tuple[str, ...],
-    undelete: bool = False,
-) -> None:
-    """Upsert the staged rows by key: a row already present takes the staged values.
-
-    ``undelete``: also clear the soft-delete mark (a key deleted at the source came back).
-    """
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns if c not in key]
-    if undelete:
-        sets.append(sql.SQL("{} = false").format(sql.Identifier(SOFT_DELETE_COLUMN)))
-    action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sets)) if sets else sql.SQL("DO NOTHING")
-    conn.execute(
-        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
-            table.ident, cols, cols, stage, sql.SQL(", ").join(sql.Identifier(k) for k in key), action
-        )
-    )
-
-
-def create_key_arrays(conn: psycopg.Connection[Any], table: DestTable, key: tuple[str, ...]) -> sql.Identifier:
-    """A temporary table (dropped at commit) with one array column per key column of ``table``."""
-    packed = sql.Identifier("_replicator_key_arrays")
-    cols = sql.SQL(", ").join(
-        sql.SQL("{} {}[]").format(sql.Identifier(k), sql.SQL(table.columns[k].type_sql)) for k in key
-    )
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(packed, cols))
-    for k in key:
-        # Stored once and read once: compressing a megabyte of keys would cost more than all the rest.
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET STORAGE EXTERNAL").format(packed, sql.Identifier(k))
-        )
-    return packed
-
-
-def delete_absent(
-    conn: psycopg.Connection[Any],
-    table: DestTable,
-    packed: sql.Identifier,
-    key: tuple[str, ...],
-    in_range: sql.Composable,
-    soft: bool,
-) -> int:
-    """Delete (or soft-delete) the rows of ``table`` in ``in_range`` whose key is not in ``packed``.
-
-    ``packed`` holds the keys as one row of arrays (``create_key_arrays``); ``in_range`` refers
-    to the destination table as ``d``. Returns the number of rows removed. Call in a transaction.
-    """
-    # The planner cannot see how many keys the arrays hold (it guesses 10), and then sorts
-    # them for a merge join; hashing them is what works at every size.
-    conn.execute("SET LOCAL enable_mergejoin = off")
-    conn.execute("SET LOCAL enable_nestloop = off")
-    idents = [sql.Identifier(k) for k in key]
-    keys = sql.SQL("SELECT {} FROM {} p").format(
-        sql.SQL(", ").join(sql.SQL("unnest(p.{0}) AS {0}").format(i) for i in idents), packed
-    )
-    match = sql.SQL(" AND ").join(sql.SQL("s.{0} = d.{0}").format(i) for i in idents)
-    absent = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM ({}) s WHERE {})").format(in_range, keys, match)
-    if soft:
-        flag = sql.Identifier(SOFT_DELETE_COLUMN)
-        query = sql.SQL("UPDATE {} d SET {} = true WHERE NOT d.{} AND {}").format(table.ident, flag, flag, absent)
-    else:
-        query = sql.SQL("DELETE FROM {} d WHERE {}").format(table.ident, absent)
-    return conn.execute(query).rowcount
-
-
-def _bytes(q: sql.Composable) -> bytes:
-    return q.as_string(None).encode()
+def ident_of(st: SelectedTable) -> sql.Identifier:
+    """The destination table of a selected source table: the same names."""
+    return sql.Identifier(st.table.schema, st.table.name)
 
 
 def _reason(e: psycopg.Error) -> str:

@@ -15,7 +15,9 @@ likely has no row there, so it is inserted first and updated only if it was ther
 
 ``Folder`` does this for every table of a stream, between destination commits, and hands out
 ``Folded`` units (what one flush applies); it never touches the destination, so it can run on
-the thread that reads the stream while another one writes (``worker.py``).
+the thread that reads the stream while another one writes (``realtime/worker.py``). A
+destination's ``Applier`` applies the units; ``Prepared`` is what it may work out beforehand,
+on the reading thread.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class TableBatch:
     ops: dict[Key, Operation] = field(default_factory=dict)
     in_order: list[Change] = field(default_factory=list)  # tables without a key: no folding possible
     changes: int = 0
-    prepared: Any = field(default=None, repr=False, compare=False)  # staging.Prepared, once prepared
+    prepared: Prepared | None = field(default=None, repr=False, compare=False)  # by the destination
 
     def __post_init__(self) -> None:
         # Built once: this runs for every change.
@@ -137,6 +139,28 @@ class TableBatch:
         self.truncated = True
         self.ops.clear()
         self.in_order.clear()
+
+
+@dataclass
+class Prepared:
+    """A table batch's operations, by the statement that applies them (``split``), and the rows
+    already formatted the way the destination loads them, where it did that on the reading thread."""
+
+    deletes: list[Key]
+    fresh: list[Upsert]  # whole rows whose key had no row before the batch
+    existing: list[Upsert]  # whole rows whose key had one
+    partial: list[Upsert]  # rows with unchanged TOAST values, updated in place
+    moves: list[tuple[Key, Upsert]]  # key changes that read unchanged TOAST values from the old row
+    fresh_text: str | None = None  # ``fresh`` formatted for loading, every column of the stream
+    existing_text: str | None = None  # likewise for ``existing``
+    deleted_keys: str | None = None  # the deleted keys formatted as one value, for a one-column key
+
+    @classmethod
+    def sort(cls, batch: TableBatch) -> Prepared:
+        deletes, full, partial, moves = split(batch.ops)
+        fresh = [op for op in full if op.fresh]
+        existing = [op for op in full if not op.fresh] if len(fresh) < len(full) else []
+        return cls(deletes, fresh, existing, partial, moves)
 
 
 TableKey = tuple[str, str]  # (schema, table) of a destination table

@@ -1,43 +1,26 @@
-"""What a folded batch becomes on its way to the destination: operations sorted by the statement
-that applies them, rows in COPY's text format, deleted keys as an array literal.
+"""What a folded batch becomes on its way to a PostgreSQL destination: operations sorted by the
+statement that applies them, rows in COPY's text format, deleted keys as an array literal.
 
-Pure Python, no database: the pipeline calls ``prepare_all()`` on its reading thread, so the
-thread that owns the destination connection spends its time in statements (see worker.py).
-Texts hold every column of the stream; the writer uses them when the destination stores every
-one of those columns (the usual case) and otherwise works out its own.
+Pure Python, no database: the pipeline has the applier ``prepare()`` each unit on its reading
+thread, so the thread that owns the destination connection spends its time in statements (see
+realtime/worker.py). Texts hold every column of the stream; the writer uses them when the
+destination stores every one of those columns (the usual case) and otherwise works out its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from replicator.realtime.fold import Folded, Key, TableBatch, Upsert, split
+from replicator.decoding.fold import Folded, Prepared, TableBatch
 
 # COPY text format: backslash, and the characters that would end a field or a row.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-@dataclass
-class Prepared:
-    """A table batch's operations, by the statement that applies them."""
-
-    deletes: list[Key]
-    fresh: list[Upsert]  # whole rows whose key had no row before the batch
-    existing: list[Upsert]  # whole rows whose key had one
-    partial: list[Upsert]  # rows with unchanged TOAST values, updated in place
-    moves: list[tuple[Key, Upsert]]  # key changes that read unchanged TOAST values from the old row
-    fresh_text: str | None = None  # COPY text of ``fresh``, every column of the stream
-    existing_text: str | None = None  # likewise for ``existing``
-    deleted_keys: str | None = None  # array literal of the deleted keys, for a one-column key
-
-
 def prepare(batch: TableBatch, texts: bool = True) -> Prepared:
     """Sort the batch's operations (and, with ``texts``, format them); remembered on the batch."""
-    deletes, full, partial, moves = split(batch.ops)
-    fresh = [op for op in full if op.fresh]
-    existing = [op for op in full if not op.fresh] if len(fresh) < len(full) else []
-    prepared = Prepared(deletes, fresh, existing, partial, moves)
+    prepared = Prepared.sort(batch)
+    deletes, fresh, existing = prepared.deletes, prepared.fresh, prepared.existing
     if texts:
         width = len(batch.relation.columns)
         if fresh:

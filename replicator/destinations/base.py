@@ -1,0 +1,358 @@
+"""The face of a destination: what the modes call, and the values they exchange with it.
+
+A mode opens a ``DestinationSession`` from a ``Destination`` (``open_destination(config)``)
+and works through it: tables (describe, create, empty, key), loads (a COPY stream relayed from
+the source, appended or merged by key), key-range digests and deletes of absent keys (delta
+passes), an ``Applier`` for folded realtime batches, and the ``StateStore`` where progress is
+checkpointed. Everything a session does inside ``with session.transaction():`` commits
+together, which is how a checkpoint commits atomically with the rows it covers.
+
+PostgreSQL (``destinations/postgres``) is the one implementation today. A second one would
+satisfy these protocols; nothing in the modes names the PostgreSQL one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from replicator.catalog import Catalog, Column
+from replicator.decoding.fold import Folded
+from replicator.filters import SelectedTable
+from replicator.keyorder import Bound, Digest, KeyOrder
+from replicator.lsn import Lsn
+from replicator.relay import CopySink, RelayResult
+
+TableName = tuple[str, str]
+"""(schema, table) of a destination table: the source table's own names."""
+
+SessionRole = Literal["control", "writer"]
+"""``control``: DDL, state, the job lock. ``writer``: loads and applies rows whose checkpoint
+commits with them, so its commits need not wait for the disk (see postgres/session.py)."""
+
+
+@dataclass(frozen=True)
+class DestColumn:
+    name: str
+    type_sql: str  # as the destination's catalog spells it
+    generated: bool
+    not_null: bool = False
+
+
+@dataclass(frozen=True)
+class DestTable:
+    """A table as the destination holds it."""
+
+    schema: str
+    name: str
+    columns: dict[str, DestColumn]
+
+    @property
+    def key(self) -> TableName:
+        return (self.schema, self.name)
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class Target:
+    """A destination table that receives realtime changes, and how its rows are found."""
+
+    table: DestTable
+    key: tuple[str, ...]  # destination key columns ((): no key, changes applied one by one)
+    key_nullable: bool = False
+
+
+NewColumnType = Callable[[int, int], tuple[str, Catalog]]
+"""(type oid, typmod) of a column the source gained -> (its type as SQL, a catalog holding the
+user types it needs), looked up at the source; realtime adds such columns as their first
+change arrives."""
+
+Fill = Callable[[CopySink], RelayResult]
+"""Feeds a sink, typically ``lambda sink: relay_copy(src, copy_out, sink)``."""
+
+
+# -- replication state ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    chunk_no: int
+    source_schema: str
+    source_table: str
+    kind: str  # 'all' | 'ctid' | 'key'
+    lower: str | None
+    upper: str | None
+
+
+@dataclass(frozen=True)
+class ChunkState:
+    plan: ChunkPlan
+    run_id: str | None
+    rows: int | None
+    done: bool
+
+
+@dataclass(frozen=True)
+class TableState:
+    """A table's snapshot progress."""
+
+    schema: str
+    name: str
+    status: str
+    created_by_us: bool
+    key_columns: tuple[str, ...]
+    key_built: bool
+    chunks: tuple[ChunkState, ...]
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    @property
+    def pending(self) -> list[ChunkPlan]:
+        return [c.plan for c in self.chunks if not c.done]
+
+    def done_in_other_runs(self, run_id: str) -> bool:
+        return any(c.done and c.run_id != run_id for c in self.chunks)
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Where the next delta pass of a table starts reading; ``value`` is kind-specific (JSON)."""
+
+    kind: str  # 'xmin' | 'update-key'
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SnapshotProgress:
+    """One table's snapshot progress, for ``replicator status``."""
+
+    job: str
+    table: str
+    status: str
+    rows: int
+    chunks_done: int
+    chunks: int
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SlotProgress:
+    """One slot's checkpoint, for ``replicator status``."""
+
+    job: str
+    slot: str
+    lsn: Lsn
+    age: timedelta
+
+
+@dataclass(frozen=True)
+class WatermarkProgress:
+    """One table's delta watermark, for ``replicator status``."""
+
+    job: str
+    table: str
+    mark: Watermark
+    age: timedelta
+
+
+class StateStore(Protocol):
+    """Replication state kept in the destination, written in the session's transaction.
+
+    Every checkpoint is written in the same destination transaction as the rows it covers, so
+    a crash at any instant leaves state and data agreeing: what is marked done is there, once.
+    """
+
+    def ensure(self) -> None:
+        """Create (or upgrade) the state's schema; idempotent, safe against concurrent runs."""
+        ...
+
+    def present(self) -> bool:
+        """Whether this destination holds replication state at all (reading only)."""
+        ...
+
+    def lock_job(self, job: str, mode: str) -> None:
+        """Hold a session lock for ``job`` so two runs never write the same state at once."""
+        ...
+
+    # snapshot
+    def load_snapshot(self, job: str, only: TableName | None = None) -> dict[TableName, TableState]: ...
+
+    def record_table_plan(
+        self, job: str, table: TableName, created_by_us: bool, key_columns: Iterable[str], chunks: list[ChunkPlan]
+    ) -> None:
+        """Call in the transaction that created or emptied the table."""
+        ...
+
+    def mark_chunk_done(self, job: str, table: TableName, chunk_no: int, run_id: str, rows: int) -> None:
+        """Call in the transaction that loaded the chunk's rows."""
+        ...
+
+    def mark_key_built(self, job: str, table: TableName) -> None: ...
+
+    def mark_table_done(self, job: str, table: TableName) -> None: ...
+
+    def forget_snapshot(self, job: str, tables: Iterable[TableName]) -> None: ...
+
+    # realtime
+    def slot_checkpoint(self, job: str, slot: str) -> Lsn | None: ...
+
+    def save_slot_checkpoint(self, job: str, slot: str, lsn: Lsn) -> None:
+        """Call in the transaction that applied the changes up to ``lsn``."""
+        ...
+
+    # delta-snapshot
+    def load_watermarks(self, job: str) -> dict[TableName, Watermark]: ...
+
+    def save_watermark(self, job: str, table: TableName, mark: Watermark) -> None:
+        """Call in the transaction that applied the rows the watermark covers."""
+        ...
+
+    def forget_watermarks(self, job: str, tables: Iterable[TableName]) -> None: ...
+
+    # replicator status
+    def snapshot_progress(self) -> list[SnapshotProgress]: ...
+
+    def slot_progress(self) -> list[SlotProgress]: ...
+
+    def watermark_progress(self) -> list[WatermarkProgress]: ...
+
+
+class Applier(Protocol):
+    """Applies folded realtime batches inside one open destination transaction at a time, and
+    commits them with the slot's checkpoint."""
+
+    applied_changes: int
+
+    def prepare(self, folded: Folded) -> Folded:
+        """Work that needs no database (formatting rows), done on the reading thread."""
+        ...
+
+    def apply(self, folded: Folded) -> None:
+        """Apply one unit inside the open destination transaction (opening it if needed)."""
+        ...
+
+    def commit(self, lsn: Lsn) -> None:
+        """Write the checkpoint ``lsn`` and commit: everything applied is now durable."""
+        ...
+
+    def rollback(self) -> None:
+        """Abandon the open destination transaction, if one is open."""
+        ...
+
+    def reset(self) -> None:
+        """After its session reopened: forget what was learnt on the old connection."""
+        ...
+
+
+class DestinationSession(Protocol):
+    """One connection's worth of destination work; not thread-safe."""
+
+    @property
+    def state(self) -> StateStore: ...
+
+    @property
+    def usable(self) -> bool:
+        """False once the connection is closed or broken (``reopen()`` makes a new one)."""
+        ...
+
+    def ping(self) -> bool:
+        """Whether the connection still answers (asks the server)."""
+        ...
+
+    def reopen(self) -> None:
+        """Replace a broken connection; what the old one held (stages, transaction) is gone."""
+        ...
+
+    def close(self) -> None: ...
+
+    def cancel(self) -> None:
+        """Cancel the statement in progress (from another thread)."""
+        ...
+
+    def __enter__(self) -> DestinationSession: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Everything inside commits together, or not at all."""
+        ...
+
+    # tables
+    def describe(self, table: TableName) -> DestTable | None: ...
+
+    def create_table(self, catalog: Catalog, st: SelectedTable) -> None:
+        """Like the source table: names, types (user types created first), NOT NULLs, generated
+        columns; no key yet (``build_key`` after the load)."""
+        ...
+
+    def ensure_types(self, catalog: Catalog, columns: tuple[Column, ...]) -> None: ...
+
+    def has_rows(self, table: DestTable) -> bool: ...
+
+    def empty(self, table: DestTable) -> None: ...
+
+    def build_key(self, st: SelectedTable) -> None: ...
+
+    def has_unique_key(self, table: TableName, columns: tuple[str, ...]) -> bool: ...
+
+    def ready_for_changes(self, table: DestTable) -> DestTable:
+        """Make a table ready to receive changes and deletes (``deletes: soft`` adds its flag)."""
+        ...
+
+    def copy_columns(self, st: SelectedTable, table: DestTable) -> tuple[str, ...]:
+        """The selected columns the destination receives (present there, not generated)."""
+        ...
+
+    # rows
+    def load(
+        self,
+        table: DestTable,
+        columns: tuple[str, ...],
+        binary: bool,
+        fill: Fill,
+        merge_key: tuple[str, ...] = (),
+        expect_new: bool = True,
+    ) -> RelayResult:
+        """A COPY stream of ``columns`` (binary or text format) into ``table``: appended, or with
+        ``merge_key`` merged by that key (a row already there takes the new values and, with
+        soft deletes, is live again). Call in a transaction."""
+        ...
+
+    def key_range_digest(self, table: DestTable, order: KeyOrder, lower: Bound | None, upper: Bound | None) -> Digest:
+        """Count and digest of the live keys in ``(lower, upper]``, as the source computes them."""
+        ...
+
+    def delete_absent(
+        self, table: DestTable, order: KeyOrder, lower: Bound | None, upper: Bound | None, binary: bool, fill: Fill
+    ) -> int:
+        """Delete (or soft-delete) the rows in ``(lower, upper]`` whose key is not in the stream
+        ``fill`` writes: one row of arrays, one array per key column. Returns the rows removed."""
+        ...
+
+    def applier(
+        self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
+    ) -> Applier: ...
+
+
+class Destination(Protocol):
+    """A configured destination; opening sessions is all it does (no connection of its own)."""
+
+    @property
+    def description(self) -> str:
+        """Where it is, for messages (no credentials)."""
+        ...
+
+    def open_session(
+        self, application_name: str, role: SessionRole = "control", settings: Mapping[str, str] | None = None
+    ) -> DestinationSession:
+        """A new session; ``settings`` are session settings a mode needs (e.g. text forms)."""
+        ...
+

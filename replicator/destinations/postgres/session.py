@@ -1,0 +1,184 @@
+"""The one place destination connections are opened and their session settings are set.
+
+Every destination session is an autocommit connection (transactions are explicit) with:
+
+- ``search_path`` left as the server has it: every statement we send names its schema;
+- the settings the caller asks for (e.g. identical text forms for digests, see ``keyorder``);
+- for ``writer`` sessions, ``synchronous_commit = off``: a writer's rows and their checkpoint
+  commit in one transaction, so a destination crash loses both or neither, and the next run
+  resumes from the checkpoint that survived. (The source is told only what is committed; see
+  issue 9 item 12 for making that "only what is durable".)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from replicator.catalog import Catalog, Column
+from replicator.config.connection import ConnectionConfig
+from replicator.connect import connect
+from replicator.destinations.base import DestTable, Fill, NewColumnType, SessionRole, TableName, Target
+from replicator.destinations.postgres import ddl, load
+from replicator.destinations.postgres.apply import Writer
+from replicator.destinations.postgres.deletes import DeletePolicy
+from replicator.destinations.postgres.stage import Stages
+from replicator.destinations.postgres.state import PgStateStore
+from replicator.errors import DestinationError
+from replicator.filters import SelectedTable
+from replicator.keyorder import Bound, Digest, KeyOrder
+from replicator.relay import RelayResult
+
+WRITER_SETTINGS = {"synchronous_commit": "off"}
+
+
+def open_connection(
+    cfg: ConnectionConfig,
+    application_name: str,
+    role: SessionRole = "control",
+    settings: Mapping[str, str] | None = None,
+) -> psycopg.Connection[Any]:
+    conn = connect(cfg, "destination", application_name, autocommit=True)
+    try:
+        apply_settings(conn, {**(settings or {}), **(WRITER_SETTINGS if role == "writer" else {})})
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def apply_settings(conn: psycopg.Connection[Any], settings: Mapping[str, str]) -> None:
+    for name, value in settings.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
+class PostgresSession:
+    """A ``DestinationSession`` on one PostgreSQL connection (autocommit; transactions explicit)."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        deletes: DeletePolicy,
+        reconnect: Callable[[], psycopg.Connection[Any]] | None = None,
+    ):
+        self.conn = conn
+        self.deletes = deletes
+        self.stages = Stages(conn)
+        self._reconnect = reconnect
+        self._state = PgStateStore(self)
+
+    @property
+    def state(self) -> PgStateStore:
+        return self._state
+
+    @property
+    def usable(self) -> bool:
+        return not (self.conn.closed or self.conn.broken)
+
+    def ping(self) -> bool:
+        try:
+            self.conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def reopen(self) -> None:
+        if self._reconnect is None:
+            raise DestinationError("this destination session cannot reconnect")
+        self.close()
+        self.conn = self._reconnect()
+        self.stages.reset(self.conn)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except psycopg.Error:
+            pass
+
+    def cancel(self) -> None:
+        if not self.conn.closed:
+            try:
+                self.conn.cancel()
+            except psycopg.Error:
+                pass
+
+    def __enter__(self) -> PostgresSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        try:
+            with self.conn.transaction():
+                yield
+        except BaseException:
+            self.stages.rolled_back()
+            raise
+        self.stages.committed()
+
+    # -- tables ----------------------------------------------------------------------------
+
+    def describe(self, table: TableName) -> DestTable | None:
+        return ddl.describe_table(self.conn, *table)
+
+    def create_table(self, catalog: Catalog, st: SelectedTable) -> None:
+        ddl.create_table(self.conn, catalog, st)
+
+    def ensure_types(self, catalog: Catalog, columns: tuple[Column, ...]) -> None:
+        ddl.ensure_types(self.conn, catalog, columns)
+
+    def has_rows(self, table: DestTable) -> bool:
+        return ddl.has_rows(self.conn, table)
+
+    def empty(self, table: DestTable) -> None:
+        ddl.truncate(self.conn, table)
+
+    def build_key(self, st: SelectedTable) -> None:
+        ddl.build_key(self.conn, st)
+
+    def has_unique_key(self, table: TableName, columns: tuple[str, ...]) -> bool:
+        return ddl.has_unique_key(self.conn, table, columns)
+
+    def ready_for_changes(self, table: DestTable) -> DestTable:
+        if not self.deletes.lacks_column(table):
+            return table
+        with self.conn.transaction():
+            self.deletes.add_column(self.conn, table)
+        found = self.describe(table.key)
+        assert found is not None
+        return found
+
+    def copy_columns(self, st: SelectedTable, table: DestTable) -> tuple[str, ...]:
+        return ddl.copy_columns(st, table)
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def load(
+        self,
+        table: DestTable,
+        columns: tuple[str, ...],
+        binary: bool,
+        fill: Fill,
+        merge_key: tuple[str, ...] = (),
+        expect_new: bool = True,
+    ) -> RelayResult:
+        return load.load(self.conn, self.stages, self.deletes, table, columns, binary, fill, merge_key, expect_new)
+
+    def key_range_digest(self, table: DestTable, order: KeyOrder, lower: Bound | None, upper: Bound | None) -> Digest:
+        return load.key_range_digest(self.conn, self.deletes, table, order, lower, upper)
+
+    def delete_absent(
+        self, table: DestTable, order: KeyOrder, lower: Bound | None, upper: Bound | None, binary: bool, fill: Fill
+    ) -> int:
+        with self.transaction():  # each range commits on its own: deleting is idempotent
+            return load.delete_absent(self.conn, self.deletes, table, order, lower, upper, binary, fill)
+
+    def applier(
+        self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
+    ) -> Writer:
+        return Writer(self, job, slot, dict(targets), column_type)

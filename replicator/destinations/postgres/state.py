@@ -1,0 +1,302 @@
+"""The state store: replication state held in the destination, schema ``_replicator``.
+
+This is the only code that reads or writes ``_replicator``. Every checkpoint is written on the
+session's connection, in the transaction that wrote the rows it covers, so a crash at any
+instant leaves state and data agreeing: what is marked done is there, once.
+
+Versions. ``_replicator.meta`` holds the schema's version; ``MIGRATIONS[n - 1]`` brings a
+version ``n - 1`` schema to version ``n``. ``ensure()`` applies the missing steps in order,
+under an advisory lock, so adding state (the schema-change log, the switchover mark) is one
+new step at the end of the list plus the methods that use it; a destination written by an
+older replicator is upgraded on its next run. Never edit a step that has shipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+
+from replicator.destinations.base import (
+    ChunkPlan,
+    ChunkState,
+    SlotProgress,
+    SnapshotProgress,
+    TableName,
+    TableState,
+    Watermark,
+    WatermarkProgress,
+)
+from replicator.errors import DestinationError, ReplicatorError
+from replicator.lsn import Lsn
+
+SCHEMA = "_replicator"
+
+MIGRATIONS: list[list[str]] = [
+    # 1: snapshot progress, slot checkpoints, delta watermarks.
+    [
+        """CREATE TABLE IF NOT EXISTS _replicator.snapshot_tables (
+            job text NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            status text NOT NULL DEFAULT 'loading' CHECK (status IN ('loading', 'done')),
+            created_by_us boolean NOT NULL,
+            key_columns text[] NOT NULL DEFAULT '{}',
+            key_built boolean NOT NULL DEFAULT false,
+            chunk_count integer NOT NULL,
+            rows_copied bigint NOT NULL DEFAULT 0,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            finished_at timestamptz,
+            PRIMARY KEY (job, schema_name, table_name))""",
+        """CREATE TABLE IF NOT EXISTS _replicator.snapshot_chunks (
+            job text NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            chunk_no integer NOT NULL,
+            source_schema text NOT NULL,
+            source_table text NOT NULL,
+            kind text NOT NULL CHECK (kind IN ('all', 'ctid', 'key')),
+            lower_bound text,
+            upper_bound text,
+            run_id text,
+            rows bigint,
+            done_at timestamptz,
+            PRIMARY KEY (job, schema_name, table_name, chunk_no))""",
+        """CREATE TABLE IF NOT EXISTS _replicator.slot_checkpoints (
+            job text NOT NULL,
+            slot_name text NOT NULL,
+            lsn pg_lsn NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (job, slot_name))""",
+        """CREATE TABLE IF NOT EXISTS _replicator.delta_watermarks (
+            job text NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            kind text NOT NULL,
+            watermark text,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (job, schema_name, table_name))""",
+    ],
+]
+VERSION = len(MIGRATIONS)
+
+
+class HasConnection(Protocol):
+    @property
+    def conn(self) -> psycopg.Connection[Any]: ...
+
+
+class PgStateStore:
+    """The ``StateStore`` of a PostgreSQL destination, on its session's connection."""
+
+    def __init__(self, session: HasConnection):
+        self._session = session
+
+    @property
+    def _conn(self) -> psycopg.Connection[Any]:
+        return self._session.conn
+
+    def ensure(self) -> None:
+        conn = self._conn
+        with conn.transaction():
+            # Two runs starting at once would race on CREATE ... IF NOT EXISTS in the catalogs.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('_replicator.schema'))")
+            conn.execute("CREATE SCHEMA IF NOT EXISTS _replicator")
+            conn.execute("CREATE TABLE IF NOT EXISTS _replicator.meta (key text PRIMARY KEY, value text NOT NULL)")
+            row = conn.execute("SELECT value FROM _replicator.meta WHERE key = 'version'").fetchone()
+            have = int(row[0]) if row else 0
+            if have > VERSION:
+                raise DestinationError(
+                    f"the destination's replication state (schema {SCHEMA}) is version {have}, newer than "
+                    f"this replicator knows ({VERSION}): upgrade replicator"
+                )
+            if have == VERSION:
+                return
+            for version in range(have + 1, VERSION + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+            conn.execute(
+                """INSERT INTO _replicator.meta VALUES ('version', %s)
+                   ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value""",
+                (str(VERSION),),
+            )
+
+    def present(self) -> bool:
+        return self._conn.execute("SELECT to_regclass('_replicator.meta')").fetchone() != (None,)
+
+    def lock_job(self, job: str, mode: str) -> None:
+        got = self._conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext('_replicator.job'), hashtext(%s))", (job,)
+        ).fetchone()
+        if not got or not got[0]:
+            raise ReplicatorError(
+                f"another replicator run for source {job} is active against this destination; "
+                f"stop it before starting {mode}"
+            )
+
+    # -- snapshot ----------------------------------------------------------------------------
+
+    def load_snapshot(self, job: str, only: TableName | None = None) -> dict[TableName, TableState]:
+        where = sql.SQL("job = %s") + (
+            sql.SQL(" AND schema_name = %s AND table_name = %s") if only else sql.SQL("")
+        )
+        params = (job, *only) if only else (job,)
+        tables = self._conn.execute(
+            sql.SQL(
+                """SELECT schema_name, table_name, status, created_by_us, key_columns, key_built
+                   FROM _replicator.snapshot_tables WHERE {}"""
+            ).format(where),
+            params,
+        ).fetchall()
+        chunks: dict[TableName, list[ChunkState]] = {}
+        for row in self._conn.execute(
+            sql.SQL(
+                """SELECT schema_name, table_name, chunk_no, source_schema, source_table, kind,
+                          lower_bound, upper_bound, run_id, rows, done_at IS NOT NULL
+                   FROM _replicator.snapshot_chunks WHERE {} ORDER BY chunk_no"""
+            ).format(where),
+            params,
+        ).fetchall():
+            plan = ChunkPlan(row[2], row[3], row[4], row[5], row[6], row[7])
+            chunks.setdefault((row[0], row[1]), []).append(ChunkState(plan, row[8], row[9], row[10]))
+        return {
+            (s, n): TableState(s, n, status, created, tuple(keys), built, tuple(chunks.get((s, n), ())))
+            for s, n, status, created, keys, built in tables
+        }
+
+    def record_table_plan(
+        self, job: str, table: TableName, created_by_us: bool, key_columns: Iterable[str], chunks: list[ChunkPlan]
+    ) -> None:
+        self._conn.execute(
+            """INSERT INTO _replicator.snapshot_tables
+                   (job, schema_name, table_name, created_by_us, key_columns, chunk_count)
+               VALUES (%s, %s, %s, %s, %s, %s)""",
+            (job, *table, created_by_us, list(key_columns), len(chunks)),
+        )
+        with self._conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO _replicator.snapshot_chunks
+                       (job, schema_name, table_name, chunk_no, source_schema, source_table, kind,
+                        lower_bound, upper_bound)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                [
+                    (job, *table, c.chunk_no, c.source_schema, c.source_table, c.kind, c.lower, c.upper)
+                    for c in chunks
+                ],
+            )
+
+    def mark_chunk_done(self, job: str, table: TableName, chunk_no: int, run_id: str, rows: int) -> None:
+        cur = self._conn.execute(
+            """UPDATE _replicator.snapshot_chunks SET run_id = %s, rows = %s, done_at = now()
+               WHERE job = %s AND schema_name = %s AND table_name = %s AND chunk_no = %s
+                 AND done_at IS NULL""",
+            (run_id, rows, job, *table, chunk_no),
+        )
+        if cur.rowcount != 1:
+            # Someone else finished (or reset) this chunk: committing our rows would duplicate them.
+            raise ReplicatorError(
+                f"snapshot state of {'.'.join(table)} chunk {chunk_no} changed under this run"
+            )
+        self._conn.execute(
+            """UPDATE _replicator.snapshot_tables SET rows_copied = rows_copied + %s
+               WHERE job = %s AND schema_name = %s AND table_name = %s""",
+            (rows, job, *table),
+        )
+
+    def mark_key_built(self, job: str, table: TableName) -> None:
+        self._conn.execute(
+            """UPDATE _replicator.snapshot_tables SET key_built = true
+               WHERE job = %s AND schema_name = %s AND table_name = %s""",
+            (job, *table),
+        )
+
+    def mark_table_done(self, job: str, table: TableName) -> None:
+        self._conn.execute(
+            """UPDATE _replicator.snapshot_tables SET status = 'done', finished_at = now()
+               WHERE job = %s AND schema_name = %s AND table_name = %s""",
+            (job, *table),
+        )
+
+    def forget_snapshot(self, job: str, tables: Iterable[TableName]) -> None:
+        """Drop snapshot progress for these tables (``--fresh``)."""
+        for table in tables:
+            for name in ("snapshot_chunks", "snapshot_tables"):
+                self._conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE job = %s AND schema_name = %s AND table_name = %s").format(
+                        sql.Identifier(SCHEMA, name)
+                    ),
+                    (job, *table),
+                )
+
+    # -- realtime ----------------------------------------------------------------------------
+
+    def slot_checkpoint(self, job: str, slot: str) -> Lsn | None:
+        row = self._conn.execute(
+            "SELECT lsn::text FROM _replicator.slot_checkpoints WHERE job = %s AND slot_name = %s", (job, slot)
+        ).fetchone()
+        return Lsn.parse(row[0]) if row else None
+
+    def save_slot_checkpoint(self, job: str, slot: str, lsn: Lsn) -> None:
+        self._conn.execute(
+            """INSERT INTO _replicator.slot_checkpoints (job, slot_name, lsn) VALUES (%s, %s, %s)
+               ON CONFLICT (job, slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()""",
+            (job, slot, str(lsn)),
+        )
+
+    # -- delta-snapshot ----------------------------------------------------------------------
+
+    def load_watermarks(self, job: str) -> dict[TableName, Watermark]:
+        rows = self._conn.execute(
+            "SELECT schema_name, table_name, kind, watermark FROM _replicator.delta_watermarks WHERE job = %s",
+            (job,),
+        ).fetchall()
+        return {(s, n): _watermark(kind, value) for s, n, kind, value in rows}
+
+    def save_watermark(self, job: str, table: TableName, mark: Watermark) -> None:
+        self._conn.execute(
+            """INSERT INTO _replicator.delta_watermarks (job, schema_name, table_name, kind, watermark)
+               VALUES (%s, %s, %s, %s, %s)
+               ON CONFLICT (job, schema_name, table_name)
+               DO UPDATE SET kind = EXCLUDED.kind, watermark = EXCLUDED.watermark, updated_at = now()""",
+            (job, *table, mark.kind, json.dumps(mark.value, sort_keys=True)),
+        )
+
+    def forget_watermarks(self, job: str, tables: Iterable[TableName]) -> None:
+        """Drop delta watermarks for these tables (``--fresh``): their next pass is a full snapshot."""
+        for table in tables:
+            self._conn.execute(
+                "DELETE FROM _replicator.delta_watermarks WHERE job = %s AND schema_name = %s AND table_name = %s",
+                (job, *table),
+            )
+
+    # -- replicator status -------------------------------------------------------------------
+
+    def snapshot_progress(self) -> list[SnapshotProgress]:
+        rows = self._conn.execute(
+            """SELECT t.job, t.schema_name || '.' || t.table_name, t.status, t.rows_copied,
+                      count(c.done_at), count(c.chunk_no), t.finished_at
+               FROM _replicator.snapshot_tables t
+               LEFT JOIN _replicator.snapshot_chunks c USING (job, schema_name, table_name)
+               GROUP BY 1, 2, 3, 4, 7 ORDER BY 1, 3 DESC, 2"""
+        ).fetchall()
+        return [SnapshotProgress(*row) for row in rows]
+
+    def slot_progress(self) -> list[SlotProgress]:
+        rows = self._conn.execute(
+            "SELECT job, slot_name, lsn::text, now() - updated_at FROM _replicator.slot_checkpoints ORDER BY 1, 2"
+        ).fetchall()
+        return [SlotProgress(job, slot, Lsn.parse(lsn), age) for job, slot, lsn, age in rows]
+
+    def watermark_progress(self) -> list[WatermarkProgress]:
+        rows = self._conn.execute(
+            """SELECT job, schema_name || '.' || table_name, kind, watermark, now() - updated_at
+               FROM _replicator.delta_watermarks ORDER BY 1, 2"""
+        ).fetchall()
+        return [WatermarkProgress(job, table, _watermark(kind, value), age) for job, table, kind, value, age in rows]
+
+
+def _watermark(kind: str, value: str | None) -> Watermark:
+    return Watermark(kind, json.loads(value) if value else {})

@@ -1,0 +1,129 @@
+"""One transience rule and one retry policy, for every place that tries again.
+
+The rule (``is_transient``): an error may go away by itself (a restart, a failover, the network)
+or it may not (a wrong password, a missing table). It honours the error's own word first:
+
+1. an exception with a ``transient`` attribute says so itself: ours do (``ReplicationLost``,
+   ``SlotInUse``; ``RelayError`` asks the server error it carries);
+2. psycopg's ``OperationalError``s are transient (connection exceptions, operator intervention,
+   insufficient resources, ...), except authorization and unknown-catalog SQLSTATEs (28, 3D) and
+   the connection failures libpq describes in words only (a failed connection attempt has no
+   SQLSTATE): bad certificates and host names, SSL errors, pg_hba.conf;
+3. anything else is not.
+
+Some failures end an operation whose own retries are spent, or whose context is gone, yet a
+fresh start later may succeed: ``ConnectError`` after ``connect`` retried an unreachable server,
+``SnapshotLost`` when the exported snapshot a worker must join is gone. Such exceptions carry
+``recoverable = True``; ``may_recover_later`` is the rule for loops that start over from the
+beginning (the delta loop's next pass), never for retrying the same operation again at once.
+
+The policy (``retrying``): tenacity, retrying only what the rule says is transient, a fixed
+wait apart, a bounded number of times in a row, logging each retry. Used by ``connect``, the
+snapshot/delta worker pool (an item is retried on new connections), the realtime pipeline
+(the stream resumes from the destination's checkpoint) and the delta loop (a failed pass is
+tried again after the interval).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+import tenacity
+
+log = logging.getLogger(__name__)
+
+# SQLSTATE classes for which trying again cannot help: bad credentials, unknown database.
+_PERMANENT_SQLSTATE_PREFIXES = ("28", "3D")
+# libpq's words for connection failures no retry can cure (a failed connection attempt has no SQLSTATE).
+_PERMANENT_MESSAGES = ("certificate", "does not match host name", "SSL error", "no pg_hba.conf entry")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may go away by itself (network, restart), so that retrying makes sense."""
+    flag = getattr(exc, "transient", None)
+    if flag is not None:
+        return bool(flag)
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None) or ""
+    if state.startswith(_PERMANENT_SQLSTATE_PREFIXES):
+        return False
+    text = str(exc)
+    return not any(m in text for m in _PERMANENT_MESSAGES)
+
+
+def may_recover_later(exc: BaseException) -> bool:
+    """Whether starting over later (new connections, a new snapshot) may succeed."""
+    return is_transient(exc) or bool(getattr(exc, "recoverable", False))
+
+
+@dataclass
+class Streak:
+    """Failures in a row. A caller that made progress since the last failure calls ``reset()``,
+    so a long-lived loop (a stream that runs for days) gets its full budget for each outage."""
+
+    failures: int = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Stopped(Exception):
+    """Raised by a ``sleep`` that was cut short (a stop was requested while waiting to retry)."""
+
+
+def retrying(
+    attempts: int | None,
+    wait_s: float,
+    what: str | Callable[[], str],
+    *,
+    retry_if: Callable[[BaseException], bool] = is_transient,
+    streak: Streak | None = None,
+    before_retry: Callable[[BaseException], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tenacity.Retrying:
+    """Retry ``what`` while ``retry_if`` says the failure is transient: ``attempts`` attempts in
+    all (None: no limit), ``wait_s`` apart. The last failure is re-raised as it is.
+
+    ``streak``: count failures in a row there (the caller resets it on progress) instead of
+    attempts since the start. ``before_retry``: cleanup before waiting (e.g. close connections).
+    ``sleep``: how to wait; may raise ``Stopped`` to end the retrying. ``what`` names the
+    operation in the log (a callable: named when it fails).
+    """
+    counter = streak if streak is not None else Streak()
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        counter.failures += 1
+        return attempts is not None and counter.failures >= attempts
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        assert exc is not None
+        if before_retry is not None:
+            before_retry(exc)
+        limit = f" of {attempts}" if attempts is not None else ""
+        log.warning(
+            "%s failed, trying again in %g s (attempt %d%s): %s",
+            what() if callable(what) else what, wait_s, counter.failures, limit, first_line(exc),
+        )  # fmt: skip
+
+    return tenacity.Retrying(
+        stop=stop,
+        wait=tenacity.wait_fixed(wait_s),
+        retry=tenacity.retry_if_exception(retry_if),
+        before_sleep=before_sleep,
+        sleep=sleep,
+        reraise=True,
+    )
+
+
+def first_line(exc: BaseException | None) -> str:
+    """An error in a few words: libpq prefixes every connection attempt with "connection failed:
+    connection to server at ... failed:"; the server's own words say what is wrong."""
+    text = str(exc or "").strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines[:3]) if lines else type(exc).__name__
