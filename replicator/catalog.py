@@ -59,6 +59,23 @@ class Table:
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
 
+    @property
+    def identity_gap(self) -> str | None:
+        """Why the source cannot log which row an UPDATE or DELETE of this table touched; None
+        when it can. The one replica identity rule (realtime's warning and ``check`` use it).
+
+        FULL logs the whole old row; DEFAULT the primary key, if there is one; USING INDEX the
+        index's columns (an identity index that was dropped logs nothing); NOTHING nothing.
+        Without it, the table's UPDATEs and DELETEs fail at the source once it is published.
+        """
+        if self.replica_identity == "f" or self.identity_index_columns:
+            return None
+        if self.replica_identity == "n":
+            return "REPLICA IDENTITY NOTHING"
+        if self.replica_identity == "i":
+            return "REPLICA IDENTITY USING INDEX of an index that no longer exists"
+        return "no primary key and REPLICA IDENTITY DEFAULT"
+
 
 @dataclass(frozen=True)
 class Partition:

@@ -17,7 +17,8 @@ from replicator.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-Section = Literal["snapshot", "delta-snapshot"]
+Section = Literal["snapshot", "realtime", "delta-snapshot"]
+"""The extractor section whose per-table settings (keys, split keys, update keys) apply."""
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,12 @@ def _pick_columns(
 def _per_table_settings(
     catalog: Catalog, extractor: ConfigFile[ExtractorConfig], database: str, section: Section
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    entries = (
-        extractor.value.snapshot.per_table_config
-        if section == "snapshot"
-        else extractor.value.delta_snapshot.per_table_config
-    )
+    cfg = extractor.value
+    entries = {
+        "snapshot": cfg.snapshot.per_table_config,
+        "realtime": cfg.realtime.per_table_config,
+        "delta-snapshot": cfg.delta_snapshot.per_table_config,
+    }[section]
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for i, entry in enumerate(entries):
         loc = (section, "per-table-config", i)

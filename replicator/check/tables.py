@@ -80,17 +80,17 @@ def check_keys(ctx: SourceContext, tables: list[SelectedTable]) -> CheckResult:
     for t in tables:
         table = t.table
         ident = sql.Identifier(table.schema, table.name)
-        has_identity = table.replica_identity in ("f", "i") or (table.replica_identity == "d" and table.primary_key)
+        gap = table.identity_gap
         if not t.key:
             problems.append(f"{table.display} has no primary key")
             statements.append(
                 f"ALTER TABLE {ident.as_string(ctx.conn)} ADD PRIMARY KEY (...);  -- or set row-identifier-key "
-                "for it in the extractor config (snapshot.per-table-config) and run the next statement"
+                "for it in the extractor config (snapshot and realtime: per-table-config) and run the next statement"
             )
-            if not has_identity:
+            if gap is not None:
                 statements.append(ctx.sql(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident)))
-        elif not has_identity:
-            problems.append(f"{table.display} has replica identity {_identity_name(table.replica_identity)}")
+        elif gap is not None:
+            problems.append(f"{table.display} has {gap}")
             statements.append(ctx.sql(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident)))
     if not problems:
         return ok(TABLES, "keys", "every selected table has a key and a replica identity")
@@ -223,10 +223,6 @@ def _leaves_out(ctx: SourceContext, t: SelectedTable, name: str) -> bool:
     ).fetchone()
     published = set(row[0]) if row and row[0] is not None else None
     return published is not None and any(c.name not in published for c in t.columns if not c.is_generated)
-
-
-def _identity_name(code: str) -> str:
-    return {"d": "DEFAULT without a primary key", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}.get(code, code)
 
 
 def _names(tables: list[SelectedTable], limit: int = 10) -> str:

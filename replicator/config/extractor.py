@@ -22,23 +22,50 @@ class SplitHints(ConfigModel):
     split_key_max_value: Any = None
 
 
-class SnapshotTableConfig(ConfigModel):
+class TableKeyConfig(ConfigModel):
+    """Per-table settings every section has: the key of a table without a primary key."""
+
     row_identifier_key: list[str] | None = None
+
+
+class SnapshotTableConfig(TableKeyConfig):
     split_key: str | None = None
     split_hints: SplitHints | None = None
 
 
-class SnapshotPerTable(ConfigModel):
+class DeltaTableConfig(TableKeyConfig):
+    update_key: list[str] | str | None = None
+    split_key: str | None = None
+    replicate_deletes: bool | None = None
+
+
+class _PerTable(ConfigModel):
     catalog: str | None = None
     schema_name: str | None = Field(default=None, alias="schema")
+
+
+class SnapshotPerTable(_PerTable):
     tables: dict[str, SnapshotTableConfig | None] = {}
 
 
-class SnapshotConfig(ConfigModel):
+class RealtimePerTable(_PerTable):
+    tables: dict[str, TableKeyConfig | None] = {}
+
+
+class DeltaPerTable(_PerTable):
+    tables: dict[str, DeltaTableConfig | None] = {}
+
+
+class CopySettings(ConfigModel):
+    """How a snapshot copies: the snapshot mode, and delta-snapshot's first pass of a table."""
+
     threads: int = Field(default_factory=_default_threads, ge=1, le=256)
-    fetch_size_rows: int = Field(default=5000, ge=1)
+    fetch_size_rows: int = Field(default=5000, ge=1)  # accepted for compatibility; COPY streams
     min_job_size_rows: int = Field(default=100_000, ge=1)
     max_jobs_per_chunk: int = Field(default=32, ge=1)
+
+
+class SnapshotConfig(CopySettings):
     per_table_config: list[SnapshotPerTable] = []
 
 
@@ -69,31 +96,17 @@ class StartPosition(ConfigModel):
 
 
 class RealtimeConfig(ConfigModel):
+    # Accepted for compatibility with Arcion configs; realtime applies with one thread per
+    # replication slot, so parallelism comes from several slots (a warning says so when > 1).
     threads: int = Field(default=1, ge=1, le=64)
     fetch_size_rows: int = Field(default=10_000, ge=1)
     fetch_duration_per_extractor_slot_s: float = Field(default=3, gt=0)
     heartbeat: Heartbeat = Heartbeat()
     start_position: StartPosition | None = None
+    per_table_config: list[RealtimePerTable] = []
 
 
-class DeltaTableConfig(ConfigModel):
-    row_identifier_key: list[str] | None = None
-    update_key: list[str] | str | None = None
-    split_key: str | None = None
-    replicate_deletes: bool | None = None
-
-
-class DeltaPerTable(ConfigModel):
-    catalog: str | None = None
-    schema_name: str | None = Field(default=None, alias="schema")
-    tables: dict[str, DeltaTableConfig | None] = {}
-
-
-class DeltaSnapshotConfig(ConfigModel):
-    threads: int = Field(default_factory=_default_threads, ge=1, le=256)
-    fetch_size_rows: int = Field(default=5000, ge=1)
-    min_job_size_rows: int = Field(default=100_000, ge=1)
-    max_jobs_per_chunk: int = Field(default=32, ge=1)
+class DeltaSnapshotConfig(CopySettings):
     row_identifier_key: list[str] | None = None
     update_key: list[str] | str | None = None
     replicate_deletes: bool = True

@@ -29,7 +29,6 @@ import psycopg
 from psycopg import sql
 
 from replicator.catalog import Catalog, load_catalog
-from replicator.config.extractor import SnapshotConfig
 from replicator.connect import connect
 from replicator.delta import changes, deletes, updatekey
 from replicator.delta.changes import PassSnapshot
@@ -291,13 +290,7 @@ def _snapshot(
     tables: list[DeltaTable],
     stop: threading.Event,
 ) -> int:
-    cfg = job.extractor.value.delta_snapshot
-    settings = SnapshotConfig(
-        threads=cfg.threads,
-        fetch_size_rows=cfg.fetch_size_rows,
-        min_job_size_rows=cfg.min_job_size_rows,
-        max_jobs_per_chunk=cfg.max_jobs_per_chunk,
-    )
+    settings = job.extractor.value.delta_snapshot  # its CopySettings: how the first pass copies
     bar = make_progress("delta-snapshot: first pass", len(tables), job.progress)
     try:
         result = run_snapshot(

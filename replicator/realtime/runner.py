@@ -39,7 +39,7 @@ def prepare(job: Job, create_slots: bool = True, before_destination: Callable[[l
     """Everything up to streaming: tables, publications, slots, destination tables, state."""
     with connect(job.source.value, "source", APP, autocommit=True) as src:
         with src.transaction():
-            catalog, tables = select_realtime_tables(job, src)
+            catalog, tables = select_realtime_tables(job, src, with_snapshot=before_destination is not None)
         for warning in identity_warnings(tables):
             log.warning(warning)
         plans = plan_slots(job.source, tables)

@@ -67,27 +67,66 @@ def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]
     return plans
 
 
-def select_realtime_tables(job: Job, conn: psycopg.Connection[Any]) -> tuple[Catalog, list[SelectedTable]]:
+def select_realtime_tables(
+    job: Job, conn: psycopg.Connection[Any], with_snapshot: bool = False
+) -> tuple[Catalog, list[SelectedTable]]:
+    """The tables to stream, with the keys the ``realtime`` section gives them (checked against
+    the ``snapshot`` section's: see ``check_keys_agree``). ``with_snapshot``: the `full` mode."""
     catalog = load_catalog(conn)
-    selected = select_tables(catalog, job.filter, job.extractor, job.source.value.database, "snapshot")
+    selected = select_tables(catalog, job.filter, job.extractor, job.source.value.database, "realtime")
+    snapshot = select_tables(catalog, job.filter, job.extractor, job.source.value.database, "snapshot")
+    check_keys_agree(selected, snapshot, with_snapshot)
     hb = job.extractor.value.realtime.heartbeat
     heartbeat = (hb.schema_name or "public", hb.table_name)
+    if job.extractor.value.realtime.threads > 1:
+        log.warning(
+            "%s: realtime.threads is %d, but realtime applies with one thread per replication slot: "
+            "for parallel apply, list several slots under replication-slots in the source config",
+            job.extractor.where("realtime", "threads"), job.extractor.value.realtime.threads,
+        )
     return catalog, [t for t in selected if (t.table.schema, t.table.name) != heartbeat]
+
+
+def check_keys_agree(realtime: list[SelectedTable], snapshot: list[SelectedTable], with_snapshot: bool) -> None:
+    """Realtime applies changes by the key the destination table was built with, so a
+    ``row-identifier-key`` must say the same in both sections: the snapshot section's builds the
+    destination key, the realtime section's is what realtime matches rows by.
+
+    A key under ``snapshot`` only is refused (realtime once took its keys from there, silently);
+    a key under ``realtime`` only is refused in the `full` mode, whose snapshot would build none.
+    """
+    by_table = {(t.table.schema, t.table.name): t for t in snapshot}
+    for rt in realtime:
+        st = by_table.get((rt.table.schema, rt.table.name))
+        if st is None:
+            continue
+        rt_key = rt.key if rt.key_from == "row-identifier-key" else None
+        st_key = st.key if st.key_from == "row-identifier-key" else None
+        if rt_key == st_key or (st_key is None and not with_snapshot):
+            continue
+        if rt_key is None:
+            assert st_key is not None
+            raise ConfigError(
+                f"{st.key_where}: row-identifier-key: {rt.display}'s key ({', '.join(st_key)}) is set under "
+                f"snapshot but not under realtime, which applies changes by key: add it under realtime: "
+                f"per-table-config too"
+            )
+        raise ConfigError(
+            f"{rt.key_where}: row-identifier-key: {rt.display}'s key ({', '.join(rt_key)}) under realtime "
+            + (f"differs from its key ({', '.join(st_key)}) under snapshot at {st.key_where}"
+               if st_key else "is not set under snapshot, so the snapshot of the full mode would build no key")
+            + "; set the same row-identifier-key in both sections"
+        )
 
 
 def identity_warnings(tables: list[SelectedTable]) -> list[str]:
     """Tables whose updates and deletes the source cannot log with enough to find the row."""
-    out = []
-    for t in tables:
-        if t.table.replica_identity == "f":
-            continue
-        if t.table.replica_identity == "n" or (t.table.replica_identity == "d" and not t.table.primary_key):
-            out.append(
-                f"{t.display}: no primary key and REPLICA IDENTITY {'NOTHING' if t.table.replica_identity == 'n' else 'DEFAULT'}: "
-                f"its UPDATEs and DELETEs cannot be replicated (and fail at the source once it is published); "
-                f"fix: ALTER TABLE {t.display} REPLICA IDENTITY FULL; or add a primary key"
-            )
-    return out
+    return [
+        f"{t.display}: {gap}: its UPDATEs and DELETEs cannot be replicated (and fail at the source once "
+        f"it is published); fix: ALTER TABLE {t.display} REPLICA IDENTITY FULL; or add a primary key"
+        for t in tables
+        if (gap := t.table.identity_gap) is not None
+    ]
 
 
 def prepare_source(job: Job, conn: psycopg.Connection[Any], plans: list[SlotPlan]) -> PublishedTable | None:

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.config.extractor import SnapshotConfig
+from replicator.config.extractor import CopySettings
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable
 from replicator.destinations.base import ChunkPlan
@@ -26,11 +26,11 @@ _INTEGER_TYPES = {"smallint", "integer", "bigint", "oid"}
 _TEMPORAL_TYPES = {"date", "timestamp without time zone", "timestamp with time zone"}
 
 
-def chunk_count(rows: int, cfg: SnapshotConfig) -> int:
+def chunk_count(rows: int, cfg: CopySettings) -> int:
     return max(1, min(cfg.max_jobs_per_chunk, math.ceil(rows / cfg.min_job_size_rows)))
 
 
-def plan_table(conn: psycopg.Connection[Any], st: SelectedTable, cfg: SnapshotConfig) -> list[ChunkPlan]:
+def plan_table(conn: psycopg.Connection[Any], st: SelectedTable, cfg: CopySettings) -> list[ChunkPlan]:
     """Chunks for one table; ``conn`` reads the source inside the snapshot."""
     if st.split_key:
         return _plan_by_key(conn, st, cfg)
@@ -72,7 +72,7 @@ def _size(conn: psycopg.Connection[Any], schema: str, name: str) -> tuple[int, i
     return pages, rows
 
 
-def _plan_by_key(conn: psycopg.Connection[Any], st: SelectedTable, cfg: SnapshotConfig) -> list[ChunkPlan]:
+def _plan_by_key(conn: psycopg.Connection[Any], st: SelectedTable, cfg: CopySettings) -> list[ChunkPlan]:
     where = st.config_where
     assert st.split_key is not None
     col = st.table.column(st.split_key)

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 
 from replicator.catalog import Catalog, load_catalog
-from replicator.config.extractor import SnapshotConfig
+from replicator.config.extractor import CopySettings
 from replicator.connect import connect
 from replicator.destinations import open_destination
 from replicator.destinations.base import ChunkPlan, DestinationSession, DestTable, TableState
@@ -85,7 +85,7 @@ class SnapshotScope:
     """
 
     tables: list[SelectedTable]
-    settings: SnapshotConfig
+    settings: CopySettings
     control: DestinationSession
 
 
@@ -169,7 +169,7 @@ def _prepare(
     run_id: str,
     summary: SnapshotSummary,
     job_id: str,
-    cfg: SnapshotConfig,
+    cfg: CopySettings,
 ) -> list[TableWork]:
     """Plan new tables (creating or emptying them at the destination) and pick up unfinished ones."""
     existing = control.state.load_snapshot(job_id)

@@ -3,8 +3,8 @@
 Setting up (regular autocommit connection unless said otherwise):
 
 - ``publication.ensure_publication(conn, name, [PublishedTable(schema, table, columns)])``
-  creates the publication pgoutput streams, or validates the one that exists;
-  ``replica_identity_problems(conn, tables)`` names tables whose updates cannot be replicated.
+  creates the publication pgoutput streams, or validates the one that exists (which tables'
+  updates can be replicated at all is ``catalog.Table.identity_gap``).
 - ``slots.ensure_slot(conn, name, plugin)``, or ``slots.SnapshotSlot.create(cfg, name, plugin)``
   for the `full` mode: an exported snapshot that meets the stream exactly at ``consistent_point``.
 - ``heartbeat.ensure_heartbeat_table(conn, hb)`` and ``HeartbeatWriter(conn, hb).tick()``.

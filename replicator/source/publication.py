@@ -172,22 +172,6 @@ def publication_problems(
     return problems
 
 
-def replica_identity_problems(conn: psycopg.Connection[Any], tables: Sequence[PublishedTable]) -> list[str]:
-    """Tables whose UPDATEs and DELETEs cannot be replicated (no key, identity DEFAULT or NOTHING)."""
-    problems = []
-    for t in tables:
-        f = _table_facts(conn, [t]).get((t.schema, t.table))
-        if f is None or f.replica_identity == "f" or f.identity_columns:
-            continue
-        fix = sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL;").format(t.identifier()).as_string(conn)
-        why = "REPLICA IDENTITY NOTHING" if f.replica_identity == "n" else "no primary key"
-        problems.append(
-            f"{t.qualified_name} has {why}: its updates and deletes cannot be replicated "
-            f"(the source logs no old key); add a primary key, or: {fix}"
-        )
-    return problems
-
-
 def _column_list(t: PublishedTable, f: _TableFacts) -> tuple[str, ...] | None:
     """The column list to publish: the asked columns plus the replica identity (UPDATE needs it)."""
     if t.columns is None or f.replica_identity == "f":

@@ -57,7 +57,7 @@ def test_replica_identity_nothing(source: Source) -> None:
     source.db.execute("ALTER TABLE public.items REPLICA IDENTITY NOTHING")
     result = source.check().find("keys")
     assert result.status is Status.FAIL
-    assert result.detail == "updates and deletes cannot be replicated: public.items has replica identity NOTHING"
+    assert result.detail == "updates and deletes cannot be replicated: public.items has REPLICA IDENTITY NOTHING"
     source.apply_sql(result.fix or "")
     assert source.check().find("keys").status is Status.OK
 

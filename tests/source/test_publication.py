@@ -7,7 +7,7 @@ import pytest
 
 from replicator.decoding.changes import Change
 from replicator.errors import SourceError
-from replicator.source.publication import PublishedTable, ensure_publication, replica_identity_problems
+from replicator.source.publication import PublishedTable, ensure_publication
 
 from tests.replication import Replication
 
@@ -103,21 +103,3 @@ def test_missing_table_and_creation_failure(replication: Replication) -> None:
         replication.db.execute(
             f'REVOKE ALL ON DATABASE "{replication.db.name}" FROM pub_user; DROP ROLE pub_user'
         )
-
-
-def test_replica_identity_problems(replication: Replication) -> None:
-    replication.db.execute(
-        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int);"
-        "CREATE TABLE full_ (id int); ALTER TABLE full_ REPLICA IDENTITY FULL;"
-        "CREATE TABLE nothing (id int PRIMARY KEY); ALTER TABLE nothing REPLICA IDENTITY NOTHING;"
-        "CREATE TABLE byindex (id int NOT NULL); CREATE UNIQUE INDEX byindex_id ON byindex (id);"
-        "ALTER TABLE byindex REPLICA IDENTITY USING INDEX byindex_id"
-    )
-    tables = [PublishedTable("public", n) for n in ("t", "u", "full_", "nothing", "byindex")]
-    with replication.db.connect() as conn:
-        assert replica_identity_problems(conn, tables) == [
-            "public.u has no primary key: its updates and deletes cannot be replicated (the source logs no "
-            'old key); add a primary key, or: ALTER TABLE "public"."u" REPLICA IDENTITY FULL;',
-            "public.nothing has REPLICA IDENTITY NOTHING: its updates and deletes cannot be replicated (the "
-            'source logs no old key); add a primary key, or: ALTER TABLE "public"."nothing" REPLICA IDENTITY FULL;',
-        ]
