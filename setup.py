@@ -1,7 +1,7 @@
 """Only the optional C parts live here; everything else is in pyproject.toml.
 
 Both extensions are optional: without a compiler the install still succeeds and the pure-Python
-code paths are used (same results, slower):
+code paths are used (same results, slower; ``replicator/native.py`` decides and says why):
 
 - ``replicator._relay``: the snapshot relay's per-row loop (replicator/relay.py falls back);
 - ``replicator._pgoutput``: the pgoutput row decoder (replicator/decoding/pgoutput.py falls back).
@@ -11,11 +11,17 @@ has loaded (dlopen RTLD_NOLOAD + dladdr; see the comments at the top of each .c 
 lookup is tested on Linux only, so the extensions are built on Linux only.
 """
 
+import os
 import sys
 
 from setuptools import Extension, setup
 
 CFLAGS = ["-std=c11", "-D_GNU_SOURCE", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+# CI builds with REPLICATOR_WERROR=1: a warning there is a failure (and a missing build too,
+# since the extensions stop being optional).
+STRICT = os.environ.get("REPLICATOR_WERROR", "") not in ("", "0")
+if STRICT:
+    CFLAGS.append("-Werror")
 
 relay = Extension(
     "replicator._relay",
@@ -23,7 +29,7 @@ relay = Extension(
     depends=["replicator/_libpq_bind.h"],
     libraries=["dl"],
     extra_compile_args=CFLAGS,
-    optional=True,
+    optional=not STRICT,
 )
 
 pgoutput = Extension(
@@ -32,7 +38,7 @@ pgoutput = Extension(
     depends=["replicator/_libpq_bind.h"],
     libraries=["dl"],
     extra_compile_args=CFLAGS,
-    optional=True,
+    optional=not STRICT,
 )
 
 setup(ext_modules=[relay, pgoutput] if sys.platform.startswith("linux") else [])

@@ -27,12 +27,20 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import pq
 
-from replicator import relay_native
-from replicator.relay_native import NativeRelay, native_relay
+from replicator import native
+from replicator.native import NativeRelay
 from replicator.retry import is_transient
 
 BUFFER_BYTES = 256 * 1024
 PROGRESS_EVERY_ROWS = 20_000
+
+# Outcomes of the C loop's pump(), as in _relay.c.
+DONE = 0
+SOURCE_RECEIVE = 1
+SOURCE_CONSUME = 2
+DEST_SEND = 3
+DEST_FLUSH = 4
+DEST_CONSUME = 5
 
 
 class RelayError(Exception):
@@ -101,9 +109,9 @@ def relay_copy(
         raise
     try:
         dp = sink.libpq_conn()
-        native = native_relay() if dp is not None else None
-        if native is not None and dp is not None:
-            moved = _pump_native(native, sp, dp, on_progress)
+        c_loop = native.relay() if dp is not None else None
+        if c_loop is not None and dp is not None:
+            moved = _pump_native(c_loop, sp, dp, on_progress)
         else:
             moved = _pump_python(sp, sink.write, on_progress)
         exact_rows = _finish_copy_out(sp, src)
@@ -135,25 +143,25 @@ class _Moved:
 
 
 def _pump_native(
-    native: NativeRelay, sp: pq.abc.PGconn, dp: pq.abc.PGconn, on_progress: Callable[[int, int], None] | None
+    c_loop: NativeRelay, sp: pq.abc.PGconn, dp: pq.abc.PGconn, on_progress: Callable[[int, int], None] | None
 ) -> _Moved:
     """The loop in C, without the GIL; failures raise what ``_pump_python`` raises for them."""
     src_ptr, dst_ptr = sp.pgconn_ptr, dp.pgconn_ptr
     if src_ptr is None or dst_ptr is None:
         raise psycopg.OperationalError("the connection is closed")
     in_main_thread = threading.current_thread() is threading.main_thread()  # where Ctrl-C is handled
-    outcome, _, total, reported_rows, reported_bytes = native.pump(
+    outcome, _, total, reported_rows, reported_bytes = c_loop.pump(
         src_ptr, dst_ptr, on_progress, PROGRESS_EVERY_ROWS, BUFFER_BYTES, in_main_thread
     )
-    if outcome == relay_native.SOURCE_RECEIVE:
+    if outcome == SOURCE_RECEIVE:
         raise psycopg.OperationalError(f"receiving copy data failed: {sp.get_error_message()}")
-    if outcome == relay_native.SOURCE_CONSUME:
+    if outcome == SOURCE_CONSUME:
         raise psycopg.OperationalError(f"consuming input failed: {sp.get_error_message()}")
-    if outcome == relay_native.DEST_SEND:
+    if outcome == DEST_SEND:
         message = f"sending copy data failed: {dp.get_error_message()}"
         raise RelayError("destination", psycopg.OperationalError(message))
-    if outcome in (relay_native.DEST_FLUSH, relay_native.DEST_CONSUME):
-        what = "flushing" if outcome == relay_native.DEST_FLUSH else "consuming input"
+    if outcome in (DEST_FLUSH, DEST_CONSUME):
+        what = "flushing" if outcome == DEST_FLUSH else "consuming input"
         raise RelayError("destination", psycopg.OperationalError(f"{what} failed: {dp.get_error_message()}"))
     return _Moved(total, reported_rows, reported_bytes)
 

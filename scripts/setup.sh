@@ -13,9 +13,9 @@ need=()
 command -v psql >/dev/null || need+=(postgresql-client-15)
 command -v runuser >/dev/null || need+=(util-linux)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
-# The relay's C loop (replicator/_relay.c) is compiled by pip below: a C compiler, the C library
-# headers and Python's headers (Debian's python3 keeps them in python3-dev). Without them the
-# install still works, with the slower pure-Python relay.
+# The C extensions (replicator/_relay.c, replicator/_pgoutput.c) are compiled by pip below: a C
+# compiler, the C library headers and Python's headers (Debian's python3 keeps them in
+# python3-dev). Without them the install still works, with the slower pure-Python twins.
 command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/include/stdio.h ] || need+=(libc6-dev)
 python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
@@ -34,7 +34,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
-if ! .venv/bin/python -c 'import replicator._relay' 2>/dev/null; then
-  echo "setup: warning: the relay's C loop did not build; snapshots will use the slower Python loop" >&2
+if ! .venv/bin/python -m replicator.native --require >/dev/null 2>&1; then
+  echo "setup: warning: a C extension is not usable; its slower pure-Python twin will run:" >&2
+  .venv/bin/python -m replicator.native >&2 || true
 fi
 echo "setup: ready (.venv)"

@@ -7,7 +7,7 @@ import os
 import psycopg
 
 from replicator.libpq import libpq_carrier
-from tests.test_relay_native import loaded_files
+from tests.test_native import loaded_files
 
 
 def test_the_carrier_is_already_loaded_by_psycopg() -> None:

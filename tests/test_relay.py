@@ -18,7 +18,9 @@ from psycopg import errors
 
 from replicator import relay
 from replicator.relay import PgCopyIn, RelayError, relay_copy
-from replicator.relay_native import PURE_PYTHON_ENV, native_relay, unavailable_reason
+from replicator.native import PURE_PYTHON_ENV, RELAY_ENV
+from replicator.native import relay as native_relay
+from replicator.native import relay_unavailable as unavailable_reason
 from tests.conftest import Database
 from tests.support import checksum
 
@@ -51,12 +53,13 @@ def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
     if request.param == "c":
         monkeypatch.delenv(PURE_PYTHON_ENV, raising=False)
+        monkeypatch.delenv(RELAY_ENV, raising=False)
         # The C loop is part of the product: not being able to use it here is a failure, not a skip.
         assert unavailable_reason() is None, unavailable_reason()
         assert native_relay() is not None
         monkeypatch.setattr(relay, "_pump_python", wrong_loop)
     else:
-        monkeypatch.setenv(PURE_PYTHON_ENV, "1")
+        monkeypatch.setenv(RELAY_ENV, "1")
         assert native_relay() is None
         monkeypatch.setattr(relay, "_pump_native", wrong_loop)
     return str(request.param)

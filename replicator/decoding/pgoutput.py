@@ -15,15 +15,11 @@ Both give the same events and the same errors (tests/decoding runs both).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-import os
 import struct
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
-
-from psycopg import pq
 
 from replicator.decoding.changes import (
     UNCHANGED_TOAST,
@@ -40,7 +36,7 @@ from replicator.decoding.changes import (
     Value,
     Values,
 )
-from replicator.libpq import libpq_carrier
+from replicator import native
 from replicator.lsn import Lsn, lsn_from_server
 
 log = logging.getLogger(__name__)
@@ -108,7 +104,7 @@ class PgOutputDecoder:
         """A loop in C that reads runs of row messages straight from libpq into events
         (``replicator._pgoutput.pump``, used by ``ReplicationStream.read``), or None when the
         extension or psycopg's libpq cannot be used."""
-        if NATIVE is None or not _bind_libpq():
+        if NATIVE is None or not native.bind_pgoutput(NATIVE):
             return None
         pump, relations = NATIVE.pump, self.relations  # the dict itself: reset() clears it in place
 
@@ -295,27 +291,18 @@ def row_change_py(
     return Change(_ROW_OPS[buf[0]], rel, new, old, _lsn(lsn), xid, commit_time)
 
 
-PURE_PYTHON_ENV = "REPLICATOR_PURE_PYTHON_DECODE"
-
-
-def _native() -> Any:
-    """The C extension, ready to build Change events; None to use the Python versions."""
-    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
-        return None
-    try:
-        from replicator import _pgoutput  # type: ignore[attr-defined]
-    except ImportError:  # not built (no C compiler at install): the Python versions do the same
-        return None
+def _configure(module: Any) -> str | None:
+    """Hand the extension the classes it builds events from; why it does not fit, or None."""
     # row_change fills the fields the dataclass's __init__ would, and nothing else.
     if [f.name for f in dataclasses.fields(Change)] != ["op", "relation", "new", "old", "lsn", "xid", "commit_time"]:
-        return None
+        return "Change's fields are not the ones the C decoder fills"
     if hasattr(Change, "__post_init__"):
-        return None
+        return "Change has a __post_init__ the C decoder would skip"
     try:
-        _pgoutput.configure(Change, Lsn, Op.INSERT, Op.UPDATE, Op.DELETE, UNCHANGED_TOAST)
-    except TypeError:
-        return None
-    return _pgoutput
+        module.configure(Change, Lsn, Op.INSERT, Op.UPDATE, Op.DELETE, UNCHANGED_TOAST)
+    except TypeError as e:
+        return f"the C decoder does not fit this code: {e}"
+    return None
 
 
 PumpResult = tuple[int, int, int, "bytes | None"]
@@ -325,23 +312,9 @@ Pump = Callable[[int, list[Event], int, int], PumpResult]
 PUMP_FULL, PUMP_COUNT, PUMP_NO_DATA, PUMP_MESSAGE, PUMP_END, PUMP_FAILED = range(6)
 
 
-@functools.cache
-def _bind_libpq() -> bool:
-    """Point the extension's pump at the libpq psycopg uses (the same library, the same version)."""
-    assert NATIVE is not None
-    try:
-        version, library = NATIVE.bind_libpq(libpq_carrier(), pq.version())
-    except (OSError, ImportError, AttributeError) as e:
-        log.debug("pgoutput: reading with psycopg, not in C: cannot use psycopg's libpq: %s", e)
-        return False
-    log.debug("pgoutput: reading row messages in C through %s (libpq %s)", library, version)
-    return True
-
-
-
-NATIVE = _native()
-"""``replicator._pgoutput`` when it is built and usable (not turned off with
-``REPLICATOR_PURE_PYTHON_DECODE=1``), else None."""
+NATIVE = native.pgoutput(_configure)
+"""``replicator._pgoutput`` when it is built and usable (not switched off: ``replicator.native``),
+else None."""
 row_message = NATIVE.row_message if NATIVE else row_message_py
 row_change = NATIVE.row_change if NATIVE else row_change_py
 

@@ -1,0 +1,194 @@
+"""The C extensions, held to one standard: which implementation runs, and why.
+
+Two hot loops have a C implementation, each with a pure-Python twin that moves the same data
+at a higher CPU cost:
+
+- ``relay``: ``replicator._relay``, the snapshot relay's per-row loop (``relay.py``);
+- ``pgoutput``: ``replicator._pgoutput``, pgoutput row messages read from the stream and
+  decoded into change events (``decoding/pgoutput.py``, ``source/stream.py``).
+
+An extension is used when it was built (``pip install -e .`` compiles both; ``setup.py``), we
+are on Linux, it is not switched off, and, for the parts that call libpq, it found the very
+libpq psycopg has loaded, in the same version (``_libpq_bind.h``). Switches:
+``REPLICATOR_PURE_PYTHON=1`` turns both off; ``REPLICATOR_PURE_PYTHON_RELAY=1`` and
+``REPLICATOR_PURE_PYTHON_DECODE=1`` one each. This module is the only place that decides; each
+decision is logged once at DEBUG with its reason. ``python -m replicator.native`` prints them;
+``--require`` exits 1 unless both extensions are usable (CI: a missing build is a failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from psycopg import pq
+
+from replicator.libpq import libpq_carrier
+
+log = logging.getLogger(__name__)
+
+PURE_PYTHON_ENV = "REPLICATOR_PURE_PYTHON"
+RELAY_ENV = "REPLICATOR_PURE_PYTHON_RELAY"
+DECODE_ENV = "REPLICATOR_PURE_PYTHON_DECODE"
+
+# pump(src_ptr, dst_ptr, on_progress, progress_every_rows, buffer_bytes, check_signals)
+#   -> (outcome, rows, bytes, reported_rows, reported_bytes); outcomes in relay.py
+RelayPump = Callable[[int, int, Callable[[int, int], None] | None, int, int, bool], tuple[int, int, int, int, int]]
+
+
+@dataclass(frozen=True)
+class NativeRelay:
+    pump: RelayPump
+    library: str  # the libpq file the C loop calls (psycopg's own)
+    version: int  # its PQlibVersion()
+
+
+_explained: set[tuple[str, str]] = set()
+_explain_lock = threading.Lock()
+
+
+def _explain(part: str, message: str) -> None:
+    with _explain_lock:
+        if (part, message) in _explained:
+            return
+        _explained.add((part, message))
+    log.debug("%s: %s", part, message)
+
+
+def switched_off(specific_env: str) -> str | None:
+    """Why the Python twin must run by the user's choice (None: it need not)."""
+    for env in (PURE_PYTHON_ENV, specific_env):
+        if os.environ.get(env, "") not in ("", "0"):
+            return f"{env} is set"
+    return None
+
+
+# -- relay -----------------------------------------------------------------------------------
+
+
+def relay() -> NativeRelay | None:
+    """The relay's C loop, or None when the relay must use its Python loop (the switches are
+    read on every call: a process may change them between relays)."""
+    off = switched_off(RELAY_ENV)
+    if off is not None:
+        _explain("relay", f"using the Python loop: {off}")
+        return None
+    native, why = _bind_relay()
+    if native is None:
+        _explain("relay", f"using the Python loop: {why}")
+    else:
+        _explain("relay", f"C loop bound to {native.library} (libpq {native.version}, psycopg {pq.__impl__})")
+    return native
+
+
+def relay_unavailable() -> str | None:
+    """Why the relay's C loop cannot be used in this process (None if it can); ignores the switches."""
+    return _bind_relay()[1] or None
+
+
+_bind_lock = threading.Lock()
+
+
+def _bind_relay() -> tuple[NativeRelay | None, str]:
+    # Workers start their first relays together; bind once.
+    with _bind_lock:
+        return _bind_relay_once()
+
+
+@functools.cache
+def _bind_relay_once() -> tuple[NativeRelay | None, str]:
+    if not sys.platform.startswith("linux"):
+        return None, f"the C relay is built and tested on Linux only (this is {sys.platform})"
+    try:
+        from replicator import _relay  # type: ignore[attr-defined]
+    except ImportError as e:
+        return None, f"the C relay is not built ({e}); `pip install -e .` builds it with a C compiler"
+    try:
+        # bind() refuses a libpq whose version differs from the one psycopg reports.
+        version, library = _relay.bind(libpq_carrier(), pq.version())
+    except (OSError, ImportError, AttributeError) as e:
+        return None, f"cannot use psycopg's libpq: {e}"
+    return NativeRelay(_relay.pump, os.path.realpath(library), version), ""
+
+
+# -- pgoutput --------------------------------------------------------------------------------
+
+
+def pgoutput(configure: Callable[[ModuleType], str | None]) -> ModuleType | None:
+    """``replicator._pgoutput``, configured by ``configure`` (which returns why the module does
+    not fit this code, or None), or None when the Python decoder must run. Read once, when
+    ``decoding.pgoutput`` is imported."""
+    off = switched_off(DECODE_ENV)
+    module, why = (None, off) if off is not None else _import_pgoutput()
+    if module is not None:
+        why = configure(module)
+        if why is not None:
+            module = None
+    if module is None:
+        _explain("pgoutput", f"decoding rows in Python: {why}")
+    else:
+        _explain("pgoutput", "decoding rows in C (replicator._pgoutput)")
+    return module
+
+
+def _import_pgoutput() -> tuple[ModuleType | None, str]:
+    if not sys.platform.startswith("linux"):
+        return None, f"the C decoder is built and tested on Linux only (this is {sys.platform})"
+    try:
+        from replicator import _pgoutput  # type: ignore[attr-defined]
+    except ImportError as e:  # not built (no C compiler at install): the Python versions do the same
+        return None, f"the C decoder is not built ({e}); `pip install -e .` builds it with a C compiler"
+    return _pgoutput, ""
+
+
+@functools.cache
+def bind_pgoutput(module: Any) -> bool:
+    """Point the extension's read loop at the libpq psycopg uses (the same library, version)."""
+    try:
+        version, library = module.bind_libpq(libpq_carrier(), pq.version())
+    except (OSError, ImportError, AttributeError) as e:
+        _explain("pgoutput", f"reading the stream with psycopg, not in C: cannot use psycopg's libpq: {e}")
+        return False
+    _explain("pgoutput", f"reading row messages in C through {library} (libpq {version})")
+    return True
+
+
+def pgoutput_unavailable() -> str | None:
+    """Why the C decoder and its read loop cannot be used (None if they can); ignores the switches."""
+    module, why = _import_pgoutput()
+    if module is None:
+        return why
+    try:
+        module.bind_libpq(libpq_carrier(), pq.version())
+    except (OSError, ImportError, AttributeError) as e:
+        return f"cannot use psycopg's libpq: {e}"
+    return None
+
+
+# -- python -m replicator.native --------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m replicator.native", description=__doc__.split("\n")[0])
+    parser.add_argument("--require", action="store_true", help="exit 1 unless both C extensions are usable")
+    args = parser.parse_args(argv)
+    missing = 0
+    for name, why in (("relay", relay_unavailable()), ("pgoutput", pgoutput_unavailable())):
+        off = switched_off(RELAY_ENV if name == "relay" else DECODE_ENV)
+        state = "C" if why is None and off is None else "Python"
+        reason = why or off or "built, and bound to psycopg's libpq"
+        print(f"{name:<9} {state:<7} {reason}")
+        missing += why is not None
+    return 1 if args.require and missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
