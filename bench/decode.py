@@ -51,7 +51,8 @@ def build_backlog(conn: psycopg.Connection, changes: int) -> tuple[int, Lsn]:
     deletes = changes // BATCH - inserts - updates
     for b in range(inserts):
         conn.execute(
-            "INSERT INTO bench SELECT i, i, md5(i::text) || ' ' || now()::text FROM generate_series(%s::int, %s::int) i",
+            "INSERT INTO bench SELECT i, i, md5(i::text) || ' ' || now()::text FROM "
+            "generate_series(%s::int, %s::int) i",
             (b * BATCH + 1, (b + 1) * BATCH),
         )
     for b in range(updates):
@@ -171,11 +172,13 @@ def main() -> int:
         )
         runs = ", ".join(f"{r[0]:.2f}s" for r in ours_runs)
         print(
-            f"ours (stream + decode)      : {ours_s:7.2f}s  {total / ours_s:>10,.0f} changes/s  (runs: {runs})"
+            f"ours (stream + decode)      : {ours_s:7.2f}s  {total / ours_s:>10,.0f} changes/s  (runs: "
+            f"{runs})"
         )
         print(f"ratio (ours / reference)    : {ref_s / ours_s:7.2f}  (1.0 = as fast as the bare stream)")
         print(
-            f"our CPU while streaming     : {ours_cpu:7.2f}s  {total / ours_cpu:>10,.0f} changes per CPU-second"
+            f"our CPU while streaming     : {ours_cpu:7.2f}s  {total / ours_cpu:>10,.0f} changes per "
+            "CPU-second"
             f" ({os.cpu_count()} cores shared with the server)"
         )
         print(

@@ -33,7 +33,6 @@ from replicator.decoding.pgoutput import NATIVE  # noqa: E402
 from replicator.localpg import LocalCluster, start_cluster  # noqa: E402
 
 
-
 def setup(src: LocalCluster, dst: LocalCluster, rows: int) -> None:
     src.create_database("bench")
     with psycopg.connect(src.conninfo("bench"), autocommit=True) as conn:
@@ -46,7 +45,10 @@ def setup(src: LocalCluster, dst: LocalCluster, rows: int) -> None:
         dst.create_database(db)
         with psycopg.connect(dst.conninfo(db), autocommit=True) as conn:
             conn.execute(TABLE_DDL)
-            with psycopg.connect(src.conninfo("bench")) as s, s.cursor().copy("COPY t TO STDOUT (FORMAT binary)") as out:
+            with (
+                psycopg.connect(src.conninfo("bench")) as s,
+                s.cursor().copy("COPY t TO STDOUT (FORMAT binary)") as out,
+            ):
                 with conn.cursor().copy("COPY t FROM STDIN (FORMAT binary)") as into:
                     for block in out:
                         into.write(block)
@@ -69,7 +71,9 @@ def backlog(src: LocalCluster, rows: int, changes: int, txn: int) -> str:
             n = min(txn, changes - done)
             kind = kinds[k % len(kinds)]
             if kind == "u":
-                conn.execute("UPDATE t SET b = b + 1, d = d || '{\"u\": 1}' WHERE id >= %s AND id < %s", (upd, upd + n))
+                conn.execute(
+                    "UPDATE t SET b = b + 1, d = d || '{\"u\": 1}' WHERE id >= %s AND id < %s", (upd, upd + n)
+                )
                 upd += n
             elif kind == "i":
                 conn.execute(FILL_SQL, (next_id, next_id + n - 1))
@@ -104,7 +108,7 @@ def catch_up_ours(workdir: Path) -> tuple[float, int]:
     while child.poll() is None:
         try:
             with open(f"/proc/{child.pid}/status") as f:
-                peak_kb = max([peak_kb] + [int(l.split()[1]) for l in f if l.startswith("VmHWM:")])
+                peak_kb = max([peak_kb] + [int(line.split()[1]) for line in f if line.startswith("VmHWM:")])
         except FileNotFoundError:
             pass
         time.sleep(0.02)
@@ -147,12 +151,20 @@ def main() -> int:
         print(f"writing a backlog of {args.changes:,} changes ...", flush=True)
         target = backlog(src, args.rows, args.changes, args.txn_size)
         native = catch_up_native(src, dst, target)
-        print(f"native logical replication caught up in {native:.2f} s ({args.changes / native:,.0f} changes/s)", flush=True)
+        print(
+            f"native logical replication caught up in {native:.2f} s ({args.changes / native:,.0f} "
+            "changes/s)",
+            flush=True,
+        )
         ours, peak_kb = catch_up_ours(workdir)
-        print(f"replicator realtime --once caught up in {ours:.2f} s ({args.changes / ours:,.0f} changes/s), "
-              f"peak RSS {peak_kb / 1024:.0f} MB (target < 300 MB)")
-        print(f"ratio native/ours: {native / ours:.2f}x  (target: >= 1.0x); pgoutput rows decoded by "
-              f"{'the C extension' if NATIVE else 'pure Python (REPLICATOR_PURE_PYTHON_DECODE or not built)'}")
+        print(
+            f"replicator realtime --once caught up in {ours:.2f} s ({args.changes / ours:,.0f} changes/s), "
+            f"peak RSS {peak_kb / 1024:.0f} MB (target < 300 MB)"
+        )
+        print(
+            f"ratio native/ours: {native / ours:.2f}x  (target: >= 1.0x); pgoutput rows decoded by "
+            f"{'the C extension' if NATIVE else 'pure Python (REPLICATOR_PURE_PYTHON_DECODE or not built)'}"
+        )
         print("destinations equal the source" if same(src, dst) else "DESTINATIONS DIFFER")
         return 0
     finally:

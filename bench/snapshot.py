@@ -31,7 +31,6 @@ from bench._table import FILL_SQL, TABLE_DDL  # noqa: E402
 from replicator.localpg import SUPERUSER_PASSWORD, LocalCluster, start_cluster  # noqa: E402
 
 
-
 def build_source(cluster: LocalCluster, rows: int) -> None:
     cluster.create_database("bench_src")
     with psycopg.connect(cluster.conninfo("bench_src"), autocommit=True) as conn:
@@ -51,15 +50,33 @@ def fresh_destination(cluster: LocalCluster, name: str, with_table: bool) -> Non
 
 
 def psql(cluster: LocalCluster, db: str, command: str) -> list[str]:
-    return ["psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(cluster.port), "-U", "postgres", "-d", db, "-c", command]
+    return [
+        "psql",
+        "-X",
+        "-q",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(cluster.port),
+        "-U",
+        "postgres",
+        "-d",
+        db,
+        "-c",
+        command,
+    ]
 
 
 def time_reference(cluster: LocalCluster) -> float:
     fresh_destination(cluster, "bench_ref", with_table=True)
     env = {**os.environ, "PGPASSWORD": SUPERUSER_PASSWORD}
     start = time.perf_counter()
-    out = subprocess.Popen(psql(cluster, "bench_src", "COPY t TO STDOUT (FORMAT binary)"), stdout=subprocess.PIPE, env=env)
-    subprocess.run(psql(cluster, "bench_ref", "COPY t FROM STDIN (FORMAT binary)"), stdin=out.stdout, env=env, check=True)
+    out = subprocess.Popen(
+        psql(cluster, "bench_src", "COPY t TO STDOUT (FORMAT binary)"), stdout=subprocess.PIPE, env=env
+    )
+    subprocess.run(
+        psql(cluster, "bench_ref", "COPY t FROM STDIN (FORMAT binary)"), stdin=out.stdout, env=env, check=True
+    )
     out.wait()
     elapsed = time.perf_counter() - start
     assert out.returncode == 0
@@ -81,15 +98,21 @@ def verify(cluster: LocalCluster, rows: int) -> None:
     for db in ("bench_ref", "bench_ours"):
         with psycopg.connect(cluster.conninfo(db)) as conn:
             count = conn.execute("SELECT count(*) FROM t").fetchone()[0]  # type: ignore[index]
-            pk = conn.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = 't'::regclass AND contype = 'p'").fetchone()[0]  # type: ignore[index]
+            pk = conn.execute(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 't'::regclass AND contype = 'p'"
+            ).fetchone()[0]  # type: ignore[index]
             assert count == rows and pk == 1, (db, count, pk)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--extractor", type=Path, help="extractor config for our run (default: built-in defaults)")
+    parser.add_argument(
+        "--extractor", type=Path, help="extractor config for our run (default: built-in defaults)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
     workdir.chmod(0o755)
@@ -103,11 +126,16 @@ def main() -> int:
         for i in range(args.repeats):
             ref_times.append(time_reference(cluster))
             our_times.append(time_ours(cluster, workdir, args.extractor))
-            print(f"  round {i + 1}: psql pipe {ref_times[-1]:.2f} s, replicator {our_times[-1]:.2f} s", flush=True)
+            print(
+                f"  round {i + 1}: psql pipe {ref_times[-1]:.2f} s, replicator {our_times[-1]:.2f} s",
+                flush=True,
+            )
         verify(cluster, args.rows)
         ref, ours = statistics.median(ref_times), statistics.median(our_times)
         print(f"reference (psql binary COPY pipe, PK in place): {ref:.2f} s  ({args.rows / ref:,.0f} rows/s)")
-        print(f"replicator run snapshot (end to end, PK built): {ours:.2f} s  ({args.rows / ours:,.0f} rows/s)")
+        print(
+            f"replicator run snapshot (end to end, PK built): {ours:.2f} s  ({args.rows / ours:,.0f} rows/s)"
+        )
         print(f"ratio reference/ours: {ref / ours:.2f}x  (target: >= 1.5x)")
         return 0
     finally:

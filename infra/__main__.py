@@ -10,7 +10,6 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
-
 from access import ReplicationAccess
 from database import SourceDatabase
 from handoff import Handoff
@@ -33,7 +32,12 @@ def compose(cfg: StackConfig) -> Handoff:
     if cfg.source == "create":
         # The security group must exist before the database that uses it.
         network = NetworkAccess(
-            f"{name}-access", cfg.port, cfg.allowlist, cfg.security_group_ids or None, cfg.vpc_id, cfg.network_acl
+            f"{name}-access",
+            cfg.port,
+            cfg.allowlist,
+            cfg.security_group_ids or None,
+            cfg.vpc_id,
+            cfg.network_acl,
         )
         db = SourceDatabase(name, cfg, group, list(network.security_group_ids), region, _endpoint("rds"))
     else:
@@ -43,7 +47,8 @@ def compose(cfg: StackConfig) -> Handoff:
         port = db.existing.port if db.existing else cfg.port
         if cfg.allowlist and not groups:
             raise StackConfigError(
-                "allowlist is set but there is no security group to add it to: set replicator:securityGroupIds"
+                "allowlist is set but there is no security group to add it to: set "
+                "replicator:securityGroupIds"
             )
         NetworkAccess(f"{name}-access", port, cfg.allowlist, groups, cfg.vpc_id, cfg.network_acl)
     access = ReplicationAccess(

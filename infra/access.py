@@ -1,4 +1,5 @@
-"""Replication access: the replication user and its rights (dynamic provider), its password in Secrets Manager."""
+"""Replication access: the replication user and its rights (dynamic provider), its password in Secrets
+Manager."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ class ReplicationUser(pulumi.dynamic.Resource, module="replicator", name="Replic
 
     password: pulumi.Output[str]
 
-    def __init__(self, name: str, props: dict[str, pulumi.Input[object]], opts: pulumi.ResourceOptions) -> None:
+    def __init__(
+        self, name: str, props: dict[str, pulumi.Input[object]], opts: pulumi.ResourceOptions
+    ) -> None:
         super().__init__(
             ReplicationUserProvider(),
             name,
             {**props, "password": None},
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password", "admin_password"])),
+            pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(additional_secret_outputs=["password", "admin_password"])
+            ),
         )
 
 
@@ -78,7 +83,8 @@ class ReplicationAccess(pulumi.ComponentResource):
         secret = aws.secretsmanager.Secret(
             f"{name}-secret",
             name=secret_name,
-            description=f"Credentials of the replication user {user} (written by the replicator Pulumi program)",
+            description=f"Credentials of the replication user {user} (written by the replicator Pulumi "
+                        "program)",
             opts=child,
         )
         fields: dict[str, pulumi.Input[object]] = {
@@ -90,7 +96,9 @@ class ReplicationAccess(pulumi.ComponentResource):
             "dbname": database,
         }
         if identifier:
-            fields["dbClusterIdentifier" if engine == "aurora-postgresql" else "dbInstanceIdentifier"] = identifier
+            fields["dbClusterIdentifier" if engine == "aurora-postgresql" else "dbInstanceIdentifier"] = (
+                identifier
+            )
         self.secret_version = aws.secretsmanager.SecretVersion(
             f"{name}-secret-value",
             secret_id=secret.id,

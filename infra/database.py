@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
+from stack_config import StackConfig, StackConfigError
 
 from replicator.provision import rds
 from replicator.provision.dynamic import RdsAttachmentProvider
-from stack_config import StackConfig, StackConfigError
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,9 @@ class ExistingDatabase:
 class RdsAttachment(pulumi.dynamic.Resource, module="replicator", name="RdsAttachment"):
     """Parameter group + backup retention on an instance or cluster the program does not own."""
 
-    def __init__(self, name: str, props: dict[str, pulumi.Input[object]], opts: pulumi.ResourceOptions) -> None:
+    def __init__(
+        self, name: str, props: dict[str, pulumi.Input[object]], opts: pulumi.ResourceOptions
+    ) -> None:
         super().__init__(RdsAttachmentProvider(), name, props, opts)
 
 
@@ -138,7 +140,9 @@ class SourceDatabase(pulumi.ComponentResource):
         self.register_outputs({"address": self.address, "port": self.port})
 
     @staticmethod
-    def _subnet_group(name: str, cfg: StackConfig, child: pulumi.ResourceOptions) -> pulumi.Output[str] | None:
+    def _subnet_group(
+        name: str, cfg: StackConfig, child: pulumi.ResourceOptions
+    ) -> pulumi.Output[str] | None:
         if not cfg.subnet_ids:
             return None  # the account's default subnet group (default VPC)
         return aws.rds.SubnetGroup(f"{name}-subnets", subnet_ids=cfg.subnet_ids, opts=child).name
@@ -149,11 +153,17 @@ def lookup(cfg: StackConfig) -> ExistingDatabase:
     assert cfg.identifier
     if cfg.is_cluster:
         c = aws.rds.get_cluster(cluster_identifier=cfg.identifier)
-        found = ExistingDatabase(c.endpoint, int(c.port), list(c.vpc_security_group_ids), c.engine, c.engine_version)
+        found = ExistingDatabase(
+            c.endpoint, int(c.port), list(c.vpc_security_group_ids), c.engine, c.engine_version
+        )
     else:
         i = aws.rds.get_instance(db_instance_identifier=cfg.identifier)
-        found = ExistingDatabase(i.address, int(i.port), list(i.vpc_security_groups), i.engine, i.engine_version)
-    if found.engine != cfg.engine or rds.major_version(found.engine_version) != rds.major_version(cfg.engine_version):
+        found = ExistingDatabase(
+            i.address, int(i.port), list(i.vpc_security_groups), i.engine, i.engine_version
+        )
+    if found.engine != cfg.engine or rds.major_version(found.engine_version) != rds.major_version(
+        cfg.engine_version
+    ):
         raise StackConfigError(
             f"{cfg.identifier} runs {found.engine} {found.engine_version}, but the stack config says "
             f"{cfg.engine} {cfg.engine_version}: set replicator:engine and replicator:engineVersion to match "

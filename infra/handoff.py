@@ -10,7 +10,8 @@ from replicator.handoff import OutputNames as N
 
 
 class Handoff(pulumi.ComponentResource):
-    """Collects endpoint, database, secret, slots and publication; ``export()`` publishes them as stack outputs."""
+    """Collects endpoint, database, secret, slots and publication; ``export()`` publishes them as stack
+    outputs."""
 
     outputs: dict[str, pulumi.Output[Any]]
 

@@ -6,7 +6,6 @@ import ipaddress
 
 import pulumi
 import pulumi_aws as aws
-
 from stack_config import AllowedCidr, NetworkAcl
 
 _EPHEMERAL_PORTS = (1024, 65535)  # where replies go: NACLs are stateless, so they need their own rule

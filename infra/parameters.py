@@ -38,7 +38,9 @@ class LogicalReplicationParameters(pulumi.ComponentResource):
                 family=self.family,
                 description=description,
                 parameters=[
-                    aws.rds.ClusterParameterGroupParameterArgs(name=p.name, value=p.value, apply_method=p.apply_method)
+                    aws.rds.ClusterParameterGroupParameterArgs(
+                        name=p.name, value=p.value, apply_method=p.apply_method
+                    )
                     for p in parameters
                 ],
                 opts=child,
@@ -49,7 +51,9 @@ class LogicalReplicationParameters(pulumi.ComponentResource):
                 family=self.family,
                 description=description,
                 parameters=[
-                    aws.rds.ParameterGroupParameterArgs(name=p.name, value=p.value, apply_method=p.apply_method)
+                    aws.rds.ParameterGroupParameterArgs(
+                        name=p.name, value=p.value, apply_method=p.apply_method
+                    )
                     for p in parameters
                 ],
                 opts=child,

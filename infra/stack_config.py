@@ -117,7 +117,9 @@ class StackConfig(_Model):
     def _consistent(self) -> StackConfig:
         rds.parameter_family(self.engine, self.engine_version)  # raises on a family AWS lacks
         if self.source in ("create", "adopt") and not self.identifier:
-            raise ValueError(f"identifier is required when source is {self.source} (the instance or cluster id)")
+            raise ValueError(
+                f"identifier is required when source is {self.source} (the instance or cluster id)"
+            )
         if self.source == "self-hosted" and not self.host:
             raise ValueError("host is required when source is self-hosted")
         if self.source == "self-hosted" and self.engine != "postgres":
@@ -132,8 +134,10 @@ class StackConfig(_Model):
         if self.max_wal_senders < len(self.slots):
             raise ValueError(f"maxWalSenders ({self.max_wal_senders}) is lower than the number of slots")
         if self.max_replication_slots < len(self.slots):
-            raise ValueError(f"maxReplicationSlots ({self.max_replication_slots}) is lower than the number of slots")
-        self.parameters  # validates extra parameter names, values and apply methods
+            raise ValueError(
+                f"maxReplicationSlots ({self.max_replication_slots}) is lower than the number of slots"
+            )
+        _ = self.parameters  # validates extra parameter names, values and apply methods
         return self
 
     @property
@@ -183,7 +187,9 @@ def parse_stack_config(raw: Mapping[str, Any], stack: str = "dev") -> StackConfi
     try:
         return StackConfig.model_validate(data)
     except pydantic.ValidationError as e:
-        raise StackConfigError("\n".join(_describe(where, err) for err in e.errors(include_url=False))) from None
+        raise StackConfigError(
+            "\n".join(_describe(where, err) for err in e.errors(include_url=False))
+        ) from None
     except rds.ParameterError as e:
         raise StackConfigError(f"{where}: {e}") from None
 
@@ -214,6 +220,10 @@ def _describe(where: str, err: Any) -> str:
         msg = msg[:1].lower() + msg[1:]
     if err["type"] == "missing":
         msg = "required key is missing"
-    elif "password" not in key and isinstance(err.get("input"), (str, int, float)) and err["type"] != "value_error":
+    elif (
+        "password" not in key
+        and isinstance(err.get("input"), (str, int, float))
+        and err["type"] != "value_error"
+    ):
         msg += f" (got {err['input']!r})"
     return f"{where}: {NAMESPACE}:{key}: {msg}" if key else f"{where}: {msg}"

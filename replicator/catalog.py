@@ -267,6 +267,11 @@ def load_types(cur: psycopg.Cursor[Any], cat: Catalog, oids: set[int]) -> None:
                 domain_not_null=notnull, domain_checks=tuple(checks), collation=coll,
             )
             cat.types[oid] = utype
-            for dep in (utype.element_oid, utype.base_oid, utype.range_subtype_oid, *(a[2] for a in attributes)):
+            for dep in (
+                utype.element_oid,
+                utype.base_oid,
+                utype.range_subtype_oid,
+                *(a[2] for a in attributes),
+            ):
                 if dep >= FIRST_NORMAL_OID and dep not in cat.types:
                     pending.add(dep)

@@ -43,13 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
 
-    status = sub.add_parser("status", help="progress held in the destination (and, with --source, the slots' lag)")
+    status = sub.add_parser(
+        "status", help="progress held in the destination (and, with --source, the slots' lag)"
+    )
     status.add_argument("--destination", required=True, metavar="FILE", help="destination connection config")
     status.add_argument("--source", metavar="FILE", help="source connection config, to show the slots' state")
 
     demo = sub.add_parser("demo", help="local throwaway servers, sample data, a snapshot you can watch")
     demo.add_argument("--rows", type=int, default=200_000, help="rows in the largest sample table")
-    demo.add_argument("--seconds", type=float, default=20.0, help="how long the simulated shop writes changes")
+    demo.add_argument(
+        "--seconds", type=float, default=20.0, help="how long the simulated shop writes changes"
+    )
     demo.add_argument("--keep", action="store_true", help="leave the servers running at the end")
     _add_handoff(sub)
     _add_check(sub)
@@ -58,17 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_handoff(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("handoff", help="turn `pulumi stack output --json` into a source connection config")
-    p.add_argument("--stack-outputs", required=True, metavar="FILE|-", help="the JSON outputs ('-': standard input)")
+    p.add_argument(
+        "--stack-outputs", required=True, metavar="FILE|-", help="the JSON outputs ('-': standard input)"
+    )
     p.add_argument("--output", metavar="FILE", help="where to write the config (default: standard output)")
 
 
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("check", help="check every prerequisite of the source (and destination); say how to fix each")
+    p = sub.add_parser(
+        "check", help="check every prerequisite of the source (and destination); say how to fix each"
+    )
     p.add_argument("--source", required=True, metavar="FILE", help="source connection config (YAML)")
     p.add_argument("--destination", metavar="FILE", help="destination connection config")
     p.add_argument("--filter", metavar="FILE", help="filter config: which tables, columns, rows")
     p.add_argument("--extractor", metavar="FILE", help="extractor config: per-table keys")
-    p.add_argument("--client-ip", metavar="ADDRESS", help="the address AWS sees the replicator as (default: detected)")
+    p.add_argument(
+        "--client-ip", metavar="ADDRESS", help="the address AWS sees the replicator as (default: detected)"
+    )
 
 
 def _load_job(args: argparse.Namespace) -> Job:

@@ -68,13 +68,16 @@ def _read(client: Any, secret_id: str) -> tuple[str, str]:
             ) from None
         if code in ("AccessDeniedException", "AccessDenied"):
             raise CredentialError(
-                f"credential-store: not allowed to read {where}: the caller needs secretsmanager:GetSecretValue "
+                f"credential-store: not allowed to read {where}: the caller needs "
+                "secretsmanager:GetSecretValue "
                 "on it (and kms:Decrypt on its key)"
             ) from None
         raise CredentialError(f"credential-store: cannot read {where}: {awsclient.explain(e)}") from None
     text = response.get("SecretString")
     if text is None:
-        raise CredentialError(f"credential-store: {where} holds binary data; expected JSON with username and password")
+        raise CredentialError(
+            f"credential-store: {where} holds binary data; expected JSON with username and password"
+        )
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
@@ -86,7 +89,9 @@ def _read(client: Any, secret_id: str) -> tuple[str, str]:
         raise CredentialError(f"credential-store: {where} must be a JSON object with username and password")
     missing = [k for k in ("username", "password") if not isinstance(data.get(k), str) or not data.get(k)]
     if missing:
-        raise CredentialError(f"credential-store: {where} has no {' or '.join(missing)} (a non-empty text field)")
+        raise CredentialError(
+            f"credential-store: {where} has no {' or '.join(missing)} (a non-empty text field)"
+        )
     logs.register_secret(data["password"])
     return data["username"], data["password"]
 

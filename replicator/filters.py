@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ from psycopg import sql
 
 from replicator.catalog import Catalog, Column, Table
 from replicator.config import ConfigFile, ExtractorConfig, FilterConfig
-from replicator.config.extractor import SplitHints
+from replicator.config.extractor import DeltaPerTable, RealtimePerTable, SnapshotPerTable, SplitHints
 from replicator.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ def _pick_columns(
     missing_key = [k for k in table.primary_key if k not in wanted]
     if missing_key:
         log.warning(
-            "%s: the filter's column list leaves out key column(s) %s; adding them (later modes need the key)",
+            "%s: the filter's column list leaves out key column(s) %s; adding them (later modes need the "
+            "key)",
             table.display, ", ".join(missing_key),
         )
         wanted.update(missing_key)
@@ -140,11 +142,13 @@ def _per_table_settings(
     catalog: Catalog, extractor: ConfigFile[ExtractorConfig], database: str, section: Section
 ) -> dict[tuple[str, str], dict[str, Any]]:
     cfg = extractor.value
-    entries = {
-        "snapshot": cfg.snapshot.per_table_config,
-        "realtime": cfg.realtime.per_table_config,
-        "delta-snapshot": cfg.delta_snapshot.per_table_config,
-    }[section]
+    entries: Sequence[SnapshotPerTable | RealtimePerTable | DeltaPerTable]
+    if section == "snapshot":
+        entries = cfg.snapshot.per_table_config
+    elif section == "realtime":
+        entries = cfg.realtime.per_table_config
+    else:
+        entries = cfg.delta_snapshot.per_table_config
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for i, entry in enumerate(entries):
         loc = (section, "per-table-config", i)
@@ -155,7 +159,7 @@ def _per_table_settings(
             )
         schema = entry.schema_name or "public"
         by_name = {t.name: t for t in catalog.tables.values() if t.schema == schema}
-        for name, settings in entry.tables.items():
+        for name, settings in entry.table_settings().items():
             table = _match(name, by_name)
             if table is None:
                 raise ConfigError(
@@ -170,12 +174,15 @@ def _per_table_settings(
                         alias = key_field.replace("_", "-")
                         raise ConfigError(
                             f"{extractor.where(*loc, 'tables', name, alias)}: {alias}: table "
-                            f"{table.display} has no column '{col}'{_did_you_mean(col, [c.name for c in table.columns])}"
+                            f"{table.display} has no column "
+                            f"'{col}'{_did_you_mean(col, [c.name for c in table.columns])}"
                         )
             values["_where"] = extractor.where(*loc, "tables", name)
             for key_field in ("row_identifier_key", "update_key"):
                 if key_field in values:
-                    values[f"_{key_field}_where"] = extractor.where(*loc, "tables", name, key_field.replace("_", "-"))
+                    values[f"_{key_field}_where"] = extractor.where(
+                        *loc, "tables", name, key_field.replace("_", "-")
+                    )
             out[(table.schema, table.name)] = values
     return out
 
@@ -219,7 +226,9 @@ def _selected(
             update_key = tuple(uk)
         else:
             update_key_where = ""
-        replicate_deletes = settings.get("replicate_deletes", extractor.value.delta_snapshot.replicate_deletes)
+        replicate_deletes = settings.get(
+            "replicate_deletes", extractor.value.delta_snapshot.replicate_deletes
+        )
     hints = settings.get("split_hints")
     return SelectedTable(
         table=table,

@@ -38,7 +38,13 @@ class OutputNames:
     USER = "replicationUser"
 
 
-REQUIRED = (OutputNames.HOST, OutputNames.PORT, OutputNames.DATABASE, OutputNames.SECRET_ARN, OutputNames.REGION)
+REQUIRED = (
+    OutputNames.HOST,
+    OutputNames.PORT,
+    OutputNames.DATABASE,
+    OutputNames.SECRET_ARN,
+    OutputNames.REGION,
+)
 _SECRET_PLACEHOLDER = "[secret]"
 
 
@@ -48,7 +54,9 @@ def read_stack_outputs(source: str) -> dict[str, Any]:
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{name}: file not found (expected the output of `pulumi stack output --json`)") from None
+        raise ConfigError(
+            f"{name}: file not found (expected the output of `pulumi stack output --json`)"
+        ) from None
     except OSError as e:
         raise ConfigError(f"{name}: cannot read: {e}") from None
     try:
@@ -72,11 +80,15 @@ def source_config(outputs: Mapping[str, Any], origin: str = "stack outputs") -> 
         )
     hidden = [k for k, v in outputs.items() if v == _SECRET_PLACEHOLDER]
     if hidden:
-        raise ConfigError(f"{origin}: output(s) {', '.join(hidden)} are hidden as [secret]; add --show-secrets")
+        raise ConfigError(
+            f"{origin}: output(s) {', '.join(hidden)} are hidden as [secret]; add --show-secrets"
+        )
     try:
         port = int(outputs[OutputNames.PORT])
     except (TypeError, ValueError):
-        raise ConfigError(f"{origin}: output port must be a number, got {outputs[OutputNames.PORT]!r}") from None
+        raise ConfigError(
+            f"{origin}: output port must be a number, got {outputs[OutputNames.PORT]!r}"
+        ) from None
     config: dict[str, Any] = {
         "type": "POSTGRESQL",
         "host": str(outputs[OutputNames.HOST]),
@@ -98,7 +110,10 @@ def source_config(outputs: Mapping[str, Any], origin: str = "stack outputs") -> 
     if outputs.get(OutputNames.PUBLICATION):
         config["publication"] = str(outputs[OutputNames.PUBLICATION])
     config["aws-region"] = str(outputs[OutputNames.REGION])
-    for output, key in ((OutputNames.INSTANCE_ID, "db-instance-identifier"), (OutputNames.CLUSTER_ID, "db-cluster-identifier")):
+    for output, key in (
+        (OutputNames.INSTANCE_ID, "db-instance-identifier"),
+        (OutputNames.CLUSTER_ID, "db-cluster-identifier"),
+    ):
         if outputs.get(output):
             config[key] = str(outputs[output])
     return config
@@ -129,7 +144,10 @@ def run_handoff(stack_outputs: str, output: str | None) -> int:
     """``replicator handoff``: print the config, or write it and say where."""
     text = handoff(stack_outputs, output)
     if output:
-        print(f"wrote {output}: use it as --source (run `replicator check --source {output}` first)", file=sys.stderr)
+        print(
+            f"wrote {output}: use it as --source (run `replicator check --source {output}` first)",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(text)
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import logging
 import os
 import sys
@@ -27,7 +28,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
 
 from psycopg import pq
 
@@ -41,7 +41,9 @@ DECODE_ENV = "REPLICATOR_PURE_PYTHON_DECODE"
 
 # pump(src_ptr, dst_ptr, on_progress, progress_every_rows, buffer_bytes, check_signals)
 #   -> (outcome, rows, bytes, reported_rows, reported_bytes); outcomes in relay.py
-RelayPump = Callable[[int, int, Callable[[int, int], None] | None, int, int, bool], tuple[int, int, int, int, int]]
+RelayPump = Callable[
+    [int, int, Callable[[int, int], None] | None, int, int, bool], tuple[int, int, int, int, int]
+]
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def _bind_relay_once() -> tuple[NativeRelay | None, str]:
     if not sys.platform.startswith("linux"):
         return None, f"the C relay is built and tested on Linux only (this is {sys.platform})"
     try:
-        from replicator import _relay  # type: ignore[attr-defined]
+        _relay = importlib.import_module("replicator._relay")
     except ImportError as e:
         return None, f"the C relay is not built ({e}); `pip install -e .` builds it with a C compiler"
     try:
@@ -127,6 +129,8 @@ def pgoutput(configure: Callable[[ModuleType], str | None]) -> ModuleType | None
     not fit this code, or None), or None when the Python decoder must run. Read once, when
     ``decoding.pgoutput`` is imported."""
     off = switched_off(DECODE_ENV)
+    module: ModuleType | None
+    why: str | None
     module, why = (None, off) if off is not None else _import_pgoutput()
     if module is not None:
         why = configure(module)
@@ -143,14 +147,14 @@ def _import_pgoutput() -> tuple[ModuleType | None, str]:
     if not sys.platform.startswith("linux"):
         return None, f"the C decoder is built and tested on Linux only (this is {sys.platform})"
     try:
-        from replicator import _pgoutput  # type: ignore[attr-defined]
+        _pgoutput = importlib.import_module("replicator._pgoutput")
     except ImportError as e:  # not built (no C compiler at install): the Python versions do the same
         return None, f"the C decoder is not built ({e}); `pip install -e .` builds it with a C compiler"
     return _pgoutput, ""
 
 
 @functools.cache
-def bind_pgoutput(module: Any) -> bool:
+def bind_pgoutput(module: ModuleType) -> bool:
     """Point the extension's read loop at the libpq psycopg uses (the same library, version)."""
     try:
         version, library = module.bind_libpq(libpq_carrier(), pq.version())

@@ -7,7 +7,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 log = logging.getLogger("replicator.progress")
 
@@ -93,9 +96,11 @@ class LiveProgress:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress as RichProgress,
             TextColumn,
             TimeElapsedColumn,
+        )
+        from rich.progress import (
+            Progress as RichProgress,
         )
 
         self.what = what
@@ -111,7 +116,7 @@ class LiveProgress:
             transient=False,
         )
         self._overall = self._bar.add_task(f"[bold]{what}: tables", total=tables, rate="")
-        self._tasks: dict[str, int] = {}
+        self._tasks: dict[str, TaskID] = {}
         self._table_rows: dict[str, int] = {}
         self._bar.start()
 

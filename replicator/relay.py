@@ -28,6 +28,7 @@ import psycopg
 from psycopg import pq
 
 from replicator import native
+from replicator.libpq import pgconn_ptr
 from replicator.native import NativeRelay
 from replicator.retry import is_transient
 
@@ -146,7 +147,7 @@ def _pump_native(
     c_loop: NativeRelay, sp: pq.abc.PGconn, dp: pq.abc.PGconn, on_progress: Callable[[int, int], None] | None
 ) -> _Moved:
     """The loop in C, without the GIL; failures raise what ``_pump_python`` raises for them."""
-    src_ptr, dst_ptr = sp.pgconn_ptr, dp.pgconn_ptr
+    src_ptr, dst_ptr = pgconn_ptr(sp), pgconn_ptr(dp)
     if src_ptr is None or dst_ptr is None:
         raise psycopg.OperationalError("the connection is closed")
     in_main_thread = threading.current_thread() is threading.main_thread()  # where Ctrl-C is handled
@@ -229,7 +230,9 @@ class PgCopyIn:
         return self._pgconn
 
 
-def _start(pgconn: pq.abc.PGconn, query: bytes, expected: pq.ExecStatus, side: str, conn: Any) -> None:
+def _start(
+    pgconn: pq.abc.PGconn, query: bytes, expected: pq.ExecStatus, side: str, conn: psycopg.Connection[Any]
+) -> None:
     pgconn.send_query(query)
     _flush(pgconn)
     _wait_readable(pgconn, side, conn)
@@ -241,7 +244,7 @@ def _start(pgconn: pq.abc.PGconn, query: bytes, expected: pq.ExecStatus, side: s
         raise RelayError(side, err)
 
 
-def _wait_readable(pgconn: pq.abc.PGconn, side: str, conn: Any) -> None:
+def _wait_readable(pgconn: pq.abc.PGconn, side: str, conn: psycopg.Connection[Any]) -> None:
     while pgconn.is_busy():
         select.select([pgconn.socket], [], [])
         pgconn.consume_input()
@@ -265,7 +268,7 @@ def _flush(dp: pq.abc.PGconn) -> None:
         select.select([], [dp.socket], [])
 
 
-def _finish_copy_out(sp: pq.abc.PGconn, conn: Any) -> int:
+def _finish_copy_out(sp: pq.abc.PGconn, conn: psycopg.Connection[Any]) -> int:
     """Collect the COPY TO result; return the row count the server reports."""
     res = sp.get_result()
     status = res.status if res is not None else None
@@ -277,7 +280,7 @@ def _finish_copy_out(sp: pq.abc.PGconn, conn: Any) -> int:
     return rows or 0
 
 
-def _finish_copy_in(dp: pq.abc.PGconn, conn: Any) -> None:
+def _finish_copy_in(dp: pq.abc.PGconn, conn: psycopg.Connection[Any]) -> None:
     try:
         while (rv := dp.put_copy_end(None)) == 0:
             select.select([], [dp.socket], [])
@@ -295,7 +298,7 @@ def _finish_copy_in(dp: pq.abc.PGconn, conn: Any) -> None:
         raise RelayError("destination", _error(res, conn))
 
 
-def _abort_copy_in(dp: pq.abc.PGconn, conn: Any, reason: str) -> None:
+def _abort_copy_in(dp: pq.abc.PGconn, conn: psycopg.Connection[Any], reason: str) -> None:
     if dp.status != pq.ConnStatus.OK:
         return
     try:
@@ -308,7 +311,7 @@ def _abort_copy_in(dp: pq.abc.PGconn, conn: Any, reason: str) -> None:
         pass
 
 
-def _abandon_copy_out(conn: Any) -> None:
+def _abandon_copy_out(conn: psycopg.Connection[Any]) -> None:
     """Stop a COPY TO that we will not read to the end (the destination failed)."""
     sp = conn.pgconn
     if sp.status != pq.ConnStatus.OK:
@@ -326,7 +329,7 @@ def _abandon_copy_out(conn: Any) -> None:
         pass
 
 
-def _error(res: pq.abc.PGresult | None, conn: Any) -> psycopg.Error:
+def _error(res: pq.abc.PGresult | None, conn: psycopg.Connection[Any]) -> psycopg.Error:
     """The server's error as the matching psycopg exception (so SQLSTATE classes work)."""
     if res is None:
         return psycopg.OperationalError(conn.pgconn.get_error_message().strip())

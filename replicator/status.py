@@ -14,7 +14,9 @@ from replicator.destinations.base import StateStore
 APP = "replicator/status"
 
 
-def render_status(destination: ConfigFile[ConnectionConfig], source: ConfigFile[ConnectionConfig] | None) -> str:
+def render_status(
+    destination: ConfigFile[ConnectionConfig], source: ConfigFile[ConnectionConfig] | None
+) -> str:
     with open_destination(destination.value).open_session(APP) as dst:
         if not dst.state.present():
             return "no replication state in this destination yet (schema _replicator is absent)"
@@ -66,7 +68,8 @@ def _delta(state: StateStore) -> list[str]:
     if not rows:
         return []
     return ["delta-snapshot:"] + [
-        f"  {r.job}  {r.table:<40} {r.mark.kind}: next pass reads {describe_watermark(r.mark)} ({_age(r.age)} ago)"
+        f"  {r.job}  {r.table:<40} {r.mark.kind}: next pass reads {describe_watermark(r.mark)} "
+        f"({_age(r.age)} ago)"
         for r in rows
     ]
 

@@ -22,7 +22,6 @@ from replicator.source.publication import PublishedTable, ensure_publication
 from replicator.source.slots import create_slot, drop_slot
 from replicator.source.sqlreader import SqlReader
 from replicator.source.stream import ReplicationStream
-
 from tests.conftest import Database
 
 _slot_counter = itertools.count()

@@ -18,7 +18,10 @@ def test_which_tables_updates_and_deletes_can_be_replicated(source_db: Database)
     )
     with source_db.connect() as conn:
         catalog = load_catalog(conn)
-    gaps = {name: catalog.tables[("public", name)].identity_gap for name in ("t", "u", "full_", "nothing", "byindex", "dropped")}
+    gaps = {
+        name: catalog.tables[("public", name)].identity_gap
+        for name in ("t", "u", "full_", "nothing", "byindex", "dropped")
+    }
     assert gaps == {
         "t": None,
         "u": "no primary key and REPLICA IDENTITY DEFAULT",

@@ -4,7 +4,6 @@ import pytest
 
 from replicator.config import load_connection
 from replicator.connect import ConnectError, connect
-
 from tests.conftest import Database
 
 
@@ -14,7 +13,9 @@ def test_connects_with_password(source_db: Database, tmp_path: Path) -> None:
         assert conn.execute("select current_database()").fetchone() == (source_db.name,)
 
 
-def test_wrong_password_is_refused_without_retry_and_without_echoing_it(source_db: Database, tmp_path: Path) -> None:
+def test_wrong_password_is_refused_without_retry_and_without_echoing_it(
+    source_db: Database, tmp_path: Path
+) -> None:
     path = source_db.write_config(tmp_path / "s.yaml", password="not-the-password", **{"max-retries": 5})
     cfg = load_connection(path, "source").value
     with pytest.raises(ConnectError) as err:

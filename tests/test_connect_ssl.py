@@ -37,10 +37,14 @@ def _name(cn: str) -> x509.Name:
 
 
 def _issue(
-    subject: str, issuer_key: ec.EllipticCurvePrivateKey | None, issuer: str | None, ca: bool, sans: list[x509.GeneralName] | None = None
+    subject: str,
+    issuer_key: ec.EllipticCurvePrivateKey | None,
+    issuer: str | None,
+    ca: bool,
+    sans: list[x509.GeneralName] | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -57,25 +61,33 @@ def _issue(
     return cert, key
 
 
-def _write(path: Path, cert: x509.Certificate | None = None, key: ec.EllipticCurvePrivateKey | None = None) -> Path:
+def _write(
+    path: Path, cert: x509.Certificate | None = None, key: ec.EllipticCurvePrivateKey | None = None
+) -> Path:
     if cert is not None:
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     else:
         assert key is not None
         path.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
         )
         path.chmod(0o600)
     return path
 
 
 @pytest.fixture(scope="module")
-def ssl_setup(cluster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Pki]]:
+def ssl_setup(
+    cluster_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LocalCluster, Pki]]:
     certs = tmp_path_factory.mktemp("pki")
     ca_cert, ca_key = _issue("replicator test CA", None, None, ca=True)
     other_ca_cert, _ = _issue("some other CA", None, None, ca=True)
     # The server certificate names only "localhost": connecting to 127.0.0.1 with verify-full must fail.
-    server_cert, server_key = _issue("localhost", ca_key, "replicator test CA", ca=False, sans=[x509.DNSName("localhost")])
+    server_cert, server_key = _issue(
+        "localhost", ca_key, "replicator test CA", ca=False, sans=[x509.DNSName("localhost")]
+    )
     client_cert, client_key = _issue(CERT_USER, ca_key, "replicator test CA", ca=False)
     server_dir = cluster_root / "ssl-files"
     server_dir.mkdir()
@@ -125,19 +137,24 @@ def _config(tmp_path: Path, cluster: LocalCluster, **extra: object) -> Path:
 
 
 def _ssl_in_use(conn: object) -> bool:
-    return bool(conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0])  # type: ignore[attr-defined]
+    return bool(conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = "
+                             "pg_backend_pid()").fetchone()[0])  # type: ignore[attr-defined]
 
 
 def test_verify_full_with_the_right_ca_connects(ssl_setup: tuple[LocalCluster, Pki], tmp_path: Path) -> None:
     cluster, pki = ssl_setup
-    path = _config(tmp_path, cluster, host="localhost", ssl={"ssl-mode": "verify-full", "root-cert": str(pki.ca)})
+    path = _config(
+        tmp_path, cluster, host="localhost", ssl={"ssl-mode": "verify-full", "root-cert": str(pki.ca)}
+    )
     with connect(load_connection(path, "source").value, "source") as conn:
         assert _ssl_in_use(conn)
 
 
 def test_wrong_host_name_is_refused_clearly(ssl_setup: tuple[LocalCluster, Pki], tmp_path: Path) -> None:
     cluster, pki = ssl_setup
-    path = _config(tmp_path, cluster, host="127.0.0.1", ssl={"ssl-mode": "verify-full", "root-cert": str(pki.ca)})
+    path = _config(
+        tmp_path, cluster, host="127.0.0.1", ssl={"ssl-mode": "verify-full", "root-cert": str(pki.ca)}
+    )
     with pytest.raises(ConnectError) as err:
         connect(load_connection(path, "source").value, "source")
     text = str(err.value)
@@ -147,7 +164,9 @@ def test_wrong_host_name_is_refused_clearly(ssl_setup: tuple[LocalCluster, Pki],
 
 def test_wrong_ca_is_refused_clearly(ssl_setup: tuple[LocalCluster, Pki], tmp_path: Path) -> None:
     cluster, pki = ssl_setup
-    path = _config(tmp_path, cluster, host="localhost", ssl={"ssl-mode": "verify-full", "root-cert": str(pki.other_ca)})
+    path = _config(
+        tmp_path, cluster, host="localhost", ssl={"ssl-mode": "verify-full", "root-cert": str(pki.other_ca)}
+    )
     with pytest.raises(ConnectError) as err:
         connect(load_connection(path, "source").value, "source")
     assert "certificate verify failed" in str(err.value)
@@ -155,7 +174,12 @@ def test_wrong_ca_is_refused_clearly(ssl_setup: tuple[LocalCluster, Pki], tmp_pa
 
 def test_client_certificate_authenticates(ssl_setup: tuple[LocalCluster, Pki], tmp_path: Path) -> None:
     cluster, pki = ssl_setup
-    ssl = {"ssl-mode": "verify-full", "root-cert": str(pki.ca), "ssl-cert": str(pki.client_cert), "ssl-key": str(pki.client_key)}
+    ssl = {
+        "ssl-mode": "verify-full",
+        "root-cert": str(pki.ca),
+        "ssl-cert": str(pki.client_cert),
+        "ssl-key": str(pki.client_key),
+    }
     path = _config(tmp_path, cluster, host="localhost", username=CERT_USER, password=None, ssl=ssl)
     with connect(load_connection(path, "source").value, "source") as conn:
         assert conn.execute("SELECT current_user").fetchone() == (CERT_USER,)
@@ -171,9 +195,17 @@ def test_snapshot_over_ssl(ssl_setup: tuple[LocalCluster, Pki], dest_db: Databas
     cluster, pki = ssl_setup
     cluster.create_database("ssl_src")
     source = Database(cluster, "ssl_src")
-    source.execute("CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g")
-    src_path = _config(tmp_path, cluster, dbname="ssl_src", host="localhost",
-                       ssl={"ssl-mode": "verify-full", "root-cert": str(pki.ca)})
+    source.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM "
+        "generate_series(1, 1000) g"
+    )
+    src_path = _config(
+        tmp_path,
+        cluster,
+        dbname="ssl_src",
+        host="localhost",
+        ssl={"ssl-mode": "verify-full", "root-cert": str(pki.ca)},
+    )
     dst_path = dest_db.write_config(tmp_path / "dest.yaml")
     assert run_cli("run", "snapshot", "--source", src_path, "--destination", dst_path) == 0
     assert checksum(dest_db, "public", "t") == checksum(source, "public", "t")

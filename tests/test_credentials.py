@@ -26,7 +26,14 @@ def _fresh_cache() -> Iterator[None]:
 
 
 def config(tmp_path: Path, store: dict[str, Any], **extra: Any) -> Any:
-    data = {"type": "POSTGRESQL", "host": "127.0.0.1", "port": 5432, "database": "d", "credential-store": store, **extra}
+    data = {
+        "type": "POSTGRESQL",
+        "host": "127.0.0.1",
+        "port": 5432,
+        "database": "d",
+        "credential-store": store,
+        **extra,
+    }
     path = tmp_path / "source.yaml"
     path.write_text(yaml.safe_dump(data))
     return load_connection(path, "source").value
@@ -40,12 +47,20 @@ def put_secret(aws: AwsEndpoint, name: str, value: Any, binary: bool = False) ->
     return str(sm.create_secret(Name=name, SecretString=text)["ARN"])
 
 
-RDS_SHAPED = {"username": "replicator", "password": "s3cret-Pa55word", "engine": "postgres", "host": "h", "port": 5432}
+RDS_SHAPED = {
+    "username": "replicator",
+    "password": "s3cret-Pa55word",
+    "engine": "postgres",
+    "host": "h",
+    "port": 5432,
+}
 
 
 def test_reads_username_and_password_by_name(aws: AwsEndpoint, tmp_path: Path) -> None:
     put_secret(aws, "replicator/source", RDS_SHAPED)
-    cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "replicator/source", "region": aws.region})
+    cfg = config(
+        tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "replicator/source", "region": aws.region}
+    )
     assert fetch_credentials(cfg) == ("replicator", "s3cret-Pa55word")
     assert logs.mask("password=s3cret-Pa55word") == "password=********"
 
@@ -57,7 +72,9 @@ def test_region_comes_from_the_arn(aws: AwsEndpoint, tmp_path: Path, monkeypatch
     assert fetch_credentials(cfg)[0] == "replicator"
 
 
-def test_region_comes_from_an_rds_host(aws: AwsEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_region_comes_from_an_rds_host(
+    aws: AwsEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     put_secret(aws, "by-host", RDS_SHAPED)
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "by-host"},
@@ -74,7 +91,9 @@ def test_no_region_anywhere(aws: AwsEndpoint, tmp_path: Path, monkeypatch: pytes
 
 def test_missing_secret(aws: AwsEndpoint, tmp_path: Path) -> None:
     cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "nope", "region": aws.region})
-    with pytest.raises(CredentialError, match=r"secret 'nope' in eu-west-1 \(http://127.0.0.1:\d+\) does not exist"):
+    with pytest.raises(
+        CredentialError, match=r"secret 'nope' in eu-west-1 \(http://127.0.0.1:\d+\) does not exist"
+    ):
         fetch_credentials(cfg)
 
 
@@ -88,7 +107,9 @@ def test_missing_secret(aws: AwsEndpoint, tmp_path: Path) -> None:
         (None, True, "holds binary data"),
     ],
 )
-def test_malformed_secret_never_quoted(aws: AwsEndpoint, tmp_path: Path, value: Any, binary: bool, message: str) -> None:
+def test_malformed_secret_never_quoted(
+    aws: AwsEndpoint, tmp_path: Path, value: Any, binary: bool, message: str
+) -> None:
     put_secret(aws, "bad", value, binary=binary)
     cfg = config(tmp_path, {"type": "AWS_SECRETS_MANAGER", "secret-id": "bad", "region": aws.region})
     with pytest.raises(CredentialError, match=message) as e:

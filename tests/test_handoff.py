@@ -35,7 +35,9 @@ def write(tmp_path: Path, data: Any) -> Path:
     return path
 
 
-def test_handoff_writes_a_config_the_replicator_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_handoff_writes_a_config_the_replicator_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = tmp_path / "source.yaml"
     assert main(["handoff", "--stack-outputs", str(write(tmp_path, OUTPUTS)), "--output", str(target)]) == 0
     assert "wrote" in capsys.readouterr().err
@@ -48,11 +50,17 @@ def test_handoff_writes_a_config_the_replicator_loads(tmp_path: Path, capsys: py
     assert cfg.slots == {"replicator_slot": "pgoutput", "json_slot": "wal2json"}
     assert cfg.publication == "replicator_pub"
     assert cfg.ssl is not None and cfg.ssl.ssl_mode == "require"
-    assert (cfg.aws_region, cfg.db_instance_identifier, cfg.db_cluster_identifier) == ("eu-west-1", "orders", None)
+    assert (cfg.aws_region, cfg.db_instance_identifier, cfg.db_cluster_identifier) == (
+        "eu-west-1",
+        "orders",
+        None,
+    )
     assert cfg.username is None and cfg.password is None
 
 
-def test_handoff_from_standard_input(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_handoff_from_standard_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     cluster = {**OUTPUTS, "dbClusterIdentifier": "aur"}
     del cluster["dbInstanceIdentifier"]
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(cluster)))
@@ -65,8 +73,15 @@ def test_handoff_from_standard_input(monkeypatch: pytest.MonkeyPatch, capsys: py
 def test_minimal_outputs() -> None:
     minimal = {k: OUTPUTS[k] for k in ("host", "port", "database", "secretArn", "region")}
     assert source_config(minimal) == {
-        "type": "POSTGRESQL", "host": OUTPUTS["host"], "port": 5432, "database": "orders",
-        "credential-store": {"type": "AWS_SECRETS_MANAGER", "secret-id": OUTPUTS["secretArn"], "region": "eu-west-1"},
+        "type": "POSTGRESQL",
+        "host": OUTPUTS["host"],
+        "port": 5432,
+        "database": "orders",
+        "credential-store": {
+            "type": "AWS_SECRETS_MANAGER",
+            "secret-id": OUTPUTS["secretArn"],
+            "region": "eu-west-1",
+        },
         "aws-region": "eu-west-1",
     }
 

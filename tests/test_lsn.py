@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from replicator.lsn import Lsn
-
 from tests.conftest import Database
 
 

@@ -86,8 +86,18 @@ def test_follows_psycopgs_ctypes_implementation() -> None:
         "n = relay(); print(json.dumps([pq.__impl__, pq.version(), n and n.library, n and n.version]))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "PSYCOPG_IMPL": "python", "PYTHONPATH": str(REPO), PURE_PYTHON_ENV: "", RELAY_ENV: ""},
-        capture_output=True, text=True, check=True, cwd=REPO,
+        [sys.executable, "-c", code],
+        env={
+            **os.environ,
+            "PSYCOPG_IMPL": "python",
+            "PYTHONPATH": str(REPO),
+            PURE_PYTHON_ENV: "",
+            RELAY_ENV: "",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
     ).stdout
     impl, version, library, bound_version = json.loads(out)
     assert impl == "python"
@@ -127,11 +137,19 @@ def test_a_run_says_at_debug_which_implementation_runs(monkeypatch: pytest.Monke
 
 def test_require_fails_when_an_extension_is_missing() -> None:
     """What CI runs: a missing build is a failure, whatever the switches say."""
-    ok = subprocess.run([sys.executable, "-m", "replicator.native", "--require"], env={**os.environ, PURE_PYTHON_ENV: "1"},
-                        capture_output=True, text=True, cwd=REPO)
+    ok = subprocess.run(
+        [sys.executable, "-m", "replicator.native", "--require"],
+        env={**os.environ, PURE_PYTHON_ENV: "1"},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "relay" in ok.stdout and "pgoutput" in ok.stdout
-    code = "import sys; sys.modules['replicator._pgoutput'] = None; from replicator.native import main; sys.exit(main(['--require']))"
+    code = (
+        "import sys; sys.modules['replicator._pgoutput'] = None\n"
+        "from replicator.native import main; sys.exit(main(['--require']))"
+    )
     missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert missing.returncode == 1
     assert "pgoutput  Python  the C decoder is not built" in missing.stdout

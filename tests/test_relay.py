@@ -17,10 +17,10 @@ import pytest
 from psycopg import errors
 
 from replicator import relay
-from replicator.relay import PgCopyIn, RelayError, relay_copy
 from replicator.native import PURE_PYTHON_ENV, RELAY_ENV
 from replicator.native import relay as native_relay
 from replicator.native import relay_unavailable as unavailable_reason
+from replicator.relay import PgCopyIn, RelayError, relay_copy
 from tests.conftest import Database
 from tests.support import checksum
 
@@ -154,7 +154,9 @@ def test_destination_error_mid_copy(
     src, dst = conns
     with pytest.raises(RelayError) as caught:
         with dst.transaction():
-            relay_copy(src, b"COPY t TO STDOUT (FORMAT binary)", PgCopyIn(dst, b"COPY t FROM STDIN (FORMAT binary)"))
+            relay_copy(
+                src, b"COPY t TO STDOUT (FORMAT binary)", PgCopyIn(dst, b"COPY t FROM STDIN (FORMAT binary)")
+            )
     assert caught.value.side == "destination"
     assert isinstance(caught.value.error, expected)
     assert dest_db.fetchone("SELECT count(*) FROM t") == 0
@@ -231,7 +233,8 @@ def test_ctrl_c_in_the_main_thread(
         with dest_db.connect() as watcher:
             while not done.is_set():
                 row = watcher.execute(
-                    "SELECT tuples_processed FROM pg_stat_progress_copy WHERE pid = %s", (dst.info.backend_pid,)
+                    "SELECT tuples_processed FROM pg_stat_progress_copy WHERE pid = %s",
+                    (dst.info.backend_pid,),
                 ).fetchone()
                 if row and row[0] > 10_000:
                     # Python may raise a KeyboardInterrupt inside a finalizer, where it is
@@ -276,7 +279,10 @@ def test_progress_callback_failure_aborts_both_sides(
     with pytest.raises(KeyError, match="progress display broke"):
         with dst.transaction():
             relay_copy(
-                src, b"COPY t TO STDOUT (FORMAT binary)", PgCopyIn(dst, b"COPY t FROM STDIN (FORMAT binary)"), broken
+                src,
+                b"COPY t TO STDOUT (FORMAT binary)",
+                PgCopyIn(dst, b"COPY t FROM STDIN (FORMAT binary)"),
+                broken,
             )
     assert dest_db.fetchone("SELECT count(*) FROM t") == 0
     assert_usable(src, dst)

@@ -12,11 +12,25 @@ from typing import Any
 import psycopg
 
 from replicator.check.aws import check_aws, local_address_towards
-from replicator.check.database import SOURCE, check_destination, check_source, check_ssl, open_connection, source_context
+from replicator.check.database import (
+    SOURCE,
+    check_destination,
+    check_source,
+    check_ssl,
+    open_connection,
+    source_context,
+)
 from replicator.check.report import CheckResult, Report, Status
 from replicator.check.tables import check_tables, selected_tables
-from replicator.config import ConfigFile, ConnectionConfig, ExtractorConfig, FilterConfig
-from replicator.config import load_connection, load_extractor, load_filter
+from replicator.config import (
+    ConfigFile,
+    ConnectionConfig,
+    ExtractorConfig,
+    FilterConfig,
+    load_connection,
+    load_extractor,
+    load_filter,
+)
 
 __all__ = ["CheckResult", "Report", "Status", "check_all", "run_check"]
 
@@ -67,7 +81,11 @@ def _client_address(
 
 
 def run_check(
-    source: str, destination: str | None, filter_path: str | None, extractor: str | None, client_ip: str | None
+    source: str,
+    destination: str | None,
+    filter_path: str | None,
+    extractor: str | None,
+    client_ip: str | None,
 ) -> int:
     report = check_all(
         load_connection(source, "source"),

@@ -48,12 +48,20 @@ def locate(cfg: ConnectionConfig) -> tuple[str, str, str | None] | None:
     return None
 
 
-def check_aws(cfg: ConnectionConfig, client_ip: str | None, ip_origin: str = "") -> tuple[RdsTarget | None, list[CheckResult]]:
+def check_aws(
+    cfg: ConnectionConfig, client_ip: str | None, ip_origin: str = ""
+) -> tuple[RdsTarget | None, list[CheckResult]]:
     """Every AWS-side prerequisite; also returns the target so database fixes can name its group."""
     where = locate(cfg)
     if where is None:
-        return None, [skip(AWS, "aws", "not an RDS endpoint and no db-instance-identifier / db-cluster-identifier: "
-                           "AWS checks skipped (self-hosted source)")]
+        return None, [
+            skip(
+                AWS,
+                "aws",
+                "not an RDS endpoint and no db-instance-identifier / db-cluster-identifier: "
+                "AWS checks skipped (self-hosted source)",
+            )
+        ]
     kind, identifier, region = where
     try:
         client = awsclient.client("rds", region)
@@ -63,10 +71,22 @@ def check_aws(cfg: ConnectionConfig, client_ip: str | None, ip_origin: str = "")
     except awsclient.AWS_ERRORS as e:
         code = awsclient.error_code(e)
         if code in ("DBInstanceNotFound", "DBInstanceNotFoundFault", "DBClusterNotFoundFault"):
-            return None, [fail(AWS, "rds", f"no {kind} {identifier} in {client.meta.region_name}",
-                               f"check db-{kind}-identifier and aws-region in the source config")]
-        return None, [fail(AWS, "rds", f"cannot describe {kind} {identifier}: {awsclient.explain(e)}",
-                           "the caller needs rds:Describe*, ec2:DescribeSecurityGroups and ec2:DescribeNetworkAcls")]
+            return None, [
+                fail(
+                    AWS,
+                    "rds",
+                    f"no {kind} {identifier} in {client.meta.region_name}",
+                    f"check db-{kind}-identifier and aws-region in the source config",
+                )
+            ]
+        return None, [
+            fail(
+                AWS,
+                "rds",
+                f"cannot describe {kind} {identifier}: {awsclient.explain(e)}",
+                "the caller needs rds:Describe*, ec2:DescribeSecurityGroups and ec2:DescribeNetworkAcls",
+            )
+        ]
     results = [ok(AWS, "rds", f"{kind} {identifier} in {facts.target.region}")]
     results.extend(check_parameters(client, facts, cfg))
     results.append(check_apply_status(facts))
@@ -93,21 +113,44 @@ def describe(client: Any, kind: str, identifier: str) -> DatabaseFacts:
         target = RdsTarget("cluster", identifier, region, c.get("DBClusterParameterGroup"), members,
                            c.get("Engine", "aurora-postgresql"), c.get("EngineVersion", ""))
         return DatabaseFacts(
-            target, int(c.get("Port") or 5432), int(c.get("BackupRetentionPeriod") or 0),
-            {m["DBInstanceIdentifier"]: m.get("DBClusterParameterGroupStatus", "in-sync") for m in c.get("DBClusterMembers", [])},
-            tuple(g["VpcSecurityGroupId"] for g in c.get("VpcSecurityGroups", []) if g.get("Status", "active") == "active"),
-            subnet_group, subnets, None,
+            target,
+            int(c.get("Port") or 5432),
+            int(c.get("BackupRetentionPeriod") or 0),
+            {
+                m["DBInstanceIdentifier"]: m.get("DBClusterParameterGroupStatus", "in-sync")
+                for m in c.get("DBClusterMembers", [])
+            },
+            tuple(
+                g["VpcSecurityGroupId"]
+                for g in c.get("VpcSecurityGroups", [])
+                if g.get("Status", "active") == "active"
+            ),
+            subnet_group,
+            subnets,
+            None,
         )
     i = client.describe_db_instances(DBInstanceIdentifier=identifier)["DBInstances"][0]
     groups = i.get("DBParameterGroups", [])
     subnet = i.get("DBSubnetGroup") or {}
-    target = RdsTarget("instance", identifier, region, groups[0]["DBParameterGroupName"] if groups else None, (),
-                       i.get("Engine", "postgres"), i.get("EngineVersion", ""))
+    target = RdsTarget(
+        "instance",
+        identifier,
+        region,
+        groups[0]["DBParameterGroupName"] if groups else None,
+        (),
+        i.get("Engine", "postgres"),
+        i.get("EngineVersion", ""),
+    )
     return DatabaseFacts(
         target, int((i.get("Endpoint") or {}).get("Port") or 5432), int(i.get("BackupRetentionPeriod") or 0),
         {identifier: groups[0].get("ParameterApplyStatus", "in-sync")} if groups else {},
-        tuple(g["VpcSecurityGroupId"] for g in i.get("VpcSecurityGroups", []) if g.get("Status", "active") == "active"),
-        subnet.get("DBSubnetGroupName"), tuple(s["SubnetIdentifier"] for s in subnet.get("Subnets", [])),
+        tuple(
+            g["VpcSecurityGroupId"]
+            for g in i.get("VpcSecurityGroups", [])
+            if g.get("Status", "active") == "active"
+        ),
+        subnet.get("DBSubnetGroupName"),
+        tuple(s["SubnetIdentifier"] for s in subnet.get("Subnets", [])),
         i.get("PubliclyAccessible"),
     )
 
@@ -119,7 +162,9 @@ def group_parameters(client: Any, target: RdsTarget) -> dict[str, str]:
         pages = client.get_paginator("describe_db_cluster_parameters").paginate(
             DBClusterParameterGroupName=target.parameter_group)
     else:
-        pages = client.get_paginator("describe_db_parameters").paginate(DBParameterGroupName=target.parameter_group)
+        pages = client.get_paginator("describe_db_parameters").paginate(
+            DBParameterGroupName=target.parameter_group
+        )
     return {
         p["ParameterName"]: str(p["ParameterValue"])
         for page in pages for p in page.get("Parameters", []) if p.get("ParameterValue") is not None
@@ -130,7 +175,14 @@ def check_parameters(client: Any, facts: DatabaseFacts, cfg: ConnectionConfig) -
     target = facts.target
     what = "cluster parameter group" if target.is_cluster else "parameter group"
     if not target.parameter_group:
-        return [fail(AWS, "parameter group", f"no {what} attached", fixes.set_parameters(target, {"rds.logical_replication": "1"}))]
+        return [
+            fail(
+                AWS,
+                "parameter group",
+                f"no {what} attached",
+                fixes.set_parameters(target, {"rds.logical_replication": "1"}),
+            )
+        ]
     values = group_parameters(client, target)
     group = target.parameter_group
     results = []
@@ -138,8 +190,14 @@ def check_parameters(client: Any, facts: DatabaseFacts, cfg: ConnectionConfig) -
         results.append(ok(AWS, "rds.logical_replication", f"1 in {what} {group}"))
     else:
         found = values.get("rds.logical_replication", "not set (engine default 0)")
-        results.append(fail(AWS, "rds.logical_replication", f"{found} in {what} {group}; logical replication needs 1",
-                            fixes.set_parameters(target, {"rds.logical_replication": "1"})))
+        results.append(
+            fail(
+                AWS,
+                "rds.logical_replication",
+                f"{found} in {what} {group}; logical replication needs 1",
+                fixes.set_parameters(target, {"rds.logical_replication": "1"}),
+            )
+        )
     needed = len(cfg.slots)
     for name in ("max_replication_slots", "max_wal_senders"):
         if name in values and needed and int(values[name]) < needed:
@@ -147,11 +205,15 @@ def check_parameters(client: Any, facts: DatabaseFacts, cfg: ConnectionConfig) -
                                 fixes.set_parameters(target, {name: str(max(needed, 10))})))
     timeout = values.get("wal_sender_timeout")
     if timeout != "0":
-        results.append(warn(
-            AWS, "wal_sender_timeout",
-            f"{timeout or 'engine default (60s)'} in {group}: an idle stream may be cut during a long snapshot",
-            fixes.set_parameters(target, {"wal_sender_timeout": "0"}),
-        ))
+        results.append(
+            warn(
+                AWS,
+                "wal_sender_timeout",
+                f"{timeout or 'engine default (60s)'} in {group}: an idle stream may be cut during a long "
+                "snapshot",
+                fixes.set_parameters(target, {"wal_sender_timeout": "0"}),
+            )
+        )
     return results
 
 
@@ -160,13 +222,22 @@ def check_apply_status(facts: DatabaseFacts) -> CheckResult:
     applying = sorted(i for i, s in facts.apply_status.items() if s == "applying")
     if pending:
         target = facts.target
-        to_reboot = RdsTarget(target.kind, target.identifier, target.region, target.parameter_group, tuple(pending))
-        return fail(AWS, "parameters applied",
-                    f"{', '.join(pending)}: parameter group changes are pending a reboot (not in effect yet)",
-                    "\n".join(fixes.reboot(to_reboot) if target.is_cluster else fixes.reboot(target)))
+        to_reboot = RdsTarget(
+            target.kind, target.identifier, target.region, target.parameter_group, tuple(pending)
+        )
+        return fail(
+            AWS,
+            "parameters applied",
+            f"{', '.join(pending)}: parameter group changes are pending a reboot (not in effect yet)",
+            "\n".join(fixes.reboot(to_reboot) if target.is_cluster else fixes.reboot(target)),
+        )
     if applying:
-        return warn(AWS, "parameters applied", f"{', '.join(applying)}: parameter group changes are being applied",
-                    "wait a few minutes and run check again")
+        return warn(
+            AWS,
+            "parameters applied",
+            f"{', '.join(applying)}: parameter group changes are being applied",
+            "wait a few minutes and run check again",
+        )
     return ok(AWS, "parameters applied", "in-sync")
 
 
@@ -176,11 +247,29 @@ def check_backup_retention(facts: DatabaseFacts) -> CheckResult:
         return ok(AWS, "backup retention", f"{days} days")
     t = facts.target
     if t.is_cluster:
-        cmd = aws("rds", "modify-db-cluster", "--db-cluster-identifier", t.identifier, "--backup-retention-period",
-                  str(MIN_BACKUP_RETENTION_DAYS), "--apply-immediately", "--region", t.region)
+        cmd = aws(
+            "rds",
+            "modify-db-cluster",
+            "--db-cluster-identifier",
+            t.identifier,
+            "--backup-retention-period",
+            str(MIN_BACKUP_RETENTION_DAYS),
+            "--apply-immediately",
+            "--region",
+            t.region,
+        )
     else:
-        cmd = aws("rds", "modify-db-instance", "--db-instance-identifier", t.identifier, "--backup-retention-period",
-                  str(MIN_BACKUP_RETENTION_DAYS), "--apply-immediately", "--region", t.region)
+        cmd = aws(
+            "rds",
+            "modify-db-instance",
+            "--db-instance-identifier",
+            t.identifier,
+            "--backup-retention-period",
+            str(MIN_BACKUP_RETENTION_DAYS),
+            "--apply-immediately",
+            "--region",
+            t.region,
+        )
     return fail(AWS, "backup retention", f"{days} day(s); at least {MIN_BACKUP_RETENTION_DAYS} needed", cmd)
 
 
@@ -203,10 +292,24 @@ def check_security_groups(ec2: Any, facts: DatabaseFacts, ip: str, ip_origin: st
     t, port = facts.target, facts.port
     results: list[CheckResult] = []
     if facts.publicly_accessible is False and ipaddress.ip_address(ip).is_global and not t.is_cluster:
-        results.append(fail(AWS, "public access", f"{t.identifier} is not publicly accessible, and {ip} is a public address",
-                            aws("rds", "modify-db-instance", "--db-instance-identifier", t.identifier,
-                                "--publicly-accessible", "--apply-immediately", "--region", t.region)
-                            + "\nor run the replicator inside the VPC"))
+        results.append(
+            fail(
+                AWS,
+                "public access",
+                f"{t.identifier} is not publicly accessible, and {ip} is a public address",
+                aws(
+                    "rds",
+                    "modify-db-instance",
+                    "--db-instance-identifier",
+                    t.identifier,
+                    "--publicly-accessible",
+                    "--apply-immediately",
+                    "--region",
+                    t.region,
+                )
+                + "\nor run the replicator inside the VPC",
+            )
+        )
     if not facts.security_group_ids:
         return [*results, skip(AWS, "security groups", "no VPC security groups attached")]
     groups = ec2.describe_security_groups(GroupIds=list(facts.security_group_ids))["SecurityGroups"]
@@ -219,12 +322,22 @@ def check_security_groups(ec2: Any, facts: DatabaseFacts, ip: str, ip_origin: st
                 cidr = r.get("CidrIp") or r.get("CidrIpv6")
                 if cidr and _contains(cidr, ip):
                     note = f" ({r['Description']})" if r.get("Description") else ""
-                    return [*results, ok(AWS, "security groups",
-                                         f"{group['GroupId']} allows {ip}{ip_origin} on port {port} via {cidr}{note}")]
+                    return [
+                        *results,
+                        ok(
+                            AWS,
+                            "security groups",
+                            f"{group['GroupId']} allows {ip}{ip_origin} on port {port} via {cidr}{note}",
+                        ),
+                    ]
             indirect = indirect or bool(perm.get("UserIdGroupPairs") or perm.get("PrefixListIds"))
     group_id = facts.security_group_ids[0]
     cidr = f"{ip}/32" if ipaddress.ip_address(ip).version == 4 else f"{ip}/128"
-    key = "IpRanges=[{CidrIp=%s,Description=replicator}]" if "/32" in cidr else "Ipv6Ranges=[{CidrIpv6=%s,Description=replicator}]"
+    key = (
+        "IpRanges=[{CidrIp=%s,Description=replicator}]"
+        if "/32" in cidr
+        else "Ipv6Ranges=[{CidrIpv6=%s,Description=replicator}]"
+    )
     perms = f"IpProtocol=tcp,FromPort={port},ToPort={port}," + key % cidr
     fix = (aws("ec2", "authorize-security-group-ingress", "--group-id", group_id, "--ip-permissions", perms,
                "--region", t.region)
@@ -247,14 +360,20 @@ def _acl_match(entry: dict[str, Any], ip: str, low: int, high: int) -> bool:
     return int(ports["From"]) <= high and low <= int(ports["To"])
 
 
-def _first_rule(entries: list[dict[str, Any]], egress: bool, ip: str, low: int, high: int) -> dict[str, Any] | None:
-    rules = sorted((e for e in entries if bool(e.get("Egress")) == egress), key=lambda e: int(e["RuleNumber"]))
+def _first_rule(
+    entries: list[dict[str, Any]], egress: bool, ip: str, low: int, high: int
+) -> dict[str, Any] | None:
+    rules = sorted(
+        (e for e in entries if bool(e.get("Egress")) == egress), key=lambda e: int(e["RuleNumber"])
+    )
     return next((e for e in rules if _acl_match(e, ip, low, high)), None)
 
 
 def _covers(entry: dict[str, Any], low: int, high: int) -> bool:
     ports = entry.get("PortRange")
-    return entry.get("Protocol") == "-1" or not ports or (int(ports["From"]) <= low and high <= int(ports["To"]))
+    return (
+        entry.get("Protocol") == "-1" or not ports or (int(ports["From"]) <= low and high <= int(ports["To"]))
+    )
 
 
 def _free_rule_number(entries: list[dict[str, Any]], egress: bool, below: int) -> int:
@@ -282,15 +401,42 @@ def check_network_acls(ec2: Any, facts: DatabaseFacts, ip: str) -> list[CheckRes
             if rule is not None and rule.get("RuleAction") == "allow" and _covers(rule, low, high):
                 continue
             number = _free_rule_number(entries, egress, int(rule["RuleNumber"]) if rule else 32767)
-            how = f"rule {rule['RuleNumber']} denies it" if rule and rule.get("RuleAction") == "deny" else "no rule allows it"
+            how = (
+                f"rule {rule['RuleNumber']} denies it"
+                if rule and rule.get("RuleAction") == "deny"
+                else "no rule allows it"
+            )
             problems.append(f"{acl_id}: {what} from {ip}: {how}")
-            steps.append(aws("ec2", "create-network-acl-entry", "--network-acl-id", acl_id,
-                             "--egress" if egress else "--ingress", "--rule-number", str(number), "--protocol", "tcp",
-                             "--port-range", f"From={low},To={high}", "--cidr-block", cidr, "--rule-action", "allow",
-                             "--region", region))
+            steps.append(
+                aws(
+                    "ec2",
+                    "create-network-acl-entry",
+                    "--network-acl-id",
+                    acl_id,
+                    "--egress" if egress else "--ingress",
+                    "--rule-number",
+                    str(number),
+                    "--protocol",
+                    "tcp",
+                    "--port-range",
+                    f"From={low},To={high}",
+                    "--cidr-block",
+                    cidr,
+                    "--rule-action",
+                    "allow",
+                    "--region",
+                    region,
+                )
+            )
     if problems:
         return [fail(AWS, "network acl", "; ".join(problems), "\n".join(steps))]
-    return [ok(AWS, "network acl", f"{', '.join(a['NetworkAclId'] for a in acls) or 'no ACL'} lets {ip} through both ways")]
+    return [
+        ok(
+            AWS,
+            "network acl",
+            f"{', '.join(a['NetworkAclId'] for a in acls) or 'no ACL'} lets {ip} through both ways",
+        )
+    ]
 
 
 def local_address_towards(host: str, port: int) -> str | None:

@@ -50,7 +50,9 @@ class SourceContext:
         return statement.as_string(self.conn) + ";"
 
 
-def open_connection(cfg: ConnectionConfig, role: str, layer: str) -> tuple[psycopg.Connection[Any] | None, CheckResult]:
+def open_connection(
+    cfg: ConnectionConfig, role: str, layer: str
+) -> tuple[psycopg.Connection[Any] | None, CheckResult]:
     """Connect (retrying at most once: a check should answer quickly) and say how."""
     quick = cfg.model_copy(update={"max_retries": min(cfg.max_retries, 1), "retry_wait_duration_ms": 500})
     try:
@@ -67,7 +69,8 @@ def _connect_fix(message: str, cfg: ConnectionConfig) -> str:
         return "check username and password (or the credential-store secret) in the config"
     if "no pg_hba.conf entry" in message:
         return (
-            f"add to pg_hba.conf: hostssl {cfg.database} {cfg.username or 'USER'} <this machine's address>/32 "
+            f"add to pg_hba.conf: hostssl {cfg.database} {cfg.username or 'USER'} <this machine's "
+            "address>/32 "
             "scram-sha-256, then SELECT pg_reload_conf();"
         )
     if "does not exist" in message and "database" in message:
@@ -86,7 +89,11 @@ def check_ssl(conn: psycopg.Connection[Any], cfg: ConnectionConfig, layer: str) 
     mode = cfg.ssl.ssl_mode if cfg.ssl else "prefer"
     if encrypted:
         verified = mode in ("verify-ca", "verify-full")
-        return ok(layer, "tls", f"{version}, ssl-mode {mode}" + ("" if verified else " (server certificate not verified)"))
+        return ok(
+            layer,
+            "tls",
+            f"{version}, ssl-mode {mode}" + ("" if verified else " (server certificate not verified)"),
+        )
     if _is_loopback(cfg.host):
         return ok(layer, "tls", "not encrypted (loopback connection)")
     return warn(
@@ -105,7 +112,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def source_context(conn: psycopg.Connection[Any], cfg: ConnectionConfig, target: RdsTarget | None) -> SourceContext:
+def source_context(
+    conn: psycopg.Connection[Any], cfg: ConnectionConfig, target: RdsTarget | None
+) -> SourceContext:
     row = conn.execute(
         "SELECT current_user, EXISTS (SELECT 1 FROM pg_settings WHERE name = 'rds.logical_replication'),"
         " EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_replication')"
@@ -117,8 +126,14 @@ def source_context(conn: psycopg.Connection[Any], cfg: ConnectionConfig, target:
 def check_source(ctx: SourceContext) -> list[CheckResult]:
     """Every server-level prerequisite of logical replication."""
     if not ctx.needs_replication:
-        return [skip(SOURCE, "replication", "no replication-slots in the config: realtime prerequisites not checked "
-                     "(snapshot and delta-snapshot need none of them)")]
+        return [
+            skip(
+                SOURCE,
+                "replication",
+                "no replication-slots in the config: realtime prerequisites not checked "
+                "(snapshot and delta-snapshot need none of them)",
+            )
+        ]
     results = [check_wal_level(ctx), check_replication_right(ctx)]
     results.extend(check_slot_capacity(ctx))
     results.extend(check_output_plugins(ctx, results))
@@ -151,7 +166,11 @@ def check_replication_right(ctx: SourceContext) -> CheckResult:
     assert row is not None
     superuser, attribute, rds_member = (bool(v) for v in row)
     if superuser or attribute or rds_member:
-        how = "superuser" if superuser else ("member of rds_replication" if rds_member else "REPLICATION attribute")
+        how = (
+            "superuser"
+            if superuser
+            else ("member of rds_replication" if rds_member else "REPLICATION attribute")
+        )
         return ok(SOURCE, "replication right", f"{ctx.user} may replicate ({how})")
     right: pgaccess.ReplicationRight = "rds_replication" if ctx.is_rds or ctx.has_rds_role else "attribute"
     return fail(
@@ -165,18 +184,28 @@ def check_slot_capacity(ctx: SourceContext) -> list[CheckResult]:
     wanted = cfg.slots
     existing = {
         r[0]: (r[1], r[2], r[3])
-        for r in conn.execute("SELECT slot_name, plugin, database, active_pid FROM pg_replication_slots").fetchall()
+        for r in conn.execute(
+            "SELECT slot_name, plugin, database, active_pid FROM pg_replication_slots"
+        ).fetchall()
     }
     max_slots = int(_setting(conn, "max_replication_slots"))
     results: list[CheckResult] = []
     to_create = [s for s in wanted if s not in existing]
     free = max_slots - len(existing)
     if free >= len(to_create):
-        results.append(ok(SOURCE, "replication slots", f"{len(existing)} of {max_slots} in use; {len(to_create)} to create"))
+        results.append(
+            ok(
+                SOURCE,
+                "replication slots",
+                f"{len(existing)} of {max_slots} in use; {len(to_create)} to create",
+            )
+        )
     else:
         inactive = [name for name, (_, _, pid) in existing.items() if pid is None and name not in wanted]
-        drop = "\n".join(f"SELECT pg_drop_replication_slot({sql.Literal(n).as_string(conn)});  -- if nothing uses it"
-                         for n in inactive)
+        drop = "\n".join(
+            f"SELECT pg_drop_replication_slot({sql.Literal(n).as_string(conn)});  -- if nothing uses it"
+            for n in inactive
+        )
         needed = len(existing) + len(to_create)
         raise_it = ctx.settings_fix({"max_replication_slots": str(needed)})
         results.append(fail(
@@ -189,25 +218,38 @@ def check_slot_capacity(ctx: SourceContext) -> list[CheckResult]:
             continue
         have_plugin, database, pid = existing[name]
         if have_plugin != plugin or database != cfg.database:
-            results.append(fail(
-                SOURCE, f"slot {name}",
-                f"slot {name} exists for {have_plugin} in database {database}; the config wants {plugin} in {cfg.database}",
-                f"SELECT pg_drop_replication_slot({sql.Literal(name).as_string(conn)});  -- only if nothing else uses it, "
-                "or choose another slot name in replication-slots",
-            ))
+            results.append(
+                fail(
+                    SOURCE,
+                    f"slot {name}",
+                    f"slot {name} exists for {have_plugin} in database {database}; the config wants "
+                    f"{plugin} in {cfg.database}",
+                    f"SELECT pg_drop_replication_slot({sql.Literal(name).as_string(conn)});  -- only if "
+                    "nothing else uses it, "
+                    "or choose another slot name in replication-slots",
+                )
+            )
         elif pid is not None:
-            results.append(warn(SOURCE, f"slot {name}", f"slot {name} is in use by backend {pid} (another replicator?)"))
+            results.append(
+                warn(SOURCE, f"slot {name}", f"slot {name} is in use by backend {pid} (another replicator?)")
+            )
     if cfg.log_reader_type == "STREAM":
         max_senders = int(_setting(conn, "max_wal_senders"))
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender'"
+        ).fetchone()
         busy = int(row[0]) if row else 0
         if max_senders - busy >= len(wanted):
             results.append(ok(SOURCE, "wal senders", f"{busy} of {max_senders} in use; {len(wanted)} needed"))
         else:
-            results.append(fail(
-                SOURCE, "wal senders", f"{busy} of max_wal_senders={max_senders} in use; {len(wanted)} needed",
-                ctx.settings_fix({"max_wal_senders": str(busy + len(wanted))}),
-            ))
+            results.append(
+                fail(
+                    SOURCE,
+                    "wal senders",
+                    f"{busy} of max_wal_senders={max_senders} in use; {len(wanted)} needed",
+                    ctx.settings_fix({"max_wal_senders": str(busy + len(wanted))}),
+                )
+            )
     return results
 
 
@@ -222,7 +264,9 @@ def check_output_plugins(ctx: SourceContext, earlier: list[CheckResult]) -> list
 
 def check_output_plugin(ctx: SourceContext, plugin: str) -> CheckResult:
     """Load the output plugin for real: create a temporary slot with it, then drop it."""
-    existing = ctx.conn.execute("SELECT 1 FROM pg_replication_slots WHERE plugin = %s LIMIT 1", (plugin,)).fetchone()
+    existing = ctx.conn.execute(
+        "SELECT 1 FROM pg_replication_slots WHERE plugin = %s LIMIT 1", (plugin,)
+    ).fetchone()
     if existing:
         return ok(SOURCE, f"{plugin} plugin", f"a slot already uses {plugin}")
     name = f"replicator_check_{os.getpid()}_{next(_probe_counter)}"
@@ -233,7 +277,9 @@ def check_output_plugin(ctx: SourceContext, plugin: str) -> CheckResult:
             ctx.conn.execute("SELECT pg_create_logical_replication_slot(%s, %s, true)", (name, plugin))
             ctx.conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
     except psycopg.errors.QueryCanceled:
-        return warn(SOURCE, f"{plugin} plugin", "could not tell: a temporary slot waited 10s for running transactions")
+        return warn(
+            SOURCE, f"{plugin} plugin", "could not tell: a temporary slot waited 10s for running transactions"
+        )
     except psycopg.Error as e:
         text = (e.diag.message_primary or str(e)).strip()
         if "could not access file" in text or "No such file" in text:
@@ -258,14 +304,20 @@ def check_destination(cfg: ConnectionConfig) -> list[CheckResult]:
         ).fetchone()
         assert row is not None
         if row[1]:
-            results.append(ok(DESTINATION, "create schemas", f"{row[0]} may create schemas in {cfg.database}"))
+            results.append(
+                ok(DESTINATION, "create schemas", f"{row[0]} may create schemas in {cfg.database}")
+            )
         else:
             grant = sql.SQL("GRANT CREATE ON DATABASE {} TO {};").format(
                 sql.Identifier(cfg.database), sql.Identifier(str(row[0]))
             )
-            results.append(fail(
-                DESTINATION, "create schemas",
-                f"{row[0]} may not create schemas in {cfg.database} (the replicator keeps its state in _replicator)",
-                grant.as_string(conn) + "  -- as the database owner",
-            ))
+            results.append(
+                fail(
+                    DESTINATION,
+                    "create schemas",
+                    f"{row[0]} may not create schemas in {cfg.database} (the replicator keeps its state in "
+                    "_replicator)",
+                    grant.as_string(conn) + "  -- as the database owner",
+                )
+            )
     return results

@@ -80,6 +80,8 @@ class Report:
         failed = sum(r.failed for r in self.results)
         lines.append("")
         lines.append(
-            "all checks hold: ready to replicate" if not failed else f"{failed} check(s) failed: apply the fixes above and run check again"
+            "all checks hold: ready to replicate"
+            if not failed
+            else f"{failed} check(s) failed: apply the fixes above and run check again"
         )
         return "\n".join(lines)

@@ -27,7 +27,9 @@ def selected_tables(
             catalog = load_catalog(ctx.conn)
             tables = select_tables(catalog, filter_file, extractor, ctx.cfg.database)
     except ConfigError as e:
-        return [], fail(TABLES, "selection", str(e), "correct the filter / extractor config as the message says")
+        return [], fail(
+            TABLES, "selection", str(e), "correct the filter / extractor config as the message says"
+        )
     if not tables:
         return [], warn(TABLES, "selection", "no tables selected: nothing would be replicated",
                         "check the filter config (allow: schema / table names)")
@@ -84,8 +86,10 @@ def check_keys(ctx: SourceContext, tables: list[SelectedTable]) -> CheckResult:
         if not t.key:
             problems.append(f"{table.display} has no primary key")
             statements.append(
-                f"ALTER TABLE {ident.as_string(ctx.conn)} ADD PRIMARY KEY (...);  -- or set row-identifier-key "
-                "for it in the extractor config (snapshot and realtime: per-table-config) and run the next statement"
+                f"ALTER TABLE {ident.as_string(ctx.conn)} ADD PRIMARY KEY (...);  -- or set "
+                "row-identifier-key "
+                "for it in the extractor config (snapshot and realtime: per-table-config) and run the next "
+                "statement"
             )
             if gap is not None:
                 statements.append(ctx.sql(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident)))
@@ -131,8 +135,14 @@ def _check_one_publication(ctx: SourceContext, name: str, tables: list[SelectedT
     results = []
     ops = [op for op, on in (("insert", ins), ("update", upd), ("delete", dele)) if not on]
     if ops:
-        results.append(fail(TABLES, "publish operations", f"publication {name} does not publish {', '.join(ops)}",
-                            ctx.sql(pgaccess.publish_all_operations(name))))
+        results.append(
+            fail(
+                TABLES,
+                "publish operations",
+                f"publication {name} does not publish {', '.join(ops)}",
+                ctx.sql(pgaccess.publish_all_operations(name)),
+            )
+        )
     else:
         results.append(ok(TABLES, "publish operations", f"{name} publishes insert, update, delete"))
     results.append(_coverage(ctx, name, all_tables, tables))
@@ -142,7 +152,8 @@ def _check_one_publication(ctx: SourceContext, name: str, tables: list[SelectedT
 
 def _owns_all(ctx: SourceContext, tables: list[SelectedTable]) -> bool:
     row = ctx.conn.execute(
-        "SELECT bool_and(pg_has_role(current_user, c.relowner, 'USAGE')) FROM pg_class c WHERE c.oid = ANY(%s)",
+        "SELECT bool_and(pg_has_role(current_user, c.relowner, 'USAGE')) FROM pg_class c WHERE c.oid = "
+        "ANY(%s)",
         ([t.table.oid for t in tables],),
     ).fetchone()
     return bool(row and row[0])
@@ -180,7 +191,9 @@ def _published(t: SelectedTable, members: set[tuple[str, str]]) -> bool:
 
 def _filters(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> CheckResult:
     if ctx.conn.info.server_version < 150000:
-        return skip(TABLES, "publication filters", "row filters and column lists exist only from PostgreSQL 15")
+        return skip(
+            TABLES, "publication filters", "row filters and column lists exist only from PostgreSQL 15"
+        )
     rows = ctx.conn.execute(
         "SELECT pr.prrelid, pg_get_expr(pr.prqual, pr.prrelid), pr.prattrs IS NOT NULL"
         " FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid"
@@ -218,7 +231,8 @@ def _leaves_out(ctx: SourceContext, t: SelectedTable, name: str) -> bool:
     it carries every selected column.
     """
     row = ctx.conn.execute(
-        "SELECT attnames FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s AND tablename = %s",
+        "SELECT attnames FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s AND tablename = "
+        "%s",
         (name, t.table.schema, t.table.name),
     ).fetchone()
     published = set(row[0]) if row and row[0] is not None else None
@@ -232,5 +246,5 @@ def _names(tables: list[SelectedTable], limit: int = 10) -> str:
 
 
 def _one(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...]) -> Any:
-    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(query, params).fetchone()
     return row[0] if row else None

@@ -9,12 +9,12 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from replicator import logs
 from replicator.config.connection import ConnectionConfig
 from replicator.config.extractor import ExtractorConfig
 from replicator.config.filter import FilterConfig
 from replicator.config.model import validate
 from replicator.config.yamlfile import YamlDoc, load_yaml
-from replicator import logs
 from replicator.errors import ConfigError
 
 __all__ = [

@@ -33,7 +33,9 @@ class SslConfig(ConfigModel):
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> SslConfig:
         if (self.ssl_cert is None) != (self.ssl_key is None):
-            raise ValueError("ssl-cert and ssl-key must be given together (a client certificate needs its key)")
+            raise ValueError(
+                "ssl-cert and ssl-key must be given together (a client certificate needs its key)"
+            )
         return self
 
 
@@ -95,7 +97,9 @@ class ConnectionConfig(ConfigModel):
                     f"slot name {name!r} is invalid: use 1-63 lower-case letters, digits and underscores"
                 )
             if len(plugins) != 1:
-                raise ValueError(f"slot {name!r} needs exactly one decoder (pgoutput or wal2json), got {plugins}")
+                raise ValueError(
+                    f"slot {name!r} needs exactly one decoder (pgoutput or wal2json), got {plugins}"
+                )
         return value
 
     @model_validator(mode="after")

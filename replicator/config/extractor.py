@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -43,17 +44,29 @@ class _PerTable(ConfigModel):
     catalog: str | None = None
     schema_name: str | None = Field(default=None, alias="schema")
 
+    def table_settings(self) -> Mapping[str, TableKeyConfig | None]:
+        raise NotImplementedError
+
 
 class SnapshotPerTable(_PerTable):
     tables: dict[str, SnapshotTableConfig | None] = {}
+
+    def table_settings(self) -> Mapping[str, TableKeyConfig | None]:
+        return self.tables
 
 
 class RealtimePerTable(_PerTable):
     tables: dict[str, TableKeyConfig | None] = {}
 
+    def table_settings(self) -> Mapping[str, TableKeyConfig | None]:
+        return self.tables
+
 
 class DeltaPerTable(_PerTable):
     tables: dict[str, DeltaTableConfig | None] = {}
+
+    def table_settings(self) -> Mapping[str, TableKeyConfig | None]:
+        return self.tables
 
 
 class CopySettings(ConfigModel):

@@ -132,7 +132,9 @@ def _unwrap(tp: Any) -> Any:
             tp = typing.get_args(tp)[0]
         elif origin in (Union, types.UnionType):
             members = [a for a in typing.get_args(tp) if a is not type(None)]
-            structured = [a for a in members if typing.get_origin(a) or isinstance(a, type) and issubclass(a, BaseModel)]
+            structured = [
+                a for a in members if typing.get_origin(a) or isinstance(a, type) and issubclass(a, BaseModel)
+            ]
             tp = structured[0] if structured else members[0]
         else:
             return tp

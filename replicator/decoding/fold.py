@@ -26,13 +26,12 @@ import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate, Values
+from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate, Value, Values
 from replicator.errors import DestinationError
 from replicator.lsn import Lsn
 
-Key = tuple[str | None, ...]
+Key = tuple[Value, ...]  # a row's key values (UNCHANGED_TOAST: see TableBatch._update)
 
 
 @dataclass(slots=True)
@@ -78,7 +77,7 @@ class TableBatch:
         positions = self.key_positions
         if len(positions) == 1:
             (i,) = positions
-            self._key_of: Callable[[Values], Key] = lambda row: (row[i],)  # type: ignore[return-value]
+            self._key_of: Callable[[Values], Key] = lambda row: (row[i],)
         elif positions:
             pick = operator.itemgetter(*positions)
             self._key_of = pick
@@ -105,7 +104,7 @@ class TableBatch:
             assert new is not None
             key = self._key_of(new)
             prev = ops.get(key)
-            ops[key] = Upsert(new, None, prev is None or (prev is not DELETE and prev.fresh))  # type: ignore[union-attr]
+            ops[key] = Upsert(new, None, prev is None or (type(prev) is Upsert and prev.fresh))
         elif op is _DELETE:
             assert change.old is not None
             ops[self._key_of(change.old)] = DELETE
@@ -211,7 +210,7 @@ class Folder:
         """Fold one change; returns the units that are ready to apply, if any (rarely)."""
         if self._txn_started is None:
             self._txn_started = time.monotonic()
-        if type(event) is Truncate:
+        if isinstance(event, Truncate):
             for rel in event.relations:
                 batch = self._batch(rel)
                 if batch is not None:
@@ -225,7 +224,7 @@ class Folder:
             self._last_relation, self._last_batch = rel, batch
         if batch is None:
             return self._take_ready()  # a published table we do not replicate (e.g. the heartbeat table)
-        batch.add(event)  # type: ignore[arg-type]
+        batch.add(event)
         self._buffered += 1
         self._txn_changes += 1
         if self._buffered >= self.flush_rows:
@@ -317,22 +316,24 @@ def fill_unchanged(values: Values, earlier: Values) -> Values:
     return tuple(e if v is UNCHANGED_TOAST else v for v, e in zip(values, earlier, strict=True))
 
 
-def split(ops: dict[Key, Operation]) -> tuple[list[Key], list[Upsert], list[Upsert], list[tuple[Key, Upsert]]]:
+def split(
+    ops: dict[Key, Operation],
+) -> tuple[list[Key], list[Upsert], list[Upsert], list[tuple[Key, Upsert]]]:
     """(deleted keys, full upserts, partial updates of existing rows, moves reading an old row)."""
     deletes: list[Key] = []
     full: list[Upsert] = []
     partial: list[Upsert] = []
     moves: list[tuple[Key, Upsert]] = []
     for key, op in ops.items():
-        if type(op) is Delete:
+        if isinstance(op, Delete):
             deletes.append(key)
-        elif UNCHANGED_TOAST in op.values:  # type: ignore[union-attr]
-            if op.base_key is not None:  # type: ignore[union-attr]
-                moves.append((key, op))  # type: ignore[arg-type]
+        elif UNCHANGED_TOAST in op.values:
+            if op.base_key is not None:
+                moves.append((key, op))
             else:
-                partial.append(op)  # type: ignore[arg-type]
+                partial.append(op)
         else:
-            full.append(op)  # type: ignore[arg-type]
+            full.append(op)
     return deletes, full, partial, moves
 
 

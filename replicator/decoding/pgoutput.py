@@ -18,9 +18,10 @@ import dataclasses
 import logging
 import struct
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from replicator import native
 from replicator.decoding.changes import (
     UNCHANGED_TOAST,
     Begin,
@@ -36,7 +37,6 @@ from replicator.decoding.changes import (
     Value,
     Values,
 )
-from replicator import native
 from replicator.lsn import Lsn, lsn_from_server
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ _begin = struct.Struct(">QqI").unpack_from  # final LSN, commit time, xid
 _commit = struct.Struct(">BQQq").unpack_from  # flags, commit LSN, end LSN, commit time
 _attr = struct.Struct(">Ii").unpack_from  # type oid, typmod
 
-PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _NONE: tuple[Event, ...] = ()
 
 # Tuple column kinds, as byte values.
@@ -109,7 +109,8 @@ class PgOutputDecoder:
         pump, relations = NATIVE.pump, self.relations  # the dict itself: reset() clears it in place
 
         def run(conn_ptr: int, out: list[Event], max_events: int, max_messages: int) -> PumpResult:
-            return pump(conn_ptr, relations, self._xid, self._time, out, max_events, max_messages)  # type: ignore[no-any-return]
+            got: PumpResult = pump(conn_ptr, relations, self._xid, self._time, out, max_events, max_messages)
+            return got
 
         return run
 
@@ -153,6 +154,7 @@ class PgOutputDecoder:
         change = row_change(buf, self.relations, lsn, self._xid, self._time)
         if change is None:
             self._known(_uint32(buf, 1)[0])  # raises: no Relation message for it yet
+            raise AssertionError("unreachable")
         return (change,)
 
     def _on_truncate(self, buf: bytes, lsn: int) -> Sequence[Event]:
@@ -195,7 +197,7 @@ class PgOutputDecoder:
             raise DecodeError(f"change for relation {oid} before its Relation message") from None
 
 
-def row_message_py(buf: bytes, toast: object) -> tuple[int, Values | None, Values | None]:
+def row_message_py(buf: bytes, toast: Value) -> tuple[int, Values | None, Values | None]:
     """An Insert, Update or Delete message: (relation oid, old values or None, new values or None).
 
     The pure-Python version of ``replicator._pgoutput.row_message`` (same results, same errors).
@@ -208,7 +210,7 @@ def row_message_py(buf: bytes, toast: object) -> tuple[int, Values | None, Value
         raise ValueError("tuple data cut short") from None
 
 
-def _row_message(buf: bytes, toast: object) -> tuple[int, Values | None, Values | None]:
+def _row_message(buf: bytes, toast: Value) -> tuple[int, Values | None, Values | None]:
     (relid,) = _uint32(buf, 1)
     text = _text_of(buf)
     kind = buf[0]
@@ -237,7 +239,7 @@ def _row_message(buf: bytes, toast: object) -> tuple[int, Values | None, Values 
     return relid, old, new
 
 
-def read_tuple(buf: bytes, pos: int, text: str | None, toast: object = UNCHANGED_TOAST) -> tuple[Values, int]:
+def read_tuple(buf: bytes, pos: int, text: str | None, toast: Value = UNCHANGED_TOAST) -> tuple[Values, int]:
     """TupleData at ``pos``: the values and the position after them.
 
     ``text`` is ``buf`` decoded, when it is ASCII (so byte offsets are character offsets).
@@ -261,7 +263,7 @@ def read_tuple(buf: bytes, pos: int, text: str | None, toast: object = UNCHANGED
             append(None)
             pos += 1
         elif kind == _TOAST:
-            append(toast)  # type: ignore[arg-type]
+            append(toast)
             pos += 1
         elif kind == _BINARY:
             raise ValueError("binary tuple data: the stream was started with binary 'true'")
@@ -294,7 +296,15 @@ def row_change_py(
 def _configure(module: Any) -> str | None:
     """Hand the extension the classes it builds events from; why it does not fit, or None."""
     # row_change fills the fields the dataclass's __init__ would, and nothing else.
-    if [f.name for f in dataclasses.fields(Change)] != ["op", "relation", "new", "old", "lsn", "xid", "commit_time"]:
+    if [f.name for f in dataclasses.fields(Change)] != [
+        "op",
+        "relation",
+        "new",
+        "old",
+        "lsn",
+        "xid",
+        "commit_time",
+    ]:
         return "Change's fields are not the ones the C decoder fills"
     if hasattr(Change, "__post_init__"):
         return "Change has a __post_init__ the C decoder would skip"

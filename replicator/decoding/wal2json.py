@@ -56,7 +56,8 @@ _NONE: tuple[Event, ...] = ()
 
 @dataclass(frozen=True)
 class TableInfo:
-    """A table as the catalog describes it now: the relation pgoutput would send, and its generated columns."""
+    """A table as the catalog describes it now: the relation pgoutput would send, and its generated
+    columns."""
 
     relation: Relation
     generated: frozenset[str] = frozenset()
@@ -257,7 +258,7 @@ class Wal2JsonDecoder:
     ) -> TableInfo:
         info = self.describe(schema, table)
         if info is None:  # dropped since: the message is all we know
-            columns = tuple(Column(n, t, -1, False) for n, t in zip(names, types))
+            columns = tuple(Column(n, t, -1, False) for n, t in zip(names, types, strict=False))
             return TableInfo(Relation(0, schema, table, ReplicaIdentity.DEFAULT, columns))
         if _fits(info, names, types, partial):
             return info  # the catalog's shape is the message's (or a superset: TOAST, identity)
@@ -265,7 +266,7 @@ class Wal2JsonDecoder:
         # the message's columns are the truth, the catalog still knows their typmod and key flag.
         by_name = {c.name: c for c in info.relation.columns}
         listed = []
-        for name, type_oid in zip(names, types):
+        for name, type_oid in zip(names, types, strict=False):
             if name in info.generated:
                 continue
             col = by_name.get(name)
@@ -281,7 +282,7 @@ class Wal2JsonDecoder:
 def _fits(info: TableInfo, names: tuple[str, ...], types: tuple[int, ...], partial: bool) -> bool:
     """Whether a message listing these columns can come from this table shape (a subset, when ``partial``)."""
     by_name = {c.name: c.type_oid for c in info.relation.columns}
-    listed = [(n, t) for n, t in zip(names, types) if n not in info.generated]
+    listed = [(n, t) for n, t in zip(names, types, strict=False) if n not in info.generated]
     if not all(by_name.get(n) == t for n, t in listed):
         return False
     return partial or len(listed) == len(by_name)
@@ -307,7 +308,7 @@ def _values(shape: _Shape, columns: list[dict[str, Any]], missing: Value) -> Val
     if shape.positions is None:
         return tuple(values)
     row: list[Value] = [missing] * len(shape.relation.columns)
-    for pos, v in zip(shape.positions, values):
+    for pos, v in zip(shape.positions, values, strict=False):
         if pos >= 0:  # -1: a generated column, which pgoutput does not publish
             row[pos] = v
     return tuple(row)

@@ -9,6 +9,10 @@ Modules, in the order a pass uses them:
 - ``changes``: read the changed rows in the pass's snapshot and merge them by key, storing the
   watermark in the same destination transaction.
 - ``deletes``: compare key sets in ordered ranges and remove what the source no longer has.
-- ``passes``: one pass (the first one of a table is a full snapshot, via ``replicator.snapshot``).
-- ``workers``: the threads a pass uses; ``loop``: passes at an interval, signals, ``--once``.
+- ``passes``: one pass (the first one of a table is a full snapshot, via ``replicator.snapshot``),
+  its work spread over ``snapshot.workers``' pool, which the snapshot uses too.
+- ``loop``: passes at an interval, signals, ``--once``; a failed pass is tried again under
+  ``replicator.retry``'s rule.
+
+Everything that touches the destination goes through its session (``replicator.destinations``).
 """

@@ -2,9 +2,9 @@
 
 A pass reads the rows past the table's stored watermark (see ``xmin`` and ``updatekey``) in
 the pass's snapshot, relays them as ``COPY`` to the destination, which merges them by key, and
-stores the watermark for the next pass, all in one destination transaction. Killed before the commit, nothing of the pass is there
-and the old watermark reads the same rows again; after it, both are. Nothing is lost and,
-since rows merge by key, nothing is duplicated.
+stores the watermark for the next pass, all in one destination transaction. Killed before
+the commit, nothing of the pass is there and the old watermark reads the same rows again;
+after it, both are. Nothing is lost and, since rows merge by key, nothing is duplicated.
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ def describe_watermark(mark: Watermark) -> str:
     columns = value.get("columns", [])
     waiting = len(value.get("readings", []))
     bounds = (
-        " or ".join(f"{c} >= {b}" if b is not None else f"{c} not null" for c, b in zip(columns, since, strict=False))
+        " or ".join(
+            f"{c} >= {b}" if b is not None else f"{c} not null" for c, b in zip(columns, since, strict=False)
+        )
         if since is not None
         else "every row"
     )

@@ -156,7 +156,14 @@ def _remove_absent(
     # servers only for built-in types.
     binary = w.binary and not any(is_user_oid(c.type_oid) for c in order.columns)
     arrays = [sql.SQL("array_agg({})").format(sql.Identifier(k)) for k in order.names]
-    copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(
-        select_sql(t.st, arrays, order.between(lower, upper)), sql.SQL("binary" if binary else "text")
-    ).as_string(None).encode()
-    return dst.delete_absent(w.target, order, lower, upper, binary, lambda sink: relay_copy(src, copy_out, sink))
+    copy_out = (
+        sql.SQL("COPY ({}) TO STDOUT (FORMAT {})")
+        .format(
+            select_sql(t.st, arrays, order.between(lower, upper)), sql.SQL("binary" if binary else "text")
+        )
+        .as_string(None)
+        .encode()
+    )
+    return dst.delete_absent(
+        w.target, order, lower, upper, binary, lambda sink: relay_copy(src, copy_out, sink)
+    )

@@ -186,7 +186,12 @@ class StateStore(Protocol):
     def load_snapshot(self, job: str, only: TableName | None = None) -> dict[TableName, TableState]: ...
 
     def record_table_plan(
-        self, job: str, table: TableName, created_by_us: bool, key_columns: Iterable[str], chunks: list[ChunkPlan]
+        self,
+        job: str,
+        table: TableName,
+        created_by_us: bool,
+        key_columns: Iterable[str],
+        chunks: list[ChunkPlan],
     ) -> None:
         """Call in the transaction that created or emptied the table."""
         ...
@@ -326,12 +331,20 @@ class DestinationSession(Protocol):
         soft deletes, is live again). Call in a transaction."""
         ...
 
-    def key_range_digest(self, table: DestTable, order: KeyOrder, lower: Bound | None, upper: Bound | None) -> Digest:
+    def key_range_digest(
+        self, table: DestTable, order: KeyOrder, lower: Bound | None, upper: Bound | None
+    ) -> Digest:
         """Count and digest of the live keys in ``(lower, upper]``, as the source computes them."""
         ...
 
     def delete_absent(
-        self, table: DestTable, order: KeyOrder, lower: Bound | None, upper: Bound | None, binary: bool, fill: Fill
+        self,
+        table: DestTable,
+        order: KeyOrder,
+        lower: Bound | None,
+        upper: Bound | None,
+        binary: bool,
+        fill: Fill,
     ) -> int:
         """Delete (or soft-delete) the rows in ``(lower, upper]`` whose key is not in the stream
         ``fill`` writes: one row of arrays, one array per key column. Returns the rows removed."""

@@ -17,4 +17,5 @@ MODES: dict[str, str] = {
 
 def runner(mode: str) -> Callable[[Job], int]:
     module = importlib.import_module(MODES[mode])
-    return module.run  # type: ignore[no-any-return]
+    run: Callable[[Job], int] = module.run
+    return run

@@ -15,14 +15,14 @@ import dataclasses
 import logging
 import threading
 
+from replicator.connect import connect
 from replicator.job import Job
 from replicator.modes.snapshot import format_summary
 from replicator.realtime.runner import prepare, stream, summary
-from replicator.signals import stop_on_signals
 from replicator.realtime.setup import SlotPlan
+from replicator.signals import stop_on_signals
 from replicator.snapshot.runner import run_snapshot
 from replicator.source.slots import SnapshotSlot, get_slot
-from replicator.connect import connect
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Pulumi dynamic providers: the replication user (psycopg) and attaching settings to an adopted RDS resource (boto3).
+"""Pulumi dynamic providers: the replication user (psycopg) and attaching settings to an adopted RDS
+resource (boto3).
 
 They live in the installed package, not in ``infra/``, because Pulumi runs dynamic providers in
 a separate host process that unpickles them; only importable modules survive that trip.
@@ -11,7 +12,15 @@ import secrets
 from typing import Any
 
 import psycopg
-from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
 
 from replicator import awsclient
 from replicator.provision import pgaccess
@@ -137,14 +146,21 @@ def describe_settings(props: dict[str, Any]) -> dict[str, Any]:
     rds = _rds(props)
     if props["kind"] == "cluster":
         c = rds.describe_db_clusters(DBClusterIdentifier=props["identifier"])["DBClusters"][0]
-        return {"parameter_group": c["DBClusterParameterGroup"], "backup_retention_days": c["BackupRetentionPeriod"]}
+        return {
+            "parameter_group": c["DBClusterParameterGroup"],
+            "backup_retention_days": c["BackupRetentionPeriod"],
+        }
     i = rds.describe_db_instances(DBInstanceIdentifier=props["identifier"])["DBInstances"][0]
     groups = [g["DBParameterGroupName"] for g in i.get("DBParameterGroups", [])]
-    return {"parameter_group": groups[0] if groups else None, "backup_retention_days": i["BackupRetentionPeriod"]}
+    return {
+        "parameter_group": groups[0] if groups else None,
+        "backup_retention_days": i["BackupRetentionPeriod"],
+    }
 
 
 def apply_settings(props: dict[str, Any], current: dict[str, Any]) -> int:
-    """Attach our group; raise retention to the minimum asked for (never lower it). Returns the retention set."""
+    """Attach our group; raise retention to the minimum asked for (never lower it). Returns the retention
+    set."""
     retention = max(int(props["backup_retention_days"]), int(current["backup_retention_days"] or 0))
     _modify(props, props["parameter_group"], retention)
     return retention

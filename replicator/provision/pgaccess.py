@@ -99,15 +99,19 @@ def default_select(user: str, schema: str, owner: str | None, revoke: bool = Fal
         sql.SQL("REVOKE SELECT ON TABLES FROM {}") if revoke else sql.SQL("GRANT SELECT ON TABLES TO {}")
     ).format(sql.Identifier(user))
     for_role = sql.SQL("FOR ROLE {} ").format(sql.Identifier(owner)) if owner else sql.SQL("")
-    return sql.SQL("ALTER DEFAULT PRIVILEGES {}IN SCHEMA {} {}").format(for_role, sql.Identifier(schema), action)
+    return sql.SQL("ALTER DEFAULT PRIVILEGES {}IN SCHEMA {} {}").format(
+        for_role, sql.Identifier(schema), action
+    )
 
 
 def grant_connect(user: str, database: str) -> sql.Composed:
-    return sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), sql.Identifier(user))
+    return sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+        sql.Identifier(database), sql.Identifier(user)
+    )
 
 
 def create_publication(name: str, tables: tuple[QualifiedName, ...] | Literal["*"]) -> sql.Composed:
-    if tables == ALL_TABLES:
+    if isinstance(tables, str):  # ALL_TABLES
         return sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(sql.Identifier(name))
     if not tables:
         return sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name))
@@ -210,12 +214,11 @@ class _transaction:
     def __enter__(self) -> None:
         self._tx.__enter__()
 
-    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
         self._tx.__exit__(et, ev, tb)
         if isinstance(ev, psycopg.Error) and not isinstance(ev, AccessError):
             detail = f" ({ev.diag.message_detail})" if ev.diag.message_detail else ""
             raise AccessError(f"{self.what}: {ev.diag.message_primary or ev}{detail}") from None
-        return False
 
 
 def _role_exists(conn: psycopg.Connection[Any], user: str) -> bool:
@@ -287,7 +290,9 @@ def _ensure_heartbeat_rights(conn: psycopg.Connection[Any], user: str, table: Qu
     owner = _table_owner(conn, table)
     if owner is not None and owner != user:
         conn.execute(
-            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(_table(table), sql.Identifier(user))
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+                _table(table), sql.Identifier(user)
+            )
         )
 
 
@@ -301,10 +306,14 @@ def _revoke_heartbeat_rights(
         conn.execute(sql.SQL("DROP TABLE {}").format(_table(table)))
     elif owner is not None and owner != user:
         conn.execute(
-            sql.SQL("REVOKE SELECT, INSERT, UPDATE, DELETE ON {} FROM {}").format(_table(table), sql.Identifier(user))
+            sql.SQL("REVOKE SELECT, INSERT, UPDATE, DELETE ON {} FROM {}").format(
+                _table(table), sql.Identifier(user)
+            )
         )
     conn.execute(
-        sql.SQL("REVOKE USAGE, CREATE ON SCHEMA {} FROM {}").format(sql.Identifier(table[0]), sql.Identifier(user))
+        sql.SQL("REVOKE USAGE, CREATE ON SCHEMA {} FROM {}").format(
+            sql.Identifier(table[0]), sql.Identifier(user)
+        )
     )
 
 
@@ -319,7 +328,7 @@ def _ensure_publication(
         row = None
     if row is None:
         conn.execute(create_publication(name, tables))
-    elif not want_all and tables:
+    elif not isinstance(tables, str) and tables:
         # SET TABLE replaces the whole member list, dropping members, row filters and column
         # lists someone added by hand: the publication becomes exactly what was declared.
         conn.execute(

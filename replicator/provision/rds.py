@@ -40,7 +40,9 @@ class ParameterRule:
         if self.aurora_only and engine != "aurora-postgresql":
             raise ParameterError(f"{self.name} exists only on aurora-postgresql, not {engine}")
         if apply_method not in ("immediate", "pending-reboot"):
-            raise ParameterError(f"{self.name}: apply method must be immediate or pending-reboot, not {apply_method!r}")
+            raise ParameterError(
+                f"{self.name}: apply method must be immediate or pending-reboot, not {apply_method!r}"
+            )
         if self.static and apply_method != "pending-reboot":
             raise ParameterError(
                 f"{self.name} is a static parameter: AWS accepts only apply method pending-reboot for it"
@@ -51,7 +53,9 @@ class ParameterRule:
             except ValueError:
                 raise ParameterError(f"{self.name} must be an integer, not {value!r}") from None
             if number < self.minimum or (self.maximum is not None and number > self.maximum):
-                raise ParameterError(f"{self.name} must be between {self.minimum} and {self.maximum}, not {number}")
+                raise ParameterError(
+                    f"{self.name} must be between {self.minimum} and {self.maximum}, not {number}"
+                )
 
 
 # The parameters a logical-replication source may need to set. Anything else is refused with a
@@ -70,9 +74,15 @@ RULES: dict[str, ParameterRule] = {
         ParameterRule("idle_in_transaction_session_timeout", static=False, minimum=0, maximum=2_147_483_647),
         ParameterRule("statement_timeout", static=False, minimum=0, maximum=2_147_483_647),
         ParameterRule("shared_preload_libraries", static=True),
-        ParameterRule("aurora.enhanced_logical_replication", static=True, minimum=0, maximum=1, aurora_only=True),
-        ParameterRule("aurora.logical_replication_backup", static=True, minimum=0, maximum=1, aurora_only=True),
-        ParameterRule("aurora.logical_replication_globaldb", static=True, minimum=0, maximum=1, aurora_only=True),
+        ParameterRule(
+            "aurora.enhanced_logical_replication", static=True, minimum=0, maximum=1, aurora_only=True
+        ),
+        ParameterRule(
+            "aurora.logical_replication_backup", static=True, minimum=0, maximum=1, aurora_only=True
+        ),
+        ParameterRule(
+            "aurora.logical_replication_globaldb", static=True, minimum=0, maximum=1, aurora_only=True
+        ),
     )
 }
 

@@ -36,8 +36,8 @@ from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.setup import SlotPlan, start_position
-from replicator.retry import Streak, is_transient
 from replicator.realtime.worker import ApplyWorker, Progress
+from replicator.retry import Streak, is_transient
 from replicator.source.describe import CatalogDescriber
 from replicator.source.heartbeat import HeartbeatWriter
 from replicator.source.reader import ChangeReader
@@ -76,14 +76,18 @@ class SlotPipeline:
         self.plan = plan
         self.targets = {k: v for k, v in targets.items() if k in plan.table_keys}
         self.aliases = {
-            (p.schema, p.name): (t.table.schema, t.table.name) for t in plan.tables for p in t.table.partitions
+            (p.schema, p.name): (t.table.schema, t.table.name)
+            for t in plan.tables
+            for p in t.table.partitions
         }
         self.heartbeat = heartbeat  # the heartbeat table exists and is published
         self.write_heartbeat = heartbeat and write_heartbeat
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
         self._failures = Streak()  # failures in a row: a stream that reads again is healthy
-        self._aux_lock = threading.Lock()  # aux serves the reader (heartbeat, WAL watch) and the worker (types)
+        self._aux_lock = (
+            threading.Lock()
+        )  # aux serves the reader (heartbeat, WAL watch) and the worker (types)
 
     def run(self, stop: threading.Event, until: Lsn | None = None) -> SlotStats:
         src_cfg = self.job.source.value
@@ -91,7 +95,9 @@ class SlotPipeline:
         aux = connect(src_cfg, "source", APP, autocommit=True)  # heartbeat, WAL watch, type lookups
         try:
             writer = dst.applier(self.job.job_id, self.plan.slot, self.targets, self._column_type(aux))
-            folder = Folder({k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows)
+            folder = Folder(
+                {k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows
+            )
             writer_hb = HeartbeatWriter(aux, self.cfg.heartbeat) if self.write_heartbeat else None
             watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])
 
@@ -105,7 +111,9 @@ class SlotPipeline:
 
             what = f"streaming slot {self.plan.slot}"
             try:
-                for attempt in retrying_for(src_cfg, what, streak=self._failures, before_retry=resume_from_checkpoint):
+                for attempt in retrying_for(
+                    src_cfg, what, streak=self._failures, before_retry=resume_from_checkpoint
+                ):
                     with attempt:
                         self._stream(dst, aux, folder, writer, writer_hb, watch, stop, until)
             except Exception as e:
@@ -122,7 +130,8 @@ class SlotPipeline:
     def _open_reader(self, dst: DestinationSession, aux: psycopg.Connection[Any]) -> ChangeReader:
         src_cfg = self.job.source.value
         slot_row = aux.execute(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (self.plan.slot,)
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (self.plan.slot,),
         ).fetchone()
         if slot_row is None:
             raise SourceError(f"replication slot {self.plan.slot!r} does not exist any more")
@@ -133,8 +142,15 @@ class SlotPipeline:
         )
         decoder = self._decoder(aux)
         if src_cfg.log_reader_type == "SQL":
-            return SqlReader.open(src_cfg, self.plan.slot, decoder, start, fetch_rows=self.cfg.fetch_size_rows,
-                                  poll_interval_s=min(1.0, self.cfg.fetch_duration_per_extractor_slot_s), application_name=APP)
+            return SqlReader.open(
+                src_cfg,
+                self.plan.slot,
+                decoder,
+                start,
+                fetch_rows=self.cfg.fetch_size_rows,
+                poll_interval_s=min(1.0, self.cfg.fetch_duration_per_extractor_slot_s),
+                application_name=APP,
+            )
         return ReplicationStream.open(src_cfg, self.plan.slot, decoder, start, application_name=APP)
 
     def _decoder(self, aux: psycopg.Connection[Any]) -> Decoder:
@@ -219,18 +235,17 @@ class SlotPipeline:
         change = folder.change
         changes = transactions = 0
         for ev in events:
-            t = type(ev)
-            if t is Change or t is Truncate:
-                ready = change(ev)  # type: ignore[arg-type]
+            if isinstance(ev, Change | Truncate):
+                ready = change(ev)
                 changes += 1
                 if ready:
                     for folded in ready:
                         worker.apply(folded)
-            elif t is Begin:
+            elif isinstance(ev, Begin):
                 in_txn = True
-            elif t is Commit:
+            elif isinstance(ev, Commit):
                 in_txn = False
-                folder.source_commit(ev.end_lsn)  # type: ignore[union-attr]
+                folder.source_commit(ev.end_lsn)
                 transactions += 1
         self.stats.changes += changes
         self.stats.transactions += transactions

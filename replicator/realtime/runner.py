@@ -35,7 +35,9 @@ class Prepared:
     heartbeat: bool
 
 
-def prepare(job: Job, create_slots: bool = True, before_destination: Callable[[list[SlotPlan]], None] | None = None) -> Prepared:
+def prepare(
+    job: Job, create_slots: bool = True, before_destination: Callable[[list[SlotPlan]], None] | None = None
+) -> Prepared:
     """Everything up to streaming: tables, publications, slots, destination tables, state."""
     with connect(job.source.value, "source", APP, autocommit=True) as src:
         with src.transaction():
@@ -79,7 +81,10 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
                 errors.append(e)
                 stop.set()
 
-        threads = [threading.Thread(target=run_one, args=(i,), name=f"slot-{p.plan.slot}") for i, p in enumerate(pipelines)]
+        threads = [
+            threading.Thread(target=run_one, args=(i,), name=f"slot-{p.plan.slot}")
+            for i, p in enumerate(pipelines)
+        ]
         for t in threads:
             t.start()
         for t in threads:

@@ -48,8 +48,10 @@ def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]
         )
     if "pgoutput" in cfg.slots.values() and not cfg.publication:
         raise ConfigError(
-            f"{source.where()}: publication: required for pgoutput slots (the publication names the tables the "
-            f"slot decodes; it is created for the filtered tables if missing), e.g. publication: replicator_pub"
+            f"{source.where()}: publication: required for pgoutput slots (the publication names the tables "
+            "the "
+            f"slot decodes; it is created for the filtered tables if missing), e.g. publication: "
+            "replicator_pub"
         )
     base = cfg.publication or ""
     pgoutput_slots = [n for n, plugin in cfg.slots.items() if plugin == "pgoutput"]
@@ -57,7 +59,9 @@ def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]
         SlotPlan(
             slot=name,
             plugin=plugin,
-            publication=(base if len(pgoutput_slots) == 1 else f"{base}_{name}") if plugin == "pgoutput" else None,
+            publication=(base if len(pgoutput_slots) == 1 else f"{base}_{name}")
+            if plugin == "pgoutput"
+            else None,
         )
         for name, plugin in cfg.slots.items()
     ]
@@ -87,7 +91,9 @@ def select_realtime_tables(
     return catalog, [t for t in selected if (t.table.schema, t.table.name) != heartbeat]
 
 
-def check_keys_agree(realtime: list[SelectedTable], snapshot: list[SelectedTable], with_snapshot: bool) -> None:
+def check_keys_agree(
+    realtime: list[SelectedTable], snapshot: list[SelectedTable], with_snapshot: bool
+) -> None:
     """Realtime applies changes by the key the destination table was built with, so a
     ``row-identifier-key`` must say the same in both sections: the snapshot section's builds the
     destination key, the realtime section's is what realtime matches rows by.
@@ -113,8 +119,11 @@ def check_keys_agree(realtime: list[SelectedTable], snapshot: list[SelectedTable
             )
         raise ConfigError(
             f"{rt.key_where}: row-identifier-key: {rt.display}'s key ({', '.join(rt_key)}) under realtime "
-            + (f"differs from its key ({', '.join(st_key)}) under snapshot at {st.key_where}"
-               if st_key else "is not set under snapshot, so the snapshot of the full mode would build no key")
+            + (
+                f"differs from its key ({', '.join(st_key)}) under snapshot at {st.key_where}"
+                if st_key
+                else "is not set under snapshot, so the snapshot of the full mode would build no key"
+            )
             + "; set the same row-identifier-key in both sections"
         )
 

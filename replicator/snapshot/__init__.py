@@ -1,1 +1,2 @@
-"""The snapshot engine (chunk planning, parallel copy, checkpoints), shared by snapshot, full and delta-snapshot."""
+"""The snapshot engine (chunk planning, parallel copy, checkpoints), shared by snapshot, full and
+delta-snapshot."""

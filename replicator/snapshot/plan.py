@@ -16,9 +16,9 @@ import psycopg
 from psycopg import sql
 
 from replicator.config.extractor import CopySettings
+from replicator.destinations.base import ChunkPlan
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable
-from replicator.destinations.base import ChunkPlan
 
 ROWS_PER_PAGE_GUESS = 60  # for tables never analyzed: a typical row is ~100-150 bytes
 
@@ -50,7 +50,14 @@ def plan_table(conn: psycopg.Connection[Any], st: SelectedTable, cfg: CopySettin
         edges: list[int | None] = [None, *bounds, None]
         for lo, hi in zip(edges, edges[1:], strict=False):
             plans.append(
-                ChunkPlan(len(plans), schema, name, "ctid", None if lo is None else str(lo), None if hi is None else str(hi))
+                ChunkPlan(
+                    len(plans),
+                    schema,
+                    name,
+                    "ctid",
+                    None if lo is None else str(lo),
+                    None if hi is None else str(hi),
+                )
             )
     return plans
 

@@ -33,7 +33,13 @@ from replicator.job import Job
 from replicator.progress import Progress, make_progress
 from replicator.relay import relay_copy
 from replicator.snapshot.plan import copy_out_sql, plan_table
-from replicator.snapshot.workers import SNAPSHOT_SESSION, Session, begin_in_snapshot, run_parallel, session_settings
+from replicator.snapshot.workers import (
+    SNAPSHOT_SESSION,
+    Session,
+    begin_in_snapshot,
+    run_parallel,
+    session_settings,
+)
 from replicator.typemap import binary_safe
 
 log = logging.getLogger(__name__)
@@ -119,7 +125,9 @@ def run_snapshot(
             control.state.lock_job(job.job_id, "snapshot")
             if job.fresh:
                 with control.transaction():
-                    control.state.forget_snapshot(job.job_id, [(s.table.schema, s.table.name) for s in selected])
+                    control.state.forget_snapshot(
+                        job.job_id, [(s.table.schema, s.table.name) for s in selected]
+                    )
         else:
             selected = scope.tables
         settings = scope.settings if scope else job.extractor.value.snapshot
@@ -194,7 +202,9 @@ def _prepare(
                     control.create_table(catalog, st)
                 else:
                     if control.has_rows(found):
-                        log.warning("%s exists at the destination with rows; emptying it for the snapshot", st.display)
+                        log.warning(
+                            "%s exists at the destination with rows; emptying it for the snapshot", st.display
+                        )
                     control.empty(found)
                 control.state.record_table_plan(job_id, key, found is None, st.key, plans[key])
             existing.update(control.state.load_snapshot(job_id, only=key))
@@ -211,7 +221,10 @@ def _prepare(
         # Merging needs the key's unique index, which exists only on tables we created.
         merge = bool(st.key) and ts.done_in_other_runs(run_id) and ts.created_by_us
         if merge and ts.created_by_us and not ts.key_built:
-            log.info("%s: resuming under a new snapshot; building its key first so the rest merges by key", st.display)
+            log.info(
+                "%s: resuming under a new snapshot; building its key first so the rest merges by key",
+                st.display,
+            )
             with control.transaction():
                 control.build_key(st)
                 control.state.mark_key_built(job_id, key)
@@ -252,7 +265,9 @@ def _copy_all(
 
     threads = max(1, min(threads, len(items), _connection_budget(job, threads)))
     if not run_parallel(job, snapshot_name, {}, items, threads, describe, handle, APP, stop):
-        raise Interrupted("snapshot interrupted; every finished chunk is kept: run the same command again to resume")
+        raise Interrupted(
+            "snapshot interrupted; every finished chunk is kept: run the same command again to resume"
+        )
 
 
 def _connection_budget(job: Job, threads: int) -> int:

@@ -131,7 +131,16 @@ def run_parallel(
     stop = stop or threading.Event()
     errors: list[BaseException] = []
     workers = [
-        _Worker(job, Session(job, snapshot_name, settings, app), work, stop, errors, describe, handle, f"{app}-{i}")
+        _Worker(
+            job,
+            Session(job, snapshot_name, settings, app),
+            work,
+            stop,
+            errors,
+            describe,
+            handle,
+            f"{app}-{i}",
+        )
         for i in range(max(1, min(threads, len(items))))
     ]
     for w in workers:

@@ -9,8 +9,8 @@ Setting up (regular autocommit connection unless said otherwise):
   for the `full` mode: an exported snapshot that meets the stream exactly at ``consistent_point``.
 - ``heartbeat.ensure_heartbeat_table(conn, hb)`` and ``HeartbeatWriter(conn, hb).tick()``.
 
-Reading (both readers have the same API: ``read(max_events, timeout) -> list[Event]``,
-``position``, ``confirm(lsn)``, ``close()``, context manager):
+Reading (both readers satisfy ``reader.ChangeReader``: ``read(max_events, timeout, until)``,
+``position``, ``confirmed``, ``confirm(lsn)``, ``close()``; and are context managers):
 
 - ``stream.ReplicationStream.open(cfg, slot, decoder, start_lsn)`` (``log-reader-type: STREAM``);
 - ``sqlreader.SqlReader.open(cfg, slot, decoder, start_lsn)`` (``log-reader-type: SQL``).

@@ -54,7 +54,8 @@ def ensure_heartbeat_table(conn: psycopg.Connection[Any], hb: Heartbeat) -> Publ
             + " (or set realtime.heartbeat.enable: false)"
         ) from None
     row = conn.execute(
-        "SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass AND attname = %s AND NOT attisdropped",
+        "SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass AND attname = %s AND NOT "
+        "attisdropped",
         (ident.as_string(conn), hb.column_name),
     ).fetchone()
     if row is None:
@@ -115,5 +116,6 @@ def _check_catalog(conn: psycopg.Connection[Any], hb: Heartbeat) -> None:
     if hb.catalog is not None and hb.catalog != conn.info.dbname:
         raise SourceError(
             f"realtime.heartbeat.catalog is {hb.catalog!r} but the source database is {conn.info.dbname!r}: "
-            "the heartbeat must be written in the database the slot decodes (remove `catalog` or make it match)"
+            "the heartbeat must be written in the database the slot decodes (remove `catalog` or make it "
+            "match)"
         )

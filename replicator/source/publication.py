@@ -150,7 +150,8 @@ def publication_problems(
                 fix = sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true);").format(pub)
                 problems.append(
                     f"{t.qualified_name} is partitioned and the publication does not publish via the "
-                    f"partition root (changes would arrive under each partition's name); fix: {fix.as_string(conn)}"
+                    f"partition root (changes would arrive under each partition's name); fix: "
+                    f"{fix.as_string(conn)}"
                 )
             else:
                 problems.append(f"it does not include {t.qualified_name}; fix: {add.as_string(conn)}")

@@ -36,7 +36,8 @@ class SlotInfo:
 
 
 _SLOT_QUERY = """
-SELECT slot_name, plugin, slot_type, database, active, active_pid, restart_lsn, confirmed_flush_lsn, wal_status
+SELECT slot_name, plugin, slot_type, database, active, active_pid, restart_lsn, confirmed_flush_lsn,
+    wal_status
 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s
 """
 
@@ -67,7 +68,8 @@ def check_slot(info: SlotInfo, plugin: str, database: str) -> None:
         )
     if info.plugin != plugin:
         raise SourceError(
-            f"replication slot {info.name!r} decodes with {info.plugin}, but replication-slots says {plugin}: "
+            f"replication slot {info.name!r} decodes with {info.plugin}, but replication-slots says "
+            f"{plugin}: "
             f"set replication-slots: {{{info.name}: [{info.plugin}]}}, or drop the slot (then run the "
             f"`full` mode again, the slot's position is lost with it): {drop}"
         )

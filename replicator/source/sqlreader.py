@@ -60,7 +60,7 @@ class SqlReader:
         self.poll_interval_s = poll_interval_s
         self._where = where
         self._binary = decoder.plugin == "pgoutput"
-        self._rows: Iterator[Any] | None = None  # psycopg's stream() generator
+        self._rows: Iterator[Any] | None = None  # psycopg's stream(): a generator
         self._peek_rows = 0  # rows read from the current peek
         self._peek_limit = 0  # its upto_nchanges
         self._peek_upto = Lsn(0)  # its upto_lsn
@@ -176,7 +176,9 @@ class SqlReader:
             if self._rows is not None:
                 rows, self._rows = self._rows, None
                 # Abandon the peek (psycopg cancels it); its rows are read again next time.
-                rows.close()  # type: ignore[attr-defined]  # it is a generator
+                close = getattr(rows, "close", None)  # a generator's; typed as a plain iterator
+                if close is not None:
+                    close()
             self._advance()
         except psycopg.Error as e:
             log.warning("could not move slot %s to %s on close: %s", self.slot, self._flushed, e)

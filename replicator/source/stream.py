@@ -36,6 +36,7 @@ from replicator.connect import connect, describe
 from replicator.decoding.changes import Decoder, Event
 from replicator.decoding.pgoutput import PUMP_COUNT, PUMP_END, PUMP_FULL, PUMP_MESSAGE, PUMP_NO_DATA, Pump
 from replicator.errors import SourceError
+from replicator.libpq import pgconn_ptr
 from replicator.lsn import Lsn
 from replicator.source.session import apply_output_settings
 
@@ -104,7 +105,9 @@ class ReplicationStream:
         # pgoutput can read runs of row messages in C, straight from libpq (see _pgoutput.c).
         native_pump = getattr(decoder, "native_pump", None)
         self._pump: Pump | None = native_pump() if native_pump is not None else None
-        self._conn_ptr = self._pgconn.pgconn_ptr
+        ptr = pgconn_ptr(self._pgconn)
+        assert ptr is not None  # an open connection
+        self._conn_ptr = ptr
         try:
             self._start(start_lsn)
         except BaseException:
@@ -162,6 +165,7 @@ class ReplicationStream:
         extend = out.extend
         countdown = _CHECK_EVERY
         pump, conn_ptr = self._pump, self._conn_ptr
+        buf: bytes | memoryview
         while True:
             if pump is not None:
                 # Runs of row messages are read and decoded in C; anything else comes back here.
@@ -189,7 +193,7 @@ class ReplicationStream:
                     raise self._lost(error_message(pgconn))
             else:
                 try:
-                    nbytes, buf = pgconn.get_copy_data(1)
+                    nbytes, buf = pgconn.get_copy_data(1)  # buf: a memoryview, used like bytes
                 except psycopg.OperationalError as e:
                     raise self._lost(str(e)) from None
             if nbytes > 0:

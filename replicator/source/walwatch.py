@@ -78,7 +78,8 @@ class WalWatch:
             if size >= limit:
                 raise SourceError(
                     f"replication slot {r.slot!r} holds {_gb(size)} of WAL on the source, over "
-                    f"log-monitoring.max-wal-size-gb ({self.monitoring.max_wal_size_gb:g} GB): stopping before "
+                    f"log-monitoring.max-wal-size-gb ({self.monitoring.max_wal_size_gb:g} GB): stopping "
+                    "before "
                     "the source's disk fills. Find why the pipeline falls behind (destination slow or "
                     "down?), then start again to catch up; if the changes are no longer wanted, drop the "
                     "slot and run the `full` mode again"

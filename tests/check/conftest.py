@@ -45,8 +45,11 @@ class Source:
     tmp: Path
 
     def config(self, **extra: Any) -> dict[str, Any]:
-        cfg = self.db.config(username=self.user, password=self.password,
-                             **{"replication-slots": {f"slot_{self.user}": ["pgoutput"]}, "publication": f"pub_{self.user}"})
+        cfg = self.db.config(
+            username=self.user,
+            password=self.password,
+            **{"replication-slots": {f"slot_{self.user}": ["pgoutput"]}, "publication": f"pub_{self.user}"},
+        )
         cfg.update(extra)
         return {k: v for k, v in cfg.items() if v is not None}
 
@@ -61,7 +64,9 @@ class Source:
     ) -> Report:
         return check_all(
             load_connection(self.write("source.yaml", self.config(**extra)), "source"),
-            load_connection(self.write("destination.yaml", destination), "destination") if destination else None,
+            load_connection(self.write("destination.yaml", destination), "destination")
+            if destination
+            else None,
             load_filter(self.write("filter.yaml", filter_)) if filter_ else None,
             load_extractor(self.write("extractor.yaml", extractor) if extractor else None),
             client_ip,
@@ -74,11 +79,15 @@ class Source:
                 self.db.execute(line)
 
 
-def make_source(db: Database, tmp: Path, right: pgaccess.ReplicationRight = "attribute", **spec: Any) -> Source:
+def make_source(
+    db: Database, tmp: Path, right: pgaccess.ReplicationRight = "attribute", **spec: Any
+) -> Source:
     user = f"cdc_{os.getpid()}_{next(_n)}"
     password = "check-password-123"
     with db.connect() as conn:
-        pgaccess.ensure_access(conn, pgaccess.AccessSpec(user=user, replication_right=right, **spec), password)
+        pgaccess.ensure_access(
+            conn, pgaccess.AccessSpec(user=user, replication_right=right, **spec), password
+        )
     return Source(db, user, password, tmp)
 
 
@@ -99,7 +108,10 @@ def source(source_db: Database, tmp_path: Path) -> Iterator[Source]:
 
 
 def drop_slots(db: Database) -> None:
-    db.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database()")
+    db.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = "
+        "current_database()"
+    )
 
 
 def run_aws_fix(fix: str, aws: AwsEndpoint) -> None:

@@ -42,20 +42,39 @@ def stage(aws: AwsEndpoint, kind: str = "instance", allow: str = "127.0.0.1/32",
     ec2, client = aws.client("ec2"), aws.client("rds")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{aws.region}{z}")["Subnet"]["SubnetId"]
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{aws.region}{z}")[
+            "Subnet"
+        ]["SubnetId"]
         for i, z in ((1, "a"), (2, "b"))
     ]
-    sg = ec2.create_security_group(GroupName="db", Description="PostgreSQL source for replicator", VpcId=vpc)["GroupId"]
-    ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
-        {"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, "IpRanges": [{"CidrIp": allow, "Description": "replicator"}]}
-    ])
-    client.create_db_subnet_group(DBSubnetGroupName="db-subnets", DBSubnetGroupDescription="d", SubnetIds=subnets)
-    params = [{"ParameterName": p.name, "ParameterValue": p.value, "ApplyMethod": p.apply_method}
-              for p in rds.required_parameters(10, 10)]
+    sg = ec2.create_security_group(GroupName="db", Description="PostgreSQL source for replicator", VpcId=vpc)[
+        "GroupId"
+    ]
+    ec2.authorize_security_group_ingress(
+        GroupId=sg,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 5432,
+                "ToPort": 5432,
+                "IpRanges": [{"CidrIp": allow, "Description": "replicator"}],
+            }
+        ],
+    )
+    client.create_db_subnet_group(
+        DBSubnetGroupName="db-subnets", DBSubnetGroupDescription="d", SubnetIds=subnets
+    )
+    params = [
+        {"ParameterName": p.name, "ParameterValue": p.value, "ApplyMethod": p.apply_method}
+        for p in rds.required_parameters(10, 10)
+    ]
     if kind == "cluster":
         group = "logical-aurora"
-        client.create_db_cluster_parameter_group(DBClusterParameterGroupName=group, Description="d",
-                                                 DBParameterGroupFamily=rds.parameter_family("aurora-postgresql", "15.4"))
+        client.create_db_cluster_parameter_group(
+            DBClusterParameterGroupName=group,
+            Description="d",
+            DBParameterGroupFamily=rds.parameter_family("aurora-postgresql", "15.4"),
+        )
         if logical:
             client.modify_db_cluster_parameter_group(DBClusterParameterGroupName=group, Parameters=params)
         client.create_db_cluster(
@@ -80,7 +99,14 @@ def stage(aws: AwsEndpoint, kind: str = "instance", allow: str = "127.0.0.1/32",
     return Stage(aws, "src", "instance", group, sg, subnets)
 
 
-AWS_CHECKS = ["rds", "rds.logical_replication", "parameters applied", "backup retention", "security groups", "network acl"]
+AWS_CHECKS = [
+    "rds",
+    "rds.logical_replication",
+    "parameters applied",
+    "backup retention",
+    "security groups",
+    "network acl",
+]
 
 
 def aws_statuses(report: Any) -> dict[str, Status]:
@@ -93,7 +119,8 @@ def test_healthy_rds_instance(source: Source, aws: AwsEndpoint) -> None:
     assert report.ok, report.render()
     assert {n: aws_statuses(report)[n] for n in AWS_CHECKS} == {n: Status.OK for n in AWS_CHECKS}
     assert report.find("security groups").detail == (
-        f"{st.security_group} allows 127.0.0.1 (as the server sees us) on port 5432 via 127.0.0.1/32 (replicator)"
+        f"{st.security_group} allows 127.0.0.1 (as the server sees us) on port 5432 via 127.0.0.1/32 "
+        "(replicator)"
     )
 
 
@@ -125,7 +152,8 @@ def test_retention_one_day(source: Source, aws: AwsEndpoint) -> None:
     result = source.check(**st.config()).find("backup retention")
     assert (result.status, result.detail) == (Status.FAIL, "1 day(s); at least 3 needed")
     assert result.fix == (
-        "aws rds modify-db-instance --db-instance-identifier src --backup-retention-period 3 --apply-immediately "
+        "aws rds modify-db-instance --db-instance-identifier src --backup-retention-period 3 "
+        "--apply-immediately "
         "--region eu-west-1"
     )
     run_aws_fix(result.fix, aws)
@@ -135,7 +163,9 @@ def test_retention_one_day(source: Source, aws: AwsEndpoint) -> None:
 def test_aurora_retention_one_day(source: Source, aws: AwsEndpoint) -> None:
     st = stage(aws, kind="cluster", retention=1)
     result = source.check(**st.config()).find("backup retention")
-    assert result.status is Status.FAIL and (result.fix or "").startswith("aws rds modify-db-cluster --db-cluster-identifier src-aurora")
+    assert result.status is Status.FAIL and (result.fix or "").startswith(
+        "aws rds modify-db-cluster --db-cluster-identifier src-aurora"
+    )
     run_aws_fix(result.fix or "", aws)
     assert source.check(**st.config()).find("backup retention").status is Status.OK
 
@@ -144,7 +174,10 @@ def test_cidr_missing(source: Source, aws: AwsEndpoint) -> None:
     st = stage(aws, allow="10.20.0.0/16")
     result = source.check(**st.config()).find("security groups")
     assert result.status is Status.FAIL
-    assert result.detail == f"no rule in {st.security_group} allows 127.0.0.1 (as the server sees us) on port 5432"
+    assert (
+        result.detail
+        == f"no rule in {st.security_group} allows 127.0.0.1 (as the server sees us) on port 5432"
+    )
     assert commands(result.fix) == [
         f"aws ec2 authorize-security-group-ingress --group-id {st.security_group} --ip-permissions "
         "'IpProtocol=tcp,FromPort=5432,ToPort=5432,IpRanges=[{CidrIp=127.0.0.1/32,Description=replicator}]' "
@@ -166,14 +199,20 @@ def test_logical_replication_off_in_a_default_group(source: Source, aws: AwsEndp
     report = source.check(**st.config())
     result = report.find("rds.logical_replication")
     assert result.status is Status.FAIL
-    assert result.detail == "not set (engine default 0) in parameter group default.postgres16; logical replication needs 1"
+    assert (
+        result.detail
+        == "not set (engine default 0) in parameter group default.postgres16; logical replication needs 1"
+    )
     assert commands(result.fix) == [
         "aws rds create-db-parameter-group --db-parameter-group-name replicator-postgres16 "
-        "--db-parameter-group-family postgres16 --description 'logical replication for replicator' --region eu-west-1",
-        "aws rds modify-db-instance --db-instance-identifier src --db-parameter-group-name replicator-postgres16 "
+        "--db-parameter-group-family postgres16 --description 'logical replication for replicator' --region "
+        "eu-west-1",
+        "aws rds modify-db-instance --db-instance-identifier src --db-parameter-group-name "
+        "replicator-postgres16 "
         "--apply-immediately --region eu-west-1",
         "aws rds modify-db-parameter-group --db-parameter-group-name replicator-postgres16 --parameters "
-        "ParameterName=rds.logical_replication,ParameterValue=1,ApplyMethod=pending-reboot --region eu-west-1",
+        "ParameterName=rds.logical_replication,ParameterValue=1,ApplyMethod=pending-reboot --region "
+        "eu-west-1",
         "aws rds reboot-db-instance --db-instance-identifier src --region eu-west-1",
     ]
     timeout = report.find("wal_sender_timeout")
@@ -182,7 +221,9 @@ def test_logical_replication_off_in_a_default_group(source: Source, aws: AwsEndp
     assert source.check(**st.config()).find("rds.logical_replication").status is Status.OK
 
 
-def test_wal_level_fix_names_the_group_and_the_reboot(replica_cluster: LocalCluster, tmp_path: Path, aws: AwsEndpoint) -> None:
+def test_wal_level_fix_names_the_group_and_the_reboot(
+    replica_cluster: LocalCluster, tmp_path: Path, aws: AwsEndpoint
+) -> None:
     replica_cluster.create_database("onrds")
     src = make_source(Database(replica_cluster, "onrds"), tmp_path)
     st = stage(aws)
@@ -190,7 +231,8 @@ def test_wal_level_fix_names_the_group_and_the_reboot(replica_cluster: LocalClus
     assert result.status is Status.FAIL
     assert commands(result.fix) == [
         "aws rds modify-db-parameter-group --db-parameter-group-name logical --parameters "
-        "ParameterName=rds.logical_replication,ParameterValue=1,ApplyMethod=pending-reboot --region eu-west-1",
+        "ParameterName=rds.logical_replication,ParameterValue=1,ApplyMethod=pending-reboot --region "
+        "eu-west-1",
         "aws rds reboot-db-instance --db-instance-identifier src --region eu-west-1",
     ]
 
@@ -201,14 +243,31 @@ def test_network_acl_denies_the_replicator(source: Source, aws: AwsEndpoint) -> 
     vpc = ec2.describe_subnets(SubnetIds=st.subnets)["Subnets"][0]["VpcId"]
     acl = ec2.create_network_acl(VpcId=vpc)["NetworkAcl"]["NetworkAclId"]
     for egress in (False, True):
-        ec2.create_network_acl_entry(NetworkAclId=acl, RuleNumber=50, Protocol="6", RuleAction="deny", Egress=egress,
-                                     CidrBlock="127.0.0.0/8", PortRange={"From": 0, "To": 65535})
-        ec2.create_network_acl_entry(NetworkAclId=acl, RuleNumber=100, Protocol="-1", RuleAction="allow",
-                                     Egress=egress, CidrBlock="0.0.0.0/0")
-    for current in ec2.describe_network_acls(Filters=[{"Name": "association.subnet-id", "Values": st.subnets}])["NetworkAcls"]:
+        ec2.create_network_acl_entry(
+            NetworkAclId=acl,
+            RuleNumber=50,
+            Protocol="6",
+            RuleAction="deny",
+            Egress=egress,
+            CidrBlock="127.0.0.0/8",
+            PortRange={"From": 0, "To": 65535},
+        )
+        ec2.create_network_acl_entry(
+            NetworkAclId=acl,
+            RuleNumber=100,
+            Protocol="-1",
+            RuleAction="allow",
+            Egress=egress,
+            CidrBlock="0.0.0.0/0",
+        )
+    for current in ec2.describe_network_acls(
+        Filters=[{"Name": "association.subnet-id", "Values": st.subnets}]
+    )["NetworkAcls"]:
         for assoc in current["Associations"]:
             if assoc["SubnetId"] in st.subnets:
-                ec2.replace_network_acl_association(AssociationId=assoc["NetworkAclAssociationId"], NetworkAclId=acl)
+                ec2.replace_network_acl_association(
+                    AssociationId=assoc["NetworkAclAssociationId"], NetworkAclId=acl
+                )
     result = source.check(**st.config()).find("network acl")
     assert result.status is Status.FAIL
     assert result.detail == (
@@ -239,7 +298,10 @@ def test_self_hosted_source_skips_aws(source: Source) -> None:
     [
         ({"host": "orders.c9akciq32.eu-west-2.rds.amazonaws.com"}, ("instance", "orders", "eu-west-2")),
         ({"host": "aur.cluster-c9akciq32.us-east-1.rds.amazonaws.com"}, ("cluster", "aur", "us-east-1")),
-        ({"host": "10.0.0.5", "db-cluster-identifier": "c", "aws-region": "eu-west-1"}, ("cluster", "c", "eu-west-1")),
+        (
+            {"host": "10.0.0.5", "db-cluster-identifier": "c", "aws-region": "eu-west-1"},
+            ("cluster", "c", "eu-west-1"),
+        ),
         ({"host": "10.0.0.5"}, None),
     ],
 )

@@ -17,15 +17,37 @@ def statuses(report, *names: str) -> list[Status]:  # type: ignore[no-untyped-de
 
 
 def test_healthy_source_passes(source: Source) -> None:
-    report = source.check(**{"replication-slots": {f"slot_{source.user}": ["pgoutput"], f"json_{source.user}": ["wal2json"]}})
+    report = source.check(
+        **{"replication-slots": {f"slot_{source.user}": ["pgoutput"], f"json_{source.user}": ["wal2json"]}}
+    )
     assert report.ok, report.render()
-    assert statuses(report, "connect", "tls", "wal_level", "replication right", "replication slots", "wal senders",
-                    "wal2json plugin", "select grants", "keys", "publish operations", "publication coverage",
-                    "publication filters") == [Status.OK] * 12
+    assert (
+        statuses(
+            report,
+            "connect",
+            "tls",
+            "wal_level",
+            "replication right",
+            "replication slots",
+            "wal senders",
+            "wal2json plugin",
+            "select grants",
+            "keys",
+            "publish operations",
+            "publication coverage",
+            "publication filters",
+        )
+        == [Status.OK] * 12
+    )
     assert report.exit_code == 0
     assert report.find("replication right").detail == f"{source.user} may replicate (REPLICATION attribute)"
     # the wal2json probe left no slot behind
-    assert source.db.fetchone("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'replicator_check_%'") == 0
+    assert (
+        source.db.fetchone(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'replicator_check_%'"
+        )
+        == 0
+    )
 
 
 def test_wal_level_replica(replica_cluster: LocalCluster, tmp_path: Path) -> None:
@@ -34,8 +56,13 @@ def test_wal_level_replica(replica_cluster: LocalCluster, tmp_path: Path) -> Non
     src = make_source(db, tmp_path)
     report = src.check()
     result = report.find("wal_level")
-    assert result.status is Status.FAIL and result.detail == "wal_level is replica; logical decoding needs logical"
-    assert result.fix is not None and result.fix.splitlines()[0] == "ALTER SYSTEM SET \"wal_level\" = 'logical';"
+    assert (
+        result.status is Status.FAIL
+        and result.detail == "wal_level is replica; logical decoding needs logical"
+    )
+    assert (
+        result.fix is not None and result.fix.splitlines()[0] == "ALTER SYSTEM SET \"wal_level\" = 'logical';"
+    )
     assert "restart PostgreSQL" in result.fix
     assert report.exit_code == 1
     # Applying the fix as printed, then restarting, makes the check pass.
@@ -69,7 +96,10 @@ def test_missing_replication_right_on_rds(source_db: Database, tmp_path: Path, r
     assert result.fix == f'GRANT rds_replication TO "{src.user}";  -- as the master user / a superuser'
     src.apply_sql(result.fix)
     result = src.check().find("replication right")
-    assert (result.status, result.detail) == (Status.OK, f"{src.user} may replicate (member of rds_replication)")
+    assert (result.status, result.detail) == (
+        Status.OK,
+        f"{src.user} may replicate (member of rds_replication)",
+    )
 
 
 def test_not_enough_slots_or_senders(source: Source) -> None:
@@ -77,7 +107,9 @@ def test_not_enough_slots_or_senders(source: Source) -> None:
     report = source.check(**{"replication-slots": many})
     slots, senders = report.find("replication slots"), report.find("wal senders")
     assert slots.status is Status.FAIL and "22 more needed" in slots.detail
-    assert slots.fix is not None and slots.fix.startswith("ALTER SYSTEM SET \"max_replication_slots\" = '22';")
+    assert slots.fix is not None and slots.fix.startswith(
+        "ALTER SYSTEM SET \"max_replication_slots\" = '22';"
+    )
     assert senders.status is Status.FAIL and senders.fix is not None
     assert senders.fix.startswith("ALTER SYSTEM SET \"max_wal_senders\" = '22';")
 
@@ -88,7 +120,10 @@ def test_existing_slot_with_another_plugin(source: Source) -> None:
     try:
         result = source.check().find(f"slot {slot}")
         assert result.status is Status.FAIL
-        assert f"exists for test_decoding in database {source.db.name}; the config wants pgoutput" in result.detail
+        assert (
+            f"exists for test_decoding in database {source.db.name}; the config wants pgoutput"
+            in result.detail
+        )
         assert result.fix is not None and result.fix.startswith(f"SELECT pg_drop_replication_slot('{slot}');")
     finally:
         drop_slots(source.db)
@@ -100,8 +135,10 @@ def test_an_unloadable_output_plugin_is_reported(source: Source) -> None:
     import psycopg
 
     cfg = load_connection(source.write("s.yaml", source.config()), "source").value
-    with psycopg.connect(source.db.cluster.conninfo(source.db.name, user=source.user, password=source.password),
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        source.db.cluster.conninfo(source.db.name, user=source.user, password=source.password),
+        autocommit=True,
+    ) as conn:
         result = check_output_plugin(source_context(conn, cfg, None), "no_such_decoder")
     assert result.status is Status.FAIL
     assert "cannot load no_such_decoder" in result.detail
@@ -117,7 +154,9 @@ def test_connection_failure_stops_the_database_checks(source: Source) -> None:
     assert report.exit_code == 1
 
 
-def test_snapshot_only_source_skips_replication_prerequisites(replica_cluster: LocalCluster, tmp_path: Path) -> None:
+def test_snapshot_only_source_skips_replication_prerequisites(
+    replica_cluster: LocalCluster, tmp_path: Path
+) -> None:
     replica_cluster.create_database("snaponly")
     db = Database(replica_cluster, "snaponly")
     db.execute("CREATE TABLE t (id int PRIMARY KEY)")

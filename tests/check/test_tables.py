@@ -25,7 +25,8 @@ def test_missing_schema_usage(source: Source) -> None:
     result = source.check().find("select grants")
     assert result.status is Status.FAIL
     assert result.fix == (
-        f'GRANT USAGE ON SCHEMA "sales" TO "{source.user}";\nGRANT SELECT ON "sales"."refunds" TO "{source.user}";'
+        f'GRANT USAGE ON SCHEMA "sales" TO "{source.user}";\nGRANT SELECT ON "sales"."refunds" TO '
+        f'"{source.user}";'
     )
     source.apply_sql(result.fix)
     assert source.check().ok
@@ -45,11 +46,19 @@ def test_table_without_key(source: Source) -> None:
     assert result.status is Status.FAIL
     assert "public.events has no primary key" in result.detail
     lines = (result.fix or "").splitlines()
-    assert lines[0].startswith('ALTER TABLE "public"."events" ADD PRIMARY KEY (...);  -- or set row-identifier-key')
+    assert lines[0].startswith(
+        'ALTER TABLE "public"."events" ADD PRIMARY KEY (...);  -- or set row-identifier-key'
+    )
     assert lines[1] == 'ALTER TABLE "public"."events" REPLICA IDENTITY FULL;'
     # The documented alternative: a row-identifier-key plus REPLICA IDENTITY FULL.
     source.db.execute(lines[1])
-    extractor = {"snapshot": {"per-table-config": [{"schema": "public", "tables": {"events": {"row-identifier-key": ["at", "what"]}}}]}}
+    extractor = {
+        "snapshot": {
+            "per-table-config": [
+                {"schema": "public", "tables": {"events": {"row-identifier-key": ["at", "what"]}}}
+            ]
+        }
+    }
     assert source.check(extractor=extractor).find("keys").status is Status.OK
 
 
@@ -57,7 +66,9 @@ def test_replica_identity_nothing(source: Source) -> None:
     source.db.execute("ALTER TABLE public.items REPLICA IDENTITY NOTHING")
     result = source.check().find("keys")
     assert result.status is Status.FAIL
-    assert result.detail == "updates and deletes cannot be replicated: public.items has REPLICA IDENTITY NOTHING"
+    assert (
+        result.detail == "updates and deletes cannot be replicated: public.items has REPLICA IDENTITY NOTHING"
+    )
     source.apply_sql(result.fix or "")
     assert source.check().find("keys").status is Status.OK
 
@@ -66,8 +77,14 @@ def test_publication_without_delete(source: Source) -> None:
     source.db.execute(f"ALTER PUBLICATION \"pub_{source.user}\" SET (publish = 'insert, update')")
     report = source.check()
     result = report.find("publish operations")
-    assert result.status is Status.FAIL and result.detail == f"publication pub_{source.user} does not publish delete"
-    assert result.fix == f"ALTER PUBLICATION \"pub_{source.user}\" SET (publish = 'insert, update, delete, truncate');"
+    assert (
+        result.status is Status.FAIL
+        and result.detail == f"publication pub_{source.user} does not publish delete"
+    )
+    assert (
+        result.fix
+        == f"ALTER PUBLICATION \"pub_{source.user}\" SET (publish = 'insert, update, delete, truncate');"
+    )
     assert report.exit_code == 1
     source.apply_sql(result.fix)
     assert source.check().ok
@@ -84,10 +101,14 @@ def test_publication_missing_a_table(source: Source) -> None:
 
 def test_publication_row_filter_and_column_list(source: Source) -> None:
     pub = f"pub_{source.user}"
-    source.db.execute(f'ALTER PUBLICATION "{pub}" SET TABLE public.items WHERE (id > 10), public.orders (id, item)')
+    source.db.execute(
+        f'ALTER PUBLICATION "{pub}" SET TABLE public.items WHERE (id > 10), public.orders (id, item)'
+    )
     result = source.check().find("publication filters")
     assert result.status is Status.FAIL
-    assert "public.items (WHERE (id > 10))" in result.detail and "public.orders (a column list)" in result.detail
+    assert (
+        "public.items (WHERE (id > 10))" in result.detail and "public.orders (a column list)" in result.detail
+    )
     source.apply_sql(result.fix or "")
     assert source.check().ok
 
@@ -110,7 +131,9 @@ def test_partitioned_table_must_be_published_via_its_root(source_db: Database, t
     # Published leaf by leaf, a partition attached later would be missed, and realtime refuses it.
     src = make_source(source_db, tmp_path)
     source_db.execute("CREATE TABLE public.m (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)")
-    source_db.execute("CREATE TABLE public.m_2024 PARTITION OF public.m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')")
+    source_db.execute(
+        "CREATE TABLE public.m_2024 PARTITION OF public.m FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')"
+    )
     source_db.execute(f'CREATE PUBLICATION "pub_{src.user}" FOR TABLE public.m')
     result = src.check().find("publication coverage")
     assert result.status is Status.FAIL
@@ -122,7 +145,11 @@ def test_partitioned_table_must_be_published_via_its_root(source_db: Database, t
 
 def test_filter_naming_a_missing_table(source: Source) -> None:
     result = source.check(filter_={"allow": {"schema": "public", "allow": {"itemz": None}}}).find("selection")
-    assert result.status is Status.FAIL and "no table 'itemz'" in result.detail and "did you mean 'items'" in result.detail
+    assert (
+        result.status is Status.FAIL
+        and "no table 'itemz'" in result.detail
+        and "did you mean 'items'" in result.detail
+    )
 
 
 def test_wal2json_only_needs_no_publication(source: Source) -> None:

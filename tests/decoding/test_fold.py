@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
+from replicator.decoding import fold
 from replicator.decoding.changes import UNCHANGED_TOAST, Change, Column, Op, Relation, ReplicaIdentity
 from replicator.errors import DestinationError
 from replicator.lsn import Lsn
-from replicator.decoding import fold
 
 REL = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (
     Column("id", 20, -1, True), Column("v", 25, -1, False), Column("big", 25, -1, False),
 ))
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def ch(op: Op, new: tuple | None = None, old: tuple | None = None) -> Change:
@@ -61,7 +61,9 @@ def test_key_change_moves_the_row_and_remembers_where_toast_lives() -> None:
 
 
 def test_key_change_with_complete_values_is_a_plain_upsert() -> None:
-    b = batch(ch(Op.INSERT, ("1", "a", "x")), ch(Op.UPDATE, ("2", "a", UNCHANGED_TOAST), old=("1", None, None)))
+    b = batch(
+        ch(Op.INSERT, ("1", "a", "x")), ch(Op.UPDATE, ("2", "a", UNCHANGED_TOAST), old=("1", None, None))
+    )
     assert b.ops[("2",)] == fold.Upsert(("2", "a", "x"))
     assert fold.split(b.ops)[1] == [fold.Upsert(("2", "a", "x"))]
 
@@ -75,7 +77,11 @@ def test_truncate_discards_what_came_before() -> None:
 
 def test_keyless_tables_keep_every_change_in_order() -> None:
     b = fold.TableBatch(REL, ())
-    changes = [ch(Op.INSERT, ("1", "a", "x")), ch(Op.DELETE, old=("1", "a", "x")), ch(Op.INSERT, ("1", "a", "x"))]
+    changes = [
+        ch(Op.INSERT, ("1", "a", "x")),
+        ch(Op.DELETE, old=("1", "a", "x")),
+        ch(Op.INSERT, ("1", "a", "x")),
+    ]
     for c in changes:
         b.add(c)
     assert b.in_order == changes and not b.ops
@@ -101,7 +107,10 @@ def test_folder_hands_out_units_every_flush_rows_and_the_rest_with_the_checkpoin
     other = Relation(2, "public", "heartbeat", ReplicaIdentity.DEFAULT, (Column("ts", 20, -1, True),))
     ready = [folder.change(ch(Op.INSERT, (str(i), "v", "x"))) for i in range(4)]
     assert [bool(r) for r in ready] == [False, False, True, False]
-    assert folder.change(Change(Op.INSERT, other, ("1",), None, Lsn(1), 1, NOW)) in (None, [])  # not replicated
+    assert folder.change(Change(Op.INSERT, other, ("1",), None, Lsn(1), 1, NOW)) in (
+        None,
+        [],
+    )  # not replicated
     assert folder.commit() is None  # no source transaction ended yet
     folder.source_commit(Lsn(100))
     assert folder.pending_transactions == 1 and folder.transaction_changes == 4
@@ -115,7 +124,9 @@ def test_folder_hands_out_units_every_flush_rows_and_the_rest_with_the_checkpoin
 def test_folder_cuts_when_a_table_changes_shape() -> None:
     folder = fold.Folder({("public", "t"): ("id",)})
     folder.change(ch(Op.INSERT, ("1", "a", "x")))
-    wider = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (*REL.columns, Column("tags", 1009, -1, False)))
+    wider = Relation(
+        1, "public", "t", ReplicaIdentity.DEFAULT, (*REL.columns, Column("tags", 1009, -1, False))
+    )
     ready = folder.change(Change(Op.INSERT, wider, ("2", "b", "y", "{a}"), None, Lsn(2), 1, NOW))
     assert ready and ready[0].batches[("public", "t")].relation is REL
     (unit,) = folder.take()

@@ -1,4 +1,5 @@
-"""pgoutput decoding against a real server: exact text values, old tuples, TOAST, truncate, relation changes."""
+"""pgoutput decoding against a real server: exact text values, old tuples, TOAST, truncate, relation
+changes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import struct
 
 import pytest
 
+from replicator.decoding import pgoutput
 from replicator.decoding.changes import (
     UNCHANGED_TOAST,
     Begin,
@@ -16,10 +18,8 @@ from replicator.decoding.changes import (
     ReplicaIdentity,
     Truncate,
 )
-from replicator.decoding import pgoutput
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.source.stream import ReplicationStream
-
 from tests.decoding import types
 from tests.replication import Replication, flush_lsn, read_until
 
@@ -28,7 +28,8 @@ BIG = "SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 3200)"
 
 @pytest.fixture(autouse=True, params=["native", "python"])
 def row_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs with the C row decoder and read loop (when built) and with the pure-Python ones."""
+    """Every test here runs with the C row decoder and read loop (when built) and with the pure-Python
+    ones."""
     if request.param == "native":
         if pgoutput.NATIVE is None:
             pytest.skip("replicator._pgoutput is not built (python setup.py build_ext --inplace)")

@@ -10,7 +10,7 @@ import importlib
 import struct
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -28,8 +28,10 @@ uses_native = pytest.mark.skipif(
 )
 
 REPO = Path(__file__).resolve().parents[2]
-REL = Relation(7, "public", "t", ReplicaIdentity.DEFAULT, (Column("id", 20, -1, True), Column("v", 25, -1, False)))
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+REL = Relation(
+    7, "public", "t", ReplicaIdentity.DEFAULT, (Column("id", 20, -1, True), Column("v", 25, -1, False))
+)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def tuple_data(*values: object) -> bytes:
@@ -69,7 +71,9 @@ BAD = [
     message(b"U", b"K", tuple_data("1", None), b"Z"),  # UPDATE with something else than a new tuple
     message(b"D", b"N", tuple_data("1", "a")),  # DELETE without an old tuple
     message(b"I", b"N", tuple_data("1", "a")[:-1]),  # a value longer than the message
-    message(b"I", b"N", struct.pack(">h", 2) + b"t" + struct.pack(">i", 1) + b"1"),  # fewer values than counted
+    message(
+        b"I", b"N", struct.pack(">h", 2) + b"t" + struct.pack(">i", 1) + b"1"
+    ),  # fewer values than counted
     message(b"I", b"N", struct.pack(">h", 1) + b"t" + struct.pack(">i", -5)),  # negative length
     message(b"I", b"N", struct.pack(">h", 1) + b"b" + struct.pack(">i", 1) + b"\x01"),  # binary format
     message(b"I", b"N", struct.pack(">h", 1) + b"q"),  # unknown column kind

@@ -6,7 +6,6 @@ import pytest
 
 from replicator.decoding.changes import UNCHANGED_TOAST, Change, DecodeError, Truncate
 from replicator.decoding.wal2json import Wal2JsonDecoder
-
 from tests.decoding import types
 from tests.replication import Replication
 

@@ -11,15 +11,18 @@ COUNT_DELETES = """
 CREATE TABLE public.delete_statements (n integer);
 CREATE FUNCTION public.count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO public.delete_statements VALUES (1); RETURN NULL; END $$;
-CREATE TRIGGER count_delete AFTER DELETE ON public.{table} FOR EACH STATEMENT EXECUTE FUNCTION public.count_delete();
+CREATE TRIGGER count_delete AFTER DELETE ON public.{table} FOR EACH STATEMENT EXECUTE FUNCTION
+    public.count_delete();
 """
 
 
 @pytest.fixture
 def setup(delta: DeltaSetup) -> DeltaSetup:
-    # Integer keys whose text order differs from their order (9 > 10 as text): ranges must follow the key's order.
+    # Integer keys whose text order differs from their order (9 > 10 as text): ranges must follow the
+    # key's order.
     delta.source.execute(
-        "CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 1000) g"
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM "
+        "generate_series(1, 1000) g"
     )
     delta.extractor = "delta-snapshot:\n  threads: 1\n  min-job-size-rows: 100\n"
     delta.once()
@@ -65,7 +68,8 @@ def test_composite_keys_with_text_walk_in_order(delta: DeltaSetup) -> None:
     delta.extractor = "delta-snapshot:\n  min-job-size-rows: 150\n"
     delta.once()
     delta.source.execute(
-        "DELETE FROM c WHERE n % 13 = 0 OR region = 'r3'; INSERT INTO c VALUES ('r3', '2025-01-01', 1, 'back')"
+        "DELETE FROM c WHERE n % 13 = 0 OR region = 'r3'; INSERT INTO c VALUES ('r3', '2025-01-01', 1, "
+        "'back')"
     )
     delta.once()
     delta.assert_same("c")

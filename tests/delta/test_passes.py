@@ -20,7 +20,8 @@ CREATE TRIGGER touch BEFORE UPDATE ON events FOR EACH ROW EXECUTE FUNCTION touch
 INSERT INTO events SELECT g, jsonb_build_object('g', g) FROM generate_series(1, 800) g;
 
 CREATE SEQUENCE version_seq;
-CREATE TABLE versioned (id integer PRIMARY KEY, v text, version bigint NOT NULL DEFAULT nextval('version_seq'));
+CREATE TABLE versioned (id integer PRIMARY KEY, v text,
+    version bigint NOT NULL DEFAULT nextval('version_seq'));
 CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN NEW.version := nextval('version_seq'); RETURN NEW; END $$;
 CREATE TRIGGER bump BEFORE UPDATE ON versioned FOR EACH ROW EXECUTE FUNCTION bump();
@@ -173,7 +174,8 @@ def test_deletes_stay_without_replicate_deletes(setup: DeltaSetup) -> None:
     )
     setup.once()
     setup.source.execute(
-        "DELETE FROM items WHERE id <= 10; DELETE FROM events WHERE id <= 10; DELETE FROM pairs WHERE n <= 10;"
+        "DELETE FROM items WHERE id <= 10; DELETE FROM events WHERE id <= 10; DELETE FROM pairs WHERE n <= "
+        "10;"
         "UPDATE items SET v = 'still replicated' WHERE id = 20"
     )
     setup.once()
@@ -216,7 +218,8 @@ def test_text_keys_compare_bytewise_when_collations_differ(delta: DeltaSetup) ->
     """Source orders keys by ICU ('a' < 'B'), destination by C ('B' < 'a'): deletes stay exact."""
     delta.source.execute(
         """CREATE TABLE words (w text COLLATE "und-x-icu" PRIMARY KEY, v integer);
-           INSERT INTO words SELECT chr(65 + g % 26) || chr(97 + (g / 26) % 26) || g, g FROM generate_series(1, 700) g;
+           INSERT INTO words SELECT chr(65 + g % 26) || chr(97 + (g / 26) % 26) || g,
+               g FROM generate_series(1, 700) g;
            INSERT INTO words SELECT lower(w) || '~', v FROM words WHERE v % 3 = 0;"""
     )
     delta.dest.execute('CREATE TABLE words (w text COLLATE "C" PRIMARY KEY, v integer)')
@@ -276,10 +279,12 @@ def test_changing_the_update_key_reads_every_row_once(
 
 def test_partitioned_tables_and_rows_moving_between_partitions(delta: DeltaSetup) -> None:
     delta.source.execute(
-        """CREATE TABLE m (id integer, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+        """CREATE TABLE m (id integer, region text, v text, PRIMARY KEY (id,
+            region)) PARTITION BY LIST (region);
            CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu');
            CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us');
-           INSERT INTO m SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'v' FROM generate_series(1, 600) g;"""
+           INSERT INTO m SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 'v' FROM generate_series(1,
+               600) g;"""
     )
     delta.once()
     delta.source.execute(
@@ -315,7 +320,8 @@ def test_an_xmin_watermark_from_another_server_reads_every_row_once(
     setup.once()
     # As if the source had been replaced by a server whose transaction counter is far behind.
     setup.dest.execute(
-        "UPDATE _replicator.delta_watermarks SET watermark = '{\"xmin\": \"99999999999\"}' WHERE kind = 'xmin'"
+        "UPDATE _replicator.delta_watermarks SET watermark = '{\"xmin\": \"99999999999\"}' WHERE kind = "
+        "'xmin'"
     )
     setup.source.execute("UPDATE items SET v = 'x' WHERE id = 1")
     capsys.readouterr()

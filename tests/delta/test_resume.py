@@ -45,8 +45,14 @@ WAIT = f"""
 CREATE OR REPLACE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NULL; END $$;
 """
-GATE_WATERMARK = "CREATE TRIGGER test_gate AFTER UPDATE ON _replicator.delta_watermarks FOR EACH ROW EXECUTE FUNCTION public.test_gate()"
-GATE_DELETE = "CREATE TRIGGER test_gate AFTER DELETE ON public.items FOR EACH STATEMENT EXECUTE FUNCTION public.test_gate()"
+GATE_WATERMARK = (
+    "CREATE TRIGGER test_gate AFTER UPDATE ON _replicator.delta_watermarks "
+    "FOR EACH ROW EXECUTE FUNCTION public.test_gate()"
+)
+GATE_DELETE = (
+    "CREATE TRIGGER test_gate AFTER DELETE ON public.items "
+    "FOR EACH STATEMENT EXECUTE FUNCTION public.test_gate()"
+)
 GATE_CHUNK = """CREATE TRIGGER test_gate AFTER UPDATE ON _replicator.snapshot_chunks FOR EACH ROW
     WHEN (NEW.done_at IS NOT NULL AND NEW.chunk_no >= 2) EXECUTE FUNCTION public.test_gate()"""
 UNGATE = """DROP TRIGGER IF EXISTS test_gate ON _replicator.delta_watermarks;

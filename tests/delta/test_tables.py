@@ -69,7 +69,8 @@ def test_a_nullable_row_identifier_key_cannot_replicate_deletes(
         row-identifier-key: [a]
 """
     assert _fails(setup, capsys) == (
-        f"error: {setup.tmp}/extractor.yaml:6: row-identifier-key: column 'a' of public.nullable allows NULL; "
+        f"error: {setup.tmp}/extractor.yaml:6: row-identifier-key: column 'a' of public.nullable allows "
+        "NULL; "
         "replicate-deletes compares keys and needs NOT NULL key columns (choose NOT NULL columns, or set "
         "replicate-deletes: false for this table)"
     )
@@ -81,12 +82,15 @@ def test_a_nullable_row_identifier_key_cannot_replicate_deletes(
     ("extractor", "expected"),
     [
         (
-            "delta-snapshot:\n  per-table-config:\n  - tables:\n      keyed:\n        update-key: updatd_at\n",
-            "extractor.yaml:5: update-key: table public.keyed has no column 'updatd_at'; did you mean 'updated_at'?",
+            "delta-snapshot:\n  per-table-config:\n  - tables:\n      keyed:\n        update-key: "
+            "updatd_at\n",
+            "extractor.yaml:5: update-key: table public.keyed has no column 'updatd_at'; did you mean "
+            "'updated_at'?",
         ),
         (
             "delta-snapshot:\n  per-table-config:\n  - tables:\n      keyed:\n        update-key: label\n",
-            "extractor.yaml:5: update-key: column 'label' of public.keyed has type text; an update key must be "
+            "extractor.yaml:5: update-key: column 'label' of public.keyed has type text; an update key must "
+            "be "
             "an integer, numeric, date or timestamp column",
         ),
         (
@@ -104,7 +108,8 @@ def test_a_nullable_row_identifier_key_cannot_replicate_deletes(
         ),
         (
             "delta-snapshot:\n  replicate-delete: true\n",
-            "extractor.yaml:2: delta-snapshot.replicate-delete: unknown key; did you mean 'replicate-deletes'?",
+            "extractor.yaml:2: delta-snapshot.replicate-delete: unknown key; did you mean "
+            "'replicate-deletes'?",
         ),
     ],
 )

@@ -80,7 +80,8 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 def _advance_to(cluster: LocalCluster, next_xid: int) -> None:
-    """Set the next transaction ID (32-bit part), freezing every database first, as a real server would have."""
+    """Set the next transaction ID (32-bit part), freezing every database first, as a real server would
+    have."""
     assert next_xid % PAGE == 0
     with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
         conn.execute("ALTER DATABASE template0 ALLOW_CONNECTIONS true")

@@ -23,7 +23,8 @@ STACK = "test"
 
 @dataclass
 class Registered:
-    """One resource the program declared: type token, name, inputs (secrets unwrapped) and which were secret."""
+    """One resource the program declared: type token, name, inputs (secrets unwrapped) and which were
+    secret."""
 
     typ: str
     name: str
@@ -92,7 +93,10 @@ def fake_state(typ: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[s
     """What AWS would compute for the resource types the program uses."""
     state = dict(inputs)
     rid = f"{name}-id"
-    if typ in ("aws:rds/parameterGroup:ParameterGroup", "aws:rds/clusterParameterGroup:ClusterParameterGroup"):
+    if typ in (
+        "aws:rds/parameterGroup:ParameterGroup",
+        "aws:rds/clusterParameterGroup:ClusterParameterGroup",
+    ):
         state.setdefault("name", f"{name}-pg")
         rid = state["name"]
     elif typ == "aws:rds/instance:Instance":
@@ -105,7 +109,9 @@ def fake_state(typ: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[s
     elif typ == "aws:ec2/securityGroup:SecurityGroup":
         rid = "sg-0123456789abcdef0"
     elif typ == "aws:secretsmanager/secret:Secret":
-        state["arn"] = f"arn:aws:secretsmanager:eu-west-1:123456789012:secret:{inputs.get('name') or name}-AbCdEf"
+        state["arn"] = (
+            f"arn:aws:secretsmanager:eu-west-1:123456789012:secret:{inputs.get('name') or name}-AbCdEf"
+        )
         rid = state["arn"]
     elif typ == "aws:rds/subnetGroup:SubnetGroup":
         state.setdefault("name", f"{name}-sng")

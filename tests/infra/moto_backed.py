@@ -58,7 +58,11 @@ class MotoBackedMocks(RecordingMocks):
 
 def _parameters(inputs: dict[str, Any]) -> list[dict[str, str]]:
     return [
-        {"ParameterName": p["name"], "ParameterValue": p["value"], "ApplyMethod": p.get("applyMethod", "immediate")}
+        {
+            "ParameterName": p["name"],
+            "ParameterValue": p["value"],
+            "ApplyMethod": p.get("applyMethod", "immediate"),
+        }
         for p in inputs.get("parameters", [])
     ]
 
@@ -66,26 +70,36 @@ def _parameters(inputs: dict[str, Any]) -> list[dict[str, str]]:
 def _parameter_group(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     physical = inputs.get("name") or autoname(name)
     m.rds().create_db_parameter_group(
-        DBParameterGroupName=physical, DBParameterGroupFamily=inputs["family"], Description=inputs["description"]
+        DBParameterGroupName=physical,
+        DBParameterGroupFamily=inputs["family"],
+        Description=inputs["description"],
     )
     if inputs.get("parameters"):
         m.rds().modify_db_parameter_group(DBParameterGroupName=physical, Parameters=_parameters(inputs))
     return physical, {**inputs, "name": physical}
 
 
-def _cluster_parameter_group(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _cluster_parameter_group(
+    m: MotoBackedMocks, name: str, inputs: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
     physical = inputs.get("name") or autoname(name)
     m.rds().create_db_cluster_parameter_group(
-        DBClusterParameterGroupName=physical, DBParameterGroupFamily=inputs["family"], Description=inputs["description"]
+        DBClusterParameterGroupName=physical,
+        DBParameterGroupFamily=inputs["family"],
+        Description=inputs["description"],
     )
     if inputs.get("parameters"):
-        m.rds().modify_db_cluster_parameter_group(DBClusterParameterGroupName=physical, Parameters=_parameters(inputs))
+        m.rds().modify_db_cluster_parameter_group(
+            DBClusterParameterGroupName=physical, Parameters=_parameters(inputs)
+        )
     return physical, {**inputs, "name": physical}
 
 
 def _security_group(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     group_id = m.ec2().create_security_group(
-        GroupName=inputs.get("name") or autoname(name), Description=inputs["description"], VpcId=inputs["vpcId"]
+        GroupName=inputs.get("name") or autoname(name),
+        Description=inputs["description"],
+        VpcId=inputs["vpcId"],
     )["GroupId"]
     return group_id, {**inputs, "id": group_id}
 
@@ -106,9 +120,13 @@ def _ingress_rule(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tupl
 
 def _acl_rule(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     m.ec2().create_network_acl_entry(
-        NetworkAclId=inputs["networkAclId"], RuleNumber=int(inputs["ruleNumber"]), Egress=bool(inputs["egress"]),
-        Protocol={"tcp": "6"}.get(inputs["protocol"], inputs["protocol"]), RuleAction=inputs["ruleAction"],
-        CidrBlock=inputs["cidrBlock"], PortRange={"From": int(inputs["fromPort"]), "To": int(inputs["toPort"])},
+        NetworkAclId=inputs["networkAclId"],
+        RuleNumber=int(inputs["ruleNumber"]),
+        Egress=bool(inputs["egress"]),
+        Protocol={"tcp": "6"}.get(inputs["protocol"], inputs["protocol"]),
+        RuleAction=inputs["ruleAction"],
+        CidrBlock=inputs["cidrBlock"],
+        PortRange={"From": int(inputs["fromPort"]), "To": int(inputs["toPort"])},
     )
     return f"{inputs['networkAclId']}-{int(inputs['ruleNumber'])}", inputs
 
@@ -116,7 +134,9 @@ def _acl_rule(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tuple[st
 def _subnet_group(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     physical = inputs.get("name") or autoname(name)
     m.rds().create_db_subnet_group(
-        DBSubnetGroupName=physical, DBSubnetGroupDescription="Managed by Pulumi", SubnetIds=inputs["subnetIds"]
+        DBSubnetGroupName=physical,
+        DBSubnetGroupDescription="Managed by Pulumi",
+        SubnetIds=inputs["subnetIds"],
     )
     return physical, {**inputs, "name": physical}
 
@@ -124,11 +144,18 @@ def _subnet_group(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tupl
 def _instance(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     optional = {"DBSubnetGroupName": inputs.get("dbSubnetGroupName")}
     m.rds().create_db_instance(
-        DBInstanceIdentifier=inputs["identifier"], Engine=inputs["engine"], EngineVersion=inputs["engineVersion"],
-        DBInstanceClass=inputs["instanceClass"], AllocatedStorage=int(inputs["allocatedStorage"]),
-        DBName=inputs["dbName"], MasterUsername=inputs["username"], MasterUserPassword=inputs["password"],
-        DBParameterGroupName=inputs["parameterGroupName"], BackupRetentionPeriod=int(inputs["backupRetentionPeriod"]),
-        VpcSecurityGroupIds=inputs["vpcSecurityGroupIds"], Port=int(inputs["port"]),
+        DBInstanceIdentifier=inputs["identifier"],
+        Engine=inputs["engine"],
+        EngineVersion=inputs["engineVersion"],
+        DBInstanceClass=inputs["instanceClass"],
+        AllocatedStorage=int(inputs["allocatedStorage"]),
+        DBName=inputs["dbName"],
+        MasterUsername=inputs["username"],
+        MasterUserPassword=inputs["password"],
+        DBParameterGroupName=inputs["parameterGroupName"],
+        BackupRetentionPeriod=int(inputs["backupRetentionPeriod"]),
+        VpcSecurityGroupIds=inputs["vpcSecurityGroupIds"],
+        Port=int(inputs["port"]),
         StorageEncrypted=bool(inputs.get("storageEncrypted")),
         **{k: v for k, v in optional.items() if v},
     )
@@ -139,11 +166,17 @@ def _instance(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tuple[st
 def _cluster(m: MotoBackedMocks, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     optional = {"DBSubnetGroupName": inputs.get("dbSubnetGroupName")}
     m.rds().create_db_cluster(
-        DBClusterIdentifier=inputs["clusterIdentifier"], Engine=inputs["engine"], EngineVersion=inputs["engineVersion"],
-        DatabaseName=inputs["databaseName"], MasterUsername=inputs["masterUsername"],
-        MasterUserPassword=inputs["masterPassword"], DBClusterParameterGroupName=inputs["dbClusterParameterGroupName"],
-        BackupRetentionPeriod=int(inputs["backupRetentionPeriod"]), VpcSecurityGroupIds=inputs["vpcSecurityGroupIds"],
-        Port=int(inputs["port"]), StorageEncrypted=bool(inputs.get("storageEncrypted")),
+        DBClusterIdentifier=inputs["clusterIdentifier"],
+        Engine=inputs["engine"],
+        EngineVersion=inputs["engineVersion"],
+        DatabaseName=inputs["databaseName"],
+        MasterUsername=inputs["masterUsername"],
+        MasterUserPassword=inputs["masterPassword"],
+        DBClusterParameterGroupName=inputs["dbClusterParameterGroupName"],
+        BackupRetentionPeriod=int(inputs["backupRetentionPeriod"]),
+        VpcSecurityGroupIds=inputs["vpcSecurityGroupIds"],
+        Port=int(inputs["port"]),
+        StorageEncrypted=bool(inputs.get("storageEncrypted")),
         **{k: v for k, v in optional.items() if v},
     )
     host, port = m.dns

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from stack_config import StackConfigError
+
 from tests.infra.conftest import BASE, RecordingMocks, run_program
 
 AURORA = {**BASE, "engine": "aurora-postgresql", "engineVersion": "15.4", "identifier": "orders-aurora"}
@@ -46,7 +46,11 @@ def test_create_postgres_instance(mocks: RecordingMocks) -> None:
     assert db["vpcSecurityGroupIds"] == ["sg-0123456789abcdef0"]  # the group NetworkAccess created
     assert db["dbSubnetGroupName"] == mocks.one("aws:rds/subnetGroup:SubnetGroup").name + "-sng"
     assert mocks.one("aws:rds/subnetGroup:SubnetGroup").inputs["subnetIds"] == ["subnet-1", "subnet-2"]
-    assert db["storageEncrypted"] is True and db["publiclyAccessible"] is False and db["applyImmediately"] is True
+    assert (
+        db["storageEncrypted"] is True
+        and db["publiclyAccessible"] is False
+        and db["applyImmediately"] is True
+    )
     assert "password" in mocks.one("aws:rds/instance:Instance").secret_keys
     assert out["host"] == "orders-db.abcdefghij.eu-west-1.rds.amazonaws.com"
     assert out["dbInstanceIdentifier"] == "orders-db" and "dbClusterIdentifier" not in out
@@ -85,9 +89,13 @@ def test_adopt_postgres_instance(mocks: RecordingMocks) -> None:
     }
     assert attach["parameter_group"] == group_name(mocks, "aws:rds/parameterGroup:ParameterGroup")
     rules = mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
-    assert sorted((r.inputs["securityGroupId"], r.inputs["cidrIpv4"], r.inputs["fromPort"]) for r in rules) == [
-        ("sg-aaa", "198.51.100.0/24", 5433), ("sg-aaa", "203.0.113.7/32", 5433),
-        ("sg-bbb", "198.51.100.0/24", 5433), ("sg-bbb", "203.0.113.7/32", 5433),
+    assert sorted(
+        (r.inputs["securityGroupId"], r.inputs["cidrIpv4"], r.inputs["fromPort"]) for r in rules
+    ) == [
+        ("sg-aaa", "198.51.100.0/24", 5433),
+        ("sg-aaa", "203.0.113.7/32", 5433),
+        ("sg-bbb", "198.51.100.0/24", 5433),
+        ("sg-bbb", "203.0.113.7/32", 5433),
     ]
     assert (out["host"], out["port"]) == ("legacy.c9akciq32.eu-west-1.rds.amazonaws.com", 5433)
     user = mocks.one("pulumi-python:dynamic/replicator:ReplicationUser").inputs
@@ -98,10 +106,22 @@ def test_adopt_aurora_cluster(mocks: RecordingMocks) -> None:
     mocks.lookups = CLUSTER_LOOKUP
     out = run_program({**AURORA, "source": "adopt", "identifier": "legacy-aurora"}, mocks)
     attach = mocks.one("pulumi-python:dynamic/replicator:RdsAttachment").inputs
-    assert (attach["kind"], attach["identifier"], attach["family"]) == ("cluster", "legacy-aurora", "aurora-postgresql15")
-    assert attach["parameter_group"] == group_name(mocks, "aws:rds/clusterParameterGroup:ClusterParameterGroup")
-    assert mocks.of_type("aws:rds/cluster:Cluster") == [] and mocks.of_type("aws:rds/clusterInstance:ClusterInstance") == []
-    assert {r.inputs["securityGroupId"] for r in mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")} == {"sg-ccc"}
+    assert (attach["kind"], attach["identifier"], attach["family"]) == (
+        "cluster",
+        "legacy-aurora",
+        "aurora-postgresql15",
+    )
+    assert attach["parameter_group"] == group_name(
+        mocks, "aws:rds/clusterParameterGroup:ClusterParameterGroup"
+    )
+    assert (
+        mocks.of_type("aws:rds/cluster:Cluster") == []
+        and mocks.of_type("aws:rds/clusterInstance:ClusterInstance") == []
+    )
+    assert {
+        r.inputs["securityGroupId"]
+        for r in mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    } == {"sg-ccc"}
     assert out["dbClusterIdentifier"] == "legacy-aurora"
 
 
@@ -121,7 +141,9 @@ def test_adopt_with_explicit_security_groups(mocks: RecordingMocks) -> None:
          r"unexpected invoke aws:rds/getInstance"),
     ],
 )
-def test_adopt_refuses_a_mismatched_engine(config: dict[str, Any], lookups: dict[str, Any], message: str) -> None:
+def test_adopt_refuses_a_mismatched_engine(
+    config: dict[str, Any], lookups: dict[str, Any], message: str
+) -> None:
     with pytest.raises(Exception, match=message):
         run_program(config, RecordingMocks(lookups=lookups))
 
@@ -134,13 +156,23 @@ def test_self_hosted(mocks: RecordingMocks) -> None:
     )
     assert [r.typ for r in mocks.resources if r.typ.startswith("aws:rds")] == []
     user = mocks.one("pulumi-python:dynamic/replicator:ReplicationUser").inputs
-    assert (user["host"], user["port"], user["replication_right"], user["sslmode"]) == ("10.0.0.5", 5444, "attribute", "prefer")
+    assert (user["host"], user["port"], user["replication_right"], user["sslmode"]) == (
+        "10.0.0.5",
+        5444,
+        "attribute",
+        "prefer",
+    )
     assert user["publication_tables"] == "*"
-    assert {r.inputs["fromPort"] for r in mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")} == {5444}
+    assert {
+        r.inputs["fromPort"]
+        for r in mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    } == {5444}
     assert "dbInstanceIdentifier" not in out and "dbClusterIdentifier" not in out
     assert out["sslMode"] == "prefer"
 
 
 def test_self_hosted_allowlist_needs_a_group() -> None:
     with pytest.raises(StackConfigError, match="securityGroupIds"):
-        run_program({**BASE, "source": "self-hosted", "identifier": None, "host": "10.0.0.5"}, RecordingMocks())
+        run_program(
+            {**BASE, "source": "self-hosted", "identifier": None, "host": "10.0.0.5"}, RecordingMocks()
+        )

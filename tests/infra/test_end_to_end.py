@@ -26,13 +26,17 @@ def network(aws: AwsEndpoint) -> tuple[str, list[str]]:
     ec2 = aws.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{aws.region}{z}")["Subnet"]["SubnetId"]
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{aws.region}{z}")[
+            "Subnet"
+        ]["SubnetId"]
         for i, z in ((1, "a"), (2, "b"))
     ]
     return vpc, subnets
 
 
-def provision(aws: AwsEndpoint, source_db: Database, engine: str, **extra: Any) -> tuple[MotoBackedMocks, dict[str, Any]]:
+def provision(
+    aws: AwsEndpoint, source_db: Database, engine: str, **extra: Any
+) -> tuple[MotoBackedMocks, dict[str, Any]]:
     vpc, subnets = network(aws)
     port = source_db.cluster.port
     config = {
@@ -63,13 +67,20 @@ def app(source_db: Database) -> Database:
     source_db.execute("CREATE TABLE public.items (id int PRIMARY KEY, name text)")
     source_db.execute("CREATE TABLE public.orders (id bigint PRIMARY KEY, item int, qty int, note text)")
     source_db.execute("INSERT INTO public.items SELECT g, 'item ' || g FROM generate_series(1, 50) g")
-    source_db.execute("INSERT INTO public.orders SELECT g, g % 50 + 1, g % 7, 'n' || g FROM generate_series(1, 500) g")
+    source_db.execute(
+        "INSERT INTO public.orders SELECT g, g % 50 + 1, g % 7, 'n' || g FROM generate_series(1, 500) g"
+    )
     return source_db
 
 
 @pytest.mark.parametrize("engine", ["postgres", "aurora-postgresql"])
 def test_provision_check_handoff(
-    engine: str, aws: AwsEndpoint, app: Database, rds_replication: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    engine: str,
+    aws: AwsEndpoint,
+    app: Database,
+    rds_replication: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     mocks, outputs = provision(aws, app, engine)
     (tmp_path / "outputs.json").write_text(json.dumps(outputs))
@@ -90,7 +101,9 @@ def test_provision_check_handoff(
     # The same stack with a broken allowlist is caught, with the fix named.
     rds_rules = aws.client("ec2").describe_security_group_rules()["SecurityGroupRules"]
     rule = next(r for r in rds_rules if r.get("CidrIpv4") == "127.0.0.1/32")
-    aws.client("ec2").revoke_security_group_ingress(GroupId=rule["GroupId"], SecurityGroupRuleIds=[rule["SecurityGroupRuleId"]])
+    aws.client("ec2").revoke_security_group_ingress(
+        GroupId=rule["GroupId"], SecurityGroupRuleIds=[rule["SecurityGroupRuleId"]]
+    )
     assert run_cli("check", "--source", source_yaml) == 1
     assert "aws ec2 authorize-security-group-ingress" in capsys.readouterr().out
 
@@ -103,9 +116,17 @@ def test_snapshot_with_the_handed_off_config(
     source_yaml = tmp_path / "source.yaml"
     assert run_cli("handoff", "--stack-outputs", tmp_path / "outputs.json", "--output", source_yaml) == 0
     destination = dest_db.write_config(tmp_path / "destination.yaml")
-    assert run_cli("run", "snapshot", "--source", source_yaml, "--destination", destination, "--no-progress") == 0
+    assert (
+        run_cli("run", "snapshot", "--source", source_yaml, "--destination", destination, "--no-progress")
+        == 0
+    )
     for table in ("items", "orders"):
         assert checksum(dest_db, "public", table) == checksum(app, "public", table)
     # It logged in as the replication user, with the password only the secret holds.
-    secret = json.loads(aws.client("secretsmanager").get_secret_value(SecretId=outputs["secretArn"])["SecretString"])
-    assert secret["username"] == f"cdc_{app.name}" and secret["password"] not in yaml.safe_load(source_yaml.read_text()).values()
+    secret = json.loads(
+        aws.client("secretsmanager").get_secret_value(SecretId=outputs["secretArn"])["SecretString"]
+    )
+    assert (
+        secret["username"] == f"cdc_{app.name}"
+        and secret["password"] not in yaml.safe_load(source_yaml.read_text()).values()
+    )

@@ -8,15 +8,16 @@ from typing import Any
 
 import pytest
 import yaml
-
 from stack_config import parse_stack_config
+
 from tests.infra.conftest import INFRA, RecordingMocks, run_program
 
 ROOT = INFRA.parent
 
 
 def stack_values(path: Path) -> dict[str, Any]:
-    """A stack file's config as the engine hands it to the program (secure values decrypted: here, dummies)."""
+    """A stack file's config as the engine hands it to the program (secure values decrypted: here,
+    dummies)."""
     config = yaml.safe_load(path.read_text())["config"]
     values = {}
     for key, value in config.items():
@@ -39,7 +40,9 @@ def test_example_stacks_are_valid(stack: str) -> None:
 
 
 def test_dev_stack_runs(tmp_path: Path) -> None:
-    values = {k: json.loads(v) if v[:1] in "[{" else v for k, v in stack_values(ROOT / "Pulumi.dev.yaml").items()}
+    values = {
+        k: json.loads(v) if v[:1] in "[{" else v for k, v in stack_values(ROOT / "Pulumi.dev.yaml").items()
+    }
     mocks = RecordingMocks()
     out = run_program(values, mocks)
     assert out["dbInstanceIdentifier"] == "orders-db"

@@ -16,7 +16,8 @@ def test_outputs_for_a_created_instance(mocks: RecordingMocks) -> None:
     out = run_program({**BASE, "slots": {"s1": "pgoutput", "s2": "wal2json"}, "publication": "p1"}, mocks)
     assert out == {
         "host": "orders-db.abcdefghij.eu-west-1.rds.amazonaws.com", "port": 5432, "database": "orders",
-        "secretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:orders-db-replication-secret-AbCdEf",
+        "secretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:"
+        "orders-db-replication-secret-AbCdEf",
         "region": "eu-west-1", "slots": {"s1": "pgoutput", "s2": "wal2json"}, "publication": "p1",
         "sslMode": "require", "engine": "postgres", "replicationUser": "replicator",
         "dbInstanceIdentifier": "orders-db",
@@ -34,7 +35,9 @@ def test_region_is_required() -> None:
 
 
 @pytest.mark.parametrize("engine", ["postgres", "aurora-postgresql"])
-def test_outputs_hand_off_to_a_loadable_source_config(tmp_path: Path, mocks: RecordingMocks, engine: str) -> None:
+def test_outputs_hand_off_to_a_loadable_source_config(
+    tmp_path: Path, mocks: RecordingMocks, engine: str
+) -> None:
     out = run_program({**BASE, "engine": engine}, mocks)
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps(out))

@@ -32,17 +32,24 @@ def test_ipv6_allowlist_entry(mocks: RecordingMocks) -> None:
 def test_network_acl_entries_when_asked(mocks: RecordingMocks) -> None:
     run_program({**BASE, "networkAcl": {"id": "acl-42", "firstRuleNumber": 200}}, mocks)
     rules = sorted(
-        ((r.inputs["ruleNumber"], r.inputs["egress"], r.inputs["cidrBlock"], r.inputs["fromPort"], r.inputs["toPort"])
-         for r in mocks.of_type(ACL_RULE))
+        (
+            r.inputs["ruleNumber"],
+            r.inputs["egress"],
+            r.inputs["cidrBlock"],
+            r.inputs["fromPort"],
+            r.inputs["toPort"],
+        )
+        for r in mocks.of_type(ACL_RULE)
     )
     # NACLs are stateless: inbound to the port, outbound to the ephemeral ports for the replies.
     assert rules == [
         (200, False, "203.0.113.7/32", 5432, 5432), (200, True, "203.0.113.7/32", 1024, 65535),
         (201, False, "198.51.100.0/24", 5432, 5432), (201, True, "198.51.100.0/24", 1024, 65535),
     ]
-    assert {(r.inputs["networkAclId"], r.inputs["protocol"], r.inputs["ruleAction"]) for r in mocks.of_type(ACL_RULE)} == {
-        ("acl-42", "tcp", "allow")
-    }
+    assert {
+        (r.inputs["networkAclId"], r.inputs["protocol"], r.inputs["ruleAction"])
+        for r in mocks.of_type(ACL_RULE)
+    } == {("acl-42", "tcp", "allow")}
 
 
 def test_no_allowlist_no_rules(mocks: RecordingMocks) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pulumi
 import pytest
-
 from parameters import LogicalReplicationParameters
+
 from replicator.provision import rds
 from tests.infra.conftest import BASE, RecordingMocks, run_program
 
@@ -50,7 +50,9 @@ def test_slot_and_sender_counts_and_extras(mocks: RecordingMocks) -> None:
 
 
 def test_self_hosted_source_has_no_parameter_group(mocks: RecordingMocks) -> None:
-    run_program({**BASE, "source": "self-hosted", "host": "10.0.0.5", "identifier": None, "allowlist": []}, mocks)
+    run_program(
+        {**BASE, "source": "self-hosted", "host": "10.0.0.5", "identifier": None, "allowlist": []}, mocks
+    )
     assert mocks.of_type("aws:rds/parameterGroup:ParameterGroup") == []
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from stack_config import StackConfigError, parse_stack_config
+
 from tests.infra.conftest import BASE, pulumi_config
 
 
@@ -39,7 +39,10 @@ def test_unknown_key_gets_did_you_mean() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"backupRetentionDays": 1}, r"replicator:backupRetentionDays: input should be greater than or equal to 3"),
+        (
+            {"backupRetentionDays": 1},
+            r"replicator:backupRetentionDays: input should be greater than or equal to 3",
+        ),
         ({"engine": "postgresql"}, r"replicator:engine: input should be 'postgres' or 'aurora-postgresql'"),
         ({"engineVersion": "9.6"}, r"PostgreSQL 9 has no supported parameter-group family"),
         ({"engineVersion": "18"}, r"PostgreSQL 18 has no supported parameter-group family"),
@@ -48,9 +51,15 @@ def test_unknown_key_gets_did_you_mean() -> None:
         ({"identifier": None}, r"identifier is required when source is create"),
         ({"source": "self-hosted"}, r"host is required when source is self-hosted"),
         ({"publicationTables": "*"}, r"FOR ALL TABLES\) needs a true superuser"),
-        ({"extraParameters": {"max_wal_sender": "5"}}, r"unknown RDS parameter 'max_wal_sender'; did you mean 'max_wal_senders'"),
+        (
+            {"extraParameters": {"max_wal_sender": "5"}},
+            r"unknown RDS parameter 'max_wal_sender'; did you mean 'max_wal_senders'",
+        ),
         ({"extraParameters": {"max_wal_senders": "5"}}, r"set by the program"),
-        ({"extraParameters": {"aurora.enhanced_logical_replication": "1"}}, r"exists only on aurora-postgresql"),
+        (
+            {"extraParameters": {"aurora.enhanced_logical_replication": "1"}},
+            r"exists only on aurora-postgresql",
+        ),
         ({"maxWalSenders": 1, "slots": {"a": "pgoutput", "b": "wal2json"}}, r"maxWalSenders \(1\) is lower"),
     ],
 )

@@ -30,7 +30,9 @@ def awslocal(aws: AwsEndpoint, tmp_path: Path) -> dict[str, str]:
 def run(hook: str, env: dict[str, str]) -> str:
     path = HOOKS / hook
     assert path.stat().st_mode & stat.S_IXUSR, f"{hook} must be executable (LocalStack runs it directly)"
-    return subprocess.run([str(path)], env=env, capture_output=True, text=True, check=True, timeout=120).stdout
+    return subprocess.run(
+        [str(path)], env=env, capture_output=True, text=True, check=True, timeout=120
+    ).stdout
 
 
 def test_services_hook_reports_each_service(awslocal: dict[str, str]) -> None:
@@ -50,5 +52,7 @@ def test_services_hook_says_what_is_missing(awslocal: dict[str, str], tmp_path: 
 
 def test_network_hook_prints_the_ids_a_stack_needs(awslocal: dict[str, str], aws: AwsEndpoint) -> None:
     out = run("20-network.sh", awslocal)
-    vpc = aws.client("ec2").describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    vpc = aws.client("ec2").describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0][
+        "VpcId"
+    ]
     assert f"replicator: default VPC {vpc}, subnets: subnet-" in out and "default security group: sg-" in out

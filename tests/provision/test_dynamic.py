@@ -82,7 +82,9 @@ def test_identity_changes_replace_the_user(source_db: Database) -> None:
 
 
 def test_check_refuses_bad_input(source_db: Database) -> None:
-    failures = ReplicationUserProvider().check({}, user_props(source_db, user="", replication_right="root")).failures
+    failures = (
+        ReplicationUserProvider().check({}, user_props(source_db, user="", replication_right="root")).failures
+    )
     assert {f.property for f in failures} == {"user", "replication_right"}
 
 
@@ -110,11 +112,18 @@ def test_provider_unpickles_where_only_installed_modules_exist(tmp_path: Path) -
 def _instance(aws: AwsEndpoint, retention: int) -> None:
     rds = aws.client("rds")
     rds.create_db_instance(
-        DBInstanceIdentifier="adopted", Engine="postgres", EngineVersion="16.4", DBInstanceClass="db.t4g.micro",
-        AllocatedStorage=20, MasterUsername="postgres", MasterUserPassword="x" * 12,
+        DBInstanceIdentifier="adopted",
+        Engine="postgres",
+        EngineVersion="16.4",
+        DBInstanceClass="db.t4g.micro",
+        AllocatedStorage=20,
+        MasterUsername="postgres",
+        MasterUserPassword="x" * 12,
         BackupRetentionPeriod=retention,
     )
-    rds.create_db_parameter_group(DBParameterGroupName="logical", DBParameterGroupFamily="postgres16", Description="d")
+    rds.create_db_parameter_group(
+        DBParameterGroupName="logical", DBParameterGroupFamily="postgres16", Description="d"
+    )
 
 
 def attach_props(aws: AwsEndpoint, kind: str, identifier: str, group: str, family: str) -> dict[str, Any]:
@@ -141,7 +150,9 @@ def test_attachment_sets_group_and_raises_retention_then_restores(aws: AwsEndpoi
 
 def test_attachment_never_lowers_a_longer_retention(aws: AwsEndpoint) -> None:
     _instance(aws, retention=14)
-    created = RdsAttachmentProvider().create(attach_props(aws, "instance", "adopted", "logical", "postgres16"))
+    created = RdsAttachmentProvider().create(
+        attach_props(aws, "instance", "adopted", "logical", "postgres16")
+    )
     assert created.outs["applied_backup_retention_days"] == 14  # type: ignore[index]
     db = aws.client("rds").describe_db_instances(DBInstanceIdentifier="adopted")["DBInstances"][0]
     assert db["BackupRetentionPeriod"] == 14
@@ -171,8 +182,12 @@ def test_attachment_leaves_a_group_someone_changed_since(aws: AwsEndpoint) -> No
     provider = RdsAttachmentProvider()
     created = provider.create(attach_props(aws, "instance", "adopted", "logical", "postgres16"))
     rds = aws.client("rds")
-    rds.create_db_parameter_group(DBParameterGroupName="theirs", DBParameterGroupFamily="postgres16", Description="d")
-    rds.modify_db_instance(DBInstanceIdentifier="adopted", DBParameterGroupName="theirs", ApplyImmediately=True)
+    rds.create_db_parameter_group(
+        DBParameterGroupName="theirs", DBParameterGroupFamily="postgres16", Description="d"
+    )
+    rds.modify_db_instance(
+        DBInstanceIdentifier="adopted", DBParameterGroupName="theirs", ApplyImmediately=True
+    )
     provider.delete(created.id, created.outs)  # type: ignore[arg-type]
     db = rds.describe_db_instances(DBInstanceIdentifier="adopted")["DBInstances"][0]
     assert db["DBParameterGroups"][0]["DBParameterGroupName"] == "theirs"

@@ -56,7 +56,9 @@ def test_ensure_creates_a_login_role_with_every_right(db: Database, user: str, r
     assert db.fetchone("SELECT rolreplication FROM pg_roles WHERE rolname = %s", (user,)) is False
     assert db.fetchone("SELECT has_database_privilege(%s, current_database(), 'CONNECT')", (user,)) is True
     # Only a SCRAM verifier reached the server, never the clear password.
-    assert db.fetchone("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (user,)).startswith("SCRAM-SHA-256$")
+    assert db.fetchone("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (user,)).startswith(
+        "SCRAM-SHA-256$"
+    )
 
 
 def test_tables_created_later_are_readable_too(db: Database, user: str, rds_replication: str) -> None:
@@ -70,7 +72,12 @@ def test_default_privileges_for_named_table_owners(db: Database, user: str, rds_
     owner = f"{user}_app"
     db.execute(f'CREATE ROLE "{owner}"')
     db.execute(f'GRANT CREATE, USAGE ON SCHEMA sales TO "{owner}"')
-    run(db, pgaccess.ensure_access, AccessSpec(user=user, schemas=("sales",), table_owners=(owner,)), "pw-123456")
+    run(
+        db,
+        pgaccess.ensure_access,
+        AccessSpec(user=user, schemas=("sales",), table_owners=(owner,)),
+        "pw-123456",
+    )
     db.execute(f'SET ROLE "{owner}"; CREATE TABLE sales.by_app (id int PRIMARY KEY); RESET ROLE')
     assert can_select(db, user, "sales.by_app")
     run(db, pgaccess.drop_access, AccessSpec(user=user, schemas=("sales",), table_owners=(owner,)))
@@ -133,7 +140,9 @@ def test_managed_publication_is_created_and_kept_exact(db: Database, user: str) 
         publication_tables=(("public", "items"), ("sales", "orders")),
     )
     run(db, pgaccess.ensure_access, spec, "pw-123456")
-    members = "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = 'pub_a' ORDER BY 1"
+    members = (
+        "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = 'pub_a' ORDER BY 1"
+    )
     assert [r[0] for r in db.fetchall(members)] == ["public.items", "sales.orders"]
     # Drift: an operation switched off, a row filter added, an extra table.
     db.execute("CREATE TABLE public.extra (id int PRIMARY KEY)")
@@ -141,9 +150,9 @@ def test_managed_publication_is_created_and_kept_exact(db: Database, user: str) 
     db.execute("ALTER PUBLICATION pub_a SET TABLE public.items WHERE (id > 10), sales.orders, public.extra")
     run(db, pgaccess.ensure_access, spec, "pw-123456")
     assert [r[0] for r in db.fetchall(members)] == ["public.items", "sales.orders"]
-    assert db.fetchall("SELECT pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = 'pub_a'") == [
-        (True, True, True)
-    ]
+    assert db.fetchall(
+        "SELECT pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = 'pub_a'"
+    ) == [(True, True, True)]
     assert db.fetchone("SELECT count(*) FROM pg_publication_rel WHERE prqual IS NOT NULL") == 0
 
 
@@ -152,19 +161,26 @@ def test_all_tables_publication_for_self_hosted(db: Database, user: str) -> None
     run(db, pgaccess.ensure_access, spec, "pw-123456")
     assert db.fetchone("SELECT puballtables FROM pg_publication WHERE pubname = 'pub_all'") is True
     narrower = AccessSpec(
-        user=user, replication_right="attribute", publication="pub_all", publication_tables=(("public", "items"),)
+        user=user,
+        replication_right="attribute",
+        publication="pub_all",
+        publication_tables=(("public", "items"),),
     )
     run(db, pgaccess.update_access, spec, narrower, "pw-123456")
     assert db.fetchone("SELECT puballtables FROM pg_publication WHERE pubname = 'pub_all'") is False
 
 
 def test_heartbeat_schema_lets_the_user_create_its_table(db: Database, user: str) -> None:
-    spec = AccessSpec(user=user, replication_right="attribute", heartbeat_table=("replicator_hb", "heartbeat"))
+    spec = AccessSpec(
+        user=user, replication_right="attribute", heartbeat_table=("replicator_hb", "heartbeat")
+    )
     run(db, pgaccess.ensure_access, spec, "pw-123456")
     with as_user(db, user, "pw-123456") as conn:
         conn.execute("CREATE TABLE replicator_hb.heartbeat (id int PRIMARY KEY, at timestamptz)")
         conn.execute("INSERT INTO replicator_hb.heartbeat VALUES (1, now())")
-    run(db, pgaccess.ensure_access, spec, "pw-123456")  # again, with the table now there and owned by the user
+    run(
+        db, pgaccess.ensure_access, spec, "pw-123456"
+    )  # again, with the table now there and owned by the user
     run(db, pgaccess.drop_access, spec)
     assert db.fetchone("SELECT to_regclass('replicator_hb.heartbeat')") is None
     assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0
@@ -172,10 +188,19 @@ def test_heartbeat_schema_lets_the_user_create_its_table(db: Database, user: str
 
 def test_heartbeat_table_made_by_an_admin_gets_granted(db: Database, user: str) -> None:
     db.execute("CREATE SCHEMA hb; CREATE TABLE hb.beat (id int PRIMARY KEY)")
-    run(db, pgaccess.ensure_access, AccessSpec(user=user, replication_right="attribute", heartbeat_table=("hb", "beat")), "pw-123456")
+    run(
+        db,
+        pgaccess.ensure_access,
+        AccessSpec(user=user, replication_right="attribute", heartbeat_table=("hb", "beat")),
+        "pw-123456",
+    )
     with as_user(db, user, "pw-123456") as conn:
         conn.execute("INSERT INTO hb.beat VALUES (1) ON CONFLICT (id) DO UPDATE SET id = 1")
-    run(db, pgaccess.drop_access, AccessSpec(user=user, replication_right="attribute", heartbeat_table=("hb", "beat")))
+    run(
+        db,
+        pgaccess.drop_access,
+        AccessSpec(user=user, replication_right="attribute", heartbeat_table=("hb", "beat")),
+    )
     assert db.fetchone("SELECT to_regclass('hb.beat')") is not None  # not ours to drop
 
 

@@ -47,7 +47,9 @@ class Env:
 
 
 @pytest.fixture(params=["pgoutput", "wal2json"])
-def env(request: pytest.FixtureRequest, source_db: Database, dest_db: Database, tmp_path: Path) -> Iterator[Env]:
+def env(
+    request: pytest.FixtureRequest, source_db: Database, dest_db: Database, tmp_path: Path
+) -> Iterator[Env]:
     e = Env(source_db, dest_db, tmp_path, slot=f"slot_{source_db.name}", plugin=request.param)
     yield e
     _drop_slots(source_db)
@@ -65,11 +67,13 @@ def _drop_slots(db: Database) -> None:
     # Slots hold WAL on the shared test cluster; and a test killed mid-stream may leave one active.
     with db.connect() as conn:
         conn.execute(
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = %s AND active",
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = %s AND "
+            "active",
             (db.name,),
         )
         conn.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s AND NOT active",
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = %s AND "
+            "NOT active",
             (db.name,),
         )
 
@@ -100,7 +104,10 @@ def random_workload(db: Database, rng: random.Random, transactions: int, next_id
                              "t" * 120_000 if rng.random() < 0.1 else None),
                         )
                     elif r < 0.6:
-                        conn.execute("UPDATE items SET qty = qty + 1, doc = doc || '{\"u\": 1}' WHERE id = %s", (target,))
+                        conn.execute(
+                            "UPDATE items SET qty = qty + 1, doc = doc || '{\"u\": 1}' WHERE id = %s",
+                            (target,),
+                        )
                     elif r < 0.7:
                         # Moves the row: a primary-key update, possibly with an unchanged TOASTed value.
                         next_id[0] += 1

@@ -15,7 +15,10 @@ LOCK_KEY = 4343
 
 def test_sigkill_at_random_moments_during_a_mixed_workload(pg_env: Env) -> None:
     pg_env.source.execute(WORKLOAD_SCHEMA)
-    pg_env.extractor_text = "realtime:\n  fetch-size-rows: 50\n  fetch-duration-per-extractor-slot-s: 0.2\n  heartbeat:\n    interval-ms: 200\n"
+    pg_env.extractor_text = (
+        "realtime:\n  fetch-size-rows: 50\n  fetch-duration-per-extractor-slot-s: 0.2\n"
+        "  heartbeat:\n    interval-ms: 200\n"
+    )
     assert pg_env.run("full", "--once") == 0
     rng = random.Random(20261123)
     next_id = [5000]
@@ -23,7 +26,7 @@ def test_sigkill_at_random_moments_during_a_mixed_workload(pg_env: Env) -> None:
         child = spawn_cli(*pg_env.args("realtime"))
         stop = threading.Event()
 
-        def write_until_stopped() -> None:
+        def write_until_stopped(stop: threading.Event = stop) -> None:
             while not stop.is_set():
                 random_workload(pg_env.source, rng, 3, next_id)
 
@@ -55,7 +58,8 @@ def test_sigkill_after_applying_before_the_checkpoint_commits(pg_env: Env) -> No
     try:
         deadline = time.monotonic() + 60
         while not pg_env.dest.fetchone(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s", (LOCK_KEY,)
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s",
+            (LOCK_KEY,),
         ):
             assert time.monotonic() < deadline and child.poll() is None
             time.sleep(0.05)

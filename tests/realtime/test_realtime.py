@@ -19,9 +19,15 @@ def test_every_type_family_through_the_stream(env: Env) -> None:
     assert env.run("full", "--once") == 0
     env.assert_equal("zoo")
     # Every type family again, this time arriving as changes: inserts, updates, deletes.
-    env.source.execute(TYPE_ZOO.split("INSERT INTO zoo", 1)[1].join(["INSERT INTO zoo", ""]).replace(
-        "generate_series(1, 500)", "generate_series(501, 600)"))
-    env.source.execute("UPDATE zoo SET t = t || ' changed', jb = jb || '{\"x\": [1, 2]}', ma = ARRAY['ok']::mood[], addr = NULL WHERE id % 3 = 0")
+    env.source.execute(
+        TYPE_ZOO.split("INSERT INTO zoo", 1)[1]
+        .join(["INSERT INTO zoo", ""])
+        .replace("generate_series(1, 500)", "generate_series(501, 600)")
+    )
+    env.source.execute(
+        "UPDATE zoo SET t = t || ' changed', jb = jb || '{\"x\": [1, 2]}', ma = ARRAY['ok']::mood[], addr = "
+        "NULL WHERE id % 3 = 0"
+    )
     env.source.execute("DELETE FROM zoo WHERE id % 5 = 0")
     assert env.run("realtime", "--once") == 0
     env.assert_equal("zoo")
@@ -52,21 +58,26 @@ def test_toast_unchanged_key_updates_truncate_and_new_columns(env: Env) -> None:
 
 def test_partitioned_table_lands_in_one_table(env: Env) -> None:
     env.source.execute(
-        """CREATE TABLE events (id bigint, at date NOT NULL, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+        """CREATE TABLE events (id bigint, at date NOT NULL, v text, PRIMARY KEY (id,
+            at)) PARTITION BY RANGE (at);
            CREATE TABLE events_a PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
            CREATE TABLE events_b PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
            INSERT INTO events SELECT g, '2024-01-01'::date + g, 'v' FROM generate_series(1, 600) g;"""
     )
     assert env.run("full", "--once") == 0
     env.source.execute(
-        """INSERT INTO events SELECT g, '2024-01-01'::date + (g % 600), 'new' FROM generate_series(1000, 1100) g;
+        """INSERT INTO events SELECT g, '2024-01-01'::date + (g % 600), 'new' FROM generate_series(1000,
+            1100) g;
            UPDATE events SET v = 'changed' WHERE id % 7 = 0;
            UPDATE events SET at = at + 200 WHERE id BETWEEN 300 AND 320;  -- moves rows across partitions
            DELETE FROM events WHERE id % 11 = 0;"""
     )
     assert env.run("realtime", "--once") == 0
     env.assert_equal("events")
-    assert env.dest.fetchone("SELECT count(*) FROM pg_class WHERE relname LIKE 'events\\_%' AND relkind = 'r'") == 0
+    assert (
+        env.dest.fetchone("SELECT count(*) FROM pg_class WHERE relname LIKE 'events\\_%' AND relkind = 'r'")
+        == 0
+    )
 
 
 def test_large_transaction_streams_with_bounded_memory(pg_env: Env) -> None:
@@ -92,13 +103,28 @@ def test_large_transaction_streams_with_bounded_memory(pg_env: Env) -> None:
 
 
 def test_soft_deletes_keep_rows_flagged(pg_env: Env) -> None:
-    pg_env.source.execute("CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 10) g")
-    pg_env.dest_config = lambda **kw: pg_env.dest.write_config(pg_env.tmp / "destination.yaml", deletes="soft")  # type: ignore[method-assign]
+    pg_env.source.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM "
+        "generate_series(1, 10) g"
+    )
+    pg_env.dest_config = lambda **kw: pg_env.dest.write_config(
+        pg_env.tmp / "destination.yaml", deletes="soft"
+    )  # type: ignore[method-assign]
     assert pg_env.run("full", "--once") == 0
-    pg_env.source.execute("DELETE FROM t WHERE id <= 3; UPDATE t SET v = 'w' WHERE id = 4; DELETE FROM t WHERE id = 5; INSERT INTO t VALUES (5, 'back')")
+    pg_env.source.execute(
+        "DELETE FROM t WHERE id <= 3; UPDATE t SET v = 'w' WHERE id = 4; DELETE FROM t WHERE id = 5; INSERT "
+        "INTO t VALUES (5, 'back')"
+    )
     assert pg_env.run("realtime", "--once") == 0
     rows = pg_env.dest.fetchall("SELECT id, v, __replicator_is_deleted FROM t WHERE id <= 6 ORDER BY id")
-    assert rows == [(1, "v", True), (2, "v", True), (3, "v", True), (4, "w", False), (5, "back", False), (6, "v", False)]
+    assert rows == [
+        (1, "v", True),
+        (2, "v", True),
+        (3, "v", True),
+        (4, "w", False),
+        (5, "back", False),
+        (6, "v", False),
+    ]
     pg_env.source.execute("TRUNCATE t")
     assert pg_env.run("realtime", "--once") == 0
     assert pg_env.dest.fetchone("SELECT count(*) FROM t WHERE NOT __replicator_is_deleted") == 0
@@ -106,7 +132,10 @@ def test_soft_deletes_keep_rows_flagged(pg_env: Env) -> None:
 
 
 def test_full_with_writes_during_the_snapshot(pg_env: Env) -> None:
-    pg_env.source.execute(WORKLOAD_SCHEMA + "INSERT INTO items SELECT g, 'filler', 0, 0, '{}', NULL FROM generate_series(10000, 200000) g;")
+    pg_env.source.execute(
+        WORKLOAD_SCHEMA
+        + "INSERT INTO items SELECT g, 'filler', 0, 0, '{}', NULL FROM generate_series(10000, 200000) g;"
+    )
     pg_env.extractor_text += "snapshot:\n  threads: 2\n  min-job-size-rows: 5000\n"
     child = spawn_cli(*pg_env.args("full"))
     rng = random.Random(3)
@@ -136,14 +165,19 @@ def _snapshot_done(env: Env) -> bool:
 
 
 def test_sigterm_during_the_snapshot_stops_cleanly_and_resumes(pg_env: Env) -> None:
-    pg_env.source.execute(WORKLOAD_SCHEMA + "INSERT INTO items SELECT g, 'filler', 0, 0, '{}', NULL FROM generate_series(10000, 300000) g;")
+    pg_env.source.execute(
+        WORKLOAD_SCHEMA
+        + "INSERT INTO items SELECT g, 'filler', 0, 0, '{}', NULL FROM generate_series(10000, 300000) g;"
+    )
     pg_env.extractor_text += "snapshot:\n  threads: 1\n  min-job-size-rows: 2000\n  max-jobs-per-chunk: 100\n"
     child = spawn_cli(*pg_env.args("full"))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (
             pg_env.dest.fetchone("SELECT to_regclass('_replicator.snapshot_chunks')") is not None
-            and pg_env.dest.fetchone("SELECT count(*) FROM _replicator.snapshot_chunks WHERE done_at IS NOT NULL")
+            and pg_env.dest.fetchone(
+                "SELECT count(*) FROM _replicator.snapshot_chunks WHERE done_at IS NOT NULL"
+            )
         ):
             time.sleep(0.02)
     finally:
@@ -158,13 +192,17 @@ def test_sigterm_during_the_snapshot_stops_cleanly_and_resumes(pg_env: Env) -> N
 def test_heartbeat_moves_the_slot_on_an_idle_database(pg_env: Env) -> None:
     pg_env.source.execute("CREATE TABLE quiet (id integer PRIMARY KEY)")
     assert pg_env.run("full", "--once") == 0
-    before = pg_env.source.fetchone("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (pg_env.slot,))
+    before = pg_env.source.fetchone(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (pg_env.slot,)
+    )
     child = spawn_cli(*pg_env.args("realtime"))
     time.sleep(3)
     child.send_signal(signal.SIGTERM)
     out, err = child.communicate(timeout=30)
     assert child.returncode == 0, err
-    after = pg_env.source.fetchone("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (pg_env.slot,))
+    after = pg_env.source.fetchone(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (pg_env.slot,)
+    )
     beats = pg_env.source.fetchone('SELECT "timestamp" FROM replicate_io_cdc_heartbeat')
     assert beats is not None and after > before
 
@@ -180,17 +218,29 @@ def test_replication_connection_terminated_is_survived(pg_env: Env) -> None:
             random_workload(pg_env.source, rng, 30, next_id)
             target = pg_env.source.fetchone("SELECT pg_current_wal_lsn()")
             # Wait until the stream is up and has applied the workload, then cut it.
-            _wait_for(lambda: pg_env.source.fetchone(
-                "SELECT confirmed_flush_lsn >= %s AND active FROM pg_replication_slots WHERE slot_name = %s",
-                (target, pg_env.slot)))
-            assert pg_env.source.fetchone(
-                "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE slot_name = %s AND active",
-                (pg_env.slot,),
-            ) == 1
+            _wait_for(
+                lambda target=target: pg_env.source.fetchone(
+                    "SELECT confirmed_flush_lsn >= %s AND active FROM pg_replication_slots WHERE slot_name "
+                    "= %s",
+                    (target, pg_env.slot),
+                )
+            )
+            assert (
+                pg_env.source.fetchone(
+                    "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE "
+                    "slot_name = %s AND active",
+                    (pg_env.slot,),
+                )
+                == 1
+            )
         random_workload(pg_env.source, rng, 30, next_id)
         target = pg_env.source.fetchone("SELECT pg_current_wal_lsn()")
-        _wait_for(lambda: pg_env.source.fetchone(
-            "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s", (target, pg_env.slot)))
+        _wait_for(
+            lambda: pg_env.source.fetchone(
+                "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s",
+                (target, pg_env.slot),
+            )
+        )
     finally:
         child.send_signal(signal.SIGTERM)
         out, err = child.communicate(timeout=60)
@@ -210,8 +260,13 @@ def _wait_for(condition: object, timeout: float = 60) -> None:
 
 def test_sql_log_reader(pg_env: Env) -> None:
     pg_env.source_config = lambda **kw: pg_env.source.write_config(  # type: ignore[method-assign]
-        pg_env.tmp / "source.yaml", **{"replication-slots": {pg_env.slot: ["pgoutput"]}, "publication": "p_sql",
-                                       "log-reader-type": "SQL"})
+        pg_env.tmp / "source.yaml",
+        **{
+            "replication-slots": {pg_env.slot: ["pgoutput"]},
+            "publication": "p_sql",
+            "log-reader-type": "SQL",
+        },
+    )
     pg_env.source.execute(WORKLOAD_SCHEMA)
     assert pg_env.run("full", "--once") == 0
     random_workload(pg_env.source, random.Random(5), 40, [5000])
@@ -224,18 +279,32 @@ def test_several_slots_split_the_tables(pg_env: Env) -> None:
     pg_env.source_config = lambda **kw: pg_env.source.write_config(  # type: ignore[method-assign]
         pg_env.tmp / "source.yaml", **{"replication-slots": slots, "publication": "p_multi"})
     pg_env.source.execute(
-        "".join(f"CREATE TABLE t{i} (id integer PRIMARY KEY, v text); INSERT INTO t{i} SELECT g, 'v' FROM generate_series(1, 100) g;" for i in range(6))
+        "".join(
+            f"CREATE TABLE t{i} (id integer PRIMARY KEY, v text); INSERT INTO t{i} SELECT g, 'v' FROM "
+            "generate_series(1, 100) g;"
+            for i in range(6)
+        )
     )
     assert pg_env.run("full", "--once") == 0
-    used = pg_env.source.fetchall("SELECT pubname, count(*) FROM pg_publication_tables WHERE pubname LIKE 'p_multi_%' GROUP BY 1 ORDER BY 1")
+    used = pg_env.source.fetchall(
+        "SELECT pubname, count(*) FROM pg_publication_tables WHERE pubname LIKE 'p_multi_%' GROUP BY 1 "
+        "ORDER BY 1"
+    )
     assert len(used) == 2
-    pg_env.source.execute("".join(f"UPDATE t{i} SET v = 'w{i}' WHERE id % 2 = 0; DELETE FROM t{i} WHERE id > 90;" for i in range(6)))
+    pg_env.source.execute(
+        "".join(
+            f"UPDATE t{i} SET v = 'w{i}' WHERE id % 2 = 0; DELETE FROM t{i} WHERE id > 90;" for i in range(6)
+        )
+    )
     assert pg_env.run("realtime", "--once") == 0
     pg_env.assert_equal(*[f"t{i}" for i in range(6)])
 
 
 def test_keyless_tables_are_named_up_front(pg_env: Env, caplog: pytest.LogCaptureFixture) -> None:
-    pg_env.source.execute("CREATE TABLE loose (a integer, b text); CREATE TABLE full_ident (a integer, b text); ALTER TABLE full_ident REPLICA IDENTITY FULL")
+    pg_env.source.execute(
+        "CREATE TABLE loose (a integer, b text); CREATE TABLE full_ident (a integer, b text); ALTER TABLE "
+        "full_ident REPLICA IDENTITY FULL"
+    )
     assert pg_env.run("full", "--once") == 0
     assert "public.loose: no primary key and REPLICA IDENTITY DEFAULT" in caplog.text
     assert "ALTER TABLE public.loose REPLICA IDENTITY FULL" in caplog.text
@@ -261,17 +330,28 @@ def test_start_lsn_skips_what_came_before(pg_env: Env) -> None:
     assert pg_env.dest.fetchall("SELECT id FROM t ORDER BY id") == [(1,), (3,)]
 
 
-def test_wal_retention_over_the_maximum_stops_the_pipeline(pg_env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wal_retention_over_the_maximum_stops_the_pipeline(
+    pg_env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
     pg_env.source.execute("CREATE TABLE t (id integer PRIMARY KEY, v text)")
     assert pg_env.run("full", "--once") == 0
     pg_env.source.execute("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
     monitoring = {"max-wal-size-gb": 0.0001, "alert-threshold-percent": 50}  # ~100 kB: already exceeded
     pg_env.source_config = lambda **kw: pg_env.source.write_config(  # type: ignore[method-assign]
         pg_env.tmp / "source.yaml",
-        **{"replication-slots": {pg_env.slot: ["pgoutput"]}, "publication": f"{pg_env.slot}_pub", "log-monitoring": monitoring})
+        **{
+            "replication-slots": {pg_env.slot: ["pgoutput"]},
+            "publication": f"{pg_env.slot}_pub",
+            "log-monitoring": monitoring,
+        },
+    )
     assert pg_env.run("realtime", "--once") == 1
     err = capsys.readouterr().err
-    assert f"slot '{pg_env.slot}' holds" in err and "log-monitoring.max-wal-size-gb" in err and "Traceback" not in err
+    assert (
+        f"slot '{pg_env.slot}' holds" in err
+        and "log-monitoring.max-wal-size-gb" in err
+        and "Traceback" not in err
+    )
 
 
 def test_streaming_logs_its_progress(

@@ -57,11 +57,16 @@ def test_keys_that_differ_between_the_sections_are_refused(
            "its key (a) under snapshot at " in err, err
 
 
-def test_a_key_under_realtime_only_is_refused_by_full_only(pg_env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_key_under_realtime_only_is_refused_by_full_only(
+    pg_env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
     pg_env.source.execute(SCHEMA)
     pg_env.extractor_text = extractor(keys())
     assert pg_env.run("full", "--once") == 2
-    assert "is not set under snapshot, so the snapshot of the full mode would build no key" in capsys.readouterr().err
+    assert (
+        "is not set under snapshot, so the snapshot of the full mode would build no key"
+        in capsys.readouterr().err
+    )
     assert pg_env.run("realtime", "--once") == 0  # realtime alone creates the table with its key
 
 

@@ -4,7 +4,7 @@ committed, hands its errors to the reader, rolls back when aborted."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -22,7 +22,7 @@ from tests.conftest import Database
 REL = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (
     Column("id", 20, -1, True), Column("v", 25, -1, False),
 ))
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def folded(*rows: tuple[str, str]) -> Folded:
@@ -70,7 +70,9 @@ def test_applies_and_commits_in_order(dest: PostgresSession, dest_db: Database) 
     assert dest.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
-def test_an_apply_error_reaches_the_reader_and_nothing_of_it_stays(dest: PostgresSession, dest_db: Database) -> None:
+def test_an_apply_error_reaches_the_reader_and_nothing_of_it_stays(
+    dest: PostgresSession, dest_db: Database
+) -> None:
     w = worker(dest)
     w.apply(folded(("1", "a")))
     w.commit(Lsn(100))

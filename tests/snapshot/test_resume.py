@@ -101,7 +101,8 @@ def _assert_state_matches_rows(dest_db: Database) -> None:
     if dest_db.fetchone("SELECT to_regclass('_replicator.snapshot_chunks')") is None:
         return  # killed before the run got as far as creating its state
     for schema, table, rows in dest_db.fetchall(
-        "SELECT schema_name, table_name, coalesce(sum(rows), 0) FROM _replicator.snapshot_chunks GROUP BY 1, 2"
+        "SELECT schema_name, table_name, coalesce(sum(rows), 0) FROM _replicator.snapshot_chunks GROUP BY "
+        "1, 2"
     ):
         if dest_db.fetchone("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)) is not None:
             assert checksum(dest_db, schema, table)[0] == rows, table
@@ -111,7 +112,12 @@ def _assert_exact(source_db: Database, dest_db: Database) -> None:
     for schema, table in TABLES:
         assert checksum(dest_db, schema, table) == checksum(source_db, schema, table), table
     assert dest_db.fetchone("SELECT count(*) FROM _replicator.snapshot_tables WHERE status <> 'done'") == 0
-    assert dest_db.fetchone("SELECT count(*) FROM pg_constraint WHERE conrelid = 'big'::regclass AND contype = 'p'") == 1
+    assert (
+        dest_db.fetchone(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'big'::regclass AND contype = 'p'"
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize("after_chunk", [0, 7, 25])
@@ -129,11 +135,18 @@ def test_sigkill_mid_chunk_then_resume_is_exact(
     _assert_exact(source_db, dest_db)
 
 
-def test_sigkill_while_building_key_then_resume(source_db: Database, dest_db: Database, tmp_path: Path) -> None:
+def test_sigkill_while_building_key_then_resume(
+    source_db: Database, dest_db: Database, tmp_path: Path
+) -> None:
     source_db.execute(SOURCE)
     args = _args(tmp_path, source_db, dest_db)
     _kill_at_gate(dest_db, args, after_chunk=10_000, at_key=True)
-    assert dest_db.fetchone("SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conrelid = 'big'::regclass") == 0
+    assert (
+        dest_db.fetchone(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conrelid = 'big'::regclass"
+        )
+        == 0
+    )
     _assert_state_matches_rows(dest_db)
     assert run_cli(*args) == 0
     _assert_exact(source_db, dest_db)
@@ -153,7 +166,9 @@ def test_sigkill_at_random_moments_repeatedly(source_db: Database, dest_db: Data
     _assert_exact(source_db, dest_db)
 
 
-def test_resume_after_source_changed_merges_by_key(source_db: Database, dest_db: Database, tmp_path: Path) -> None:
+def test_resume_after_source_changed_merges_by_key(
+    source_db: Database, dest_db: Database, tmp_path: Path
+) -> None:
     source_db.execute(SOURCE)
     args = _args(tmp_path, source_db, dest_db)
     _kill_at_gate(dest_db, args, after_chunk=5)

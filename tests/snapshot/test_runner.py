@@ -35,10 +35,13 @@ INSERT INTO zoo (i2, i4, i8, num, num_free, r4, r8, money_v, b, t, vc, ch, by, d
 SELECT g::smallint, g, g * 1000000000::bigint, g * 1.2345, (g::numeric / 7), g / 3.0, g / 7.0, g * 1.5,
        g % 2 = 0, 'text ' || g || ' ünïcödé ✓', 'vc' || g, 'c' || (g % 10), decode(md5(g::text), 'hex'),
        '2024-01-01'::date + g, '12:34:56.789'::time, '12:34:56+02'::timetz,
-       '2024-01-01 00:00:00'::timestamp + g * interval '1 minute', '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 hour',
-       g * interval '1 day 2 hours', md5(g::text)::uuid, json_build_object('g', g, 'a', json_build_array(1, 'x')),
+       '2024-01-01 00:00:00'::timestamp + g * interval '1 minute',
+           '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 hour',
+       g * interval '1 day 2 hours', md5(g::text)::uuid, json_build_object('g', g, 'a', json_build_array(1,
+           'x')),
        jsonb_build_object('g', g, 'nested', jsonb_build_object('deep', true), 'num', 1.50),
-       ('<r g="' || g || '"/>')::xml, ('10.0.' || (g % 255) || '.1')::inet, '10.1.0.0/16'::cidr, '08:00:2b:01:02:03'::macaddr,
+       ('<r g="' || g || '"/>')::xml, ('10.0.' || (g % 255) || '.1')::inet, '10.1.0.0/16'::cidr,
+           '08:00:2b:01:02:03'::macaddr,
        (g % 256)::bit(8), B'101'::varbit, to_tsvector('simple', 'the quick fox ' || g), point(g, -g),
        box(point(0, 0), point(g, g)), int4range(g, g + 10), tstzrange('2024-01-01', '2024-02-01'),
        numrange(1.5, g + 0.5), int4multirange(int4range(1, 3), int4range(g + 5, g + 9)),
@@ -52,7 +55,9 @@ INSERT INTO zoo (i2) VALUES (NULL);
 """
 
 
-def _configs(tmp_path: Path, source_db: Database, dest_db: Database, extractor: str | None = None) -> list[str]:
+def _configs(
+    tmp_path: Path, source_db: Database, dest_db: Database, extractor: str | None = None
+) -> list[str]:
     args = [
         "run", "snapshot",
         "--source", str(source_db.write_config(tmp_path / "source.yaml")),
@@ -63,7 +68,9 @@ def _configs(tmp_path: Path, source_db: Database, dest_db: Database, extractor: 
     return args
 
 
-def test_every_type_family_and_nulls_copy_exactly(source_db: Database, dest_db: Database, tmp_path: Path) -> None:
+def test_every_type_family_and_nulls_copy_exactly(
+    source_db: Database, dest_db: Database, tmp_path: Path
+) -> None:
     source_db.execute(TYPE_ZOO)
     assert run_cli(*_configs(tmp_path, source_db, dest_db, "snapshot:\n  min-job-size-rows: 100\n")) == 0
     assert checksum(dest_db, "public", "zoo") == checksum(source_db, "public", "zoo")
@@ -76,35 +83,54 @@ def test_every_type_family_and_nulls_copy_exactly(source_db: Database, dest_db: 
     enum_query = "SELECT enum_range(NULL::mood)::text"
     assert dest_db.fetchone(enum_query) == source_db.fetchone(enum_query)
     # The generated column stays generated (pgoutput does not send its values later).
-    assert dest_db.fetchone("SELECT attgenerated FROM pg_attribute WHERE attrelid = 'zoo'::regclass AND attname = 'doubled'") == "s"
-    assert dest_db.fetchone("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'zoo'::regclass AND contype = 'p'") == "PRIMARY KEY (id)"
+    assert (
+        dest_db.fetchone(
+            "SELECT attgenerated FROM pg_attribute WHERE attrelid = 'zoo'::regclass AND attname = 'doubled'"
+        )
+        == "s"
+    )
+    assert (
+        dest_db.fetchone(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'zoo'::regclass AND "
+            "contype = 'p'"
+        )
+        == "PRIMARY KEY (id)"
+    )
     # The domain's check came along.
-    assert "VALUE > 0" in dest_db.fetchone("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contypid = 'posint'::regtype")
+    assert "VALUE > 0" in dest_db.fetchone(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contypid = 'posint'::regtype"
+    )
 
 
 IDENTIFIERS = r'''
 CREATE SCHEMA "Mixed Schema";
-CREATE TABLE "Mixed Schema"."Ünïcode Tåble" ("Weird ""col""" integer, "select" text, "CamelKey" integer, "ключ" text,
+CREATE TABLE "Mixed Schema"."Ünïcode Tåble" ("Weird ""col""" integer, "select" text, "CamelKey" integer,
+    "ключ" text,
     PRIMARY KEY ("CamelKey", "ключ"));
-INSERT INTO "Mixed Schema"."Ünïcode Tåble" SELECT g, 'v' || g, g, 'k' || (g % 3) FROM generate_series(1, 300) g;
+INSERT INTO "Mixed Schema"."Ünïcode Tåble" SELECT g, 'v' || g, g, 'k' || (g % 3) FROM generate_series(1,
+    300) g;
 CREATE TABLE no_key (a integer, b text);
 INSERT INTO no_key SELECT g % 10, 'dup' FROM generate_series(1, 100) g;
 CREATE TABLE empty_table (id integer PRIMARY KEY, v text);
 CREATE TABLE toasted (id integer PRIMARY KEY, big text, blob bytea);
 INSERT INTO toasted SELECT g, repeat(md5(g::text), 3200), decode(repeat(md5((g * 7)::text), 3200), 'hex')
 FROM generate_series(1, 20) g;
-CREATE TABLE events (id bigint, at date NOT NULL, payload jsonb, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events (id bigint, at date NOT NULL, payload jsonb, PRIMARY KEY (id,
+    at)) PARTITION BY RANGE (at);
 CREATE TABLE events_2023 PARTITION OF events FOR VALUES FROM ('2023-01-01') TO ('2024-01-01');
 CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')
     PARTITION BY HASH (id);
 CREATE TABLE events_2024_a PARTITION OF events_2024 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
 CREATE TABLE events_2024_b PARTITION OF events_2024 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
-INSERT INTO events SELECT g, '2023-01-01'::date + (g % 700), jsonb_build_object('g', g) FROM generate_series(1, 3000) g;
+INSERT INTO events SELECT g, '2023-01-01'::date + (g % 700), jsonb_build_object('g',
+    g) FROM generate_series(1, 3000) g;
 ANALYZE;
 '''
 
 
-def test_identifiers_keys_toast_partitions_and_empty_tables(source_db: Database, dest_db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_identifiers_keys_toast_partitions_and_empty_tables(
+    source_db: Database, dest_db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     source_db.execute(IDENTIFIERS)
     args = _configs(tmp_path, source_db, dest_db, "snapshot:\n  threads: 3\n  min-job-size-rows: 200\n")
     assert run_cli(*args) == 0
@@ -126,10 +152,13 @@ def test_identifiers_keys_toast_partitions_and_empty_tables(source_db: Database,
     assert "public.no_key" in caplog.text and "no primary key" in caplog.text
 
 
-def test_filter_selects_tables_columns_and_rows(source_db: Database, dest_db: Database, tmp_path: Path) -> None:
+def test_filter_selects_tables_columns_and_rows(
+    source_db: Database, dest_db: Database, tmp_path: Path
+) -> None:
     source_db.execute(
         """CREATE TABLE customers (id integer PRIMARY KEY, name text, "FB" text, "IG" text, secret text);
-           INSERT INTO customers SELECT g, 'n' || g, 'fb' || g, 'ig' || g, 's' || g FROM generate_series(1, 1000) g;
+           INSERT INTO customers SELECT g, 'n' || g, 'fb' || g, 'ig' || g, 's' || g FROM generate_series(1,
+               1000) g;
            CREATE TABLE orders (id integer PRIMARY KEY, amount numeric);
            INSERT INTO orders SELECT g, g FROM generate_series(1, 1000) g;
            CREATE TABLE ignored (id integer PRIMARY KEY);"""
@@ -150,21 +179,27 @@ def test_filter_selects_tables_columns_and_rows(source_db: Database, dest_db: Da
     assert run_cli(*_configs(tmp_path, source_db, dest_db), "--filter", filt) == 0
     tables = dest_db.fetchall("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
     assert tables == [("customers",), ("orders",)]
-    cols = dest_db.fetchall("SELECT attname FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attnum > 0 ORDER BY attnum")
+    cols = dest_db.fetchall(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'customers'::regclass AND attnum > 0 ORDER BY "
+        "attnum"
+    )
     assert cols == [("id",), ("name",), ("FB",), ("IG",)]  # the key comes along; `secret` does not
     assert dest_db.fetchone("SELECT count(*) FROM customers") == 99
     assert dest_db.fetchone("SELECT count(*) FROM customers WHERE name = 'n7'") == 0
     assert checksum(dest_db, "public", "orders") == checksum(source_db, "public", "orders")
 
 
-def test_split_key_chunks_with_and_without_hints(source_db: Database, dest_db: Database, tmp_path: Path) -> None:
+def test_split_key_chunks_with_and_without_hints(
+    source_db: Database, dest_db: Database, tmp_path: Path
+) -> None:
     source_db.execute(
         """CREATE TABLE big (id bigint PRIMARY KEY, at timestamptz, v text);
            INSERT INTO big SELECT g, '2024-01-01'::timestamptz + g * interval '1 minute', md5(g::text)
            FROM generate_series(1, 20000) g;
            INSERT INTO big VALUES (0, NULL, 'null key');
            CREATE TABLE stamped (id bigint PRIMARY KEY, at timestamptz);
-           INSERT INTO stamped SELECT g, CASE WHEN g % 100 = 0 THEN NULL ELSE '2024-01-01'::timestamptz + g * interval '1 second' END
+           INSERT INTO stamped SELECT g,
+               CASE WHEN g % 100 = 0 THEN NULL ELSE '2024-01-01'::timestamptz + g * interval '1 second' END
            FROM generate_series(1, 5000) g;
            ANALYZE;"""
     )
@@ -189,7 +224,8 @@ def test_split_key_chunks_with_and_without_hints(source_db: Database, dest_db: D
     for table in ("big", "stamped"):
         assert checksum(dest_db, "public", table) == checksum(source_db, "public", table)
     chunks = dest_db.fetchall(
-        "SELECT table_name, count(*), bool_and(kind = 'key') FROM _replicator.snapshot_chunks GROUP BY 1 ORDER BY 1"
+        "SELECT table_name, count(*), bool_and(kind = 'key') FROM _replicator.snapshot_chunks GROUP BY 1 "
+        "ORDER BY 1"
     )
     assert chunks == [("big", 8, True), ("stamped", 5, True)]
 
@@ -197,7 +233,10 @@ def test_split_key_chunks_with_and_without_hints(source_db: Database, dest_db: D
 def test_existing_destination_table_is_emptied_and_reruns_skip_done_tables(
     source_db: Database, dest_db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    source_db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 50) g")
+    source_db.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM "
+        "generate_series(1, 50) g"
+    )
     dest_db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t VALUES (1000, 'stale')")
     args = _configs(tmp_path, source_db, dest_db)
     assert run_cli(*args) == 0
@@ -216,7 +255,10 @@ def test_live_progress_display(source_db: Database, dest_db: Database, tmp_path:
     from replicator.job import Job
     from replicator.snapshot.runner import run_snapshot
 
-    source_db.execute("CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 5000) g")
+    source_db.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM "
+        "generate_series(1, 5000) g"
+    )
     job = Job(
         load_connection(source_db.write_config(tmp_path / "s.yaml"), "source"),
         load_connection(dest_db.write_config(tmp_path / "d.yaml"), "destination"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from replicator.decoding.changes import Change, ReplicaIdentity
 from replicator.source.describe import describe_table
-
 from tests.replication import Replication
 
 

@@ -11,7 +11,6 @@ from replicator.decoding.changes import Change, Commit
 from replicator.errors import SourceError
 from replicator.source.heartbeat import HeartbeatWriter, ensure_heartbeat_table
 from replicator.source.publication import PublishedTable, ensure_publication
-
 from tests.replication import Replication, flush_lsn, read_until
 
 
@@ -31,7 +30,8 @@ def test_table_is_created_in_the_arcion_shape(replication: Replication) -> None:
         ensure_heartbeat_table(conn, hb)  # idempotent
     assert replication.db.fetchall(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod), i.indisprimary FROM pg_attribute a "
-        "JOIN pg_index i ON i.indrelid = a.attrelid AND a.attnum = ANY (i.indkey) WHERE a.attrelid = 'ops.beat'::regclass"
+        "JOIN pg_index i ON i.indrelid = a.attrelid AND a.attnum = ANY (i.indkey) WHERE a.attrelid = "
+        "'ops.beat'::regclass"
     ) == [("ts", "bigint", True)]
 
 

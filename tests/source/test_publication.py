@@ -8,7 +8,6 @@ import pytest
 from replicator.decoding.changes import Change
 from replicator.errors import SourceError
 from replicator.source.publication import PublishedTable, ensure_publication
-
 from tests.replication import Replication
 
 T = PublishedTable("public", "t")
@@ -62,10 +61,13 @@ def test_reports_every_problem_with_its_fix(replication: Replication) -> None:
         "  - it does not publish update, delete, truncate; "
         "fix: ALTER PUBLICATION \"pub\" SET (publish = 'insert, update, delete, truncate');",
         "  - its column list for public.t leaves out b; "
-        'fix: ALTER PUBLICATION "pub" DROP TABLE "public"."t"; ALTER PUBLICATION "pub" ADD TABLE "public"."t";',
+        'fix: ALTER PUBLICATION "pub" DROP TABLE "public"."t"; ALTER PUBLICATION "pub" ADD TABLE '
+        '"public"."t";',
         '  - it does not include public.u; fix: ALTER PUBLICATION "pub" ADD TABLE "public"."u";',
-        "  - it filters the rows of public.w (WHERE (n > 0)): changes to rows outside the filter would be lost; "
-        'fix: ALTER PUBLICATION "pub" DROP TABLE "public"."w"; ALTER PUBLICATION "pub" ADD TABLE "public"."w";',
+        "  - it filters the rows of public.w (WHERE (n > 0)): changes to rows outside the filter would be "
+        "lost; "
+        'fix: ALTER PUBLICATION "pub" DROP TABLE "public"."w"; ALTER PUBLICATION "pub" ADD TABLE '
+        '"public"."w";',
         "  - public.parted is partitioned and the publication does not publish via the partition root "
         "(changes would arrive under each partition's name); "
         'fix: ALTER PUBLICATION "pub" SET (publish_via_partition_root = true);',

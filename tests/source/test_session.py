@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from replicator.decoding.changes import Change
-
 from tests.replication import Replication
 
 

@@ -18,7 +18,6 @@ from replicator.source.slots import (
     get_slot,
     wal2json_accepts,
 )
-
 from tests.replication import Replication, flush_lsn, read_until
 
 

@@ -9,7 +9,6 @@ import pytest
 from replicator.decoding.changes import Begin, Change, Commit
 from replicator.errors import SourceError
 from replicator.source.stream import SlotInUse
-
 from tests.replication import Replication, flush_lsn, read_until
 
 

@@ -13,7 +13,6 @@ from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.errors import SourceError
 from replicator.lsn import Lsn
 from replicator.source.stream import ReplicationLost, ReplicationStream, SlotInUse
-
 from tests.replication import Replication, flush_lsn, read_until
 
 

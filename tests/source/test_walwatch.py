@@ -9,7 +9,6 @@ import pytest
 from replicator.config.connection import LogMonitoring
 from replicator.errors import SourceError
 from replicator.source.walwatch import GB, WalWatch
-
 from tests.replication import Replication
 
 

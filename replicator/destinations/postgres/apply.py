@@ -125,8 +125,12 @@ class Writer:
         dest = target.table
         added = [c for c in rel.columns if c.name not in dest.columns]
         lost = [
-            c.name for c in dest.columns.values()
-            if c.name not in rel.names and c.not_null and not c.generated and not self._deletes.is_ours(c.name)
+            c.name
+            for c in dest.columns.values()
+            if c.name not in rel.names
+            and c.not_null
+            and not c.generated
+            and not self._deletes.is_ours(c.name)
         ]
         if not added and not lost:
             return
@@ -140,7 +144,9 @@ class Writer:
             new_columns.append((col.name, type_sql))
         ddl.add_columns(self.conn, dest, new_columns)
         for name in lost:
-            log.info("%s: column %s is gone at the source; it takes NULLs from now on", rel.qualified_name, name)
+            log.info(
+                "%s: column %s is gone at the source; it takes NULLs from now on", rel.qualified_name, name
+            )
         ddl.drop_not_null(self.conn, dest, lost)
         self._altered.add(dest.key)
         refreshed = ddl.describe_table(self.conn, dest.schema, dest.name)
@@ -181,7 +187,9 @@ class Writer:
                     self._update(target, batch, group)
             self.applied_changes += batch.changes
 
-    def _stage(self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]], role: str = "") -> sql.Identifier:
+    def _stage(
+        self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]], role: str = ""
+    ) -> sql.Identifier:
         """COPY ``rows`` (text-format values) into a stage shaped like ``columns``."""
         return self.session.stages.fill(t.table, columns, copytext.copy_text(rows, len(columns)), role)
 
@@ -190,7 +198,9 @@ class Writer:
         no stage to fill); other keys are staged."""
         type_sql = t.table.columns[t.key[0]].type_sql
         if literal is not None and len(t.key) == 1 and not t.key_nullable and not type_sql.endswith("]"):
-            where = sql.SQL("{} = ANY({}::{}[])").format(sql.Identifier(t.key[0]), sql.Placeholder(), sql.SQL(type_sql))
+            where = sql.SQL("{} = ANY({}::{}[])").format(
+                sql.Identifier(t.key[0]), sql.Placeholder(), sql.SQL(type_sql)
+            )
             self.conn.execute(self._deletes.delete_where(t.table, where), (literal,))
             return
         stage = self._stage(t, t.key, keys)
@@ -199,7 +209,11 @@ class Writer:
     def _columns(self, t: Target, batch: fold.TableBatch) -> list[tuple[int, str]]:
         """(position in the stream's values, name) of the columns the destination stores."""
         dest = t.table.columns
-        return [(i, c.name) for i, c in enumerate(batch.relation.columns) if c.name in dest and not dest[c.name].generated]
+        return [
+            (i, c.name)
+            for i, c in enumerate(batch.relation.columns)
+            if c.name in dest and not dest[c.name].generated
+        ]
 
     def _upsert(
         self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert], fresh: bool, text: str | None = None
@@ -219,9 +233,20 @@ class Writer:
         if text is not None:
             stage = self.session.stages.fill(t.table, names, text, role)
         else:
-            stage = self._stage(t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)), role)
-        merge(self.conn, t.table, stage, names, t.key, len(ops),
-              key_nullable=t.key_nullable, deletes=self._deletes, expect_new=fresh)
+            stage = self._stage(
+                t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)), role
+            )
+        merge(
+            self.conn,
+            t.table,
+            stage,
+            names,
+            t.key,
+            len(ops),
+            key_nullable=t.key_nullable,
+            deletes=self._deletes,
+            expect_new=fresh,
+        )
 
     def _copy_fresh(self, t: Target, names: Sequence[str], text: str) -> bool:
         """COPY rows expected to be new straight into the table: no stage to fill and read, no
@@ -236,7 +261,9 @@ class Writer:
         self._savepoints += 1
         self.conn.execute("SAVEPOINT _replicator_fresh")
         try:
-            with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(ident(t.table), names_sql(names))) as copy:
+            with self.conn.cursor().copy(
+                sql.SQL("COPY {} ({}) FROM STDIN").format(ident(t.table), names_sql(names))
+            ) as copy:
                 copy.write(text)
         except psycopg.errors.UniqueViolation:
             self.conn.execute("ROLLBACK TO SAVEPOINT _replicator_fresh; RELEASE SAVEPOINT _replicator_fresh")
@@ -246,7 +273,11 @@ class Writer:
 
     def _update(self, t: Target, batch: fold.TableBatch, ops: list[fold.Upsert]) -> None:
         """Rows whose unchanged TOAST values stay as the destination holds them."""
-        cols = [(i, n) for i, n in self._columns(t, batch) if ops[0].values[i] is not UNCHANGED_TOAST or n in t.key]
+        cols = [
+            (i, n)
+            for i, n in self._columns(t, batch)
+            if ops[0].values[i] is not UNCHANGED_TOAST or n in t.key
+        ]
         names = [n for _, n in cols]
         stage = self._stage(t, names, _project(ops, [i for i, _ in cols], len(batch.relation.columns)))
         update = update_from(t.table, stage, names, t.key, t.key_nullable, self._deletes)
@@ -270,12 +301,14 @@ class Writer:
             for k, v in zip(t.key, op.base_key, strict=True)
         )
         names = [n for _, n in cols]
-        sets = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key)
+        sets = sql.SQL(", ").join(
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in t.key
+        )
         table = ident(t.table)
         self.conn.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE {} ON CONFLICT ({}) DO UPDATE SET {}").format(
-                table, names_sql(names), sql.SQL(", ").join(exprs), table, where, names_sql(t.key), sets
-            )
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT {} FROM {} WHERE {} ON CONFLICT ({}) DO UPDATE SET {}"
+            ).format(table, names_sql(names), sql.SQL(", ").join(exprs), table, where, names_sql(t.key), sets)
         )
 
     def _apply_in_order(self, t: Target, batch: fold.TableBatch) -> None:
@@ -289,14 +322,18 @@ class Writer:
                 new = ch.new
                 self.conn.execute(
                     sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                        table, names_sql(names), sql.SQL(", ").join(self._typed(t, n, new[i]) for i, n in cols)
+                        table,
+                        names_sql(names),
+                        sql.SQL(", ").join(self._typed(t, n, new[i]) for i, n in cols),
                     )
                 )
                 continue
             assert ch.old is not None
             old = ch.old
             same = sql.SQL(" AND ").join(
-                sql.SQL("{}::text IS NOT DISTINCT FROM {}::text").format(sql.Identifier(n), self._typed(t, n, old[i]))
+                sql.SQL("{}::text IS NOT DISTINCT FROM {}::text").format(
+                    sql.Identifier(n), self._typed(t, n, old[i])
+                )
                 for i, n in cols
                 if old[i] is not UNCHANGED_TOAST
             )

@@ -10,7 +10,9 @@ destination stores every one of those columns (the usual case) and otherwise wor
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
+from replicator.decoding.changes import Value
 from replicator.decoding.fold import Folded, Prepared, TableBatch
 
 # COPY text format: backslash, and the characters that would end a field or a row.
@@ -40,8 +42,11 @@ def prepare_all(folded: Folded) -> Folded:
     return folded
 
 
-def copy_text(rows: Sequence[Sequence[str | None]], width: int) -> str:
+def copy_text(rows: Sequence[Sequence[Value]], width: int) -> str:
     """Rows of text values (None: NULL), each ``width`` long, in COPY's text format.
+
+    No value is UNCHANGED_TOAST here: rows with such values are never staged whole (partial
+    updates stage only the columns that came, see apply.py).
 
     Values almost never hold a backslash, tab, newline or carriage return, so rows are joined
     as they are and the whole text is checked once for those characters (a few fast scans);
@@ -50,11 +55,14 @@ def copy_text(rows: Sequence[Sequence[str | None]], width: int) -> str:
     """
     if not rows:
         return ""
+    texts = cast(Sequence[Sequence[str]], rows)  # None is handled below; see the docstring for the rest
     join = "\t".join
-    text = "\n".join([join(r) if None not in r else join(["\0" if v is None else v for v in r]) for r in rows])  # type: ignore[misc]
+    text = "\n".join(
+        [join(r) if None not in r else join(["\0" if v is None else v for v in r]) for r in texts]
+    )
     n = len(rows)
     if "\\" in text or "\r" in text or text.count("\n") != n - 1 or text.count("\t") != n * (width - 1):
-        return "".join(map(_copy_line, rows))
+        return "".join(map(_copy_line, cast(Sequence[Sequence[str | None]], rows)))
     if "\0" in text:
         text = text.replace("\0", "\\N")
     return text + "\n"
@@ -64,14 +72,14 @@ def _copy_line(row: Sequence[str | None]) -> str:
     return "\t".join("\\N" if v is None else v.translate(_COPY_ESCAPES) for v in row) + "\n"
 
 
-def array_literal(values: Sequence[str | None]) -> str | None:
+def array_literal(values: Sequence[Value]) -> str | None:
     """A PostgreSQL array literal of text-format values (None if one is NULL: stage those instead).
 
     Every element is double-quoted; backslashes and double quotes are escaped only if the
     values hold any (one scan of them all, in C)."""
     if None in values:
         return None
-    items: Sequence[str] = values  # type: ignore[assignment]
+    items = cast(Sequence[str], values)  # key values: never UNCHANGED_TOAST in a delete
     joined = "".join(items)
     if '"' in joined or "\\" in joined:
         items = [v.replace("\\", "\\\\").replace('"', '\\"') for v in items]

@@ -65,12 +65,18 @@ def ensure_types(conn: psycopg.Connection[Any], catalog: Catalog, columns: tuple
             with conn.transaction():
                 conn.execute(ddl)
         except psycopg.Error as e:
-            raise DestinationError(f"cannot create type {t.display} in the destination: {_reason(e)}") from None
+            raise DestinationError(
+                f"cannot create type {t.display} in the destination: {_reason(e)}"
+            ) from None
 
 
-def _add_missing_enum_labels(conn: psycopg.Connection[Any], schema: str, name: str, labels: tuple[str, ...]) -> None:
+def _add_missing_enum_labels(
+    conn: psycopg.Connection[Any], schema: str, name: str, labels: tuple[str, ...]
+) -> None:
     oid = _type_oid(conn, schema, name)
-    have = {r[0] for r in conn.execute("SELECT enumlabel FROM pg_enum WHERE enumtypid = %s", (oid,)).fetchall()}
+    have = {
+        r[0] for r in conn.execute("SELECT enumlabel FROM pg_enum WHERE enumtypid = %s", (oid,)).fetchall()
+    }
     for label in labels:
         if label not in have:
             conn.execute(
@@ -181,7 +187,9 @@ def build_key(conn: psycopg.Connection[Any], st: SelectedTable) -> None:
                     )
                 )
     except psycopg.Error as e:
-        raise DestinationError(f"cannot build the key ({', '.join(st.key)}) of {st.display}: {_reason(e)}") from None
+        raise DestinationError(
+            f"cannot build the key ({', '.join(st.key)}) of {st.display}: {_reason(e)}"
+        ) from None
 
 
 def copy_columns(st: SelectedTable, dest: DestTable) -> tuple[str, ...]:

@@ -43,38 +43,42 @@ class DeletePolicy:
 
     # Deleting. A table that receives changes has the flag (``add_column``) when deletes are soft.
 
-    def delete_where(self, table: DestTable, where: sql.Composable) -> sql.Composable:
+    def delete_where(self, table: DestTable, where: sql.Composable) -> sql.Composed:
         """Remove the rows of ``table`` matching ``where``."""
         if self.soft:
             return sql.SQL("UPDATE {} SET {} = true WHERE {}").format(ident(table), _FLAG, where)
         return sql.SQL("DELETE FROM {} WHERE {}").format(ident(table), where)
 
-    def delete_using(self, table: DestTable, stage: sql.Composable, match: sql.Composable) -> sql.Composable:
-        """Remove the rows of ``table`` (alias ``d``) that have a row in ``stage`` (alias ``s``) by ``match``."""
+    def delete_using(self, table: DestTable, stage: sql.Composable, match: sql.Composable) -> sql.Composed:
+        """Remove the rows of ``table`` (alias ``d``) that have a row in ``stage`` (alias ``s``) by
+        ``match``."""
         if self.soft:
             return sql.SQL("UPDATE {} AS d SET {} = true FROM {} AS s WHERE {}").format(
                 ident(table), _FLAG, stage, match
             )
         return sql.SQL("DELETE FROM {} AS d USING {} AS s WHERE {}").format(ident(table), stage, match)
 
-    def delete_aliased(self, table: DestTable, where: sql.Composable) -> sql.Composable:
-        """Remove the rows of ``table`` (alias ``d``) matching ``where``, not counting rows already deleted."""
+    def delete_aliased(self, table: DestTable, where: sql.Composable) -> sql.Composed:
+        """Remove the rows of ``table`` (alias ``d``) matching ``where``, not counting rows already
+        deleted."""
         if self.soft:
-            return sql.SQL("UPDATE {} d SET {} = true WHERE NOT d.{} AND {}").format(ident(table), _FLAG, _FLAG, where)
+            return sql.SQL("UPDATE {} d SET {} = true WHERE NOT d.{} AND {}").format(
+                ident(table), _FLAG, _FLAG, where
+            )
         return sql.SQL("DELETE FROM {} d WHERE {}").format(ident(table), where)
 
-    def truncate(self, table: DestTable) -> sql.Composable:
+    def truncate(self, table: DestTable) -> sql.Composed:
         if self.soft:
             return sql.SQL("UPDATE {} SET {} = true").format(ident(table), _FLAG)
         return sql.SQL("TRUNCATE {}").format(ident(table))
 
     # Writing and reading. A table only loaded so far (a snapshot) may not have the flag yet.
 
-    def revive(self, table: DestTable) -> list[sql.Composable]:
+    def revive(self, table: DestTable) -> list[sql.Composed]:
         """SET items for a row written again: a soft-deleted key that comes back is live."""
         return [sql.SQL("{} = false").format(_FLAG)] if self._flagged(table) else []
 
-    def live(self, table: DestTable, alias: str) -> list[sql.Composable]:
+    def live(self, table: DestTable, alias: str) -> list[sql.Composed]:
         """Predicates keeping only the live rows of ``table`` (as ``alias``)."""
         return [sql.SQL("NOT {}.{}").format(sql.Identifier(alias), _FLAG)] if self._flagged(table) else []
 

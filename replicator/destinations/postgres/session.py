@@ -167,13 +167,23 @@ class PostgresSession:
         merge_key: tuple[str, ...] = (),
         expect_new: bool = True,
     ) -> RelayResult:
-        return load.load(self.conn, self.stages, self.deletes, table, columns, binary, fill, merge_key, expect_new)
+        return load.load(
+            self.conn, self.stages, self.deletes, table, columns, binary, fill, merge_key, expect_new
+        )
 
-    def key_range_digest(self, table: DestTable, order: KeyOrder, lower: Bound | None, upper: Bound | None) -> Digest:
+    def key_range_digest(
+        self, table: DestTable, order: KeyOrder, lower: Bound | None, upper: Bound | None
+    ) -> Digest:
         return load.key_range_digest(self.conn, self.deletes, table, order, lower, upper)
 
     def delete_absent(
-        self, table: DestTable, order: KeyOrder, lower: Bound | None, upper: Bound | None, binary: bool, fill: Fill
+        self,
+        table: DestTable,
+        order: KeyOrder,
+        lower: Bound | None,
+        upper: Bound | None,
+        binary: bool,
+        fill: Fill,
     ) -> int:
         with self.transaction():  # each range commits on its own: deleting is idempotent
             return load.delete_absent(self.conn, self.deletes, table, order, lower, upper, binary, fill)

@@ -60,9 +60,9 @@ class Stages:
             self._seq += 1
             stage = sql.Identifier(f"_replicator_stage_{self._seq}")
             self.conn.execute(
-                sql.SQL("CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA").format(
-                    stage, names_sql(columns), ident(table)
-                )
+                sql.SQL(
+                    "CREATE TEMP TABLE {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA"
+                ).format(stage, names_sql(columns), ident(table))
             )
             self._stages[sig] = stage
         elif sig in self._filled:
@@ -73,7 +73,9 @@ class Stages:
     def fill(self, table: DestTable, columns: Sequence[str], text: str, role: str = "") -> sql.Identifier:
         """A stage holding ``text`` (rows in COPY's text format)."""
         stage = self.take(table, columns, role)
-        with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, names_sql(columns))) as copy:
+        with self.conn.cursor().copy(
+            sql.SQL("COPY {} ({}) FROM STDIN").format(stage, names_sql(columns))
+        ) as copy:
             copy.write(text)
         return stage
 
@@ -101,15 +103,17 @@ class Stages:
         return list(self._stages.values())
 
 
-def names_sql(names: Iterable[str]) -> sql.Composable:
+def names_sql(names: Iterable[str]) -> sql.Composed:
     return sql.SQL(", ").join(sql.Identifier(n) for n in names)
 
 
-def match(key: Sequence[str], key_nullable: bool, left: str = "d", right: str = "s") -> sql.Composable:
+def match(key: Sequence[str], key_nullable: bool, left: str = "d", right: str = "s") -> sql.Composed:
     """The key of ``left`` equals the key of ``right``."""
     op = sql.SQL(" IS NOT DISTINCT FROM ") if key_nullable else sql.SQL(" = ")
     return sql.SQL(" AND ").join(
-        sql.SQL("{}.{}{}{}.{}").format(sql.Identifier(left), sql.Identifier(k), op, sql.Identifier(right), sql.Identifier(k))
+        sql.SQL("{}.{}{}{}.{}").format(
+            sql.Identifier(left), sql.Identifier(k), op, sql.Identifier(right), sql.Identifier(k)
+        )
         for k in key
     )
 
@@ -121,7 +125,7 @@ def update_from(
     key: Sequence[str],
     key_nullable: bool,
     deletes: DeletePolicy,
-) -> sql.Composable | None:
+) -> sql.Composed | None:
     """UPDATE the rows of ``table`` that have a staged row with their key; None if nothing to set."""
     sets = [sql.SQL("{0} = s.{0}").format(sql.Identifier(n)) for n in names if n not in key]
     sets += deletes.revive(table)
@@ -153,7 +157,9 @@ def merge(
     if key_nullable:
         sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in key]
         sets += deletes.revive(table)
-        action = sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sets)) if sets else sql.SQL("DO NOTHING")
+        action = (
+            sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(sets)) if sets else sql.SQL("DO NOTHING")
+        )
         conn.execute(
             sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}").format(
                 ident(table), cols, cols, stage, names_sql(key), action

@@ -105,7 +105,9 @@ class PgStateStore:
             # Two runs starting at once would race on CREATE ... IF NOT EXISTS in the catalogs.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('_replicator.schema'))")
             conn.execute("CREATE SCHEMA IF NOT EXISTS _replicator")
-            conn.execute("CREATE TABLE IF NOT EXISTS _replicator.meta (key text PRIMARY KEY, value text NOT NULL)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS _replicator.meta (key text PRIMARY KEY, value text NOT NULL)"
+            )
             row = conn.execute("SELECT value FROM _replicator.meta WHERE key = 'version'").fetchone()
             have = int(row[0]) if row else 0
             if have > VERSION:
@@ -168,7 +170,12 @@ class PgStateStore:
         }
 
     def record_table_plan(
-        self, job: str, table: TableName, created_by_us: bool, key_columns: Iterable[str], chunks: list[ChunkPlan]
+        self,
+        job: str,
+        table: TableName,
+        created_by_us: bool,
+        key_columns: Iterable[str],
+        chunks: list[ChunkPlan],
     ) -> None:
         self._conn.execute(
             """INSERT INTO _replicator.snapshot_tables
@@ -235,7 +242,8 @@ class PgStateStore:
 
     def slot_checkpoint(self, job: str, slot: str) -> Lsn | None:
         row = self._conn.execute(
-            "SELECT lsn::text FROM _replicator.slot_checkpoints WHERE job = %s AND slot_name = %s", (job, slot)
+            "SELECT lsn::text FROM _replicator.slot_checkpoints WHERE job = %s AND slot_name = %s",
+            (job, slot),
         ).fetchone()
         return Lsn.parse(row[0]) if row else None
 
@@ -250,7 +258,8 @@ class PgStateStore:
 
     def load_watermarks(self, job: str) -> dict[TableName, Watermark]:
         rows = self._conn.execute(
-            "SELECT schema_name, table_name, kind, watermark FROM _replicator.delta_watermarks WHERE job = %s",
+            "SELECT schema_name, table_name, kind, watermark FROM _replicator.delta_watermarks WHERE job = "
+            "%s",
             (job,),
         ).fetchall()
         return {(s, n): _watermark(kind, value) for s, n, kind, value in rows}
@@ -268,7 +277,8 @@ class PgStateStore:
         """Drop delta watermarks for these tables (``--fresh``): their next pass is a full snapshot."""
         for table in tables:
             self._conn.execute(
-                "DELETE FROM _replicator.delta_watermarks WHERE job = %s AND schema_name = %s AND table_name = %s",
+                "DELETE FROM _replicator.delta_watermarks WHERE job = %s AND schema_name = %s AND "
+                "table_name = %s",
                 (job, *table),
             )
 
@@ -286,7 +296,8 @@ class PgStateStore:
 
     def slot_progress(self) -> list[SlotProgress]:
         rows = self._conn.execute(
-            "SELECT job, slot_name, lsn::text, now() - updated_at FROM _replicator.slot_checkpoints ORDER BY 1, 2"
+            "SELECT job, slot_name, lsn::text, now() - updated_at FROM _replicator.slot_checkpoints ORDER "
+            "BY 1, 2"
         ).fetchall()
         return [SlotProgress(job, slot, Lsn.parse(lsn), age) for job, slot, lsn, age in rows]
 
@@ -295,7 +306,10 @@ class PgStateStore:
             """SELECT job, schema_name || '.' || table_name, kind, watermark, now() - updated_at
                FROM _replicator.delta_watermarks ORDER BY 1, 2"""
         ).fetchall()
-        return [WatermarkProgress(job, table, _watermark(kind, value), age) for job, table, kind, value, age in rows]
+        return [
+            WatermarkProgress(job, table, _watermark(kind, value), age)
+            for job, table, kind, value, age in rows
+        ]
 
 
 def _watermark(kind: str, value: str | None) -> Watermark:

@@ -38,7 +38,7 @@ def types_in_order(catalog: Catalog, columns: Iterable[Column]) -> list[UserType
     return ordered
 
 
-def create_type_sql(t: UserType) -> sql.Composable | None:
+def create_type_sql(t: UserType) -> sql.Composed | None:
     """DDL creating ``t`` in the destination; None when nothing is to be created for it.
 
     Array types come with their element type; extension types come with their extension.
@@ -65,11 +65,14 @@ def create_type_sql(t: UserType) -> sql.Composable | None:
         return sql.SQL(" ").join(parts)
     if t.kind == "c":
         fields = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_sql)) for name, type_sql, _ in t.attributes
+            sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_sql))
+            for name, type_sql, _ in t.attributes
         )
         return sql.SQL("CREATE TYPE {} AS ({})").format(t.ident, fields)
     if t.kind == "r":
-        return sql.SQL("CREATE TYPE {} AS RANGE (SUBTYPE = {})").format(t.ident, sql.SQL(t.range_subtype_sql or ""))
+        return sql.SQL("CREATE TYPE {} AS RANGE (SUBTYPE = {})").format(
+            t.ident, sql.SQL(t.range_subtype_sql or "")
+        )
     if t.kind == "m":
         return None  # created together with its range type
     raise DestinationError(
@@ -78,8 +81,9 @@ def create_type_sql(t: UserType) -> sql.Composable | None:
     )
 
 
-def column_sql(c: Column, as_generated: bool = True) -> sql.Composable:
-    """A column definition for CREATE TABLE: same type and collation; no defaults (values come from the source)."""
+def column_sql(c: Column, as_generated: bool = True) -> sql.Composed:
+    """A column definition for CREATE TABLE: same type and collation; no defaults (values come from the
+    source)."""
     parts: list[sql.Composable] = [sql.Identifier(c.name), sql.SQL(c.type_sql)]
     if c.collation:
         parts.append(sql.SQL("COLLATE {}").format(sql.SQL(c.collation)))

@@ -4,10 +4,9 @@ when the guess is wrong (a stream replayed over a later snapshot, a destination 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg import sql
 
@@ -23,7 +22,7 @@ from tests.conftest import Database
 REL = Relation(1, "public", "t", ReplicaIdentity.DEFAULT, (
     Column("id", 20, -1, True), Column("v", 25, -1, False),
 ))
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class Applier:
@@ -88,8 +87,14 @@ def apply(a: Applier, *changes: Change, lsn: int = 100) -> None:
 
 def test_inserts_of_rows_the_destination_already_has_update_them(dest: PostgresSession) -> None:
     dest.conn.execute("INSERT INTO t VALUES (1, 'old'), (2, 'old')")
-    apply(applier(dest), ch(Op.INSERT, ("1", "new")), ch(Op.INSERT, ("2", "new")), ch(Op.INSERT, ("3", "new")))
-    assert dest.conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [(1, "new"), (2, "new"), (3, "new")]
+    apply(
+        applier(dest), ch(Op.INSERT, ("1", "new")), ch(Op.INSERT, ("2", "new")), ch(Op.INSERT, ("3", "new"))
+    )
+    assert dest.conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [
+        (1, "new"),
+        (2, "new"),
+        (3, "new"),
+    ]
 
 
 def test_updates_of_rows_the_destination_lacks_insert_them(dest: PostgresSession) -> None:
@@ -156,7 +161,9 @@ def test_a_transaction_larger_than_a_flush_reuses_its_stages(dest: PostgresSessi
     changes += [ch(Op.UPDATE, (str(100 + i), f"updated {i}")) for i in range(10)]
     changes += [ch(Op.DELETE, old=(str(110 + i), None)) for i in range(5)]
     apply(a, *changes)  # 25 changes in flushes of 3, all in one destination transaction
-    apply(a, ch(Op.INSERT, ("50", "next")), ch(Op.UPDATE, ("120", "next")), lsn=200)  # stages emptied at commit
+    apply(
+        a, ch(Op.INSERT, ("50", "next")), ch(Op.UPDATE, ("120", "next")), lsn=200
+    )  # stages emptied at commit
     got = dict(dest.conn.execute("SELECT id, v FROM t").fetchall())
     want = {i: f"new {i}" for i in range(10)} | {100 + i: f"updated {i}" for i in range(10)}
     want |= {115 + i: "old" for i in range(5)} | {50: "next", 120: "next"}
@@ -171,13 +178,21 @@ def test_array_literal_quotes_every_key() -> None:
     assert array_literal(["1", None]) is None  # NULL keys are staged instead
 
 
-@pytest.mark.parametrize("key", ["plain", 'q"uote', "back\\slash", "com,ma", "{brace}", " spaced ", "NULL", ""])
+@pytest.mark.parametrize(
+    "key", ["plain", 'q"uote', "back\\slash", "com,ma", "{brace}", " spaced ", "NULL", ""]
+)
 def test_deletes_by_array_find_every_key(dest_db: Database, key: str) -> None:
     dest_db.execute("CREATE TABLE k (id text PRIMARY KEY, v text)")
     with dest_db.session() as session:
         conn = session.conn
         conn.execute("INSERT INTO k VALUES (%s, 'a'), ('other', 'b')", (key,))
-        rel = Relation(2, "public", "k", ReplicaIdentity.DEFAULT, (Column("id", 25, -1, True), Column("v", 25, -1, False)))
+        rel = Relation(
+            2,
+            "public",
+            "k",
+            ReplicaIdentity.DEFAULT,
+            (Column("id", 25, -1, True), Column("v", 25, -1, False)),
+        )
         a = Applier(session, table="k")
         a.change(Change(Op.DELETE, rel, None, (key, None), Lsn(1), 1, NOW))
         a.source_commit(Lsn(10))
