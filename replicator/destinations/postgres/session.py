@@ -113,13 +113,17 @@ class PostgresSession:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        # Nested inside an open transaction it is a savepoint: only the outermost one commits
+        # (and empties the stages); any rollback may have taken stages with it.
+        outermost = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         try:
             with self.conn.transaction():
                 yield
         except BaseException:
             self.stages.rolled_back()
             raise
-        self.stages.committed()
+        if outermost:
+            self.stages.committed()
 
     # -- tables ----------------------------------------------------------------------------
 
