@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator.conditions import require_expression
 from replicator.config.extractor import SnapshotConfig
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable
@@ -151,7 +152,8 @@ def select_sql(
     """``SELECT columns FROM relation WHERE predicates [AND the filter's condition]``."""
     where = list(predicates)
     if st.condition:
-        where.append(sql.SQL("({})").format(sql.SQL(st.condition)))
+        # Checked when the filter was loaded; checked again here, where it meets SQL.
+        where.append(sql.SQL("({})").format(sql.SQL(require_expression(st.condition, st.condition_where))))
     query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), relation or relation_sql(st))
     if where:
         query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(where))
