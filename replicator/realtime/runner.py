@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from replicator import state
 from replicator.connect import connect
+from replicator.destinations.compat import check_destination_tables
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.apply import Target
@@ -40,6 +41,9 @@ def prepare(job: Job, create_slots: bool = True, before_destination: Callable[[l
     with connect(job.source.value, "source", APP, autocommit=True) as src:
         with src.transaction():
             catalog, tables = select_realtime_tables(job, src)
+        # Before publications, slots or tables are made: every existing destination table must fit.
+        with connect(job.destination.value, "destination", APP, autocommit=True) as dst:
+            check_destination_tables(dst, tables)
         for warning in identity_warnings(tables):
             log.warning(warning)
         plans = plan_slots(job.source, tables)

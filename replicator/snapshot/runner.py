@@ -28,6 +28,7 @@ from replicator.catalog import Catalog, load_catalog
 from replicator.config.extractor import SnapshotConfig
 from replicator.connect import connect
 from replicator.destinations import postgres as dest
+from replicator.destinations.compat import check_destination_tables
 from replicator.errors import DestinationError, Interrupted
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
@@ -116,6 +117,8 @@ def run_snapshot(
             if only is not None:
                 selected = [s for s in selected if (s.table.schema, s.table.name) in only]
             check_conditions(exporter, selected)
+            # Before the first write (state included): an incompatible table must not cost the others their rows.
+            check_destination_tables(control, selected)
             state.ensure_schema(control)
             state.lock_job(control, job.job_id, "snapshot")
             if job.fresh:
@@ -178,6 +181,13 @@ def _prepare(
     plans: dict[tuple[str, str], list[state.ChunkPlan]] = {}
     for st in selected:
         ts = existing.get((st.table.schema, st.table.name))
+        if ts is not None and dest.describe_table(control, st.table.schema, st.table.name) is None:
+            # Dropped since an earlier run (as an incompatibility message advises): copy it from scratch.
+            log.info("%s: the destination table is gone since an earlier run; creating and copying it again", st.display)
+            with control.transaction():
+                state.forget_snapshot(control, job_id, [(st.table.schema, st.table.name)])
+            existing.pop((st.table.schema, st.table.name))
+            ts = None
         if ts is not None and ts.done:
             summary.skipped.append(st.display)
         else:
