@@ -7,11 +7,8 @@ servers: on the code before replicator/identity.py existed, the refused runs emp
 from __future__ import annotations
 
 import os
-import select
 import signal
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,50 +20,10 @@ from replicator.job import Job
 from replicator.localpg import SUPERUSER_PASSWORD, LocalCluster, _as_postgres, free_port, start_cluster
 from replicator.snapshot.runner import run_snapshot
 from tests.conftest import Database
-from tests.support import checksum, run_cli, spawn_cli, write
+from tests.support import PortForward, checksum, run_cli, spawn_cli, write
 
 ROWS = "CREATE TABLE victim (id integer PRIMARY KEY, v text); INSERT INTO victim SELECT g, 'v' || g FROM generate_series(1, 500) g"
 NO_HEARTBEAT = "realtime:\n  heartbeat:\n    enable: false\n"
-
-
-class PortForward:
-    """A TCP port on 127.0.0.1 that forwards to another one: a second way to reach the same server."""
-
-    def __init__(self, target_port: int):
-        self.target = target_port
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.closing = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closing:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while True:
-                ready, _, _ = select.select([a, b], [], [], 1.0)
-                for s in ready:
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    (b if s is a else a).sendall(data)
-        except OSError:
-            return
-        finally:
-            a.close()
-            b.close()
-
-    def close(self) -> None:
-        self.closing = True
-        self.server.close()
 
 
 @pytest.fixture
