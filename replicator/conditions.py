@@ -182,7 +182,7 @@ def verify(conn: psycopg.Connection[Any], table: sql.Composable, text: str, wher
         ) from None
     except psycopg.Error as e:
         reason = (e.diag.message_primary or str(e)).strip()
-        raise ConfigError(f"{where}: conditions: not a valid condition on {display}: {reason}") from None
+        raise ConfigError(f"{where}: conditions: not a valid predicate on {display}: {reason}") from None
 
 
 def _refuse_volatile(conn: psycopg.Connection[Any], text: str, where: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -163,6 +164,9 @@ def connect(
 
 def connect_failure_message(cfg: ConnectionConfig, role: str, exc: BaseException) -> str:
     text = _first_line(exc)
+    if cfg.credential_store is not None:
+        # The user name came from the secret: libpq's message must not echo it.
+        text = re.sub(r'user "[^"]*"', "user (from credential-store)", text)
     hint = ""
     mode = cfg.ssl.ssl_mode if cfg.ssl else "prefer"
     if "server does not support SSL, but SSL was required" in text:

@@ -252,5 +252,12 @@ def _match(name: str, candidates: dict[str, Any]) -> Any:
 
 
 def _did_you_mean(name: str, known: list[str]) -> str:
+    same_but_case = sorted(k for k in known if k.lower() == name.lower())
+    if len(same_but_case) > 1:
+        both = " and ".join(f'"{k}"' for k in same_but_case)
+        return (
+            f"; '{name}' matches {both} when case is ignored, so it names neither: write one of them exactly "
+            f"(names are case-sensitive)"
+        )
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
