@@ -20,6 +20,7 @@ from replicator.config.extractor import SnapshotConfig
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable
 from replicator.state import ChunkPlan
+from replicator.typemap import without_typmod
 
 ROWS_PER_PAGE_GUESS = 60  # for tables never analyzed: a typical row is ~100-150 bytes
 
@@ -78,7 +79,7 @@ def _plan_by_key(conn: psycopg.Connection[Any], st: SelectedTable, cfg: Snapshot
     assert st.split_key is not None
     col = st.table.column(st.split_key)
     assert col is not None  # checked when the extractor config was applied
-    base_type = col.type_sql.split("(")[0]
+    base_type = without_typmod(col.type_sql)
     if base_type not in _INTEGER_TYPES | _TEMPORAL_TYPES | {"numeric"}:
         raise ConfigError(
             f"{where}: split-key: column '{col.name}' of {st.display} has type {col.type_sql}; "
