@@ -23,6 +23,7 @@ from replicator.realtime.setup import (
     prepare_destination,
     prepare_source,
     select_realtime_tables,
+    unlogged_warnings,
 )
 from replicator.source.slots import ensure_slot
 
@@ -44,7 +45,8 @@ def prepare(job: Job, create_slots: bool = True, before_destination: Callable[[l
         # Before publications, slots or tables are made: every existing destination table must fit.
         with connect(job.destination.value, "destination", APP, autocommit=True) as dst:
             check_destination_tables(dst, tables)
-        for warning in identity_warnings(tables):
+        full = before_destination is not None  # the full mode snapshots before the destination step
+        for warning in identity_warnings(tables) + unlogged_warnings(tables, "full" if full else "realtime"):
             log.warning(warning)
         plans = plan_slots(job.source, tables)
         heartbeat = prepare_source(job, src, plans)
@@ -55,7 +57,8 @@ def prepare(job: Job, create_slots: bool = True, before_destination: Callable[[l
         before_destination(plans)
     with connect(job.destination.value, "destination", APP, autocommit=True) as dst:
         state.ensure_schema(dst)
-        targets = prepare_destination(job, dst, catalog, tables)
+        # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
+        targets = prepare_destination(job, dst, catalog, [t for t in tables if not t.table.unlogged])
     return Prepared(plans, targets, heartbeat is not None)
 
 
