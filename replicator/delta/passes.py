@@ -110,12 +110,16 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
         with src.transaction():
             catalog = load_catalog(src)
         tables = select_delta_tables(src, job, catalog)
-        check_destination_tables(control, [t.st for t in tables])
         if fresh:
+            # Every table is emptied and copied again: all must fit before any state is forgotten.
+            check_destination_tables(control, [t.st for t in tables])
             with control.transaction():
                 state.forget_watermarks(control, job.job_id, [t.ident for t in tables])
                 state.forget_snapshot(control, job.job_id, [t.ident for t in tables])
         new, resumed, ready = _classify(control, job.job_id, tables)
+        if not fresh:
+            # The tables this pass snapshots (and may empty first) must all fit before any is touched.
+            check_destination_tables(control, [t.st for t in new + resumed])
         is_new = {t.ident for t in new}
         snapshotted = is_new | {t.ident for t in resumed}
         # A snapshot reuses an existing destination table as is, and builds keys only on
