@@ -117,8 +117,9 @@ def run_snapshot(
             if only is not None:
                 selected = [s for s in selected if (s.table.schema, s.table.name) in only]
             check_conditions(exporter, selected)
-            # Before the first write (state included): an incompatible table must not cost the others their rows.
-            check_destination_tables(control, selected)
+            # Before the first write, state included: every table this run may empty must fit
+            # (with --fresh all of them, before any progress is forgotten).
+            check_destination_tables(control, selected if job.fresh else unfinished_tables(control, job.job_id, selected))
             state.ensure_schema(control)
             state.lock_job(control, job.job_id, "snapshot")
             if job.fresh:
@@ -153,6 +154,16 @@ def run_snapshot(
         if scope is None:
             control.close()
         exporter.close()
+
+
+def unfinished_tables(
+    control: psycopg.Connection[Any], job_id: str, tables: list[SelectedTable]
+) -> list[SelectedTable]:
+    """The tables whose snapshot is not done according to the destination's state (all, without state)."""
+    if control.execute("SELECT to_regclass('_replicator.snapshot_tables')").fetchone() == (None,):
+        return tables
+    done = {key for key, ts in state.load_snapshot_state(control, job_id).items() if ts.done}
+    return [t for t in tables if (t.table.schema, t.table.name) not in done]
 
 
 def _open_snapshot(conn: psycopg.Connection[Any], imported: str | None) -> str:
@@ -195,6 +206,10 @@ def _prepare(
             if ts is None:
                 # Plan every new table before creating any, so a bad split key stops the run cleanly.
                 plans[(st.table.schema, st.table.name)] = plan_table(exporter, st, cfg)
+    # Before the first table is created or emptied: one that cannot take its rows stops them all.
+    # (Tables finished earlier are not touched, so not checked: a column added at the source since
+    # then is the stream's to add.)
+    check_destination_tables(control, todo)
     works = []
     for st in todo:
         key = (st.table.schema, st.table.name)

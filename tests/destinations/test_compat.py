@@ -148,3 +148,24 @@ def test_delta_snapshot_and_full_refuse_before_touching_anything(
         source_db.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (slot,)
         )
+
+
+def test_a_column_added_at_the_source_after_a_full_run_does_not_block_the_next_one(
+    source_db: Database, dest_db: Database, tmp_path: Path
+) -> None:
+    """Finished tables are not emptied again, so they are not checked: the stream adds the column."""
+    source_db.execute(SOURCE)
+    slot = f"slot_{source_db.name}"
+    source = source_db.write_config(tmp_path / "source.yaml", **{"replication-slots": {slot: ["pgoutput"]}, "publication": f"{slot}_pub"})
+    args = ["run", "full", "--once", "--no-progress", "--source", source, "--destination",
+            dest_db.write_config(tmp_path / "destination.yaml"),
+            "--extractor", write(tmp_path / "extractor.yaml", "realtime:\n  heartbeat:\n    enable: false\n")]
+    try:
+        assert run_cli(*args) == 0
+        source_db.execute("ALTER TABLE odd ADD COLUMN extra text; UPDATE odd SET extra = 'x' WHERE id <= 5")
+        assert run_cli(*args) == 0
+        assert checksum(dest_db, "public", "odd") == checksum(source_db, "public", "odd")
+    finally:
+        source_db.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        )
