@@ -7,7 +7,6 @@ import pytest
 
 from replicator.config import load_connection
 from replicator.connect import ConnectError, connect
-
 from tests.conftest import Database
 from tests.support import PortForward, run_cli
 

@@ -107,9 +107,11 @@ def _read_only(conn: psycopg.Connection[Any]) -> list[str]:
     if row[0]:
         return ["the destination server is a hot standby (read-only): point the destination at its primary"]
     if row[1]:
-        return [f"the destination database {row[2]} is read-only (default_transaction_read_only = on); fix: "
-                f"ALTER DATABASE {_quoted(conn, row[2])} SET default_transaction_read_only = off; (or point the "
-                f"destination at a writable database)"]
+        fix = f"ALTER DATABASE {_quoted(conn, row[2])} SET default_transaction_read_only = off"
+        return [(
+            f"the destination database {row[2]} is read-only (default_transaction_read_only = on); fix: {fix}; "
+            f"(or point the destination at a writable database)"
+        )]
     return []
 
 

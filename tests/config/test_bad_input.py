@@ -28,7 +28,7 @@ def _cli_in_child(*args: str | Path, timeout: float = 30) -> tuple[int, str]:
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "replicator", *map(str, args)], capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=limit,
+            env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=limit, check=False,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"replicator {' '.join(map(str, args))} still running after {timeout} s")
