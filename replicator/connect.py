@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import psycopg
@@ -11,23 +12,26 @@ from psycopg.conninfo import make_conninfo
 
 from replicator.config.connection import ConnectionConfig
 from replicator.errors import ReplicatorError
-from replicator.retry import first_line, is_transient, retrying
+from replicator.retry import first_line, is_transient, permanent_connect_failure, retrying
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ConnectError", "connect", "permanent_connect_failure", "retrying_for"]
 
 
 class ConnectError(ReplicatorError):
     """A database could not be reached or refused us, after ``connect``'s own retries.
 
-    Not transient (those retries are spent). ``recoverable``: whether the cause may go away by
-    itself (the server was unreachable), so that starting over later may succeed, as opposed
-    to a server refusing us (see ``retry``)."""
+    Not transient: those retries are spent. ``permanent`` when the server refused us (a wrong
+    password stays wrong); otherwise ``recoverable``: starting over later may succeed (see
+    ``retry.may_recover_later``)."""
 
     transient = False
 
-    def __init__(self, message: str, recoverable: bool):
+    def __init__(self, message: str, permanent: bool = False):
         super().__init__(message)
-        self.recoverable = recoverable
+        self.permanent = permanent
+        self.recoverable = not permanent
 
 
 def credentials(cfg: ConnectionConfig) -> tuple[str, str | None]:
@@ -92,21 +96,45 @@ def connect(
             with attempt:
                 return psycopg.connect(info, autocommit=autocommit)
     except psycopg.OperationalError as e:
-        raise ConnectError(connect_failure_message(cfg, role, e), recoverable=is_transient(e)) from None
+        message = connect_failure_message(cfg, role, e)
+        raise ConnectError(message, permanent=not is_transient(e)) from None
     raise AssertionError("unreachable")
 
 
 def connect_failure_message(cfg: ConnectionConfig, role: str, exc: BaseException) -> str:
     text = first_line(exc)
+    if cfg.credential_store is not None:
+        # The user name came from the secret: libpq's message must not echo it.
+        text = re.sub(r'user "[^"]*"', "user (from credential-store)", text)
     hint = ""
-    if "certificate" in text or "SSL" in text or "host name" in text:
+    mode = cfg.ssl.ssl_mode if cfg.ssl else "prefer"
+    if "server does not support SSL, but SSL was required" in text:
+        hint = (
+            f"\n  hint: ssl-mode is {mode}, which requires SSL, and this server does not accept SSL "
+            "connections: "
+            "turn ssl on at the server, or set ssl.ssl-mode: prefer (or disable) for this server"
+        )
+    elif "no pg_hba.conf entry" in text and "no encryption" in text:
+        hint = (
+            f"\n  hint: the server admits this connection only over SSL (hostssl lines; rds.force_ssl = 1), "
+            "and "
+            f"ssl-mode {mode} connected without it: set ssl.ssl-mode: require (or verify-full with "
+            "ssl.root-cert)"
+        )
+    elif "no pg_hba.conf entry" in text:
+        hint = "\n  hint: add a pg_hba.conf line (or security rule) admitting this user, database and address"
+    elif "certificate" in text or "SSL" in text or "host name" in text:
         hint = (
             "\n  hint: check ssl.root-cert (the CA that signed the server certificate) and that `host` "
             "matches a name in the server certificate (verify-full checks both)"
         )
     elif "password authentication failed" in text:
         hint = "\n  hint: check username and password (or the credential-store secret)"
+    elif "does not exist" in text:
+        hint = "\n  hint: check `database` and `username` in the config (names are case-sensitive)"
     elif "Connection refused" in text or "timeout" in text:
         hint = "\n  hint: is the server running, and does a firewall or security group allow this address?"
     user = cfg.username or "(from credential-store)"
-    return f"cannot connect to the {role} {describe(cfg)} as {user}: {text}{hint}"
+    cause = permanent_connect_failure(exc)
+    verdict = f" ({cause}; not retried)" if cause else ""
+    return f"cannot connect to the {role} {describe(cfg)} as {user}{verdict}: {text}{hint}"

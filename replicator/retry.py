@@ -8,7 +8,8 @@ or it may not (a wrong password, a missing table). It honours the error's own wo
 2. psycopg's ``OperationalError``s are transient (connection exceptions, operator intervention,
    insufficient resources, ...), except authorization and unknown-catalog SQLSTATEs (28, 3D) and
    the connection failures libpq describes in words only (a failed connection attempt has no
-   SQLSTATE): bad certificates and host names, SSL errors, pg_hba.conf;
+   SQLSTATE; ``permanent_connect_failure``): a wrong password, an unknown database or user,
+   pg_hba.conf, SSL required but off, bad certificates and host names;
 3. anything else is not.
 
 Some failures end an operation whose own retries are spent, or whose context is gone, yet a
@@ -38,8 +39,42 @@ log = logging.getLogger(__name__)
 
 # SQLSTATE classes for which trying again cannot help: bad credentials, unknown database.
 _PERMANENT_SQLSTATE_PREFIXES = ("28", "3D")
-# libpq's words for connection failures no retry can cure (a failed connection attempt has no SQLSTATE).
-_PERMANENT_MESSAGES = ("certificate", "does not match host name", "SSL error", "no pg_hba.conf entry")
+
+# A failed connection attempt carries no SQLSTATE (psycopg's OperationalError from connect() has
+# none): libpq's text, and the server's FATAL message inside it, are all there is to go by.
+# (libpq message fragment, the cause in a few words) for the failures no retry can cure.
+_PERMANENT_CONNECT_FAILURES = (
+    ("password authentication failed", "wrong username or password"),
+    ("no password supplied", "the server wants a password and none is configured"),
+    ('" does not exist', "unknown database or user"),
+    ("is not permitted to log in", "the user may not log in"),
+    ("permission denied for database", "the user lacks CONNECT on the database"),
+    ("no pg_hba.conf entry", "the server's pg_hba.conf has no line admitting this connection"),
+    ("pg_hba.conf rejects connection", "the server's pg_hba.conf rejects this connection"),
+    (
+        "server does not support SSL, but SSL was required",
+        "SSL is required by ssl-mode but the server has SSL off",
+    ),
+    ("certificate", "the server's certificate is not trusted"),
+    ("does not match host name", "the server's certificate does not name this host"),
+    ("SSL error", "the SSL handshake failed"),
+    ("must be superuser or replication role", "the user lacks the REPLICATION right"),
+    ("invalid connection option", "a connection parameter is invalid"),
+    ("invalid sslmode value", "a connection parameter is invalid"),
+)
+
+
+def permanent_connect_failure(exc: BaseException) -> str | None:
+    """The cause, in a few words, when a failed connection attempt cannot succeed by retrying; else None.
+
+    Transient (None): refused or timed-out connections, a server starting up, shutting down or in
+    recovery, too many clients, host names that do not resolve (yet): restarts and failovers.
+    """
+    text = str(exc)
+    for fragment, cause in _PERMANENT_CONNECT_FAILURES:
+        if fragment in text:
+            return cause
+    return None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -52,8 +87,7 @@ def is_transient(exc: BaseException) -> bool:
     state = getattr(exc, "sqlstate", None) or ""
     if state.startswith(_PERMANENT_SQLSTATE_PREFIXES):
         return False
-    text = str(exc)
-    return not any(m in text for m in _PERMANENT_MESSAGES)
+    return permanent_connect_failure(exc) is None
 
 
 def may_recover_later(exc: BaseException) -> bool:

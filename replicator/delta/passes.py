@@ -109,6 +109,8 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
             catalog = load_catalog(src)
         tables = select_delta_tables(src, job, catalog)
         if fresh:
+            # Every table is emptied and copied again: all must fit before any state is forgotten.
+            control.check_can_take([t.st for t in tables])
             with control.transaction():
                 control.state.forget_watermarks(job.job_id, [t.ident for t in tables])
                 control.state.forget_snapshot(job.job_id, [t.ident for t in tables])

@@ -25,6 +25,7 @@ from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
 from replicator.lsn import Lsn
 from replicator.relay import CopySink, RelayResult
+from replicator.serverfacts import ServerFacts, Verdict
 
 TableName = tuple[str, str]
 """(schema, table) of a destination table: the source table's own names."""
@@ -222,6 +223,11 @@ class StateStore(Protocol):
 
     def forget_watermarks(self, job: str, tables: Iterable[TableName]) -> None: ...
 
+    def rename_job(self, old: str, new: str) -> int:
+        """Move every checkpoint of job ``old`` to ``new`` (unless ``new`` has progress of its
+        own), in one transaction; the rows moved."""
+        ...
+
     # replicator status
     def snapshot_progress(self) -> list[SnapshotProgress]: ...
 
@@ -278,6 +284,11 @@ class DestinationSession(Protocol):
 
     def close(self) -> None: ...
 
+    def compare_server(self, source: ServerFacts, token: str) -> Verdict:
+        """Whether this destination is the server (and database) of the PostgreSQL source session
+        ``source``, which is open and carries ``token`` as its application_name."""
+        ...
+
     def cancel(self) -> None:
         """Cancel the statement in progress (from another thread)."""
         ...
@@ -291,6 +302,12 @@ class DestinationSession(Protocol):
         ...
 
     # tables
+    def check_can_take(self, tables: Iterable[SelectedTable]) -> None:
+        """Refuse (``DestinationError`` naming every problem and its fix) when the destination
+        cannot take these tables: read-only, or an existing table lacking a column, holding a
+        narrower type, or refusing our writes. Call before the first write of a run."""
+        ...
+
     def describe(self, table: TableName) -> DestTable | None: ...
 
     def create_table(self, catalog: Catalog, st: SelectedTable) -> None:

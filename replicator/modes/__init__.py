@@ -16,6 +16,14 @@ MODES: dict[str, str] = {
 
 
 def runner(mode: str) -> Callable[[Job], int]:
+    """The mode's ``run``, behind the checks every mode needs before its first write anywhere."""
     module = importlib.import_module(MODES[mode])
-    run: Callable[[Job], int] = module.run
+
+    def run(job: Job) -> int:
+        from replicator.identity import identify
+
+        # Refuses a destination that is the source (exit 2) and names the job by the source's identity.
+        result: int = module.run(identify(job))
+        return result
+
     return run

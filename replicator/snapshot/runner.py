@@ -121,6 +121,11 @@ def run_snapshot(
             if only is not None:
                 selected = [s for s in selected if (s.table.schema, s.table.name) in only]
             check_conditions(exporter, selected)
+            # Before the first write, state included: every table this run may empty must fit
+            # (with --fresh all of them, before any progress is forgotten).
+            control.check_can_take(
+                selected if job.fresh else unfinished_tables(control, job.job_id, selected)
+            )
             control.state.ensure()
             control.state.lock_job(job.job_id, "snapshot")
             if job.fresh:
@@ -159,6 +164,16 @@ def run_snapshot(
         exporter.close()
 
 
+def unfinished_tables(
+    control: DestinationSession, job_id: str, tables: list[SelectedTable]
+) -> list[SelectedTable]:
+    """The tables whose snapshot is not done according to the destination's state (all, without state)."""
+    if not control.state.present():
+        return tables
+    done = {key for key, ts in control.state.load_snapshot(job_id).items() if ts.done}
+    return [t for t in tables if (t.table.schema, t.table.name) not in done]
+
+
 def _open_snapshot(conn: psycopg.Connection[Any], imported: str | None) -> str:
     session_settings(conn, SNAPSHOT_SESSION)
     begin_in_snapshot(conn, imported)
@@ -185,6 +200,16 @@ def _prepare(
     plans: dict[tuple[str, str], list[ChunkPlan]] = {}
     for st in selected:
         ts = existing.get((st.table.schema, st.table.name))
+        if ts is not None and control.describe((st.table.schema, st.table.name)) is None:
+            # Dropped since an earlier run (as an incompatibility message advises): copy it from scratch.
+            log.info(
+                "%s: the destination table is gone since an earlier run; creating and copying it again",
+                st.display,
+            )
+            with control.transaction():
+                control.state.forget_snapshot(job_id, [(st.table.schema, st.table.name)])
+            existing.pop((st.table.schema, st.table.name))
+            ts = None
         if ts is not None and ts.done:
             summary.skipped.append(st.display)
         else:
@@ -192,6 +217,10 @@ def _prepare(
             if ts is None:
                 # Plan every new table before creating any, so a bad split key stops the run cleanly.
                 plans[(st.table.schema, st.table.name)] = plan_table(exporter, st, cfg)
+    # Before the first table is created or emptied: one that cannot take its rows stops them all.
+    # (Tables finished earlier are not touched, so not checked: a column added at the source since
+    # then is the stream's to add.)
+    control.check_can_take(todo)
     works = []
     for st in todo:
         key = (st.table.schema, st.table.name)

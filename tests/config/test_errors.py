@@ -42,7 +42,7 @@ def _snapshot_args(source: Path, dest: Path, *extra: str | Path) -> list[str | P
             "source.yaml:7: max-retrys: unknown key; did you mean 'max-retries'?",
         ),
         (GOOD_SOURCE.replace("POSTGRESQL", "MYSQL"), "source.yaml:1: type: input should be 'POSTGRESQL'"),
-        (GOOD_SOURCE.replace("host: 127.0.0.1\n", ""), "source.yaml: host: required key is missing"),
+        (GOOD_SOURCE.replace("host: 127.0.0.1\n", ""), "source.yaml:1: host: required key is missing"),
         (
             GOOD_SOURCE + "ssl:\n  ssl-mode: verify-all\n",
             "source.yaml:8: ssl.ssl-mode: input should be 'disable'",
@@ -71,7 +71,7 @@ def _snapshot_args(source: Path, dest: Path, *extra: str | Path) -> list[str | P
         ),
         (
             "- just\n- a list\n",
-            "source.yaml: the source connection file must be a mapping of keys, not a list",
+            "source.yaml:1: the source connection file must be a mapping of keys, not a list",
         ),
         ("", "source.yaml: the source connection file is empty"),
     ],

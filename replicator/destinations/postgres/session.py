@@ -12,7 +12,7 @@ Every destination session is an autocommit connection (transactions are explicit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,7 +22,7 @@ from replicator.catalog import Catalog, Column
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect
 from replicator.destinations.base import DestTable, Fill, NewColumnType, SessionRole, TableName, Target
-from replicator.destinations.postgres import ddl, load
+from replicator.destinations.postgres import compat, ddl, load
 from replicator.destinations.postgres.apply import Writer
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import Stages
@@ -31,6 +31,7 @@ from replicator.errors import DestinationError
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
 from replicator.relay import RelayResult
+from replicator.serverfacts import ServerFacts, Verdict, compare
 
 WRITER_SETTINGS = {"synchronous_commit": "off"}
 
@@ -98,6 +99,9 @@ class PostgresSession:
         except psycopg.Error:
             pass
 
+    def compare_server(self, source: ServerFacts, token: str) -> Verdict:
+        return compare(source, token, self.conn)
+
     def cancel(self) -> None:
         if not self.conn.closed:
             try:
@@ -126,6 +130,9 @@ class PostgresSession:
             self.stages.committed()
 
     # -- tables ----------------------------------------------------------------------------
+
+    def check_can_take(self, tables: Iterable[SelectedTable]) -> None:
+        compat.check_destination_tables(self.conn, tables)
 
     def describe(self, table: TableName) -> DestTable | None:
         return ddl.describe_table(self.conn, *table)

@@ -82,6 +82,7 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 VERSION = len(MIGRATIONS)
+_JOB_TABLES = ("snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks")
 
 
 class HasConnection(Protocol):
@@ -281,6 +282,31 @@ class PgStateStore:
                 "table_name = %s",
                 (job, *table),
             )
+
+    # -- the job's name ------------------------------------------------------------------------
+
+    def rename_job(self, old: str, new: str) -> int:
+        """Move every checkpoint of job ``old`` to ``new`` (one transaction); rows moved.
+
+        Nothing moves when ``new`` already has progress of its own: that is the newer record.
+        """
+        if old == new:
+            return 0
+        conn = self._conn
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('_replicator.schema'))")
+            for table in _JOB_TABLES:
+                query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE job = %s)").format(
+                    sql.Identifier(SCHEMA, table)
+                )
+                row = conn.execute(query, (new,)).fetchone()
+                if row and row[0]:
+                    return 0
+            moved = 0
+            for table in _JOB_TABLES:
+                query = sql.SQL("UPDATE {} SET job = %s WHERE job = %s").format(sql.Identifier(SCHEMA, table))
+                moved += conn.execute(query, (new, old)).rowcount
+        return moved
 
     # -- replicator status -------------------------------------------------------------------
 
