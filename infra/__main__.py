@@ -28,13 +28,12 @@ def compose(cfg: StackConfig) -> dict[str, pulumi.Output[Any]]:
     if not region:
         raise StackConfigError("no AWS region: set aws:region (or replicator:region) in the stack config")
     name = cfg.identifier or "source"
-    acl_entries = (
-        describe_acl_entries(cfg.network_acl.id, region, _endpoint("ec2")) if cfg.network_acl is not None else []
-    )
+    acl = cfg.network_acl
+    acl_entries = describe_acl_entries(acl.id, region, _endpoint("ec2")) if acl is not None else []
     if cfg.source == "create":
         # The security group must exist before the database that uses it.
         network = NetworkAccess(
-            f"{name}-access", cfg.port, cfg.allowlist, cfg.security_group_ids or None, cfg.vpc_id, cfg.network_acl,
+            f"{name}-access", cfg.port, cfg.allowlist, cfg.security_group_ids or None, cfg.vpc_id, acl,
             acl_entries,
         )
         db = SourceDatabase(name, cfg, list(network.security_group_ids), region, _endpoint("rds"))

@@ -56,7 +56,7 @@ class ReplicationAccess(pulumi.ComponentResource):
         self.replication_user = ReplicationUser(
             f"{name}-user",
             {
-                # host, port, database, admin_user, admin_password, sslmode, connect_host/port, publicly_accessible
+                # host, port, database, admin_user/password, sslmode, connect_host/port, publicly_accessible
                 **admin,
                 "user": user,
                 "replication_right": replication_right,
@@ -73,7 +73,7 @@ class ReplicationAccess(pulumi.ComponentResource):
             f"{name}-secret",
             name=secret_name,
             description=f"Credentials of the replication user {user} (written by the replicator Pulumi program)",
-            # A deleted secret keeps its name this long; 0 frees a fixed secretName at once for the next stack.
+            # A deleted secret keeps its name this long; 0 frees a fixed secretName at once.
             recovery_window_in_days=secret_recovery_window_days,
             opts=child,
         )

@@ -35,7 +35,9 @@ class WalAlarms(pulumi.ComponentResource):
         topic = aws.sns.Topic(f"{name}-topic", opts=child)
         if email:
             # AWS mails a confirmation link; nothing is delivered before someone clicks it.
-            aws.sns.TopicSubscription(f"{name}-email", topic=topic.arn, protocol="email", endpoint=email, opts=child)
+            aws.sns.TopicSubscription(
+                f"{name}-email", topic=topic.arn, protocol="email", endpoint=email, opts=child
+            )
         self.alarms: list[aws.cloudwatch.MetricAlarm] = []
         for spec in wal.alarm_specs(kind, identifier, budget):
             self.alarms.append(
@@ -61,4 +63,3 @@ class WalAlarms(pulumi.ComponentResource):
         self.topic_arn = topic.arn
         self.alarm_names = pulumi.Output.all(*[a.name for a in self.alarms])
         self.register_outputs({"topic_arn": self.topic_arn, "alarm_names": self.alarm_names})
-

@@ -34,12 +34,14 @@ class RdsAttachment(pulumi.dynamic.Resource, module="replicator", name="RdsAttac
             RdsAttachmentProvider(),
             name,
             props,
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["admin_password"])),
+            pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(additional_secret_outputs=["admin_password"])
+            ),
         )
 
 
 def managed_group_name(cfg: StackConfig) -> str:
-    """The group the program makes for an adopted database (the family in the name: a major upgrade is a new one)."""
+    """The group the program makes for an adopted database (family in the name: an upgrade needs another)."""
     return f"{cfg.identifier}-replicator-{cfg.family}"
 
 
@@ -84,12 +86,13 @@ class SourceDatabase(pulumi.ComponentResource):
                     "managed_group": managed_group_name(cfg),
                     "family": cfg.family,
                     "parameters": [
-                        {"name": p.name, "value": p.value, "apply_method": p.apply_method} for p in cfg.parameters
+                        {"name": p.name, "value": p.value, "apply_method": p.apply_method}
+                        for p in cfg.parameters
                     ],
                     "backup_retention_days": cfg.backup_retention_days,
                     "region": region,
                     "endpoint_url": endpoint_url,
-                    # For the slot check on destroy (switching logical replication off with slots left is refused).
+                    # For the slot check on destroy (logical replication off with slots left: refused).
                     **admin_props(cfg, self.existing.address, self.existing.port, self.publicly_accessible),
                     "drop_inactive_slots": cfg.drop_inactive_slots_on_destroy,
                 },
@@ -167,8 +170,10 @@ class SourceDatabase(pulumi.ComponentResource):
             apply_immediately=True,
             skip_final_snapshot=False,
             final_snapshot_identifier=f"{cfg.identifier}-final",
-            # Aurora upgrades minors itself; the version written at creation must not be "restored" afterwards.
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=["engineVersion"])),
+            # Aurora upgrades minors itself; the version written at creation must not be "restored" later.
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(ignore_changes=["engineVersion"])
+            ),
         )
         writer = aws.rds.ClusterInstance(
             f"{name}-writer",
@@ -234,9 +239,10 @@ def lookup(cfg: StackConfig) -> ExistingDatabase:
         )
     if found.publicly_accessible is False and cfg.admin_access is None:
         raise StackConfigError(
-            f"{cfg.identifier} is not publicly accessible, so this program can reach it, to create the replication "
-            "user, only from inside its VPC. Say how: replicator:adminAccess: {via: vpc} when pulumi runs in the VPC "
-            "(or reaches it by peering or VPN), or {via: tunnel, host: 127.0.0.1, port: 15432} through SSM port "
-            "forwarding or an SSH tunnel via a bastion (infra/README.md, \"Private databases\")"
+            f"{cfg.identifier} is not publicly accessible, so this program can reach it, to create the "
+            "replication user, only from inside its VPC. Say how: replicator:adminAccess: {via: vpc} when "
+            "pulumi runs in the VPC (or reaches it by peering or VPN), or {via: tunnel, host: 127.0.0.1, "
+            "port: 15432} through SSM port forwarding or an SSH tunnel via a bastion (infra/README.md, "
+            "\"Private databases\")"
         )
     return found

@@ -23,8 +23,8 @@ def describe_acl_entries(acl_id: str, region: str, endpoint_url: str | None = No
     except (awsclient.AwsError, *awsclient.AWS_ERRORS) as e:
         detail = str(e) if isinstance(e, awsclient.AwsError) else awsclient.explain(e)
         raise StackConfigError(
-            f"replicator:networkAcl.id: cannot read network ACL {acl_id} to choose free rule numbers: {detail} "
-            "(the caller needs ec2:DescribeNetworkAcls)"
+            f"replicator:networkAcl.id: cannot read network ACL {acl_id} to choose free rule numbers: "
+            f"{detail} (the caller needs ec2:DescribeNetworkAcls)"
         ) from None
     found = acls.get("NetworkAcls") or []
     if not found:
@@ -33,7 +33,11 @@ def describe_acl_entries(acl_id: str, region: str, endpoint_url: str | None = No
 
 
 def rule_numbers(
-    entries: Sequence[Mapping[str, Any]], cidrs: Sequence[str], egress: bool, ports: tuple[int, int], first: int
+    entries: Sequence[Mapping[str, Any]],
+    cidrs: Sequence[str],
+    egress: bool,
+    ports: tuple[int, int],
+    first: int,
 ) -> dict[str, int]:
     """A rule number per CIDR for one direction: stable across runs, never one someone else uses.
 

@@ -71,14 +71,14 @@ class AdminAccess(_Model):
     @model_validator(mode="after")
     def _tunnel_has_an_end(self) -> AdminAccess:
         if self.via == "tunnel" and not (self.host and self.port):
-            raise ValueError("via: tunnel needs host and port (the local end of the tunnel, e.g. 127.0.0.1 and 15432)")
+            raise ValueError("via: tunnel needs host and port (its local end, e.g. 127.0.0.1 and 15432)")
         if self.via == "vpc" and (self.host or self.port):
-            raise ValueError("host and port belong to via: tunnel; via: vpc connects to the database's own endpoint")
+            raise ValueError("host and port belong to via: tunnel; via: vpc connects to the endpoint")
         return self
 
 
 class WalAlarms(_Model):
-    """CloudWatch alarms on the source's WAL and storage, sent to an SNS topic (see replicator/provision/wal.py)."""
+    """CloudWatch alarms on the source's WAL and storage, to an SNS topic (replicator/provision/wal.py)."""
 
     enabled: bool = True
     # The same numbers as the replicator's log-monitoring (max-wal-size-gb, alert-threshold-percent).
@@ -91,7 +91,7 @@ class WalAlarms(_Model):
     @field_validator("email")
     @classmethod
     def _looks_like_an_address(cls, value: str | None) -> str | None:
-        if value is not None and (value.count("@") != 1 or " " in value or value.startswith("@") or value.endswith("@")):
+        if value is not None and (value.count("@") != 1 or " " in value or value.strip("@") != value):
             raise ValueError(f"not an e-mail address: {value!r}")
         return value
 
@@ -168,22 +168,23 @@ class StackConfig(_Model):
         seen: dict[str, int] = {}
         for i, allowed in enumerate(self.allowlist):
             if allowed.cidr in seen:
+                first = seen[allowed.cidr]
                 raise ValueError(
-                    f"allowlist[{i}]: {allowed.cidr} is already allowlist[{seen[allowed.cidr]}]; list each CIDR once"
+                    f"allowlist[{i}]: {allowed.cidr} is already allowlist[{first}]; list it once"
                 )
             seen[allowed.cidr] = i
         if self.secret_recovery_window_days != 0 and not 7 <= self.secret_recovery_window_days <= 30:
-            raise ValueError(
-                f"secretRecoveryWindowDays must be 0 (delete at once) or 7 to 30, not {self.secret_recovery_window_days}"
-            )
+            days = self.secret_recovery_window_days
+            raise ValueError(f"secretRecoveryWindowDays must be 0 (delete at once) or 7 to 30, not {days}")
         self._check_wal_protection()
         if self.source == "create" and not self.publicly_accessible and self.admin_access is None:
             raise ValueError(
-                "the database will not be publicly accessible (publiclyAccessible: false), so this program can reach "
-                "it, to create the replication user, only from inside its VPC. Say how: adminAccess: {via: vpc} when "
-                "pulumi runs in the VPC (or reaches it by peering or VPN), or adminAccess: {via: tunnel, host: "
-                "127.0.0.1, port: 15432} through SSM port forwarding or an SSH tunnel via a bastion (infra/README.md, "
-                "\"Private databases\"); or set publiclyAccessible: true"
+                "the database will not be publicly accessible (publiclyAccessible: false), so this program "
+                "can reach it, to create the replication user, only from inside its VPC. Say how: "
+                "adminAccess: {via: vpc} when pulumi runs in the VPC (or reaches it by peering or VPN), "
+                "or adminAccess: {via: tunnel, host: 127.0.0.1, port: 15432} through SSM port forwarding or "
+                "an SSH tunnel via a bastion (infra/README.md, \"Private databases\"); or set "
+                "publiclyAccessible: true"
             )
         if self.source in ("create", "adopt") and not self.identifier:
             raise ValueError(f"identifier is required when source is {self.source} (the instance or cluster id)")
@@ -206,38 +207,40 @@ class StackConfig(_Model):
         instance_level = rds.split_by_level(self.engine, parameters)[1]
         if self.source == "adopt" and self.is_cluster and instance_level:
             raise ValueError(
-                f"extraParameters: {', '.join(p.name for p in instance_level)} are instance-level parameters on "
-                "Aurora; for a cluster it adopts, the program manages only the cluster parameter group: set them in "
-                "the DB parameter group of the cluster's instances yourself"
+                f"extraParameters: {', '.join(p.name for p in instance_level)} are instance-level parameters "
+                "on Aurora; for a cluster it adopts, the program manages only the cluster parameter group: "
+                "set them in the DB parameter group of the cluster's instances yourself"
             )
         return self
 
     def _check_wal_protection(self) -> None:
         keep = self.max_slot_wal_keep_size_gb
         if keep is not None and keep != -1 and keep <= 0:
-            raise ValueError(f"maxSlotWalKeepSizeGb must be a positive number of GB, or -1 for unbounded, not {keep:g}")
+            raise ValueError(
+                f"maxSlotWalKeepSizeGb must be a number of GB above 0, or -1 (unbounded), not {keep:g}"
+            )
         if keep is not None and keep != -1 and self.major < 13:
             raise ValueError(
-                f"maxSlotWalKeepSizeGb: max_slot_wal_keep_size exists from PostgreSQL 13 on; this is PostgreSQL "
-                f"{self.major} (remove the key, and rely on the WAL alarms)"
+                "maxSlotWalKeepSizeGb: max_slot_wal_keep_size exists from PostgreSQL 13 on; this is "
+                f"PostgreSQL {self.major} (remove the key, and rely on the WAL alarms)"
             )
         if keep is not None and keep != -1 and self.is_cluster:
             raise ValueError(
-                "maxSlotWalKeepSizeGb: Aurora PostgreSQL does not document max_slot_wal_keep_size (its WAL lives in "
-                "the cluster volume); remove the key and rely on the WAL alarms"
+                "maxSlotWalKeepSizeGb: Aurora PostgreSQL does not document max_slot_wal_keep_size (its WAL "
+                "lives in the cluster volume); remove the key and rely on the WAL alarms"
             )
         budget = self.wal_budget
         if budget.keep_size_gb is not None and budget.keep_size_gb < budget.max_wal_size_gb:
             raise ValueError(
                 f"maxSlotWalKeepSizeGb ({budget.keep_size_gb:g}) is below walAlarms.maxWalSizeGb "
-                f"({budget.max_wal_size_gb:g}): the server would invalidate the slot before the replicator stops "
-                "cleanly at its budget; raise the first or lower the second"
+                f"({budget.max_wal_size_gb:g}): the server would invalidate the slot before the replicator "
+                "stops cleanly at its budget; raise the first or lower the second"
             )
         storage = self._known_storage_gb
         if storage is not None and budget.keep_size_gb is not None and budget.keep_size_gb >= storage:
             raise ValueError(
-                f"maxSlotWalKeepSizeGb ({budget.keep_size_gb:g}) is not below allocatedStorageGb ({storage}): "
-                "the disk would fill before the bound is reached"
+                f"maxSlotWalKeepSizeGb ({budget.keep_size_gb:g}) is not below allocatedStorageGb "
+                f"({storage}): the disk would fill before the bound is reached"
             )
 
     @property

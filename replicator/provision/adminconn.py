@@ -37,15 +37,17 @@ def ensure_reachable(props: dict[str, Any]) -> None:
         reason = str(e) or type(e).__name__
     if props.get("connect_host"):
         raise AccessError(
-            f"the tunnel to the database does not answer at {host}:{port} ({reason}): start the port forwarding "
-            f"(SSM or SSH) to {props['host']}:{int(props['port'])} first, then run pulumi again ({PRIVATE_DATABASES})"
+            f"the tunnel to the database does not answer at {host}:{port} ({reason}): start the port "
+            f"forwarding (SSM or SSH) to {props['host']}:{int(props['port'])} first, then run pulumi again "
+            f"({PRIVATE_DATABASES})"
         )
     if props.get("publicly_accessible") is False:
         raise AccessError(
-            f"cannot reach {host}:{port} from this machine ({reason}). The database is not publicly accessible, so "
-            "only machines inside its VPC (or connected to it by peering or VPN) reach it: run pulumi there, or "
-            "through SSM port forwarding or an SSH tunnel via a bastion with replicator:adminAccess: {via: tunnel, "
-            f"host: 127.0.0.1, port: <local port>}} ({PRIVATE_DATABASES})"
+            f"cannot reach {host}:{port} from this machine ({reason}). The database is not publicly "
+            "accessible, so only machines inside its VPC (or connected to it by peering or VPN) reach it: "
+            "run pulumi there, or through SSM port forwarding or an SSH tunnel via a bastion with "
+            "replicator:adminAccess: {via: tunnel, host: 127.0.0.1, port: <local port>} "
+            f"({PRIVATE_DATABASES})"
         )
     raise AccessError(
         f"cannot reach {host}:{port} from this machine ({reason}): check that its address is in "

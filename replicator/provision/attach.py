@@ -1,4 +1,4 @@
-"""Settings on an instance or cluster the program adopts (does not own): its parameter group and backup retention.
+"""Settings of an instance or cluster the program adopts (does not own): parameter group, backup retention.
 
 The database's current parameter group holds settings someone chose (``shared_preload_libraries``,
 ``rds.force_ssl``, memory): attaching a group with only the replication parameters would drop them
@@ -58,12 +58,16 @@ def group_values(props: dict[str, Any], group: str) -> dict[str, str]:
     """The values set in ``group`` (an absent name means the engine default applies)."""
     rds = client(props)
     if is_cluster(props):
-        pages = rds.get_paginator("describe_db_cluster_parameters").paginate(DBClusterParameterGroupName=group)
+        pages = rds.get_paginator("describe_db_cluster_parameters").paginate(
+            DBClusterParameterGroupName=group
+        )
     else:
         pages = rds.get_paginator("describe_db_parameters").paginate(DBParameterGroupName=group)
     return {
         p["ParameterName"]: str(p["ParameterValue"])
-        for page in pages for p in page.get("Parameters", []) if p.get("ParameterValue") is not None
+        for page in pages
+        for p in page.get("Parameters", [])
+        if p.get("ParameterValue") is not None
     }
 
 
@@ -79,10 +83,11 @@ def prepare_group(props: dict[str, Any], current_group: str | None) -> dict[str,
     if current_group == managed:
         what = "cluster" if is_cluster(props) else "instance"
         raise AttachError(
-            f"{what} {props['identifier']} already has the program's parameter group {managed} attached, left by an "
-            "earlier run that did not finish, so its original group is unknown: attach the original group again "
-            f"(aws rds modify-db-{what} ... --{'db-cluster-' if is_cluster(props) else 'db-'}parameter-group-name "
-            "<original> --apply-immediately) and run pulumi up again"
+            f"{what} {props['identifier']} already has the program's parameter group {managed} attached, "
+            "left by an earlier run that did not finish, so its original group is unknown: attach the "
+            f"original group again (aws rds modify-db-{what} ... "
+            f"--{'db-cluster-' if is_cluster(props) else 'db-'}parameter-group-name <original> "
+            "--apply-immediately) and run pulumi up again"
         )
     copied_from = None if is_default_group(current_group) else current_group
     _drop_leftover(props, managed)
@@ -91,23 +96,31 @@ def prepare_group(props: dict[str, Any], current_group: str | None) -> dict[str,
         how = f"copy of {copied_from}"
         if is_cluster(props):
             rds.copy_db_cluster_parameter_group(
-                SourceDBClusterParameterGroupIdentifier=copied_from, TargetDBClusterParameterGroupIdentifier=managed,
-                TargetDBClusterParameterGroupDescription=DESCRIPTION.format(how=how))
+                SourceDBClusterParameterGroupIdentifier=copied_from,
+                TargetDBClusterParameterGroupIdentifier=managed,
+                TargetDBClusterParameterGroupDescription=DESCRIPTION.format(how=how),
+            )
         else:
             rds.copy_db_parameter_group(
-                SourceDBParameterGroupIdentifier=copied_from, TargetDBParameterGroupIdentifier=managed,
-                TargetDBParameterGroupDescription=DESCRIPTION.format(how=how))
+                SourceDBParameterGroupIdentifier=copied_from,
+                TargetDBParameterGroupIdentifier=managed,
+                TargetDBParameterGroupDescription=DESCRIPTION.format(how=how),
+            )
         copied = group_values(props, managed)
     else:
         how = "new group, the database had a default one"
         if is_cluster(props):
             rds.create_db_cluster_parameter_group(
-                DBClusterParameterGroupName=managed, DBParameterGroupFamily=props["family"],
-                Description=DESCRIPTION.format(how=how))
+                DBClusterParameterGroupName=managed,
+                DBParameterGroupFamily=props["family"],
+                Description=DESCRIPTION.format(how=how),
+            )
         else:
             rds.create_db_parameter_group(
-                DBParameterGroupName=managed, DBParameterGroupFamily=props["family"],
-                Description=DESCRIPTION.format(how=how))
+                DBParameterGroupName=managed,
+                DBParameterGroupFamily=props["family"],
+                Description=DESCRIPTION.format(how=how),
+            )
         copied = {}
     set_parameters(props, props["parameters"])
     return {
@@ -119,10 +132,14 @@ def prepare_group(props: dict[str, Any], current_group: str | None) -> dict[str,
 def set_parameters(props: dict[str, Any], parameters: list[dict[str, Any]]) -> None:
     rds = client(props)
     for chunk in _chunks(parameters):
-        items = [{"ParameterName": p["name"], "ParameterValue": str(p["value"]), "ApplyMethod": p["apply_method"]}
-                 for p in chunk]
+        items = [
+            {"ParameterName": p["name"], "ParameterValue": str(p["value"]), "ApplyMethod": p["apply_method"]}
+            for p in chunk
+        ]
         if is_cluster(props):
-            rds.modify_db_cluster_parameter_group(DBClusterParameterGroupName=props["managed_group"], Parameters=items)
+            rds.modify_db_cluster_parameter_group(
+                DBClusterParameterGroupName=props["managed_group"], Parameters=items
+            )
         else:
             rds.modify_db_parameter_group(DBParameterGroupName=props["managed_group"], Parameters=items)
 
@@ -161,7 +178,9 @@ def restore(props: dict[str, Any], before_logical_replication_off: Callable[[str
         previous = props.get("previous_parameter_group") or f"default.{props['family']}"
         if logical_replication_value(props, previous) != "1":
             what = "cluster" if is_cluster(props) else "instance"
-            before_logical_replication_off(f"restore parameter group {previous} on {what} {props['identifier']}")
+            before_logical_replication_off(
+                f"restore parameter group {previous} on {what} {props['identifier']}"
+            )
         retention = current.backup_retention_days
         if retention == int(props.get("applied_backup_retention_days") or -1):
             retention = int(props.get("previous_backup_retention_days") or retention)
@@ -181,12 +200,18 @@ def modify(props: dict[str, Any], group: str, retention: int) -> None:
     rds = client(props)
     if is_cluster(props):
         rds.modify_db_cluster(
-            DBClusterIdentifier=props["identifier"], DBClusterParameterGroupName=group,
-            BackupRetentionPeriod=retention, ApplyImmediately=True)
+            DBClusterIdentifier=props["identifier"],
+            DBClusterParameterGroupName=group,
+            BackupRetentionPeriod=retention,
+            ApplyImmediately=True,
+        )
     else:
         rds.modify_db_instance(
-            DBInstanceIdentifier=props["identifier"], DBParameterGroupName=group,
-            BackupRetentionPeriod=retention, ApplyImmediately=True)
+            DBInstanceIdentifier=props["identifier"],
+            DBParameterGroupName=group,
+            BackupRetentionPeriod=retention,
+            ApplyImmediately=True,
+        )
 
 
 def _reset(props: dict[str, Any], parameters: list[dict[str, Any]]) -> None:
@@ -194,13 +219,19 @@ def _reset(props: dict[str, Any], parameters: list[dict[str, Any]]) -> None:
     for chunk in _chunks(parameters):
         items = [{"ParameterName": p["name"], "ApplyMethod": p["apply_method"]} for p in chunk]
         if is_cluster(props):
-            rds.reset_db_cluster_parameter_group(DBClusterParameterGroupName=props["managed_group"], Parameters=items)
+            rds.reset_db_cluster_parameter_group(
+                DBClusterParameterGroupName=props["managed_group"], Parameters=items
+            )
         else:
             rds.reset_db_parameter_group(DBParameterGroupName=props["managed_group"], Parameters=items)
 
 
-_NOT_FOUND = ("DBParameterGroupNotFound", "DBParameterGroupNotFoundFault", "DBClusterParameterGroupNotFound",
-              "DBClusterParameterGroupNotFoundFault")
+_NOT_FOUND = (
+    "DBParameterGroupNotFound",
+    "DBParameterGroupNotFoundFault",
+    "DBClusterParameterGroupNotFound",
+    "DBClusterParameterGroupNotFoundFault",
+)
 _IN_USE = ("InvalidDBParameterGroupState", "InvalidDBParameterGroupStateFault")
 
 
@@ -219,10 +250,10 @@ def _delete_group(props: dict[str, Any], group: str, leave_in_use: bool = True) 
     except awsclient.AWS_ERRORS as e:
         code = awsclient.error_code(e)
         if code in _NOT_FOUND or (leave_in_use and code in _IN_USE):
-            return  # gone already; or still attached (switched to since, or AWS has not let go): costs nothing
+            return  # gone already; or still attached (switched to since, or not let go yet): costs nothing
         raise AttachError(f"cannot delete parameter group {group}: {awsclient.explain(e)}") from None
 
 
 def _chunks(items: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     for i in range(0, len(items), _BATCH):
-        yield items[i:i + _BATCH]
+        yield items[i : i + _BATCH]

@@ -1,4 +1,4 @@
-"""Pulumi dynamic providers: the replication user (psycopg) and the settings of an adopted RDS resource (boto3).
+"""Pulumi dynamic providers: the replication user (psycopg), the settings of an adopted RDS resource (boto3).
 
 They live in the installed package, not in ``infra/``, because Pulumi runs dynamic providers in
 a separate host process that unpickles them; only importable modules survive that trip.
@@ -112,8 +112,9 @@ class RdsAttachmentProvider(ResourceProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         originals = attach.update_parameters(olds, news)
         applied = attach.attach(news, attach.describe(news))
-        keep = {k: olds.get(k) for k in ("previous_parameter_group", "previous_backup_retention_days", "copied_from")}
-        return UpdateResult({**news, **keep, "original_values": originals, "applied_backup_retention_days": applied})
+        kept = ("previous_parameter_group", "previous_backup_retention_days", "copied_from")
+        outs = {**news, **{k: olds.get(k) for k in kept}, "original_values": originals}
+        return UpdateResult({**outs, "applied_backup_retention_days": applied})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         attach.restore(props, lambda what: _no_logical_slots_left(props, what))
@@ -122,8 +123,8 @@ class RdsAttachmentProvider(ResourceProvider):
 # Changing any of these is another database or another group: a new attachment.
 _ATTACH_IDENTITY = ("kind", "identifier", "region", "endpoint_url", "managed_group")
 _ATTACH_SETTINGS = (
-    "parameters", "backup_retention_days", "host", "port", "database", "admin_user", "admin_password", "sslmode",
-    "connect_host", "connect_port", "publicly_accessible", "drop_inactive_slots",
+    "parameters", "backup_retention_days", "host", "port", "database", "admin_user", "admin_password",
+    "sslmode", "connect_host", "connect_port", "publicly_accessible", "drop_inactive_slots",
 )
 
 
@@ -132,10 +133,11 @@ def _no_logical_slots_left(props: dict[str, Any], what: str) -> None:
         conn = adminconn.admin_connection(props)
     except (psycopg.Error, pgaccess.AccessError) as e:
         raise pgaccess.AccessError(
-            f"before it can {what} (which switches logical replication off), the program must check the database "
-            f"for logical slots, and cannot connect: {e}"
+            f"before it can {what} (which switches logical replication off), the program must check the "
+            f"database for logical slots, and cannot connect: {e}"
         ) from None
     with conn:
+        drop = bool(props.get("drop_inactive_slots"))
         slotguard.clear_for_logical_replication_off(
-            conn, what, bool(props.get("drop_inactive_slots")), lambda db: adminconn.admin_connection(props, db)
+            conn, what, drop, lambda db: adminconn.admin_connection(props, db)
         )

@@ -102,7 +102,11 @@ def grant_select_all_sequences(user: str, schema: str) -> sql.Composed:
 
 
 def default_select(
-    user: str, schema: str, owner: str | None, revoke: bool = False, objects: Literal["TABLES", "SEQUENCES"] = "TABLES"
+    user: str,
+    schema: str,
+    owner: str | None,
+    revoke: bool = False,
+    objects: Literal["TABLES", "SEQUENCES"] = "TABLES",
 ) -> sql.Composed:
     """ALTER DEFAULT PRIVILEGES: tables (or sequences) created later in ``schema`` are readable too."""
     kind = sql.SQL(objects)
@@ -247,7 +251,8 @@ def _databases_holding(conn: psycopg.Connection[Any], user: str) -> list[str]:
     """Other databases with objects owned by, or privileges granted to, the role (pg_shdepend)."""
     rows = conn.execute(
         "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid"
-        " WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+        " WHERE s.refclassid = 'pg_authid'::regclass"
+        " AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)"
         " AND d.datname <> current_database() ORDER BY 1",
         (user,),
     ).fetchall()
@@ -258,8 +263,10 @@ def _clean_other_databases(user: str, databases: list[str], connect_to: ConnectT
     statements = reassign_and_drop_owned(user).as_string(None)
     for name in databases:
         if connect_to is None:
-            raise AccessError(f"role {user} owns objects or holds privileges in database {name}: connect there and run "
-                              f"{statements}")
+            raise AccessError(
+                f"role {user} owns objects or holds privileges in database {name}: connect there and run "
+                f"{statements}"
+            )
         try:
             with connect_to(name) as other, other.transaction():
                 _reassign_and_drop_owned(other, user)

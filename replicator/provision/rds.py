@@ -42,7 +42,8 @@ class ParameterRule:
             raise ParameterError(f"{self.name} exists only on aurora-postgresql, not {engine}")
         if self.since_major is not None and major is not None and major < self.since_major:
             raise ParameterError(
-                f"{self.name} exists from PostgreSQL {self.since_major} on; this source runs PostgreSQL {major}"
+                f"{self.name} exists from PostgreSQL {self.since_major} on; this source runs "
+                f"PostgreSQL {major}"
             )
         if apply_method not in ("immediate", "pending-reboot"):
             raise ParameterError(f"{self.name}: apply method must be immediate or pending-reboot, not {apply_method!r}")
@@ -70,8 +71,10 @@ RULES: dict[str, ParameterRule] = {
         ParameterRule("max_worker_processes", static=True, minimum=1, maximum=_INT_MAX),
         ParameterRule("max_logical_replication_workers", static=True, minimum=0, maximum=_INT_MAX),
         ParameterRule("wal_sender_timeout", static=False, minimum=0, maximum=3_600_000, cluster_level=True),
-        # In MB; -1 = unbounded. PostgreSQL 13 introduced it (a slot may then be invalidated, not the disk filled).
-        ParameterRule("max_slot_wal_keep_size", static=False, minimum=-1, maximum=2_147_483_647, since_major=13),
+        # In MB; -1 = unbounded. From PostgreSQL 13 (a slot is then invalidated rather than the disk filled).
+        ParameterRule(
+            "max_slot_wal_keep_size", static=False, minimum=-1, maximum=2_147_483_647, since_major=13
+        ),
         ParameterRule("logical_decoding_work_mem", static=False, minimum=64, maximum=2_147_483_647),
         ParameterRule("idle_in_transaction_session_timeout", static=False, minimum=0, maximum=2_147_483_647),
         ParameterRule("statement_timeout", static=False, minimum=0, maximum=2_147_483_647),
@@ -129,7 +132,9 @@ def default_apply_method(name: str) -> ApplyMethod:
     return "pending-reboot" if rule is None or rule.static else "immediate"
 
 
-def validate_parameters(engine: Engine, parameters: list[Parameter], major: int | None = None) -> list[Parameter]:
+def validate_parameters(
+    engine: Engine, parameters: list[Parameter], major: int | None = None
+) -> list[Parameter]:
     """Refuse unknown names, duplicates, wrong values and apply methods AWS would reject.
 
     ``major`` (the PostgreSQL major version) also refuses parameters the version does not have.

@@ -32,7 +32,8 @@ class LogicalSlot:
 
 def logical_slots(conn: psycopg.Connection[Any]) -> list[LogicalSlot]:
     rows = conn.execute(
-        "SELECT slot_name, database, active_pid FROM pg_replication_slots WHERE slot_type = 'logical' ORDER BY 1"
+        "SELECT slot_name, database, active_pid FROM pg_replication_slots"
+        " WHERE slot_type = 'logical' ORDER BY 1"
     ).fetchall()
     return [LogicalSlot(str(r[0]), str(r[1]), int(r[2]) if r[2] is not None else None) for r in rows]
 
@@ -61,19 +62,21 @@ def clear_for_logical_replication_off(
         fix = "stop the consumers of the active slots (or drop those slots), then run pulumi destroy again"
     else:
         fix = (
-            "drop them (SELECT pg_drop_replication_slot('<name>'), once nothing consumes them), or set "
-            "replicator:dropInactiveSlotsOnDestroy: true to have the inactive ones dropped; then run pulumi destroy "
-            "again"
+            "drop them (SELECT pg_drop_replication_slot('<name>'), once nothing consumes them), or "
+            "set replicator:dropInactiveSlotsOnDestroy: true to have the inactive ones dropped; then run "
+            "pulumi destroy again"
         )
     raise AccessError(
-        f"refusing to {what}: that switches rds.logical_replication off at the next reboot, but logical replication "
-        f"slots exist: {listed}; PostgreSQL does not start with logical slots and wal_level below logical. To go "
-        f"on, {fix}"
+        f"refusing to {what}: that switches rds.logical_replication off at the next reboot, but logical "
+        f"replication slots exist: {listed}; PostgreSQL does not start with logical slots and wal_level "
+        f"below logical. To go on, {fix}"
     )
 
 
 def _drop(
-    conn: psycopg.Connection[Any], slot: LogicalSlot, connect_to: Callable[[str], psycopg.Connection[Any]] | None
+    conn: psycopg.Connection[Any],
+    slot: LogicalSlot,
+    connect_to: Callable[[str], psycopg.Connection[Any]] | None,
 ) -> None:
     statement = sql.SQL("SELECT pg_drop_replication_slot({})").format(sql.Literal(slot.name))
     current = conn.execute("SELECT current_database()").fetchone()

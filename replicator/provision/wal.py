@@ -44,7 +44,9 @@ class WalBudget:
     max_wal_size_gb: float  # the replicator stops here (log-monitoring.max-wal-size-gb)
     alert_threshold_percent: int  # ... and warns from this share of it
     free_storage_gb: float  # the disk (RDS) / local storage (Aurora) is low below this
-    keep_size_gb: float | None  # max_slot_wal_keep_size; None: not set (Aurora, PostgreSQL < 13, or unbounded)
+    keep_size_gb: (
+        float | None
+    )  # max_slot_wal_keep_size; None: not set (Aurora, PostgreSQL < 13, or unbounded)
 
     @property
     def alert_bytes(self) -> int:
@@ -70,10 +72,14 @@ def default_budget(
     """Fill what the user left out. On a database whose disk size we know (one the program creates),
     the defaults scale down with it, so that a small disk is not promised 100 GB of WAL."""
     storage = allocated_storage_gb
-    wal_max = max_wal_size_gb or (min(DEFAULT_MAX_WAL_SIZE_GB, storage / 4) if storage else DEFAULT_MAX_WAL_SIZE_GB)
+    wal_max = max_wal_size_gb or (
+        min(DEFAULT_MAX_WAL_SIZE_GB, storage / 4) if storage else DEFAULT_MAX_WAL_SIZE_GB
+    )
     keep: float | None = None
     if keep_size_applies and keep_size_gb != -1:
-        keep = keep_size_gb or (min(KEEP_SIZE_FACTOR * wal_max, storage / 2) if storage else KEEP_SIZE_FACTOR * wal_max)
+        keep = keep_size_gb or (
+            min(KEEP_SIZE_FACTOR * wal_max, storage / 2) if storage else KEEP_SIZE_FACTOR * wal_max
+        )
     free = free_storage_gb or (storage / 10 if storage else DEFAULT_FREE_STORAGE_GB)
     return WalBudget(wal_max, alert_threshold_percent, free, keep)
 
@@ -98,24 +104,66 @@ def alarm_specs(kind: Literal["instance", "cluster"], identifier: str, budget: W
     if kind == "instance":
         dims = {"DBInstanceIdentifier": identifier}
         return [
-            AlarmSpec("slot-lag", "OldestReplicationSlotLag", dims, "GreaterThanOrEqualToThreshold", alert, "Maximum",
-                      f"A replication slot on {identifier} holds {pct}% of the {gb:g} GB WAL budget: the replicator "
-                      "is falling behind or stopped (its log-monitoring warns at the same point)."),
-            AlarmSpec("wal-disk", "TransactionLogsDiskUsage", dims, "GreaterThanOrEqualToThreshold", stop, "Maximum",
-                      f"WAL on {identifier} reached the {gb:g} GB budget, where the replicator stops; "
-                      "max_slot_wal_keep_size will invalidate the slot further on."),
-            AlarmSpec("free-storage", "FreeStorageSpace", dims, "LessThanOrEqualToThreshold", low, "Minimum",
-                      f"{identifier} has {budget.free_storage_gb:g} GB of storage left or less."),
+            AlarmSpec(
+                "slot-lag",
+                "OldestReplicationSlotLag",
+                dims,
+                "GreaterThanOrEqualToThreshold",
+                alert,
+                "Maximum",
+                f"A replication slot on {identifier} holds {pct}% of the {gb:g} GB WAL budget: the "
+                "replicator is falling behind or stopped (its log-monitoring warns at the same point).",
+            ),
+            AlarmSpec(
+                "wal-disk",
+                "TransactionLogsDiskUsage",
+                dims,
+                "GreaterThanOrEqualToThreshold",
+                stop,
+                "Maximum",
+                f"WAL on {identifier} reached the {gb:g} GB budget, where the replicator stops; "
+                "max_slot_wal_keep_size will invalidate the slot further on.",
+            ),
+            AlarmSpec(
+                "free-storage",
+                "FreeStorageSpace",
+                dims,
+                "LessThanOrEqualToThreshold",
+                low,
+                "Minimum",
+                f"{identifier} has {budget.free_storage_gb:g} GB of storage left or less.",
+            ),
         ]
     dims = {"DBClusterIdentifier": identifier, "Role": "WRITER"}  # follows the writer across failovers
     return [
-        AlarmSpec("slot-disk", "ReplicationSlotDiskUsage", dims, "GreaterThanOrEqualToThreshold", alert, "Maximum",
-                  f"Replication slots on the writer of {identifier} use {pct}% of the {gb:g} GB WAL budget: "
-                  "the replicator is falling behind or stopped."),
-        AlarmSpec("wal-disk", "TransactionLogsDiskUsage", dims, "GreaterThanOrEqualToThreshold", stop, "Maximum",
-                  f"Transaction logs on the writer of {identifier} reached the {gb:g} GB budget, where the "
-                  "replicator stops."),
-        AlarmSpec("free-local-storage", "FreeLocalStorage", dims, "LessThanOrEqualToThreshold", low, "Minimum",
-                  f"The writer of {identifier} has {budget.free_storage_gb:g} GB of local storage left or less "
-                  "(logical decoding spills large transactions there)."),
+        AlarmSpec(
+            "slot-disk",
+            "ReplicationSlotDiskUsage",
+            dims,
+            "GreaterThanOrEqualToThreshold",
+            alert,
+            "Maximum",
+            f"Replication slots on the writer of {identifier} use {pct}% of the {gb:g} GB WAL budget: "
+            "the replicator is falling behind or stopped.",
+        ),
+        AlarmSpec(
+            "wal-disk",
+            "TransactionLogsDiskUsage",
+            dims,
+            "GreaterThanOrEqualToThreshold",
+            stop,
+            "Maximum",
+            f"Transaction logs on the writer of {identifier} reached the {gb:g} GB budget, where the "
+            "replicator stops.",
+        ),
+        AlarmSpec(
+            "free-local-storage",
+            "FreeLocalStorage",
+            dims,
+            "LessThanOrEqualToThreshold",
+            low,
+            "Minimum",
+            f"The writer of {identifier} has {budget.free_storage_gb:g} GB of local storage left or less "
+            "(logical decoding spills large transactions there).",
+        ),
     ]

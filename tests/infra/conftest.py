@@ -81,7 +81,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.requests[request.name] = Request(
             urn="",
             dependencies={_name_of(u) for u in request.dependencies},
-            property_dependencies={k: {_name_of(u) for u in v.urns} for k, v in request.propertyDependencies.items()},
+            property_dependencies={
+                k: {_name_of(u) for u in v.urns} for k, v in request.propertyDependencies.items()
+            },
             additional_secret_outputs=list(request.additionalSecretOutputs),
             delete_before_replace=bool(request.deleteBeforeReplace),
             ignore_changes=list(request.ignoreChanges),

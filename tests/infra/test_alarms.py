@@ -37,14 +37,24 @@ def test_rds_instance_alarms_at_the_replicator_numbers(mocks: RecordingMocks) ->
     assert found["FreeStorageSpace"]["comparisonOperator"] == "LessThanOrEqualToThreshold"
     assert found["FreeStorageSpace"]["statistic"] == "Minimum"
     assert out["walAlarmNames"] == [
-        "replicator-orders-db-slot-lag", "replicator-orders-db-wal-disk", "replicator-orders-db-free-storage"
+        "replicator-orders-db-slot-lag",
+        "replicator-orders-db-wal-disk",
+        "replicator-orders-db-free-storage",
     ]
     assert mocks.of_type("aws:sns/topicSubscription:TopicSubscription") == []
 
 
 def test_thresholds_and_email_from_stack_config(mocks: RecordingMocks) -> None:
-    config = {**BASE, "walAlarms": {"maxWalSizeGb": 8, "alertThresholdPercent": 60, "freeStorageGb": 3,
-                                    "email": "dba@example.com", "periodSeconds": 60}}
+    config = {
+        **BASE,
+        "walAlarms": {
+            "maxWalSizeGb": 8,
+            "alertThresholdPercent": 60,
+            "freeStorageGb": 3,
+            "email": "dba@example.com",
+            "periodSeconds": 60,
+        },
+    }
     run_program(config, mocks)
     found = alarms(mocks)
     assert found["OldestReplicationSlotLag"]["threshold"] == 8 * GB * 60 // 100
@@ -72,8 +82,9 @@ def test_adopted_and_self_hosted(mocks: RecordingMocks) -> None:
     run_program({**AURORA, "source": "adopt", "identifier": "legacy-aurora"}, mocks)
     assert {a["dimensions"]["DBClusterIdentifier"] for a in alarms(mocks).values()} == {"legacy-aurora"}
     hosted = RecordingMocks()
-    out = run_program({**BASE, "source": "self-hosted", "identifier": None, "host": "10.0.0.5", "allowlist": []},
-                      hosted)
+    out = run_program(
+        {**BASE, "source": "self-hosted", "identifier": None, "host": "10.0.0.5", "allowlist": []}, hosted
+    )
     assert hosted.of_type(ALARM) == [] and "walAlarmTopicArn" not in out  # no CloudWatch for it
     off = RecordingMocks()
     run_program({**BASE, "walAlarms": {"enabled": False}}, off)
@@ -83,14 +94,21 @@ def test_adopted_and_self_hosted(mocks: RecordingMocks) -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"walAlarms": {"alertThresholdPercent": 90}}, r"walAlarms.alertThresholdPercent: input should be less"),
+        (
+            {"walAlarms": {"alertThresholdPercent": 90}},
+            r"walAlarms.alertThresholdPercent: input should be less",
+        ),
         ({"walAlarms": {"email": "not-an-address"}}, r"not an e-mail address"),
-        ({"walAlarms": {"maxWalSizeGb": 60}, "maxSlotWalKeepSizeGb": 50, "allocatedStorageGb": 500},
-         r"maxSlotWalKeepSizeGb \(50\) is below walAlarms.maxWalSizeGb \(60\)"),
+        (
+            {"walAlarms": {"maxWalSizeGb": 60}, "maxSlotWalKeepSizeGb": 50, "allocatedStorageGb": 500},
+            r"maxSlotWalKeepSizeGb \(50\) is below walAlarms.maxWalSizeGb \(60\)",
+        ),
         ({"maxSlotWalKeepSizeGb": 30}, r"maxSlotWalKeepSizeGb \(30\) is not below allocatedStorageGb \(20\)"),
-        ({"engine": "aurora-postgresql", "engineVersion": "15.4", "maxSlotWalKeepSizeGb": 30},
-         r"Aurora PostgreSQL does not document max_slot_wal_keep_size"),
-        ({"maxSlotWalKeepSizeGb": 0}, r"a positive number of GB, or -1"),
+        (
+            {"engine": "aurora-postgresql", "engineVersion": "15.4", "maxSlotWalKeepSizeGb": 30},
+            r"Aurora PostgreSQL does not document max_slot_wal_keep_size",
+        ),
+        ({"maxSlotWalKeepSizeGb": 0}, r"a number of GB above 0, or -1"),
     ],
 )
 def test_wal_settings_that_cannot_work_are_refused(changes: dict[str, Any], message: str) -> None:
@@ -99,7 +117,7 @@ def test_wal_settings_that_cannot_work_are_refused(changes: dict[str, Any], mess
 
 
 class AlarmsInMoto(RecordingMocks):
-    """Creates the SNS topic, subscription and alarms in moto from the program's inputs, as the engine would."""
+    """Creates the SNS topic, subscription and alarms in moto from the program's inputs, like the engine."""
 
     def __init__(self, aws: AwsEndpoint) -> None:
         super().__init__()
@@ -112,15 +130,25 @@ class AlarmsInMoto(RecordingMocks):
             arn = self.aws.client("sns").create_topic(Name=args.name)["TopicArn"]
             return arn, {**i, "arn": arn}
         if args.typ == "aws:sns/topicSubscription:TopicSubscription":
-            sub = self.aws.client("sns").subscribe(TopicArn=i["topic"], Protocol=i["protocol"], Endpoint=i["endpoint"])
+            sub = self.aws.client("sns").subscribe(
+                TopicArn=i["topic"], Protocol=i["protocol"], Endpoint=i["endpoint"]
+            )
             return sub["SubscriptionArn"], i
         if args.typ == ALARM:
             self.aws.client("cloudwatch").put_metric_alarm(
-                AlarmName=i["name"], AlarmDescription=i["alarmDescription"], Namespace=i["namespace"],
-                MetricName=i["metricName"], Dimensions=[{"Name": k, "Value": v} for k, v in i["dimensions"].items()],
-                Statistic=i["statistic"], Period=int(i["period"]), EvaluationPeriods=int(i["evaluationPeriods"]),
-                ComparisonOperator=i["comparisonOperator"], Threshold=float(i["threshold"]),
-                TreatMissingData=i["treatMissingData"], AlarmActions=i["alarmActions"], OKActions=i["okActions"],
+                AlarmName=i["name"],
+                AlarmDescription=i["alarmDescription"],
+                Namespace=i["namespace"],
+                MetricName=i["metricName"],
+                Dimensions=[{"Name": k, "Value": v} for k, v in i["dimensions"].items()],
+                Statistic=i["statistic"],
+                Period=int(i["period"]),
+                EvaluationPeriods=int(i["evaluationPeriods"]),
+                ComparisonOperator=i["comparisonOperator"],
+                Threshold=float(i["threshold"]),
+                TreatMissingData=i["treatMissingData"],
+                AlarmActions=i["alarmActions"],
+                OKActions=i["okActions"],
             )
             return i["name"], i
         return None
@@ -128,17 +156,28 @@ class AlarmsInMoto(RecordingMocks):
 
 @pytest.mark.parametrize("engine", ["postgres", "aurora-postgresql"])
 def test_alarms_exist_in_moto(aws: AwsEndpoint, engine: str) -> None:
-    config = {**(AURORA if engine == "aurora-postgresql" else BASE), "allocatedStorageGb": 400,
-              "walAlarms": {"email": "dba@example.com"}}
+    config = {
+        **(AURORA if engine == "aurora-postgresql" else BASE),
+        "allocatedStorageGb": 400,
+        "walAlarms": {"email": "dba@example.com"},
+    }
     out = run_program(config, AlarmsInMoto(aws))
     identifier = config["identifier"]
     budget = wal.default_budget(400 if engine == "postgres" else None, None, None, None)
     expected = wal.alarm_specs("instance" if engine == "postgres" else "cluster", identifier, budget)
     found = {a["AlarmName"]: a for a in aws.client("cloudwatch").describe_alarms()["MetricAlarms"]}
-    assert sorted(found) == sorted(out["walAlarmNames"]) == sorted(f"replicator-{identifier}-{s.key}" for s in expected)
+    assert (
+        sorted(found)
+        == sorted(out["walAlarmNames"])
+        == sorted(f"replicator-{identifier}-{s.key}" for s in expected)
+    )
     for spec in expected:
         alarm = found[f"replicator-{identifier}-{spec.key}"]
-        assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == ("AWS/RDS", spec.metric, spec.statistic)
+        assert (alarm["Namespace"], alarm["MetricName"], alarm["Statistic"]) == (
+            "AWS/RDS",
+            spec.metric,
+            spec.statistic,
+        )
         assert {d["Name"]: d["Value"] for d in alarm["Dimensions"]} == spec.dimensions
         assert (alarm["ComparisonOperator"], alarm["Threshold"]) == (spec.comparison, float(spec.threshold))
         assert alarm["AlarmActions"] == [out["walAlarmTopicArn"]]

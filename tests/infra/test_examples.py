@@ -42,10 +42,12 @@ def test_pulumi_install_can_prepare_the_virtualenv(monkeypatch: pytest.MonkeyPat
     from pip._internal.req.req_file import parse_requirements
 
     project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
-    assert project["runtime"]["options"]["virtualenv"] == ".venv" and project["runtime"]["options"]["toolchain"] == "pip"
+    options = project["runtime"]["options"]
+    assert options["virtualenv"] == ".venv" and options["toolchain"] == "pip"
     program_dir = ROOT / project["main"]
     monkeypatch.chdir(program_dir)
-    reqs = [install_req_from_parsed_requirement(r) for r in parse_requirements("requirements.txt", session=PipSession())]
+    parsed = parse_requirements("requirements.txt", session=PipSession())
+    reqs = [install_req_from_parsed_requirement(r) for r in parsed]
     assert len(reqs) == 1 and reqs[0].editable and reqs[0].link is not None
     assert Path(reqs[0].link.file_path) == ROOT and reqs[0].extras == {"infra"}
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())

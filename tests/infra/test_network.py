@@ -6,9 +6,9 @@ from typing import Any
 
 import pulumi
 import pytest
-
 from network import rule_numbers
 from stack_config import StackConfigError
+
 from tests.conftest import AwsEndpoint
 from tests.infra.conftest import BASE, RecordingMocks, run_program, unwrap
 
@@ -38,14 +38,15 @@ def test_ipv6_allowlist_entry(mocks: RecordingMocks) -> None:
 
 
 def acl_numbers(mocks: RecordingMocks) -> dict[tuple[str, bool], int]:
-    return {(r.inputs["cidrBlock"], r.inputs["egress"]): r.inputs["ruleNumber"] for r in mocks.of_type(ACL_RULE)}
+    rules = mocks.of_type(ACL_RULE)
+    return {(r.inputs["cidrBlock"], r.inputs["egress"]): r.inputs["ruleNumber"] for r in rules}
 
 
 def test_network_acl_entries_when_asked(mocks: RecordingMocks) -> None:
     run_program({**BASE, "networkAcl": {"id": "acl-42", "firstRuleNumber": 200}}, mocks, acl_entries=[])
     rules = sorted(
-        ((r.inputs["ruleNumber"], r.inputs["egress"], r.inputs["cidrBlock"], r.inputs["fromPort"], r.inputs["toPort"])
-         for r in mocks.of_type(ACL_RULE))
+        (r.inputs["ruleNumber"], r.inputs["egress"], r.inputs["cidrBlock"], r.inputs["fromPort"], r.inputs["toPort"])
+        for r in mocks.of_type(ACL_RULE)
     )
     # NACLs are stateless: inbound to the port, outbound to the ephemeral ports for the replies.
     assert rules == [
@@ -95,7 +96,8 @@ def test_rule_numbers_stay_put_when_a_cidr_goes_or_comes() -> None:
     }
     # An entry for the same CIDR that is not exactly our rule (other port, a deny) is not ours.
     other = [entry(101, "10.0.0.1/32", ports=(22, 22)), entry(102, "10.0.0.1/32", action="deny")]
-    assert rule_numbers(DEFAULT_ACL + other, ["10.0.0.1/32"], False, (5432, 5432), 100) == {"10.0.0.1/32": 103}
+    numbers = rule_numbers(DEFAULT_ACL + other, ["10.0.0.1/32"], False, (5432, 5432), 100)
+    assert numbers == {"10.0.0.1/32": 103}
 
 
 class AclRulesInMoto(RecordingMocks):
@@ -111,9 +113,10 @@ class AclRulesInMoto(RecordingMocks):
             return None
         i = unwrap(dict(args.inputs))
         self.aws.client("ec2").create_network_acl_entry(
-            NetworkAclId=i["networkAclId"], RuleNumber=int(i["ruleNumber"]), Egress=bool(i["egress"]), Protocol="6",
-            RuleAction=i["ruleAction"], CidrBlock=i["cidrBlock"], PortRange={"From": int(i["fromPort"]),
-                                                                             "To": int(i["toPort"])})
+            NetworkAclId=i["networkAclId"], RuleNumber=int(i["ruleNumber"]), Egress=bool(i["egress"]),
+            Protocol="6", RuleAction=i["ruleAction"], CidrBlock=i["cidrBlock"],
+            PortRange={"From": int(i["fromPort"]), "To": int(i["toPort"])},
+        )
         return f"{i['networkAclId']}-{i['ruleNumber']}", i
 
 
@@ -121,7 +124,8 @@ class AclRulesInMoto(RecordingMocks):
 def test_default_acl_of_a_vpc_in_moto(aws: AwsEndpoint, kept: str) -> None:
     ec2 = aws.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    acl = ec2.describe_network_acls(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["NetworkAcls"][0]["NetworkAclId"]
+    acls = ec2.describe_network_acls(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["NetworkAcls"]
+    acl = acls[0]["NetworkAclId"]
     # First run: numbers from 100 up, where the default ACL already holds 100 both ways (moto, like AWS,
     # refuses a second rule 100 with NetworkAclEntryAlreadyExists).
     first = AclRulesInMoto(aws)

@@ -47,7 +47,8 @@ def test_aurora_cluster_gets_a_cluster_parameter_group(mocks: RecordingMocks) ->
 
 def test_aurora_instance_level_parameters_go_to_a_group_on_the_writer(mocks: RecordingMocks) -> None:
     extras = {"logical_decoding_work_mem": "262144", "max_worker_processes": 16}
-    run_program({**BASE, "engine": "aurora-postgresql", "engineVersion": "15.4", "extraParameters": extras}, mocks)
+    aurora = {**BASE, "engine": "aurora-postgresql", "engineVersion": "15.4"}
+    run_program({**aurora, "extraParameters": extras}, mocks)
     # A cluster parameter group does not apply instance-level parameters (AWS ignores or refuses them there).
     cluster = mocks.one(CLUSTER_GROUP)
     assert cluster.inputs["parameters"] == EXPECTED
@@ -74,7 +75,7 @@ def test_wal_keep_size_defaults_and_bounds(mocks: RecordingMocks) -> None:
 def test_wal_keep_size_needs_postgresql_13(mocks: RecordingMocks) -> None:
     run_program({**BASE, "engineVersion": "12"}, mocks)
     assert keep_size(mocks) is None  # no default where the parameter does not exist
-    with pytest.raises(Exception, match="max_slot_wal_keep_size exists from PostgreSQL 13 on; this is PostgreSQL 12"):
+    with pytest.raises(Exception, match="keep_size exists from PostgreSQL 13 on; this is PostgreSQL 12"):
         run_program({**BASE, "engineVersion": "12", "maxSlotWalKeepSizeGb": 5}, RecordingMocks())
     with pytest.raises(Exception, match="max_slot_wal_keep_size exists from PostgreSQL 13 on"):
         run_program({**BASE, "engineVersion": "12.17", "extraParameters": {"max_slot_wal_keep_size": "4096"}},

@@ -17,9 +17,16 @@ from tests.conftest import Database
 
 def admin(host: str = "127.0.0.1", port: int | None = None, **extra: Any) -> dict[str, Any]:
     return {
-        "host": host, "port": float(port or free_port()), "database": "postgres", "admin_user": SUPERUSER,
-        "admin_password": SUPERUSER_PASSWORD, "sslmode": "prefer", "connect_host": None, "connect_port": None,
-        "publicly_accessible": None, **extra,
+        "host": host,
+        "port": float(port or free_port()),
+        "database": "postgres",
+        "admin_user": SUPERUSER,
+        "admin_password": SUPERUSER_PASSWORD,
+        "sslmode": "prefer",
+        "connect_host": None,
+        "connect_port": None,
+        "publicly_accessible": None,
+        **extra,
     }
 
 
@@ -36,10 +43,18 @@ def test_a_private_database_out_of_reach_says_how_to_get_in() -> None:
 
 def test_a_tunnel_that_is_not_up_is_named() -> None:
     port = free_port()
-    props = admin(host="orders.abc.eu-west-1.rds.amazonaws.com", port=5432, connect_host="127.0.0.1",
-                  connect_port=float(port), publicly_accessible=False)
-    with pytest.raises(AccessError, match=rf"the tunnel to the database does not answer at 127.0.0.1:{port}.*"
-                                          r"start the port forwarding.*orders.abc.eu-west-1.rds.amazonaws.com:5432"):
+    props = admin(
+        host="orders.abc.eu-west-1.rds.amazonaws.com",
+        port=5432,
+        connect_host="127.0.0.1",
+        connect_port=float(port),
+        publicly_accessible=False,
+    )
+    with pytest.raises(
+        AccessError,
+        match=rf"the tunnel to the database does not answer at 127.0.0.1:{port}.*"
+        r"start the port forwarding.*orders.abc.eu-west-1.rds.amazonaws.com:5432",
+    ):
         adminconn.admin_connection(props)
 
 
@@ -52,14 +67,25 @@ def test_the_user_is_created_through_the_tunnel(source_db: Database) -> None:
     # The endpoint name resolves only inside the VPC; the program connects to the tunnel's local end and
     # the resource (and the secret) still name the endpoint.
     props = {
-        **admin(host="orders.abcdefghij.eu-west-1.rds.amazonaws.com", port=5432, connect_host="127.0.0.1",
-                connect_port=float(source_db.cluster.port), publicly_accessible=False),
-        "database": source_db.name, "user": f"tunnelled_{os.getpid()}", "replication_right": "attribute",
-        "schemas": ["public"], "table_owners": [], "password_version": 1.0,
+        **admin(
+            host="orders.abcdefghij.eu-west-1.rds.amazonaws.com",
+            port=5432,
+            connect_host="127.0.0.1",
+            connect_port=float(source_db.cluster.port),
+            publicly_accessible=False,
+        ),
+        "database": source_db.name,
+        "user": f"tunnelled_{os.getpid()}",
+        "replication_right": "attribute",
+        "schemas": ["public"],
+        "table_owners": [],
+        "password_version": 1.0,
     }
     provider = ReplicationUserProvider()
     created = provider.create(props)
-    assert created.id == f"orders.abcdefghij.eu-west-1.rds.amazonaws.com:5432/{source_db.name}/{props['user']}"
+    assert (
+        created.id == f"orders.abcdefghij.eu-west-1.rds.amazonaws.com:5432/{source_db.name}/{props['user']}"
+    )
     assert source_db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (props["user"],)) == 1
     # Another local port next time is not another user: no replacement, the password is kept.
     moved = {**created.outs, "connect_port": float(source_db.cluster.port)}  # type: ignore[dict-item]

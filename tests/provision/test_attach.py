@@ -31,8 +31,12 @@ PARAMS = [
     {"name": "wal_sender_timeout", "value": "0", "apply_method": "immediate"},
 ]
 # What a DBA put in the group the database runs with: lost at the next reboot if the group were replaced.
-CUSTOM = {"shared_preload_libraries": "pg_stat_statements,pg_cron", "rds.force_ssl": "1", "work_mem": "65536",
-          "wal_sender_timeout": "30000"}
+CUSTOM = {
+    "shared_preload_libraries": "pg_stat_statements,pg_cron",
+    "rds.force_ssl": "1",
+    "work_mem": "65536",
+    "wal_sender_timeout": "30000",
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +56,41 @@ def no_slots(quiet_cluster: LocalCluster) -> Iterator[LocalCluster]:
     yield quiet_cluster
     for db in ("app", "other"):
         with psycopg.connect(quiet_cluster.conninfo(db), autocommit=True) as conn:
-            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                         "WHERE database = current_database() AND NOT active")
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE database = current_database() AND NOT active"
+            )
 
 
-def props(aws: AwsEndpoint, cluster: LocalCluster | None = None, kind: str = "instance", identifier: str = "adopted",
-          family: str = "postgres16", **extra: Any) -> dict[str, Any]:
+def props(
+    aws: AwsEndpoint,
+    cluster: LocalCluster | None = None,
+    kind: str = "instance",
+    identifier: str = "adopted",
+    family: str = "postgres16",
+    **extra: Any,
+) -> dict[str, Any]:
     # As the engine hands them over: numbers arrive as floats.
     return {
-        "kind": kind, "identifier": identifier, "managed_group": f"{identifier}-replicator-{family}",
-        "family": family, "parameters": PARAMS, "backup_retention_days": 7.0, "region": aws.region,
+        "kind": kind,
+        "identifier": identifier,
+        "managed_group": f"{identifier}-replicator-{family}",
+        "family": family,
+        "parameters": PARAMS,
+        "backup_retention_days": 7.0,
+        "region": aws.region,
         "endpoint_url": aws.url,
         # the admin connection the destroy-time slot check uses (port 1: nothing there)
-        "host": "127.0.0.1", "port": float(cluster.port if cluster else 1), "database": "app",
-        "admin_user": SUPERUSER, "admin_password": SUPERUSER_PASSWORD, "sslmode": "prefer",
-        "connect_host": None, "connect_port": None, "publicly_accessible": False, "drop_inactive_slots": False,
+        "host": "127.0.0.1",
+        "port": float(cluster.port if cluster else 1),
+        "database": "app",
+        "admin_user": SUPERUSER,
+        "admin_password": SUPERUSER_PASSWORD,
+        "sslmode": "prefer",
+        "connect_host": None,
+        "connect_port": None,
+        "publicly_accessible": False,
+        "drop_inactive_slots": False,
         **extra,
     }
 
@@ -75,14 +99,28 @@ def instance(aws: AwsEndpoint, retention: int = 1, group: dict[str, str] | None 
     rds = aws.client("rds")
     extra = {}
     if group is not None:
-        rds.create_db_parameter_group(DBParameterGroupName="custom", DBParameterGroupFamily="postgres16",
-                                      Description="the DBA's settings")
-        rds.modify_db_parameter_group(DBParameterGroupName="custom", Parameters=[
-            {"ParameterName": k, "ParameterValue": v, "ApplyMethod": "pending-reboot"} for k, v in group.items()])
+        rds.create_db_parameter_group(
+            DBParameterGroupName="custom",
+            DBParameterGroupFamily="postgres16",
+            Description="the DBA's settings",
+        )
+        rds.modify_db_parameter_group(
+            DBParameterGroupName="custom",
+            Parameters=[
+                {"ParameterName": k, "ParameterValue": v, "ApplyMethod": "pending-reboot"}
+                for k, v in group.items()
+            ],
+        )
         extra["DBParameterGroupName"] = "custom"
     rds.create_db_instance(
-        DBInstanceIdentifier="adopted", Engine="postgres", EngineVersion="16.4", DBInstanceClass="db.t4g.micro",
-        AllocatedStorage=20, MasterUsername="postgres", MasterUserPassword="x" * 12, BackupRetentionPeriod=retention,
+        DBInstanceIdentifier="adopted",
+        Engine="postgres",
+        EngineVersion="16.4",
+        DBInstanceClass="db.t4g.micro",
+        AllocatedStorage=20,
+        MasterUsername="postgres",
+        MasterUserPassword="x" * 12,
+        BackupRetentionPeriod=retention,
         **extra,
     )
 
@@ -93,8 +131,9 @@ def attached(aws: AwsEndpoint) -> tuple[str, int]:
 
 
 def values(aws: AwsEndpoint, group: str, cluster: bool = False) -> dict[str, str]:
-    return attach.group_values({"kind": "cluster" if cluster else "instance", "region": aws.region,
-                                "endpoint_url": aws.url}, group)
+    return attach.group_values(
+        {"kind": "cluster" if cluster else "instance", "region": aws.region, "endpoint_url": aws.url}, group
+    )
 
 
 def group_exists(aws: AwsEndpoint, group: str) -> bool:
@@ -110,14 +149,23 @@ def test_a_custom_group_is_copied_not_replaced(aws: AwsEndpoint, no_slots: Local
     group, retention = attached(aws)
     assert (group, retention) == ("adopted-replicator-postgres16", 7)
     # Everything the DBA set survives (shared_preload_libraries, rds.force_ssl, memory); ours are added.
-    assert values(aws, group) == {**CUSTOM, "rds.logical_replication": "1", "max_replication_slots": "10",
-                                  "wal_sender_timeout": "0"}
+    assert values(aws, group) == {
+        **CUSTOM,
+        "rds.logical_replication": "1",
+        "max_replication_slots": "10",
+        "wal_sender_timeout": "0",
+    }
     assert values(aws, "custom") == CUSTOM  # the original is left as it was
     assert (outs["copied_from"], outs["previous_parameter_group"]) == ("custom", "custom")
-    assert outs["original_values"] == {"rds.logical_replication": None, "max_replication_slots": None,
-                                       "wal_sender_timeout": "30000"}
+    assert outs["original_values"] == {
+        "rds.logical_replication": None,
+        "max_replication_slots": None,
+        "wal_sender_timeout": "30000",
+    }
 
-    provider.delete(created.id, outs)  # the custom group has no rds.logical_replication=1: slots checked (none)
+    provider.delete(
+        created.id, outs
+    )  # the custom group has no rds.logical_replication=1: slots checked (none)
     assert attached(aws) == ("custom", 1)
     assert not group_exists(aws, "adopted-replicator-postgres16")
 
@@ -130,29 +178,54 @@ def test_a_default_group_gets_a_fresh_one(aws: AwsEndpoint, no_slots: LocalClust
     assert attached(aws) == ("adopted-replicator-postgres16", 7)
     assert outs["copied_from"] is None and outs["previous_parameter_group"] == "default.postgres16"
     assert values(aws, "adopted-replicator-postgres16") == {
-        "rds.logical_replication": "1", "max_replication_slots": "10", "wal_sender_timeout": "0"}
+        "rds.logical_replication": "1",
+        "max_replication_slots": "10",
+        "wal_sender_timeout": "0",
+    }
     provider.delete(created.id, outs)
     assert attached(aws) == ("default.postgres16", 1)
 
 
 def test_an_aurora_cluster_group_is_copied(aws: AwsEndpoint) -> None:
     rds = aws.client("rds")
-    rds.create_db_cluster_parameter_group(DBClusterParameterGroupName="custom-c", Description="d",
-                                          DBParameterGroupFamily="aurora-postgresql15")
-    rds.modify_db_cluster_parameter_group(DBClusterParameterGroupName="custom-c", Parameters=[
-        {"ParameterName": "rds.force_ssl", "ParameterValue": "1", "ApplyMethod": "pending-reboot"},
-        # logical replication already on: destroy then switches nothing off and needs no slot check
-        {"ParameterName": "rds.logical_replication", "ParameterValue": "1", "ApplyMethod": "pending-reboot"}])
-    rds.create_db_cluster(DBClusterIdentifier="aurora", Engine="aurora-postgresql", EngineVersion="15.4",
-                          MasterUsername="postgres", MasterUserPassword="x" * 12, BackupRetentionPeriod=1,
-                          DBClusterParameterGroupName="custom-c")
+    rds.create_db_cluster_parameter_group(
+        DBClusterParameterGroupName="custom-c", Description="d", DBParameterGroupFamily="aurora-postgresql15"
+    )
+    rds.modify_db_cluster_parameter_group(
+        DBClusterParameterGroupName="custom-c",
+        Parameters=[
+            {"ParameterName": "rds.force_ssl", "ParameterValue": "1", "ApplyMethod": "pending-reboot"},
+            # logical replication already on: destroy then switches nothing off and needs no slot check
+            {
+                "ParameterName": "rds.logical_replication",
+                "ParameterValue": "1",
+                "ApplyMethod": "pending-reboot",
+            },
+        ],
+    )
+    rds.create_db_cluster(
+        DBClusterIdentifier="aurora",
+        Engine="aurora-postgresql",
+        EngineVersion="15.4",
+        MasterUsername="postgres",
+        MasterUserPassword="x" * 12,
+        BackupRetentionPeriod=1,
+        DBClusterParameterGroupName="custom-c",
+    )
     provider = RdsAttachmentProvider()
     p = props(aws, kind="cluster", identifier="aurora", family="aurora-postgresql15")
     created = provider.create(p)
     c = rds.describe_db_clusters(DBClusterIdentifier="aurora")["DBClusters"][0]
-    assert (c["DBClusterParameterGroup"], c["BackupRetentionPeriod"]) == ("aurora-replicator-aurora-postgresql15", 7)
+    assert (c["DBClusterParameterGroup"], c["BackupRetentionPeriod"]) == (
+        "aurora-replicator-aurora-postgresql15",
+        7,
+    )
     assert values(aws, "aurora-replicator-aurora-postgresql15", cluster=True) == {
-        "rds.force_ssl": "1", "rds.logical_replication": "1", "max_replication_slots": "10", "wal_sender_timeout": "0"}
+        "rds.force_ssl": "1",
+        "rds.logical_replication": "1",
+        "max_replication_slots": "10",
+        "wal_sender_timeout": "0",
+    }
     provider.delete(created.id, created.outs)  # type: ignore[arg-type]  # port 1: it must not even connect
     c = rds.describe_db_clusters(DBClusterIdentifier="aurora")["DBClusters"][0]
     assert (c["DBClusterParameterGroup"], c["BackupRetentionPeriod"]) == ("custom-c", 1)
@@ -170,8 +243,12 @@ def test_a_group_someone_attached_since_is_left_alone(aws: AwsEndpoint) -> None:
     provider = RdsAttachmentProvider()
     created = provider.create(props(aws))
     rds = aws.client("rds")
-    rds.create_db_parameter_group(DBParameterGroupName="theirs", DBParameterGroupFamily="postgres16", Description="d")
-    rds.modify_db_instance(DBInstanceIdentifier="adopted", DBParameterGroupName="theirs", ApplyImmediately=True)
+    rds.create_db_parameter_group(
+        DBParameterGroupName="theirs", DBParameterGroupFamily="postgres16", Description="d"
+    )
+    rds.modify_db_instance(
+        DBInstanceIdentifier="adopted", DBParameterGroupName="theirs", ApplyImmediately=True
+    )
     provider.delete(created.id, created.outs)  # type: ignore[arg-type]
     assert attached(aws) == ("theirs", 7)
 
@@ -189,15 +266,23 @@ def test_update_sets_new_values_and_gives_back_dropped_ones(aws: AwsEndpoint) ->
     instance(aws, group=CUSTOM)
     provider = RdsAttachmentProvider()
     olds: dict[str, Any] = provider.create(props(aws)).outs  # type: ignore[assignment]
-    news = props(aws, parameters=[*PARAMS[:2], {"name": "max_wal_senders", "value": "12",
-                                                "apply_method": "pending-reboot"}])
+    news = props(
+        aws,
+        parameters=[
+            *PARAMS[:2],
+            {"name": "max_wal_senders", "value": "12", "apply_method": "pending-reboot"},
+        ],
+    )
     assert provider.diff("x", olds, news).changes
     outs: dict[str, Any] = provider.update("x", olds, news).outs  # type: ignore[assignment]
     got = values(aws, "adopted-replicator-postgres16")
     assert got["max_wal_senders"] == "12"
     assert got["wal_sender_timeout"] == "30000"  # no longer ours: the copied group's own value is back
-    assert outs["original_values"] == {"rds.logical_replication": None, "max_replication_slots": None,
-                                       "max_wal_senders": None}
+    assert outs["original_values"] == {
+        "rds.logical_replication": None,
+        "max_replication_slots": None,
+        "max_wal_senders": None,
+    }
     assert outs["copied_from"] == "custom" and outs["previous_parameter_group"] == "custom"
 
 
@@ -211,7 +296,9 @@ def make_slot(cluster: LocalCluster, db: str, name: str) -> None:
 
 def slots(cluster: LocalCluster) -> list[str]:
     with psycopg.connect(cluster.conninfo("app"), autocommit=True) as conn:
-        return [r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots ORDER BY 1").fetchall()]
+        return [
+            r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots ORDER BY 1").fetchall()
+        ]
 
 
 @contextmanager
@@ -223,8 +310,9 @@ def consuming(cluster: LocalCluster, db: str, slot: str) -> Iterator[None]:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with psycopg.connect(cluster.conninfo(db), autocommit=True) as probe:
-                row = probe.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
-                                    (slot,)).fetchone()
+                row = probe.execute(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+                ).fetchone()
             if row and row[0]:
                 break
             time.sleep(0.05)
@@ -245,7 +333,9 @@ def test_destroy_refuses_while_logical_slots_exist(aws: AwsEndpoint, no_slots: L
         provider.delete("x", outs)
     message = str(refused.value)
     assert "restore parameter group default.postgres16 on instance adopted" in message
-    assert "cdc_main (database app, inactive)" in message and "cdc_other (database other, inactive)" in message
+    assert (
+        "cdc_main (database app, inactive)" in message and "cdc_other (database other, inactive)" in message
+    )
     assert "dropInactiveSlotsOnDestroy" in message
     assert attached(aws)[0] == "adopted-replicator-postgres16"  # nothing was changed
     # Asked to, it drops the inactive slots (each from its own database), then restores.

@@ -231,9 +231,11 @@ def test_sequence_values_are_readable(db: Database, user: str) -> None:
     with as_user(db, user, "pw-123456") as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("SELECT nextval('public.ticket_no')")  # reading, not drawing numbers
     # Taken back with the schema.
-    run(db, pgaccess.update_access, spec, AccessSpec(user=user, schemas=("public",), replication_right="attribute"),
-        "pw-123456")
-    assert sequence_values(db, user) == {"public.ticket_no": 500, "sales.invoices_id_seq": None, "sales.later": None}
+    narrower = AccessSpec(user=user, schemas=("public",), replication_right="attribute")
+    run(db, pgaccess.update_access, spec, narrower, "pw-123456")
+    assert sequence_values(db, user) == {
+        "public.ticket_no": 500, "sales.invoices_id_seq": None, "sales.later": None
+    }
     db.execute("CREATE SEQUENCE sales.even_later; SELECT nextval('sales.even_later')")
     assert sequence_values(db, user)["sales.even_later"] is None
 
@@ -243,7 +245,8 @@ def test_sequences_of_named_owners(db: Database, user: str) -> None:
     db.execute(f'CREATE ROLE "{owner}"; GRANT CREATE, USAGE ON SCHEMA sales TO "{owner}"')
     spec = AccessSpec(user=user, schemas=("sales",), table_owners=(owner,), replication_right="attribute")
     run(db, pgaccess.ensure_access, spec, "pw-123456")
-    db.execute(f'SET ROLE "{owner}"; CREATE SEQUENCE sales.by_app; SELECT nextval(\'sales.by_app\'); RESET ROLE')
+    db.execute(f'SET ROLE "{owner}"; CREATE SEQUENCE sales.by_app; RESET ROLE')
+    db.execute("SELECT nextval('sales.by_app')")
     assert sequence_values(db, user)["sales.by_app"] == 1
     run(db, pgaccess.drop_access, spec)
     db.execute(f'DROP SEQUENCE sales.by_app; REVOKE ALL ON SCHEMA sales FROM "{owner}"; DROP ROLE "{owner}"')
@@ -264,7 +267,8 @@ def test_drop_hands_over_what_the_user_owns_and_drops_its_grants(db: Database, u
     other = f"{db.name}_other"
     db.cluster.create_database(other)
     with psycopg.connect(db.cluster.conninfo(other), autocommit=True) as conn:
-        conn.execute(f'CREATE TABLE t (id int); GRANT SELECT ON t TO "{user}"; GRANT CREATE ON SCHEMA public TO "{user}"')
+        conn.execute(f'CREATE TABLE t (id int); GRANT SELECT ON t TO "{user}"')
+        conn.execute(f'GRANT CREATE ON SCHEMA public TO "{user}"')
 
     def connect_to(name: str) -> psycopg.Connection[Any]:
         return psycopg.connect(db.cluster.conninfo(name), autocommit=True)
@@ -272,8 +276,8 @@ def test_drop_hands_over_what_the_user_owns_and_drops_its_grants(db: Database, u
     run(db, pgaccess.drop_access, spec, connect_to)
     assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0
     # Its table is kept, now the admin's: the data outlives the role.
-    assert db.fetchone("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'scratch.notes'::regclass") == (
-        db.fetchone("SELECT current_user"))
+    owner = "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass"
+    assert db.fetchone(owner, ("scratch.notes",)) == db.fetchone("SELECT current_user")
     assert db.fetchone("SELECT count(*) FROM scratch.notes") == 1
 
 
@@ -287,7 +291,7 @@ def test_drop_without_a_way_into_the_other_database_says_what_to_run(db: Databas
     with pytest.raises(AccessError, match=rf"in database {other}: connect there and run REASSIGN OWNED BY "
                                           rf'"{user}" TO CURRENT_USER; DROP OWNED BY "{user}"'):
         run(db, pgaccess.drop_access, spec)
-    assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 1  # one transaction: intact
+    assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 1  # nothing removed
     with psycopg.connect(db.cluster.conninfo(other), autocommit=True) as conn:
         conn.execute(f'REVOKE ALL ON t FROM "{user}"')
     run(db, pgaccess.drop_access, spec)
@@ -300,7 +304,8 @@ def test_drop_as_a_master_user_that_is_not_superuser(db: Database, user: str, rd
     master = f"{user}_master"
     db.execute(f"CREATE ROLE \"{master}\" LOGIN CREATEROLE PASSWORD 'master-pw'")
     db.execute(f'ALTER DATABASE "{db.name}" OWNER TO "{master}"; ALTER SCHEMA public OWNER TO "{master}"')
-    db.execute(f'ALTER TABLE public.items OWNER TO "{master}"; GRANT rds_replication TO "{master}" WITH ADMIN OPTION')
+    db.execute(f'ALTER TABLE public.items OWNER TO "{master}"')
+    db.execute(f'GRANT rds_replication TO "{master}" WITH ADMIN OPTION')
     spec = AccessSpec(user=user, schemas=("public",), replication_right="rds_replication")
     info = db.cluster.conninfo(db.name, user=master, password="master-pw")
     with psycopg.connect(info, autocommit=True) as conn:
@@ -311,5 +316,7 @@ def test_drop_as_a_master_user_that_is_not_superuser(db: Database, user: str, rd
     with psycopg.connect(info, autocommit=True) as conn:
         pgaccess.drop_access(conn, spec)
     assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0
-    assert db.fetchone("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'public.made_by_user'::regclass") == master
-    db.execute(f'REASSIGN OWNED BY "{master}" TO CURRENT_USER; DROP OWNED BY "{master}"; DROP ROLE "{master}"')
+    owner = "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'public.made_by_user'::regclass"
+    assert db.fetchone(owner) == master
+    db.execute(f'REASSIGN OWNED BY "{master}" TO CURRENT_USER; DROP OWNED BY "{master}"')
+    db.execute(f'DROP ROLE "{master}"')
