@@ -90,15 +90,33 @@ def connect(
     replication: bool = False,
 ) -> psycopg.Connection[Any]:
     """Connect with retries; failures become a ConnectError that says which server and why."""
-    info = conninfo(cfg, application_name, replication=replication)
-    try:
+
+    def attempts() -> psycopg.Connection[Any]:
+        info = conninfo(cfg, application_name, replication=replication)  # credentials are read here
         for attempt in retrying_for(cfg, f"connecting to the {role} {describe(cfg)}"):
             with attempt:
                 return psycopg.connect(info, autocommit=autocommit)
+        raise AssertionError("unreachable")
+
+    try:
+        try:
+            return attempts()
+        except psycopg.OperationalError as e:
+            if not _reread_rotated_credentials(cfg, e):
+                raise
+            return attempts()
     except psycopg.OperationalError as e:
         message = connect_failure_message(cfg, role, e)
         raise ConnectError(message, permanent=not is_transient(e)) from None
-    raise AssertionError("unreachable")
+
+
+def _reread_rotated_credentials(cfg: ConnectionConfig, exc: BaseException) -> bool:
+    """Password rotation hook: an authentication failure with a credential store re-reads the secret, once."""
+    if cfg.credential_store is None:
+        return False
+    from replicator.credentials import refresh_after_auth_failure
+
+    return refresh_after_auth_failure(cfg, exc)
 
 
 def connect_failure_message(cfg: ConnectionConfig, role: str, exc: BaseException) -> str:
