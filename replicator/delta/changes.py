@@ -105,7 +105,7 @@ def apply_changes(
     with dst.transaction():
         result = dst.load(
             target, columns, binary, lambda sink: relay_copy(src, copy_out_sql, sink, on_progress),
-            merge_key=t.st.key, expect_new=False,
+            merge_key=t.st.key,
         )
         dst.state.save_watermark(job_id, t.ident, mark)
     return result.rows

@@ -341,11 +341,12 @@ class DestinationSession(Protocol):
         binary: bool,
         fill: Fill,
         merge_key: tuple[str, ...] = (),
-        expect_new: bool = True,
+        expect_new: bool | None = None,
     ) -> RelayResult:
         """A COPY stream of ``columns`` (binary or text format) into ``table``: appended, or with
         ``merge_key`` merged by that key (a row already there takes the new values and, with
-        soft deletes, is live again). Call in a transaction."""
+        soft deletes, is live again; the key needs a unique index). ``expect_new``: whether most
+        rows are expected to be new, when the caller knows (None: a mix). Call in a transaction."""
         ...
 
     def key_range_digest(

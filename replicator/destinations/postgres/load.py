@@ -33,17 +33,19 @@ def load(
     binary: bool,
     fill: Fill,
     merge_key: tuple[str, ...] = (),
-    expect_new: bool = True,
+    expect_new: bool | None = None,
 ) -> RelayResult:
     """Relay rows into ``table`` (``fill`` feeds the sink): appended, or staged and merged by
-    ``merge_key``. Call in a transaction."""
+    ``merge_key`` (which needs a unique index unless ``expect_new`` says where rows are; see
+    ``stage.merge``). Call in a transaction."""
     if not merge_key:
         return fill(PgCopyIn(conn, copy_in_sql(ident(table), columns, binary)))
     stage = stages.take(table, columns, "load")
     result = fill(PgCopyIn(conn, copy_in_sql(stage, columns, binary)))
     if result.rows:
         nullable = any(not c.not_null for k in merge_key if (c := table.columns.get(k)) is not None)
-        conn.execute(KEY_PROBES)
+        if expect_new is not None and not nullable:
+            conn.execute(KEY_PROBES)  # the statements join the stage to the table (see stage.py)
         merge(
             conn, table, stage, columns, merge_key, result.rows,
             key_nullable=nullable, deletes=deletes, expect_new=expect_new,

@@ -176,7 +176,7 @@ class PostgresSession:
         binary: bool,
         fill: Fill,
         merge_key: tuple[str, ...] = (),
-        expect_new: bool = True,
+        expect_new: bool | None = None,
     ) -> RelayResult:
         return load.load(
             self.conn, self.stages, self.deletes, table, columns, binary, fill, merge_key, expect_new

@@ -3,14 +3,18 @@
 Rows to merge are COPYed into a *stage*, a session temp table shaped like the columns they
 fill, and merged into their table with a few statements:
 
-- Where the key is NOT NULL, an INSERT of the staged rows whose key has no row, and an UPDATE
-  of those that have one. Whichever is expected to do most comes first; the other runs only
-  if the first one's row count says some rows were not where they were expected (e.g. a
-  stream replayed over a later snapshot). An INSERT of rows known to be new costs about half
-  the CPU of ``ON CONFLICT`` speculative insertion, and an UPDATE of existing rows writes less
-  WAL than ``ON CONFLICT DO UPDATE`` (which also locks each row).
-- Where NULLs are possible in the key, ``INSERT ... ON CONFLICT`` on its unique index
-  (``NULLS NOT DISTINCT``): only that index finds those rows.
+- When the caller knows where most rows are (realtime's fold does: a key first written in
+  the batch is new) and the key is NOT NULL: an INSERT of the staged rows whose key has no
+  row, and an UPDATE of those that have one. Whichever is expected to do most comes first;
+  the other runs only if the first one's row count says some rows were not where they were
+  expected (e.g. a stream replayed over a later snapshot). An INSERT of rows known to be new
+  costs about half the CPU of ``ON CONFLICT`` speculative insertion, and an UPDATE of
+  existing rows writes less WAL than ``ON CONFLICT DO UPDATE`` (which also locks each row).
+- Otherwise (a mix nobody can predict: a delta pass's changed rows, the rest of a snapshot
+  resumed under a new snapshot), and wherever NULLs are possible in the key: one
+  ``INSERT ... ON CONFLICT DO UPDATE`` on the key's unique index (``NULLS NOT DISTINCT`` for
+  a nullable key: only that index finds those rows). For a mix it probes each key once,
+  where UPDATE-then-INSERT would probe twice (~25% slower on a 1% delta pass).
 
 Joins of a stage to its table must probe the table's key index (``KEY_PROBES``, set once per
 transaction). With hash or merge joins allowed, the planner scans the whole destination table
@@ -146,15 +150,16 @@ def merge(
     *,
     key_nullable: bool = False,
     deletes: DeletePolicy,
-    expect_new: bool,
+    expect_new: bool | None,
 ) -> None:
     """Merge the ``rows`` staged rows into ``table`` by ``key``: each takes its key's row, or a new one.
 
-    ``expect_new``: most rows are expected to have no row yet (insert first, then update).
-    Run under ``KEY_PROBES``.
+    ``expect_new``: True when most rows are expected to have no row yet (insert first, then
+    update), False when most are expected to have one, None when nobody knows (a unique index
+    on the key is then required). Run under ``KEY_PROBES``.
     """
     cols = names_sql(names)
-    if key_nullable:
+    if key_nullable or expect_new is None:
         sets = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names if n not in key]
         sets += deletes.revive(table)
         action = (
