@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,6 +11,7 @@ import psycopg
 import tenacity
 from psycopg.conninfo import make_conninfo
 
+from replicator import ssh
 from replicator.config.connection import ConnectionConfig
 from replicator.errors import ReplicatorError
 
@@ -61,6 +63,9 @@ def conninfo(cfg: ConnectionConfig, application_name: str, replication: bool = F
             params["sslkey"] = str(cfg.ssl.ssl_key)
     if replication:
         params["replication"] = "database"
+    # Through an ssh-tunnel: hostaddr=127.0.0.1 and the local forward's port; `host` stays the configured
+    # name, so verify-full checks the database's real name.
+    params.update(ssh.libpq_params(cfg))
     return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
 
@@ -71,6 +76,8 @@ def describe(cfg: ConnectionConfig) -> str:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a failure may go away by itself (network, restart), so retrying makes sense."""
+    if isinstance(exc, ssh.TunnelError):
+        return exc.transient
     if not isinstance(exc, psycopg.OperationalError):
         return False
     state = getattr(exc, "sqlstate", None) or ""
@@ -118,12 +125,39 @@ def connect(
     info = conninfo(cfg, application_name, replication=replication)
 
     def attempt() -> psycopg.Connection[Any]:
-        return psycopg.connect(info, autocommit=autocommit)
+        ssh.ensure(cfg)  # (re)opens the SSH tunnel, if any, so a bastion that went away is retried too
+        started = time.monotonic()
+        try:
+            return psycopg.connect(info, autocommit=autocommit)
+        except psycopg.OperationalError:
+            # The tunnel closed the socket? Then its reason (which hop failed) beats libpq's "server closed".
+            tunnel_failure = ssh.failure_since(cfg, started)
+            if tunnel_failure is None:
+                raise
+            raise tunnel_failure from None
 
     try:
         return with_retries(cfg, f"connecting to the {role} {describe(cfg)}", attempt)
     except psycopg.OperationalError as e:
         raise ConnectError(connect_failure_message(cfg, role, e)) from None
+    except ssh.TunnelError as e:
+        if not e.transient:
+            raise  # a config value is at fault (exit 2, with file:line), or the bastion forbids forwarding
+        raise ConnectError(f"cannot connect to the {role} {describe(cfg)}: {e}") from None
+
+
+def open_tunnels(*configs: tuple[str, ConnectionConfig]) -> None:
+    """Open each ``(role, config)``'s SSH tunnel before any database connection, so a refused host key
+    or user key stops a run before anything is written anywhere."""
+    for role, cfg in configs:
+        if cfg.ssh_tunnel is None:
+            continue
+        try:
+            with_retries(cfg, f"opening the SSH tunnel to the {role} {describe(cfg)}", lambda c=cfg: ssh.ensure(c))
+        except ssh.TunnelError as e:
+            if not e.transient:
+                raise
+            raise ConnectError(f"cannot connect to the {role} {describe(cfg)}: {e}") from None
 
 
 def connect_failure_message(cfg: ConnectionConfig, role: str, exc: BaseException) -> str:
