@@ -85,7 +85,7 @@ class SlotPipeline:
     def run(self, stop: threading.Event, until: Lsn | None = None) -> SlotStats:
         src_cfg = self.job.source.value
         dst = connect(self.job.destination.value, "destination", APP, autocommit=True)
-        aux = connect(src_cfg, "source", APP, autocommit=True)  # heartbeat, WAL watch, type lookups
+        aux = self._aux = connect(src_cfg, "source", APP, autocommit=True)  # heartbeat, WAL watch, type lookups
         try:
             dst.execute("SET synchronous_commit = off")  # safe: the checkpoint commits with the rows
             writer = Writer(
@@ -115,9 +115,14 @@ class SlotPipeline:
                         dst.execute("SET synchronous_commit = off")
                         writer.conn = dst
                         writer.reset_session()
+                    # A lost bastion or network takes this source session down with the stream.
+                    if aux.closed or aux.broken:
+                        aux = self._aux = connect(src_cfg, "source", APP, autocommit=True)
+                        if writer_hb is not None:
+                            writer_hb.conn = aux
         finally:
             dst.close()
-            aux.close()
+            self._aux.close()
 
     def _open_reader(self, dst: psycopg.Connection[Any], aux: psycopg.Connection[Any]) -> Any:
         src_cfg = self.job.source.value
@@ -258,6 +263,7 @@ class SlotPipeline:
     def _column_type(self, aux: psycopg.Connection[Any], dst: psycopg.Connection[Any]) -> Any:
         def column_type(oid: int, typmod: int) -> str:
             """A column type as SQL for ALTER TABLE ADD COLUMN (creating a new user type first)."""
+            aux = self._aux  # the current one: it is reopened after a lost connection
             with self._aux_lock, aux.transaction():
                 aux.execute("SELECT set_config('search_path', '', true)")
                 row = aux.execute("SELECT format_type(%s, %s)", (oid, typmod)).fetchone()

@@ -77,7 +77,7 @@ def failure_since(cfg: ConnectionConfig, started: float) -> TunnelError | None:
     found = tunnel_for(cfg).failure_since(started)
     if found is None:
         return None
-    copy = type(found)(str(found))  # each caller raises its own instance (tracebacks are per raise)
+    copy = type(found)(found.problem, found.fix)  # each caller raises its own instance (tracebacks are per raise)
     copy.transient = found.transient
     return copy
 

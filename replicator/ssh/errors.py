@@ -9,9 +9,14 @@ from replicator.errors import ReplicatorError
 
 
 class TunnelError(ReplicatorError):
-    """The SSH tunnel in front of a database could not be used."""
+    """The SSH tunnel in front of a database could not be used: ``problem``, and what to do (``fix``)."""
 
     transient = False
+
+    def __init__(self, problem: str, fix: str | None = None):
+        super().__init__(f"{problem}; {fix}" if fix else problem)
+        self.problem = problem
+        self.fix = fix
 
 
 class BastionUnreachable(TunnelError):

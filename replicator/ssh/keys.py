@@ -111,7 +111,9 @@ def load_private_key(settings: SshTunnelConfig) -> paramiko.PKey:
         return parse_private_key(text, passphrase, what)
     except KeyProblem as p:
         key = p.key or origin
-        raise TunnelRefused(_located(settings, key, f"ssh-tunnel.{key}: {p.message}")) from None
+        fix = ("set ssh-tunnel.private-key-passphrase to the key's passphrase" if key == "private-key-passphrase"
+               else f"give ssh-tunnel.{key} a private key in OpenSSH or PEM format")
+        raise TunnelRefused(_located(settings, key, f"ssh-tunnel.{key}: {p.message}"), fix) from None
 
 
 def config_problems(settings: SshTunnelConfig) -> list[KeyProblem]:
@@ -160,7 +162,9 @@ def known_keys(settings: SshTunnelConfig) -> dict[str, paramiko.PKey]:
     try:
         hostkeys = paramiko.HostKeys(str(path))
     except (OSError, UnicodeDecodeError) as e:
-        raise TunnelRefused(_located(settings, "known-hosts-file", f"ssh-tunnel.known-hosts-file: cannot read {path}: {e}")) from None
+        raise TunnelRefused(
+            _located(settings, "known-hosts-file", f"ssh-tunnel.known-hosts-file: cannot read {path}: {e}"),
+            "point known-hosts-file at a readable known_hosts file") from None
     found = hostkeys.lookup(known_host_name(settings.host, settings.port))
     return dict(found) if found else {}
 
@@ -184,16 +188,17 @@ def verify_host_key(settings: SshTunnelConfig, known: dict[str, paramiko.PKey], 
         listed = ", ".join(fingerprint(k) for k in known.values())
         raise TunnelRefused(_located(settings, "known-hosts-file", (
             f"ssh-tunnel: the bastion's host key does not match known_hosts: {name} presented "
-            f"{fingerprint(server_key)}, but {path} lists {listed}. Refusing to connect: someone may be "
-            f"intercepting the connection. If the bastion's host key really changed, remove the old entry "
-            f"(ssh-keygen -R '{name}' -f {path}) and add the new one after checking its fingerprint"
-        )))
+            f"{fingerprint(server_key)}, but {path} lists {listed}. Refused: someone may be intercepting "
+            f"the connection"
+        )), (
+            f"if the bastion's host key really changed (ask its administrator for the fingerprint), replace the "
+            f"entry: ssh-keygen -R '{name}' -f {path} && {keyscan(settings)}"
+        ))
     if settings.strict_host_key_checking:
         raise TunnelRefused(_located(settings, "known-hosts-file", (
             f"ssh-tunnel: the bastion {name} is not in known_hosts {path} (its host key is "
-            f"{fingerprint(server_key)}). Refusing to connect to an unknown host: check that fingerprint "
-            f"with the bastion's administrator, then add it: {keyscan(settings)}"
-        )))
+            f"{fingerprint(server_key)}). Refused: an unknown host could be anyone"
+        )), f"check that fingerprint with the bastion's administrator, then add it: {keyscan(settings)}")
     log.warning("ssh-tunnel: accepting the unknown host key %s of %s (strict-host-key-checking: false); "
                 "nothing is written to %s", fingerprint(server_key), name, path)
 

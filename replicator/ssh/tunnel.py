@@ -89,10 +89,12 @@ class Tunnel:
         try:
             sock = socket.create_connection((s.host, s.port), timeout=s.connect_timeout_s)
         except socket.gaierror as e:
-            raise BastionUnreachable(f"{self.hop1}: cannot resolve {s.host}: {e.strerror or e}") from None
+            raise BastionUnreachable(f"{self.hop1}: cannot resolve {s.host}: {e.strerror or e}",
+                                     "check ssh-tunnel.host") from None
         except OSError as e:
-            raise BastionUnreachable(f"{self.hop1}: cannot connect: {_os_error(e)}; is the bastion up, and does "
-                                     f"its security group / firewall allow this machine on port {s.port}?") from None
+            raise BastionUnreachable(f"{self.hop1}: cannot connect: {_os_error(e)}",
+                                     f"make sure the bastion runs sshd on port {s.port} and that its security group / "
+                                     "firewall allows this machine") from None
         # A bastion that vanishes without closing the connection (network drop) shows as unacknowledged
         # keepalives: the kernel then fails the socket, paramiko ends the transport, we reconnect.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -111,28 +113,29 @@ class Tunnel:
             try:
                 transport.auth_publickey(s.username, key)
             except paramiko.AuthenticationException as e:
-                raise TunnelRefused(self._refused_message(key, e)) from None
+                raise self._refused(key, e) from None
         except TunnelError:
             transport.close()
             raise
         except keys.KeyProblem as p:  # a key from the credential store that does not load
             transport.close()
-            raise TunnelRefused(f"ssh-tunnel.{p.key}: {p.message}") from None
+            raise TunnelRefused(f"ssh-tunnel.{p.key}: {p.message}", "fix the key stored in the secret") from None
         except (paramiko.SSHException, EOFError, OSError) as e:
             transport.close()
-            raise BastionUnreachable(f"{self.hop1}: SSH handshake failed: {_os_error(e)}") from None
+            raise BastionUnreachable(f"{self.hop1}: SSH handshake failed: {_os_error(e)}",
+                                     f"check that {s.host}:{s.port} is an SSH server") from None
         transport.set_keepalive(s.keepalive_interval_s)
         return transport
 
-    def _refused_message(self, key: paramiko.PKey, exc: Exception) -> str:
+    def _refused(self, key: paramiko.PKey, exc: Exception) -> TunnelRefused:
         s = self.settings
         origin = "private-key-file" if s.private_key_file else ("private-key" if s.private_key else "credential-store")
         where = s.where(origin) or s.where("username")
         prefix = f"{where}: " if where else ""
-        return (
-            f"{prefix}{self.hop1}: the bastion refused our key ({keys.fingerprint(key)}) for user {s.username!r}: "
-            f"{exc}. Check ssh-tunnel.username and ssh-tunnel.{origin}, and that the public key is in "
-            f"~{s.username}/.ssh/authorized_keys on the bastion"
+        return TunnelRefused(
+            f"{prefix}{self.hop1}: the bastion refused our key ({keys.fingerprint(key)}) for user {s.username!r}: {exc}",
+            f"check ssh-tunnel.username and ssh-tunnel.{origin}, and that this public key is in "
+            f"~{s.username}/.ssh/authorized_keys on the bastion",
         )
 
     def probe(self) -> None:
@@ -147,13 +150,13 @@ class Tunnel:
             chan = transport.open_channel("direct-tcpip", self.target, origin, window_size=_WINDOW,
                                           timeout=s.connect_timeout_s + 5)
         except paramiko.ChannelException as e:
-            err = ForwardFailed(f"{self.hop2}: the bastion could not connect to the database: {e.text}"
-                                + _channel_hint(e.code))
+            err = ForwardFailed(f"{self.hop2}: the bastion could not connect to the database: {e.text}",
+                                _channel_hint(e.code))
             err.transient = e.code != paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
             raise err from None
         except (paramiko.SSHException, EOFError, OSError) as e:
             raise BastionUnreachable(f"{self.hop1}: the SSH connection failed while opening a forward: "
-                                     f"{_os_error(e)}") from None
+                                     f"{_os_error(e)}", "retry; if it persists, check the bastion's sshd") from None
         self.channels_opened += 1
         return chan
 
@@ -236,7 +239,7 @@ def _os_error(e: BaseException) -> str:
 
 def _channel_hint(code: Any) -> str:
     if code == paramiko.common.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED:
-        return ("; the bastion does not allow TCP forwarding for this user (sshd_config: AllowTcpForwarding yes, "
-                "PermitOpen)")
-    return ("; check host and port as the bastion sees them, and that the database's security group allows "
+        return ("the bastion does not allow TCP forwarding for this user: set AllowTcpForwarding yes (and PermitOpen, "
+                "if used, to include the database) in its sshd_config")
+    return ("check host and port as the bastion sees them, and that the database's security group allows "
             "the bastion")

@@ -83,9 +83,8 @@ class Sshd:
     def start(self) -> None:
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
-        # Own session: stop() signals the group, which holds the per-connection children as well.
         self.proc = subprocess.Popen([SSHD, "-D", "-f", str(self.config_file), "-E", str(self.log_file)],
-                                     start_new_session=True)
+                                     start_new_session=True)  # Ctrl-C of pytest does not reach it
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -99,12 +98,14 @@ class Sshd:
         raise RuntimeError("sshd did not start within 10 s")
 
     def stop(self) -> None:
+        """Kill sshd and its per-connection children (they call setsid(), so the process group is not enough)."""
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait(timeout=10)
         self.proc = None
 
@@ -126,6 +127,24 @@ class Sshd:
 
     def forwards_to(self, port: int) -> int:
         return sum(1 for line in self.forwards() if re.search(rf"target 127\.0\.0\.1 port {port}\b", line))
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def make_sshd(root: Path) -> Sshd:
