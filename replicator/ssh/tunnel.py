@@ -47,6 +47,7 @@ class Tunnel:
         self.channels_opened = 0
         self.last_failure: TunnelError | None = None
         self.last_failure_at = 0.0
+        self._key: paramiko.PKey | None = None
         threading.Thread(target=self._accept_loop, name=f"ssh-forward-{self.local_port}", daemon=True).start()
 
     # -- naming ----------------------------------------------------------------------------------
@@ -87,6 +88,11 @@ class Tunnel:
     def _connect(self) -> paramiko.Transport:
         s = self.settings
         try:
+            # First: a key that cannot work needs no network. Kept: reconnecting must not need the store.
+            key = self._key or keys.load_private_key(s)
+        except keys.KeyProblem as p:  # a key from the credential store that does not load
+            raise TunnelRefused(f"ssh-tunnel.{p.key}: {p.message}", "fix the key stored in the secret") from None
+        try:
             sock = socket.create_connection((s.host, s.port), timeout=s.connect_timeout_s)
         except socket.gaierror as e:
             raise BastionUnreachable(f"{self.hop1}: cannot resolve {s.host}: {e.strerror or e}",
@@ -109,7 +115,6 @@ class Tunnel:
             options.key_types = keys.preferred_algorithms(known, tuple(options.key_types))
             transport.start_client(timeout=s.connect_timeout_s)
             keys.verify_host_key(s, known, transport.get_remote_server_key())
-            key = keys.load_private_key(s)
             try:
                 transport.auth_publickey(s.username, key)
             except paramiko.AuthenticationException as e:
@@ -117,14 +122,12 @@ class Tunnel:
         except TunnelError:
             transport.close()
             raise
-        except keys.KeyProblem as p:  # a key from the credential store that does not load
-            transport.close()
-            raise TunnelRefused(f"ssh-tunnel.{p.key}: {p.message}", "fix the key stored in the secret") from None
         except (paramiko.SSHException, EOFError, OSError) as e:
             transport.close()
             raise BastionUnreachable(f"{self.hop1}: SSH handshake failed: {_os_error(e)}",
                                      f"check that {s.host}:{s.port} is an SSH server") from None
         transport.set_keepalive(s.keepalive_interval_s)
+        self._key = key
         return transport
 
     def _refused(self, key: paramiko.PKey, exc: Exception) -> TunnelRefused:
@@ -140,8 +143,7 @@ class Tunnel:
 
     def probe(self) -> None:
         """Hop 2 on its own: ask the bastion to connect to the database, then hang up (for ``check``)."""
-        chan = self._open_channel(("127.0.0.1", 0))
-        chan.close()
+        _close_channel(self._open_channel(("127.0.0.1", 0)))
 
     def _open_channel(self, origin: tuple[str, int]) -> paramiko.Channel:
         transport = self.ensure()
@@ -219,8 +221,15 @@ def _pump(local: socket.socket, chan: paramiko.Channel, upstream: bool) -> None:
     except (OSError, EOFError, paramiko.SSHException):
         pass
     finally:
-        chan.close()
+        _close_channel(chan)
         _close(local)
+
+
+def _close_channel(chan: paramiko.Channel) -> None:
+    try:
+        chan.close()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass  # the SSH connection is gone already, and the channel with it
 
 
 def _close(sock: socket.socket) -> None:

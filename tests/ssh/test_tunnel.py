@@ -242,16 +242,15 @@ def test_private_key_from_the_environment(
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-@pytest.mark.parametrize("key", ["private-key", "private-key-passphrase"])
 def test_secret_tunnel_values_are_not_echoed_in_config_errors(
-    sshd: Sshd, tmp_path: Path, key: str, capsys: pytest.CaptureFixture[str]
+    sshd: Sshd, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tunnel = {k: v for k, v in sshd.tunnel().items() if k != "private-key-file"}
-    tunnel.update({"private-key": "placeholder", key: [987654321]})  # wrong type: pydantic would quote it
+    tunnel["private-key"] = 987654321  # not text: pydantic's message would quote the value
     src = write(tmp_path / "source.yaml", yaml.safe_dump({
         "type": "POSTGRESQL", "host": "db.internal", "database": "d", "username": "u", "ssh-tunnel": tunnel}))
     code, err = _run(capsys, "status", "--destination", src)
-    assert code == 2 and f"ssh-tunnel.{key}" in err
+    assert code == 2 and "ssh-tunnel.private-key: input should be a valid string" in err
     assert "987654321" not in err
 
 
