@@ -94,7 +94,7 @@ def test_bastion_restarted_mid_stream_loses_nothing(
             caught_up = _wait_applied(env)
         finally:
             child.send_signal(signal.SIGTERM)
-            out, err = child.communicate(timeout=60)
+            _, err = child.communicate(timeout=60)
         assert caught_up, err
         assert child.returncode == 0, err
         assert "lost the SSH connection" in err or "cannot connect" in err
