@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -153,7 +154,7 @@ def open_tunnels(*configs: tuple[str, ConnectionConfig]) -> None:
         if cfg.ssh_tunnel is None:
             continue
         try:
-            with_retries(cfg, f"opening the SSH tunnel to the {role} {describe(cfg)}", lambda c=cfg: ssh.ensure(c))
+            with_retries(cfg, f"opening the SSH tunnel to the {role} {describe(cfg)}", partial(ssh.ensure, cfg))
         except ssh.TunnelError as e:
             if not e.transient:
                 raise

@@ -58,16 +58,14 @@ def parse_private_key(text: str, passphrase: str | None, what: str) -> paramiko.
             return _parsed[digest]
     data = text.encode()
     load = serialization.load_ssh_private_key if b"OPENSSH PRIVATE KEY" in data else serialization.load_pem_private_key
-    password: bytes | None = None
     try:
         loaded = load(data, None)
     except TypeError:  # encrypted
         if not passphrase:
             raise KeyProblem("private-key-passphrase",
                              f"{what} is encrypted: set private-key-passphrase (e.g. ${{BASTION_KEY_PASSPHRASE}})") from None
-        password = passphrase.encode()
         try:
-            loaded = load(data, password)
+            loaded = load(data, passphrase.encode())
         except ValueError:
             raise KeyProblem("private-key-passphrase", f"private-key-passphrase does not decrypt {what}") from None
     except ValueError:
@@ -79,7 +77,11 @@ def parse_private_key(text: str, passphrase: str | None, what: str) -> paramiko.
     cls = next((pk for crypto, pk in _PARAMIKO_CLASS if isinstance(loaded, crypto)), None)
     if cls is None:
         raise KeyProblem("", f"{what}: unsupported key type {type(loaded).__name__}; use an Ed25519, ECDSA or RSA key")
-    key = cls.from_private_key(io.StringIO(text), password=password)
+    # Handed to paramiko decrypted, in OpenSSH format: its own readers know neither PKCS#8 ("BEGIN
+    # ENCRYPTED PRIVATE KEY") nor how to skip a second, deliberately slow, decryption.
+    plain = loaded.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                 serialization.NoEncryption()).decode()
+    key = cls.from_private_key(io.StringIO(plain))
     with _parsed_lock:
         _parsed[digest] = key
     return key

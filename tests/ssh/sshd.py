@@ -24,10 +24,10 @@ from replicator.localpg import free_port
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
-def keygen(path: Path, passphrase: str = "", kind: str = "ed25519") -> Path:
-    """A new private key at ``path`` (public key at ``path.pub``)."""
-    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-C", "replicator-test", "-f", str(path)],
-                   check=True)
+def keygen(path: Path, passphrase: str = "", kind: str = "ed25519", fmt: str = "RFC4716") -> Path:
+    """A new private key at ``path`` (public key at ``path.pub``); ``fmt``: RFC4716 (OpenSSH), PEM or PKCS8."""
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-m", fmt, "-N", passphrase, "-C", "replicator-test",
+                    "-f", str(path)], check=True)
     return path
 
 

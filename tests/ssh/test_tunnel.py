@@ -214,6 +214,17 @@ def test_a_key_with_a_passphrase(
     assert "not-the-passphrase" not in err
 
 
+@pytest.mark.parametrize(("kind", "fmt"), [("rsa", "PEM"), ("ecdsa", "PKCS8"), ("rsa", "PKCS8"), ("ecdsa", "RFC4716")])
+def test_encrypted_keys_of_each_type_and_format(
+    sshd: Sshd, source_db: Database, tmp_path: Path, kind: str, fmt: str
+) -> None:
+    key = keygen(tmp_path / "key", passphrase="pass-1234", kind=kind, fmt=fmt)
+    sshd.authorized_keys.write_text(sshd.authorized_keys.read_text() + public_line(key) + "\n")
+    tunnel = sshd.tunnel(**{"private-key-file": str(key), "private-key-passphrase": "pass-1234"})
+    with connect(load_connection(_config(source_db, tmp_path / "s.yaml", tunnel), "source").value, "source") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
