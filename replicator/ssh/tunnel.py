@@ -81,6 +81,8 @@ class Tunnel:
             t = self._connect()
             self._transport = t
             self.connections_opened += 1
+            threading.Thread(target=self._watch, args=(t,), name=f"ssh-keepalive-{self.local_port}",
+                             daemon=True).start()
             log.info("ssh-tunnel: %s:%d reached through %s (local forward 127.0.0.1:%d)",
                      self.target[0], self.target[1], self.bastion, self.local_port)
             return t
@@ -101,8 +103,8 @@ class Tunnel:
             raise BastionUnreachable(f"{self.hop1}: cannot connect: {_os_error(e)}",
                                      f"make sure the bastion runs sshd on port {s.port} and that its security group / "
                                      "firewall allows this machine") from None
-        # A bastion that vanishes without closing the connection (network drop) shows as unacknowledged
-        # keepalives: the kernel then fails the socket, paramiko ends the transport, we reconnect.
+        # A bastion that vanishes without closing the connection (network drop): keepalives left
+        # unacknowledged fail the socket in the kernel; _watch() catches a peer that acknowledges but never replies.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
                         s.keepalive_interval_s * _MISSED_KEEPALIVES * 1000)
@@ -126,9 +128,32 @@ class Tunnel:
             transport.close()
             raise BastionUnreachable(f"{self.hop1}: SSH handshake failed: {_os_error(e)}",
                                      f"check that {s.host}:{s.port} is an SSH server") from None
-        transport.set_keepalive(s.keepalive_interval_s)
         self._key = key
         return transport
+
+    def _watch(self, transport: paramiko.Transport) -> None:
+        """Ask the bastion for a reply every keepalive interval; if none comes for ``_MISSED_KEEPALIVES``
+        intervals, drop the connection (which breaks the forwarded ones: they are retried, and the next
+        attempt reconnects). A bastion that vanished without closing the connection is found this way."""
+        interval = self.settings.keepalive_interval_s
+        while not self._closed and transport.is_active():
+            time.sleep(interval)
+            answered = threading.Event()
+
+            def ask() -> None:
+                try:
+                    transport.global_request("keepalive@openssh.com", wait=True)  # any reply will do
+                except (OSError, EOFError, paramiko.SSHException):
+                    return
+                if transport.is_active():
+                    answered.set()
+
+            threading.Thread(target=ask, name=f"ssh-keepalive-ask-{self.local_port}", daemon=True).start()
+            if not answered.wait(interval * _MISSED_KEEPALIVES) and transport.is_active() and not self._closed:
+                log.warning("ssh-tunnel: %s has not answered for %d s; dropping the SSH connection (the next "
+                            "connection attempt reconnects)", self.bastion, interval * _MISSED_KEEPALIVES)
+                transport.close()
+                return
 
     def _refused(self, key: paramiko.PKey, exc: Exception) -> TunnelRefused:
         s = self.settings

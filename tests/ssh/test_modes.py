@@ -125,3 +125,14 @@ def test_status_through_the_tunnel(tenv: TunnelEnv, sshd: Sshd, capsys: pytest.C
     out = capsys.readouterr().out
     assert "public.t" in out
     assert sshd.forwards_to(tenv.dest.cluster.port) > before
+
+
+def test_delta_snapshot_through_the_tunnel(tenv: TunnelEnv, sshd: Sshd) -> None:
+    tenv.source.execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 500) g")
+    tenv.extractor_text = "delta-snapshot:\n  threads: 2\n"
+    assert tenv.run("delta-snapshot", "--once") == 0
+    tenv.source.execute("UPDATE t SET v = 'w' WHERE id % 7 = 0; DELETE FROM t WHERE id % 11 = 0")
+    before = sshd.forwards_to(tenv.source.cluster.port)
+    assert tenv.run("delta-snapshot", "--once") == 0
+    assert checksum(tenv.dest, "public", "t") == checksum(tenv.source, "public", "t")
+    assert sshd.forwards_to(tenv.source.cluster.port) > before

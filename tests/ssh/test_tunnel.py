@@ -313,3 +313,66 @@ def _line_of(path: Path, key: str) -> int:
         if line.strip().startswith(f"{key}:"):
             return number
     raise AssertionError(f"{key} not in {path}")
+
+
+class _FreezableProxy:
+    """A TCP relay to ``port`` that can stop relaying while keeping every connection open: a bastion
+    (or the network to it) that went silent without closing anything."""
+
+    def __init__(self, port: int):
+        import socket
+        import threading
+
+        self.target = port
+        self.frozen = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
+
+    def _relay(self, src: object, dst: object) -> None:
+        try:
+            while data := src.recv(65536):  # type: ignore[attr-defined]
+                while self.frozen.is_set():
+                    time.sleep(0.05)
+                dst.sendall(data)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_bastion_that_goes_silent_is_dropped_after_three_keepalives(
+    sshd: Sshd, source_db: Database, tmp_path: Path
+) -> None:
+    proxy = _FreezableProxy(sshd.port)
+    try:
+        known = write(tmp_path / "known_hosts", sshd.known_hosts.read_text().replace(str(sshd.port), str(proxy.port)))
+        tunnel_cfg = sshd.tunnel(port=proxy.port, **{"known-hosts-file": str(known), "keepalive-interval-s": 1})
+        cfg = load_connection(_config(source_db, tmp_path / "s.yaml", tunnel_cfg), "source").value
+        conn = connect(cfg, "source")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        proxy.frozen.set()  # nothing arrives any more, nothing is closed
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")  # would wait for ever on a silent connection
+        assert time.monotonic() - started < 10
+        proxy.frozen.clear()
+        with connect(cfg, "source") as again:
+            assert again.execute("SELECT 1").fetchone() == (1,)
+        assert ssh.tunnel_for(cfg).connections_opened == 2
+    finally:
+        proxy.close()
