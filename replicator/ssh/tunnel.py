@@ -139,16 +139,8 @@ class Tunnel:
         while not self._closed and transport.is_active():
             time.sleep(interval)
             answered = threading.Event()
-
-            def ask() -> None:
-                try:
-                    transport.global_request("keepalive@openssh.com", wait=True)  # any reply will do
-                except (OSError, EOFError, paramiko.SSHException):
-                    return
-                if transport.is_active():
-                    answered.set()
-
-            threading.Thread(target=ask, name=f"ssh-keepalive-ask-{self.local_port}", daemon=True).start()
+            threading.Thread(target=_ask, args=(transport, answered), name=f"ssh-keepalive-ask-{self.local_port}",
+                             daemon=True).start()
             if not answered.wait(interval * _MISSED_KEEPALIVES) and transport.is_active() and not self._closed:
                 log.warning("ssh-tunnel: %s has not answered for %d s; dropping the SSH connection (the next "
                             "connection attempt reconnects)", self.bastion, interval * _MISSED_KEEPALIVES)
@@ -232,6 +224,16 @@ class Tunnel:
         with self._lock:
             if self._transport is not None:
                 self._transport.close()
+
+
+def _ask(transport: paramiko.Transport, answered: threading.Event) -> None:
+    """One keepalive that wants a reply (any reply, even "unknown request", proves the bastion is there)."""
+    try:
+        transport.global_request("keepalive@openssh.com", wait=True)
+    except (OSError, EOFError, paramiko.SSHException):
+        return
+    if transport.is_active():
+        answered.set()
 
 
 def _pump(local: socket.socket, chan: paramiko.Channel, upstream: bool) -> None:
