@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -12,11 +13,17 @@ from replicator.config import load_connection
 from replicator.connect import ConnectError, connect
 from replicator.localpg import SUPERUSER, SUPERUSER_PASSWORD, LocalCluster
 from tests.ssh.conftest import Sshd
-from tests.test_connect_ssl import Pki, _config, _ssl_in_use, ssl_setup  # noqa: F401  (ssl_setup: a fixture)
+from tests.test_connect_ssl import Pki, _config, _ssl_in_use, ssl_cluster
+
+
+@pytest.fixture(scope="module")
+def ssl_setup(cluster_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Pki]]:
+    """The SSL server of test_connect_ssl, a copy of this module's own (the two may share a worker)."""
+    yield from ssl_cluster(cluster_root, tmp_path_factory, "ssl-tunnel")
 
 
 def test_verify_full_through_the_tunnel_checks_the_endpoint_name(
-    ssl_setup: tuple[LocalCluster, Pki], sshd: Sshd, tmp_path: Path  # noqa: F811
+    ssl_setup: tuple[LocalCluster, Pki], sshd: Sshd, tmp_path: Path
 ) -> None:
     cluster, pki = ssl_setup
     # The certificate names only "localhost"; the forward is 127.0.0.1:<ephemeral>.
@@ -36,7 +43,7 @@ def test_verify_full_through_the_tunnel_checks_the_endpoint_name(
 
 
 def test_verify_full_through_the_tunnel_still_refuses_a_wrong_name(
-    ssl_setup: tuple[LocalCluster, Pki], sshd: Sshd, tmp_path: Path  # noqa: F811
+    ssl_setup: tuple[LocalCluster, Pki], sshd: Sshd, tmp_path: Path
 ) -> None:
     cluster, pki = ssl_setup
     path = _config(tmp_path, cluster, host="127.0.0.1", ssl={"ssl-mode": "verify-full", "root-cert": str(pki.ca)},
