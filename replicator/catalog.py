@@ -47,6 +47,7 @@ class Table:
     estimated_rows: int
     pages: int
     partitions: tuple[Partition, ...] = ()
+    unlogged: bool = False  # no WAL, so logical decoding never sees its changes
 
     @property
     def ident(self) -> sql.Identifier:
@@ -116,7 +117,7 @@ class Catalog:
 
 _TABLES = """
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.relreplident,
-       greatest(c.reltuples, 0)::bigint, c.relpages
+       greatest(c.reltuples, 0)::bigint, c.relpages, c.relpersistence = 'u'
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
   AND n.nspname <> ALL(%(excluded)s) AND n.nspname NOT LIKE 'pg\\_%%'
@@ -195,7 +196,7 @@ def load_catalog(conn: psycopg.Connection[Any]) -> Catalog:
                 ident.setdefault(relid, tuple(cols))
         partitioned = [r[0] for r in raw_tables if r[3] == "p"]
         parts = _leaf_partitions(cur, partitioned) if partitioned else {}
-        for oid, schema, name, kind, replident, rows, pages in raw_tables:
+        for oid, schema, name, kind, replident, rows, pages, unlogged in raw_tables:
             leafs = tuple(parts.get(oid, ()))
             cat.tables[(schema, name)] = Table(
                 oid=oid,
@@ -209,6 +210,7 @@ def load_catalog(conn: psycopg.Connection[Any]) -> Catalog:
                 estimated_rows=sum(p.estimated_rows for p in leafs) if leafs else rows,
                 pages=sum(p.pages for p in leafs) if leafs else pages,
                 partitions=leafs,
+                unlogged=unlogged,
             )
         load_types(cur, cat, {c.type_oid for cols in columns.values() for c in cols})
     return cat

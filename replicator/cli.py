@@ -18,6 +18,8 @@ from replicator.modes import MODES, runner
 
 log = logging.getLogger("replicator")
 
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
 
 def _add_config_args(p: argparse.ArgumentParser, destination: bool = True) -> None:
     p.add_argument("--source", required=True, metavar="FILE", help="source connection config (YAML)")
@@ -30,7 +32,7 @@ def _add_config_args(p: argparse.ArgumentParser, destination: bool = True) -> No
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="replicator", description=__doc__)
     parser.add_argument("--version", action="version", version=f"replicator {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a replication mode")
@@ -54,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the servers running at the end")
     _add_handoff(sub)
     _add_check(sub)
+    for command in sub.choices.values():
+        # Accepted after the command too (`run snapshot --log-level DEBUG`); SUPPRESS keeps the
+        # one given before it when this one is absent.
+        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, help="DEBUG shows more")
     return parser
 
 
@@ -61,6 +67,7 @@ def _add_handoff(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("handoff", help="turn `pulumi stack output --json` into a source connection config")
     p.add_argument("--stack-outputs", required=True, metavar="FILE|-", help="the JSON outputs ('-': standard input)")
     p.add_argument("--output", metavar="FILE", help="where to write the config (default: standard output)")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
 
 
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -107,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "handoff":
             from replicator.handoff import run_handoff
 
-            return run_handoff(args.stack_outputs, args.output)
+            return run_handoff(args.stack_outputs, args.output, force=args.force)
         if args.command == "check":
             from replicator.check import run_check
 

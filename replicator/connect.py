@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from functools import partial
@@ -22,11 +23,47 @@ T = TypeVar("T")
 
 # SQLSTATE classes for which trying again cannot help: bad credentials, unknown database.
 _PERMANENT_SQLSTATE_PREFIXES = ("28", "3D")
-_PERMANENT_MESSAGES = ("certificate", "does not match host name", "SSL error", "no pg_hba.conf entry")
+
+# A failed connection attempt carries no SQLSTATE (psycopg's OperationalError from connect() has
+# none): libpq's text, and the server's FATAL message inside it, are all there is to go by.
+# (libpq message fragment, the cause in a few words) for the failures no retry can cure.
+_PERMANENT_CONNECT_FAILURES = (
+    ("password authentication failed", "wrong username or password"),
+    ("no password supplied", "the server wants a password and none is configured"),
+    ('" does not exist', "unknown database or user"),
+    ("is not permitted to log in", "the user may not log in"),
+    ("permission denied for database", "the user lacks CONNECT on the database"),
+    ("no pg_hba.conf entry", "the server's pg_hba.conf has no line admitting this connection"),
+    ("pg_hba.conf rejects connection", "the server's pg_hba.conf rejects this connection"),
+    ("server does not support SSL, but SSL was required", "SSL is required by ssl-mode but the server has SSL off"),
+    ("certificate", "the server's certificate is not trusted"),
+    ("does not match host name", "the server's certificate does not name this host"),
+    ("SSL error", "the SSL handshake failed"),
+    ("must be superuser or replication role", "the user lacks the REPLICATION right"),
+    ("invalid connection option", "a connection parameter is invalid"),
+    ("invalid sslmode value", "a connection parameter is invalid"),
+)
+
+
+def permanent_connect_failure(exc: BaseException) -> str | None:
+    """The cause, in a few words, when a failed connection attempt cannot succeed by retrying; else None.
+
+    Transient (None): refused or timed-out connections, a server starting up, shutting down or in
+    recovery, too many clients, host names that do not resolve (yet): restarts and failovers.
+    """
+    text = str(exc)
+    for fragment, cause in _PERMANENT_CONNECT_FAILURES:
+        if fragment in text:
+            return cause
+    return None
 
 
 class ConnectError(ReplicatorError):
-    """A database could not be reached or refused us."""
+    """A database could not be reached or refused us; ``permanent`` when retrying cannot help."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def credentials(cfg: ConnectionConfig) -> tuple[str, str | None]:
@@ -84,8 +121,7 @@ def is_transient(exc: BaseException) -> bool:
     state = getattr(exc, "sqlstate", None) or ""
     if state.startswith(_PERMANENT_SQLSTATE_PREFIXES):
         return False
-    text = str(exc)
-    return not any(m in text for m in _PERMANENT_MESSAGES)
+    return permanent_connect_failure(exc) is None
 
 
 def retrying(cfg: ConnectionConfig, what: str) -> tenacity.Retrying:
@@ -140,7 +176,7 @@ def connect(
     try:
         return with_retries(cfg, f"connecting to the {role} {describe(cfg)}", attempt)
     except psycopg.OperationalError as e:
-        raise ConnectError(connect_failure_message(cfg, role, e)) from None
+        raise ConnectError(connect_failure_message(cfg, role, e), permanent=permanent_connect_failure(e) is not None) from None
     except ssh.TunnelError as e:
         if not e.transient:
             raise  # a config value is at fault (exit 2, with file:line), or the bastion forbids forwarding
@@ -163,18 +199,38 @@ def open_tunnels(*configs: tuple[str, ConnectionConfig]) -> None:
 
 def connect_failure_message(cfg: ConnectionConfig, role: str, exc: BaseException) -> str:
     text = _first_line(exc)
+    if cfg.credential_store is not None:
+        # The user name came from the secret: libpq's message must not echo it.
+        text = re.sub(r'user "[^"]*"', "user (from credential-store)", text)
     hint = ""
-    if "certificate" in text or "SSL" in text or "host name" in text:
+    mode = cfg.ssl.ssl_mode if cfg.ssl else "prefer"
+    if "server does not support SSL, but SSL was required" in text:
+        hint = (
+            f"\n  hint: ssl-mode is {mode}, which requires SSL, and this server does not accept SSL connections: "
+            "turn ssl on at the server, or set ssl.ssl-mode: prefer (or disable) for this server"
+        )
+    elif "no pg_hba.conf entry" in text and "no encryption" in text:
+        hint = (
+            f"\n  hint: the server admits this connection only over SSL (hostssl lines; rds.force_ssl = 1), and "
+            f"ssl-mode {mode} connected without it: set ssl.ssl-mode: require (or verify-full with ssl.root-cert)"
+        )
+    elif "no pg_hba.conf entry" in text:
+        hint = "\n  hint: add a pg_hba.conf line (or security rule) admitting this user, database and address"
+    elif "certificate" in text or "SSL" in text or "host name" in text:
         hint = (
             "\n  hint: check ssl.root-cert (the CA that signed the server certificate) and that `host` "
             "matches a name in the server certificate (verify-full checks both)"
         )
     elif "password authentication failed" in text:
         hint = "\n  hint: check username and password (or the credential-store secret)"
+    elif "does not exist" in text:
+        hint = "\n  hint: check `database` and `username` in the config (names are case-sensitive)"
     elif "Connection refused" in text or "timeout" in text:
         hint = "\n  hint: is the server running, and does a firewall or security group allow this address?"
     user = cfg.username or "(from credential-store)"
-    return f"cannot connect to the {role} {describe(cfg)} as {user}: {text}{hint}"
+    cause = permanent_connect_failure(exc)
+    verdict = f" ({cause}; not retried)" if cause else ""
+    return f"cannot connect to the {role} {describe(cfg)} as {user}{verdict}: {text}{hint}"
 
 
 def _first_line(exc: BaseException | None) -> str:

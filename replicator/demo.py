@@ -24,6 +24,7 @@ from replicator.config import load_connection, load_extractor, load_filter
 from replicator.job import Job
 from replicator.localpg import LocalCluster, start_cluster
 from replicator.modes.full import run_until as full_mode
+from replicator.signals import interrupt_on_signals
 
 log = logging.getLogger("replicator.demo")
 
@@ -166,11 +167,25 @@ def _one(conninfo: str, query: str) -> Any:
 
 
 def run_demo(rows: int = 200_000, seconds: float = 20.0, keep: bool = False) -> int:
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) must not leave two servers running.
+    with interrupt_on_signals():
+        return _run_demo(rows, seconds, keep)
+
+
+def _run_demo(rows: int, seconds: float, keep: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="replicator-demo-"))
     workdir.chmod(0o755)
-    print(f"demo: starting two throwaway PostgreSQL servers under {workdir}")
-    source = start_cluster(workdir / "source-server")
-    dest = start_cluster(workdir / "destination-server")
+    print(f"demo: starting two throwaway PostgreSQL servers under {workdir}", flush=True)
+    servers: list[LocalCluster] = []
+    try:
+        source = start_cluster(workdir / "source-server")
+        servers.append(source)
+        dest = start_cluster(workdir / "destination-server")
+        servers.append(dest)
+    except BaseException:
+        for server in servers:
+            server.destroy()
+        raise
     src_info, dst_info = source.conninfo("shop"), dest.conninfo("shop_replica")
     try:
         source.create_database("shop")

@@ -8,6 +8,7 @@ config names the Secrets Manager secret, which the replicator reads at start-up.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -112,8 +113,12 @@ def render(config: Mapping[str, Any], origin: str) -> str:
     return header + yaml.safe_dump(dict(config), sort_keys=False)
 
 
-def handoff(stack_outputs: str, output: str | None = None) -> str:
-    """Read the outputs, write the config to ``output`` (or return it when None); always validated first."""
+def handoff(stack_outputs: str, output: str | None = None, force: bool = False) -> str:
+    """Read the outputs, write the config to ``output`` (or return it when None); always validated first.
+
+    An existing ``output`` is replaced only with ``force``; the file is written mode 0600 (it
+    names the secret that holds the database password).
+    """
     outputs = read_stack_outputs(stack_outputs)
     origin = "standard input" if stack_outputs == "-" else stack_outputs
     text = render(source_config(outputs, origin), "`pulumi stack output --json`")
@@ -121,13 +126,26 @@ def handoff(stack_outputs: str, output: str | None = None) -> str:
     # Refuse to hand over anything the replicator itself would refuse.
     validate(ConnectionConfig, parse_yaml(text, target), "source connection")
     if output:
-        target.write_text(text, encoding="utf-8")
+        _write_private(target, text, force)
     return text
 
 
-def run_handoff(stack_outputs: str, output: str | None) -> int:
+def _write_private(target: Path, text: str, force: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(target, flags, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{target}: exists already; add --force to replace it") from None
+    except OSError as e:
+        raise ConfigError(f"{target}: cannot write: {e.strerror or e}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)  # an existing file replaced with --force keeps no wider mode
+        f.write(text)
+
+
+def run_handoff(stack_outputs: str, output: str | None, force: bool = False) -> int:
     """``replicator handoff``: print the config, or write it and say where."""
-    text = handoff(stack_outputs, output)
+    text = handoff(stack_outputs, output, force)
     if output:
         print(f"wrote {output}: use it as --source (run `replicator check --source {output}` first)", file=sys.stderr)
     else:

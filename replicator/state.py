@@ -286,3 +286,27 @@ def forget_watermarks(conn: psycopg.Connection[Any], job: str, tables: Iterable[
             "DELETE FROM _replicator.delta_watermarks WHERE job = %s AND schema_name = %s AND table_name = %s",
             (job, schema, name),
         )
+
+
+_JOB_TABLES = ("snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks")
+
+
+def rename_job(conn: psycopg.Connection[Any], old: str, new: str) -> int:
+    """Move every checkpoint of job ``old`` to ``new`` (one transaction); rows moved.
+
+    Nothing moves when ``new`` already has progress of its own: that is the newer record.
+    """
+    if old == new:
+        return 0
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('_replicator.schema'))")
+        for table in _JOB_TABLES:
+            query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE job = %s)").format(sql.Identifier(SCHEMA, table))
+            row = conn.execute(query, (new,)).fetchone()
+            if row and row[0]:
+                return 0
+        moved = 0
+        for table in _JOB_TABLES:
+            query = sql.SQL("UPDATE {} SET job = %s WHERE job = %s").format(sql.Identifier(SCHEMA, table))
+            moved += conn.execute(query, (new, old)).rowcount
+    return moved

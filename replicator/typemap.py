@@ -12,12 +12,18 @@ table with such a column moves in text format instead; everything else moves in 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from psycopg import sql
 
 from replicator.catalog import FIRST_NORMAL_OID, Catalog, Column, UserType
 from replicator.errors import DestinationError
+
+
+def without_typmod(type_sql: str) -> str:
+    """``timestamp(3) without time zone`` -> ``timestamp without time zone``; ``numeric(12,2)`` -> ``numeric``."""
+    return re.sub(r"\(\s*\d+\s*(?:,\s*-?\d+\s*)?\)", "", type_sql).replace("  ", " ").strip()
 
 
 def is_user_oid(oid: int) -> bool:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +47,45 @@ def checksum(db: Any, schema: str, table: str, columns: list[str] | None = None)
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+class PortForward:
+    """A TCP port on 127.0.0.1 that forwards to another one: a second way to reach the same server."""
+
+    def __init__(self, target_port: int):
+        self.target = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.closing = False
+        self.connections = 0  # accepted so far: how many times a client tried to connect
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closing:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([a, b], [], [], 1.0)
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (b if s is a else a).sendall(data)
+        except OSError:
+            return
+        finally:
+            a.close()
+            b.close()
+
+    def close(self) -> None:
+        self.closing = True
+        self.server.close()

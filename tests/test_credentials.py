@@ -12,7 +12,7 @@ import yaml
 
 from replicator import credentials, logs
 from replicator.config import load_connection
-from replicator.connect import connect
+from replicator.connect import ConnectError, connect
 from replicator.credentials import CredentialError, fetch_credentials
 from replicator.localpg import SUPERUSER, SUPERUSER_PASSWORD, free_port
 from tests.conftest import AwsEndpoint, Database
@@ -132,3 +132,17 @@ def test_connect_uses_the_secret(aws: AwsEndpoint, source_db: Database, tmp_path
     path.write_text(yaml.safe_dump(data))
     with connect(load_connection(path, "source").value, "source") as conn:
         assert conn.execute("SELECT current_user").fetchone() == (SUPERUSER,)
+
+
+def test_a_refused_login_does_not_echo_the_secrets_username(aws: AwsEndpoint, source_db: Database, tmp_path: Path) -> None:
+    put_secret(aws, "pg-wrong", {"username": "store-only-user-7f3a", "password": "not-the-password"})
+    path = tmp_path / "source.yaml"
+    data = source_db.config()
+    del data["username"], data["password"]
+    data["credential-store"] = {"type": "AWS_SECRETS_MANAGER", "secret-id": "pg-wrong", "region": aws.region}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConnectError) as err:
+        connect(load_connection(path, "source").value, "source")
+    text = str(err.value)
+    assert "password authentication failed for user (from credential-store)" in text
+    assert "store-only-user-7f3a" not in text and "not-the-password" not in text

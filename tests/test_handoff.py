@@ -92,3 +92,19 @@ def test_bad_outputs_are_refused_clearly(tmp_path: Path, data: Any, message: str
 def test_missing_file_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["handoff", "--stack-outputs", str(tmp_path / "nope.json")]) == 2
     assert "file not found (expected the output of `pulumi stack output --json`)" in capsys.readouterr().err
+
+
+def test_output_is_written_private_and_never_replaced_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "source.yaml"
+    outputs = str(write(tmp_path, OUTPUTS))
+    assert main(["handoff", "--stack-outputs", outputs, "--output", str(target)]) == 0
+    assert target.stat().st_mode & 0o777 == 0o600
+
+    target.write_text("# hand-edited: keep me\n")
+    target.chmod(0o644)
+    assert main(["handoff", "--stack-outputs", outputs, "--output", str(target)]) == 2
+    assert f"{target}: exists already; add --force to replace it" in capsys.readouterr().err
+    assert target.read_text() == "# hand-edited: keep me\n"
+
+    assert main(["handoff", "--stack-outputs", outputs, "--output", str(target), "--force"]) == 0
+    assert "credential-store" in target.read_text() and target.stat().st_mode & 0o777 == 0o600

@@ -18,6 +18,7 @@ from replicator.check.tables import check_tables, selected_tables
 from replicator.check.tunnel import check_tunnel
 from replicator.config import ConfigFile, ConnectionConfig, ExtractorConfig, FilterConfig
 from replicator.config import load_connection, load_extractor, load_filter
+from replicator.errors import ReplicatorError
 
 __all__ = ["CheckResult", "Report", "Status", "check_all", "run_check"]
 
@@ -77,15 +78,29 @@ def _client_address(
     return local, " (local address; pass --client-ip if NAT changes it)"
 
 
+def _refuse_same_database(source: ConfigFile[ConnectionConfig], destination: ConfigFile[ConnectionConfig]) -> None:
+    """Exit 2 when the destination is the source, as every mode would; unreachable servers are the checks' to report."""
+    from replicator.identity import SameDatabaseError, verify_distinct
+
+    def quick(f: ConfigFile[ConnectionConfig]) -> ConfigFile[ConnectionConfig]:
+        return ConfigFile(f.value.model_copy(update={"max_retries": 0}), f.doc)
+
+    try:
+        verify_distinct(quick(source), quick(destination))
+    except SameDatabaseError:
+        raise
+    except ReplicatorError:
+        pass
+
+
 def run_check(
     source: str, destination: str | None, filter_path: str | None, extractor: str | None, client_ip: str | None
 ) -> int:
-    report = check_all(
-        load_connection(source, "source"),
-        load_connection(destination, "destination") if destination else None,
-        load_filter(filter_path),
-        load_extractor(extractor),
-        client_ip,
-    )
+    source_file = load_connection(source, "source")
+    destination_file = load_connection(destination, "destination") if destination else None
+    filter_file, extractor_file = load_filter(filter_path), load_extractor(extractor)
+    if destination_file is not None:
+        _refuse_same_database(source_file, destination_file)
+    report = check_all(source_file, destination_file, filter_file, extractor_file, client_ip)
     print(report.render())
     return report.exit_code

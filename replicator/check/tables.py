@@ -12,7 +12,7 @@ from replicator.check.database import SourceContext
 from replicator.check.report import CheckResult, fail, ok, skip, warn
 from replicator.config import ConfigFile, ExtractorConfig, FilterConfig
 from replicator.errors import ConfigError
-from replicator.filters import SelectedTable, select_tables
+from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.provision import pgaccess
 from replicator.realtime.setup import plan_slots
 
@@ -26,6 +26,7 @@ def selected_tables(
         with ctx.conn.transaction():
             catalog = load_catalog(ctx.conn)
             tables = select_tables(catalog, filter_file, extractor, ctx.cfg.database)
+        check_conditions(ctx.conn, tables)
     except ConfigError as e:
         return [], fail(TABLES, "selection", str(e), "correct the filter / extractor config as the message says")
     if not tables:

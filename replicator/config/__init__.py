@@ -53,6 +53,11 @@ class ConfigFile(Generic[T]):
 def load_connection(path: str | os.PathLike[str], role: Role) -> ConfigFile[ConnectionConfig]:
     doc = load_yaml(path)
     value = validate(ConnectionConfig, doc, f"{role} connection")
+    if value.credential_store is not None and value.password is not None:
+        raise ConfigError(
+            f"{doc.where(('password',))}: password: not allowed together with credential-store (the secret "
+            f"supplies the password): remove one of them"
+        )
     if value.password is not None:
         logs.register_secret(value.password.get_secret_value())
     wrong = _DESTINATION_ONLY if role == "source" else _SOURCE_ONLY

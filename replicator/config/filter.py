@@ -30,6 +30,12 @@ class TableRule(ConfigModel):
     def _not_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("conditions must be a SQL predicate, not empty text")
+        if value is not None:
+            from replicator.conditions import shape_problem
+
+            problem = shape_problem(value)
+            if problem:
+                raise ValueError(f"conditions must be one boolean expression: {problem}")
         return value
 
 

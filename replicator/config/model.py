@@ -64,11 +64,12 @@ def validate(model: type[M], doc: YamlDoc, what: str) -> M:
 
 
 def _describe(err: Any, model: type[BaseModel], doc: YamlDoc) -> str:
-    loc: Loc = doc.written(tuple(p for p in err["loc"] if not _is_internal_loc(p)))
+    raw: Loc = tuple(p for p in err["loc"] if not _is_internal_loc(p))
+    loc: Loc = doc.written(raw)
     key = dotted(loc)
     kind = err["type"]
     if kind == "extra_forbidden":
-        parent = _model_at(model, loc[:-1])
+        parent = _model_at(model, raw[:-1])
         allowed = sorted(f.alias or n for n, f in parent.model_fields.items()) if parent else []
         bad = str(loc[-1])
         hint = difflib.get_close_matches(bad, allowed, n=1)
@@ -80,9 +81,14 @@ def _describe(err: Any, model: type[BaseModel], doc: YamlDoc) -> str:
     msg = msg.removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
     is_secret = any(str(p) in SECRET_KEYS for p in loc)
+    # A value from ${VAR} may be a secret written under the wrong key: never echo it.
+    from_env = bool(doc.expansions_at(raw))
     given = err.get("input")
-    if not is_secret and isinstance(given, (str, int, float, bool)) and kind != "value_error":
+    if not is_secret and not from_env and isinstance(given, (str, int, float, bool)) and kind != "value_error":
         msg += f" (got {given!r})"
+    if from_env:
+        msg = doc.hide_expanded(msg, raw)
+        msg += " (the value comes from " + ", ".join(f"${{{n}}}" for n, _ in doc.expansions_at(raw)) + "; not shown)"
     return f"{doc.where(loc)}: {key}: {msg}"
 
 

@@ -58,7 +58,9 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
 
 
 def _transient(e: BaseException) -> bool:
-    return isinstance(e, ConnectError | SnapshotLost) or is_transient(e)
+    if isinstance(e, ConnectError):
+        return not e.permanent  # a wrong password stays wrong at the next pass
+    return isinstance(e, SnapshotLost) or is_transient(e)
 
 
 def _control(job: Job) -> psycopg.Connection[Any]:

@@ -36,6 +36,7 @@ from replicator.delta.changes import PassSnapshot
 from replicator.delta.tables import DeltaTable, check_destination_key, select_delta_tables
 from replicator.snapshot.workers import SNAPSHOT_SESSION, Session, run_parallel, session_settings
 from replicator.destinations import postgres as dest
+from replicator.destinations.compat import check_destination_tables
 from replicator.errors import DestinationError
 from replicator.job import Job
 from replicator.progress import LOG_EVERY_S, make_progress
@@ -110,6 +111,8 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
             catalog = load_catalog(src)
         tables = select_delta_tables(src, job, catalog)
         if fresh:
+            # Every table is emptied and copied again: all must fit before any state is forgotten.
+            check_destination_tables(control, [t.st for t in tables])
             with control.transaction():
                 state.forget_watermarks(control, job.job_id, [t.ident for t in tables])
                 state.forget_snapshot(control, job.job_id, [t.ident for t in tables])

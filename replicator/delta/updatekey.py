@@ -54,6 +54,7 @@ from psycopg import sql
 from replicator.catalog import Column
 from replicator.filters import SelectedTable
 from replicator.snapshot.plan import relation_sql
+from replicator.typemap import without_typmod
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,26 @@ MAX_READINGS = 50  # readings waiting for long transactions; dropping the oldest
 
 
 def usable_type(col: Column) -> bool:
-    return col.type_sql.split("(")[0] in TYPES
+    return without_typmod(col.type_sql) in TYPES
+
+
+# The latest value a clock-assigned update key can hold when read, per type, from the source's
+# clock: beyond it a value was not assigned by the clock (an explicit 2030), and following it
+# would make every later pass skip the changes made until then. `timestamp` and `date` hold local
+# times of whatever TimeZone the writing session had (UTC-12 to UTC+14).
+FUTURE_TOLERANCE = "5 minutes"
+_LATEST = {
+    "timestamp with time zone": "clock_timestamp() + interval '{tol}'",
+    "timestamp without time zone": "(clock_timestamp() AT TIME ZONE 'UTC') + interval '14 hours' + interval '{tol}'",
+    "date": "(clock_timestamp() AT TIME ZONE 'UTC')::date + 1",
+}
+# What such a column's bound is held at instead: no later than any session's clock now, so every
+# change made from now on is at or past it (the rows in the future are read again each pass).
+_NOW = {
+    "timestamp with time zone": "clock_timestamp()",
+    "timestamp without time zone": "(clock_timestamp() AT TIME ZONE 'UTC') - interval '12 hours'",
+    "date": "(clock_timestamp() AT TIME ZONE 'UTC')::date - 1",
+}
 
 
 @dataclass(frozen=True)
@@ -100,15 +120,41 @@ class Horizon:
 
 
 def read_maxima(conn: psycopg.Connection[Any], st: SelectedTable) -> Reading:
-    """Step 1. ``conn`` is in autocommit mode: the statement's own snapshot is the one that counts."""
-    columns = [sql.SQL("max({})::text").format(sql.Identifier(c)) for c in st.update_key]
+    """Step 1. ``conn`` is in autocommit mode: the statement's own snapshot is the one that counts.
+
+    A date or timestamp maximum past the source's clock (plus a tolerance) is not taken: the
+    reading holds that column at "now" instead, with a warning (see ``_LATEST``).
+    """
+    columns: list[sql.Composable] = []
+    for name in st.update_key:
+        col = st.table.column(name)
+        assert col is not None
+        kind = without_typmod(col.type_sql)
+        ident = sql.Identifier(name)
+        if kind in _LATEST:
+            latest = sql.SQL(_LATEST[kind].format(tol=FUTURE_TOLERANCE))
+            columns.append(sql.SQL("CASE WHEN max({c}) > {latest} THEN ({now})::{t}::text ELSE max({c})::text END, "
+                                   "CASE WHEN max({c}) > {latest} THEN max({c})::text END").format(
+                c=ident, latest=latest, now=sql.SQL(_NOW[kind]), t=sql.SQL(col.type_sql)))
+        else:
+            columns.append(sql.SQL("max({})::text, NULL").format(ident))
     # clock_timestamp() runs during execution, after the statement took its snapshot.
     query = sql.SQL("SELECT clock_timestamp(), {} FROM {}").format(
         sql.SQL(", ").join(columns), relation_sql(st)
     )
     row = conn.execute(query).fetchone()
     assert row is not None
-    return Reading(row[0], tuple(row[1:]))
+    values = row[1:]
+    maxima = tuple(values[0::2])
+    for name, future in zip(st.update_key, values[1::2], strict=True):
+        if future is not None:
+            log.warning(
+                "%s: update-key %s holds values in the future (up to %s; the source's clock says %s): the "
+                "watermark does not follow them, or every change made until then would be skipped; those rows "
+                "are read again by every pass until their %s is corrected",
+                st.display, name, future, row[0], name,
+            )
+    return Reading(row[0], maxima)
 
 
 _ACTIVITY = """

@@ -16,5 +16,13 @@ MODES: dict[str, str] = {
 
 
 def runner(mode: str) -> Callable[[Job], int]:
+    """The mode's ``run``, behind the checks every mode needs before its first write anywhere."""
     module = importlib.import_module(MODES[mode])
-    return module.run  # type: ignore[no-any-return]
+
+    def run(job: Job) -> int:
+        from replicator.identity import identify
+
+        # Refuses a destination that is the source (exit 2) and names the job by the source's identity.
+        return module.run(identify(job))  # type: ignore[no-any-return]
+
+    return run

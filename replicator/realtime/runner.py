@@ -8,9 +8,14 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
 
 from replicator import state
 from replicator.connect import connect
+from replicator.destinations.compat import check_destination_tables
+from replicator.filters import SelectedTable
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.apply import Target
@@ -22,8 +27,10 @@ from replicator.realtime.setup import (
     prepare_destination,
     prepare_source,
     select_realtime_tables,
+    unlogged_warnings,
 )
-from replicator.source.slots import ensure_slot
+from replicator.snapshot.runner import unfinished_tables
+from replicator.source.slots import ensure_slot, get_slot
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +47,13 @@ def prepare(job: Job, create_slots: bool = True, before_destination: Callable[[l
     with connect(job.source.value, "source", APP, autocommit=True) as src:
         with src.transaction():
             catalog, tables = select_realtime_tables(job, src)
-        for warning in identity_warnings(tables):
-            log.warning(warning)
+        full = before_destination is not None  # the full mode snapshots before the destination step
         plans = plan_slots(job.source, tables)
+        if full:
+            # Before publications or slots are made: every table the snapshot will empty must fit.
+            _check_snapshot_targets(job, src, plans, tables)
+        for warning in identity_warnings(tables) + unlogged_warnings(tables, "full" if full else "realtime"):
+            log.warning(warning)
         heartbeat = prepare_source(job, src, plans)
         if create_slots:
             for plan in plans:
@@ -51,8 +62,19 @@ def prepare(job: Job, create_slots: bool = True, before_destination: Callable[[l
         before_destination(plans)
     with connect(job.destination.value, "destination", APP, autocommit=True) as dst:
         state.ensure_schema(dst)
-        targets = prepare_destination(job, dst, catalog, tables)
+        # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
+        targets = prepare_destination(job, dst, catalog, [t for t in tables if not t.table.unlogged])
     return Prepared(plans, targets, heartbeat is not None)
+
+
+def _check_snapshot_targets(
+    job: Job, src: psycopg.Connection[Any], plans: list[SlotPlan], tables: list[SelectedTable]
+) -> None:
+    """The tables a full run will snapshot: all of a slot that is new, else those not finished."""
+    fresh = {key for plan in plans if get_slot(src, plan.slot) is None for key in plan.table_keys}
+    with connect(job.destination.value, "destination", APP, autocommit=True) as dst:
+        pending = {(t.table.schema, t.table.name) for t in unfinished_tables(dst, job.job_id, tables)}
+        check_destination_tables(dst, [t for t in tables if (t.table.schema, t.table.name) in fresh | pending])
 
 
 def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) -> list[SlotStats]:

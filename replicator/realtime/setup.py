@@ -33,11 +33,14 @@ class SlotPlan:
     slot: str
     plugin: str
     publication: str | None  # pgoutput only
-    tables: list[SelectedTable] = field(default_factory=list)
+    tables: list[SelectedTable] = field(default_factory=list)  # streamed (and, in full mode, snapshotted)
+    # UNLOGGED tables: no WAL, so never in a publication; full mode snapshots them once.
+    snapshot_only: list[SelectedTable] = field(default_factory=list)
 
     @property
     def table_keys(self) -> set[tuple[str, str]]:
-        return {(t.table.schema, t.table.name) for t in self.tables}
+        """The tables a full run snapshots for this slot."""
+        return {(t.table.schema, t.table.name) for t in [*self.tables, *self.snapshot_only]}
 
 
 def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]) -> list[SlotPlan]:
@@ -64,8 +67,19 @@ def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]
     ]
     for t in tables:
         index = zlib.crc32(f"{t.table.schema}.{t.table.name}".encode()) % len(plans)
-        plans[index].tables.append(t)
+        (plans[index].snapshot_only if t.table.unlogged else plans[index].tables).append(t)
     return plans
+
+
+def unlogged_warnings(tables: list[SelectedTable], mode: str) -> list[str]:
+    """Tables logical replication cannot carry: UNLOGGED ones write no WAL, so no slot sees their changes."""
+    done = "copied once by the snapshot, then not kept in sync" if mode == "full" else "not replicated"
+    return [
+        f"{t.display} is UNLOGGED: its changes are written to no WAL, so a replication slot never sees them; "
+        f"it is left out of the publication and {done}. To stream it: ALTER TABLE {t.display} SET LOGGED; "
+        f"to keep it in sync without a slot, use delta-snapshot"
+        for t in tables if t.table.unlogged
+    ]
 
 
 def select_realtime_tables(job: Job, conn: psycopg.Connection[Any]) -> tuple[Catalog, list[SelectedTable]]:

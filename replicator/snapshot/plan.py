@@ -15,10 +15,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator.conditions import require_expression
 from replicator.config.extractor import SnapshotConfig
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable
 from replicator.state import ChunkPlan
+from replicator.typemap import without_typmod
 
 ROWS_PER_PAGE_GUESS = 60  # for tables never analyzed: a typical row is ~100-150 bytes
 
@@ -77,7 +79,7 @@ def _plan_by_key(conn: psycopg.Connection[Any], st: SelectedTable, cfg: Snapshot
     assert st.split_key is not None
     col = st.table.column(st.split_key)
     assert col is not None  # checked when the extractor config was applied
-    base_type = col.type_sql.split("(")[0]
+    base_type = without_typmod(col.type_sql)
     if base_type not in _INTEGER_TYPES | _TEMPORAL_TYPES | {"numeric"}:
         raise ConfigError(
             f"{where}: split-key: column '{col.name}' of {st.display} has type {col.type_sql}; "
@@ -151,7 +153,8 @@ def select_sql(
     """``SELECT columns FROM relation WHERE predicates [AND the filter's condition]``."""
     where = list(predicates)
     if st.condition:
-        where.append(sql.SQL("({})").format(sql.SQL(st.condition)))
+        # Checked when the filter was loaded; checked again here, where it meets SQL.
+        where.append(sql.SQL("({})").format(sql.SQL(require_expression(st.condition, st.condition_where))))
     query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(columns), relation or relation_sql(st))
     if where:
         query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(where))

@@ -28,6 +28,7 @@ from replicator.catalog import Catalog, load_catalog
 from replicator.config.extractor import SnapshotConfig
 from replicator.connect import connect
 from replicator.destinations import postgres as dest
+from replicator.destinations.compat import check_destination_tables
 from replicator.errors import DestinationError, Interrupted
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
@@ -116,6 +117,9 @@ def run_snapshot(
             if only is not None:
                 selected = [s for s in selected if (s.table.schema, s.table.name) in only]
             check_conditions(exporter, selected)
+            # Before the first write, state included: every table this run may empty must fit
+            # (with --fresh all of them, before any progress is forgotten).
+            check_destination_tables(control, selected if job.fresh else unfinished_tables(control, job.job_id, selected))
             state.ensure_schema(control)
             state.lock_job(control, job.job_id, "snapshot")
             if job.fresh:
@@ -152,6 +156,16 @@ def run_snapshot(
         exporter.close()
 
 
+def unfinished_tables(
+    control: psycopg.Connection[Any], job_id: str, tables: list[SelectedTable]
+) -> list[SelectedTable]:
+    """The tables whose snapshot is not done according to the destination's state (all, without state)."""
+    if control.execute("SELECT to_regclass('_replicator.snapshot_tables')").fetchone() == (None,):
+        return tables
+    done = {key for key, ts in state.load_snapshot_state(control, job_id).items() if ts.done}
+    return [t for t in tables if (t.table.schema, t.table.name) not in done]
+
+
 def _open_snapshot(conn: psycopg.Connection[Any], imported: str | None) -> str:
     session_settings(conn, SNAPSHOT_SESSION)
     begin_in_snapshot(conn, imported)
@@ -178,6 +192,13 @@ def _prepare(
     plans: dict[tuple[str, str], list[state.ChunkPlan]] = {}
     for st in selected:
         ts = existing.get((st.table.schema, st.table.name))
+        if ts is not None and dest.describe_table(control, st.table.schema, st.table.name) is None:
+            # Dropped since an earlier run (as an incompatibility message advises): copy it from scratch.
+            log.info("%s: the destination table is gone since an earlier run; creating and copying it again", st.display)
+            with control.transaction():
+                state.forget_snapshot(control, job_id, [(st.table.schema, st.table.name)])
+            existing.pop((st.table.schema, st.table.name))
+            ts = None
         if ts is not None and ts.done:
             summary.skipped.append(st.display)
         else:
@@ -185,6 +206,10 @@ def _prepare(
             if ts is None:
                 # Plan every new table before creating any, so a bad split key stops the run cleanly.
                 plans[(st.table.schema, st.table.name)] = plan_table(exporter, st, cfg)
+    # Before the first table is created or emptied: one that cannot take its rows stops them all.
+    # (Tables finished earlier are not touched, so not checked: a column added at the source since
+    # then is the stream's to add.)
+    check_destination_tables(control, todo)
     works = []
     for st in todo:
         key = (st.table.schema, st.table.name)

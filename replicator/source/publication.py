@@ -68,10 +68,13 @@ def ensure_publication(conn: psycopg.Connection[Any], name: str, tables: Sequenc
     try:
         conn.execute(command)
     except psycopg.Error as e:
-        raise SourceError(
-            f"cannot create publication {name!r}: {e.diag.message_primary or e}\n"
-            f"  ask the tables' owner (or a superuser) to run: {command.as_string(conn)}"
-        ) from None
+        detail = f" ({e.diag.message_detail.strip().rstrip('.')})" if e.diag.message_detail else ""
+        if e.sqlstate == "42501":  # insufficient_privilege: then, and only then, it is about rights
+            fix = f"ask the tables' owner (or a superuser) to run: {command.as_string(conn)}"
+        else:
+            fix = "make every table publishable (UNLOGGED and temporary tables are not: ALTER TABLE ... SET LOGGED), " \
+                  "or leave it out with a filter"
+        raise SourceError(f"cannot create publication {name!r}: {e.diag.message_primary or e}{detail}\n  {fix}") from None
     log.info("created publication %s for %d table(s)", name, len(tables))
     return True
 

@@ -36,7 +36,7 @@ def _snapshot_args(source: Path, dest: Path, *extra: str | Path) -> list[str | P
         (GOOD_SOURCE.replace("port: 5432", "port: 70000"), "source.yaml:3: port: input should be less than or equal to 65535"),
         (GOOD_SOURCE + "max-retrys: 3\n", "source.yaml:7: max-retrys: unknown key; did you mean 'max-retries'?"),
         (GOOD_SOURCE.replace("POSTGRESQL", "MYSQL"), "source.yaml:1: type: input should be 'POSTGRESQL'"),
-        (GOOD_SOURCE.replace("host: 127.0.0.1\n", ""), "source.yaml: host: required key is missing"),
+        (GOOD_SOURCE.replace("host: 127.0.0.1\n", ""), "source.yaml:1: host: required key is missing"),
         (GOOD_SOURCE + "ssl:\n  ssl-mode: verify-all\n", "source.yaml:8: ssl.ssl-mode: input should be 'disable'"),
         (GOOD_SOURCE + "ssl:\n  ssl-mode: verify-full\n  root-cert: /no/such/ca.pem\n", "source.yaml:9: ssl.root-cert: file not found: /no/such/ca.pem"),
         (GOOD_SOURCE + "replication-slots:\n  my_slot: [pgoutputt]\n", "source.yaml:8: replication-slots.my_slot[0]: input should be 'pgoutput' or 'wal2json'"),
@@ -45,7 +45,7 @@ def _snapshot_args(source: Path, dest: Path, *extra: str | Path) -> list[str | P
         (GOOD_SOURCE.replace("port: 5432", "port: 5432\nport: 5433"), "source.yaml:4: key 'port' appears twice (first on line 3)"),
         (GOOD_SOURCE.replace("database: db", "database: [db"), "source.yaml:5: not valid YAML"),
         (GOOD_SOURCE.replace("password: s3cret-Passw0rd", "password: ${REPLICATOR_TEST_UNSET_VAR}"), "source.yaml:6: password: environment variable REPLICATOR_TEST_UNSET_VAR is not set"),
-        ("- just\n- a list\n", "source.yaml: the source connection file must be a mapping of keys, not a list"),
+        ("- just\n- a list\n", "source.yaml:1: the source connection file must be a mapping of keys, not a list"),
         ("", "source.yaml: the source connection file is empty"),
     ],
 )

@@ -15,6 +15,7 @@ from replicator.delta.updatekey import Horizon, Reading
 from replicator.filters import SelectedTable
 from replicator.localpg import start_cluster
 from tests.conftest import Database
+from tests.delta.conftest import DeltaSetup
 
 T0 = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
 COLS = ("updated_at",)
@@ -135,3 +136,45 @@ def test_maxima_round_trip_into_the_predicate(source_db: Database, type_sql: str
         assert conn.execute(query).fetchall() == [(1,)]
         everything = sql.SQL("SELECT id FROM t WHERE {}").format(updatekey.predicate(st, [None]))
         assert conn.execute(everything).fetchall() == [(1,)]
+
+
+FUTURE_TABLE = """
+CREATE TABLE {name} (id integer PRIMARY KEY, v text, updated_at {type} NOT NULL DEFAULT now());
+CREATE FUNCTION {name}_touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.updated_at := now(); RETURN NEW; END $$;
+INSERT INTO {name} (id, v) SELECT g, 'v' || g FROM generate_series(1, 50) g;
+"""
+
+
+@pytest.mark.parametrize("column_type", ["timestamptz", "timestamp(3)", "date"])
+def test_an_update_key_in_the_future_does_not_freeze_the_watermark(
+    column_type: str, delta: DeltaSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An explicit 2030 once made every later pass read only rows >= 2030: normal changes were missed."""
+    delta.source.execute(FUTURE_TABLE.format(name="events", type=column_type))
+    delta.source.execute("UPDATE events SET updated_at = '2030-01-01' WHERE id = 1")  # trigger not yet there
+    delta.source.execute(
+        "CREATE TRIGGER touch BEFORE UPDATE ON events FOR EACH ROW EXECUTE FUNCTION events_touch()"
+    )
+    delta.extractor += "  update-key: [updated_at]\n  replicate-deletes: false\n"
+    delta.once()
+    delta.source.execute("UPDATE events SET v = 'changed later' WHERE id = 2")
+    delta.once()
+    delta.assert_same("events")
+    delta.source.execute("INSERT INTO events (id, v) VALUES (100, 'new')")
+    delta.once()
+    delta.assert_same("events")
+    assert "update-key updated_at holds values in the future" in caplog.text
+
+
+def test_a_timestamp_with_precision_is_accepted_as_an_update_key(delta: DeltaSetup) -> None:
+    delta.source.execute(FUTURE_TABLE.format(name="precise", type="timestamp(3) with time zone"))
+    delta.source.execute(
+        "CREATE TRIGGER touch BEFORE UPDATE ON precise FOR EACH ROW EXECUTE FUNCTION precise_touch()"
+    )
+    delta.extractor += "  update-key: [updated_at]\n"
+    delta.once()
+    delta.source.execute("UPDATE precise SET v = 'changed' WHERE id = 3")
+    delta.once()
+    delta.assert_same("precise")
+    kind = delta.dest.fetchone("SELECT kind FROM _replicator.delta_watermarks WHERE table_name = 'precise'")
+    assert kind == "update-key"

@@ -247,7 +247,7 @@ def test_pgoutput_slot_needs_a_publication_name(pg_env: Env, capsys: pytest.Capt
         pg_env.tmp / "source.yaml", **{"replication-slots": {pg_env.slot: ["pgoutput"]}})
     assert pg_env.run("realtime", "--once") == 2
     err = capsys.readouterr().err
-    assert "source.yaml: publication: required for pgoutput slots" in err and "Traceback" not in err
+    assert "source.yaml:1: publication: required for pgoutput slots" in err and "Traceback" not in err
 
 
 def test_start_lsn_skips_what_came_before(pg_env: Env) -> None:

@@ -55,9 +55,36 @@ def test_snapshot_through_the_tunnel(tenv: TunnelEnv, sshd: Sshd) -> None:
     # The exporting session and three workers at least, every one of them through the bastion.
     assert sshd.forwards_to(tenv.source.cluster.port) - src_before >= 4
     assert sshd.forwards_to(tenv.dest.cluster.port) - dst_before >= 4
-    # Checkpoints are keyed by the configured server, never the local forward.
+    # Checkpoints are keyed by the source's identity, never by the local forward.
+    sysid = tenv.source.fetchone("SELECT system_identifier::text FROM pg_control_system()")
     jobs = tenv.dest.fetchall("SELECT DISTINCT job FROM _replicator.snapshot_tables")
-    assert jobs == [(f"127.0.0.1:{tenv.source.cluster.port}/{tenv.source.name}",)]
+    assert jobs == [(f"{sysid}/{tenv.source.name}",)]
+
+
+def test_a_run_through_the_tunnel_finds_the_checkpoints_of_a_direct_run(
+    tenv: TunnelEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tenv.source.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
+    direct = tenv.source.write_config(tenv.tmp / "direct.yaml")
+    dest = tenv.dest.write_config(tenv.tmp / "dest-direct.yaml")
+    assert run_cli("run", "snapshot", "--no-progress", "--source", direct, "--destination", dest) == 0
+    capsys.readouterr()
+    assert tenv.run("snapshot") == 0  # the same source, through the bastion
+    out = capsys.readouterr().out
+    assert "0 table(s) copied, 1 already done earlier" in out, out
+    assert tenv.dest.fetchone("SELECT count(DISTINCT job) FROM _replicator.snapshot_tables") == 1
+
+
+def test_source_as_destination_through_the_tunnel_is_refused(
+    tenv: TunnelEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same database, once through the bastion and once directly: the identity check sees through it."""
+    tenv.source.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    same = tenv.source.write_config(tenv.tmp / "same.yaml")
+    code = run_cli("run", "snapshot", "--no-progress", "--source", tenv.source_config(), "--destination", same)
+    assert code == 2
+    assert "are the same database" in capsys.readouterr().err
+    assert tenv.source.fetchone("SELECT count(*) FROM t") == 1
 
 
 def test_full_then_realtime_through_the_tunnel(tenv: TunnelEnv, sshd: Sshd) -> None:
