@@ -47,13 +47,15 @@ def test_connections_share_one_tunnel_and_go_through_the_bastion(sshd: Sshd, sou
     assert sshd.forwards_to(source_db.cluster.port) - before == 3
 
 
-def test_job_id_is_the_configured_server_not_the_local_forward(sshd: Sshd, source_db: Database, tmp_path: Path) -> None:
+def test_job_names_never_use_the_local_forward(sshd: Sshd, source_db: Database, tmp_path: Path) -> None:
+    """Without the source's identity (pg_control_system() revoked), jobs are named as configured."""
     plain = load_connection(source_db.write_config(tmp_path / "plain.yaml"), "source")
     tunnelled = load_connection(_config(source_db, tmp_path / "s.yaml", sshd.tunnel()), "source")
     with connect(tunnelled.value, "source"):
         pass  # the forward exists now: nothing may have picked up its port
     jobs = [Job(source=s, destination=s, filter=None, extractor=ConfigFile(ExtractorConfig())) for s in (plain, tunnelled)]
-    assert jobs[0].job_id == jobs[1].job_id == f"127.0.0.1:{source_db.cluster.port}/{source_db.name}"
+    assert jobs[0].legacy_job_id == jobs[1].legacy_job_id == f"127.0.0.1:{source_db.cluster.port}/{source_db.name}"
+    assert jobs[1].job_id == jobs[1].legacy_job_id
     assert str(ssh.tunnel_for(tunnelled.value).local_port) not in jobs[1].job_id
 
 
