@@ -12,48 +12,46 @@ import pulumi
 import pulumi_aws as aws
 
 from access import ReplicationAccess
-from database import SourceDatabase
+from alarms import WalAlarms
+from database import SourceDatabase, admin_props
 from handoff import Handoff
-from network import NetworkAccess
-from parameters import LogicalReplicationParameters
+from network import NetworkAccess, describe_acl_entries
 from stack_config import StackConfig, StackConfigError, read_stack_config
 
+ALARM_TOPIC_OUTPUT = "walAlarmTopicArn"
+ALARM_NAMES_OUTPUT = "walAlarmNames"
 
-def compose(cfg: StackConfig) -> Handoff:
-    """Declare every component for ``cfg``; returns the hand-off holding the stack outputs."""
+
+def compose(cfg: StackConfig) -> dict[str, pulumi.Output[Any]]:
+    """Declare every component for ``cfg``; returns the stack outputs (the hand-off's, and the alarms')."""
     region = cfg.region or aws.config.region
     if not region:
         raise StackConfigError("no AWS region: set aws:region (or replicator:region) in the stack config")
     name = cfg.identifier or "source"
-    group = None
-    if cfg.is_rds:
-        group = LogicalReplicationParameters(
-            f"{name}-logical-replication", cfg.engine, cfg.engine_version, cfg.parameters
-        ).group_name
+    acl = cfg.network_acl
+    acl_entries = describe_acl_entries(acl.id, region, _endpoint("ec2")) if acl is not None else []
     if cfg.source == "create":
         # The security group must exist before the database that uses it.
         network = NetworkAccess(
-            f"{name}-access", cfg.port, cfg.allowlist, cfg.security_group_ids or None, cfg.vpc_id, cfg.network_acl
+            f"{name}-access", cfg.port, cfg.allowlist, cfg.security_group_ids or None, cfg.vpc_id, acl,
+            acl_entries,
         )
-        db = SourceDatabase(name, cfg, group, list(network.security_group_ids), region, _endpoint("rds"))
+        db = SourceDatabase(name, cfg, list(network.security_group_ids), region, _endpoint("rds"))
     else:
         # An existing database (adopted, or self-hosted) has its groups already: add rules to them.
-        db = SourceDatabase(name, cfg, group, [], region, _endpoint("rds"))
+        db = SourceDatabase(name, cfg, [], region, _endpoint("rds"))
         groups = cfg.security_group_ids or (db.existing.security_group_ids if db.existing else [])
         port = db.existing.port if db.existing else cfg.port
         if cfg.allowlist and not groups:
             raise StackConfigError(
                 "allowlist is set but there is no security group to add it to: set replicator:securityGroupIds"
             )
-        NetworkAccess(f"{name}-access", port, cfg.allowlist, groups, cfg.vpc_id, cfg.network_acl)
+        network = NetworkAccess(
+            f"{name}-access", port, cfg.allowlist, groups, cfg.vpc_id, cfg.network_acl, acl_entries
+        )
     access = ReplicationAccess(
         f"{name}-replication",
-        host=db.address,
-        port=db.port,
-        database=cfg.database_name,
-        admin_user=cfg.admin_username,
-        admin_password=cfg.admin_password,
-        sslmode=cfg.ssl_mode,
+        admin=admin_props(cfg, db.address, db.port, db.publicly_accessible),
         user=cfg.replication_user,
         replication_right="rds_replication" if cfg.is_rds else "attribute",
         schemas=cfg.schemas,
@@ -63,10 +61,13 @@ def compose(cfg: StackConfig) -> Handoff:
         publication_tables=cfg.publication_tables,
         password_version=cfg.password_version,
         secret_name=cfg.secret_name,
+        secret_recovery_window_days=cfg.secret_recovery_window_days,
         engine=cfg.engine,
         identifier=cfg.identifier if cfg.is_rds else None,
+        # The program connects through the rules it adds: they must exist first.
+        opts=pulumi.ResourceOptions(depends_on=[*network.ingress_rules, *network.acl_rules]),
     )
-    return Handoff(
+    handoff = Handoff(
         f"{name}-handoff",
         host=db.address,
         port=db.port,
@@ -81,6 +82,21 @@ def compose(cfg: StackConfig) -> Handoff:
         instance_identifier=cfg.identifier if cfg.is_rds and not cfg.is_cluster else None,
         cluster_identifier=cfg.identifier if cfg.is_cluster else None,
     )
+    outputs = dict(handoff.outputs)
+    if cfg.is_rds and cfg.wal_alarms.enabled:
+        assert cfg.identifier
+        alarms = WalAlarms(
+            f"{name}-wal-alarms",
+            "cluster" if cfg.is_cluster else "instance",
+            cfg.identifier,
+            cfg.wal_budget,
+            cfg.wal_alarms.period_seconds,
+            cfg.wal_alarms.email,
+            opts=pulumi.ResourceOptions(depends_on=[db]),
+        )
+        outputs[ALARM_TOPIC_OUTPUT] = alarms.topic_arn
+        outputs[ALARM_NAMES_OUTPUT] = alarms.alarm_names
+    return outputs
 
 
 def _endpoint(service: str) -> str | None:
@@ -93,5 +109,6 @@ def _endpoint(service: str) -> str | None:
 
 
 # Pulumi runs this file (runpy.run_path); the tests run it the same way, under mocks.
-handoff = compose(read_stack_config())
-handoff.export()
+outputs = compose(read_stack_config())
+for _key, _value in outputs.items():
+    pulumi.export(_key, _value)

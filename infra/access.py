@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pulumi
 import pulumi_aws as aws
 
@@ -33,12 +35,7 @@ class ReplicationAccess(pulumi.ComponentResource):
         self,
         name: str,
         *,
-        host: pulumi.Input[str],
-        port: pulumi.Input[int],
-        database: str,
-        admin_user: str,
-        admin_password: pulumi.Input[str],
-        sslmode: str,
+        admin: dict[str, pulumi.Input[Any]],
         user: str,
         replication_right: ReplicationRight,
         schemas: list[str],
@@ -48,6 +45,7 @@ class ReplicationAccess(pulumi.ComponentResource):
         publication_tables: list[str] | str | None = None,
         password_version: int = 1,
         secret_name: str | None = None,
+        secret_recovery_window_days: int = 30,
         engine: str = "postgres",
         identifier: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
@@ -58,12 +56,8 @@ class ReplicationAccess(pulumi.ComponentResource):
         self.replication_user = ReplicationUser(
             f"{name}-user",
             {
-                "host": host,
-                "port": port,
-                "database": database,
-                "admin_user": admin_user,
-                "admin_password": pulumi.Output.secret(admin_password),
-                "sslmode": sslmode,
+                # host, port, database, admin_user/password, sslmode, connect_host/port, publicly_accessible
+                **admin,
                 "user": user,
                 "replication_right": replication_right,
                 "schemas": schemas,
@@ -79,15 +73,17 @@ class ReplicationAccess(pulumi.ComponentResource):
             f"{name}-secret",
             name=secret_name,
             description=f"Credentials of the replication user {user} (written by the replicator Pulumi program)",
+            # A deleted secret keeps its name this long; 0 frees a fixed secretName at once.
+            recovery_window_in_days=secret_recovery_window_days,
             opts=child,
         )
         fields: dict[str, pulumi.Input[object]] = {
             "username": user,
             "password": self.replication_user.password,
             "engine": "postgres",
-            "host": host,
-            "port": port,
-            "dbname": database,
+            "host": admin["host"],
+            "port": admin["port"],
+            "dbname": admin["database"],
         }
         if identifier:
             fields["dbClusterIdentifier" if engine == "aurora-postgresql" else "dbInstanceIdentifier"] = identifier

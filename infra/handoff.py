@@ -10,7 +10,7 @@ from replicator.handoff import OutputNames as N
 
 
 class Handoff(pulumi.ComponentResource):
-    """Collects endpoint, database, secret, slots and publication; ``export()`` publishes them as stack outputs."""
+    """Collects endpoint, database, secret, slots and publication; ``__main__`` exports them as stack outputs."""
 
     outputs: dict[str, pulumi.Output[Any]]
 
@@ -50,7 +50,3 @@ class Handoff(pulumi.ComponentResource):
         }
         self.outputs = {k: pulumi.Output.from_input(v) for k, v in values.items() if v is not None}
         self.register_outputs(self.outputs)
-
-    def export(self) -> None:
-        for key, value in self.outputs.items():
-            pulumi.export(key, value)

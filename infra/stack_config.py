@@ -18,7 +18,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from replicator.provision import rds
+from replicator.provision import rds, wal
 from replicator.provision.pgaccess import ALL_TABLES
 
 NAMESPACE = "replicator"
@@ -56,6 +56,46 @@ class NetworkAcl(_Model):
     first_rule_number: int = Field(default=100, ge=1, le=32766)
 
 
+class AdminAccess(_Model):
+    """How this program reaches a database that is not publicly accessible, to create the replication user.
+
+    ``vpc``: this machine is inside the VPC (or reaches it by peering, VPN or Direct Connect).
+    ``tunnel``: through a local port forwarded to the database (SSM port forwarding, an SSH tunnel
+    through a bastion); ``host``/``port`` are the local end.
+    """
+
+    via: Literal["vpc", "tunnel"]
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _tunnel_has_an_end(self) -> AdminAccess:
+        if self.via == "tunnel" and not (self.host and self.port):
+            raise ValueError("via: tunnel needs host and port (its local end, e.g. 127.0.0.1 and 15432)")
+        if self.via == "vpc" and (self.host or self.port):
+            raise ValueError("host and port belong to via: tunnel; via: vpc connects to the endpoint")
+        return self
+
+
+class WalAlarms(_Model):
+    """CloudWatch alarms on the source's WAL and storage, to an SNS topic (replicator/provision/wal.py)."""
+
+    enabled: bool = True
+    # The same numbers as the replicator's log-monitoring (max-wal-size-gb, alert-threshold-percent).
+    max_wal_size_gb: float | None = Field(default=None, gt=0)
+    alert_threshold_percent: int = Field(default=wal.DEFAULT_ALERT_THRESHOLD_PERCENT, ge=50, le=80)
+    free_storage_gb: float | None = Field(default=None, gt=0)
+    email: str | None = None  # subscribed to the topic (AWS mails a confirmation link first)
+    period_seconds: int = Field(default=300, ge=60)
+
+    @field_validator("email")
+    @classmethod
+    def _looks_like_an_address(cls, value: str | None) -> str | None:
+        if value is not None and (value.count("@") != 1 or " " in value or value.strip("@") != value):
+            raise ValueError(f"not an e-mail address: {value!r}")
+        return value
+
+
 class StackConfig(_Model):
     engine: rds.Engine
     engine_version: str
@@ -73,6 +113,7 @@ class StackConfig(_Model):
     allocated_storage_gb: int = Field(default=20, ge=20)
     subnet_ids: list[str] = []
     publicly_accessible: bool = False
+    admin_access: AdminAccess | None = None
     # self-hosted
     host: str | None = None
     port: int = Field(default=5432, ge=1, le=65535)
@@ -86,6 +127,12 @@ class StackConfig(_Model):
     max_wal_senders: int = Field(default=10, ge=1, le=262143)
     backup_retention_days: int = Field(default=7, ge=3, le=35)
     extra_parameters: dict[str, str] = {}
+    # WAL protection: the server-side bound (GB; -1 = unbounded) and the alarms.
+    max_slot_wal_keep_size_gb: float | None = None
+    wal_alarms: WalAlarms = WalAlarms()
+    # Destroying an adopted database would switch logical replication off while slots still exist:
+    # refused unless this drops the inactive ones (active ones always refuse).
+    drop_inactive_slots_on_destroy: bool = False
     # replication access
     replication_user: str = "replicator"
     password_version: int = 1
@@ -96,6 +143,8 @@ class StackConfig(_Model):
     publication: str | None = "replicator_pub"
     publication_tables: list[str] | Literal["*"] | None = None
     secret_name: str | None = None
+    # Secrets Manager keeps a deleted secret (and its name) this many days: 7-30, or 0 to delete at once.
+    secret_recovery_window_days: int = 30
     region: str | None = None
 
     @field_validator("allowlist", mode="before")
@@ -116,6 +165,27 @@ class StackConfig(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> StackConfig:
         rds.parameter_family(self.engine, self.engine_version)  # raises on a family AWS lacks
+        seen: dict[str, int] = {}
+        for i, allowed in enumerate(self.allowlist):
+            if allowed.cidr in seen:
+                first = seen[allowed.cidr]
+                raise ValueError(
+                    f"allowlist[{i}]: {allowed.cidr} is already allowlist[{first}]; list it once"
+                )
+            seen[allowed.cidr] = i
+        if self.secret_recovery_window_days != 0 and not 7 <= self.secret_recovery_window_days <= 30:
+            days = self.secret_recovery_window_days
+            raise ValueError(f"secretRecoveryWindowDays must be 0 (delete at once) or 7 to 30, not {days}")
+        self._check_wal_protection()
+        if self.source == "create" and not self.publicly_accessible and self.admin_access is None:
+            raise ValueError(
+                "the database will not be publicly accessible (publiclyAccessible: false), so this program "
+                "can reach it, to create the replication user, only from inside its VPC. Say how: "
+                "adminAccess: {via: vpc} when pulumi runs in the VPC (or reaches it by peering or VPN), "
+                "or adminAccess: {via: tunnel, host: 127.0.0.1, port: 15432} through SSM port forwarding or "
+                "an SSH tunnel via a bastion (infra/README.md, \"Private databases\"); or set "
+                "publiclyAccessible: true"
+            )
         if self.source in ("create", "adopt") and not self.identifier:
             raise ValueError(f"identifier is required when source is {self.source} (the instance or cluster id)")
         if self.source == "self-hosted" and not self.host:
@@ -133,8 +203,64 @@ class StackConfig(_Model):
             raise ValueError(f"maxWalSenders ({self.max_wal_senders}) is lower than the number of slots")
         if self.max_replication_slots < len(self.slots):
             raise ValueError(f"maxReplicationSlots ({self.max_replication_slots}) is lower than the number of slots")
-        self.parameters  # validates extra parameter names, values and apply methods
+        parameters = self.parameters  # validates extra parameter names, values and apply methods
+        instance_level = rds.split_by_level(self.engine, parameters)[1]
+        if self.source == "adopt" and self.is_cluster and instance_level:
+            raise ValueError(
+                f"extraParameters: {', '.join(p.name for p in instance_level)} are instance-level parameters "
+                "on Aurora; for a cluster it adopts, the program manages only the cluster parameter group: "
+                "set them in the DB parameter group of the cluster's instances yourself"
+            )
         return self
+
+    def _check_wal_protection(self) -> None:
+        keep = self.max_slot_wal_keep_size_gb
+        if keep is not None and keep != -1 and keep <= 0:
+            raise ValueError(
+                f"maxSlotWalKeepSizeGb must be a number of GB above 0, or -1 (unbounded), not {keep:g}"
+            )
+        if keep is not None and keep != -1 and self.major < 13:
+            raise ValueError(
+                "maxSlotWalKeepSizeGb: max_slot_wal_keep_size exists from PostgreSQL 13 on; this is "
+                f"PostgreSQL {self.major} (remove the key, and rely on the WAL alarms)"
+            )
+        if keep is not None and keep != -1 and self.is_cluster:
+            raise ValueError(
+                "maxSlotWalKeepSizeGb: Aurora PostgreSQL does not document max_slot_wal_keep_size (its WAL "
+                "lives in the cluster volume); remove the key and rely on the WAL alarms"
+            )
+        budget = self.wal_budget
+        if budget.keep_size_gb is not None and budget.keep_size_gb < budget.max_wal_size_gb:
+            raise ValueError(
+                f"maxSlotWalKeepSizeGb ({budget.keep_size_gb:g}) is below walAlarms.maxWalSizeGb "
+                f"({budget.max_wal_size_gb:g}): the server would invalidate the slot before the replicator "
+                "stops cleanly at its budget; raise the first or lower the second"
+            )
+        storage = self._known_storage_gb
+        if storage is not None and budget.keep_size_gb is not None and budget.keep_size_gb >= storage:
+            raise ValueError(
+                f"maxSlotWalKeepSizeGb ({budget.keep_size_gb:g}) is not below allocatedStorageGb "
+                f"({storage}): the disk would fill before the bound is reached"
+            )
+
+    @property
+    def major(self) -> int:
+        return rds.major_version(self.engine_version)
+
+    @property
+    def _known_storage_gb(self) -> int | None:
+        # Only a database the program creates has a disk size we know here (Aurora storage grows by itself).
+        return self.allocated_storage_gb if self.source == "create" and not self.is_cluster else None
+
+    @property
+    def wal_budget(self) -> wal.WalBudget:
+        a = self.wal_alarms
+        return wal.default_budget(
+            self._known_storage_gb, a.max_wal_size_gb, self.max_slot_wal_keep_size_gb, a.free_storage_gb,
+            a.alert_threshold_percent,
+            # RDS for PostgreSQL 13+ only: see _check_wal_protection.
+            keep_size_applies=self.is_rds and not self.is_cluster and self.major >= 13,
+        )
 
     @property
     def is_rds(self) -> bool:
@@ -151,7 +277,18 @@ class StackConfig(_Model):
     @property
     def parameters(self) -> list[rds.Parameter]:
         required = rds.required_parameters(self.max_replication_slots, self.max_wal_senders)
-        return rds.validate_parameters(self.engine, rds.merge_parameters(required, self.extra_parameters))
+        keep = self.wal_budget.keep_size_gb
+        if keep is not None:
+            required.append(rds.wal_keep_size_parameter(keep))
+        merged = rds.merge_parameters(required, self.extra_parameters)
+        return rds.validate_parameters(self.engine, merged, self.major)
+
+    @property
+    def engine_version_for_aws(self) -> str:
+        """RDS instances get the major only, so AWS's automatic minor upgrades are not drift that Pulumi
+        would try to undo; Aurora clusters get the version as written (their engine version is then ignored
+        after creation, see database.py)."""
+        return self.engine_version if self.is_cluster else str(self.major)
 
     @property
     def ssl_mode(self) -> str:

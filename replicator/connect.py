@@ -159,9 +159,8 @@ def connect(
     replication: bool = False,
 ) -> psycopg.Connection[Any]:
     """Connect with retries; failures become a ConnectError that says which server and why."""
-    info = conninfo(cfg, application_name, replication=replication)
 
-    def attempt() -> psycopg.Connection[Any]:
+    def attempt(info: str) -> psycopg.Connection[Any]:
         ssh.ensure(cfg)  # (re)opens the SSH tunnel, if any, so a bastion that went away is retried too
         started = time.monotonic()
         try:
@@ -173,8 +172,18 @@ def connect(
                 raise
             raise tunnel_failure from None
 
+    def attempts() -> psycopg.Connection[Any]:
+        info = conninfo(cfg, application_name, replication=replication)  # credentials are read here
+        what = f"connecting to the {role} {describe(cfg)}"
+        return with_retries(cfg, what, partial(attempt, info))
+
     try:
-        return with_retries(cfg, f"connecting to the {role} {describe(cfg)}", attempt)
+        try:
+            return attempts()
+        except psycopg.OperationalError as e:
+            if not _reread_rotated_credentials(cfg, e):
+                raise
+            return attempts()
     except psycopg.OperationalError as e:
         raise ConnectError(connect_failure_message(cfg, role, e), permanent=permanent_connect_failure(e) is not None) from None
     except ssh.TunnelError as e:
@@ -195,6 +204,15 @@ def open_tunnels(*configs: tuple[str, ConnectionConfig]) -> None:
             if not e.transient:
                 raise
             raise ConnectError(f"cannot connect to the {role} {describe(cfg)}: {e}") from None
+
+
+def _reread_rotated_credentials(cfg: ConnectionConfig, exc: BaseException) -> bool:
+    """Password rotation hook: an authentication failure with a credential store re-reads the secret, once."""
+    if cfg.credential_store is None:
+        return False
+    from replicator.credentials import refresh_after_auth_failure
+
+    return refresh_after_auth_failure(cfg, exc)
 
 
 def connect_failure_message(cfg: ConnectionConfig, role: str, exc: BaseException) -> str:

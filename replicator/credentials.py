@@ -56,6 +56,32 @@ def clear_cache() -> None:
         _cache.clear()
 
 
+# libpq's words for a rejected login (psycopg's connection errors carry no SQLSTATE to match instead).
+_AUTH_FAILED = ("password authentication failed", "SCRAM authentication", "PAM authentication failed")
+
+
+def is_authentication_failure(exc: BaseException) -> bool:
+    """The server refused the username or password (SQLSTATE 28P01 / 28000, or libpq's message)."""
+    state = getattr(exc, "sqlstate", None) or ""
+    return state in ("28P01", "28000") or any(m in str(exc) for m in _AUTH_FAILED)
+
+
+def refresh_after_auth_failure(cfg: ConnectionConfig, exc: BaseException) -> bool:
+    """Password rotation: on an authentication failure with a credential store, drop the cached secret.
+
+    The role's password changes before the secret does, and a cached secret would keep the old one
+    for up to ``CACHE_SECONDS``. Returns True when the caller should connect once more (the next
+    ``fetch_credentials`` reads the secret again); only after that may the failure count as permanent.
+    """
+    if cfg.credential_store is None or not is_authentication_failure(exc):
+        return False
+    secret_id = cfg.credential_store.secret_id
+    with _lock:
+        for key in [k for k in _cache if k[0] == secret_id]:
+            del _cache[key]
+    return True
+
+
 def read_secret_text(secret_id: str, region: str | None, what: str) -> str:
     """The text of a secret (e.g. an SSH key for ``ssh-tunnel``); ``what`` names the setting in messages."""
     region = region or _region_of_arn(secret_id)

@@ -146,3 +146,65 @@ def test_a_refused_login_does_not_echo_the_secrets_username(aws: AwsEndpoint, so
     text = str(err.value)
     assert "password authentication failed for user (from credential-store)" in text
     assert "store-only-user-7f3a" not in text and "not-the-password" not in text
+
+
+# -- password rotation: the role's password changes before the secret does ----------------------------
+
+
+@pytest.fixture
+def rotating(aws: AwsEndpoint, source_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A login role whose password lives in a secret, a config naming the secret, a count of secret reads."""
+    role = f"rotated_{source_db.name}"
+    source_db.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'first-password-1'")
+    put_secret(aws, f"pg-{role}", {"username": role, "password": "first-password-1"})
+    data = {k: v for k, v in source_db.config().items() if k not in ("username", "password")}
+    # No retries: each attempt is then one login, and the test counts them.
+    store = {"type": "AWS_SECRETS_MANAGER", "secret-id": f"pg-{role}", "region": aws.region}
+    data.update({"max-retries": 0, "credential-store": store})
+    path = tmp_path / "rotating.yaml"
+    path.write_text(yaml.safe_dump(data))
+    reads: list[str] = []
+    original = credentials._read
+
+    def counting_read(client: Any, secret_id: str) -> tuple[str, str]:
+        reads.append(secret_id)
+        return original(client, secret_id)
+
+    monkeypatch.setattr(credentials, "_read", counting_read)
+    yield role, load_connection(path, "source").value, reads
+    source_db.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_rotated_password_is_read_again_at_once(
+    aws: AwsEndpoint, source_db: Database, rotating: Any
+) -> None:
+    role, cfg, reads = rotating
+    with connect(cfg, "source") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
+    assert len(reads) == 1
+    # Rotation: the role's password first, then the secret. The cached secret is now stale.
+    source_db.execute(f"ALTER ROLE {role} PASSWORD 'second-password-2'")
+    aws.client("secretsmanager").put_secret_value(
+        SecretId=f"pg-{role}", SecretString=json.dumps({"username": role, "password": "second-password-2"}))
+    with connect(cfg, "source") as conn:  # not after CACHE_SECONDS: now
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
+    assert len(reads) == 2
+    with connect(cfg, "source"):
+        pass
+    assert len(reads) == 2  # cached again
+
+
+def test_a_wrong_secret_fails_after_one_fresh_read(
+    aws: AwsEndpoint, source_db: Database, rotating: Any
+) -> None:
+    role, cfg, reads = rotating
+    source_db.execute(f"ALTER ROLE {role} PASSWORD 'changed-but-not-in-the-secret'")
+    with pytest.raises(ConnectError, match="password authentication failed"):
+        connect(cfg, "source")
+    assert len(reads) == 2  # the first read, and one more: not a loop
+
+
+def test_without_a_credential_store_nothing_is_read_again(source_db: Database, tmp_path: Path) -> None:
+    path = source_db.write_config(tmp_path / "plain.yaml", password="not-the-password", **{"max-retries": 0})
+    with pytest.raises(ConnectError, match="password authentication failed"):
+        connect(load_connection(path, "source").value, "source")

@@ -1,4 +1,4 @@
-"""Pulumi dynamic providers: the replication user (psycopg) and attaching settings to an adopted RDS resource (boto3).
+"""Pulumi dynamic providers: the replication user (psycopg), the settings of an adopted RDS resource (boto3).
 
 They live in the installed package, not in ``infra/``, because Pulumi runs dynamic providers in
 a separate host process that unpickles them; only importable modules survive that trip.
@@ -13,29 +13,15 @@ from typing import Any
 import psycopg
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from replicator import awsclient
-from replicator.provision import pgaccess
+from replicator.provision import adminconn, attach, pgaccess, slotguard
 
 # Changing any of these means another role, or another server: a new resource.
 _USER_IDENTITY = ("host", "port", "database", "user")
 _USER_SETTINGS = (
     "schemas", "replication_right", "table_owners", "heartbeat_table", "publication", "publication_tables",
-    "password_version", "admin_user", "admin_password", "sslmode",
+    "password_version", "admin_user", "admin_password", "sslmode", "connect_host", "connect_port",
+    "publicly_accessible",
 )
-
-
-def _admin_connection(props: dict[str, Any]) -> psycopg.Connection[Any]:
-    return psycopg.connect(
-        host=props["host"],
-        port=int(props["port"]),
-        dbname=props["database"],
-        user=props["admin_user"],
-        password=props["admin_password"],
-        sslmode=props.get("sslmode") or "prefer",
-        connect_timeout=15,
-        application_name="replicator-provision",
-        autocommit=True,
-    )
 
 
 def new_password() -> str:
@@ -65,7 +51,7 @@ class ReplicationUserProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         password = new_password()
-        with _admin_connection(props) as conn:
+        with adminconn.admin_connection(props) as conn:
             pgaccess.ensure_access(conn, pgaccess.AccessSpec.from_props(props), password)
         return CreateResult(_user_id(props), {**props, "password": password})
 
@@ -73,17 +59,19 @@ class ReplicationUserProvider(ResourceProvider):
         rotate = olds.get("password_version") != news.get("password_version")
         password = new_password() if rotate or not olds.get("password") else olds["password"]
         old_spec, new_spec = pgaccess.AccessSpec.from_props(olds), pgaccess.AccessSpec.from_props(news)
-        with _admin_connection(news) as conn:
+        with adminconn.admin_connection(news) as conn:
             pgaccess.update_access(conn, old_spec, new_spec, password)
         return UpdateResult({**news, "password": password})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        with _admin_connection(props) as conn:
-            pgaccess.drop_access(conn, pgaccess.AccessSpec.from_props(props))
+        with adminconn.admin_connection(props) as conn:
+            pgaccess.drop_access(
+                conn, pgaccess.AccessSpec.from_props(props), lambda db: adminconn.admin_connection(props, db)
+            )
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         # `pulumi refresh`: a role dropped by hand is reported gone, so the next `up` recreates it.
-        with _admin_connection(props) as conn:
+        with adminconn.admin_connection(props) as conn:
             exists = pgaccess.role_exists(conn, props["user"])
         return ReadResult(id_ if exists else None, props)
 
@@ -93,91 +81,63 @@ def _user_id(props: dict[str, Any]) -> str:
 
 
 class RdsAttachmentProvider(ResourceProvider):
-    """Attach a parameter group and a minimum backup retention to an instance or cluster we adopt.
+    """The parameter group and minimum backup retention of an instance or cluster we adopt (see ``attach``).
 
     The program does not own an adopted database, so instead of managing it as a Pulumi resource it
-    changes just these two settings and puts the previous ones back on delete.
+    changes just these two settings and puts the previous ones back on delete: after checking that
+    switching logical replication off leaves no logical slot behind (``slotguard``), for which it
+    connects with the same admin props as the replication user.
     """
 
-    serialize_as_secret_always = False
+    serialize_as_secret_always = True  # the props hold the admin password
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        replaces = [k for k in ("kind", "identifier", "region", "endpoint_url") if olds.get(k) != news.get(k)]
-        changed = replaces or [
-            k for k in ("parameter_group", "backup_retention_days") if olds.get(k) != news.get(k)
-        ]
+        replaces = [k for k in _ATTACH_IDENTITY if olds.get(k) != news.get(k)]
+        changed = replaces or [k for k in _ATTACH_SETTINGS if olds.get(k) != news.get(k)]
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        current = describe_settings(props)
-        applied = apply_settings(props, current)
+        current = attach.describe(props)
+        prepared = attach.prepare_group(props, current.parameter_group)
+        applied = attach.attach(props, current)
         outs = {
             **props,
-            "previous_parameter_group": current["parameter_group"],
-            "previous_backup_retention_days": current["backup_retention_days"],
+            **prepared,
+            "previous_parameter_group": current.parameter_group,
+            "previous_backup_retention_days": current.backup_retention_days,
             "applied_backup_retention_days": applied,
         }
         return CreateResult(f"{props['kind']}/{props['identifier']}", outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        applied = apply_settings(news, describe_settings(news))
-        keep = {k: olds.get(k) for k in ("previous_parameter_group", "previous_backup_retention_days")}
-        return UpdateResult({**news, **keep, "applied_backup_retention_days": applied})
+        originals = attach.update_parameters(olds, news)
+        applied = attach.attach(news, attach.describe(news))
+        kept = ("previous_parameter_group", "previous_backup_retention_days", "copied_from")
+        outs = {**news, **{k: olds.get(k) for k in kept}, "original_values": originals}
+        return UpdateResult({**outs, "applied_backup_retention_days": applied})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        restore_settings(props)
+        attach.restore(props, lambda what: _no_logical_slots_left(props, what))
 
 
-def _rds(props: dict[str, Any]) -> Any:
-    return awsclient.client("rds", props.get("region"), props.get("endpoint_url") or None)
+# Changing any of these is another database or another group: a new attachment.
+_ATTACH_IDENTITY = ("kind", "identifier", "region", "endpoint_url", "managed_group")
+_ATTACH_SETTINGS = (
+    "parameters", "backup_retention_days", "host", "port", "database", "admin_user", "admin_password",
+    "sslmode", "connect_host", "connect_port", "publicly_accessible", "drop_inactive_slots",
+)
 
 
-def describe_settings(props: dict[str, Any]) -> dict[str, Any]:
-    """The attached parameter group and backup retention of the instance or cluster."""
-    rds = _rds(props)
-    if props["kind"] == "cluster":
-        c = rds.describe_db_clusters(DBClusterIdentifier=props["identifier"])["DBClusters"][0]
-        return {"parameter_group": c["DBClusterParameterGroup"], "backup_retention_days": c["BackupRetentionPeriod"]}
-    i = rds.describe_db_instances(DBInstanceIdentifier=props["identifier"])["DBInstances"][0]
-    groups = [g["DBParameterGroupName"] for g in i.get("DBParameterGroups", [])]
-    return {"parameter_group": groups[0] if groups else None, "backup_retention_days": i["BackupRetentionPeriod"]}
-
-
-def apply_settings(props: dict[str, Any], current: dict[str, Any]) -> int:
-    """Attach our group; raise retention to the minimum asked for (never lower it). Returns the retention set."""
-    retention = max(int(props["backup_retention_days"]), int(current["backup_retention_days"] or 0))
-    _modify(props, props["parameter_group"], retention)
-    return retention
-
-
-def restore_settings(props: dict[str, Any]) -> None:
-    """Put back what was there before, unless someone has changed the settings since."""
-    current = describe_settings(props)
-    if current["parameter_group"] != props["parameter_group"]:
-        return
-    retention = int(current["backup_retention_days"])
-    if retention == int(props.get("applied_backup_retention_days") or -1):
-        retention = int(props.get("previous_backup_retention_days") or retention)
-    _modify(props, props.get("previous_parameter_group") or _default_group(props), retention)
-
-
-def _modify(props: dict[str, Any], group: str, retention: int) -> None:
-    rds = _rds(props)
-    if props["kind"] == "cluster":
-        rds.modify_db_cluster(
-            DBClusterIdentifier=props["identifier"],
-            DBClusterParameterGroupName=group,
-            BackupRetentionPeriod=retention,
-            ApplyImmediately=True,
+def _no_logical_slots_left(props: dict[str, Any], what: str) -> None:
+    try:
+        conn = adminconn.admin_connection(props)
+    except (psycopg.Error, pgaccess.AccessError) as e:
+        raise pgaccess.AccessError(
+            f"before it can {what} (which switches logical replication off), the program must check the "
+            f"database for logical slots, and cannot connect: {e}"
+        ) from None
+    with conn:
+        drop = bool(props.get("drop_inactive_slots"))
+        slotguard.clear_for_logical_replication_off(
+            conn, what, drop, lambda db: adminconn.admin_connection(props, db)
         )
-    else:
-        rds.modify_db_instance(
-            DBInstanceIdentifier=props["identifier"],
-            DBParameterGroupName=group,
-            BackupRetentionPeriod=retention,
-            ApplyImmediately=True,
-        )
-
-
-def _default_group(props: dict[str, Any]) -> str:
-    return f"default.{props['family']}"

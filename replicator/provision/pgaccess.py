@@ -9,6 +9,7 @@ transaction, so a failure leaves nothing half done. The statement builders are s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -93,11 +94,25 @@ def grant_select(user: str, table: QualifiedName) -> sql.Composed:
     return sql.SQL("GRANT SELECT ON {} TO {}").format(_table(table), sql.Identifier(user))
 
 
-def default_select(user: str, schema: str, owner: str | None, revoke: bool = False) -> sql.Composed:
-    """ALTER DEFAULT PRIVILEGES: tables created later in ``schema`` are readable too."""
+def grant_select_all_sequences(user: str, schema: str) -> sql.Composed:
+    """Sequence values (``pg_sequences.last_value`` reads NULL without SELECT or USAGE on the sequence)."""
+    return sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+        sql.Identifier(schema), sql.Identifier(user)
+    )
+
+
+def default_select(
+    user: str,
+    schema: str,
+    owner: str | None,
+    revoke: bool = False,
+    objects: Literal["TABLES", "SEQUENCES"] = "TABLES",
+) -> sql.Composed:
+    """ALTER DEFAULT PRIVILEGES: tables (or sequences) created later in ``schema`` are readable too."""
+    kind = sql.SQL(objects)
     action = (
-        sql.SQL("REVOKE SELECT ON TABLES FROM {}") if revoke else sql.SQL("GRANT SELECT ON TABLES TO {}")
-    ).format(sql.Identifier(user))
+        sql.SQL("REVOKE SELECT ON {} FROM {}") if revoke else sql.SQL("GRANT SELECT ON {} TO {}")
+    ).format(kind, sql.Identifier(user))
     for_role = sql.SQL("FOR ROLE {} ").format(sql.Identifier(owner)) if owner else sql.SQL("")
     return sql.SQL("ALTER DEFAULT PRIVILEGES {}IN SCHEMA {} {}").format(for_role, sql.Identifier(schema), action)
 
@@ -148,8 +163,10 @@ def ensure_access(conn: psycopg.Connection[Any], spec: AccessSpec, password: str
             _require_schema(conn, schema)
             conn.execute(grant_schema_usage(spec.user, schema))
             conn.execute(grant_select_all(spec.user, schema))
+            conn.execute(grant_select_all_sequences(spec.user, schema))
             for owner in spec.table_owners or (None,):
                 conn.execute(default_select(spec.user, schema, owner))
+                conn.execute(default_select(spec.user, schema, owner, objects="SEQUENCES"))
         if spec.heartbeat_table:
             _ensure_heartbeat_rights(conn, spec.user, spec.heartbeat_table)
         if spec.publication and spec.publication_tables is not None:
@@ -166,6 +183,7 @@ def update_access(conn: psycopg.Connection[Any], old: AccessSpec, new: AccessSpe
         for schema in set(old.schemas) & set(new.schemas):
             for owner in set(old.table_owners or (None,)) - set(new.table_owners or (None,)):
                 conn.execute(default_select(old.user, schema, owner, revoke=True))
+                conn.execute(default_select(old.user, schema, owner, revoke=True, objects="SEQUENCES"))
         if old.replication_right != new.replication_right:
             _revoke_replication(conn, old.user, old.replication_right)
         if old.heartbeat_table and old.heartbeat_table != new.heartbeat_table:
@@ -177,23 +195,86 @@ def update_access(conn: psycopg.Connection[Any], old: AccessSpec, new: AccessSpe
         ensure_access(conn, new, password)
 
 
-def drop_access(conn: psycopg.Connection[Any], spec: AccessSpec) -> None:
-    """Remove the user and everything granted to it here; nothing to do if it is already gone."""
+ConnectTo = Callable[[str], "psycopg.Connection[Any]"]
+
+
+def drop_access(conn: psycopg.Connection[Any], spec: AccessSpec, connect_to: ConnectTo | None = None) -> None:
+    """Remove the user and everything granted to it; nothing to do if it is already gone.
+
+    Whatever else the role owns or was granted (a table it created, a grant someone added by hand)
+    would make ``DROP ROLE`` fail, so its objects are handed to the admin (``REASSIGN OWNED``: data is
+    kept) and its remaining privileges dropped (``DROP OWNED``), here and, through ``connect_to``
+    (database name -> admin connection), in every other database where it holds something.
+    """
     with _transaction(conn, f"removing replication user {spec.user}"):
         if spec.publication and spec.publication_tables is not None:
             conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(spec.publication)))
         if not _role_exists(conn, spec.user):
             return
+        _take_over_membership(conn, spec.user)
+        elsewhere = _databases_holding(conn, spec.user)
+    # Other databases first, each committed on its own: done inside the transaction below, their DROP OWNED
+    # would wait for its locks on the role's shared dependencies (a wait no server detects across sessions).
+    if elsewhere:
+        _clean_other_databases(spec.user, elsewhere, connect_to)
+    with _transaction(conn, f"removing replication user {spec.user}"):
+        if not _role_exists(conn, spec.user):
+            return
         for schema in spec.schemas:
             _revoke_schema(conn, spec, schema)
         if spec.heartbeat_table:
+            # The heartbeat table the replicator created is ours to drop, not to hand over.
             _revoke_heartbeat_rights(conn, spec.user, spec.heartbeat_table, drop_owned_table=True)
-        conn.execute(
-            sql.SQL("REVOKE CONNECT ON DATABASE {} FROM {}").format(
-                sql.Identifier(_current_database(conn)), sql.Identifier(spec.user)
-            )
-        )
+        _reassign_and_drop_owned(conn, spec.user)
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(spec.user)))
+
+
+def reassign_and_drop_owned(user: str) -> sql.Composed:
+    """The statements that free a role for DROP ROLE in one database (shared with messages)."""
+    return sql.SQL("REASSIGN OWNED BY {u} TO CURRENT_USER; DROP OWNED BY {u}").format(u=sql.Identifier(user))
+
+
+def _take_over_membership(conn: psycopg.Connection[Any], user: str) -> None:
+    # REASSIGN OWNED needs the privileges of the role being emptied. A superuser has them; the RDS master
+    # user (CREATEROLE, the role's creator) gets them by a grant that dies with the role.
+    row = conn.execute("SELECT pg_has_role(%s, 'USAGE')", (user,)).fetchone()
+    if not (row and row[0]):
+        conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(user)))
+
+
+def _reassign_and_drop_owned(conn: psycopg.Connection[Any], user: str) -> None:
+    conn.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(user)))
+    conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(user)))
+
+
+def _databases_holding(conn: psycopg.Connection[Any], user: str) -> list[str]:
+    """Other databases with objects owned by, or privileges granted to, the role (pg_shdepend)."""
+    rows = conn.execute(
+        "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid"
+        " WHERE s.refclassid = 'pg_authid'::regclass"
+        " AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+        " AND d.datname <> current_database() ORDER BY 1",
+        (user,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _clean_other_databases(user: str, databases: list[str], connect_to: ConnectTo | None) -> None:
+    statements = reassign_and_drop_owned(user).as_string(None)
+    for name in databases:
+        if connect_to is None:
+            raise AccessError(
+                f"role {user} owns objects or holds privileges in database {name}: connect there and run "
+                f"{statements}"
+            )
+        try:
+            with connect_to(name) as other, other.transaction():
+                _reassign_and_drop_owned(other, user)
+        except psycopg.Error as e:
+            raise AccessError(
+                f"role {user} owns objects or holds privileges in database {name}, and cleaning them failed "
+                f"({e.diag.message_primary or e}): connect there as an admin and run {statements}"
+            ) from None
 
 
 def role_exists(conn: psycopg.Connection[Any], user: str) -> bool:
@@ -260,11 +341,13 @@ def _revoke_schema(conn: psycopg.Connection[Any], spec: AccessSpec, schema: str)
     for owner in spec.table_owners or (None,):
         if owner is None or _role_exists(conn, owner):
             conn.execute(default_select(spec.user, schema, owner, revoke=True))
-    conn.execute(
-        sql.SQL("REVOKE SELECT ON ALL TABLES IN SCHEMA {} FROM {}").format(
-            sql.Identifier(schema), sql.Identifier(spec.user)
+            conn.execute(default_select(spec.user, schema, owner, revoke=True, objects="SEQUENCES"))
+    for objects in ("TABLES", "SEQUENCES"):
+        conn.execute(
+            sql.SQL("REVOKE SELECT ON ALL {} IN SCHEMA {} FROM {}").format(
+                sql.SQL(objects), sql.Identifier(schema), sql.Identifier(spec.user)
+            )
         )
-    )
     conn.execute(
         sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), sql.Identifier(spec.user))
     )

@@ -35,10 +35,16 @@ class ParameterRule:
     maximum: int | None = None
     aurora_only: bool = False
     cluster_level: bool = False  # Aurora: lives in the cluster parameter group, not the instance one
+    since_major: int | None = None  # the first PostgreSQL major that has the parameter
 
-    def check(self, engine: Engine, value: str, apply_method: str) -> None:
+    def check(self, engine: Engine, value: str, apply_method: str, major: int | None = None) -> None:
         if self.aurora_only and engine != "aurora-postgresql":
             raise ParameterError(f"{self.name} exists only on aurora-postgresql, not {engine}")
+        if self.since_major is not None and major is not None and major < self.since_major:
+            raise ParameterError(
+                f"{self.name} exists from PostgreSQL {self.since_major} on; this source runs "
+                f"PostgreSQL {major}"
+            )
         if apply_method not in ("immediate", "pending-reboot"):
             raise ParameterError(f"{self.name}: apply method must be immediate or pending-reboot, not {apply_method!r}")
         if self.static and apply_method != "pending-reboot":
@@ -65,7 +71,10 @@ RULES: dict[str, ParameterRule] = {
         ParameterRule("max_worker_processes", static=True, minimum=1, maximum=_INT_MAX),
         ParameterRule("max_logical_replication_workers", static=True, minimum=0, maximum=_INT_MAX),
         ParameterRule("wal_sender_timeout", static=False, minimum=0, maximum=3_600_000, cluster_level=True),
-        ParameterRule("max_slot_wal_keep_size", static=False, minimum=-1, maximum=2_147_483_647),
+        # In MB; -1 = unbounded. From PostgreSQL 13 (a slot is then invalidated rather than the disk filled).
+        ParameterRule(
+            "max_slot_wal_keep_size", static=False, minimum=-1, maximum=2_147_483_647, since_major=13
+        ),
         ParameterRule("logical_decoding_work_mem", static=False, minimum=64, maximum=2_147_483_647),
         ParameterRule("idle_in_transaction_session_timeout", static=False, minimum=0, maximum=2_147_483_647),
         ParameterRule("statement_timeout", static=False, minimum=0, maximum=2_147_483_647),
@@ -123,8 +132,13 @@ def default_apply_method(name: str) -> ApplyMethod:
     return "pending-reboot" if rule is None or rule.static else "immediate"
 
 
-def validate_parameters(engine: Engine, parameters: list[Parameter]) -> list[Parameter]:
-    """Refuse unknown names, duplicates, wrong values and apply methods AWS would reject."""
+def validate_parameters(
+    engine: Engine, parameters: list[Parameter], major: int | None = None
+) -> list[Parameter]:
+    """Refuse unknown names, duplicates, wrong values and apply methods AWS would reject.
+
+    ``major`` (the PostgreSQL major version) also refuses parameters the version does not have.
+    """
     seen: set[str] = set()
     for p in parameters:
         rule = RULES.get(p.name)
@@ -135,8 +149,25 @@ def validate_parameters(engine: Engine, parameters: list[Parameter]) -> list[Par
         if p.name in seen:
             raise ParameterError(f"parameter {p.name} is set twice")
         seen.add(p.name)
-        rule.check(engine, p.value, p.apply_method)
+        rule.check(engine, p.value, p.apply_method, major)
     return parameters
+
+
+def split_by_level(engine: Engine, parameters: list[Parameter]) -> tuple[list[Parameter], list[Parameter]]:
+    """``(cluster group, instance group)``: on Aurora, instance-level parameters belong in a DB parameter
+    group on the instances; a cluster parameter group would not apply them. RDS has only the first."""
+    if engine != "aurora-postgresql":
+        return list(parameters), []
+    cluster = [p for p in parameters if RULES[p.name].cluster_level]
+    return cluster, [p for p in parameters if not RULES[p.name].cluster_level]
+
+
+WAL_KEEP_SIZE = "max_slot_wal_keep_size"
+
+
+def wal_keep_size_parameter(size_gb: float) -> Parameter:
+    """``max_slot_wal_keep_size`` (a number of MB on the server) for a bound in GB; dynamic, so immediate."""
+    return Parameter(WAL_KEEP_SIZE, str(round(size_gb * 1024)), "immediate")
 
 
 def merge_parameters(required: list[Parameter], extra: dict[str, str]) -> list[Parameter]:
@@ -145,8 +176,8 @@ def merge_parameters(required: list[Parameter], extra: dict[str, str]) -> list[P
     clash = sorted(names & set(extra))
     if clash:
         raise ParameterError(
-            f"{', '.join(clash)} are set by the program (from maxReplicationSlots / maxWalSenders); "
-            "remove them from the extra parameters"
+            f"{', '.join(clash)} are set by the program (from maxReplicationSlots / maxWalSenders / "
+            "maxSlotWalKeepSizeGb); remove them from the extra parameters"
         )
     return [*required, *(Parameter(n, str(v), default_apply_method(n)) for n, v in extra.items())]
 

@@ -31,6 +31,18 @@ class Registered:
     secret_keys: set[str] = field(default_factory=set)
 
 
+@dataclass
+class Request:
+    """What the program asked the engine for, beyond inputs: the options a real engine acts on."""
+
+    urn: str
+    dependencies: set[str]  # names (the last URN part) of the resources this one waits for
+    property_dependencies: dict[str, set[str]]
+    additional_secret_outputs: list[str]
+    delete_before_replace: bool
+    ignore_changes: list[str]
+
+
 _SIG = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc._special_sig_key
 _SECRET = "1b47061264138c4ac30d75fd1eb44270"  # pulumi.runtime.rpc._special_secret_sig
 
@@ -62,6 +74,23 @@ class RecordingMocks(pulumi.runtime.Mocks):
     on_resource: Callable[[pulumi.runtime.MockResourceArgs], tuple[str, dict[str, Any]] | None] | None = None
     resources: list[Registered] = field(default_factory=list)
     invokes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    requests: dict[str, Request] = field(default_factory=dict)  # by resource name
+
+    def record(self, request: Any) -> None:
+        """Called with each RegisterResource request (see ``run_program``)."""
+        self.requests[request.name] = Request(
+            urn="",
+            dependencies={_name_of(u) for u in request.dependencies},
+            property_dependencies={
+                k: {_name_of(u) for u in v.urns} for k, v in request.propertyDependencies.items()
+            },
+            additional_secret_outputs=list(request.additionalSecretOutputs),
+            delete_before_replace=bool(request.deleteBeforeReplace),
+            ignore_changes=list(request.ignoreChanges),
+        )
+
+    def request(self, typ: str) -> Request:
+        return self.requests[self.one(typ).name]
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         inputs = unwrap(dict(args.inputs))
@@ -88,6 +117,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return found[0]
 
 
+def _name_of(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]
+
+
 def fake_state(typ: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """What AWS would compute for the resource types the program uses."""
     state = dict(inputs)
@@ -111,6 +144,9 @@ def fake_state(typ: str, name: str, inputs: dict[str, Any]) -> tuple[str, dict[s
         state.setdefault("name", f"{name}-sng")
     elif typ == "pulumi-python:dynamic/replicator:ReplicationUser":
         state["password"] = "generated-by-the-provider"
+    elif typ == "aws:sns/topic:Topic":
+        state["arn"] = f"arn:aws:sns:eu-west-1:123456789012:{name}"
+        rid = state["arn"]
     return rid, state
 
 
@@ -123,16 +159,40 @@ def pulumi_config(values: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def run_program(config: dict[str, Any], mocks: RecordingMocks) -> dict[str, Any]:
-    """Run infra/__main__.py with ``config``; returns the resolved stack outputs."""
+def run_program(
+    config: dict[str, Any], mocks: RecordingMocks, acl_entries: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Run infra/__main__.py with ``config``; returns the resolved stack outputs.
+
+    ``acl_entries`` stands in for ``describe_network_acls`` (the program reads the ACL to choose rule
+    numbers); without it, the program asks the AWS endpoint (the moto-backed tests).
+    """
+    if acl_entries is not None:
+        import network
+
+        original = network.describe_acl_entries
+        network.describe_acl_entries = lambda *_args: acl_entries  # type: ignore[assignment]
+        try:
+            return run_program(config, mocks)
+        finally:
+            network.describe_acl_entries = original  # type: ignore[assignment]
     pulumi.runtime.set_mocks(mocks, project="replicator-source", stack=STACK, preview=False)
+    monitor = pulumi.runtime.settings.get_monitor()
+    register = monitor.RegisterResource
+
+    def recording_register(request: Any) -> Any:
+        # Mocks see inputs only; the engine also acts on dependencies and options, so record those too.
+        mocks.record(request)
+        return register(request)
+
+    monitor.RegisterResource = recording_register
     pulumi.runtime.set_all_config(pulumi_config({"aws:region": "eu-west-1", **config}))
     outputs: dict[str, Any] = {}
 
     @pulumi.runtime.test
     def program() -> pulumi.Output[Any]:
         namespace = runpy.run_path(str(INFRA / "__main__.py"))
-        return pulumi.Output.all(**namespace["handoff"].outputs).apply(outputs.update)
+        return pulumi.Output.all(**namespace["outputs"]).apply(outputs.update)
 
     program()
     return outputs
@@ -146,6 +206,8 @@ BASE = {
     "adminUsername": "postgres",
     "adminPassword": "admin-secret-value",
     "allowlist": [{"cidr": "203.0.113.7/32", "description": "replicator host"}, "198.51.100.0/24"],
+    # A private database (the default) must say how the program reaches it.
+    "adminAccess": {"via": "vpc"},
 }
 
 

@@ -40,7 +40,10 @@ def group_name(mocks: RecordingMocks, typ: str) -> str:
 def test_create_postgres_instance(mocks: RecordingMocks) -> None:
     out = run_program({**BASE, "subnetIds": ["subnet-1", "subnet-2"], "backupRetentionDays": 5}, mocks)
     db = mocks.one("aws:rds/instance:Instance").inputs
-    assert db["identifier"] == "orders-db" and db["engine"] == "postgres" and db["engineVersion"] == "16.4"
+    assert db["identifier"] == "orders-db" and db["engine"] == "postgres"
+    # The major only ("16.4" in the config picks the family): AWS upgrades the minor by itself, and a
+    # pinned "16.4" would then be a difference Pulumi tries to undo (a downgrade AWS refuses).
+    assert db["engineVersion"] == "16" and db["autoMinorVersionUpgrade"] is True
     assert db["parameterGroupName"] == group_name(mocks, "aws:rds/parameterGroup:ParameterGroup")
     assert db["backupRetentionPeriod"] == 5
     assert db["vpcSecurityGroupIds"] == ["sg-0123456789abcdef0"]  # the group NetworkAccess created
@@ -67,9 +70,37 @@ def test_create_aurora_cluster(mocks: RecordingMocks) -> None:
     writer = mocks.one("aws:rds/clusterInstance:ClusterInstance").inputs
     assert writer["clusterIdentifier"] == "orders-aurora" and writer["engine"] == "aurora-postgresql"
     assert writer["identifier"] == "orders-aurora-1"
+    assert "engineVersion" not in writer  # the instance follows its cluster
+    assert "engineVersion" in mocks.request("aws:rds/cluster:Cluster").ignore_changes
     assert mocks.of_type("aws:rds/instance:Instance") == []
     assert out["host"] == "orders-aurora.cluster-abcdefghij.eu-west-1.rds.amazonaws.com"
     assert out["dbClusterIdentifier"] == "orders-aurora" and "dbInstanceIdentifier" not in out
+
+
+def test_aurora_user_waits_for_the_writer(mocks: RecordingMocks) -> None:
+    # The cluster endpoint answers only once the writer instance exists; created against the cluster
+    # alone, the replication user's first `pulumi up` fails to connect.
+    out = run_program(AURORA, mocks)
+    user = mocks.requests["orders-aurora-replication-user"]
+    assert "orders-aurora-writer" in user.property_dependencies["host"]
+    assert "orders-aurora-writer" in user.dependencies
+    names = [r.name for r in mocks.resources]
+    assert names.index("orders-aurora-writer") < names.index("orders-aurora-replication-user")
+    assert out["host"] == "orders-aurora.cluster-abcdefghij.eu-west-1.rds.amazonaws.com"
+
+
+def test_a_private_database_needs_a_way_in() -> None:
+    config = {k: v for k, v in BASE.items() if k != "adminAccess"}
+    expected = r"not be publicly accessible.*adminAccess: \{via: vpc\}.*via: tunnel"
+    with pytest.raises(StackConfigError, match=expected):
+        run_program(config, RecordingMocks())
+    mocks = RecordingMocks()
+    run_program({**config, "publiclyAccessible": True}, mocks)
+    assert mocks.one("aws:rds/instance:Instance").inputs["publiclyAccessible"] is True
+    # An adopted private instance: the lookup says so.
+    private = {k: {**v, "publiclyAccessible": False} for k, v in INSTANCE_LOOKUP.items()}
+    with pytest.raises(StackConfigError, match="legacy is not publicly accessible"):
+        run_program({**config, "source": "adopt", "identifier": "legacy"}, RecordingMocks(lookups=private))
 
 
 def test_adopt_postgres_instance(mocks: RecordingMocks) -> None:
@@ -83,7 +114,20 @@ def test_adopt_postgres_instance(mocks: RecordingMocks) -> None:
         "kind": "instance", "identifier": "legacy", "family": "postgres16", "backup_retention_days": 3,
         "region": "eu-west-1",
     }
-    assert attach["parameter_group"] == group_name(mocks, "aws:rds/parameterGroup:ParameterGroup")
+    # The attachment makes the group itself (a copy of the current one: see tests/provision/test_attach.py).
+    assert attach["managed_group"] == "legacy-replicator-postgres16"
+    assert [p["name"] for p in attach["parameters"]] == [
+        "rds.logical_replication", "max_replication_slots", "max_wal_senders", "wal_sender_timeout",
+        "max_slot_wal_keep_size",
+    ]
+    assert mocks.of_type("aws:rds/parameterGroup:ParameterGroup") == []
+    # What the destroy-time slot check connects with; the password stays secret.
+    assert (attach["host"], attach["port"], attach["admin_user"]) == (
+        "legacy.c9akciq32.eu-west-1.rds.amazonaws.com", 5433, "postgres")
+    assert attach["drop_inactive_slots"] is False
+    assert "admin_password" in mocks.one("pulumi-python:dynamic/replicator:RdsAttachment").secret_keys
+    attach_request = mocks.request("pulumi-python:dynamic/replicator:RdsAttachment")
+    assert "admin_password" in attach_request.additional_secret_outputs
     rules = mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
     assert sorted((r.inputs["securityGroupId"], r.inputs["cidrIpv4"], r.inputs["fromPort"]) for r in rules) == [
         ("sg-aaa", "198.51.100.0/24", 5433), ("sg-aaa", "203.0.113.7/32", 5433),
@@ -99,7 +143,8 @@ def test_adopt_aurora_cluster(mocks: RecordingMocks) -> None:
     out = run_program({**AURORA, "source": "adopt", "identifier": "legacy-aurora"}, mocks)
     attach = mocks.one("pulumi-python:dynamic/replicator:RdsAttachment").inputs
     assert (attach["kind"], attach["identifier"], attach["family"]) == ("cluster", "legacy-aurora", "aurora-postgresql15")
-    assert attach["parameter_group"] == group_name(mocks, "aws:rds/clusterParameterGroup:ClusterParameterGroup")
+    assert attach["managed_group"] == "legacy-aurora-replicator-aurora-postgresql15"
+    assert "max_slot_wal_keep_size" not in [p["name"] for p in attach["parameters"]]
     assert mocks.of_type("aws:rds/cluster:Cluster") == [] and mocks.of_type("aws:rds/clusterInstance:ClusterInstance") == []
     assert {r.inputs["securityGroupId"] for r in mocks.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")} == {"sg-ccc"}
     assert out["dbClusterIdentifier"] == "legacy-aurora"
@@ -124,6 +169,12 @@ def test_adopt_with_explicit_security_groups(mocks: RecordingMocks) -> None:
 def test_adopt_refuses_a_mismatched_engine(config: dict[str, Any], lookups: dict[str, Any], message: str) -> None:
     with pytest.raises(Exception, match=message):
         run_program(config, RecordingMocks(lookups=lookups))
+
+
+def test_adopted_aurora_refuses_instance_level_parameters() -> None:
+    with pytest.raises(StackConfigError, match="max_worker_processes are instance-level parameters"):
+        run_program({**AURORA, "source": "adopt", "identifier": "legacy-aurora",
+                     "extraParameters": {"max_worker_processes": 16}}, RecordingMocks(lookups=CLUSTER_LOOKUP))
 
 
 def test_self_hosted(mocks: RecordingMocks) -> None:

@@ -44,6 +44,7 @@ def provision(aws: AwsEndpoint, source_db: Database, engine: str, **extra: Any) 
         "adminUsername": SUPERUSER,
         "adminPassword": SUPERUSER_PASSWORD,
         "sslMode": "prefer",  # the local server has no TLS
+        "adminAccess": {"via": "vpc"},  # "inside the VPC": the endpoints resolve to a local server
         "port": port,
         "vpcId": vpc,
         "subnetIds": subnets,

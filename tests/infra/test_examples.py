@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,29 @@ def test_project_file() -> None:
     assert (ROOT / project["main"] / "__main__.py").is_file()
 
 
+def test_pulumi_install_can_prepare_the_virtualenv(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `pulumi install` creates the virtualenv named in Pulumi.yaml and runs `pip install -r requirements.txt`
+    # with the program's directory (`main`) as working directory (pulumi sdk/python/toolchain/pip.go). Read
+    # the file with pip's own parser from there: it must install this repository with the [infra] extra.
+    from pip._internal.network.session import PipSession
+    from pip._internal.req.constructors import install_req_from_parsed_requirement
+    from pip._internal.req.req_file import parse_requirements
+
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    options = project["runtime"]["options"]
+    assert options["virtualenv"] == ".venv" and options["toolchain"] == "pip"
+    program_dir = ROOT / project["main"]
+    monkeypatch.chdir(program_dir)
+    parsed = parse_requirements("requirements.txt", session=PipSession())
+    reqs = [install_req_from_parsed_requirement(r) for r in parsed]
+    assert len(reqs) == 1 and reqs[0].editable and reqs[0].link is not None
+    assert Path(reqs[0].link.file_path) == ROOT and reqs[0].extras == {"infra"}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["name"] == "replicator"
+    infra_extra = " ".join(pyproject["project"]["optional-dependencies"]["infra"])
+    assert "pulumi>=" in infra_extra and "pulumi-aws>=" in infra_extra
+
+
 @pytest.mark.parametrize("stack", ["dev", "localstack"])
 def test_example_stacks_are_valid(stack: str) -> None:
     cfg = parse_stack_config(stack_values(ROOT / f"Pulumi.{stack}.yaml"), stack)
@@ -51,14 +75,15 @@ def test_localstack_stack_points_every_service_at_localstack() -> None:
     for flag in ("aws:skipCredentialsValidation", "aws:skipRequestingAccountId", "aws:s3UsePathStyle"):
         assert config[flag] is True
     endpoints = config["aws:endpoints"][0]
-    assert {"ec2", "rds", "secretsmanager", "sts"} <= set(endpoints)
+    # Every service the program declares resources in (cloudwatch, sns: the WAL alarms of RDS sources).
+    assert {"ec2", "rds", "secretsmanager", "sts", "cloudwatch", "sns"} <= set(endpoints)
     assert set(endpoints.values()) == {"http://localhost:4566"}
 
 
 def test_localstack_compose_matches_the_stack() -> None:
     compose = yaml.safe_load((ROOT / "localstack" / "docker-compose.yml").read_text())
     services = set(compose["services"]["localstack"]["environment"]["SERVICES"].split(","))
-    assert {"ec2", "secretsmanager", "sts", "rds"} <= services
+    assert {"ec2", "secretsmanager", "sts", "rds", "cloudwatch", "sns"} <= services
     assert "./init/ready.d:/etc/localstack/init/ready.d:ro" in compose["services"]["localstack"]["volumes"]
     postgres = compose["services"]["postgres"]
     assert "wal_level=logical" in postgres["command"]

@@ -20,6 +20,9 @@ def test_outputs_for_a_created_instance(mocks: RecordingMocks) -> None:
         "region": "eu-west-1", "slots": {"s1": "pgoutput", "s2": "wal2json"}, "publication": "p1",
         "sslMode": "require", "engine": "postgres", "replicationUser": "replicator",
         "dbInstanceIdentifier": "orders-db",
+        "walAlarmTopicArn": "arn:aws:sns:eu-west-1:123456789012:orders-db-wal-alarms-topic",
+        "walAlarmNames": ["replicator-orders-db-slot-lag", "replicator-orders-db-wal-disk",
+                          "replicator-orders-db-free-storage"],
     }
 
 

@@ -17,20 +17,69 @@ EXPECTED = [
 ]
 
 
+# The default bound on a created instance: half its disk (20 GB) at most, in MB.
+KEEP_10_GB = {"name": "max_slot_wal_keep_size", "value": "10240", "applyMethod": "immediate"}
+DB_GROUP = "aws:rds/parameterGroup:ParameterGroup"
+CLUSTER_GROUP = "aws:rds/clusterParameterGroup:ClusterParameterGroup"
+
+
+def keep_size(mocks: RecordingMocks) -> str | None:
+    params = {p["name"]: p["value"] for p in mocks.one(DB_GROUP).inputs["parameters"]}
+    return params.get("max_slot_wal_keep_size")
+
+
 def test_postgres_instance_gets_a_db_parameter_group(mocks: RecordingMocks) -> None:
     run_program(BASE, mocks)
-    group = mocks.one("aws:rds/parameterGroup:ParameterGroup")
+    group = mocks.one(DB_GROUP)
     assert group.inputs["family"] == "postgres16"
-    assert group.inputs["parameters"] == EXPECTED
-    assert mocks.of_type("aws:rds/clusterParameterGroup:ClusterParameterGroup") == []
+    assert group.inputs["parameters"] == [*EXPECTED, KEEP_10_GB]
+    assert mocks.of_type(CLUSTER_GROUP) == []
 
 
 def test_aurora_cluster_gets_a_cluster_parameter_group(mocks: RecordingMocks) -> None:
     run_program({**BASE, "engine": "aurora-postgresql", "engineVersion": "15.4"}, mocks)
-    group = mocks.one("aws:rds/clusterParameterGroup:ClusterParameterGroup")
+    group = mocks.one(CLUSTER_GROUP)
     assert group.inputs["family"] == "aurora-postgresql15"
-    assert group.inputs["parameters"] == EXPECTED
-    assert mocks.of_type("aws:rds/parameterGroup:ParameterGroup") == []
+    assert group.inputs["parameters"] == EXPECTED  # no max_slot_wal_keep_size: Aurora does not document it
+    assert mocks.of_type(DB_GROUP) == []  # nothing instance-level asked for: Aurora's default DB group
+    assert "dbParameterGroupName" not in mocks.one("aws:rds/clusterInstance:ClusterInstance").inputs
+
+
+def test_aurora_instance_level_parameters_go_to_a_group_on_the_writer(mocks: RecordingMocks) -> None:
+    extras = {"logical_decoding_work_mem": "262144", "max_worker_processes": 16}
+    aurora = {**BASE, "engine": "aurora-postgresql", "engineVersion": "15.4"}
+    run_program({**aurora, "extraParameters": extras}, mocks)
+    # A cluster parameter group does not apply instance-level parameters (AWS ignores or refuses them there).
+    cluster = mocks.one(CLUSTER_GROUP)
+    assert cluster.inputs["parameters"] == EXPECTED
+    instance = mocks.one(DB_GROUP)
+    assert instance.inputs["family"] == "aurora-postgresql15"
+    assert {p["name"]: p["value"] for p in instance.inputs["parameters"]} == {
+        "logical_decoding_work_mem": "262144", "max_worker_processes": "16"
+    }
+    writer = mocks.one("aws:rds/clusterInstance:ClusterInstance").inputs
+    assert writer["dbParameterGroupName"] == f"{instance.name}-pg"
+
+
+def test_wal_keep_size_defaults_and_bounds(mocks: RecordingMocks) -> None:
+    run_program({**BASE, "allocatedStorageGb": 500}, mocks)
+    assert keep_size(mocks) == str(100 * 1024)  # twice the 50 GB WAL budget, below half the disk
+    mocks.resources.clear()
+    run_program({**BASE, "allocatedStorageGb": 500, "maxSlotWalKeepSizeGb": 200}, mocks)
+    assert keep_size(mocks) == str(200 * 1024)
+    mocks.resources.clear()
+    run_program({**BASE, "maxSlotWalKeepSizeGb": -1}, mocks)  # unbounded, on purpose
+    assert keep_size(mocks) is None
+
+
+def test_wal_keep_size_needs_postgresql_13(mocks: RecordingMocks) -> None:
+    run_program({**BASE, "engineVersion": "12"}, mocks)
+    assert keep_size(mocks) is None  # no default where the parameter does not exist
+    with pytest.raises(Exception, match="keep_size exists from PostgreSQL 13 on; this is PostgreSQL 12"):
+        run_program({**BASE, "engineVersion": "12", "maxSlotWalKeepSizeGb": 5}, RecordingMocks())
+    with pytest.raises(Exception, match="max_slot_wal_keep_size exists from PostgreSQL 13 on"):
+        run_program({**BASE, "engineVersion": "12.17", "extraParameters": {"max_slot_wal_keep_size": "4096"}},
+                    RecordingMocks())
 
 
 def test_slot_and_sender_counts_and_extras(mocks: RecordingMocks) -> None:

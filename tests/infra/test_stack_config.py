@@ -52,6 +52,14 @@ def test_unknown_key_gets_did_you_mean() -> None:
         ({"extraParameters": {"max_wal_senders": "5"}}, r"set by the program"),
         ({"extraParameters": {"aurora.enhanced_logical_replication": "1"}}, r"exists only on aurora-postgresql"),
         ({"maxWalSenders": 1, "slots": {"a": "pgoutput", "b": "wal2json"}}, r"maxWalSenders \(1\) is lower"),
+        # The same CIDR twice would declare two resources for one rule (AWS refuses the duplicate).
+        ({"allowlist": ["10.0.0.0/24", "203.0.113.7/32", "10.0.0.0/24"]},
+         r"allowlist\[2\]: 10.0.0.0/24 is already allowlist\[0\]; list it once"),
+        ({"allowlist": ["2001:db8::/64", {"cidr": "2001:0db8:0000::/64", "description": "same"}]},
+         r"allowlist\[1\]: 2001:db8::/64 is already allowlist\[0\]"),
+        ({"secretRecoveryWindowDays": 3}, r"must be 0 \(delete at once\) or 7 to 30, not 3"),
+        ({"adminAccess": {"via": "tunnel"}}, r"via: tunnel needs host and port"),
+        ({"adminAccess": {"via": "vpc", "port": 1}}, r"host and port belong to via: tunnel"),
     ],
 )
 def test_wrong_values_name_the_key(changes: dict[str, Any], message: str) -> None:

@@ -13,8 +13,8 @@ import psycopg
 from pulumi.dynamic.dynamic import serialize_provider
 
 from replicator.localpg import SUPERUSER, SUPERUSER_PASSWORD
-from replicator.provision.dynamic import RdsAttachmentProvider, ReplicationUserProvider
-from tests.conftest import AwsEndpoint, Database
+from replicator.provision.dynamic import ReplicationUserProvider
+from tests.conftest import Database
 
 _n = itertools.count()
 REPO = Path(__file__).resolve().parents[2]
@@ -102,77 +102,3 @@ def test_provider_unpickles_where_only_installed_modules_exist(tmp_path: Path) -
         cwd="/", env=env, capture_output=True, text=True, check=True,
     )
     assert out.stdout.split() == ["replicator.provision.dynamic", "ReplicationUserProvider"]
-
-
-# -- attaching settings to an adopted instance or cluster (boto3 against moto) ----------------------
-
-
-def _instance(aws: AwsEndpoint, retention: int) -> None:
-    rds = aws.client("rds")
-    rds.create_db_instance(
-        DBInstanceIdentifier="adopted", Engine="postgres", EngineVersion="16.4", DBInstanceClass="db.t4g.micro",
-        AllocatedStorage=20, MasterUsername="postgres", MasterUserPassword="x" * 12,
-        BackupRetentionPeriod=retention,
-    )
-    rds.create_db_parameter_group(DBParameterGroupName="logical", DBParameterGroupFamily="postgres16", Description="d")
-
-
-def attach_props(aws: AwsEndpoint, kind: str, identifier: str, group: str, family: str) -> dict[str, Any]:
-    return {
-        "kind": kind, "identifier": identifier, "parameter_group": group, "family": family,
-        "backup_retention_days": 7.0, "region": aws.region, "endpoint_url": aws.url,
-    }
-
-
-def test_attachment_sets_group_and_raises_retention_then_restores(aws: AwsEndpoint) -> None:
-    _instance(aws, retention=1)
-    provider = RdsAttachmentProvider()
-    props = attach_props(aws, "instance", "adopted", "logical", "postgres16")
-    created = provider.create(props)
-    db = aws.client("rds").describe_db_instances(DBInstanceIdentifier="adopted")["DBInstances"][0]
-    assert db["DBParameterGroups"][0]["DBParameterGroupName"] == "logical"
-    assert db["BackupRetentionPeriod"] == 7
-    assert created.outs["previous_parameter_group"] == "default.postgres16"  # type: ignore[index]
-    provider.delete(created.id, created.outs)  # type: ignore[arg-type]
-    db = aws.client("rds").describe_db_instances(DBInstanceIdentifier="adopted")["DBInstances"][0]
-    assert db["DBParameterGroups"][0]["DBParameterGroupName"] == "default.postgres16"
-    assert db["BackupRetentionPeriod"] == 1
-
-
-def test_attachment_never_lowers_a_longer_retention(aws: AwsEndpoint) -> None:
-    _instance(aws, retention=14)
-    created = RdsAttachmentProvider().create(attach_props(aws, "instance", "adopted", "logical", "postgres16"))
-    assert created.outs["applied_backup_retention_days"] == 14  # type: ignore[index]
-    db = aws.client("rds").describe_db_instances(DBInstanceIdentifier="adopted")["DBInstances"][0]
-    assert db["BackupRetentionPeriod"] == 14
-
-
-def test_attachment_on_an_aurora_cluster(aws: AwsEndpoint) -> None:
-    rds = aws.client("rds")
-    rds.create_db_cluster(
-        DBClusterIdentifier="aurora", Engine="aurora-postgresql", EngineVersion="15.4",
-        MasterUsername="postgres", MasterUserPassword="x" * 12, BackupRetentionPeriod=1,
-    )
-    rds.create_db_cluster_parameter_group(
-        DBClusterParameterGroupName="logical-c", DBParameterGroupFamily="aurora-postgresql15", Description="d"
-    )
-    provider = RdsAttachmentProvider()
-    created = provider.create(attach_props(aws, "cluster", "aurora", "logical-c", "aurora-postgresql15"))
-    c = rds.describe_db_clusters(DBClusterIdentifier="aurora")["DBClusters"][0]
-    assert (c["DBClusterParameterGroup"], c["BackupRetentionPeriod"]) == ("logical-c", 7)
-    provider.delete(created.id, created.outs)  # type: ignore[arg-type]
-    c = rds.describe_db_clusters(DBClusterIdentifier="aurora")["DBClusters"][0]
-    assert c["BackupRetentionPeriod"] == 1
-    assert c["DBClusterParameterGroup"] == created.outs["previous_parameter_group"]  # type: ignore[index]
-
-
-def test_attachment_leaves_a_group_someone_changed_since(aws: AwsEndpoint) -> None:
-    _instance(aws, retention=1)
-    provider = RdsAttachmentProvider()
-    created = provider.create(attach_props(aws, "instance", "adopted", "logical", "postgres16"))
-    rds = aws.client("rds")
-    rds.create_db_parameter_group(DBParameterGroupName="theirs", DBParameterGroupFamily="postgres16", Description="d")
-    rds.modify_db_instance(DBInstanceIdentifier="adopted", DBParameterGroupName="theirs", ApplyImmediately=True)
-    provider.delete(created.id, created.outs)  # type: ignore[arg-type]
-    db = rds.describe_db_instances(DBInstanceIdentifier="adopted")["DBInstances"][0]
-    assert db["DBParameterGroups"][0]["DBParameterGroupName"] == "theirs"

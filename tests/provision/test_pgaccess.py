@@ -203,3 +203,120 @@ def test_statement_builders_quote_names(db: Database) -> None:
     with db.connect() as conn:
         text = pgaccess.grant_select('we"ird', ("Sales", "Order Lines")).as_string(conn)
     assert text == 'GRANT SELECT ON "Sales"."Order Lines" TO "we""ird"'
+
+
+# -- sequences (the destination's sequence values come from here) --------------------------------------
+
+
+def sequence_values(db: Database, user: str) -> dict[str, int | None]:
+    with as_user(db, user, "pw-123456") as conn:
+        rows = conn.execute(
+            "SELECT schemaname || '.' || sequencename, last_value FROM pg_sequences"
+            " WHERE schemaname IN ('public', 'sales') ORDER BY 1"
+        ).fetchall()
+    return {name: value for name, value in rows}
+
+
+def test_sequence_values_are_readable(db: Database, user: str) -> None:
+    # pg_sequences.last_value reads NULL for a role without SELECT or USAGE on the sequence.
+    db.execute("CREATE TABLE sales.invoices (id bigserial PRIMARY KEY, note text)")
+    db.execute("INSERT INTO sales.invoices (note) SELECT 'n' FROM generate_series(1, 3)")
+    db.execute("CREATE SEQUENCE public.ticket_no START 500; SELECT nextval('public.ticket_no')")
+    spec = AccessSpec(user=user, schemas=("public", "sales"), replication_right="attribute")
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    assert sequence_values(db, user) == {"public.ticket_no": 500, "sales.invoices_id_seq": 3}
+    # Created later, by the owner the default privileges were set for: readable too.
+    db.execute("CREATE SEQUENCE sales.later START 7; SELECT nextval('sales.later')")
+    assert sequence_values(db, user)["sales.later"] == 7
+    with as_user(db, user, "pw-123456") as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT nextval('public.ticket_no')")  # reading, not drawing numbers
+    # Taken back with the schema.
+    narrower = AccessSpec(user=user, schemas=("public",), replication_right="attribute")
+    run(db, pgaccess.update_access, spec, narrower, "pw-123456")
+    assert sequence_values(db, user) == {
+        "public.ticket_no": 500, "sales.invoices_id_seq": None, "sales.later": None
+    }
+    db.execute("CREATE SEQUENCE sales.even_later; SELECT nextval('sales.even_later')")
+    assert sequence_values(db, user)["sales.even_later"] is None
+
+
+def test_sequences_of_named_owners(db: Database, user: str) -> None:
+    owner = f"{user}_app"
+    db.execute(f'CREATE ROLE "{owner}"; GRANT CREATE, USAGE ON SCHEMA sales TO "{owner}"')
+    spec = AccessSpec(user=user, schemas=("sales",), table_owners=(owner,), replication_right="attribute")
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    db.execute(f'SET ROLE "{owner}"; CREATE SEQUENCE sales.by_app; RESET ROLE')
+    db.execute("SELECT nextval('sales.by_app')")
+    assert sequence_values(db, user)["sales.by_app"] == 1
+    run(db, pgaccess.drop_access, spec)
+    db.execute(f'DROP SEQUENCE sales.by_app; REVOKE ALL ON SCHEMA sales FROM "{owner}"; DROP ROLE "{owner}"')
+
+
+# -- removing a user that owns things or holds grants elsewhere ---------------------------------------
+
+
+def test_drop_hands_over_what_the_user_owns_and_drops_its_grants(db: Database, user: str) -> None:
+    spec = AccessSpec(user=user, schemas=("public",), replication_right="attribute")
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    # Things the program did not grant: a schema it may create in, a table it made there, a grant on a table
+    # outside its schemas, and rights in another database of the same server.
+    db.execute(f'CREATE SCHEMA scratch; GRANT USAGE, CREATE ON SCHEMA scratch TO "{user}"')
+    with as_user(db, user, "pw-123456") as conn:
+        conn.execute("CREATE TABLE scratch.notes (id int PRIMARY KEY); INSERT INTO scratch.notes VALUES (1)")
+    db.execute(f'GRANT SELECT ON sales.orders TO "{user}"')
+    other = f"{db.name}_other"
+    db.cluster.create_database(other)
+    with psycopg.connect(db.cluster.conninfo(other), autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE t (id int); GRANT SELECT ON t TO "{user}"')
+        conn.execute(f'GRANT CREATE ON SCHEMA public TO "{user}"')
+
+    def connect_to(name: str) -> psycopg.Connection[Any]:
+        return psycopg.connect(db.cluster.conninfo(name), autocommit=True)
+
+    run(db, pgaccess.drop_access, spec, connect_to)
+    assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0
+    # Its table is kept, now the admin's: the data outlives the role.
+    owner = "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass"
+    assert db.fetchone(owner, ("scratch.notes",)) == db.fetchone("SELECT current_user")
+    assert db.fetchone("SELECT count(*) FROM scratch.notes") == 1
+
+
+def test_drop_without_a_way_into_the_other_database_says_what_to_run(db: Database, user: str) -> None:
+    spec = AccessSpec(user=user, schemas=("public",), replication_right="attribute")
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    other = f"{db.name}_o2"
+    db.cluster.create_database(other)
+    with psycopg.connect(db.cluster.conninfo(other), autocommit=True) as conn:
+        conn.execute(f'CREATE TABLE t (id int); GRANT SELECT ON t TO "{user}"')
+    with pytest.raises(AccessError, match=rf"in database {other}: connect there and run REASSIGN OWNED BY "
+                                          rf'"{user}" TO CURRENT_USER; DROP OWNED BY "{user}"'):
+        run(db, pgaccess.drop_access, spec)
+    assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 1  # nothing removed
+    with psycopg.connect(db.cluster.conninfo(other), autocommit=True) as conn:
+        conn.execute(f'REVOKE ALL ON t FROM "{user}"')
+    run(db, pgaccess.drop_access, spec)
+    assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0
+
+
+def test_drop_as_a_master_user_that_is_not_superuser(db: Database, user: str, rds_replication: str) -> None:
+    # The RDS master user is no superuser: it owns the database and has CREATEROLE. REASSIGN OWNED needs
+    # the privileges of the role being emptied, which it gets by a membership that dies with the role.
+    master = f"{user}_master"
+    db.execute(f"CREATE ROLE \"{master}\" LOGIN CREATEROLE PASSWORD 'master-pw'")
+    db.execute(f'ALTER DATABASE "{db.name}" OWNER TO "{master}"; ALTER SCHEMA public OWNER TO "{master}"')
+    db.execute(f'ALTER TABLE public.items OWNER TO "{master}"')
+    db.execute(f'GRANT rds_replication TO "{master}" WITH ADMIN OPTION')
+    spec = AccessSpec(user=user, schemas=("public",), replication_right="rds_replication")
+    info = db.cluster.conninfo(db.name, user=master, password="master-pw")
+    with psycopg.connect(info, autocommit=True) as conn:
+        pgaccess.ensure_access(conn, spec, "pw-123456")
+        conn.execute(f'GRANT CREATE ON SCHEMA public TO "{user}"')
+    with as_user(db, user, "pw-123456") as conn:
+        conn.execute("CREATE TABLE public.made_by_user (id int)")
+    with psycopg.connect(info, autocommit=True) as conn:
+        pgaccess.drop_access(conn, spec)
+    assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0
+    owner = "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'public.made_by_user'::regclass"
+    assert db.fetchone(owner) == master
+    db.execute(f'REASSIGN OWNED BY "{master}" TO CURRENT_USER; DROP OWNED BY "{master}"')
+    db.execute(f'DROP ROLE "{master}"')
