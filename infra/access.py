@@ -21,7 +21,7 @@ class ReplicationUser(pulumi.dynamic.Resource, module="replicator", name="Replic
             ReplicationUserProvider(),
             name,
             {**props, "password": None},
-            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password", "admin_password"])),
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["password", "admin_password", "bastion"])),
         )
 
 
@@ -56,7 +56,7 @@ class ReplicationAccess(pulumi.ComponentResource):
         self.replication_user = ReplicationUser(
             f"{name}-user",
             {
-                # host, port, database, admin_user/password, sslmode, connect_host/port, publicly_accessible
+                # host, port, database, admin_user/password, sslmode, connect_host/port, publicly_accessible, bastion
                 **admin,
                 "user": user,
                 "replication_right": replication_right,
