@@ -84,6 +84,11 @@ def _check_ssh_tunnel(settings: SshTunnelConfig, doc: YamlDoc) -> None:
         raise ConfigError("\n".join(
             f"{doc.where(('ssh-tunnel', p.key))}: ssh-tunnel.{p.key}: {p.message}" for p in problems
         ))
+    key_file = settings.private_key_file
+    if key_file is not None and key_file.stat().st_mode & 0o077:
+        log.warning("%s: ssh-tunnel.private-key-file %s can be read by other users of this machine (mode %o); "
+                    "OpenSSH would refuse it: chmod 600 %s", settings.where("private-key-file"), key_file,
+                    key_file.stat().st_mode & 0o777, key_file)
     if not settings.strict_host_key_checking:
         log.warning(
             "%s: ssh-tunnel.strict-host-key-checking is false: a bastion missing from %s is accepted without "

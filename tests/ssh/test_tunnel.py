@@ -245,6 +245,20 @@ def test_a_bad_key_file_is_a_config_error(
     assert expected in str(err.value)
 
 
+def test_a_key_file_others_can_read_is_warned_about(
+    sshd: Sshd, source_db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = write(tmp_path / "shared_key", sshd.user_key.read_text())
+    key.chmod(0o644)
+    src = _config(source_db, tmp_path / "source.yaml", sshd.tunnel(**{"private-key-file": str(key)}))
+    load_connection(src, "source")
+    assert f"private-key-file {key} can be read by other users of this machine (mode 644)" in caplog.text
+    caplog.clear()
+    key.chmod(0o600)
+    load_connection(src, "source")
+    assert "can be read by other users" not in caplog.text
+
+
 def test_private_key_from_the_environment(
     sshd: Sshd, source_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
