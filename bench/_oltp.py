@@ -80,11 +80,15 @@ def transactions_of(pgbench_output: str) -> int:
     return 0
 
 
-def build_source(src: LocalCluster, scale: int, publications: dict[str, Sequence[str]]) -> None:
-    """pgbench's tables at ``scale`` in SOURCE_DB, and the publications asked for (name -> tables)."""
+def build_source(src: LocalCluster, scale: int, publications: dict[str, Sequence[str]],
+                 extra_ddl: Sequence[str] = ()) -> None:
+    """pgbench's tables at ``scale`` in SOURCE_DB (and ``extra_ddl``), and the publications asked
+    for (name -> tables)."""
     src.create_database(SOURCE_DB)
     pgbench(src, SOURCE_DB, "-i", "-q", "-s", str(scale))
     with psycopg.connect(src.conninfo(SOURCE_DB), autocommit=True) as conn:
+        for ddl in extra_ddl:
+            conn.execute(ddl)
         for name, tables in publications.items():
             conn.execute(
                 sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
@@ -202,21 +206,29 @@ class Child:
         self._sampler.start()
         return self
 
+    def replicator_pid(self) -> int | None:
+        """Our process: the child itself, or the one a prefix (a profiler) started."""
+        for pid in _descendants(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"replicator" in args and not any(b"py-spy" in a or b"pyinstrument" in a for a in args[:2]):
+                return pid
+        return None
+
     def _sample(self) -> None:
         while self.proc.poll() is None:
-            for pid in _descendants(self.proc.pid):
-                try:
-                    with open(f"/proc/{pid}/status") as f:
-                        status = f.read()
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        cmdline = f.read()
-                except OSError:
-                    continue
-                if b"replicator" not in cmdline or b"py-spy" in cmdline:
-                    continue
-                for line in status.splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            pid = self.replicator_pid()
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    status = f.read()
+            except (OSError, TypeError):
+                status = ""
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
             time.sleep(0.05)
 
     def wait(self, timeout: float | None = None) -> float:
@@ -230,8 +242,9 @@ class Child:
         return elapsed
 
     def stop(self) -> None:
+        """SIGTERM to our process (not to a profiler around it, which then writes its output)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            os.kill(self.replicator_pid() or self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
@@ -291,3 +304,61 @@ def positions(src: LocalCluster, dst: LocalCluster, plugins: Sequence[str]) -> s
             for slot, lsn in conn.execute("SELECT slot_name, lsn::text FROM _replicator.slot_checkpoints"):
                 out.append(f"checkpoint {slot} {lsn}")
     return ", ".join(out)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process (all its threads) so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds spent by one consumer's processes while it catches up: its walsender at the
+    source, its backends at the destination (native: the apply worker; ours: our sessions) and,
+    for ours, our own process. Sampled every 0.1 s, each process's last value kept (they exit
+    with the consumer)."""
+
+    def __init__(self, src: LocalCluster, dst: LocalCluster, slot: str, db: str, ours: Child | None = None):
+        super().__init__(daemon=True)
+        self.src, self.dst, self.slot, self.db, self.ours = src, dst, slot, db, ours
+        self.ours_pid: int | None = None
+        self.seen: dict[tuple[str, int], float] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.src.conninfo(SOURCE_DB), autocommit=True) as s, \
+                psycopg.connect(self.dst.conninfo(self.db), autocommit=True) as d:
+            while True:
+                pids = [("source walsender", r[0]) for r in s.execute(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s AND active_pid IS NOT NULL",
+                    (self.slot,))]
+                pids += [("destination backends", r[0]) for r in d.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+                    "AND (backend_type = 'logical replication worker' OR application_name LIKE 'replicator%%')",
+                    (self.db,))]
+                if self.ours is not None and self.ours_pid is None:
+                    self.ours_pid = self.ours.replicator_pid()
+                if self.ours_pid:
+                    pids.append(("replicator process", self.ours_pid))
+                for key in pids:
+                    value = cpu_seconds(key[1])
+                    if value is not None:
+                        self.seen[key] = max(value, self.seen.get(key, 0.0))
+                if self.done.wait(0.1):
+                    return
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds by role."""
+        self.done.set()
+        self.join()
+        out: dict[str, float] = {}
+        for (role, _), value in self.seen.items():
+            out[role] = out.get(role, 0.0) + value
+        return out

@@ -20,6 +20,8 @@ rounds' own ratios. All clusters run with fsync = off and synchronous_commit = o
 
 --statements loads pg_stat_statements at the destination and prints, for each of our runs, the
 destination statements per source transaction and the most frequent statements.
+--cpu prints the CPU seconds each consumer's processes spent in each round: the walsender at the
+source, the destination backends (native: its apply worker) and our own process.
 --ours-prefix 'py-spy record -o out.svg --' runs our process under a profiler (or anything else).
 """
 
@@ -53,12 +55,17 @@ def backlog(src: LocalCluster, transactions: int, clients: int) -> tuple[str, in
     return _oltp.flushed_end(src), _oltp.transactions_of(out.stdout), _oltp.tps_of(out.stdout)
 
 
-def catch_up_native(src: LocalCluster, dst: LocalCluster, target: str) -> float:
+def catch_up_native(src: LocalCluster, dst: LocalCluster, target: str, cpu: dict[str, float] | None) -> float:
+    sampler = _oltp.CpuSampler(src, dst, "native", "native") if cpu is not None else None
     start = time.perf_counter()
     with psycopg.connect(dst.conninfo("native"), autocommit=True) as conn:
         conn.execute("ALTER SUBSCRIPTION native_sub ENABLE")
+    if sampler is not None:
+        sampler.start()
     _oltp.wait_slot_confirmed(src, "native", target)
     elapsed = time.perf_counter() - start
+    if sampler is not None and cpu is not None:
+        cpu.update(sampler.stop())
     with psycopg.connect(dst.conninfo("native"), autocommit=True) as conn:
         conn.execute("ALTER SUBSCRIPTION native_sub DISABLE")
     _oltp.wait_slot_inactive(src, "native")
@@ -96,6 +103,8 @@ def main() -> int:
     p.add_argument("--no-native", action="store_true", help="time only our consumers (profiling)")
     p.add_argument("--extractor", type=Path, help="our extractor config (default: realtime defaults, heartbeat off)")
     p.add_argument("--statements", action="store_true", help="count destination statements (pg_stat_statements)")
+    p.add_argument("--cpu", action="store_true",
+                   help="CPU seconds of each consumer's walsender, destination backends and (ours) process")
     p.add_argument("--ours-prefix", default="", help="command prefix for our process, e.g. a profiler")
     p.add_argument("--keep", action="store_true", help="keep the work directory (our logs)")
     args = p.parse_args()
@@ -139,18 +148,26 @@ def main() -> int:
             order = consumers[r % len(consumers):] + consumers[: r % len(consumers)]
             line = [f"round {r + 1}: {txns:,} transactions written at {tps:,.0f} tps"]
             for c in order:
+                cpu: dict[str, float] | None = {} if args.cpu else None
                 if c == "native":
-                    times[c].append(catch_up_native(src, dst, target))
+                    times[c].append(catch_up_native(src, dst, target, cpu))
                 else:
                     if args.statements:
                         reset_statements(dst)
                     child = Child(_oltp.replicator_cmd(configs[c], once=True, prefix=prefix),
                                   workdir / f"ours_{c}.log").start()
+                    sampler = _oltp.CpuSampler(src, dst, f"ours_{c}", f"ours_{c}", child) if args.cpu else None
+                    if sampler is not None:
+                        sampler.start()
                     times[c].append(child.wait())
+                    if sampler is not None and cpu is not None:
+                        cpu.update(sampler.stop())
                     peaks[c] = max(peaks[c], child.peak_kb)
                     if args.statements:
                         report_statements(dst, f"ours_{c}", txns)
                 line.append(f"{c} {times[c][-1]:.2f} s")
+                if cpu:
+                    line[-1] += " (CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items())) + ")"
             round_diff = _oltp.differences(src, dst, [f"ours_{c}" if c != "native" else c for c in consumers])
             if round_diff:
                 line.append("DIFFERENT: " + "; ".join(round_diff) + "; " + _oltp.positions(src, dst, plugins))
