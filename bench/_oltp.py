@@ -380,3 +380,36 @@ class CpuSampler(threading.Thread):
         for (role, _), value in self.seen.items():
             out[role] = out.get(role, 0.0) + value
         return out
+
+
+# Destination settings for counting statements (pg_stat_statements; CREATE EXTENSION once started).
+STATEMENTS_SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all",
+                       "pg_stat_statements.max": "10000"}
+
+
+def reset_statements(dst: LocalCluster) -> None:
+    with psycopg.connect(dst.conninfo(), autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_statements_reset()")
+
+
+def report_statements(dst: LocalCluster, db: str, transactions: int, ignore: Sequence[str] = ()) -> None:
+    """Our statements in ``db`` since reset_statements(), per source transaction and per destination
+    commit (each of ours writes the slot checkpoint once); statements starting with ``ignore`` are
+    the benchmark's own."""
+    with psycopg.connect(dst.conninfo(), autocommit=True) as conn:
+        rows = conn.execute(
+            """SELECT s.calls, s.total_exec_time, s.rows, regexp_replace(s.query, '\\s+', ' ', 'g')
+               FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+               WHERE d.datname = %s ORDER BY s.calls DESC""",
+            (db,),
+        ).fetchall()
+    rows = [r for r in rows if not r[3].startswith(tuple(ignore))]
+    calls = sum(r[0] for r in rows)
+    exec_ms = sum(r[1] for r in rows)
+    commits = sum(r[0] for r in rows if r[3].startswith("INSERT INTO _replicator.slot_checkpoints"))
+    print(f"    {db}: {calls:,} destination statements for {transactions:,} source transactions "
+          f"({calls / max(1, transactions):.2f} each) in {commits:,} destination commits "
+          f"({transactions / max(1, commits):,.0f} source transactions and {calls / max(1, commits):,.1f} statements "
+          f"each), {exec_ms / 1000:.2f} s executing; most frequent:")
+    for c, t, n, q in rows[:14]:
+        print(f"      {c:>9,} calls {t / 1000:7.2f} s {n:>9,} rows  {q[:110]}")

@@ -21,7 +21,8 @@ One line per scenario a script can parse, e.g.
   RESULT lag scenario=steady rate=1000 ... native_p50_ms=126 ... ours_p99_ms=4912 ...
   RESULT lag scenario=burst seconds=15 tps=2010 native_s=0.41 ours_s=1.09 ...
 All clusters run with fsync = off and synchronous_commit = off: native's floor is then the
-source's WAL writer (about half of wal_writer_delay), ours too.
+source's WAL writer (about half of wal_writer_delay), ours too. --statements counts our
+destination statements and commits during the steady part (pg_stat_statements).
 """
 
 from __future__ import annotations
@@ -98,10 +99,11 @@ class Poller(threading.Thread):
         self.done = threading.Event()
         self.changed = threading.Condition()
 
+    QUERY = "SELECT coalesce(max(id), 0) FROM lag_probe"
+
     def run(self) -> None:
-        query = "SELECT coalesce(max(id), 0) FROM lag_probe"
         while not self.done.is_set():
-            top = self.conn.execute(query).fetchone()[0]  # type: ignore[index]
+            top = self.conn.execute(self.QUERY).fetchone()[0]  # type: ignore[index]
             now = time.monotonic()
             if top > self.last:
                 with self.changed:
@@ -139,6 +141,12 @@ def summary(prefix: str, lags: list[float]) -> list[str]:
     ]
 
 
+def history_rows(src: LocalCluster) -> int:
+    """pgbench transactions so far (each inserts one history row)."""
+    with psycopg.connect(src.conninfo(SOURCE_DB), autocommit=True) as conn:
+        return int(conn.execute("SELECT count(*) FROM pgbench_history").fetchone()[0])  # type: ignore[index]
+
+
 def run_pgbench(src: LocalCluster, seconds: float, clients: int, rate: int | None) -> subprocess.Popen[str]:
     args = ["-n", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(int(seconds))]
     if rate:
@@ -159,13 +167,15 @@ def main() -> int:
     p.add_argument("--poll-ms", type=float, default=5)
     p.add_argument("--plugin", default="pgoutput", choices=["pgoutput", "wal2json"])
     p.add_argument("--extractor", type=Path, help="our extractor config (default: realtime defaults)")
+    p.add_argument("--statements", action="store_true",
+                   help="count our destination statements and commits during the steady part (pg_stat_statements)")
     p.add_argument("--ours-prefix", default="", help="command prefix for our process, e.g. a profiler")
     p.add_argument("--keep", action="store_true", help="keep the work directory (our log)")
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-lag-"))
     workdir.chmod(0o755)
     src = _oltp.start(workdir, "src")
-    dst = _oltp.start(workdir, "dst")
+    dst = _oltp.start(workdir, "dst", _oltp.STATEMENTS_SETTINGS if args.statements else None)
     ours: Child | None = None
     writer: ProbeWriter | None = None
     pollers: dict[str, Poller] = {}
@@ -182,6 +192,9 @@ def main() -> int:
                                     "ours_pub" if args.plugin == "pgoutput" else None,
                                     args.extractor.read_text() if args.extractor else "")
         _oltp.create_subscription(src, dst, "native", "native_pub", enabled=True)
+        if args.statements:
+            with psycopg.connect(dst.conninfo(), autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION pg_stat_statements")
         ours = Child(_oltp.replicator_cmd(paths, once=False, prefix=shlex.split(args.ours_prefix)),
                      workdir / "ours.log").start()
         writer = ProbeWriter(src, args.probe_ms / 1000)
@@ -200,8 +213,13 @@ def main() -> int:
         writer.running.set()
         time.sleep(args.warmup)
         counted_from = writer.next_id
+        if args.statements:
+            _oltp.reset_statements(dst)
+            history_before = history_rows(src)
         out, _ = bench.communicate()
         writer.running.clear()
+        if args.statements:
+            _oltp.report_statements(dst, "ours", history_rows(src) - history_before, ignore=[Poller.QUERY])
         counted = range(counted_from, writer.next_id)
         last = writer.next_id - 1
         for db, poller in pollers.items():

@@ -72,39 +72,6 @@ def catch_up_native(src: LocalCluster, dst: LocalCluster, target: str, cpu: dict
     return elapsed
 
 
-def commits(dst: LocalCluster, db: str) -> int:
-    """Transactions committed in ``db`` so far (the statistics lag by up to a second)."""
-    with psycopg.connect(dst.conninfo(), autocommit=True) as conn:
-        conn.execute("SELECT pg_stat_clear_snapshot()")
-        return int(conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (db,)).fetchone()[0])  # type: ignore[index]
-
-
-def reset_statements(dst: LocalCluster, db: str) -> int:
-    with psycopg.connect(dst.conninfo(), autocommit=True) as conn:
-        conn.execute("SELECT pg_stat_statements_reset()")
-    return commits(dst, db)
-
-
-def report_statements(dst: LocalCluster, db: str, transactions: int, commits_before: int) -> None:
-    time.sleep(1.5)  # backends publish their transaction counts at most once a second
-    committed = commits(dst, db) - commits_before
-    print(f"    {db}: {committed:,} destination transactions committed (all of its sessions) for "
-          f"{transactions:,} source transactions")
-    with psycopg.connect(dst.conninfo(), autocommit=True) as conn:
-        rows = conn.execute(
-            """SELECT s.calls, s.total_exec_time, s.rows, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 110)
-               FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
-               WHERE d.datname = %s ORDER BY s.calls DESC""",
-            (db,),
-        ).fetchall()
-    calls = sum(r[0] for r in rows)
-    exec_ms = sum(r[1] for r in rows)
-    print(f"    {db}: {calls:,} destination statements ({calls / max(1, transactions):.2f} per source "
-          f"transaction), {exec_ms / 1000:.2f} s executing; most frequent:")
-    for c, t, n, q in rows[:12]:
-        print(f"      {c:>9,} calls {t / 1000:7.2f} s {n:>9,} rows  {q}")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=int, default=5)
@@ -126,8 +93,7 @@ def main() -> int:
     extractor = args.extractor.read_text() if args.extractor else EXTRACTOR
     workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-oltp-"))
     workdir.chmod(0o755)
-    dst_extra = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all",
-                 "pg_stat_statements.max": "10000"} if args.statements else {}
+    dst_extra = _oltp.STATEMENTS_SETTINGS if args.statements else {}
     src = _oltp.start(workdir, "src")
     # The launcher starts a subscription's worker at most once per wal_retrieve_retry_interval
     # (5 s by default): ENABLE in round 2 would wait for it.
@@ -169,7 +135,7 @@ def main() -> int:
                     times[c].append(catch_up_native(src, dst, target, cpu))
                 else:
                     if args.statements:
-                        commits_before = reset_statements(dst, f"ours_{c}")
+                        _oltp.reset_statements(dst)
                     child = Child(_oltp.replicator_cmd(configs[c], once=True, prefix=prefix),
                                   workdir / f"ours_{c}.log").start()
                     sampler = _oltp.CpuSampler(src, dst, f"ours_{c}", f"ours_{c}", child) if args.cpu else None
@@ -180,7 +146,7 @@ def main() -> int:
                         cpu.update(sampler.stop())
                     peaks[c] = max(peaks[c], child.peak_kb)
                     if args.statements:
-                        report_statements(dst, f"ours_{c}", txns, commits_before)
+                        _oltp.report_statements(dst, f"ours_{c}", txns)
                 line.append(f"{c} {times[c][-1]:.2f} s")
                 if cpu:
                     line[-1] += " (CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items())) + ")"
