@@ -19,10 +19,13 @@ ratio is median(native) / median(ours) (above 1: we are faster), paired_ratio th
 rounds' own ratios. All clusters run with fsync = off and synchronous_commit = off.
 
 --statements loads pg_stat_statements at the destination and prints, for each of our runs, the
-destination statements per source transaction and the most frequent statements.
+destination statements per source transaction and per destination commit, and the most frequent.
 --cpu prints the CPU seconds each consumer's processes spent in each round: the walsender at the
-source, the destination backends (native: its apply worker) and our own process.
---ours-prefix 'py-spy record -o out.svg --' runs our process under a profiler (or anything else).
+source, the destination backends (native: its apply worker) and our process's main thread
+(reads, decodes, folds) and other threads (the apply worker).
+--without-history leaves pgbench_history (no key) out of both publications: the keyed tables alone.
+--ours-prefix 'py-spy record --threads --idle -f raw -o prof.txt --' runs our process under a
+profiler (or anything else); bench/pyspy_summary.py prof.txt says where the time went.
 """
 
 from __future__ import annotations
