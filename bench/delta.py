@@ -1,6 +1,6 @@
 """Delta-snapshot benchmark: one delta pass vs a full snapshot of the same table, in the same run.
 
-    python bench/delta.py [--rows 1000000] [--changed 0.01] [--repeats 3]
+    python bench/delta.py [--rows 1000000] [--changed 0.01] [--repeats 3] [--variants xmin,update-key]
 
 Builds t(id bigint primary key, a text, b numeric, c timestamptz, d jsonb) with an index on c,
 in one database of a throwaway local cluster, and brings three destination databases up to
@@ -13,7 +13,13 @@ to now()), time one `--once` pass of each (a new process, end to end), and time 
 `replicator run snapshot` of the same table into a fresh database (a new process, end to end,
 key built). Prints the medians, the ratio snapshot / delta pass (above 1: the pass is faster)
 both of the medians and as the median of each round's ratio, and the machine's load average,
-since the machine may be shared.
+since the machine may be shared. With the defaults a round changes 1% of the rows with about
+1,000 deletes spread over the whole table (issue 11's shape). Then one line per variant a
+script can parse, with the pass as a fraction of the snapshot (issue 11's targets: at most 0.2
+with update-key, 0.35 with xmin), e.g.
+  RESULT delta variant=update-key rows=1000000 changed=10000 deletes=1000 snapshot_s=3.43 pass_s=2.57
+  fraction=0.75 ...
+The cluster runs with fsync = off and synchronous_commit = off, like every benchmark's.
 """
 
 from __future__ import annotations
@@ -54,8 +60,9 @@ def build_source(cluster: LocalCluster, rows: int) -> None:
         conn.execute("VACUUM ANALYZE t")
 
 
-def change(cluster: LocalCluster, rows: int, fraction: float, round_no: int) -> int:
-    """Change ``fraction`` of the rows: 80% updates, 10% deletes, 10% inserts. Returns rows changed."""
+def change(cluster: LocalCluster, rows: int, fraction: float, round_no: int) -> tuple[int, int]:
+    """Change ``fraction`` of the rows: 80% updates, 10% deletes (random keys, so spread over the
+    whole table), 10% inserts. Returns (rows changed, rows deleted)."""
     n = int(rows * fraction)
     updates, deletes, inserts = n * 8 // 10, n // 10, n - n * 8 // 10 - n // 10
     with psycopg.connect(cluster.conninfo("bench_src"), autocommit=True) as conn:
@@ -65,16 +72,16 @@ def change(cluster: LocalCluster, rows: int, fraction: float, round_no: int) -> 
                WHERE id IN (SELECT 1 + floor(random() * %s)::bigint FROM generate_series(1, %s))""",
             (rows, updates),
         )
-        conn.execute(
+        deleted = conn.execute(
             "DELETE FROM t WHERE id IN (SELECT 1 + floor(random() * %s)::bigint FROM generate_series(1, %s))",
             (rows, deletes),
-        )
+        ).rowcount
         start = rows * (round_no + 1) * 10
         conn.execute(
             """INSERT INTO t SELECT g, md5(g::text), g, now(), '{}' FROM generate_series(%s, %s) g""",
             (start, start + inserts - 1),
         )
-    return n
+    return n, deleted
 
 
 def fresh_database(cluster: LocalCluster, name: str) -> None:
@@ -118,22 +125,30 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--changed", type=float, default=0.01, help="fraction of rows changed per round")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of: {', '.join(VARIANTS)} (default: all)")
     args = parser.parse_args()
+    variants = {name: VARIANTS[name] for name in (v.strip() for v in args.variants.split(",")) if name}
+    unknown = set(variants) - set(VARIANTS)
+    if unknown or not variants:
+        parser.error(
+            f"--variants: {', '.join(sorted(unknown)) or 'none given'}; known: {', '.join(VARIANTS)}"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
     workdir.chmod(0o755)
-    cluster = start_cluster(workdir / "cluster")
+    cluster = start_cluster(workdir / "cluster", settings={"fsync": "off", "synchronous_commit": "off"})
     try:
         print(
             f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)"
         )
         print(f"building {args.rows:,} rows ...", flush=True)
         build_source(cluster, args.rows)
-        dests = {name: f"bench_delta_{i}" for i, name in enumerate(VARIANTS)}
+        dests = {name: f"bench_delta_{i}" for i, name in enumerate(variants)}
         (workdir / "source.yaml").write_text(yaml.safe_dump(cluster.connection_config("bench_src")))
         for db in [*dests.values(), "bench_snap"]:
             (workdir / f"{db}.yaml").write_text(yaml.safe_dump(cluster.connection_config(db)))
         extractors = {}
-        for i, (name, text) in enumerate(VARIANTS.items()):
+        for i, (name, text) in enumerate(variants.items()):
             extractors[name] = workdir / f"extractor_{i}.yaml"
             extractors[name].write_text(text)
             fresh_database(cluster, dests[name])
@@ -142,13 +157,15 @@ def main() -> int:
         snap_extractor = workdir / "snapshot.yaml"
         snap_extractor.write_text("snapshot:\n  threads: 2\n")
         snapshots: list[float] = []
-        passes: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        passes: dict[str, list[float]] = {name: [] for name in variants}
+        deleted: list[int] = []
         for r in range(args.repeats):
-            n = change(cluster, args.rows, args.changed, r)
+            n, d = change(cluster, args.rows, args.changed, r)
+            deleted.append(d)
             fresh_database(cluster, "bench_snap")
             snapshots.append(replicator("snapshot", workdir, "bench_snap", snap_extractor))
-            line = [f"  round {r + 1} ({n:,} rows changed): snapshot {snapshots[-1]:.2f} s"]
-            for name in VARIANTS:
+            line = [f"  round {r + 1} ({n:,} rows changed, {d:,} deleted): snapshot {snapshots[-1]:.2f} s"]
+            for name in variants:
                 passes[name].append(
                     replicator("delta-snapshot", workdir, dests[name], extractors[name], "--once")
                 )
@@ -157,7 +174,8 @@ def main() -> int:
         expected = fingerprint(cluster, "bench_src")
         assert fingerprint(cluster, "bench_snap") == expected
         for name in ("xmin", "update-key"):
-            assert fingerprint(cluster, dests[name]) == expected, name
+            if name in dests:
+                assert fingerprint(cluster, dests[name]) == expected, name
         snap = statistics.median(snapshots)
         print(f"full snapshot (replicator run snapshot, end to end, PK built): {snap:.2f} s")
         for name, times in passes.items():
@@ -168,6 +186,16 @@ def main() -> int:
             print(
                 f"delta pass, {name:<17} ({args.changed:.0%} of {args.rows:,} rows changed): {t:.2f} s  "
                 f"ratio snapshot/pass: {snap / t:.1f}x (median of per-round ratios {paired:.1f}x)"
+            )
+        targets = {"xmin": 0.35, "update-key": 0.2}
+        for name, times in passes.items():
+            t = statistics.median(times)
+            paired = statistics.median(p / s for s, p in zip(snapshots, times, strict=True))
+            print(
+                f"RESULT delta variant={name.replace(', ', '-').replace(' ', '-')} rows={args.rows} "
+                f"changed={int(args.rows * args.changed)} deletes={statistics.median(deleted):.0f} "
+                f"snapshot_s={snap:.2f} pass_s={t:.2f} fraction={t / snap:.2f} paired_fraction={paired:.2f} "
+                f"target={targets.get(name, float('nan')):.2f} rounds={args.repeats}"
             )
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         return 0

@@ -28,6 +28,7 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._oltp import flushed_end  # noqa: E402
 from bench._table import FILL_SQL, TABLE_DDL  # noqa: E402
 from replicator.decoding.pgoutput import NATIVE  # noqa: E402
 from replicator.localpg import LocalCluster, start_cluster  # noqa: E402
@@ -83,7 +84,8 @@ def backlog(src: LocalCluster, rows: int, changes: int, txn: int) -> str:
                 dele -= n
             done += n
             k += 1
-        return str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])  # type: ignore[index]
+    # Not pg_current_wal_lsn(): with synchronous_commit = off the last commits may lie past it.
+    return flushed_end(src)
 
 
 def catch_up_native(src: LocalCluster, dst: LocalCluster, target: str) -> float:
@@ -139,8 +141,10 @@ def main() -> int:
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-rt-"))
     workdir.chmod(0o755)
-    src = start_cluster(workdir / "src", settings={"max_wal_size": "4GB"})
-    dst = start_cluster(workdir / "dst", settings={"max_wal_size": "4GB"})
+    # As every benchmark's clusters (issue 11): fsync (localpg's default) and synchronous_commit off.
+    settings = {"max_wal_size": "4GB", "synchronous_commit": "off"}
+    src = start_cluster(workdir / "src", settings=settings)
+    dst = start_cluster(workdir / "dst", settings=settings)
     try:
         print(f"loading {args.rows:,} rows on the source and both destinations ...", flush=True)
         setup(src, dst, args.rows)

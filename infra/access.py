@@ -25,7 +25,8 @@ class ReplicationUser(pulumi.dynamic.Resource, module="replicator", name="Replic
             name,
             {**props, "password": None},
             pulumi.ResourceOptions.merge(
-                opts, pulumi.ResourceOptions(additional_secret_outputs=["password", "admin_password"])
+                opts,
+                pulumi.ResourceOptions(additional_secret_outputs=["password", "admin_password", "bastion"]),
             ),
         )
 
@@ -61,7 +62,8 @@ class ReplicationAccess(pulumi.ComponentResource):
         self.replication_user = ReplicationUser(
             f"{name}-user",
             {
-                # host, port, database, admin_user/password, sslmode, connect_host/port, publicly_accessible
+                # host, port, database, admin_user/password, sslmode, connect_host/port,
+                # publicly_accessible, bastion
                 **admin,
                 "user": user,
                 "replication_right": replication_right,

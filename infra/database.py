@@ -37,7 +37,7 @@ class RdsAttachment(pulumi.dynamic.Resource, module="replicator", name="RdsAttac
             name,
             props,
             pulumi.ResourceOptions.merge(
-                opts, pulumi.ResourceOptions(additional_secret_outputs=["admin_password"])
+                opts, pulumi.ResourceOptions(additional_secret_outputs=["admin_password", "bastion"])
             ),
         )
 
@@ -220,6 +220,8 @@ def admin_props(
         "connect_host": tunnel.host if tunnel else None,
         "connect_port": tunnel.port if tunnel else None,
         "publicly_accessible": publicly_accessible,
+        # Provider inputs are kept in the stack's state: the bastion's key and passphrase only as a secret.
+        "bastion": pulumi.Output.secret(cfg.bastion.tunnel_props()) if cfg.bastion else None,
     }
 
 
@@ -245,7 +247,7 @@ def lookup(cfg: StackConfig) -> ExistingDatabase:
             f"{cfg.engine} {cfg.engine_version}: set replicator:engine and replicator:engineVersion to match "
             f"(the parameter group family must be {rds.parameter_family(found.engine, found.engine_version)})"
         )
-    if found.publicly_accessible is False and cfg.admin_access is None:
+    if found.publicly_accessible is False and cfg.admin_access is None and cfg.bastion is None:
         raise StackConfigError(
             f"{cfg.identifier} is not publicly accessible, so this program can reach it, to create the "
             "replication user, only from inside its VPC. Say how: replicator:adminAccess: {via: vpc} when "

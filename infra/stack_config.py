@@ -77,6 +77,65 @@ class AdminAccess(_Model):
         return self
 
 
+class Bastion(_Model):
+    """``replicator:bastion``: the program reaches the database through its own SSH tunnel via this host.
+
+    The same settings as a connection config's ``ssh-tunnel`` (camelCase here); ``knownHosts`` may give
+    the bastion's known_hosts lines themselves (handy in CI). Set the key and passphrase as secrets:
+    ``pulumi config set --secret --path 'replicator:bastion.privateKeyPassphrase' ...``.
+    """
+
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    private_key_file: str | None = None
+    private_key: str | None = Field(default=None, repr=False)
+    private_key_passphrase: str | None = Field(default=None, repr=False)
+    known_hosts_file: str | None = None
+    known_hosts: str | None = None
+    strict_host_key_checking: bool = True
+
+    @model_validator(mode="after")
+    def _one_key_one_known_hosts(self) -> Bastion:
+        if (self.private_key_file is None) == (self.private_key is None):
+            raise ValueError(
+                "give the bastion key as privateKeyFile or privateKey (a secret), one of the two"
+            )
+        if self.known_hosts_file is not None and self.known_hosts is not None:
+            raise ValueError("give knownHostsFile or knownHosts (the lines themselves), not both")
+        return self
+
+    @model_validator(mode="after")
+    def _key_loads(self) -> Bastion:
+        """Refuse before anything is declared: a key file missing, not a key, or not decrypted by the
+        passphrase."""
+        from replicator.provision.bastion import STACK_KEYS, tunnel_settings
+        from replicator.provision.pgaccess import AccessError
+        from replicator.ssh.keys import config_problems
+
+        try:
+            problems = config_problems(tunnel_settings(self.tunnel_props()))
+        except AccessError as e:
+            raise ValueError(str(e).removeprefix("replicator:bastion: ")) from None
+        camel = {kebab: name for name, kebab in STACK_KEYS.items()}
+        if problems:
+            p = problems[0]
+            message = p.message.replace("private-key-passphrase", "privateKeyPassphrase").replace(
+                "private-key-file", "privateKeyFile").replace("private-key", "privateKey")
+            raise ValueError(f"{camel.get(p.key, p.key)}: {message}")
+        return self
+
+    def tunnel_props(self) -> dict[str, Any]:
+        """The ``ssh-tunnel`` keys the providers open the tunnel with (replicator/provision/bastion.py)."""
+        from replicator.provision.bastion import STACK_KEYS
+
+        values = self.model_dump(by_alias=True)
+        props = {kebab: values[camel] for camel, kebab in STACK_KEYS.items() if values.get(camel) is not None}
+        if self.known_hosts is not None:
+            props["known-hosts"] = self.known_hosts
+        return props
+
+
 class WalAlarms(_Model):
     """CloudWatch alarms on the source's WAL and storage, to an SNS topic (replicator/provision/wal.py)."""
 
@@ -114,6 +173,7 @@ class StackConfig(_Model):
     subnet_ids: list[str] = []
     publicly_accessible: bool = False
     admin_access: AdminAccess | None = None
+    bastion: Bastion | None = None  # the program's own SSH tunnel to a private database
     # self-hosted
     host: str | None = None
     port: int = Field(default=5432, ge=1, le=65535)
@@ -177,18 +237,32 @@ class StackConfig(_Model):
             days = self.secret_recovery_window_days
             raise ValueError(f"secretRecoveryWindowDays must be 0 (delete at once) or 7 to 30, not {days}")
         self._check_wal_protection()
-        if self.source == "create" and not self.publicly_accessible and self.admin_access is None:
+        if self.bastion is not None and self.admin_access is not None:
+            raise ValueError(
+                "bastion and adminAccess both say how this program reaches the database: keep one (bastion "
+                "opens "
+                "the SSH tunnel itself; adminAccess: {via: tunnel} uses one you started)"
+            )
+        if (
+            self.source == "create"
+            and not self.publicly_accessible
+            and self.admin_access is None
+            and not self.bastion
+        ):
             raise ValueError(
                 "the database will not be publicly accessible (publiclyAccessible: false), so this program "
                 "can reach it, to create the replication user, only from inside its VPC. Say how: "
                 "adminAccess: {via: vpc} when pulumi runs in the VPC (or reaches it by peering or VPN), "
                 "or adminAccess: {via: tunnel, host: 127.0.0.1, port: 15432} through SSM port forwarding or "
-                "an SSH tunnel via a bastion (infra/README.md, \"Private databases\"); or set "
-                "publiclyAccessible: true"
+                "an SSH tunnel via a bastion, or bastion: {host, username, privateKeyFile} to let the "
+                "program "
+                'open the SSH tunnel itself (infra/README.md, "Private databases"); or set '
+                'publiclyAccessible: true'
             )
         if self.source in ("create", "adopt") and not self.identifier:
-            raise ValueError(f"identifier is required when source is {self.source} (the instance or cluster "
-                             "id)")
+            raise ValueError(
+                f"identifier is required when source is {self.source} (the instance or cluster id)"
+            )
         if self.source == "self-hosted" and not self.host:
             raise ValueError("host is required when source is self-hosted")
         if self.source == "self-hosted" and self.engine != "postgres":
@@ -203,8 +277,9 @@ class StackConfig(_Model):
         if self.max_wal_senders < len(self.slots):
             raise ValueError(f"maxWalSenders ({self.max_wal_senders}) is lower than the number of slots")
         if self.max_replication_slots < len(self.slots):
-            raise ValueError(f"maxReplicationSlots ({self.max_replication_slots}) is lower than the number "
-                             "of slots")
+            raise ValueError(
+                f"maxReplicationSlots ({self.max_replication_slots}) is lower than the number of slots"
+            )
         parameters = self.parameters  # validates extra parameter names, values and apply methods
         instance_level = rds.split_by_level(self.engine, parameters)[1]
         if self.source == "adopt" and self.is_cluster and instance_level:
@@ -345,6 +420,11 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _is_secret(key: str) -> bool:
+    """Keys whose values are never quoted in a message (passwords, the bastion's key and passphrase)."""
+    return any(word in key for word in ("password", "Password", "privateKey", "Passphrase"))
+
+
 def _describe(where: str, err: Any) -> str:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
     key = ""
@@ -356,7 +436,7 @@ def _describe(where: str, err: Any) -> str:
     if err["type"] == "missing":
         msg = "required key is missing"
     elif (
-        "password" not in key
+        not _is_secret(key)
         and isinstance(err.get("input"), (str, int, float))
         and err["type"] != "value_error"
     ):

@@ -11,6 +11,7 @@ import psycopg
 
 from replicator import __version__, logs
 from replicator.config import load_connection, load_extractor, load_filter
+from replicator.connect import open_tunnels
 from replicator.errors import ReplicatorError
 from replicator.job import Job
 from replicator.modes import MODES, runner
@@ -107,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level)
     try:
         if args.command == "run":
-            return runner(args.mode)(_load_job(args))
+            job = _load_job(args)
+            open_tunnels(("source", job.source.value), ("destination", job.destination.value))
+            return runner(args.mode)(job)
         if args.command == "status":
             from replicator.status import render_status
 

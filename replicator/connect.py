@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import psycopg
 import tenacity
 from psycopg.conninfo import make_conninfo
 
+from replicator import ssh
 from replicator.config.connection import ConnectionConfig
 from replicator.errors import ReplicatorError
 from replicator.retry import first_line, is_transient, permanent_connect_failure, retrying
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConnectError", "connect", "permanent_connect_failure", "retrying_for"]
+T = TypeVar("T")
+
+__all__ = [
+    "ConnectError",
+    "connect",
+    "open_tunnels",
+    "permanent_connect_failure",
+    "retrying_for",
+    "with_retries",
+]
 
 
 class ConnectError(ReplicatorError):
@@ -69,6 +82,9 @@ def conninfo(cfg: ConnectionConfig, application_name: str, replication: bool = F
             params["sslkey"] = str(cfg.ssl.ssl_key)
     if replication:
         params["replication"] = "database"
+    # Through an ssh-tunnel: hostaddr=127.0.0.1 and the local forward's port; `host` stays the configured
+    # name, so verify-full checks the database's real name.
+    params.update(ssh.libpq_params(cfg))
     return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
 
@@ -82,6 +98,14 @@ def retrying_for(cfg: ConnectionConfig, what: str, **kw: Any) -> tenacity.Retryi
     return retrying(cfg.max_retries + 1, cfg.retry_wait_duration_ms / 1000, what, **kw)
 
 
+def with_retries(cfg: ConnectionConfig, what: str, fn: Callable[[], T]) -> T:
+    """``fn()``, retried under the one policy (``retrying_for``)."""
+    for attempt in retrying_for(cfg, what):
+        with attempt:
+            return fn()
+    raise AssertionError("unreachable")
+
+
 def connect(
     cfg: ConnectionConfig,
     role: str,
@@ -91,12 +115,22 @@ def connect(
 ) -> psycopg.Connection[Any]:
     """Connect with retries; failures become a ConnectError that says which server and why."""
 
+    def attempt(info: str) -> psycopg.Connection[Any]:
+        ssh.ensure(cfg)  # (re)opens the SSH tunnel, if any, so a bastion that went away is retried too
+        started = time.monotonic()
+        try:
+            return psycopg.connect(info, autocommit=autocommit)
+        except psycopg.OperationalError:
+            # The tunnel closed the socket? Then its reason (which hop failed) beats libpq's "server closed".
+            tunnel_failure = ssh.failure_since(cfg, started)
+            if tunnel_failure is None:
+                raise
+            raise tunnel_failure from None
+
     def attempts() -> psycopg.Connection[Any]:
         info = conninfo(cfg, application_name, replication=replication)  # credentials are read here
-        for attempt in retrying_for(cfg, f"connecting to the {role} {describe(cfg)}"):
-            with attempt:
-                return psycopg.connect(info, autocommit=autocommit)
-        raise AssertionError("unreachable")
+        what = f"connecting to the {role} {describe(cfg)}"
+        return with_retries(cfg, what, lambda: attempt(info))
 
     try:
         try:
@@ -106,8 +140,26 @@ def connect(
                 raise
             return attempts()
     except psycopg.OperationalError as e:
-        message = connect_failure_message(cfg, role, e)
-        raise ConnectError(message, permanent=not is_transient(e)) from None
+        raise ConnectError(connect_failure_message(cfg, role, e), permanent=not is_transient(e)) from None
+    except ssh.TunnelError as e:
+        if not e.transient:
+            raise  # a config value is at fault (exit 2, with file:line), or the bastion forbids forwarding
+        raise ConnectError(f"cannot connect to the {role} {describe(cfg)}: {e}") from None
+
+
+def open_tunnels(*configs: tuple[str, ConnectionConfig]) -> None:
+    """Open each ``(role, config)``'s SSH tunnel before any database connection, so a refused host key
+    or user key stops a run before anything is written anywhere."""
+    for role, cfg in configs:
+        if cfg.ssh_tunnel is None:
+            continue
+        try:
+            what = f"opening the SSH tunnel to the {role} {describe(cfg)}"
+            with_retries(cfg, what, partial(ssh.ensure, cfg))
+        except ssh.TunnelError as e:
+            if not e.transient:
+                raise
+            raise ConnectError(f"cannot connect to the {role} {describe(cfg)}: {e}") from None
 
 
 def _reread_rotated_credentials(cfg: ConnectionConfig, exc: BaseException) -> bool:

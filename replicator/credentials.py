@@ -82,7 +82,22 @@ def refresh_after_auth_failure(cfg: ConnectionConfig, exc: BaseException) -> boo
     return True
 
 
-def _read(client: Any, secret_id: str) -> tuple[str, str]:
+def read_secret_text(secret_id: str, region: str | None, what: str) -> str:
+    """The text of a secret (e.g. an SSH key for ``ssh-tunnel``); ``what`` names the setting in messages."""
+    region = region or _region_of_arn(secret_id)
+    try:
+        client = awsclient.client("secretsmanager", region)
+    except awsclient.AwsError as e:
+        raise CredentialError(f"{what}: {e}") from None
+    return _secret_string(client, secret_id, what, expected="text")
+
+
+def _secret_string(
+    client: Any,
+    secret_id: str,
+    what: str = "credential-store",
+    expected: str = "JSON with username and password",
+) -> str:
     where = f"secret {secret_id!r} in {client.meta.region_name} ({awsclient.endpoint_of(client)})"
     try:
         response = client.get_secret_value(SecretId=secret_id)
@@ -90,20 +105,23 @@ def _read(client: Any, secret_id: str) -> tuple[str, str]:
         code = awsclient.error_code(e)
         if code == "ResourceNotFoundException":
             raise CredentialError(
-                f"credential-store: {where} does not exist; check credential-store.secret-id and region"
+                f"{what}: {where} does not exist; check {what}.secret-id and region"
             ) from None
         if code in ("AccessDeniedException", "AccessDenied"):
             raise CredentialError(
-                f"credential-store: not allowed to read {where}: the caller needs "
-                "secretsmanager:GetSecretValue "
+                f"{what}: not allowed to read {where}: the caller needs secretsmanager:GetSecretValue "
                 "on it (and kms:Decrypt on its key)"
             ) from None
-        raise CredentialError(f"credential-store: cannot read {where}: {awsclient.explain(e)}") from None
+        raise CredentialError(f"{what}: cannot read {where}: {awsclient.explain(e)}") from None
     text = response.get("SecretString")
     if text is None:
-        raise CredentialError(
-            f"credential-store: {where} holds binary data; expected JSON with username and password"
-        )
+        raise CredentialError(f"{what}: {where} holds binary data; expected {expected}")
+    return str(text)
+
+
+def _read(client: Any, secret_id: str) -> tuple[str, str]:
+    where = f"secret {secret_id!r} in {client.meta.region_name} ({awsclient.endpoint_of(client)})"
+    text = _secret_string(client, secret_id)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

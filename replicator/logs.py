@@ -45,3 +45,6 @@ def setup(level: str = "INFO") -> None:
     # Third-party chatter is not what a user running a replication wants to read.
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # paramiko logs a lost bastion connection as an ERROR with a traceback from its own thread; the
+    # tunnel says the same in one line (and reconnects). --log-level DEBUG shows paramiko's view too.
+    logging.getLogger("paramiko").setLevel(logging.WARNING if level.upper() == "DEBUG" else logging.CRITICAL)

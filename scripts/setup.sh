@@ -13,6 +13,9 @@ need=()
 command -v psql >/dev/null || need+=(postgresql-client-15)
 command -v runuser >/dev/null || need+=(util-linux)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# The ssh-tunnel tests start a throwaway OpenSSH server (tests/ssh/conftest.py); ssh-keygen makes their keys.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
 # The C extensions (replicator/_relay.c, replicator/_pgoutput.c) are compiled by pip below: a C
 # compiler, the C library headers and Python's headers (Debian's python3 keeps them in
 # python3-dev). Without them the install still works, with the slower pure-Python twins.

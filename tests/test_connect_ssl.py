@@ -81,6 +81,13 @@ def _write(
 def ssl_setup(
     cluster_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LocalCluster, Pki]]:
+    yield from ssl_cluster(cluster_root, tmp_path_factory, "ssl")
+
+
+def ssl_cluster(
+    cluster_root: Path, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[tuple[LocalCluster, Pki]]:
+    """A server with ssl=on under ``cluster_root / name`` (unique per module using it), and its PKI."""
     certs = tmp_path_factory.mktemp("pki")
     ca_cert, ca_key = _issue("replicator test CA", None, None, ca=True)
     other_ca_cert, _ = _issue("some other CA", None, None, ca=True)
@@ -89,7 +96,7 @@ def ssl_setup(
         "localhost", ca_key, "replicator test CA", ca=False, sans=[x509.DNSName("localhost")]
     )
     client_cert, client_key = _issue(CERT_USER, ca_key, "replicator test CA", ca=False)
-    server_dir = cluster_root / "ssl-files"
+    server_dir = cluster_root / f"{name}-files"
     server_dir.mkdir()
     files = {
         "server.crt": _write(server_dir / "server.crt", server_cert),
@@ -100,7 +107,7 @@ def ssl_setup(
         for f in [server_dir, *files.values()]:
             shutil.chown(f, "postgres", "postgres")
     cluster = start_cluster(
-        cluster_root / "ssl",
+        cluster_root / name,
         settings={
             "ssl": "on",
             "ssl_cert_file": str(files["server.crt"]),

@@ -20,8 +20,9 @@ from replicator.check.database import (
     open_connection,
     source_context,
 )
-from replicator.check.report import CheckResult, Report, Status
+from replicator.check.report import CheckResult, Report, Status, skip
 from replicator.check.tables import check_tables, selected_tables
+from replicator.check.tunnel import check_tunnel
 from replicator.config import (
     ConfigFile,
     ConnectionConfig,
@@ -47,8 +48,15 @@ def check_all(
     cfg = source.value
     extractor = extractor or ConfigFile(ExtractorConfig())
     report = Report()
-    conn, connected = open_connection(cfg, "source", SOURCE)
-    report.add(connected)
+    # Through a bastion, the tunnel first: its hops say where the path breaks.
+    hops = check_tunnel(cfg, SOURCE)
+    report.add(hops)
+    if any(r.failed for r in hops):
+        conn = None
+        report.add(skip(SOURCE, "connect", "the SSH tunnel is not usable (above): database checks skipped"))
+    else:
+        conn, connected = open_connection(cfg, "source", SOURCE)
+        report.add(connected)
     ip, origin = _client_address(conn, cfg, client_ip)
     # AWS first: its findings (which group, which instances) make the database fixes exact.
     target, aws_results = check_aws(cfg, ip, origin)
@@ -76,7 +84,12 @@ def _client_address(
     if conn is not None:
         row = conn.execute("SELECT inet_client_addr()").fetchone()
         if row and row[0] is not None:
-            return str(row[0]), " (as the server sees us)"
+            # Through an ssh-tunnel the server sees the bastion, which is what its security group must allow.
+            return str(
+                row[0]
+            ), " (the bastion, as the server sees it)" if cfg.ssh_tunnel else " (as the server sees us)"
+    if cfg.ssh_tunnel is not None:
+        return None, ""  # the bastion's address is not this machine's: only the server could tell
     local = local_address_towards(cfg.host, cfg.port)
     return local, " (local address; pass --client-ip if NAT changes it)"
 

@@ -14,6 +14,7 @@ from psycopg import sql
 from replicator.check import fixes
 from replicator.check.fixes import RdsTarget
 from replicator.check.report import CheckResult, fail, ok, skip, warn
+from replicator.check.tunnel import check_tunnel
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import ConnectError, connect, describe
 from replicator.errors import ReplicatorError
@@ -294,11 +295,17 @@ def check_output_plugin(ctx: SourceContext, plugin: str) -> CheckResult:
 
 
 def check_destination(cfg: ConnectionConfig) -> list[CheckResult]:
+    hops = check_tunnel(cfg, DESTINATION)
+    if any(r.failed for r in hops):
+        return [
+            *hops,
+            skip(DESTINATION, "connect", "the SSH tunnel is not usable (above): database checks skipped"),
+        ]
     conn, result = open_connection(cfg, "destination", DESTINATION)
     if conn is None:
-        return [result]
+        return [*hops, result]
     with conn:
-        results = [result, check_ssl(conn, cfg, DESTINATION)]
+        results = [*hops, result, check_ssl(conn, cfg, DESTINATION)]
         row = conn.execute(
             "SELECT current_user, has_database_privilege(current_database(), 'CREATE')"
         ).fetchone()

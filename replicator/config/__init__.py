@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from replicator import logs
-from replicator.config.connection import ConnectionConfig
+from replicator.config.connection import ConnectionConfig, SshTunnelConfig
 from replicator.config.extractor import ExtractorConfig
 from replicator.config.filter import FilterConfig
 from replicator.config.model import validate
@@ -26,6 +27,8 @@ __all__ = [
     "load_extractor",
     "load_filter",
 ]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -62,7 +65,44 @@ def load_connection(path: str | os.PathLike[str], role: Role) -> ConfigFile[Conn
         if isinstance(doc.data, dict) and key in doc.data:
             other = "destination" if role == "source" else "source"
             raise ConfigError(f"{doc.where((key,))}: {key}: only valid in a {other} connection config")
+    if value.ssh_tunnel is not None:
+        _check_ssh_tunnel(value.ssh_tunnel, doc)
     return ConfigFile(value, doc)
+
+
+def _check_ssh_tunnel(settings: SshTunnelConfig, doc: YamlDoc) -> None:
+    """Before any connection: the key loads and decrypts, known_hosts is there; remember where each key is."""
+    block = doc.data.get("ssh-tunnel") if isinstance(doc.data, dict) else None
+    written = block if isinstance(block, dict) else {}
+    settings._origin = {"": doc.where(("ssh-tunnel",)), **{k: doc.where(("ssh-tunnel", k)) for k in written}}
+    if settings.private_key_passphrase is not None:
+        logs.register_secret(settings.private_key_passphrase.get_secret_value())
+    from replicator.ssh.keys import config_problems  # paramiko: only for configs that use a tunnel
+
+    problems = config_problems(settings)
+    if problems:
+        raise ConfigError("\n".join(
+            f"{doc.where(('ssh-tunnel', p.key))}: ssh-tunnel.{p.key}: {p.message}" for p in problems
+        ))
+    key_file = settings.private_key_file
+    if key_file is not None and key_file.stat().st_mode & 0o077:
+        log.warning(
+            "%s: ssh-tunnel.private-key-file %s can be read by other users of this machine (mode %o); "
+            "OpenSSH would refuse it: chmod 600 %s",
+            settings.where("private-key-file"),
+            key_file,
+            key_file.stat().st_mode & 0o777,
+            key_file,
+        )
+    if not settings.strict_host_key_checking:
+        log.warning(
+            "%s: ssh-tunnel.strict-host-key-checking is false: a bastion missing from %s is accepted without "
+            "verifying its identity, so whoever can intercept the connection can read and change everything "
+            "sent through it. Add the bastion's key to that file (ssh-keyscan -p %d %s, after checking its "
+            "fingerprint) and remove this setting",
+            settings.where("strict-host-key-checking") or doc.path, settings.known_hosts_file, settings.port,
+            settings.host,
+        )
 
 
 def load_filter(path: str | os.PathLike[str] | None) -> ConfigFile[FilterConfig] | None:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from replicator.config.model import ConfigModel
 
@@ -47,6 +47,63 @@ class CredentialStore(ConfigModel):
     region: str | None = None
 
 
+class SshTunnelConfig(ConfigModel):
+    """``ssh-tunnel``: reach the database through a bastion, over a local forward (see ``replicator.ssh``).
+
+    ``host``/``port`` of the enclosing connection are then as the bastion sees them (e.g. the RDS
+    endpoint). Checks that read files (the key decrypts, known_hosts exists) run in ``load_connection``,
+    where the line of the key at fault is known.
+    """
+
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    private_key_file: Path | None = None
+    private_key: SecretStr | None = None  # the key itself, e.g. from ${VAR}
+    private_key_passphrase: SecretStr | None = None
+    # A Secrets Manager secret holding the key: the key text, or JSON {"private-key",
+    # "private-key-passphrase"}.
+    credential_store: CredentialStore | None = None
+    known_hosts_file: Path = Field(default=Path("~/.ssh/known_hosts"), validate_default=True)  # ~ expanded
+    strict_host_key_checking: bool = True
+    keepalive_interval_s: int = Field(default=15, ge=1, le=3600)
+    connect_timeout_s: int = Field(default=10, ge=1, le=300)
+    # "file:line" of each key as written, for errors found only when connecting (host key, refused key).
+    _origin: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("private_key_file", "known_hosts_file")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("private_key_passphrase", mode="before")
+    @classmethod
+    def _passphrase_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _one_key(self) -> SshTunnelConfig:
+        given = [
+            k
+            for k, v in (
+                ("private-key-file", self.private_key_file),
+                ("private-key", self.private_key),
+                ("credential-store", self.credential_store),
+            )
+            if v is not None
+        ]
+        if not given:
+            raise ValueError("a key is required: private-key-file, private-key or credential-store "
+                             "(the bastion is reached with key authentication only)")
+        if len(given) > 1:
+            raise ValueError(f"give only one of {' and '.join(given)}")
+        return self
+
+    def where(self, key: str) -> str:
+        """``file:line`` of ``key`` (or of the ssh-tunnel block) for messages; empty when unknown."""
+        return self._origin.get(key) or self._origin.get("", "")
+
+
 class LogMonitoring(ConfigModel):
     max_wal_size_gb: float = Field(gt=0)
     alert_threshold_percent: int = Field(default=70, ge=50, le=80)
@@ -65,6 +122,7 @@ class ConnectionConfig(ConfigModel):
     retry_wait_duration_ms: int = Field(default=1000, ge=0)
     ssl: SslConfig | None = None
     credential_store: CredentialStore | None = None
+    ssh_tunnel: SshTunnelConfig | None = None
     # Source only (used by realtime and full modes).
     replication_slots: dict[str, list[LogDecoder]] | None = None
     publication: str | None = None
@@ -106,6 +164,13 @@ class ConnectionConfig(ConfigModel):
     def _credentials(self) -> ConnectionConfig:
         if self.credential_store is None and self.username is None:
             raise ValueError("username is required (or a credential-store to fetch it from)")
+        return self
+
+    @model_validator(mode="after")
+    def _tunnel_needs_tcp(self) -> ConnectionConfig:
+        if self.ssh_tunnel is not None and self.host.startswith("/"):
+            raise ValueError(f"host {self.host!r} is a socket directory; through an ssh-tunnel, host is the "
+                             "database's address as the bastion sees it")
         return self
 
     @property

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from replicator.config.yamlfile import Loc, YamlDoc
 from replicator.errors import ConfigError
 
-SECRET_KEYS = frozenset({"password", "secret", "ssl-key", "secret-access-key"})
+SECRET_KEYS = frozenset(
+    {"password", "secret", "ssl-key", "secret-access-key", "private-key", "private-key-passphrase"}
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -76,8 +78,7 @@ def _describe(err: Any, model: type[BaseModel], doc: YamlDoc) -> str:
     if kind == "missing":
         return f"{doc.where(loc[:-1] or loc)}: {key}: required key is missing"
     msg = str(err["msg"])
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = msg.removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
     is_secret = any(str(p) in SECRET_KEYS for p in loc)
     # A value from ${VAR} may be a secret written under the wrong key: never echo it.

@@ -3,7 +3,8 @@
 A database that is not publicly accessible answers only inside its VPC. The program must connect
 to it (as the admin, to create the replication user), so it runs inside the VPC, or connects
 through a local tunnel (SSM port forwarding, SSH through a bastion) given as ``connect_host`` /
-``connect_port``. When the port does not answer, the error says which of these applies, in the
+``connect_port``, or through its own SSH tunnel (``replicator:bastion``, see ``bastion.py``). When the port
+does not answer, the error says which of these applies, in the
 seconds a TCP connect takes rather than after a driver timeout with a generic message.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from replicator.provision import bastion
 from replicator.provision.pgaccess import AccessError
 
 REACH_TIMEOUT_S = 10.0
@@ -57,11 +59,13 @@ def ensure_reachable(props: dict[str, Any]) -> None:
 
 def admin_connection(props: dict[str, Any], dbname: str | None = None) -> psycopg.Connection[Any]:
     """An autocommit admin connection to ``dbname`` (default: the configured database)."""
-    ensure_reachable(props)
-    host, port = target(props)
+    route = bastion.admin_route(props)  # replicator:bastion: the program's own SSH tunnel, hops tested
+    if route is None:
+        ensure_reachable(props)
+        host, port = target(props)
+        route = {"host": host, "port": port}
     return psycopg.connect(
-        host=host,
-        port=port,
+        **route,
         dbname=dbname or props["database"],
         user=props["admin_user"],
         password=props["admin_password"],

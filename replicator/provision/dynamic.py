@@ -28,7 +28,7 @@ _USER_IDENTITY = ("host", "port", "database", "user")
 _USER_SETTINGS = (
     "schemas", "replication_right", "table_owners", "heartbeat_table", "publication", "publication_tables",
     "password_version", "admin_user", "admin_password", "sslmode", "connect_host", "connect_port",
-    "publicly_accessible",
+    "publicly_accessible", "bastion",
 )
 
 
@@ -132,7 +132,7 @@ class RdsAttachmentProvider(ResourceProvider):
 _ATTACH_IDENTITY = ("kind", "identifier", "region", "endpoint_url", "managed_group")
 _ATTACH_SETTINGS = (
     "parameters", "backup_retention_days", "host", "port", "database", "admin_user", "admin_password",
-    "sslmode", "connect_host", "connect_port", "publicly_accessible", "drop_inactive_slots",
+    "sslmode", "connect_host", "connect_port", "publicly_accessible", "drop_inactive_slots", "bastion",
 )
 
 

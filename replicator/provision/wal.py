@@ -44,9 +44,8 @@ class WalBudget:
     max_wal_size_gb: float  # the replicator stops here (log-monitoring.max-wal-size-gb)
     alert_threshold_percent: int  # ... and warns from this share of it
     free_storage_gb: float  # the disk (RDS) / local storage (Aurora) is low below this
-    keep_size_gb: (
-        float | None
-    )  # max_slot_wal_keep_size; None: not set (Aurora, PostgreSQL < 13, or unbounded)
+    # max_slot_wal_keep_size; None: not set (Aurora, PostgreSQL < 13, or unbounded)
+    keep_size_gb: float | None
 
     @property
     def alert_bytes(self) -> int:

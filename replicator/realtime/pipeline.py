@@ -85,16 +85,16 @@ class SlotPipeline:
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
         self._failures = Streak()  # failures in a row: a stream that reads again is healthy
-        self._aux_lock = (
-            threading.Lock()
-        )  # aux serves the reader (heartbeat, WAL watch) and the worker (types)
+        # aux serves the reader (heartbeat, WAL watch) and the worker (types)
+        self._aux_lock = threading.Lock()
 
     def run(self, stop: threading.Event, until: Lsn | None = None) -> SlotStats:
         src_cfg = self.job.source.value
         dst = open_destination(self.job.destination.value).open_session(APP, role="writer")
-        aux = connect(src_cfg, "source", APP, autocommit=True)  # heartbeat, WAL watch, type lookups
+        # heartbeat, WAL watch, type lookups; reopened after a lost connection (see below)
+        aux = self._aux = connect(src_cfg, "source", APP, autocommit=True)
         try:
-            writer = dst.applier(self.job.job_id, self.plan.slot, self.targets, self._column_type(aux))
+            writer = dst.applier(self.job.job_id, self.plan.slot, self.targets, self._column_type())
             folder = Folder(
                 {k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows
             )
@@ -102,12 +102,17 @@ class SlotPipeline:
             watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])
 
             def resume_from_checkpoint(e: BaseException) -> None:
-                # Whatever was read but not committed is read again from the checkpoint.
+                # Whatever was read but not committed is read again from the checkpoint, on
+                # connections that work: a restart, a lost bastion or network takes them down too.
                 folder.clear()
                 writer.rollback()
                 if not dst.usable:
                     dst.reopen()
                     writer.reset()
+                if self._aux.closed or self._aux.broken:
+                    self._aux = connect(src_cfg, "source", APP, autocommit=True)
+                    if writer_hb is not None:
+                        writer_hb.conn = self._aux
 
             what = f"streaming slot {self.plan.slot}"
             try:
@@ -115,7 +120,7 @@ class SlotPipeline:
                     src_cfg, what, streak=self._failures, before_retry=resume_from_checkpoint
                 ):
                     with attempt:
-                        self._stream(dst, aux, folder, writer, writer_hb, watch, stop, until)
+                        self._stream(dst, self._aux, folder, writer, writer_hb, watch, stop, until)
             except Exception as e:
                 if not is_transient(e):
                     raise
@@ -125,7 +130,7 @@ class SlotPipeline:
             return self.stats
         finally:
             dst.close()
-            aux.close()
+            self._aux.close()
 
     def _open_reader(self, dst: DestinationSession, aux: psycopg.Connection[Any]) -> ChangeReader:
         src_cfg = self.job.source.value
@@ -270,9 +275,10 @@ class SlotPipeline:
         if drained is not None and drained > reader.confirmed:
             reader.confirm(drained)
 
-    def _column_type(self, aux: psycopg.Connection[Any]) -> NewColumnType:
+    def _column_type(self) -> NewColumnType:
         def column_type(oid: int, typmod: int) -> tuple[str, Catalog]:
             """A column type as SQL for ALTER TABLE ADD COLUMN, and the user types it needs."""
+            aux = self._aux  # the current one: it is reopened after a lost connection
             with self._aux_lock, aux.transaction():
                 aux.execute("SELECT set_config('search_path', '', true)")
                 row = aux.execute("SELECT format_type(%s, %s)", (oid, typmod)).fetchone()

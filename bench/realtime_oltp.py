@@ -1,0 +1,220 @@
+"""OLTP catch-up benchmark: a backlog of many small pgbench transactions, replicator vs PostgreSQL's
+native logical replication, same run (issue 11).
+
+    python bench/realtime_oltp.py [--scale 5] [--transactions 126000] [--rounds 3]
+                                  [--plugins pgoutput,wal2json] [--extractor FILE] [--statements]
+
+A source cluster holds pgbench's tables (``pgbench -i -s SCALE``); a destination cluster holds an
+identical copy per consumer: ``native`` (a native subscription, disabled between rounds),
+``ours_pgoutput`` and ``ours_wal2json`` (our slot of each plugin, realtime defaults except the
+heartbeat, which is off as in bench/realtime.py). Every slot starts at the same point. Per
+round, pgbench writes a backlog of --transactions tpcb-like transactions (3 updates and 1 insert
+each, ``pgbench_history`` included: no key, REPLICA IDENTITY DEFAULT, insert-only) while no
+consumer runs; then each consumer catches up alone, in an order that rotates from round to round:
+  native: ALTER SUBSCRIPTION ... ENABLE, until its slot has confirmed the backlog's end;
+  ours:   python -m replicator run realtime --once (a new process, end to end).
+Prints each round, then one line per plugin a script can parse, e.g.
+  RESULT realtime_oltp plugin=pgoutput native_s=5.20 ours_s=39.80 ratio=0.13 paired_ratio=0.13 ...
+ratio is median(native) / median(ours) (above 1: we are faster), paired_ratio the median of the
+rounds' own ratios. All clusters run with fsync = off and synchronous_commit = off.
+
+--statements loads pg_stat_statements at the destination and prints, for each of our runs, the
+destination statements per source transaction and per destination commit, and the most frequent.
+--cpu prints the CPU seconds each consumer's processes spent in each round: the walsender at the
+source, the destination backends (native: its apply worker) and our process's main thread
+(reads, decodes, folds) and other threads (the apply worker).
+--without-history leaves pgbench_history (no key) out of both publications: the keyed tables alone.
+--ours-prefix 'py-spy record --threads --idle -f raw -o prof.txt --' runs our process under a
+profiler (or anything else); bench/pyspy_summary.py prof.txt says where the time went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import _oltp  # noqa: E402
+from bench._oltp import SOURCE_DB, TABLES, Child  # noqa: E402
+from replicator.decoding.pgoutput import NATIVE  # noqa: E402
+from replicator.localpg import LocalCluster  # noqa: E402
+
+EXTRACTOR = "realtime:\n  heartbeat:\n    enable: false\n"
+
+
+def backlog(src: LocalCluster, transactions: int, clients: int) -> tuple[str, int, float]:
+    """pgbench's tpcb-like script, ``transactions`` in all; returns (end LSN, transactions, tps)."""
+    per_client = max(1, transactions // clients)
+    out = _oltp.pgbench(
+        src, SOURCE_DB, "-n", "-c", str(clients), "-j", str(min(clients, 2)), "-t", str(per_client)
+    )
+    return _oltp.flushed_end(src), _oltp.transactions_of(out.stdout), _oltp.tps_of(out.stdout)
+
+
+def catch_up_native(src: LocalCluster, dst: LocalCluster, target: str, cpu: dict[str, float] | None) -> float:
+    sampler = _oltp.CpuSampler(src, dst, "native", "native") if cpu is not None else None
+    start = time.perf_counter()
+    with psycopg.connect(dst.conninfo("native"), autocommit=True) as conn:
+        conn.execute("ALTER SUBSCRIPTION native_sub ENABLE")
+    if sampler is not None:
+        sampler.start()
+    _oltp.wait_slot_confirmed(src, "native", target)
+    elapsed = time.perf_counter() - start
+    if sampler is not None and cpu is not None:
+        cpu.update(sampler.stop())
+    with psycopg.connect(dst.conninfo("native"), autocommit=True) as conn:
+        conn.execute("ALTER SUBSCRIPTION native_sub DISABLE")
+    _oltp.wait_slot_inactive(src, "native")
+    return elapsed
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", type=int, default=5)
+    p.add_argument("--transactions", type=int, default=126_000)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--plugins", default="pgoutput,wal2json")
+    p.add_argument(
+        "--without-history",
+        action="store_true",
+        help="leave pgbench_history (no key) out of both publications: the keyed tables' cost alone",
+    )
+    p.add_argument("--no-native", action="store_true", help="time only our consumers (profiling)")
+    p.add_argument(
+        "--extractor", type=Path, help="our extractor config (default: realtime defaults, heartbeat off)"
+    )
+    p.add_argument(
+        "--statements", action="store_true", help="count destination statements (pg_stat_statements)"
+    )
+    p.add_argument(
+        "--cpu",
+        action="store_true",
+        help="CPU seconds of each consumer's walsender, destination backends and (ours) process",
+    )
+    p.add_argument("--ours-prefix", default="", help="command prefix for our process, e.g. a profiler")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (our logs)")
+    args = p.parse_args()
+    plugins = [x for x in args.plugins.split(",") if x]
+    extractor = args.extractor.read_text() if args.extractor else EXTRACTOR
+    workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-oltp-"))
+    workdir.chmod(0o755)
+    dst_extra = _oltp.STATEMENTS_SETTINGS if args.statements else {}
+    src = _oltp.start(workdir, "src")
+    # The launcher starts a subscription's worker at most once per wal_retrieve_retry_interval
+    # (5 s by default): ENABLE in round 2 would wait for it.
+    dst = _oltp.start(workdir, "dst", {"wal_retrieve_retry_interval": "50ms", **dst_extra})
+    try:
+        print(f"load average at start: {_oltp.load_average()}", flush=True)
+        print(
+            f"pgbench -i -s {args.scale} on the source, copies for native and {', '.join(plugins)} ...",
+            flush=True,
+        )
+        tables = [t for t in TABLES if not (args.without_history and t == "pgbench_history")]
+        _oltp.build_source(src, args.scale, {"native_pub": tables, "ours_pub": tables})
+        dbs = ["native"] + [f"ours_{pl}" for pl in plugins]
+        for db in dbs:
+            _oltp.copy_to(src, dst, db)
+        if args.statements:
+            with psycopg.connect(dst.conninfo(), autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION pg_stat_statements")
+        configs = {}
+        with psycopg.connect(src.conninfo(SOURCE_DB), autocommit=True) as conn:
+            for pl in plugins:
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (f"ours_{pl}", pl))
+                configs[pl] = _oltp.write_configs(
+                    workdir,
+                    src,
+                    dst,
+                    f"ours_{pl}",
+                    f"ours_{pl}",
+                    pl,
+                    f"ours_{pl}",
+                    "ours_pub" if pl == "pgoutput" else None,
+                    extractor,
+                    tables if args.without_history else None,
+                )
+        _oltp.create_subscription(src, dst, "native", "native_pub", enabled=False)
+        prefix = shlex.split(args.ours_prefix)
+        for pl in plugins:  # first runs set up (state schema, publication checks) on an empty backlog
+            Child(_oltp.replicator_cmd(configs[pl], once=True), workdir / f"ours_{pl}.log").start().wait()
+
+        consumers = ([] if args.no_native else ["native"]) + plugins
+        times: dict[str, list[float]] = {c: [] for c in consumers}
+        peaks: dict[str, int] = {pl: 0 for pl in plugins}
+        diff: list[str] = []
+        for r in range(args.rounds):
+            target, txns, tps = backlog(src, args.transactions, args.clients)
+            order = consumers[r % len(consumers):] + consumers[: r % len(consumers)]
+            line = [f"round {r + 1}: {txns:,} transactions written at {tps:,.0f} tps"]
+            for c in order:
+                cpu: dict[str, float] | None = {} if args.cpu else None
+                if c == "native":
+                    times[c].append(catch_up_native(src, dst, target, cpu))
+                else:
+                    if args.statements:
+                        _oltp.reset_statements(dst)
+                    child = Child(
+                        _oltp.replicator_cmd(configs[c], once=True, prefix=prefix), workdir / f"ours_{c}.log"
+                    ).start()
+                    sampler = (
+                        _oltp.CpuSampler(src, dst, f"ours_{c}", f"ours_{c}", child) if args.cpu else None
+                    )
+                    if sampler is not None:
+                        sampler.start()
+                    times[c].append(child.wait())
+                    if sampler is not None and cpu is not None:
+                        cpu.update(sampler.stop())
+                    peaks[c] = max(peaks[c], child.peak_kb)
+                    if args.statements:
+                        _oltp.report_statements(dst, f"ours_{c}", txns)
+                line.append(f"{c} {times[c][-1]:.2f} s")
+                if cpu:
+                    line[-1] += " (CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items())) + ")"
+            round_diff = _oltp.differences(src, dst, [f"ours_{c}" if c != "native" else c for c in consumers],
+                                           skip=() if tables == list(TABLES) else ("pgbench_history",))
+            if round_diff:
+                line.append("DIFFERENT: " + "; ".join(round_diff) + "; " + _oltp.positions(src, dst, plugins))
+            print(", ".join(line), flush=True)
+            diff += round_diff
+        print("destinations equal the source after every round" if not diff else "DESTINATIONS DIFFERED")
+        print(f"load average at end: {_oltp.load_average()}; pgoutput rows decoded by "
+              f"{'the C extension' if NATIVE else 'pure Python'}")
+        for pl in plugins:
+            ours = statistics.median(times[pl])
+            fields = [f"plugin={pl}", f"transactions={args.transactions}",
+                      f"history={'no' if args.without_history else 'yes'}"]
+            if not args.no_native:
+                native = statistics.median(times["native"])
+                paired = statistics.median(n / o for n, o in zip(times["native"], times[pl], strict=True))
+                fields += [f"native_s={native:.2f}", f"ours_s={ours:.2f}", f"ratio={native / ours:.2f}",
+                           f"paired_ratio={paired:.2f}"]
+            else:
+                fields.append(f"ours_s={ours:.2f}")
+            fields += [
+                f"rounds={args.rounds}",
+                f"peak_rss_mb={peaks[pl] / 1024:.0f}",
+                f"equal={'yes' if not diff else 'no'}",
+            ]
+            print("RESULT realtime_oltp " + " ".join(fields), flush=True)
+        return 0 if not diff else 1
+    finally:
+        src.destroy()
+        dst.destroy()
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
