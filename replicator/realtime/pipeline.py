@@ -240,7 +240,8 @@ class SlotPipeline:
         change = folder.change
         changes = transactions = 0
         for ev in events:
-            if isinstance(ev, Change | Truncate):
+            # Changes first, and one plain isinstance each: this runs for every event.
+            if isinstance(ev, Change) or isinstance(ev, Truncate):
                 ready = change(ev)
                 changes += 1
                 if ready:
