@@ -29,7 +29,7 @@ from replicator.catalog import Column as CatalogColumn
 from replicator.decoding import fold
 from replicator.decoding.changes import UNCHANGED_TOAST, Op, Relation
 from replicator.destinations.base import NewColumnType, TableName, Target
-from replicator.destinations.postgres import copytext, ddl
+from replicator.destinations.postgres import copytext, ddl, keyless
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import KEY_PROBES, match, merge, names_sql, update_from
@@ -312,22 +312,15 @@ class Writer:
         )
 
     def _apply_in_order(self, t: Target, batch: fold.TableBatch) -> None:
-        """Tables without a key (REPLICA IDENTITY FULL): each change in order, one row at a time."""
+        """Tables without a key: each change in order; runs of inserts as one COPY (keyless.py),
+        updates and deletes (REPLICA IDENTITY FULL) one row at a time."""
         cols = self._columns(t, batch)
-        names = [n for _, n in cols]
         table = ident(t.table)
-        for ch in batch.in_order:
-            if ch.op is Op.INSERT:
-                assert ch.new is not None
-                new = ch.new
-                self.conn.execute(
-                    sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                        table,
-                        names_sql(names),
-                        sql.SQL(", ").join(self._typed(t, n, new[i]) for i, n in cols),
-                    )
-                )
+        for run in keyless.runs(batch.in_order):
+            if isinstance(run, list):
+                keyless.copy_inserts(self.conn, t.table, cols, len(batch.relation.columns), run)
                 continue
+            ch = run
             assert ch.old is not None
             old = ch.old
             same = sql.SQL(" AND ").join(
