@@ -16,6 +16,7 @@ at most one poll.
 from __future__ import annotations
 
 import logging
+import select
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from replicator.errors import SourceError
 from replicator.lsn import Lsn
 from replicator.source.session import apply_output_settings
 from replicator.source.slots import get_slot
-from replicator.source.stream import ReplicationLost, SlotInUse
+from replicator.source.stream import ReplicationLost, SlotInUse, drain
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +111,26 @@ class SqlReader:
         return self._position
 
     @property
+    def received(self) -> Lsn:
+        """The source's WAL end as last heard (how far there is to read)."""
+        return max(self._peek_upto, self._position)
+
+    @property
     def confirmed(self) -> Lsn:
         return self._flushed
 
-    def read(self, max_events: int = 10_000, timeout: float = 1.0, until: Lsn | None = None) -> list[Event]:
-        """Events from the slot: returns at ``max_events``, or after ``timeout`` seconds with what
-        has arrived (possibly nothing), or as soon as ``position`` reaches ``until``. Polls the
-        server at most every ``poll_interval_s`` when idle."""
+    def read(
+        self,
+        max_events: int = 10_000,
+        timeout: float = 1.0,
+        until: Lsn | None = None,
+        wake: int | None = None,
+    ) -> list[Event]:
+        """Events from the slot: returns at ``max_events``, or once the current peek is read and
+        the next one is not due, or after ``timeout`` seconds with nothing, or as soon as
+        ``position`` reaches ``until``, or when ``wake`` (a file descriptor) becomes readable
+        while waiting (its bytes are read). Polls the server at most every ``poll_interval_s``
+        when idle."""
         out: list[Event] = []
         deadline = time.monotonic() + timeout
         decoder = self.decoder
@@ -129,7 +143,11 @@ class SqlReader:
                     remaining = deadline - time.monotonic()
                     if out or remaining <= 0:
                         break
-                    time.sleep(min(wait, remaining))
+                    if wake is None:
+                        time.sleep(min(wait, remaining))
+                    elif select.select([wake], [], [], min(wait, remaining))[0]:
+                        drain(wake)
+                        break
                     continue
                 self._poll()
             assert self._rows is not None

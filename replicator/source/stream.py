@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import struct
 import time
@@ -102,6 +103,7 @@ class ReplicationStream:
         self._last_status = 0.0
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._pgconn.socket, selectors.EVENT_READ)
+        self._wake_fds: set[int] = set()  # registered in _selector by read(wake=...)
         # pgoutput can read runs of row messages in C, straight from libpq (see _pgoutput.c).
         native_pump = getattr(decoder, "native_pump", None)
         self._pump: Pump | None = native_pump() if native_pump is not None else None
@@ -148,23 +150,47 @@ class ReplicationStream:
         return Lsn(self._position)
 
     @property
+    def received(self) -> Lsn:
+        """The source's WAL end as last heard (how far there is to read)."""
+        return Lsn(self._received)
+
+    @property
     def confirmed(self) -> Lsn:
         """The last position passed to ``confirm()``."""
         return self._flushed
 
-    def read(self, max_events: int = 10_000, timeout: float = 1.0, until: Lsn | None = None) -> list[Event]:
-        """Events decoded from the stream: returns at ``max_events``, or after ``timeout`` seconds
-        with what has arrived (possibly nothing), or as soon as ``position`` reaches ``until``
-        (the end of a catch-up: no need to wait for more). Keepalives are answered while reading."""
+    def read(
+        self,
+        max_events: int = 10_000,
+        timeout: float = 1.0,
+        until: Lsn | None = None,
+        wake: int | None = None,
+    ) -> list[Event]:
+        """Events decoded from the stream, as soon as there are some and nothing more is ready.
+
+        Returns at ``max_events``; or once at least one event was read and neither libpq nor the
+        socket holds another message (what arrives later goes in the next read: a caller that
+        commits after each read commits as soon as the stream has nothing more, never later);
+        or when ``position`` reaches ``until`` (the end of a catch-up). ``timeout`` bounds the
+        wait while nothing has arrived (then [] is returned), and a read while data keeps
+        flowing. ``wake``: a file descriptor that ends the wait as soon as it is readable (its
+        bytes are read here), e.g. another thread saying it wants attention. Keepalives are
+        answered while reading."""
         out: list[Event] = []
         deadline = time.monotonic() + timeout
         stop_at = _NO_LSN if until is None else int(until)
+        if wake is not None and wake not in self._wake_fds:
+            self._selector.register(wake, selectors.EVENT_READ)
+            self._wake_fds.add(wake)
         pgconn = self._pgconn
         decoder = self.decoder
         decode = decoder.decode
         extend = out.extend
         countdown = _CHECK_EVERY
         pump, conn_ptr = self._pump, self._conn_ptr
+        # Whether the socket was read since the last message was taken: nothing in libpq's
+        # buffer then means nothing is ready at all.
+        socket_read = False
         buf: bytes | memoryview
         while True:
             if pump is not None:
@@ -172,6 +198,8 @@ class ReplicationStream:
                 outcome, taken, received, message = pump(conn_ptr, out, max_events, countdown)
                 if received > self._received:
                     self._received = received
+                if taken:
+                    socket_read = False
                 countdown -= taken
                 if outcome == PUMP_MESSAGE:
                     assert message is not None
@@ -197,6 +225,7 @@ class ReplicationStream:
                 except psycopg.OperationalError as e:
                     raise self._lost(str(e)) from None
             if nbytes > 0:
+                socket_read = False
                 kind = buf[0]
                 if kind == _W:
                     start, end, _clock = _xlogdata(buf, 1)
@@ -229,22 +258,46 @@ class ReplicationStream:
                     if time.monotonic() >= deadline:
                         break
                 continue
-            if nbytes == 0:  # nothing buffered: wait for the socket
+            if nbytes == 0:  # nothing buffered in libpq
                 if self._position >= stop_at:
+                    break
+                if out and not socket_read:
+                    # Take what the socket already holds (never waits); if that was nothing,
+                    # nothing more is ready: return what we have.
+                    self._consume()
+                    socket_read = True
+                    continue
+                if out:
                     break
                 self._status_if_due()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 wait = min(remaining, max(0.0, self._last_status + self.status_interval_s - time.monotonic()))
-                if self._selector.select(wait):
-                    try:
-                        pgconn.consume_input()
-                    except psycopg.OperationalError as e:
-                        raise self._lost(str(e)) from None
+                ready = self._selector.select(wait)
+                if wake is not None:
+                    if self._woken(ready, wake):
+                        break
+                if ready:
+                    self._consume()
+                    socket_read = True
                 continue
             raise self._ended()
         return out
+
+    def _consume(self) -> None:
+        try:
+            self._pgconn.consume_input()
+        except psycopg.OperationalError as e:
+            raise self._lost(str(e)) from None
+
+    @staticmethod
+    def _woken(ready: list[tuple[selectors.SelectorKey, int]], wake: int) -> bool:
+        """Whether ``wake`` is among the ready descriptors (its bytes are then read)."""
+        if any(key.fd == wake for key, _ in ready):
+            drain(wake)
+            return True
+        return False
 
     def confirm(self, lsn: Lsn) -> None:
         """The destination has committed everything before ``lsn``: tell the server (now)."""
@@ -350,6 +403,15 @@ class ReplicationStream:
             f"replication connection to {self._where} (slot {self.slot!r}) lost: {reason}; "
             "reconnect and resume from the last checkpoint"
         )
+
+
+def drain(fd: int) -> None:
+    """Read whatever a non-blocking wake-up descriptor holds."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _sqlstate(result: pq.abc.PGresult) -> str:
