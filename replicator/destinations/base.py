@@ -236,9 +236,21 @@ class StateStore(Protocol):
     def watermark_progress(self) -> list[WatermarkProgress]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class CommitMark:
+    """Where a commit (or the present moment) is in the destination's log, and how far that log
+    is durable: a commit is durable once the destination's flush position reaches its ``at``.
+    Positions are the destination's own (for PostgreSQL, WAL positions), compared only with each
+    other."""
+
+    at: int
+    flushed: int
+
+
 class Applier(Protocol):
     """Applies folded realtime batches inside one open destination transaction at a time, and
-    commits them with the slot's checkpoint."""
+    commits them with the slot's checkpoint. Commits may be visible before they are durable
+    (``CommitMark``): the source is told only what is durable."""
 
     applied_changes: int
 
@@ -250,8 +262,19 @@ class Applier(Protocol):
         """Apply one unit inside the open destination transaction (opening it if needed)."""
         ...
 
-    def commit(self, lsn: Lsn) -> None:
-        """Write the checkpoint ``lsn`` and commit: everything applied is now durable."""
+    def commit(self, lsn: Lsn) -> CommitMark:
+        """Write the checkpoint ``lsn`` and commit everything applied; where that commit is, and
+        how far the destination is durable."""
+        ...
+
+    def durability(self) -> CommitMark:
+        """The destination's write position now (everything committed so far is at or before it)
+        and its flush position (asks the server)."""
+        ...
+
+    def sync(self) -> int:
+        """Make everything committed so far durable now (waits for the destination); returns
+        the flush position."""
         ...
 
     def rollback(self) -> None:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 APP = "replicator/realtime"
 STOP_GRACE_S = 30.0  # on stop, how long to wait for an open source transaction to commit
 PROGRESS_EVERY_S = 10.0  # how often a streaming slot logs what it has done
+READ_EVENTS = 2_000  # events per read at most: a worker that goes idle waits at most one read
 
 
 @dataclass
@@ -85,6 +88,7 @@ class SlotPipeline:
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
         self._failures = Streak()  # failures in a row: a stream that reads again is healthy
+        self._lag = _Lag()  # the stream in progress's (a new one per stream)
         # aux serves the reader (heartbeat, WAL watch) and the worker (types)
         self._aux_lock = threading.Lock()
 
@@ -181,33 +185,51 @@ class SlotPipeline:
         stop: threading.Event,
         until: Lsn | None,
     ) -> None:
-        """Read and fold on this thread, write on the worker's, until caught up or stopped (see worker.py)."""
+        """Read and fold on this thread, write on the worker's, until caught up or stopped.
+
+        Group commit (worker.py): whatever complete transactions are folded go to the worker as
+        soon as it is idle; while it is busy they keep folding into the next batch. A batch is
+        also handed over (queued behind the one in progress) once it holds ``fetch-size-rows``
+        changes or is ``fetch-duration-per-extractor-slot-s`` old: both are upper bounds, never
+        waits. Reads return as soon as nothing more is ready, and a read waiting for the stream
+        wakes when the worker goes idle."""
         reader = self._open_reader(dst, aux)
         batch_s = self.cfg.fetch_duration_per_extractor_slot_s
         max_changes = self.cfg.fetch_size_rows
+        read_events = min(max_changes, READ_EVENTS)
+        idle_wait = min(batch_s, 1.0)  # heartbeat, WAL watch and status run at least this often
         worker = ApplyWorker(writer, name=f"apply-{self.plan.slot}").start()
         progress = worker.progress
+        progress.applied = reader.position  # where the stream starts: the destination has all before it
         stats = self.stats
+        lag = self._lag = _Lag()
         in_txn = False
         drained = Lsn(0)  # the last position handed to the worker as drained
         stopping_since: float | None = None
         report = _ProgressReport(self.plan.slot, stats)
         try:
             while True:
-                events = reader.read(max_events=max_changes, timeout=min(batch_s, 1.0), until=until)
-                in_txn = self._fold(events, folder, worker, in_txn)
-                if not in_txn and folder.pending_transactions and (
-                    not events or folder.open_seconds >= batch_s or folder.transaction_changes >= max_changes
-                    or stop.is_set()
+                events = reader.read(read_events, idle_wait, until, wake=worker.wake_fd)
+                # Fold up to the last source commit read, hand that over if it is time, then fold
+                # the rest (an open transaction is never handed over with a checkpoint).
+                cut = _after_last_commit(events)
+                if cut:
+                    in_txn = self._fold(events[:cut] if cut < len(events) else events, folder, worker, in_txn)
+                if folder.pending_transactions and (
+                    not worker.busy or folder.open_seconds >= batch_s or stop.is_set()
+                    or (until is not None and reader.position >= until)
                 ):
                     self._commit(folder, worker)
+                if cut < len(events):
+                    in_txn = self._fold(events[cut:] if cut else events, folder, worker, in_txn)
                 if not in_txn and not folder.pending_transactions and reader.position > drained:
                     drained = reader.position  # everything read is (or will be, in order) committed
                     worker.drained(drained)
                 # A stream that (re)opened and reads is healthy: max-retries counts failures in a row.
                 self._failures.reset()
+                worker.check()
                 self._confirm(reader, progress)
-                report.maybe(progress.commits, reader.position)
+                report.maybe(progress, reader, lag)
                 with self._aux_lock:
                     if heartbeat is not None:
                         heartbeat.tick()
@@ -236,8 +258,12 @@ class SlotPipeline:
 
     def _fold(self, events: list[Event], folder: Folder, worker: ApplyWorker, in_txn: bool) -> bool:
         """Fold one read's events, handing ready units to the worker; returns whether the stream
-        is inside a source transaction after them."""
+        is inside a source transaction after them. At a source commit, a batch that reached
+        ``fetch-size-rows`` changes is handed over with its checkpoint (waiting while the worker
+        is that far behind)."""
         change = folder.change
+        max_changes = self.cfg.fetch_size_rows
+        lag = self._lag
         changes = transactions = 0
         for ev in events:
             # Changes first, and one plain isinstance each: this runs for every event.
@@ -251,20 +277,24 @@ class SlotPipeline:
                 in_txn = True
             elif isinstance(ev, Commit):
                 in_txn = False
+                if not folder.pending_transactions:
+                    lag.batch_started(ev)
                 folder.source_commit(ev.end_lsn)
                 transactions += 1
+                if folder.transaction_changes >= max_changes:
+                    self._commit(folder, worker)
         self.stats.changes += changes
         self.stats.transactions += transactions
         return in_txn
 
-    @staticmethod
-    def _commit(folder: Folder, worker: ApplyWorker) -> None:
+    def _commit(self, folder: Folder, worker: ApplyWorker) -> None:
         done = folder.commit()
         if done is not None:
             ready, lsn = done
             for folded in ready:
                 worker.apply(folded)
             worker.commit(lsn)
+            self._lag.handed(lsn)
 
     def _confirm(self, reader: ChangeReader, progress: Progress) -> None:
         """Tell the source what the destination has committed (and, when nothing is pending,
@@ -292,8 +322,45 @@ class SlotPipeline:
         return column_type
 
 
+def _after_last_commit(events: list[Event]) -> int:
+    """The index just past the last Commit in ``events`` (0: none)."""
+    for i in range(len(events) - 1, -1, -1):
+        if type(events[i]) is Commit:
+            return i + 1
+    return 0
+
+
+class _Lag:
+    """How far the destination is behind the source, as the reader thread sees it: the source
+    commit time of the oldest transaction read but not yet applied (the source's clock), and
+    the batches handed to the worker since."""
+
+    def __init__(self) -> None:
+        self._pending_since: datetime | None = None  # first commit of the batch being folded
+        self._handed: deque[tuple[Lsn, datetime]] = deque()  # (checkpoint, first commit time)
+
+    def batch_started(self, first: Commit) -> None:
+        self._pending_since = first.commit_time
+
+    def handed(self, lsn: Lsn) -> None:
+        if self._pending_since is not None:
+            self._handed.append((lsn, self._pending_since))
+            self._pending_since = None
+
+    def seconds(self, applied: Lsn | None) -> float:
+        """Age of the oldest source commit not yet applied (0 when everything read is)."""
+        handed = self._handed
+        while handed and applied is not None and handed[0][0] <= applied:
+            handed.popleft()
+        oldest = handed[0][1] if handed else self._pending_since
+        if oldest is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+
+
 class _ProgressReport:
-    """Logs a slot's throughput every ``PROGRESS_EVERY_S``: long catch-ups are never silent."""
+    """Logs a slot's throughput and apply lag every ``PROGRESS_EVERY_S``: long catch-ups are never
+    silent, and a slot falling behind says so."""
 
     def __init__(self, slot: str, stats: SlotStats):
         self.slot = slot
@@ -301,18 +368,32 @@ class _ProgressReport:
         self.last_at = time.monotonic()
         self.last_changes = stats.changes
 
-    def maybe(self, commits: int, position: Lsn) -> None:
+    def maybe(self, progress: Progress, reader: ChangeReader, lag: _Lag) -> None:
         now = time.monotonic()
         if now - self.last_at < PROGRESS_EVERY_S:
             return
         rate = (self.stats.changes - self.last_changes) / (now - self.last_at)
+        applied = progress.applied
+        behind = max(0, int(reader.received) - int(applied if applied is not None else reader.position))
         log.info(
             "slot %s: %d changes in %d transactions read (%.0f changes/s), %d destination commits, "
-            "confirmed %s, read up to %s",
-            self.slot, self.stats.changes, self.stats.transactions, rate, self.stats.commits + commits,
-            self.stats.confirmed, position,
+            "apply lag %.1f s / %s, confirmed %s, read up to %s",
+            self.slot, self.stats.changes, self.stats.transactions, rate,
+            self.stats.commits + progress.commits, lag.seconds(applied), _size(behind), self.stats.confirmed,
+            reader.position,
         )
         self.last_at, self.last_changes = now, self.stats.changes
+
+
+def _size(nbytes: int) -> str:
+    if nbytes < 1024:
+        return f"{nbytes} bytes"
+    size = float(nbytes)
+    for unit in ("kB", "MB", "GB"):
+        size /= 1024
+        if size < 1024 or unit == "GB":
+            break
+    return f"{size:.1f} {unit}"
 
 
 def current_wal_lsn(job: Job) -> Lsn:

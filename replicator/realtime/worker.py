@@ -3,15 +3,29 @@
 PostgreSQL's own logical replication decodes in the walsender and applies in a separate worker
 process, in parallel. Here the slot's thread reads, decodes and folds (``fold.Folder``, which
 never touches the destination) and hands what is folded to an ``ApplyWorker``, which owns the
-destination session: its ``Applier`` stages, merges and commits, and the worker publishes what it
-has committed. Only that ever reaches the source as confirmed. So the destination merges one
-unit while the next one is read and folded, and stays busy.
+destination session: its ``Applier`` stages, merges and commits. So the destination merges one
+batch while the next one is read and folded, and stays busy.
 
-The queue between them is short (a few units of at most ``fetch-size-rows`` changes each), so
-memory stays bounded and the reader waits when it is ahead. Items are applied in order:
-units, commits (the checkpoint LSN commits with the units before it: whole source transactions
-only, as the reader decides), and "drained" marks (everything read up to a stream position is
-committed: the source may move there, which keeps idle slots current).
+Group commit. The reader hands a batch over when the worker is idle (``busy`` is False), and
+keeps folding while it is busy: what arrived while the last commit ran goes in the next one, so
+batches grow only while a backlog exists, and an idle worker gets every transaction as soon as
+the stream has nothing more ready. ``wake_fd`` becomes readable when the worker goes idle (and
+when it has something new to confirm), so a reader waiting on the stream's socket wakes up for
+it too. The queue between them is short (``depth`` items of at most ``fetch-size-rows`` changes
+each), so memory stays bounded and the reader waits when it is that far ahead. Items are applied
+in order: units, commits (the checkpoint LSN commits with the units before it: whole source
+transactions only, as the reader decides), and "drained" marks (everything read up to a stream
+position is committed: the source may move there, which keeps idle slots current).
+
+Durability (what the source may be told). The writer commits with ``synchronous_commit = off``
+(batching makes that cheap, and a crash of the destination loses rows and checkpoint together),
+so a commit is visible before it is durable. Each commit returns its place in the destination's
+WAL (``CommitMark``); a checkpoint or drained position is published in ``progress`` (what the
+reader confirms to the source) only once the destination's flush position has passed it, as
+PostgreSQL's own apply worker does. Commits in a row learn the flush position for free; an
+idle worker asks for it every ``durable_poll_s``; ``finish()`` makes everything durable at once.
+Positions read back from an earlier run's checkpoint may not be durable yet either: nothing is
+published before the destination's flush passes its write position at start.
 
 On any failure the worker stops; the reader raises its error, and the open destination
 transaction is rolled back: the stream resumes from the checkpoint.
@@ -20,8 +34,10 @@ transaction is rolled back: the stream resumes from the checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 from replicator.decoding.fold import Folded
@@ -30,13 +46,16 @@ from replicator.lsn import Lsn
 
 log = logging.getLogger(__name__)
 
+DURABLE_POLL_S = 0.05  # how often an idle worker asks how far the destination has flushed
+
 
 @dataclass
 class Progress:
-    """What the worker has made durable, read by the reader thread (plain attribute reads)."""
+    """What the worker has done, read by the reader thread (plain attribute reads)."""
 
-    committed: Lsn | None = None  # checkpoint of the last destination commit
-    drained: Lsn | None = None  # a stream position up to which everything read is committed
+    committed: Lsn | None = None  # checkpoint of the last destination commit that is durable
+    drained: Lsn | None = None  # a stream position up to which everything read is durably committed
+    applied: Lsn | None = None  # checkpoint of the last destination commit (visible, maybe not durable)
     commits: int = 0
 
 
@@ -49,19 +68,39 @@ _Item = tuple[int, Folded | Lsn] | None
 class ApplyWorker:
     """Applies folded units and commits on a thread of its own; see the module docstring."""
 
-    def __init__(self, writer: Applier, name: str, depth: int = 4):
+    def __init__(self, writer: Applier, name: str, depth: int = 2, durable_poll_s: float = DURABLE_POLL_S):
         self.writer = writer
         self.progress = Progress()
+        self.durable_poll_s = durable_poll_s
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=depth)
         self._abort = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._outstanding = 0  # items handed over and not done
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        # (destination position, is a checkpoint, source position): published once durable.
+        self._unflushed: deque[tuple[int, bool, Lsn]] = deque()
+        self._last_commit_at = 0  # destination position of the last commit (or the start barrier)
+        self._flushed = 0  # the destination's flush position, as last heard
 
     def start(self) -> ApplyWorker:
         self._thread.start()
         return self
 
     # -- the reader's side -----------------------------------------------------------------
+
+    @property
+    def wake_fd(self) -> int:
+        """Readable when the worker went idle or has new durable progress (see the module docstring)."""
+        return self._wake_r
+
+    @property
+    def busy(self) -> bool:
+        """Whether anything handed over is not done yet."""
+        return self._outstanding > 0
 
     def apply(self, folded: Folded) -> None:
         """Stage and merge this unit (inside the open destination transaction). What needs no
@@ -74,7 +113,7 @@ class ApplyWorker:
 
     def drained(self, position: Lsn) -> None:
         """Everything read up to ``position`` has been handed over and committed (or was nothing
-        to apply): publish ``position`` once the worker gets here."""
+        to apply): publish ``position`` once the worker gets here and that is durable."""
         self._put((_DRAINED, position))
 
     def check(self) -> None:
@@ -85,9 +124,10 @@ class ApplyWorker:
             raise RuntimeError("the apply worker ended unexpectedly")
 
     def finish(self) -> None:
-        """Wait until everything handed over is done; then end."""
+        """Wait until everything handed over is done and durable; then end."""
         self._put(_FINISH)
         self._thread.join()
+        self._close_pipe()
         if self._error is not None:
             raise self._error
 
@@ -105,9 +145,12 @@ class ApplyWorker:
             pass
         if self._thread.ident is not None:
             self._thread.join()
+        self._close_pipe()
 
     def _put(self, item: _Item) -> None:
         # Waits while the queue is full, watching for the worker's failure.
+        with self._lock:
+            self._outstanding += 1
         while True:
             self.check()
             try:
@@ -116,27 +159,84 @@ class ApplyWorker:
             except queue.Full:
                 continue
 
+    def _close_pipe(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
     # -- the worker's thread ---------------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # full (the reader has not looked yet) or closed: a wake-up is pending anyway
+
+    def _done(self) -> None:
+        with self._lock:
+            self._outstanding -= 1
+            idle = self._outstanding == 0
+        if idle:
+            self._wake()
 
     def _run(self) -> None:
         writer = self.writer
         progress = self.progress
         try:
+            # What an earlier run committed (our checkpoint included) may not be durable yet.
+            self._last_commit_at = writer.durability().at
             while not self._abort.is_set():
-                item = self._queue.get()
-                if self._abort.is_set() or item is _FINISH:
+                try:
+                    item = self._queue.get(timeout=self.durable_poll_s if self._unflushed else None)
+                except queue.Empty:
+                    self._published(writer.durability().flushed)
+                    continue
+                if self._abort.is_set():
+                    break
+                if item is _FINISH:
+                    if self._unflushed:
+                        self._published(writer.sync())
                     break
                 kind, arg = item
                 if isinstance(arg, Folded):
                     writer.apply(arg)
                 elif kind == _COMMIT:
-                    writer.commit(arg)
-                    progress.committed = arg
+                    mark = writer.commit(arg)
+                    self._last_commit_at = mark.at
+                    self._unflushed.append((mark.at, True, arg))
+                    progress.applied = arg
                     progress.commits += 1
+                    self._published(mark.flushed)
                 else:
-                    progress.drained = arg
+                    self._unflushed.append((self._last_commit_at, False, arg))
+                    progress.applied = arg
+                    self._published(None)
+                self._done()
         except BaseException as e:  # handed to the reader thread by check()
             self._error = e
         finally:
             # Whatever was applied but not committed does not stay (normally nothing is left).
             writer.rollback()
+            self._wake()
+
+    def _published(self, flushed: int | None) -> None:
+        """Publish what the destination's flush position ``flushed`` (None: nothing new heard)
+        has made durable."""
+        if flushed is not None and flushed > self._flushed:
+            self._flushed = flushed
+        unflushed = self._unflushed
+        progress = self.progress
+        moved = False
+        while unflushed and unflushed[0][0] <= self._flushed:
+            _, checkpoint, lsn = unflushed.popleft()
+            if checkpoint:
+                progress.committed = lsn
+            else:
+                progress.drained = lsn
+            moved = True
+        if moved:
+            self._wake()
+

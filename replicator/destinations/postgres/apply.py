@@ -28,8 +28,8 @@ from psycopg import sql
 from replicator.catalog import Column as CatalogColumn
 from replicator.decoding import fold
 from replicator.decoding.changes import UNCHANGED_TOAST, Op, Relation
-from replicator.destinations.base import NewColumnType, TableName, Target
-from replicator.destinations.postgres import copytext, ddl, keyless
+from replicator.destinations.base import CommitMark, NewColumnType, TableName, Target
+from replicator.destinations.postgres import copytext, ddl, durable, keyless
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import KEY_PROBES, match, merge, names_sql, update_from
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _BEGIN = "BEGIN; " + KEY_PROBES
+_COMMIT = sql.SQL("; COMMIT; " + durable.POSITIONS)
 
 # Savepoints (subtransactions) per destination transaction for COPYing new rows straight in.
 MAX_SAVEPOINTS = 32
@@ -77,15 +78,24 @@ class Writer:
         self._begin()
         self.flush(folded.batches)
 
-    def commit(self, lsn: Lsn) -> None:
-        """Write the checkpoint ``lsn`` and commit: everything applied is now durable."""
+    def commit(self, lsn: Lsn) -> CommitMark:
+        """Write the checkpoint ``lsn`` and commit, in one round trip that also says where the
+        commit is in the destination's WAL (``durable.py``: it is not durable at once)."""
         self._begin()
-        self.session.state.save_slot_checkpoint(self.job, self.slot, lsn)
-        self.conn.execute("COMMIT")
+        checkpoint = self.session.state.slot_checkpoint_statement(self.job, self.slot, lsn)
+        mark = durable.mark_of(self.conn.execute(checkpoint + _COMMIT))
         self._in_txn = False
         self._altered.clear()
         self.session.stages.committed()
         self._savepoints = 0
+        return mark
+
+    def durability(self) -> CommitMark:
+        return durable.durability(self.conn)
+
+    def sync(self) -> int:
+        self.rollback()  # never commits what is not whole
+        return durable.sync(self.conn)
 
     def rollback(self) -> None:
         """Abandon the open destination transaction, if one is open."""

@@ -249,11 +249,16 @@ class PgStateStore:
         return Lsn.parse(row[0]) if row else None
 
     def save_slot_checkpoint(self, job: str, slot: str, lsn: Lsn) -> None:
-        self._conn.execute(
-            """INSERT INTO _replicator.slot_checkpoints (job, slot_name, lsn) VALUES (%s, %s, %s)
-               ON CONFLICT (job, slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()""",
-            (job, slot, str(lsn)),
-        )
+        self._conn.execute(self.slot_checkpoint_statement(job, slot, lsn))
+
+    @staticmethod
+    def slot_checkpoint_statement(job: str, slot: str, lsn: Lsn) -> sql.Composed:
+        """``save_slot_checkpoint`` as one statement with its values in it, for a caller that
+        sends it in one round trip with others (realtime's commit)."""
+        return sql.SQL(
+            """INSERT INTO _replicator.slot_checkpoints (job, slot_name, lsn) VALUES ({}, {}, {})
+               ON CONFLICT (job, slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()"""
+        ).format(sql.Literal(job), sql.Literal(slot), sql.Literal(str(lsn)))
 
     # -- delta-snapshot ----------------------------------------------------------------------
 
