@@ -16,9 +16,11 @@
  * - pump(...): the replication stream's read loop for runs of row messages, straight from
  *   libpq. Through psycopg's wrapper each CopyData message costs a Python call, a buffer
  *   object, a memoryview, a slice and a copy before decoding even starts; here consecutive
- *   XLogData messages carrying Insert, Update or Delete become Change events without
- *   leaving C. Anything else (Begin, Commit, Relation, keepalives, a message we cannot
- *   decode) is handed back to replicator/source/stream.py, which does what it always did.
+ *   XLogData messages carrying Begin, Insert, Update, Delete or Commit become events without
+ *   leaving C (an OLTP stream is mostly Begin and Commit: a pgbench transaction is six
+ *   messages, two of them these, and decoding them in Python cost as much as the rows).
+ *   Anything else (Relation, Type, Truncate, keepalives, a message we cannot decode) is handed
+ *   back to replicator/source/stream.py, which does what it always did.
  *
  * pump() must call the very libpq psycopg uses (psycopg-binary bundles its own; a PGconn
  * from one build passed to another would be undefined behaviour). So nothing here links
@@ -31,6 +33,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 #include <structmember.h>
 
 #include "_libpq_bind.h"
@@ -193,34 +196,31 @@ row_message(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* Set by configure(): the change model's types and markers. */
-static PyTypeObject *change_type, *lsn_type;
+static PyTypeObject *change_type, *lsn_type, *begin_type, *commit_type;
 static PyObject *op_insert, *op_update, *op_delete, *unchanged_toast;
 enum { F_OP, F_RELATION, F_NEW, F_OLD, F_LSN, F_XID, F_COMMIT_TIME, N_FIELDS };
 static const char *const field_names[N_FIELDS] = {"op", "relation", "new", "old", "lsn", "xid", "commit_time"};
 static PyMemberDef *fields[N_FIELDS];
+enum { B_XID, B_FINAL_LSN, B_COMMIT_TIME, N_BEGIN };
+static const char *const begin_names[N_BEGIN] = {"xid", "final_lsn", "commit_time"};
+static PyMemberDef *begin_fields[N_BEGIN];
+enum { C_XID, C_COMMIT_LSN, C_END_LSN, C_COMMIT_TIME, N_COMMIT };
+static const char *const commit_names[N_COMMIT] = {"xid", "commit_lsn", "end_lsn", "commit_time"};
+static PyMemberDef *commit_fields[N_COMMIT];
 
-/* configure(Change, Lsn, insert, update, delete, UNCHANGED_TOAST) */
-static PyObject *
-configure(PyObject *self, PyObject *args)
+/* The slots of class cls named names[0..n), into found; -1 with TypeError if one is not a plain
+ * writable slot or cls has a __new__ of its own (events are built as object.__new__ plus slots). */
+static int
+find_slots(PyObject *cls, const char *what, const char *const *names, int n, PyMemberDef **found)
 {
-    PyObject *change, *lsn, *ins, *upd, *del, *toast;
-    if (!PyArg_ParseTuple(args, "O!O!OOOO:configure", &PyType_Type, &change, &PyType_Type, &lsn, &ins, &upd,
-                          &del, &toast))
-        return NULL;
-    if (!PyType_IsSubtype((PyTypeObject *)lsn, &PyLong_Type)) {
-        PyErr_SetString(PyExc_TypeError, "configure: Lsn must be an int subclass");
-        return NULL;
+    if (((PyTypeObject *)cls)->tp_new != PyBaseObject_Type.tp_new) {
+        PyErr_Format(PyExc_TypeError, "configure: %s must not define __new__", what);
+        return -1;
     }
-    PyTypeObject *type = (PyTypeObject *)change;
-    if (type->tp_new != PyBaseObject_Type.tp_new) {
-        PyErr_SetString(PyExc_TypeError, "configure: Change must not define __new__");
-        return NULL;
-    }
-    PyMemberDef *found[N_FIELDS];
-    for (int i = 0; i < N_FIELDS; i++) {
-        PyObject *descr = PyObject_GetAttrString(change, field_names[i]);
+    for (int i = 0; i < n; i++) {
+        PyObject *descr = PyObject_GetAttrString(cls, names[i]);
         if (descr == NULL)
-            return NULL;
+            return -1;
         int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type)
                  && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX
                  && !(((PyMemberDescrObject *)descr)->d_member->flags & READONLY);
@@ -228,12 +228,38 @@ configure(PyObject *self, PyObject *args)
             found[i] = ((PyMemberDescrObject *)descr)->d_member;
         Py_DECREF(descr);
         if (!ok) {
-            PyErr_Format(PyExc_TypeError, "configure: Change.%s is not a writable slot", field_names[i]);
-            return NULL;
+            PyErr_Format(PyExc_TypeError, "configure: %s.%s is not a writable slot", what, names[i]);
+            return -1;
         }
     }
+    return 0;
+}
+
+/* configure(Change, Lsn, insert, update, delete, UNCHANGED_TOAST, Begin, Commit) */
+static PyObject *
+configure(PyObject *self, PyObject *args)
+{
+    PyObject *change, *lsn, *ins, *upd, *del, *toast, *begin, *commit;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOO!O!:configure", &PyType_Type, &change, &PyType_Type, &lsn, &ins, &upd,
+                          &del, &toast, &PyType_Type, &begin, &PyType_Type, &commit))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)lsn, &PyLong_Type)) {
+        PyErr_SetString(PyExc_TypeError, "configure: Lsn must be an int subclass");
+        return NULL;
+    }
+    PyMemberDef *found[N_FIELDS], *found_begin[N_BEGIN], *found_commit[N_COMMIT];
+    if (find_slots(change, "Change", field_names, N_FIELDS, found) < 0
+        || find_slots(begin, "Begin", begin_names, N_BEGIN, found_begin) < 0
+        || find_slots(commit, "Commit", commit_names, N_COMMIT, found_commit) < 0)
+        return NULL;
     for (int i = 0; i < N_FIELDS; i++)
         fields[i] = found[i];
+    for (int i = 0; i < N_BEGIN; i++)
+        begin_fields[i] = found_begin[i];
+    for (int i = 0; i < N_COMMIT; i++)
+        commit_fields[i] = found_commit[i];
+    Py_XSETREF(begin_type, (PyTypeObject *)Py_NewRef(begin));
+    Py_XSETREF(commit_type, (PyTypeObject *)Py_NewRef(commit));
     Py_XSETREF(change_type, (PyTypeObject *)Py_NewRef(change));
     Py_XSETREF(lsn_type, (PyTypeObject *)Py_NewRef(lsn));
     Py_XSETREF(op_insert, Py_NewRef(ins));
@@ -259,8 +285,25 @@ make_lsn(unsigned long long v)
     return lsn;
 }
 
-/* A Change of relation rel, built as Change's __init__ would: the one place row_change() and
- * pump() make their events. New reference, or NULL with an error set. */
+/* An event of type, built as its dataclass __init__ would: object.__new__ plus one assignment per
+ * slot (frozen dataclasses check only in __setattr__, which this does not go through). New
+ * reference, or NULL with an error set. */
+static PyObject *
+build(PyTypeObject *type, PyMemberDef **slots, PyObject **values, int n)
+{
+    PyObject *event = type->tp_alloc(type, 0);
+    if (event == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        if (PyMember_SetOne((char *)event, slots[i], values[i]) < 0) {
+            Py_DECREF(event);
+            return NULL;
+        }
+    }
+    return event;
+}
+
+/* A Change of relation rel: the one place row_change() and pump() make their events. */
 static PyObject *
 new_change(char kind, PyObject *rel, PyObject *new, PyObject *old, unsigned long long lsn_value, PyObject *xid,
            PyObject *commit_time)
@@ -268,19 +311,56 @@ new_change(char kind, PyObject *rel, PyObject *new, PyObject *old, unsigned long
     PyObject *lsn = make_lsn(lsn_value);
     if (lsn == NULL)
         return NULL;
-    PyObject *change = change_type->tp_alloc(change_type, 0);
-    if (change != NULL) {
-        PyObject *op = kind == 'I' ? op_insert : kind == 'U' ? op_update : op_delete;
-        PyObject *values[N_FIELDS] = {op, rel, new ? new : Py_None, old ? old : Py_None, lsn, xid, commit_time};
-        for (int i = 0; i < N_FIELDS; i++) {
-            if (PyMember_SetOne((char *)change, fields[i], values[i]) < 0) {
-                Py_CLEAR(change);
-                break;
-            }
-        }
-    }
+    PyObject *op = kind == 'I' ? op_insert : kind == 'U' ? op_update : op_delete;
+    PyObject *values[N_FIELDS] = {op, rel, new ? new : Py_None, old ? old : Py_None, lsn, xid, commit_time};
+    PyObject *change = build(change_type, fields, values, N_FIELDS);
     Py_DECREF(lsn);
     return change;
+}
+
+/* A PostgreSQL timestamp (microseconds since 2000-01-01 UTC) as an aware datetime in UTC, as
+ * pgoutput.py's pg_time() makes it. Days to a civil date: H. Hinnant's days_from_civil inverse. */
+static PyObject *
+pg_time(int64_t micros)
+{
+    int64_t secs = micros / 1000000, us = micros % 1000000;
+    if (us < 0) {
+        us += 1000000;
+        secs -= 1;
+    }
+    int64_t days = secs / 86400, sod = secs % 86400;
+    if (sod < 0) {
+        sod += 86400;
+        days -= 1;
+    }
+    int64_t z = days + 10957 + 719468; /* 2000-01-01 is day 10957 since 1970-01-01 */
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t y = yoe + era * 400;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    int64_t d = doy - (153 * mp + 2) / 5 + 1;
+    int64_t m = mp < 10 ? mp + 3 : mp - 9;
+    if (m <= 2)
+        y += 1;
+    if (y < 1 || y > 9999) { /* beyond datetime's range: as pg_time() would fail */
+        PyErr_SetString(PyExc_OverflowError, "commit timestamp out of range");
+        return NULL;
+    }
+    return PyDateTimeAPI->DateTime_FromDateAndTime((int)y, (int)m, (int)d, (int)(sod / 3600), (int)(sod / 60 % 60),
+                                                   (int)(sod % 60), (int)us, PyDateTime_TimeZone_UTC,
+                                                   PyDateTimeAPI->DateTimeType);
+}
+
+/* pg_time(micros) -> datetime: the C conversion, for tests against pgoutput.pg_time. */
+static PyObject *
+pg_time_py(PyObject *self, PyObject *arg)
+{
+    long long micros = PyLong_AsLongLong(arg);
+    if (micros == -1 && PyErr_Occurred())
+        return NULL;
+    return pg_time(micros);
 }
 
 /* row_change(buf, relations, lsn, xid, commit_time) -> Change, or None if the relation is unknown */
@@ -358,6 +438,7 @@ enum {
     PUMP_MESSAGE = 3,  /* a message for the caller to handle, returned as bytes */
     PUMP_END = 4,      /* PQgetCopyData returned -1: the server ended the COPY */
     PUMP_FAILED = 5,   /* PQgetCopyData returned -2 */
+    PUMP_UNTIL = 6,    /* a Commit at or past stop_at was taken */
 };
 
 static uint64_t
@@ -395,13 +476,126 @@ done:
     return result;
 }
 
-/* pump(conn_ptr, relations, xid, commit_time, out, max_events, max_messages)
- *   -> (outcome, messages taken, highest WAL end seen, message bytes or None)
+/* The transaction state pump() reads from and writes back to the decoder (PgOutputDecoder's
+ * _xid, _time and in_transaction), as its Python handlers of Begin and Commit keep it. */
+typedef struct {
+    PyObject *xid;         /* int */
+    PyObject *commit_time; /* datetime */
+    int in_transaction;
+    int changed;
+} TxnState;
+
+/* A Begin (msg[0] == 'B') or Commit ('C') message: its event appended to out, state updated.
+ * 1 when done, 0 when it is malformed (the caller hands it back: Python reports it), -1 on error. */
+static int
+transaction_event(const unsigned char *msg, Py_ssize_t size, TxnState *st, PyObject *out)
+{
+    PyObject *event = NULL;
+    if (msg[0] == 'B') {
+        if (size < 21)
+            return 0;
+        uint64_t final_lsn = be64(msg + 1);
+        int64_t micros = (int64_t)be64(msg + 9);
+        PyObject *xid = PyLong_FromUnsignedLong(be32(msg + 17));
+        if (xid == NULL)
+            return -1;
+        PyObject *when = pg_time(micros);
+        if (when == NULL) {
+            Py_DECREF(xid);
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+                return -1;
+            PyErr_Clear();
+            return 0;
+        }
+        PyObject *lsn = make_lsn(final_lsn);
+        if (lsn == NULL) {
+            Py_DECREF(xid);
+            Py_DECREF(when);
+            return -1;
+        }
+        PyObject *values[N_BEGIN] = {xid, lsn, when};
+        event = build(begin_type, begin_fields, values, N_BEGIN);
+        Py_DECREF(lsn);
+        if (event == NULL) {
+            Py_DECREF(xid);
+            Py_DECREF(when);
+            return -1;
+        }
+        Py_SETREF(st->xid, xid);
+        Py_SETREF(st->commit_time, when);
+        st->in_transaction = 1;
+    } else {
+        if (size < 26)
+            return 0;
+        PyObject *commit_lsn = make_lsn(be64(msg + 2));
+        PyObject *end_lsn = commit_lsn ? make_lsn(be64(msg + 10)) : NULL;
+        if (end_lsn == NULL) {
+            Py_XDECREF(commit_lsn);
+            return -1;
+        }
+        PyObject *values[N_COMMIT] = {st->xid, commit_lsn, end_lsn, st->commit_time};
+        event = build(commit_type, commit_fields, values, N_COMMIT);
+        Py_DECREF(commit_lsn);
+        Py_DECREF(end_lsn);
+        if (event == NULL)
+            return -1;
+        st->in_transaction = 0;
+    }
+    st->changed = 1;
+    int failed = PyList_Append(out, event);
+    Py_DECREF(event);
+    return failed < 0 ? -1 : 1;
+}
+
+static int
+load_state(PyObject *decoder, TxnState *st)
+{
+    st->changed = 0;
+    st->xid = PyObject_GetAttrString(decoder, "_xid");
+    st->commit_time = st->xid ? PyObject_GetAttrString(decoder, "_time") : NULL;
+    PyObject *in_txn = st->commit_time ? PyObject_GetAttrString(decoder, "in_transaction") : NULL;
+    if (in_txn == NULL) {
+        Py_CLEAR(st->xid);
+        Py_CLEAR(st->commit_time);
+        return -1;
+    }
+    st->in_transaction = PyObject_IsTrue(in_txn);
+    Py_DECREF(in_txn);
+    return st->in_transaction < 0 ? -1 : 0;
+}
+
+/* Writes the state back (if it changed) and releases it; keeps an error already set. */
+static int
+store_state(PyObject *decoder, TxnState *st)
+{
+    int failed = 0;
+    if (st->changed) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        failed = PyObject_SetAttrString(decoder, "_xid", st->xid) < 0
+                 || PyObject_SetAttrString(decoder, "_time", st->commit_time) < 0
+                 || PyObject_SetAttrString(decoder, "in_transaction", st->in_transaction ? Py_True : Py_False) < 0;
+        if (type != NULL) {
+            if (failed)
+                PyErr_Clear();
+            PyErr_Restore(type, value, traceback);
+        }
+    }
+    Py_CLEAR(st->xid);
+    Py_CLEAR(st->commit_time);
+    return failed ? -1 : 0;
+}
+
+/* pump(conn_ptr, decoder, relations, out, max_events, max_messages, stop_at)
+ *   -> (outcome, messages taken, highest WAL end seen, position, message bytes or None)
  *
- * Takes CopyData messages from libpq (never blocking) while they are XLogData carrying row
- * messages of known relations, appending their Change events to out. conn_ptr is psycopg's
- * PGconn.pgconn_ptr, in COPY BOTH state, used by no other thread meanwhile. The GIL is held
- * throughout (nothing here waits). */
+ * Takes CopyData messages from libpq (never blocking) while they are XLogData carrying Begin,
+ * Commit or row messages of known relations, appending their events to out. conn_ptr is
+ * psycopg's PGconn.pgconn_ptr, in COPY BOTH state, used by no other thread meanwhile; decoder
+ * the PgOutputDecoder whose transaction state (_xid, _time, in_transaction) this keeps up to date.
+ * position: the XLogData start of the last Commit taken (where the stream may be confirmed once
+ * it is applied; 0 if none). Stops after a Commit at or past stop_at (PUMP_UNTIL). The GIL is
+ * held throughout (nothing here waits). */
 static PyObject *
 pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -419,19 +613,25 @@ pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_ValueError, "pump: no connection");
         return NULL;
     }
-    PyObject *relations = args[1], *xid = args[2], *commit_time = args[3], *out = args[4];
+    PyObject *decoder = args[1], *relations = args[2], *out = args[3];
     if (!PyDict_Check(relations) || !PyList_Check(out)) {
         PyErr_SetString(PyExc_TypeError, "pump: relations must be a dict and out a list");
         return NULL;
     }
-    Py_ssize_t max_events = PyLong_AsSsize_t(args[5]);
-    Py_ssize_t max_messages = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t max_events = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t max_messages = PyLong_AsSsize_t(args[5]);
     if ((max_events == -1 || max_messages == -1) && PyErr_Occurred())
+        return NULL;
+    unsigned long long stop_at = PyLong_AsUnsignedLongLong(args[6]);
+    if (stop_at == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    TxnState st;
+    if (load_state(decoder, &st) < 0)
         return NULL;
 
     int outcome = PUMP_COUNT;
     Py_ssize_t taken = 0;
-    uint64_t received = 0;
+    uint64_t received = 0, position = 0;
     PyObject *message = NULL;
     while (taken < max_messages) {
         if (PyList_GET_SIZE(out) >= max_events) {
@@ -446,33 +646,54 @@ pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         taken++;
         const unsigned char *data = (const unsigned char *)buf;
-        PyObject *change = NULL;
+        int done = 0;
         if (data[0] == 'w' && n > 25) {
-            change = change_of(data + 25, n - 25, relations, be64(data + 1), xid, commit_time);
-            if (change == NULL && PyErr_Occurred()) {
-                pq_freemem(buf);
-                return NULL;
+            const unsigned char *msg = data + 25;
+            if (msg[0] == 'B' || msg[0] == 'C') {
+                done = transaction_event(msg, n - 25, &st, out);
+            } else {
+                PyObject *change = change_of(msg, n - 25, relations, be64(data + 1), st.xid, st.commit_time);
+                if (change != NULL) {
+                    done = PyList_Append(out, change) < 0 ? -1 : 1;
+                    Py_DECREF(change);
+                } else if (PyErr_Occurred()) {
+                    done = -1;
+                }
             }
         }
-        if (change == NULL) { /* not ours to decode: the caller handles it */
+        if (done < 0) {
+            pq_freemem(buf);
+            store_state(decoder, &st);
+            return NULL;
+        }
+        if (done == 0) { /* not ours to decode: the caller handles it */
             message = PyBytes_FromStringAndSize(buf, n);
             pq_freemem(buf);
-            if (message == NULL)
+            if (message == NULL) {
+                store_state(decoder, &st);
                 return NULL;
+            }
             outcome = PUMP_MESSAGE;
             break;
         }
         uint64_t end = be64(data + 9);
         if (end > received)
             received = end;
+        int ended = data[25] == 'C';
+        if (ended)
+            position = be64(data + 1);
         pq_freemem(buf);
-        int failed = PyList_Append(out, change);
-        Py_DECREF(change);
-        if (failed < 0)
-            return NULL;
+        if (ended && position >= stop_at) {
+            outcome = PUMP_UNTIL;
+            break;
+        }
     }
-    PyObject *result = Py_BuildValue("(inKO)", outcome, taken, (unsigned long long)received,
-                                     message ? message : Py_None);
+    if (store_state(decoder, &st) < 0) {
+        Py_XDECREF(message);
+        return NULL;
+    }
+    PyObject *result = Py_BuildValue("(inKKO)", outcome, taken, (unsigned long long)received,
+                                     (unsigned long long)position, message ? message : Py_None);
     Py_XDECREF(message);
     return result;
 }
@@ -481,11 +702,13 @@ static PyMethodDef methods[] = {
     {"bind_libpq", bind_libpq, METH_VARARGS,
      "bind_libpq(path, expected_version) -> (version, library): find psycopg's libpq for pump()."},
     {"pump", (PyCFunction)(void (*)(void))pump, METH_FASTCALL,
-     "pump(conn_ptr, relations, xid, commit_time, out, max_events, max_messages)\n"
-     "    -> (outcome, messages taken, highest WAL end seen, message or None)\n\n"
-     "Read runs of pgoutput row messages straight from libpq into Change events."},
+     "pump(conn_ptr, decoder, relations, out, max_events, max_messages, stop_at)\n"
+     "    -> (outcome, messages taken, highest WAL end seen, position, message or None)\n\n"
+     "Read runs of pgoutput Begin, row and Commit messages straight from libpq into events."},
     {"configure", configure, METH_VARARGS,
-     "configure(Change, Lsn, Op.INSERT, Op.UPDATE, Op.DELETE, UNCHANGED_TOAST): what row_change builds."},
+     "configure(Change, Lsn, Op.INSERT, Op.UPDATE, Op.DELETE, UNCHANGED_TOAST, Begin, Commit):\n"
+     "what row_change and pump build."},
+    {"pg_time", pg_time_py, METH_O, "pg_time(microseconds since 2000-01-01 UTC) -> aware datetime (UTC)."},
     {"row_change", (PyCFunction)(void (*)(void))row_change, METH_FASTCALL,
      "row_change(buf, relations, lsn, xid, commit_time) -> Change, or None if the relation is unknown\n\n"
      "Decode an Insert, Update or Delete message of pgoutput (bytes) into a Change event."},
@@ -506,5 +729,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__pgoutput(void)
 {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL)
+        return NULL;
     return PyModule_Create(&module);
 }

@@ -101,15 +101,15 @@ class PgOutputDecoder:
         }
 
     def native_pump(self) -> Pump | None:
-        """A loop in C that reads runs of row messages straight from libpq into events
-        (``replicator._pgoutput.pump``, used by ``ReplicationStream.read``), or None when the
-        extension or psycopg's libpq cannot be used."""
+        """A loop in C that reads runs of Begin, row and Commit messages straight from libpq into
+        events, keeping this decoder's transaction state (``replicator._pgoutput.pump``, used by
+        ``ReplicationStream.read``), or None when the extension or psycopg's libpq cannot be used."""
         if NATIVE is None or not native.bind_pgoutput(NATIVE):
             return None
         pump, relations = NATIVE.pump, self.relations  # the dict itself: reset() clears it in place
 
-        def run(conn_ptr: int, out: list[Event], max_events: int, max_messages: int) -> PumpResult:
-            got: PumpResult = pump(conn_ptr, relations, self._xid, self._time, out, max_events, max_messages)
+        def run(conn_ptr: int, out: list[Event], max_events: int, max_messages: int, stop: int) -> PumpResult:
+            got: PumpResult = pump(conn_ptr, self, relations, out, max_events, max_messages, stop)
             return got
 
         return run
@@ -306,20 +306,25 @@ def _configure(module: Any) -> str | None:
         "commit_time",
     ]:
         return "Change's fields are not the ones the C decoder fills"
-    if hasattr(Change, "__post_init__"):
-        return "Change has a __post_init__ the C decoder would skip"
+    for event, names in ((Begin, ["xid", "final_lsn", "commit_time"]),
+                         (Commit, ["xid", "commit_lsn", "end_lsn", "commit_time"])):
+        if [f.name for f in dataclasses.fields(event)] != names:
+            return f"{event.__name__}'s fields are not the ones the C decoder fills"
+    if any(hasattr(event, "__post_init__") for event in (Change, Begin, Commit)):
+        return "an event class has a __post_init__ the C decoder would skip"
     try:
-        module.configure(Change, Lsn, Op.INSERT, Op.UPDATE, Op.DELETE, UNCHANGED_TOAST)
+        module.configure(Change, Lsn, Op.INSERT, Op.UPDATE, Op.DELETE, UNCHANGED_TOAST, Begin, Commit)
     except TypeError as e:
         return f"the C decoder does not fit this code: {e}"
     return None
 
 
-PumpResult = tuple[int, int, int, "bytes | None"]
-"""(outcome, messages taken, highest WAL end seen, a message for the caller): see _pgoutput.c."""
-Pump = Callable[[int, list[Event], int, int], PumpResult]
-"""(PGconn pointer, events out, max events, max messages) -> PumpResult"""
-PUMP_FULL, PUMP_COUNT, PUMP_NO_DATA, PUMP_MESSAGE, PUMP_END, PUMP_FAILED = range(6)
+PumpResult = tuple[int, int, int, int, "bytes | None"]
+"""(outcome, messages taken, highest WAL end seen, position after the last commit taken (0: none),
+a message for the caller): see _pgoutput.c."""
+Pump = Callable[[int, list[Event], int, int, int], PumpResult]
+"""(PGconn pointer, events out, max events, max messages, stop at position) -> PumpResult"""
+PUMP_FULL, PUMP_COUNT, PUMP_NO_DATA, PUMP_MESSAGE, PUMP_END, PUMP_FAILED, PUMP_UNTIL = range(7)
 
 
 NATIVE = native.pgoutput(_configure)

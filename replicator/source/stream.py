@@ -35,7 +35,15 @@ from psycopg.pq.misc import error_message
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect, describe
 from replicator.decoding.changes import Decoder, Event
-from replicator.decoding.pgoutput import PUMP_COUNT, PUMP_END, PUMP_FULL, PUMP_MESSAGE, PUMP_NO_DATA, Pump
+from replicator.decoding.pgoutput import (
+    PUMP_COUNT,
+    PUMP_END,
+    PUMP_FULL,
+    PUMP_MESSAGE,
+    PUMP_NO_DATA,
+    PUMP_UNTIL,
+    Pump,
+)
 from replicator.errors import SourceError
 from replicator.libpq import pgconn_ptr
 from replicator.lsn import Lsn
@@ -49,7 +57,7 @@ _status = struct.Struct(">cQQQqB").pack  # 'r': written, flushed, applied, clock
 _W, _K = ord("w"), ord("k")
 _PG_EPOCH_UNIX = 946_684_800  # 2000-01-01 in Unix time
 _CHECK_EVERY = 512  # messages between clock checks while data keeps flowing
-_NO_LSN = 1 << 64  # beyond any LSN: read() without ``until``
+_NO_LSN = (1 << 64) - 1  # no LSN is past it: read() without ``until`` (fits C's uint64)
 
 
 class ReplicationLost(SourceError):
@@ -194,13 +202,18 @@ class ReplicationStream:
         buf: bytes | memoryview
         while True:
             if pump is not None:
-                # Runs of row messages are read and decoded in C; anything else comes back here.
-                outcome, taken, received, message = pump(conn_ptr, out, max_events, countdown)
+                # Runs of Begin, row and Commit messages are read and decoded in C; anything else
+                # comes back here.
+                outcome, taken, received, ended, message = pump(conn_ptr, out, max_events, countdown, stop_at)
                 if received > self._received:
                     self._received = received
+                if ended > self._position:
+                    self._position = ended
                 if taken:
                     socket_read = False
                 countdown -= taken
+                if outcome == PUMP_UNTIL:
+                    break
                 if outcome == PUMP_MESSAGE:
                     assert message is not None
                     nbytes, buf = len(message), message

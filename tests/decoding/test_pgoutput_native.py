@@ -7,6 +7,7 @@ two are compared on hand-built messages, including the malformed ones a server n
 from __future__ import annotations
 
 import importlib
+import random
 import struct
 import subprocess
 import sys
@@ -132,3 +133,17 @@ def test_without_the_extension_the_python_decoder_is_used() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0 and "fallback ok" in done.stdout, done.stderr
+
+
+def test_commit_times_convert_like_python() -> None:
+    """Begin and Commit are decoded in C by the stream's read loop; their commit times are the
+    datetimes pgoutput.pg_time makes, also across day, leap-year and century edges."""
+    day = 86_400_000_000
+    edges = [0, 1, -1, 999_999, -1_000_000, day - 1, day, 59 * day, 60 * day, 366 * day, 36_524 * day,
+             -730_119 * day, 2_913_000 * day + 12_345]
+    rng = random.Random(7)
+    samples = edges + [rng.randint(-730_000 * day, 2_900_000 * day) for _ in range(50_000)]
+    for micros in samples:
+        assert native.pg_time(micros) == pgoutput.pg_time(micros), micros
+    with pytest.raises(OverflowError):
+        native.pg_time(4_000_000 * day)

@@ -213,3 +213,37 @@ def test_a_row_message_the_c_loop_cannot_decode_is_handed_back_and_reported(repl
     with ReplicationStream.open(replication.cfg, slot, decoder) as stream:
         with pytest.raises(DecodeError, match=r"change for relation \d+ before its Relation message"):
             read_until(stream, flush_lsn(replication.db))
+
+
+def test_both_read_loops_give_the_same_events(replication: Replication) -> None:
+    """The C loop decodes Begin and Commit too (xid, LSNs, commit time) and keeps the decoder's
+    transaction state; the psycopg loop decodes them in Python: the same events either way."""
+    replication.db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    replication.publish("t")
+    slot = replication.slot("pgoutput")
+    with replication.db.connect() as conn:
+        for i in range(1, 40):
+            with conn.transaction():
+                conn.execute("INSERT INTO t VALUES (%s, 'a')", (i,))
+                conn.execute("UPDATE t SET v = 'b' WHERE id = %s", (i // 2,))
+    target = flush_lsn(replication.db)
+
+    def events(native: bool) -> tuple[list[object], Lsn]:
+        decoder = PgOutputDecoder(["pub"])
+        if not native:
+            decoder.native_pump = lambda: None  # type: ignore[method-assign]
+        with ReplicationStream.open(replication.cfg, slot, decoder) as stream:
+            got = read_until(stream, target, batch=7)  # small reads: the state carries across them
+            assert not decoder.in_transaction
+            return got, stream.position
+
+    c_events, c_position = events(True)
+    py_events, py_position = events(False)
+    assert c_events == py_events and c_position == py_position
+    assert sum(type(e) is Commit for e in c_events) == 39
+    begins = [e for e in c_events if type(e) is Begin]
+    commits = [e for e in c_events if type(e) is Commit]
+    assert [b.final_lsn for b in begins] == [c.commit_lsn for c in commits]
+    assert all(
+        b.commit_time == c.commit_time and b.xid == c.xid for b, c in zip(begins, commits, strict=True)
+    )
