@@ -34,7 +34,7 @@ from replicator.source.slots import ensure_slot, get_slot
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL_S = float(__import__("os").environ.get("XSWITCH", "0.0005"))  # see _quick_thread_switches
+SWITCH_INTERVAL_S = 0.0005  # see _quick_thread_switches
 
 
 @dataclass
