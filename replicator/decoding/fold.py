@@ -109,6 +109,18 @@ class TableBatch:
             assert change.old is not None
             ops[self._key_of(change.old)] = DELETE
         elif op is _UPDATE:
+            new = change.new
+            if change.old is None and new is not None:  # the key did not change: the common case
+                key = self._key_of(new)
+                prev = ops.get(key)
+                if prev is None:
+                    ops[key] = Upsert(new, None, False)
+                    return
+                if type(prev) is Upsert:
+                    # The row again (an OLTP batch updates hot rows many times): its latest values,
+                    # in place. Nothing else holds a batch's operations while it is being fed.
+                    prev.values = new if UNCHANGED_TOAST not in new else fill_unchanged(new, prev.values)
+                    return
             self._update(change)
 
     def _update(self, change: Change) -> None:
@@ -197,11 +209,14 @@ class Folder:
         self._buffered = 0  # changes folded into _batches
         self._last_relation: Relation | None = None  # the relation of the last change, and its batch
         self._last_batch: TableBatch | None = None
+        # id(relation) -> (relation, its batch or None: not replicated), for the batches being fed
+        self._by_relation: dict[int, tuple[Relation, TableBatch | None]] = {}
         self._ready: list[Folded] = []
         # The open destination transaction: what it will cover once committed.
         self._pending_lsn: Lsn | None = None  # end LSN of the last source commit fed
-        self._pending_txns = 0
-        self._txn_changes = 0
+        # Plain attributes, read by the pipeline at every source commit.
+        self.pending_transactions = 0  # source transactions fed since the last commit
+        self.transaction_changes = 0  # changes fed since the last commit
         self._txn_started: float | None = None
 
     # -- feeding ---------------------------------------------------------------------------
@@ -220,13 +235,19 @@ class Folder:
         if rel is self._last_relation:  # runs of changes to one table: skip the lookups
             batch = self._last_batch
         else:
-            batch = self._batch(rel)
+            # An OLTP transaction touches several tables in turn: remember each relation's batch.
+            known = self._by_relation.get(id(rel))
+            if known is not None and known[0] is rel:
+                batch = known[1]
+            else:
+                batch = self._batch(rel)
+                self._by_relation[id(rel)] = (rel, batch)
             self._last_relation, self._last_batch = rel, batch
         if batch is None:
             return self._take_ready()  # a published table we do not replicate (e.g. the heartbeat table)
         batch.add(event)
         self._buffered += 1
-        self._txn_changes += 1
+        self.transaction_changes += 1
         if self._buffered >= self.flush_rows:
             self._cut()
         return self._take_ready() if self._ready else None
@@ -236,7 +257,7 @@ class Folder:
         if self._txn_started is None:
             self._txn_started = time.monotonic()
         self._pending_lsn = end_lsn
-        self._pending_txns += 1
+        self.pending_transactions += 1
 
     def commit(self) -> tuple[list[Folded], Lsn] | None:
         """At a source transaction boundary: what is left to apply, and the checkpoint to commit
@@ -245,7 +266,7 @@ class Folder:
             return None
         self._cut()
         done, lsn = self._take_ready(), self._pending_lsn
-        self._pending_lsn, self._pending_txns, self._txn_changes, self._txn_started = None, 0, 0, None
+        self._forget_pending()
         return done, lsn
 
     def take(self) -> list[Folded]:
@@ -257,17 +278,12 @@ class Folder:
         """Forget everything not committed (the stream will resend it from the checkpoint)."""
         self._batches, self._buffered, self._ready = {}, 0, []
         self._last_relation = self._last_batch = None
-        self._pending_lsn, self._pending_txns, self._txn_changes, self._txn_started = None, 0, 0, None
+        self._by_relation = {}
+        self._forget_pending()
 
-    @property
-    def pending_transactions(self) -> int:
-        """Source transactions fed since the last commit."""
-        return self._pending_txns
-
-    @property
-    def transaction_changes(self) -> int:
-        """Changes fed since the last commit."""
-        return self._txn_changes
+    def _forget_pending(self) -> None:
+        self._pending_lsn, self._txn_started = None, None
+        self.pending_transactions = self.transaction_changes = 0
 
     @property
     def open_seconds(self) -> float:
@@ -303,6 +319,7 @@ class Folder:
             self._ready.append(Folded(self._batches, self._buffered))
             self._batches, self._buffered = {}, 0
             self._last_relation = self._last_batch = None
+            self._by_relation = {}
 
     def _take_ready(self) -> list[Folded]:
         ready, self._ready = self._ready, []

@@ -137,3 +137,31 @@ def test_folder_refuses_a_stream_without_the_key() -> None:
     folder = fold.Folder({("public", "t"): ("code",)})
     with pytest.raises(DestinationError, match="does not carry key column"):
         folder.change(ch(Op.INSERT, ("1", "a", "x")))
+
+
+def test_folder_keeps_interleaved_tables_apart_across_cuts() -> None:
+    """An OLTP transaction touches several tables in turn; each change must land in its own
+    table's batch of the unit being fed, never in a batch handed out before."""
+    u_rel = Relation(
+        3, "public", "u", ReplicaIdentity.DEFAULT, (Column("k", 20, -1, True), Column("n", 20, -1, False))
+    )
+    folder = fold.Folder({("public", "t"): ("id",), ("public", "u"): ("k",)}, flush_rows=4)
+
+    def u(k: str, n: str) -> Change:
+        return Change(Op.UPDATE, u_rel, (k, n), None, Lsn(1), 1, NOW)
+
+    fed = [
+        ch(Op.INSERT, ("1", "a", "x")), u("1", "1"), ch(Op.UPDATE, ("1", "b", UNCHANGED_TOAST)), u("1", "2"),
+        ch(Op.UPDATE, ("1", "c", UNCHANGED_TOAST)), u("2", "1"), u("1", "3"),
+    ]
+    ready = [r for c in fed for r in (folder.change(c) or [])]
+    (first,) = ready
+    assert first.batches[("public", "t")].ops == {("1",): fold.Upsert(("1", "b", "x"), fresh=True)}
+    assert first.batches[("public", "u")].ops == {("1",): fold.Upsert(("1", "2"))}
+    (second,) = folder.take()
+    # The row inserted in the first unit is not fresh in the second (and its TOAST is not known).
+    assert second.batches[("public", "t")].ops == {("1",): fold.Upsert(("1", "c", UNCHANGED_TOAST))}
+    assert second.batches[("public", "u")].ops == {
+        ("1",): fold.Upsert(("1", "3")), ("2",): fold.Upsert(("2", "1"))
+    }
+    assert [b.changes for b in second.batches.values()] == [1, 2]
