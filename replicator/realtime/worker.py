@@ -17,6 +17,13 @@ in order: units, commits (the checkpoint LSN commits with the units before it: w
 transactions only, as the reader decides), and "drained" marks (everything read up to a stream
 position is committed: the source may move there, which keeps idle slots current).
 
+A drained position is written into the checkpoint before it is published, so the source is never
+told more than the destination's state records: a later start that finds the slot ahead of the
+checkpoint then knows that changes were really skipped (by another consumer, or a recreated
+slot), instead of suspecting it after every clean restart. Idle positions cost a destination
+commit each, so they are recorded at most every ``RECORD_DRAINED_EVERY_S`` (and always the last
+one, at the end); a commit of changes supersedes any position waiting to be recorded.
+
 Durability (what the source may be told). The writer commits with ``synchronous_commit = off``
 (batching makes that cheap, and a crash of the destination loses rows and checkpoint together),
 so a commit is visible before it is durable. Each commit returns its place in the destination's
@@ -24,8 +31,8 @@ WAL (``CommitMark``); a checkpoint or drained position is published in ``progres
 reader confirms to the source) only once the destination's flush position has passed it, as
 PostgreSQL's own apply worker does. Commits in a row learn the flush position for free; an
 idle worker asks for it every ``durable_poll_s``; ``finish()`` makes everything durable at once.
-Positions read back from an earlier run's checkpoint may not be durable yet either: nothing is
-published before the destination's flush passes its write position at start.
+Every position published is one this worker committed (drained ones too, recorded as the
+checkpoint): by the time its commit is flushed, so is whatever an earlier run left unflushed.
 
 On any failure the worker stops; the reader raises its error, and the open destination
 transaction is rolled back: the stream resumes from the checkpoint.
@@ -37,16 +44,19 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
 from replicator.decoding.fold import Folded
-from replicator.destinations.base import Applier
+from replicator.destinations.base import Applier, CommitMark
 from replicator.lsn import Lsn
 
 log = logging.getLogger(__name__)
 
 DURABLE_POLL_S = 0.05  # how often an idle worker asks how far the destination has flushed
+# How often an idle stream's position is written into the checkpoint (and then confirmed).
+RECORD_DRAINED_EVERY_S = 1.0
 
 
 @dataclass
@@ -54,12 +64,13 @@ class Progress:
     """What the worker has done, read by the reader thread (plain attribute reads)."""
 
     committed: Lsn | None = None  # checkpoint of the last destination commit that is durable
-    drained: Lsn | None = None  # a stream position up to which everything read is durably committed
+    drained: Lsn | None = None  # a stream position up to which everything read is committed, recorded
+    # as the checkpoint, and durable
     applied: Lsn | None = None  # checkpoint of the last destination commit (visible, maybe not durable)
     commits: int = 0
 
 
-_APPLY, _COMMIT, _DRAINED = 0, 1, 2
+_APPLY, _COMMIT, _DRAINED, _DRAINED_LAST = 0, 1, 2, 3
 _FINISH = None  # everything before it is done: end
 
 _Item = tuple[int, Folded | Lsn] | None
@@ -83,7 +94,6 @@ class ApplyWorker:
         os.set_blocking(self._wake_w, False)
         # (destination position, is a checkpoint, source position): published once durable.
         self._unflushed: deque[tuple[int, bool, Lsn]] = deque()
-        self._last_commit_at = 0  # destination position of the last commit (or the start barrier)
         self._flushed = 0  # the destination's flush position, as last heard
 
     def start(self) -> ApplyWorker:
@@ -111,10 +121,12 @@ class ApplyWorker:
         """Commit what was applied, with checkpoint ``lsn`` (the end of a source transaction)."""
         self._put((_COMMIT, lsn))
 
-    def drained(self, position: Lsn) -> None:
+    def drained(self, position: Lsn, last: bool = False) -> None:
         """Everything read up to ``position`` has been handed over and committed (or was nothing
-        to apply): publish ``position`` once the worker gets here and that is durable."""
-        self._put((_DRAINED, position))
+        to apply): record ``position`` as the checkpoint and publish it once the worker gets here
+        and that is durable (``last``: recorded at once, the stream ends; otherwise when due, see
+        the module docstring)."""
+        self._put((_DRAINED_LAST if last else _DRAINED, position))
 
     def check(self) -> None:
         """Raise, in the reader's thread, whatever ended the worker."""
@@ -185,15 +197,24 @@ class ApplyWorker:
     def _run(self) -> None:
         writer = self.writer
         progress = self.progress
+        pending: Lsn | None = None  # a drained position not recorded yet
+        recorded = Lsn(0)  # the last checkpoint written (by a commit of changes or a position)
+        recorded_at = 0.0
         try:
-            # What an earlier run committed (our checkpoint included) may not be durable yet.
-            self._last_commit_at = writer.durability().at
             while not self._abort.is_set():
+                waits = []
+                if pending is not None:
+                    waits.append(max(0.0, recorded_at + RECORD_DRAINED_EVERY_S - time.monotonic()))
+                if self._unflushed:
+                    waits.append(self.durable_poll_s)
                 try:
-                    item = self._queue.get(timeout=self.durable_poll_s if self._unflushed else None)
+                    item = self._queue.get(timeout=min(waits) if waits else None)
+                    handed = True
                 except queue.Empty:
-                    self._published(writer.durability().flushed)
-                    continue
+                    if pending is None or time.monotonic() < recorded_at + RECORD_DRAINED_EVERY_S:
+                        self._published(writer.durability().flushed)
+                        continue
+                    item, handed = (_DRAINED_LAST, pending), False  # idle and due: record it now
                 if self._abort.is_set():
                     break
                 if item is _FINISH:
@@ -202,25 +223,34 @@ class ApplyWorker:
                     break
                 kind, arg = item
                 if isinstance(arg, Folded):
+                    pending = None  # the commit that follows records a later position
                     writer.apply(arg)
                 elif kind == _COMMIT:
-                    mark = writer.commit(arg)
-                    self._last_commit_at = mark.at
-                    self._unflushed.append((mark.at, True, arg))
-                    progress.applied = arg
+                    pending = None
+                    self._committed(writer.commit(arg), True, arg)
+                    recorded = arg
                     progress.commits += 1
-                    self._published(mark.flushed)
-                else:
-                    self._unflushed.append((self._last_commit_at, False, arg))
+                elif arg > recorded:
+                    pending = arg
                     progress.applied = arg
-                    self._published(None)
-                self._done()
+                    if kind == _DRAINED_LAST or time.monotonic() >= recorded_at + RECORD_DRAINED_EVERY_S:
+                        # Nothing is applied: this writes the checkpoint alone.
+                        self._committed(writer.commit(pending), False, pending)
+                        recorded, pending = pending, None
+                        recorded_at = time.monotonic()
+                if handed:
+                    self._done()
         except BaseException as e:  # handed to the reader thread by check()
             self._error = e
         finally:
             # Whatever was applied but not committed does not stay (normally nothing is left).
             writer.rollback()
             self._wake()
+
+    def _committed(self, mark: CommitMark, changes: bool, lsn: Lsn) -> None:
+        self._unflushed.append((mark.at, changes, lsn))
+        self.progress.applied = lsn
+        self._published(mark.flushed)
 
     def _published(self, flushed: int | None) -> None:
         """Publish what the destination's flush position ``flushed`` (None: nothing new heard)
