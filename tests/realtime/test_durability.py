@@ -6,8 +6,9 @@ back. The slot may be confirmed past a transaction only once the destination's f
 the commit that carried it; otherwise the source releases WAL the destination no longer has.
 
 The destination here is a cluster of its own, crashed with ``pg_ctl stop -m immediate`` right
-after a batch is visible there. Its WAL writer is slowed to 10 s (and nothing else flushes: no
-autovacuum, no checkpoint), so the batch is certainly not flushed when the server dies.
+after a batch is visible there. Its WAL writer is slowed to 10 s (and nothing else writes WAL
+out: no autovacuum, no checkpoint), so the batch is almost certainly not written when the
+server dies, and the crash takes it back.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tests.support import spawn_cli
 
 LAZY_FLUSH = {
     "wal_writer_delay": "10s",
-    "wal_writer_flush_after": "0",  # 0: flush only at the delay
+    "wal_writer_flush_after": "1GB",
     "autovacuum": "off",
     "checkpoint_timeout": "1h",
 }
@@ -69,32 +70,36 @@ def test_a_destination_crash_loses_nothing_the_source_was_told(
         source_db.execute("CREATE TABLE items (id bigint PRIMARY KEY, v text)")
         source_db.execute("INSERT INTO items SELECT g, 'before' FROM generate_series(1, 100) g")
         assert env.run("full", "--once") == 0
-        child = spawn_cli(*env.args("realtime"))
-        try:
-            # The batch: committed at the source, then visible at the destination.
-            with source_db.connect() as conn, conn.transaction():
-                conn.execute("INSERT INTO items SELECT g, 'batch' FROM generate_series(101, 300) g")
-                conn.execute("UPDATE items SET v = 'changed' WHERE id <= 50")
-            end = Lsn(source_db.fetchone("SELECT pg_current_wal_flush_lsn()"))
-            wait_for("the batch at the destination",
-                     lambda: dest.fetchone("SELECT count(*) FROM items WHERE v = 'batch'") == 200)
-            crashable_dest.stop("immediate")
-            time.sleep(1.5)  # time enough to confirm anything it meant to confirm
-            told = confirmed(env)
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait(10)
-        crashable_dest.start()
-        checkpoint = dest.fetchone("SELECT lsn FROM _replicator.slot_checkpoints WHERE slot_name = %s",
-                                   (env.slot,))
-        # The crash took the unflushed batch back (the test means that), and the slot was not
-        # moved past what survived.
-        assert dest.fetchone("SELECT count(*) FROM items WHERE v = 'batch'") == 0
-        assert told < end, (told, end)
-        assert checkpoint is None or told <= Lsn(checkpoint), (told, checkpoint)
-        # Streaming again from the checkpoint brings the batch back.
-        assert env.run("realtime", "--once") == 0
-        env.assert_equal("items")
+        # A batch smaller than a WAL page: nothing but the WAL writer's own timer (10 s) writes
+        # it out. Should the timer strike between the batch and the crash anyway, the batch is
+        # durable, nothing was at risk, and the attempt proves nothing: try again.
+        for attempt in range(1, 6):
+            child = spawn_cli(*env.args("realtime"))
+            try:
+                source_db.execute("INSERT INTO items VALUES (%s, 'batch')", (1000 + attempt,))
+                end = Lsn(source_db.fetchone("SELECT pg_current_wal_flush_lsn()"))
+                wait_for("the batch at the destination",
+                         lambda a=attempt: dest.fetchone("SELECT count(*) FROM items WHERE id = %s",
+                                                         (1000 + a,)) == 1)
+                crashable_dest.stop("immediate")
+                time.sleep(1.5)  # time enough to confirm anything it meant to confirm
+                told = confirmed(env)
+            finally:
+                child.send_signal(signal.SIGKILL)
+                child.wait(10)
+            crashable_dest.start()
+            if dest.fetchone("SELECT count(*) FROM items WHERE id = %s", (1000 + attempt,)):
+                continue  # written out before the crash (see above)
+            checkpoint = dest.fetchone("SELECT lsn FROM _replicator.slot_checkpoints WHERE slot_name = %s",
+                                       (env.slot,))
+            # The slot was not moved past what the crash left.
+            assert told < end, (told, end)
+            assert checkpoint is None or told <= Lsn(checkpoint), (told, checkpoint)
+            # Streaming again from the checkpoint brings the batch back.
+            assert env.run("realtime", "--once") == 0
+            env.assert_equal("items")
+            return
+        pytest.fail("the destination never lost an unflushed commit in its crashes: the test proved nothing")
     finally:
         with source_db.connect() as conn:
             conn.execute(
