@@ -45,7 +45,7 @@ def leaf_kind(frames: list[str]) -> str:
 BUCKETS = [
     ("destination: Begin (BEGIN, SET LOCAL)", ("Writer._begin",)),
     ("destination: commit (checkpoint row, COMMIT)", ("Writer.commit",)),
-    ("destination: keyless rows one by one", ("Writer._apply_in_order",)),
+    ("destination: keyless inserts (COPY runs, in order)", ("Writer._apply_in_order",)),
     ("destination: stage COPY", ("Writer._stage_text", "Writer._stage", "Writer._copy_fresh")),
     ("destination: merge statements", ("Writer._upsert", "Writer._update", "Writer._delete", "Writer._move",
                                        "Writer._truncate")),
