@@ -8,21 +8,22 @@ Two figures, because each catches what the other misses:
   grows when the pipeline stalls, whether or not the source writes to replicated tables, and it
   counts WAL the slot will decode and skip (other tables, other databases), so it is rarely
   exactly 0 on a busy server.
-- **seconds**: ``0`` when the stream has no backlog; otherwise *now minus the source commit time
-  of the last transaction the destination holds* (``applied_through``). That is how stale the
-  destination may be, as an upper bound: everything the source committed before
-  ``applied_through`` is at the destination. It is the same idiom as PostgreSQL's
-  ``now() - pg_last_xact_replay_timestamp()`` on a standby. It does not grow while the source
-  is idle and the pipeline keeps up; it grows by one second per second while the pipeline is
-  stuck behind a transaction, which is what an alarm should catch.
+- **seconds**: ``0`` when the stream has no backlog; otherwise *now minus ``applied_through``*,
+  the instant up to which the destination holds everything the source committed: the source
+  commit time of the last transaction applied, or the last moment the pipeline was caught up,
+  whichever is later. It is how stale the destination may be (an upper bound), the idiom of
+  PostgreSQL's ``now() - pg_last_xact_replay_timestamp()`` on a standby. It stays 0 while the
+  source is idle and the pipeline keeps up, does not jump to the age of the last transaction
+  when a new one arrives after a quiet hour, and grows one second per second while the
+  pipeline is stuck: what an alarm should catch.
 
-"No backlog" is known exactly by a running pipeline (its last read found nothing more, and the
-destination has committed everything read). ``status``, from outside, knows only positions:
-no backlog there means bytes == 0. A pipeline that finds itself caught up also records that
-instant as ``applied_through`` with its next checkpoint (at most every second), so ``status``
-shows at most a second or two on a healthy idle slot, not the age of the last transaction.
-``applied_through`` is the source's clock (commit times) or, for a caught-up mark, the
-replicator's: keep clocks in sync (NTP) or the seconds are off by the difference.
+"No backlog" is known exactly by a running pipeline: its last read found nothing more, and the
+destination has committed everything read. ``status``, from outside, knows only positions: no
+backlog there means bytes == 0, and it reads ``applied_through`` from the record the pipeline
+writes every few seconds (``StateStore.save_slot_lag``), so on a healthy slot it shows a few seconds
+at most, and on a stopped one the time since it stopped keeping up. ``applied_through`` is the
+source's clock (commit times) or the replicator's (caught-up moments): keep clocks in sync
+(NTP), or the seconds are off by the difference.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class ApplyLag:
     def describe(self) -> str:
         """``12.3 s, 4.5 MB`` (for the progress line and ``status``)."""
         seconds = "unknown" if self.seconds is None else f"{self.seconds:,.1f} s"
-        return f"{seconds}, {_size(self.bytes)}"
+        return f"{seconds}, {size(self.bytes)}"
 
 
 def apply_lag(
@@ -54,16 +55,19 @@ def apply_lag(
     applied_lsn: Lsn,
     applied_through: datetime | None,
     now: datetime,
-    caught_up: bool = False,
+    caught_up: bool | None = None,
 ) -> ApplyLag:
     """The apply lag of a slot (see the module docstring for the definition).
 
     ``source_lsn``: the source's current WAL position; ``applied_lsn``: the slot's checkpoint;
     ``applied_through``: commit time of the last applied source transaction (or the instant the
-    pipeline was last caught up); ``caught_up``: the pipeline knows it has no backlog.
+    pipeline was last caught up); ``caught_up``: whether the stream has no backlog, as the running
+    pipeline knows it (None, from outside: when nothing is behind).
     """
     behind = max(0, int(source_lsn) - int(applied_lsn))
-    if caught_up or behind == 0:
+    if caught_up is None:
+        caught_up = behind == 0
+    if caught_up:
         return ApplyLag(0.0, behind)
     if applied_through is None:
         return ApplyLag(None, behind)
@@ -112,7 +116,8 @@ def read_source_slots(conn: psycopg.Connection[Any], slots: list[str] | None = N
     return out
 
 
-def _size(n: int) -> str:
+def size(n: int) -> str:
+    """A byte count the way people read it (``4.5 MB``)."""
     for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
         if n >= size:
             return f"{n / size:,.1f} {unit}"
