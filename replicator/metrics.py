@@ -327,8 +327,11 @@ def watermark_number(mark: Watermark) -> float | None:
     """A watermark as one number, where it is one: the xmin, or a single update key's lower bound
     that is a number or a time zone aware timestamp (as Unix time)."""
     if mark.kind == "xmin":
-        xmin = mark.value.get("xmin")
-        return float(xmin) if isinstance(xmin, int) else None
+        xmin = mark.value.get("xmin")  # a 64-bit transaction id, as text
+        try:
+            return float(xmin) if xmin is not None else None
+        except (TypeError, ValueError):
+            return None
     since = mark.value.get("since")
     if not isinstance(since, list) or len(since) != 1 or since[0] is None:
         return None

@@ -50,7 +50,9 @@ def test_a_version_1_destination_reads_slots_without_a_lag_record_and_gets_one_o
     for statement in state.MIGRATIONS[0]:
         dest_db.execute(statement)
     dest_db.execute("UPDATE _replicator.meta SET value = '1'")
-    dest_db.execute("INSERT INTO _replicator.slot_checkpoints (job, slot_name, lsn) VALUES ('j', 's', '0/20')")
+    dest_db.execute(
+        "INSERT INTO _replicator.slot_checkpoints (job, slot_name, lsn) VALUES ('j', 's', '0/20')"
+    )
     with dest_db.destination().open_session("test") as session:
         [old] = session.state.slot_progress()
         assert (old.slot, old.lsn, old.applied_through) == ("s", Lsn.parse("0/20"), None)
