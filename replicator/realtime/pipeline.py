@@ -19,9 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -37,6 +35,7 @@ from replicator.destinations.base import Applier, DestinationSession, NewColumnT
 from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.realtime.lagtrack import LagTracker
 from replicator.realtime.setup import SlotPlan, start_position
 from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.retry import Streak, is_transient
@@ -87,8 +86,8 @@ class SlotPipeline:
         self.write_heartbeat = heartbeat and write_heartbeat
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
+        self.lag = LagTracker(plan.slot, self.stats)  # metrics, the progress line, status
         self._failures = Streak()  # failures in a row: a stream that reads again is healthy
-        self._lag = _Lag()  # the stream in progress's (a new one per stream)
         # aux serves the reader (heartbeat, WAL watch) and the worker (types)
         self._aux_lock = threading.Lock()
 
@@ -109,6 +108,7 @@ class SlotPipeline:
                 # Whatever was read but not committed is read again from the checkpoint, on
                 # connections that work: a restart, a lost bastion or network takes them down too.
                 folder.clear()
+                self.lag.reset()
                 writer.rollback()
                 if not dst.usable:
                     dst.reopen()
@@ -202,11 +202,10 @@ class SlotPipeline:
         progress = worker.progress
         progress.applied = reader.position  # where the stream starts: the destination has all before it
         stats = self.stats
-        lag = self._lag = _Lag()
         in_txn = False
         drained = Lsn(0)  # the last position handed to the worker as drained
         stopping_since: float | None = None
-        report = _ProgressReport(self.plan.slot, stats)
+        report = _ProgressReport(self.plan.slot, stats, self.lag)
         try:
             while True:
                 events = reader.read(read_events, idle_wait, until, wake=worker.wake_fd)
@@ -222,6 +221,7 @@ class SlotPipeline:
                     self._commit(folder, worker)
                 if cut < len(events):
                     in_txn = self._fold(events[cut:] if cut else events, folder, worker, in_txn)
+                self.lag.observe(progress, idle=not events and not in_txn and not folder.pending_transactions)
                 if not in_txn and not folder.pending_transactions and reader.position > drained:
                     drained = reader.position  # everything read is (or will be, in order) committed
                     worker.drained(drained)
@@ -229,11 +229,12 @@ class SlotPipeline:
                 self._failures.reset()
                 worker.check()
                 self._confirm(reader, progress)
-                report.maybe(progress, reader, lag)
+                report.maybe(progress.commits, reader.position)
                 with self._aux_lock:
                     if heartbeat is not None:
                         heartbeat.tick()
                     watch.check_if_due(aux)
+                    self.lag.sample_source_if_due(aux)
                 if until is not None and not in_txn and reader.position >= until:
                     break
                 if stop.is_set():
@@ -264,8 +265,8 @@ class SlotPipeline:
         is that far behind)."""
         change = folder.change
         max_changes = self.cfg.fetch_size_rows
-        lag = self._lag
         changes = transactions = 0
+        commit: Commit | None = None
         for ev in events:
             # Changes first, and one plain isinstance each: this runs for every event.
             if isinstance(ev, Change) or isinstance(ev, Truncate):
@@ -278,12 +279,14 @@ class SlotPipeline:
                 in_txn = True
             elif isinstance(ev, Commit):
                 in_txn = False
-                if not folder.pending_transactions:
-                    lag.batch_started(ev)
                 folder.source_commit(ev.end_lsn)
                 transactions += 1
+                commit = ev
                 if folder.transaction_changes >= max_changes:
+                    self.lag.read(ev.commit_time)  # the batch handed now ends with this one
                     self._commit(folder, worker)
+        if commit is not None:
+            self.lag.read(commit.commit_time)
         self.stats.changes += changes
         self.stats.transactions += transactions
         return in_txn
@@ -295,7 +298,7 @@ class SlotPipeline:
             for folded in ready:
                 worker.apply(folded)
             worker.commit(lsn)
-            self._lag.handed(lsn)
+            self.lag.handed(lsn)
 
     def _confirm(self, reader: ChangeReader, progress: Progress) -> None:
         """Tell the source what the destination has committed (and, when nothing is pending,
@@ -331,70 +334,30 @@ def _after_last_commit(events: list[Event]) -> int:
     return 0
 
 
-class _Lag:
-    """How far the destination is behind the source, as the reader thread sees it: the source
-    commit time of the oldest transaction read but not yet applied (the source's clock), and
-    the batches handed to the worker since."""
-
-    def __init__(self) -> None:
-        self._pending_since: datetime | None = None  # first commit of the batch being folded
-        self._handed: deque[tuple[Lsn, datetime]] = deque()  # (checkpoint, first commit time)
-
-    def batch_started(self, first: Commit) -> None:
-        self._pending_since = first.commit_time
-
-    def handed(self, lsn: Lsn) -> None:
-        if self._pending_since is not None:
-            self._handed.append((lsn, self._pending_since))
-            self._pending_since = None
-
-    def seconds(self, applied: Lsn | None) -> float:
-        """Age of the oldest source commit not yet applied (0 when everything read is)."""
-        handed = self._handed
-        while handed and applied is not None and handed[0][0] <= applied:
-            handed.popleft()
-        oldest = handed[0][1] if handed else self._pending_since
-        if oldest is None:
-            return 0.0
-        return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
-
-
 class _ProgressReport:
     """Logs a slot's throughput and apply lag every ``PROGRESS_EVERY_S``: long catch-ups are never
     silent, and a slot falling behind says so."""
 
-    def __init__(self, slot: str, stats: SlotStats):
+    def __init__(self, slot: str, stats: SlotStats, lag: LagTracker):
         self.slot = slot
         self.stats = stats
+        self.lag = lag
         self.last_at = time.monotonic()
         self.last_changes = stats.changes
 
-    def maybe(self, progress: Progress, reader: ChangeReader, lag: _Lag) -> None:
+    def maybe(self, commits: int, position: Lsn) -> None:
         now = time.monotonic()
         if now - self.last_at < PROGRESS_EVERY_S:
             return
         rate = (self.stats.changes - self.last_changes) / (now - self.last_at)
-        applied = progress.applied
-        behind = max(0, int(reader.received) - int(applied if applied is not None else reader.position))
+        lag = self.lag.lag()
         log.info(
             "slot %s: %d changes in %d transactions read (%.0f changes/s), %d destination commits, "
-            "apply lag %.1f s / %s, confirmed %s, read up to %s",
-            self.slot, self.stats.changes, self.stats.transactions, rate,
-            self.stats.commits + progress.commits, lag.seconds(applied), _size(behind), self.stats.confirmed,
-            reader.position,
+            "confirmed %s, read up to %s, apply lag %s",
+            self.slot, self.stats.changes, self.stats.transactions, rate, self.stats.commits + commits,
+            self.stats.confirmed, position, lag.describe() if lag else "not measured yet",
         )
         self.last_at, self.last_changes = now, self.stats.changes
-
-
-def _size(nbytes: int) -> str:
-    if nbytes < 1024:
-        return f"{nbytes} bytes"
-    size = float(nbytes)
-    for unit in ("kB", "MB", "GB"):
-        size /= 1024
-        if size < 1024 or unit == "GB":
-            break
-    return f"{size:.1f} {unit}"
 
 
 def current_wal_lsn(job: Job) -> Lsn:
