@@ -28,6 +28,8 @@ SUMS = (
     "(SELECT count(*) FROM pgbench_history)"
 )
 
+HISTORY = "SELECT count(*) FROM pgbench_history"
+
 
 def pgbench(db: Database, *args: str) -> subprocess.Popen[str]:
     cmd = [str(find_bindir() / "pgbench"), "-h", "127.0.0.1", "-p", str(db.cluster.port), "-U", SUPERUSER,
@@ -83,8 +85,16 @@ def test_sigkill_during_pgbench_never_splits_a_transaction_nor_duplicates_histor
     try:
         with SplitWatch(pg_env.dest) as watch:
             for _ in range(4):
+                before = pg_env.dest.fetchone(HISTORY)
                 child = spawn_cli(*pg_env.args("realtime"))
-                time.sleep(rng.uniform(1.5, 4.0))
+                # Killed while applying: once this run has committed something (start-up takes
+                # long on a loaded machine), at a random moment after.
+                deadline = time.monotonic() + 120
+                while pg_env.dest.fetchone(HISTORY) == before:
+                    assert child.poll() is None, child.communicate()
+                    assert time.monotonic() < deadline, "the run applied nothing in 120 s"
+                    time.sleep(0.02)
+                time.sleep(rng.uniform(0.0, 1.5))
                 assert child.poll() is None, child.communicate()
                 child.send_signal(signal.SIGKILL)
                 child.wait(10)
@@ -97,5 +107,4 @@ def test_sigkill_during_pgbench_never_splits_a_transaction_nor_duplicates_histor
     assert pg_env.run("realtime", "--once") == 0
     for table in TABLES:
         pg_env.assert_equal(table)
-    history = "SELECT count(*) FROM pgbench_history"
-    assert pg_env.dest.fetchone(history) == pg_env.source.fetchone(history)  # none twice, none lost
+    assert pg_env.dest.fetchone(HISTORY) == pg_env.source.fetchone(HISTORY)  # none twice, none lost
