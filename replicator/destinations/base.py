@@ -325,6 +325,11 @@ class DestinationSession(Protocol):
 
     def has_unique_key(self, table: TableName, columns: tuple[str, ...]) -> bool: ...
 
+    def add_unique_key(self, table: TableName, columns: tuple[str, ...]) -> None:
+        """A unique index on ``columns`` (NOT NULL at the source): how realtime finds rows when the
+        source's replica identity is another unique index than the table's key."""
+        ...
+
     def ready_for_changes(self, table: DestTable) -> DestTable:
         """Make a table ready to receive changes and deletes (``deletes: soft`` adds its flag)."""
         ...

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 
 from replicator.catalog import Catalog, load_types
-from replicator.connect import connect, retrying_for
+from replicator.connect import connect, describe, retrying_for
 from replicator.decoding.changes import Begin, Change, Commit, Decoder, Event, Truncate
 from replicator.decoding.fold import Folder
 from replicator.decoding.pgoutput import PgOutputDecoder
@@ -35,6 +35,7 @@ from replicator.destinations.base import Applier, DestinationSession, NewColumnT
 from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.realtime.positions import LostSlot, lost_slot_message
 from replicator.realtime.setup import SlotPlan, start_position
 from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.retry import Streak, is_transient
@@ -139,7 +140,9 @@ class SlotPipeline:
             (self.plan.slot,),
         ).fetchone()
         if slot_row is None:
-            raise SourceError(f"replication slot {self.plan.slot!r} does not exist any more")
+            # Dropped, or a failover reached a server that never had it: never stream on silently.
+            checkpoint = dst.state.slot_checkpoint(self.job.job_id, self.plan.slot)
+            raise LostSlot(lost_slot_message(self.plan.slot, checkpoint or Lsn(0), describe(src_cfg)))
         configured = self.cfg.start_position.start_lsn if self.cfg.start_position else None
         start = start_position(
             dst.state, self.job.job_id, self.plan.slot, Lsn.parse(slot_row[0]) if slot_row[0] else None,

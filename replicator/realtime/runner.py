@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -19,8 +19,10 @@ from replicator.filters import SelectedTable
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
+from replicator.realtime.positions import Mode, SlotStart, check_start_positions
 from replicator.realtime.setup import (
     SlotPlan,
+    identity_match_key,
     identity_warnings,
     plan_slots,
     prepare_destination,
@@ -39,6 +41,7 @@ class Prepared:
     plans: list[SlotPlan]
     targets: dict[tuple[str, str], Target]
     heartbeat: bool
+    starts: dict[str, SlotStart] = field(default_factory=dict)  # each slot's facts at start
 
 
 def prepare(
@@ -50,6 +53,10 @@ def prepare(
             catalog, tables = select_realtime_tables(job, src, with_snapshot=before_destination is not None)
         full = before_destination is not None  # the full mode snapshots before the destination step
         plans = plan_slots(job.source, tables)
+        # Before anything is written: a stream that would skip changes is refused (positions.py).
+        starts = _check_positions(job, src, plans, "full" if full else "realtime")
+        for t in tables:
+            identity_match_key(t)  # raises if the filter leaves out the columns rows are found by
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
             _check_snapshot_targets(job, src, plans, tables)
@@ -65,7 +72,20 @@ def prepare(
         dst.state.ensure()
         # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
         targets = prepare_destination(dst, catalog, [t for t in tables if not t.table.unlogged])
-    return Prepared(plans, targets, heartbeat is not None)
+    return Prepared(plans, targets, heartbeat is not None, starts)
+
+
+def _check_positions(
+    job: Job, src: psycopg.Connection[Any], plans: list[SlotPlan], mode: Mode
+) -> dict[str, SlotStart]:
+    configured = job.extractor.value.realtime.start_position
+    start_lsn = Lsn.parse(configured.start_lsn) if configured and configured.start_lsn else None
+    where = job.extractor.where("realtime", "start-position", "start-lsn")
+    with open_destination(job.destination.value).open_session(APP) as dst:
+        state = dst.state if dst.state.present() else None
+        return check_start_positions(
+            src, state, job.job_id, [p.slot for p in plans], mode, start_lsn, where
+        )
 
 
 def _check_snapshot_targets(

@@ -22,6 +22,7 @@ from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.realtime.positions import SlotAhead, slot_ahead_message
 from replicator.source.heartbeat import ensure_heartbeat_table
 from replicator.source.publication import PublishedTable, ensure_publication
 
@@ -191,28 +192,53 @@ def prepare_destination(
             found = dst.describe(key)
             assert found is not None
         found = dst.ready_for_changes(found)
-        nullable = any((c := st.table.column(k)) is not None and not c.not_null for k in st.key)
-        targets[key] = Target(found, st.key, key_nullable=nullable)
+        match_key = identity_match_key(st)
+        if match_key != st.key and not dst.has_unique_key(key, match_key):
+            log.info(
+                "%s: the source identifies rows by (%s), its REPLICA IDENTITY index; adding a unique index "
+                "on them at the destination, by which changes are applied", st.display, ", ".join(match_key),
+            )
+            dst.add_unique_key(key, match_key)
+        nullable = any((c := st.table.column(k)) is not None and not c.not_null for k in match_key)
+        targets[key] = Target(found, match_key, key_nullable=nullable)
     return targets
+
+
+def identity_match_key(st: SelectedTable) -> tuple[str, ...]:
+    """The columns realtime finds a table's rows by: those the source's replica identity logs.
+
+    An UPDATE or DELETE carries the old row's replica identity only: the primary key (DEFAULT),
+    the columns of a chosen unique index (USING INDEX), or the whole row (FULL). When that index
+    is not the table's key, matching by the key finds nothing (a DELETE's old key is all NULLs)
+    and misses an UPDATE of the key that leaves the index's columns alone; the index's columns,
+    unique and NOT NULL at the source, find the row in every case.
+    """
+    table = st.table
+    ident = table.identity_index_columns
+    if table.replica_identity == "f" or not ident or set(ident) == set(st.key):
+        return st.key
+    missing = [c for c in ident if c not in {col.name for col in st.columns}]
+    if missing:
+        raise ConfigError(
+            f"{st.display}: its REPLICA IDENTITY index is on ({', '.join(ident)}), and the filter leaves out "
+            f"{', '.join(missing)}: realtime could not find the rows an UPDATE or DELETE touches. Add "
+            f"{', '.join(missing)} to the table's allow list, or ALTER TABLE {st.display} REPLICA IDENTITY "
+            f"DEFAULT (its primary key)"
+        )
+    return ident
 
 
 def start_position(
     state: StateStore, job_id: str, slot: str, slot_confirmed: Lsn | None, start_lsn: Lsn | None = None
 ) -> Lsn:
-    """Where the stream resumes: our checkpoint; else the configured start-lsn; else the slot's position."""
+    """Where the stream resumes: our checkpoint; else the configured start-lsn; else the slot's position.
+
+    (Re)checked at every (re)connection: a slot confirmed past our checkpoint means changes were
+    consumed without being applied here (``positions.py`` checks it before the first write too).
+    """
     checkpoint = state.slot_checkpoint(job_id, slot)
     if checkpoint is not None and slot_confirmed is not None and slot_confirmed > checkpoint:
-        log.warning(
-            "slot %s was confirmed up to %s by another consumer, past our checkpoint %s: changes in "
-            "between are not in the destination; run `full` again (with --fresh) to repair",
-            slot, slot_confirmed, checkpoint,
-        )
+        raise SlotAhead(slot_ahead_message(slot, slot_confirmed, checkpoint))
     if checkpoint is None and start_lsn is not None:
-        if slot_confirmed is not None and start_lsn < slot_confirmed:
-            log.warning(
-                "realtime.start-position.start-lsn %s is before slot %s's confirmed position %s: "
-                "the server starts at %s (earlier changes are no longer in the slot)",
-                start_lsn, slot, slot_confirmed, slot_confirmed,
-            )
-        return start_lsn
+        return max(start_lsn, slot_confirmed or Lsn(0))
     return checkpoint or slot_confirmed or Lsn(0)

@@ -155,6 +155,10 @@ class PostgresSession:
     def has_unique_key(self, table: TableName, columns: tuple[str, ...]) -> bool:
         return ddl.has_unique_key(self.conn, table, columns)
 
+    def add_unique_key(self, table: TableName, columns: tuple[str, ...]) -> None:
+        with self.conn.transaction():
+            ddl.add_unique_key(self.conn, table, columns)
+
     def ready_for_changes(self, table: DestTable) -> DestTable:
         if not self.deletes.lacks_column(table):
             return table
