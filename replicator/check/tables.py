@@ -15,6 +15,7 @@ from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.provision import pgaccess
 from replicator.realtime.setup import plan_slots
+from replicator.source.wal2json_nan import OPT_IN, OPTION, keeps_nan, nan_risks
 
 TABLES = "tables"
 
@@ -43,7 +44,35 @@ def check_tables(ctx: SourceContext, tables: list[SelectedTable]) -> list[CheckR
         results.append(check_keys(ctx, tables))
         if "pgoutput" in ctx.cfg.slots.values():
             results.extend(check_publication(ctx, tables))
+        if "wal2json" in ctx.cfg.slots.values():
+            results.append(check_wal2json_nan(ctx, tables))
     return results
+
+
+def check_wal2json_nan(ctx: SourceContext, tables: list[SelectedTable]) -> CheckResult:
+    """wal2json 2.5 replicates NaN and ±Infinity as NULL (source/wal2json_nan.py)."""
+    plans = plan_slots(ConfigFile(ctx.cfg), tables)
+    risks = nan_risks(ctx.cfg, {p.slot: p.tables for p in plans})
+    if not risks:
+        return ok(
+            TABLES, "wal2json values", "no selected table has a numeric, real or double precision column"
+        )
+    if ctx.cfg.wal2json_nan_becomes_null:
+        return warn(
+            TABLES, "wal2json values",
+            f"NaN and ±Infinity replicate as NULL in {', '.join(r.table for r in risks)} "
+            f"({OPT_IN}: true accepts it)",
+        )
+    lossy = [r for r in risks if not keeps_nan(ctx.conn, r.slot)]
+    if not lossy:
+        return ok(TABLES, "wal2json values", f"this server's wal2json prints NaN and Infinity ({OPTION})")
+    return fail(
+        TABLES, "wal2json values",
+        f"wal2json would replicate NaN and ±Infinity as NULL in {', '.join(r.table for r in lossy)}; "
+        "`replicator run` refuses it",
+        f"use pgoutput (the default; no such limit): replication-slots: {{{lossy[0].slot}: [pgoutput]}}, "
+        f"or accept the loss: {OPT_IN}: true in the source config",
+    )
 
 
 def check_select_grants(ctx: SourceContext, tables: list[SelectedTable]) -> CheckResult:

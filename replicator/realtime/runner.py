@@ -15,6 +15,7 @@ import psycopg
 from replicator.connect import connect
 from replicator.destinations import open_destination
 from replicator.destinations.base import Target
+from replicator.errors import ConfigError
 from replicator.filters import SelectedTable
 from replicator.job import Job
 from replicator.lsn import Lsn
@@ -32,6 +33,7 @@ from replicator.realtime.setup import (
 )
 from replicator.snapshot.runner import unfinished_tables
 from replicator.source.slots import ensure_slot, get_slot
+from replicator.source.wal2json_nan import keeps_nan, nan_refusal, nan_risks
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ def prepare(
         starts = _check_positions(job, src, plans, "full" if full else "realtime")
         for t in tables:
             identity_match_key(t)  # raises if the filter leaves out the columns rows are found by
+        _refuse_nan_loss(job, src, plans)
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
             _check_snapshot_targets(job, src, plans, tables)
@@ -73,6 +76,22 @@ def prepare(
         # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
         targets = prepare_destination(dst, catalog, [t for t in tables if not t.table.unlogged])
     return Prepared(plans, targets, heartbeat is not None, starts)
+
+
+def _refuse_nan_loss(job: Job, src: psycopg.Connection[Any], plans: list[SlotPlan]) -> None:
+    """wal2json 2.5 turns NaN and ±Infinity into NULL (source/wal2json_nan.py): refused unless accepted."""
+    risks = nan_risks(job.source.value, {p.slot: p.tables for p in plans})
+    if not risks:
+        return
+    if job.source.value.wal2json_nan_becomes_null:
+        log.info(
+            "%s: wal2json-nan-becomes-null: NaN and ±Infinity in %s replicate as NULL (accepted)",
+            job.source.where("wal2json-nan-becomes-null"), ", ".join(r.table for r in risks),
+        )
+        return
+    lossy = [r for r in risks if not keeps_nan(src, r.slot)]
+    if lossy:
+        raise ConfigError(nan_refusal(job.source, lossy))
 
 
 def _check_positions(

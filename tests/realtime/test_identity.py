@@ -34,7 +34,8 @@ def _changes(env: Env) -> None:
                 UPDATE {t} SET id = id + 1000 WHERE id IN (7, 8);           -- the primary key
                 UPDATE {t} SET id = id + 2000, code = 'both' || id WHERE id = 9;
                 BEGIN; UPDATE {t} SET code = 'tmp10' WHERE id = 10; DELETE FROM {t} WHERE id = 10; COMMIT;
-                BEGIN; INSERT INTO {t} VALUES (500, 'c500', 'new'); DELETE FROM {t} WHERE code = 'c500'; COMMIT;
+                BEGIN; INSERT INTO {t} VALUES (500, 'c500', 'new');
+                       DELETE FROM {t} WHERE code = 'c500'; COMMIT;
                 DELETE FROM {t} WHERE code = 'moved5';"""
         )
 
