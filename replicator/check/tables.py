@@ -144,8 +144,9 @@ def check_publication(ctx: SourceContext, tables: list[SelectedTable]) -> list[C
                      f"add `publication: replicator_pub` to the source config, then run:\n{ctx.sql(create)}")]
     results = []
     for plan in plan_slots(ConfigFile(ctx.cfg), tables):
-        if plan.publication is not None and plan.tables:
-            results.extend(_check_one_publication(ctx, plan.publication, plan.tables))
+        # Tables without a replica identity go to an insert-only publication `run` makes.
+        if plan.publication is not None and plan.identified:
+            results.extend(_check_one_publication(ctx, plan.publication, plan.identified))
     return results
 
 

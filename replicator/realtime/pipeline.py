@@ -41,6 +41,7 @@ from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.retry import Streak, is_transient
 from replicator.source.describe import CatalogDescriber
 from replicator.source.heartbeat import HeartbeatWriter
+from replicator.source.membership import Member, MembershipWatch
 from replicator.source.reader import ChangeReader
 from replicator.source.slots import wal2json_accepts
 from replicator.source.sqlreader import SqlReader
@@ -86,6 +87,8 @@ class SlotPipeline:
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
         self._failures = Streak()  # failures in a row: a stream that reads again is healthy
+        # Every streamed table still in its publication? (someone else's ALTER PUBLICATION)
+        self.membership = MembershipWatch(_members(plan), self.cfg.heartbeat.interval_ms / 1000)
         # aux serves the reader (heartbeat, WAL watch) and the worker (types)
         self._aux_lock = threading.Lock()
 
@@ -139,6 +142,7 @@ class SlotPipeline:
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
             (self.plan.slot,),
         ).fetchone()
+        self.membership.check(aux)  # at every (re)connection, before streaming
         if slot_row is None:
             # Dropped, or a failover reached a server that never had it: never stream on silently.
             checkpoint = dst.state.slot_checkpoint(self.job.job_id, self.plan.slot)
@@ -164,7 +168,8 @@ class SlotPipeline:
     def _decoder(self, aux: psycopg.Connection[Any]) -> Decoder:
         if self.plan.plugin == "pgoutput":
             assert self.plan.publication is not None
-            return PgOutputDecoder([self.plan.publication])
+            # Tables without a replica identity come through a second, insert-only publication.
+            return PgOutputDecoder(self.plan.publications(self.heartbeat))
         # wal2json names leaf partitions, not their root: ask for those, and map them back (aliases).
         tables = [*self.targets, *self.aliases]
         if self.heartbeat:
@@ -215,6 +220,7 @@ class SlotPipeline:
                     if heartbeat is not None:
                         heartbeat.tick()
                     watch.check_if_due(aux)
+                    self.membership.check_if_due(aux)
                 if until is not None and not in_txn and reader.position >= until:
                     break
                 if stop.is_set():
@@ -317,6 +323,19 @@ class _ProgressReport:
             self.stats.confirmed, position,
         )
         self.last_at, self.last_changes = now, self.stats.changes
+
+
+def _members(plan: SlotPlan) -> list[Member]:
+    """The streamed tables and the publication each must stay in (pgoutput only)."""
+    if plan.publication is None:
+        return []
+    members = [Member(t.table.oid, t.table.schema, t.table.name, plan.publication) for t in plan.identified]
+    if plan.insert_only_publication is not None:
+        members += [
+            Member(t.table.oid, t.table.schema, t.table.name, plan.insert_only_publication)
+            for t in plan.insert_only
+        ]
+    return members
 
 
 def current_wal_lsn(job: Job) -> Lsn:

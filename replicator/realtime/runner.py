@@ -29,6 +29,7 @@ from replicator.realtime.setup import (
     prepare_destination,
     prepare_source,
     select_realtime_tables,
+    tables_changed_in_place,
     unlogged_warnings,
 )
 from replicator.snapshot.runner import unfinished_tables
@@ -63,7 +64,9 @@ def prepare(
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
             _check_snapshot_targets(job, src, plans, tables)
-        for warning in identity_warnings(tables) + unlogged_warnings(tables, "full" if full else "realtime"):
+        for level, message in identity_warnings(tables, tables_changed_in_place(src, tables)):
+            log.log(level, message)
+        for warning in unlogged_warnings(tables, "full" if full else "realtime"):
             log.warning(warning)
         heartbeat = prepare_source(job, src, plans)
         if create_slots:

@@ -24,7 +24,7 @@ from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.positions import SlotAhead, slot_ahead_message
 from replicator.source.heartbeat import ensure_heartbeat_table
-from replicator.source.publication import PublishedTable, ensure_publication
+from replicator.source.publication import INSERT_ONLY, PublishedTable, ensure_publication
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,36 @@ class SlotPlan:
     def table_keys(self) -> set[tuple[str, str]]:
         """The tables a full run snapshots for this slot."""
         return {(t.table.schema, t.table.name) for t in [*self.tables, *self.snapshot_only]}
+
+    @property
+    def identified(self) -> list[SelectedTable]:
+        """Streamed tables whose updates and deletes the source can log (a replica identity)."""
+        return [t for t in self.tables if t.table.identity_gap is None]
+
+    @property
+    def insert_only(self) -> list[SelectedTable]:
+        """Streamed tables without a replica identity: published for inserts and truncates only."""
+        return [t for t in self.tables if t.table.identity_gap is not None]
+
+    @property
+    def insert_only_publication(self) -> str | None:
+        """pgoutput: the publication of ``insert_only`` (streamed on the same slot), if any."""
+        if self.publication is None or not self.insert_only:
+            return None
+        return insert_only_publication(self.publication)
+
+    def publications(self, heartbeat: bool) -> list[str]:
+        """The publications the slot's pgoutput stream reads (those that exist)."""
+        if self.publication is None:
+            return []
+        names = [self.publication] if self.identified or heartbeat or not self.insert_only else []
+        extra = self.insert_only_publication
+        return [*names, extra] if extra else names
+
+
+def insert_only_publication(publication: str) -> str:
+    suffix = "_insert_only"
+    return publication[: 63 - len(suffix)] + suffix
 
 
 def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]) -> list[SlotPlan]:
@@ -143,14 +173,45 @@ def check_keys_agree(
         )
 
 
-def identity_warnings(tables: list[SelectedTable]) -> list[str]:
-    """Tables whose updates and deletes the source cannot log with enough to find the row."""
-    return [
-        f"{t.display}: {gap}: its UPDATEs and DELETEs cannot be replicated (and fail at the source once "
-        f"it is published); fix: ALTER TABLE {t.display} REPLICA IDENTITY FULL; or add a primary key"
-        for t in tables
-        if (gap := t.table.identity_gap) is not None
-    ]
+def identity_warnings(
+    tables: list[SelectedTable], changed: set[tuple[str, str]] | None = None
+) -> list[tuple[int, str]]:
+    """(log level, message) for tables whose updates and deletes the source cannot log.
+
+    They are published for inserts and truncates only (so the source's own UPDATEs keep
+    working): a warning when the table is updated or deleted from (``changed``: per the source's
+    statistics), a note when it looks insert-only (logs, pgbench_history), which keeps
+    replicating as it is.
+    """
+    out = []
+    for t in tables:
+        gap = t.table.identity_gap
+        if gap is None or t.table.unlogged:
+            continue
+        key = (t.table.schema, t.table.name)
+        level = logging.WARNING if changed is None or key in changed else logging.INFO
+        out.append((
+            level,
+            f"{t.display}: {gap}: replicated for INSERT and TRUNCATE only; its UPDATEs and DELETEs are not "
+            f"replicated (the source cannot log which row they touch). Fix: ALTER TABLE {t.display} REPLICA "
+            f"IDENTITY FULL; or add a primary key",
+        ))
+    return out
+
+
+def tables_changed_in_place(
+    conn: psycopg.Connection[Any], tables: list[SelectedTable]
+) -> set[tuple[str, str]]:
+    """The tables the source's statistics have seen updated or deleted from (not insert-only)."""
+    oids = [t.table.oid for t in tables if t.table.identity_gap is not None]
+    if not oids:
+        return set()
+    rows = conn.execute(
+        "SELECT schemaname, relname FROM pg_stat_user_tables WHERE relid = ANY(%s) "
+        "AND n_tup_upd + n_tup_del + n_tup_hot_upd > 0",
+        (oids,),
+    ).fetchall()
+    return {(r[0], r[1]) for r in rows}
 
 
 def prepare_source(job: Job, conn: psycopg.Connection[Any], plans: list[SlotPlan]) -> PublishedTable | None:
@@ -160,14 +221,20 @@ def prepare_source(job: Job, conn: psycopg.Connection[Any], plans: list[SlotPlan
     for plan in plans:
         if plan.publication is None:
             continue
-        published = [
-            PublishedTable(t.table.schema, t.table.name, _published_columns(t)) for t in plan.tables
-        ]
+        published = [_published(t) for t in plan.identified]
+        keyless = [_published(t) for t in plan.insert_only]
         if heartbeat is not None:
             published.append(heartbeat)
         if published:
-            ensure_publication(conn, plan.publication, published)
+            ensure_publication(conn, plan.publication, published, not_here=keyless)
+        if keyless:
+            assert plan.insert_only_publication is not None
+            ensure_publication(conn, plan.insert_only_publication, keyless, publish=INSERT_ONLY)
     return heartbeat
+
+
+def _published(t: SelectedTable) -> PublishedTable:
+    return PublishedTable(t.table.schema, t.table.name, _published_columns(t))
 
 
 def _published_columns(t: SelectedTable) -> tuple[str, ...] | None:
