@@ -97,6 +97,8 @@ class ChunkState:
     run_id: str | None
     rows: int | None
     done: bool
+    # The xmin (64-bit) of the snapshot the chunk was copied in; None if unknown (older versions).
+    snapshot_xmin: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,10 @@ class TableState:
     @property
     def pending(self) -> list[ChunkPlan]:
         return [c.plan for c in self.chunks if not c.done]
+
+    def done_before(self, run_id: str) -> list[ChunkState]:
+        """Chunks finished by earlier runs (in other snapshots)."""
+        return [c for c in self.chunks if c.done and c.run_id != run_id]
 
     def done_in_other_runs(self, run_id: str) -> bool:
         return any(c.done and c.run_id != run_id for c in self.chunks)
@@ -197,8 +203,17 @@ class StateStore(Protocol):
         """Call in the transaction that created or emptied the table."""
         ...
 
-    def mark_chunk_done(self, job: str, table: TableName, chunk_no: int, run_id: str, rows: int) -> None:
-        """Call in the transaction that loaded the chunk's rows."""
+    def mark_chunk_done(
+        self,
+        job: str,
+        table: TableName,
+        chunk_no: int,
+        run_id: str,
+        rows: int,
+        snapshot_xmin: int | None = None,
+    ) -> None:
+        """Call in the transaction that loaded the chunk's rows (``snapshot_xmin``: of the snapshot
+        it was read in)."""
         ...
 
     def mark_key_built(self, job: str, table: TableName) -> None: ...
