@@ -35,7 +35,13 @@ from replicator.destinations.base import Applier, DestinationSession, NewColumnT
 from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
-from replicator.realtime.positions import LostSlot, lost_slot_message
+from replicator.realtime.positions import (
+    LostSlot,
+    ReadOnlyNode,
+    in_recovery,
+    lost_slot_message,
+    read_only_node_message,
+)
 from replicator.realtime.setup import SlotPlan, start_position
 from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.retry import Streak, is_transient
@@ -113,7 +119,8 @@ class SlotPipeline:
                 if not dst.usable:
                     dst.reopen()
                     writer.reset()
-                if self._aux.closed or self._aux.broken:
+                if not _answers(self._aux):
+                    self._aux.close()
                     self._aux = connect(src_cfg, "source", APP, autocommit=True)
                     if writer_hb is not None:
                         writer_hb.conn = self._aux
@@ -142,6 +149,9 @@ class SlotPipeline:
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
             (self.plan.slot,),
         ).fetchone()
+        if in_recovery(aux):
+            # A failover under way: a reader (or the old writer turned standby) has no usable slot yet.
+            raise ReadOnlyNode(read_only_node_message(describe(src_cfg)))
         self.membership.check(aux)  # at every (re)connection, before streaming
         if slot_row is None:
             # Dropped, or a failover reached a server that never had it: never stream on silently.
@@ -323,6 +333,17 @@ class _ProgressReport:
             self.stats.confirmed, position,
         )
         self.last_at, self.last_changes = now, self.stats.changes
+
+
+def _answers(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a connection still works: after a restart it looks fine until it is used."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
 
 
 def _members(plan: SlotPlan) -> list[Member]:

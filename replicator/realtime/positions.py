@@ -37,6 +37,27 @@ log = logging.getLogger(__name__)
 Mode = Literal["realtime", "full"]
 
 
+class ReadOnlyNode(SourceError):
+    """The source is in recovery (a standby, an Aurora reader): a failover in progress, usually.
+    Transient: the writer is waited for, within max-retries x retry-wait-duration-ms."""
+
+    transient = True
+
+
+def in_recovery(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
+    return bool(row and row[0])
+
+
+def read_only_node_message(where: str) -> str:
+    # "the source is a read-only node" is what retry.on_read_only_node recognises.
+    return (
+        f"the source is a read-only node ({where} is in recovery: a standby or a reader, e.g. during a "
+        f"failover); waiting for it to become the writer. If it stays one, point the source config at "
+        f"the writer (the cluster endpoint, not a reader endpoint)"
+    )
+
+
 class LostSlot(SourceError):
     """The slot named in the config is gone while the destination holds a checkpoint for it."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from replicator.connect import connect
+from replicator.connect import connect, describe, retrying_for
 from replicator.destinations import open_destination
 from replicator.destinations.base import Target
 from replicator.errors import ConfigError
@@ -20,7 +20,14 @@ from replicator.filters import SelectedTable
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
-from replicator.realtime.positions import Mode, SlotStart, check_start_positions
+from replicator.realtime.positions import (
+    Mode,
+    ReadOnlyNode,
+    SlotStart,
+    check_start_positions,
+    in_recovery,
+    read_only_node_message,
+)
 from replicator.realtime.setup import (
     SlotPlan,
     identity_match_key,
@@ -51,7 +58,7 @@ def prepare(
     job: Job, create_slots: bool = True, before_destination: Callable[[list[SlotPlan]], None] | None = None
 ) -> Prepared:
     """Everything up to streaming: tables, publications, slots, destination tables, state."""
-    with connect(job.source.value, "source", APP, autocommit=True) as src:
+    with writer_connection(job) as src:
         with src.transaction():
             catalog, tables = select_realtime_tables(job, src, with_snapshot=before_destination is not None)
         full = before_destination is not None  # the full mode snapshots before the destination step
@@ -79,6 +86,20 @@ def prepare(
         # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
         targets = prepare_destination(dst, catalog, [t for t in tables if not t.table.unlogged])
     return Prepared(plans, targets, heartbeat is not None, starts)
+
+
+def writer_connection(job: Job) -> psycopg.Connection[Any]:
+    """A connection to the source once it accepts writes: a failover may briefly leave the endpoint
+    on a read-only node, which is waited for within max-retries x retry-wait-duration-ms."""
+    cfg = job.source.value
+    for attempt in retrying_for(cfg, "waiting for the source to be a writer"):
+        with attempt:
+            conn = connect(cfg, "source", APP, autocommit=True)
+            if in_recovery(conn):
+                conn.close()
+                raise ReadOnlyNode(read_only_node_message(describe(cfg)))
+            return conn
+    raise AssertionError("unreachable")
 
 
 def _refuse_nan_loss(job: Job, src: psycopg.Connection[Any], plans: list[SlotPlan]) -> None:
