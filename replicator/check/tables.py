@@ -15,6 +15,7 @@ from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.provision import pgaccess
 from replicator.realtime.setup import plan_slots
+from replicator.source import rowfilter
 from replicator.source.wal2json_nan import OPT_IN, OPTION, keeps_nan, nan_risks
 
 TABLES = "tables"
@@ -235,7 +236,11 @@ def _filters(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> Chec
     filtered = [
         (by_oid[r[0]], r[1], r[2])
         for r in rows
-        if r[0] in by_oid and (r[1] is not None or _leaves_out(ctx, by_oid[r[0]], name))
+        if r[0] in by_oid
+        and (
+            (r[1] is not None and not _is_our_row_filter(ctx, by_oid[r[0]], r[1]))
+            or _leaves_out(ctx, by_oid[r[0]], name)
+        )
     ]
     if not filtered:
         return ok(TABLES, "publication filters", f"{name} sends every selected row and column")
@@ -253,6 +258,14 @@ def _filters(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> Chec
         "the publication must send every change",
         "\n".join(statements),
     )
+
+
+def _is_our_row_filter(ctx: SourceContext, t: SelectedTable, where: str) -> bool:
+    """Whether ``where`` is the row filter `run` makes of the table's conditions (source/rowfilter.py)."""
+    if not t.condition:
+        return False
+    decided = rowfilter.decide(ctx.conn, "pgoutput", t, insert_only=t.table.identity_gap is not None)
+    return decided is not None and decided.native and decided.printed == where
 
 
 def _leaves_out(ctx: SourceContext, t: SelectedTable, name: str) -> bool:

@@ -13,7 +13,7 @@ satisfy these protocols; nothing in the modes names the PostgreSQL one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -67,12 +67,23 @@ class Target:
     table: DestTable
     key: tuple[str, ...]  # destination key columns ((): no key, changes applied one by one)
     key_nullable: bool = False
+    # The filter's conditions, when the destination evaluates them (no publication row filter):
+    # rows written that do not match are removed (destinations/postgres/rowfilter.py).
+    condition: str | None = None
 
 
 NewColumnType = Callable[[int, int], tuple[str, Catalog]]
 """(type oid, typmod) of a column the source gained -> (its type as SQL, a catalog holding the
 user types it needs), looked up at the source; realtime adds such columns as their first
 change arrives."""
+
+SourceRows = Callable[
+    [TableName, Sequence[str], Sequence[str], list[tuple[Any, ...]], str], list[tuple[Any, ...]]
+]
+"""(table, columns to read, key columns, keys, condition) -> the source's current rows among those
+keys that match the filter condition, as text values in ``columns`` order: for rows a filtered
+table's UPDATE moved into its condition while leaving a TOASTed value unchanged
+(``destinations/postgres/rowfilter.py``)."""
 
 Fill = Callable[[CopySink], RelayResult]
 """Feeds a sink, typically ``lambda sink: relay_copy(src, copy_out, sink)``."""
@@ -389,8 +400,18 @@ class DestinationSession(Protocol):
         ...
 
     def applier(
-        self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
+        self,
+        job: str,
+        slot: str,
+        targets: Mapping[TableName, Target],
+        column_type: NewColumnType,
+        source_rows: SourceRows | None = None,
     ) -> Applier: ...
+
+    def verify_condition(self, table: TableName, condition: str, where: str) -> None:
+        """Refuse (ConfigError) a filter condition this destination cannot evaluate on ``table``
+        (for tables whose condition is evaluated here while streaming)."""
+        ...
 
 
 class Destination(Protocol):

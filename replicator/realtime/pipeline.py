@@ -19,19 +19,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from replicator.catalog import Catalog, load_types
+from replicator.conditions import require_expression
 from replicator.connect import connect, describe, retrying_for
 from replicator.decoding.changes import Begin, Change, Commit, Decoder, Event, Truncate
 from replicator.decoding.fold import Folder
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.decoding.wal2json import Wal2JsonDecoder
 from replicator.destinations import open_destination
-from replicator.destinations.base import Applier, DestinationSession, NewColumnType, Target
+from replicator.destinations.base import Applier, DestinationSession, NewColumnType, SourceRows, Target
 from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
@@ -49,6 +52,7 @@ from replicator.source.describe import CatalogDescriber
 from replicator.source.heartbeat import HeartbeatWriter
 from replicator.source.membership import Member, MembershipWatch
 from replicator.source.reader import ChangeReader
+from replicator.source.session import apply_output_settings
 from replicator.source.slots import wal2json_accepts
 from replicator.source.sqlreader import SqlReader
 from replicator.source.stream import ReplicationStream
@@ -104,7 +108,9 @@ class SlotPipeline:
         # heartbeat, WAL watch, type lookups; reopened after a lost connection (see below)
         aux = self._aux = connect(src_cfg, "source", APP, autocommit=True)
         try:
-            writer = dst.applier(self.job.job_id, self.plan.slot, self.targets, self._column_type())
+            writer = dst.applier(
+                self.job.job_id, self.plan.slot, self.targets, self._column_type(), self._source_rows()
+            )
             folder = Folder(
                 {k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows
             )
@@ -310,6 +316,29 @@ class SlotPipeline:
             return str(row[0]), catalog
 
         return column_type
+
+
+    def _source_rows(self) -> SourceRows:
+        def source_rows(
+            table: tuple[str, str], columns: Sequence[str], key: Sequence[str], keys: list[tuple[Any, ...]],
+            condition: str,
+        ) -> list[tuple[Any, ...]]:
+            """The source's current rows among ``keys`` that match ``condition`` (values as text)."""
+            query = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({}) AND ({})").format(
+                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+                sql.Identifier(*table),
+                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key),
+                sql.SQL(", ").join(
+                    sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Literal, k))) for k in keys
+                ),
+                sql.SQL(require_expression(condition)),
+            )
+            aux = self._aux  # the current one: it is reopened after a lost connection
+            with self._aux_lock, aux.transaction():
+                apply_output_settings(aux)
+                return [tuple(r) for r in aux.execute(query).fetchall()]
+
+        return source_rows
 
 
 class _ProgressReport:

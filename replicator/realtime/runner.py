@@ -16,7 +16,7 @@ from replicator.connect import connect, describe, retrying_for
 from replicator.destinations import open_destination
 from replicator.destinations.base import Target
 from replicator.errors import ConfigError
-from replicator.filters import SelectedTable
+from replicator.filters import SelectedTable, check_conditions
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
@@ -30,6 +30,7 @@ from replicator.realtime.positions import (
 )
 from replicator.realtime.setup import (
     SlotPlan,
+    decide_row_filters,
     identity_match_key,
     identity_warnings,
     plan_slots,
@@ -68,6 +69,10 @@ def prepare(
         for t in tables:
             identity_match_key(t)  # raises if the filter leaves out the columns rows are found by
         _refuse_nan_loss(job, src, plans)
+        # Conditions are pasted into the publication (or evaluated at the destination): first they
+        # must be one harmless boolean expression (conditions.py), as for the snapshot.
+        check_conditions(src, tables)
+        row_filters = decide_row_filters(src, plans)
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
             _check_snapshot_targets(job, src, plans, tables)
@@ -75,7 +80,7 @@ def prepare(
             log.log(level, message)
         for warning in unlogged_warnings(tables, "full" if full else "realtime"):
             log.warning(warning)
-        heartbeat = prepare_source(job, src, plans)
+        heartbeat = prepare_source(job, src, plans, row_filters)
         if create_slots:
             for plan in plans:
                 ensure_slot(src, plan.slot, plan.plugin)
@@ -84,7 +89,7 @@ def prepare(
     with open_destination(job.destination.value).open_session(APP) as dst:
         dst.state.ensure()
         # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
-        targets = prepare_destination(dst, catalog, [t for t in tables if not t.table.unlogged])
+        targets = prepare_destination(dst, catalog, [t for t in tables if not t.table.unlogged], row_filters)
     return Prepared(plans, targets, heartbeat is not None, starts)
 
 

@@ -23,8 +23,10 @@ from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.positions import SlotAhead, slot_ahead_message
+from replicator.source import rowfilter
 from replicator.source.heartbeat import ensure_heartbeat_table
 from replicator.source.publication import INSERT_ONLY, PublishedTable, ensure_publication
+from replicator.source.rowfilter import RowFilter
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +216,44 @@ def tables_changed_in_place(
     return {(r[0], r[1]) for r in rows}
 
 
-def prepare_source(job: Job, conn: psycopg.Connection[Any], plans: list[SlotPlan]) -> PublishedTable | None:
+def decide_row_filters(
+    conn: psycopg.Connection[Any], plans: list[SlotPlan]
+) -> dict[tuple[str, str], RowFilter]:
+    """How each table's filter ``conditions`` are applied while streaming (``source/rowfilter.py``):
+    a publication row filter where that is safe, else at the destination. Writes nothing."""
+    decided = {}
+    for plan in plans:
+        insert_only = {(t.table.schema, t.table.name) for t in plan.insert_only}
+        for t in plan.tables:
+            key = (t.table.schema, t.table.name)
+            rf = rowfilter.decide(conn, plan.plugin, t, key in insert_only)
+            if rf is None:
+                continue
+            decided[key] = rf
+            if rf.native:
+                log.info("%s: conditions applied by the publication (row filter WHERE %s)",
+                         t.display, rf.printed)
+            else:
+                log.info("%s: conditions evaluated at the destination while streaming: %s",
+                         t.display, rf.reason)
+    return decided
+
+
+def prepare_source(
+    job: Job,
+    conn: psycopg.Connection[Any],
+    plans: list[SlotPlan],
+    row_filters: dict[tuple[str, str], RowFilter] | None = None,
+) -> PublishedTable | None:
     """Heartbeat table and publications (created or validated)."""
+    filters = row_filters or {}
     hb_cfg = job.extractor.value.realtime.heartbeat
     heartbeat = ensure_heartbeat_table(conn, hb_cfg) if hb_cfg.enable else None
     for plan in plans:
         if plan.publication is None:
             continue
-        published = [_published(t) for t in plan.identified]
-        keyless = [_published(t) for t in plan.insert_only]
+        published = [_published(t, filters) for t in plan.identified]
+        keyless = [_published(t, filters) for t in plan.insert_only]
         if heartbeat is not None:
             published.append(heartbeat)
         if published:
@@ -233,8 +264,14 @@ def prepare_source(job: Job, conn: psycopg.Connection[Any], plans: list[SlotPlan
     return heartbeat
 
 
-def _published(t: SelectedTable) -> PublishedTable:
-    return PublishedTable(t.table.schema, t.table.name, _published_columns(t))
+def _published(t: SelectedTable, filters: dict[tuple[str, str], RowFilter]) -> PublishedTable:
+    rf = filters.get((t.table.schema, t.table.name))
+    if rf is None or not rf.native:
+        return PublishedTable(t.table.schema, t.table.name, _published_columns(t))
+    return PublishedTable(
+        t.table.schema, t.table.name, _published_columns(t),
+        row_filter=rf.condition, row_filter_printed=rf.printed,
+    )
 
 
 def _published_columns(t: SelectedTable) -> tuple[str, ...] | None:
@@ -244,10 +281,14 @@ def _published_columns(t: SelectedTable) -> tuple[str, ...] | None:
 
 
 def prepare_destination(
-    dst: DestinationSession, catalog: Catalog, tables: list[SelectedTable]
+    dst: DestinationSession,
+    catalog: Catalog,
+    tables: list[SelectedTable],
+    row_filters: dict[tuple[str, str], RowFilter] | None = None,
 ) -> dict[tuple[str, str], Target]:
     """Make sure every table exists at the destination (created like a snapshot would), with a
-    key, ready to receive changes."""
+    key, ready to receive changes; conditions it evaluates must be ones it can evaluate."""
+    filters = row_filters or {}
     targets = {}
     for st in tables:
         key = (st.table.schema, st.table.name)
@@ -267,7 +308,11 @@ def prepare_destination(
             )
             dst.add_unique_key(key, match_key)
         nullable = any((c := st.table.column(k)) is not None and not c.not_null for k in match_key)
-        targets[key] = Target(found, match_key, key_nullable=nullable)
+        rf = filters.get(key)
+        condition = rf.condition if rf is not None and not rf.native else None
+        if condition is not None:
+            dst.verify_condition(key, condition, st.condition_where)
+        targets[key] = Target(found, match_key, key_nullable=nullable, condition=condition)
     return targets
 
 

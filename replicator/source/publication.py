@@ -34,6 +34,10 @@ class PublishedTable:
     schema: str
     table: str
     columns: tuple[str, ...] | None = None
+    # A row filter (the filter's conditions, where that is safe: source/rowfilter.py), as written
+    # and as the server prints it back.
+    row_filter: str | None = None
+    row_filter_printed: str | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -112,6 +116,8 @@ def create_publication_sql(
         columns = _column_list(t, facts[(t.schema, t.table)]) if version >= 150000 else None
         if columns is not None:
             item = sql.SQL("{} ({})").format(item, sql.SQL(", ").join(map(sql.Identifier, columns)))
+        if t.row_filter is not None:
+            item = sql.SQL("{} WHERE ({})").format(item, sql.SQL(t.row_filter))
         items.append(item)
     options: list[sql.Composable] = [sql.SQL("publish = {}").format(sql.Literal(publish))]
     if version >= 130000:
@@ -178,6 +184,8 @@ def publication_problems(
         wanted = _column_list(t, f) if version >= 150000 else None
         if wanted is not None:
             add = sql.SQL("{} ({})").format(add, sql.SQL(", ").join(map(sql.Identifier, wanted)))
+        if t.row_filter is not None:
+            add = sql.SQL("{} WHERE ({})").format(add, sql.SQL(t.row_filter))
         add = sql.SQL("{};").format(add)
         if (t.schema, t.table) not in published:
             if f.relkind == "p" and not viaroot:
@@ -191,10 +199,17 @@ def publication_problems(
                 problems.append(f"it does not include {t.qualified_name}; fix: {add.as_string(conn)}")
             continue
         cols, rowfilter = published[(t.schema, t.table)]
-        if rowfilter is not None:
+        if rowfilter is not None and rowfilter != t.row_filter_printed:
             problems.append(
-                f"it filters the rows of {t.qualified_name} (WHERE {rowfilter}): changes to rows outside the "
-                f"filter would be lost; fix: {(readd + add).as_string(conn)}"
+                f"it filters the rows of {t.qualified_name} (WHERE {rowfilter})"
+                + (f", not by the filter's conditions (WHERE {t.row_filter_printed})" if t.row_filter else
+                   ": changes to rows outside the filter would be lost")
+                + f"; fix: {(readd + add).as_string(conn)}"
+            )
+        elif rowfilter is None and t.row_filter is not None:
+            problems.append(
+                f"it does not filter the rows of {t.qualified_name} by the filter's conditions; "
+                f"fix: {(readd + add).as_string(conn)}"
             )
         needed = t.columns if t.columns is not None else f.columns
         if cols is not None:

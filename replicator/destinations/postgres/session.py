@@ -17,11 +17,21 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
+from replicator import conditions
 from replicator.catalog import Catalog, Column
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect
-from replicator.destinations.base import DestTable, Fill, NewColumnType, SessionRole, TableName, Target
+from replicator.destinations.base import (
+    DestTable,
+    Fill,
+    NewColumnType,
+    SessionRole,
+    SourceRows,
+    TableName,
+    Target,
+)
 from replicator.destinations.postgres import compat, ddl, load
 from replicator.destinations.postgres.apply import Writer
 from replicator.destinations.postgres.deletes import DeletePolicy
@@ -204,6 +214,16 @@ class PostgresSession:
             return load.delete_absent(self.conn, self.deletes, table, order, lower, upper, binary, fill)
 
     def applier(
-        self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
+        self,
+        job: str,
+        slot: str,
+        targets: Mapping[TableName, Target],
+        column_type: NewColumnType,
+        source_rows: SourceRows | None = None,
     ) -> Writer:
-        return Writer(self, job, slot, dict(targets), column_type)
+        return Writer(self, job, slot, dict(targets), column_type, source_rows=source_rows)
+
+    def verify_condition(self, table: TableName, condition: str, where: str) -> None:
+        conditions.verify(
+            self.conn, sql.Identifier(*table), condition, where, f"{'.'.join(table)} at the destination"
+        )
