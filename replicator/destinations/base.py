@@ -70,6 +70,9 @@ class Target:
     # The filter's conditions, when the destination evaluates them (no publication row filter):
     # rows written that do not match are removed (destinations/postgres/rowfilter.py).
     condition: str | None = None
+    # The filter's conditions however they are applied (a publication row filter included): rows
+    # an UPDATE moved into them with a TOASTed value left unchanged are read from the source.
+    source_condition: str | None = None
 
 
 NewColumnType = Callable[[int, int], tuple[str, Catalog]]

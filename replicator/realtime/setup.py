@@ -312,7 +312,10 @@ def prepare_destination(
         condition = rf.condition if rf is not None and not rf.native else None
         if condition is not None:
             dst.verify_condition(key, condition, st.condition_where)
-        targets[key] = Target(found, match_key, key_nullable=nullable, condition=condition)
+        targets[key] = Target(
+            found, match_key, key_nullable=nullable, condition=condition,
+            source_condition=rf.condition if rf is not None else None,
+        )
     return targets
 
 

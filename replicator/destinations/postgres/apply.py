@@ -191,21 +191,22 @@ class Writer:
                     self._upsert(target, batch, p.existing, False, p.existing_text)
                 for group in _by_unchanged(p.partial):
                     self._update(target, batch, group)
-                if target.condition is not None:
+                if target.source_condition is not None:
                     self._filter_rows(target, batch, p)
             self.applied_changes += batch.changes
 
     def _filter_rows(self, t: Target, batch: fold.TableBatch, p: fold.Prepared) -> None:
-        """The destination evaluates ``t``'s filter condition (``rowfilter.py``): rows an UPDATE
-        moved into it with unchanged TOAST values are read from the source, then every row the
-        batch wrote that does not match is removed."""
+        """A filtered table (``rowfilter.py``): rows an UPDATE moved into the condition with unchanged
+        TOAST values are read from the source; then, where the destination evaluates the condition,
+        every row the batch wrote that does not match is removed."""
         partial = [*p.partial, *(op for _, op in p.moves)]
         if partial:
             cols = [n for _, n in self._columns(t, batch)]
             rowfilter.fill_missing(
                 self.conn, self.session.stages, t, partial, batch.key_positions, cols, self.source_rows
             )
-        rowfilter.enforce(self.conn, self.session.stages, t, batch, self._deletes)
+        if t.condition is not None:
+            rowfilter.enforce(self.conn, self.session.stages, t, batch, self._deletes)
 
     def _stage(
         self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]], role: str = ""

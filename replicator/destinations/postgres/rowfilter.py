@@ -70,8 +70,10 @@ def fill_missing(
     source_rows: SourceRows | None,
 ) -> int:
     """Partial updates (unchanged TOAST values) of rows the destination does not hold: read from
-    the source those that match there, and write them. Returns the rows written."""
-    assert target.condition is not None
+    the source those that match there, and write them. Returns the rows written. With a
+    publication row filter too: an UPDATE of the replica identity that moves a row into it arrives
+    as an INSERT whose unchanged TOASTed values the source did not send."""
+    assert target.source_condition is not None
     if not partial or source_rows is None:
         return 0
     keys = [tuple(op.values[i] for i in key_positions) for op in partial]
@@ -86,7 +88,8 @@ def fill_missing(
     ).fetchall()
     if not missing:
         return 0
-    rows = source_rows(target.table.key, columns, target.key, [tuple(r) for r in missing], target.condition)
+    absent = [tuple(r) for r in missing]
+    rows = source_rows(target.table.key, columns, target.key, absent, target.source_condition)
     if not rows:
         return 0
     with conn.cursor().copy(
