@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator import metrics
 from replicator.catalog import Catalog, load_catalog
 from replicator.config.extractor import CopySettings
 from replicator.connect import connect
@@ -86,6 +87,7 @@ class TableWork:
     remaining: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     rereads: list[ChunkState] = field(default_factory=list)  # finished in other snapshots
+    meter: metrics.TableMeter | None = None  # set when its copy starts
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,7 @@ def _copy_all(
     items: list[ChunkJob | TableWork] = []
     for w in works:
         bar.add_table(w.st.display, w.st.table.estimated_rows)
+        w.meter = metrics.snapshot_table(w.st.display, len(w.table.chunks), len(w.table.chunks) - w.remaining)
         if w.remaining == 0:
             items.append(w)
     for w in sorted(works, key=lambda w: -w.st.table.estimated_rows):
@@ -380,7 +383,11 @@ def _copy(job: Job, session: Session, item: ChunkJob, run_id: str, view: Snapsho
     copy_out = copy_out_sql(w.st, chunk, w.columns, w.binary, since)
     key = (w.st.table.schema, w.st.table.name)
 
+    relayed = 0  # bytes of this attempt, for the metrics once they commit
+
     def progress(rows: int, nbytes: int) -> None:
+        nonlocal relayed
+        relayed += nbytes
         bar.advance(name, rows, nbytes)
 
     with dst.transaction():
@@ -390,6 +397,8 @@ def _copy(job: Job, session: Session, item: ChunkJob, run_id: str, view: Snapsho
         )
         if not item.reread:
             dst.state.mark_chunk_done(job.job_id, key, chunk.chunk_no, run_id, result.rows, view.xmin)
+    if w.meter is not None and not item.reread:  # a finished range read again is no new chunk
+        w.meter.chunk_done(result.rows, relayed)
     with w.lock:
         w.remaining -= 1
         last = w.remaining == 0
@@ -406,4 +415,6 @@ def _finalize(job: Job, session: Session, w: TableWork, bar: Progress) -> None:
             dst.build_key(w.st)
             dst.state.mark_key_built(job.job_id, key)
         dst.state.mark_table_done(job.job_id, key)
+    if w.meter is not None:
+        w.meter.finished()
     bar.table_done(w.st.display)
