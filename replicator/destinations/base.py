@@ -417,9 +417,13 @@ class DestinationSession(Protocol):
         source_rows: SourceRows | None = None,
     ) -> Applier: ...
 
-    def verify_condition(self, table: TableName, condition: str, where: str) -> None:
+    def verify_condition(
+        self, table: TableName, condition: str, where: str, columns: Sequence[tuple[str, str]] = ()
+    ) -> bool:
         """Refuse (ConfigError) a filter condition this destination cannot evaluate on ``table``
-        (for tables whose condition is evaluated here while streaming)."""
+        (for tables whose condition is evaluated here while streaming). A table not created yet is
+        stood in for by ``columns`` (name, source type); False: it could not be checked yet (a type
+        the destination does not have until the table is created)."""
         ...
 
 

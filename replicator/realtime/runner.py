@@ -31,6 +31,7 @@ from replicator.realtime.positions import (
 )
 from replicator.realtime.setup import (
     SlotPlan,
+    check_destination_conditions,
     decide_row_filters,
     identity_match_key,
     identity_warnings,
@@ -76,6 +77,9 @@ def prepare(
         # must be one harmless boolean expression (conditions.py), as for the snapshot.
         check_conditions(src, tables)
         row_filters = decide_row_filters(src, plans)
+        if any(not rf.native for rf in row_filters.values()):
+            with open_destination(job.destination.value).open_session(APP) as dst:
+                check_destination_conditions(dst, tables, row_filters)
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
             _check_snapshot_targets(job, src, plans, tables)

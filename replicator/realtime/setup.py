@@ -280,6 +280,19 @@ def _published_columns(t: SelectedTable) -> tuple[str, ...] | None:
     return tuple(c.name for c in t.columns if not c.is_generated)
 
 
+def check_destination_conditions(
+    dst: DestinationSession, tables: list[SelectedTable], row_filters: dict[tuple[str, str], RowFilter]
+) -> None:
+    """Before anything is written: conditions the destination will evaluate must be ones it can
+    (a table not there yet is stood in for by the source's columns; prepare_destination checks
+    again once it exists)."""
+    for st in tables:
+        rf = row_filters.get((st.table.schema, st.table.name))
+        if rf is not None and not rf.native:
+            columns = [(c.name, c.type_sql) for c in st.columns]
+            dst.verify_condition((st.table.schema, st.table.name), rf.condition, st.condition_where, columns)
+
+
 def prepare_destination(
     dst: DestinationSession,
     catalog: Catalog,

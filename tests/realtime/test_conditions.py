@@ -108,7 +108,8 @@ def test_hostile_conditions_are_refused_before_streaming(pg_env: Env) -> None:
 
 def test_a_condition_the_destination_cannot_evaluate_is_refused(pg_env: Env) -> None:
     """A function PostgreSQL refuses in a row filter (user-defined) puts the condition at the
-    destination, which lacks that function: refused at start, not mid-stream."""
+    destination, which lacks that function: refused before anything is written, not mid-stream
+    (and not after a whole snapshot)."""
     env = pg_env
     env.source.execute(
         "CREATE FUNCTION is_open(s text) RETURNS boolean IMMUTABLE LANGUAGE sql AS $$ SELECT s = 'open' $$;"
@@ -119,7 +120,14 @@ def test_a_condition_the_destination_cannot_evaluate_is_refused(pg_env: Env) -> 
         f"allow:\n  catalog: {env.source.name}\n  schema: public\n  allow:\n"
         "    orders:\n      conditions: 'is_open(status)'\n"
     )
-    assert env.run("realtime", "--once", "--filter", str(path)) == 2
+    for mode in ("realtime", "full"):
+        assert env.run(mode, "--once", "--filter", str(path)) == 2
+        # Refused before anything was written: no publication, no slot, no destination table.
+        assert env.source.fetchall("SELECT pubname FROM pg_publication") == []
+        assert env.source.fetchall(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
+        ) == []
+        assert env.dest.fetchall("SELECT to_regclass('public.orders')") == [(None,)]
     env.dest.execute(
         "CREATE FUNCTION is_open(s text) RETURNS boolean IMMUTABLE LANGUAGE sql AS $$ SELECT s = 'open' $$"
     )

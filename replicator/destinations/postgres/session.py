@@ -12,7 +12,7 @@ Every destination session is an autocommit connection (transactions are explicit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -223,7 +223,25 @@ class PostgresSession:
     ) -> Writer:
         return Writer(self, job, slot, dict(targets), column_type, source_rows=source_rows)
 
-    def verify_condition(self, table: TableName, condition: str, where: str) -> None:
-        conditions.verify(
-            self.conn, sql.Identifier(*table), condition, where, f"{'.'.join(table)} at the destination"
+    def verify_condition(
+        self, table: TableName, condition: str, where: str, columns: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        display = f"{'.'.join(table)} at the destination"
+        if ddl.describe_table(self.conn, *table) is not None:
+            conditions.verify(self.conn, sql.Identifier(*table), condition, where, display)
+            return True
+        # Not created yet: a row of the source's column types, named like the table, stands in.
+        types = [t for _, t in columns]
+        known = self.conn.execute(
+            "SELECT bool_and(to_regtype(t) IS NOT NULL) FROM unnest(%s::text[]) t", (types,)
+        ).fetchone()
+        if not columns or known is None or not known[0]:
+            return False
+        stand_in = sql.SQL("(SELECT {}) AS {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("NULL::{} AS {}").format(sql.SQL(t), sql.Identifier(n)) for n, t in columns
+            ),
+            sql.Identifier(table[1]),
         )
+        conditions.verify(self.conn, stand_in, condition, where, display)
+        return True
