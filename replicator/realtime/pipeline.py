@@ -326,7 +326,6 @@ class SlotPipeline:
 
         return column_type
 
-
     def _source_rows(self) -> SourceRows:
         def source_rows(
             table: tuple[str, str], columns: Sequence[str], key: Sequence[str], keys: list[tuple[Any, ...]],
@@ -336,7 +335,8 @@ class SlotPipeline:
             query = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({}) AND ({})").format(
                 sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
                 sql.Identifier(*table),
-                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key),
+                # The key columns as they are (the literals take their types): the key index is used.
+                sql.SQL(", ").join(sql.Identifier(k) for k in key),
                 sql.SQL(", ").join(
                     sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Literal, k))) for k in keys
                 ),
