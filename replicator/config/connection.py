@@ -128,6 +128,9 @@ class ConnectionConfig(ConfigModel):
     publication: str | None = None
     log_reader_type: Literal["STREAM", "SQL"] = "STREAM"
     log_monitoring: LogMonitoring | None = None
+    # wal2json 2.5 prints NaN and ±Infinity of numeric/real/double precision as null: refused
+    # unless accepted here by name (source/wal2json_nan.py).
+    wal2json_nan_becomes_null: bool = False
     # AWS identifiers for `replicator check` (optional; inferred from an RDS endpoint otherwise).
     aws_region: str | None = None
     db_instance_identifier: str | None = None

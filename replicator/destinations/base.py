@@ -13,7 +13,7 @@ satisfy these protocols; nothing in the modes names the PostgreSQL one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -67,12 +67,26 @@ class Target:
     table: DestTable
     key: tuple[str, ...]  # destination key columns ((): no key, changes applied one by one)
     key_nullable: bool = False
+    # The filter's conditions, when the destination evaluates them (no publication row filter):
+    # rows written that do not match are removed (destinations/postgres/rowfilter.py).
+    condition: str | None = None
+    # The filter's conditions however they are applied (a publication row filter included): rows
+    # an UPDATE moved into them with a TOASTed value left unchanged are read from the source.
+    source_condition: str | None = None
 
 
 NewColumnType = Callable[[int, int], tuple[str, Catalog]]
 """(type oid, typmod) of a column the source gained -> (its type as SQL, a catalog holding the
 user types it needs), looked up at the source; realtime adds such columns as their first
 change arrives."""
+
+SourceRows = Callable[
+    [TableName, Sequence[str], Sequence[str], list[tuple[Any, ...]], str], list[tuple[Any, ...]]
+]
+"""(table, columns to read, key columns, keys, condition) -> the source's current rows among those
+keys that match the filter condition, as text values in ``columns`` order: for rows a filtered
+table's UPDATE moved into its condition while leaving a TOASTed value unchanged
+(``destinations/postgres/rowfilter.py``)."""
 
 Fill = Callable[[CopySink], RelayResult]
 """Feeds a sink, typically ``lambda sink: relay_copy(src, copy_out, sink)``."""
@@ -97,6 +111,8 @@ class ChunkState:
     run_id: str | None
     rows: int | None
     done: bool
+    # The xmin (64-bit) of the snapshot the chunk was copied in; None if unknown (older versions).
+    snapshot_xmin: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,10 @@ class TableState:
     @property
     def pending(self) -> list[ChunkPlan]:
         return [c.plan for c in self.chunks if not c.done]
+
+    def done_before(self, run_id: str) -> list[ChunkState]:
+        """Chunks finished by earlier runs (in other snapshots)."""
+        return [c for c in self.chunks if c.done and c.run_id != run_id]
 
     def done_in_other_runs(self, run_id: str) -> bool:
         return any(c.done and c.run_id != run_id for c in self.chunks)
@@ -198,8 +218,17 @@ class StateStore(Protocol):
         """Call in the transaction that created or emptied the table."""
         ...
 
-    def mark_chunk_done(self, job: str, table: TableName, chunk_no: int, run_id: str, rows: int) -> None:
-        """Call in the transaction that loaded the chunk's rows."""
+    def mark_chunk_done(
+        self,
+        job: str,
+        table: TableName,
+        chunk_no: int,
+        run_id: str,
+        rows: int,
+        snapshot_xmin: int | None = None,
+    ) -> None:
+        """Call in the transaction that loaded the chunk's rows (``snapshot_xmin``: of the snapshot
+        it was read in)."""
         ...
 
     def mark_key_built(self, job: str, table: TableName) -> None: ...
@@ -354,6 +383,11 @@ class DestinationSession(Protocol):
 
     def has_unique_key(self, table: TableName, columns: tuple[str, ...]) -> bool: ...
 
+    def add_unique_key(self, table: TableName, columns: tuple[str, ...]) -> None:
+        """A unique index on ``columns`` (NOT NULL at the source): how realtime finds rows when the
+        source's replica identity is another unique index than the table's key."""
+        ...
+
     def ready_for_changes(self, table: DestTable) -> DestTable:
         """Make a table ready to receive changes and deletes (``deletes: soft`` adds its flag)."""
         ...
@@ -398,8 +432,22 @@ class DestinationSession(Protocol):
         ...
 
     def applier(
-        self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
+        self,
+        job: str,
+        slot: str,
+        targets: Mapping[TableName, Target],
+        column_type: NewColumnType,
+        source_rows: SourceRows | None = None,
     ) -> Applier: ...
+
+    def verify_condition(
+        self, table: TableName, condition: str, where: str, columns: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        """Refuse (ConfigError) a filter condition this destination cannot evaluate on ``table``
+        (for tables whose condition is evaluated here while streaming). A table not created yet is
+        stood in for by ``columns`` (name, source type); False: it could not be checked yet (a type
+        the destination does not have until the table is created)."""
+        ...
 
 
 class Destination(Protocol):
