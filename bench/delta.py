@@ -7,7 +7,7 @@ in one database of a throwaway local cluster, and brings three destination datab
 date with `replicator run delta-snapshot --once` (their first pass is a snapshot, not timed):
   xmin:             changes found by xmin (a full scan of t), deletes by key ranges;
   update-key:       changes found by `update-key: c` (an index range scan), deletes by key ranges;
-  xmin, no deletes: xmin with `replicate-deletes: false` (no key comparison).
+  xmin-no-deletes:  xmin with `replicate-deletes: false` (no key comparison).
 Then, per round: change a fraction of the rows (80% updated, 10% deleted, 10% inserted, c set
 to now()), time one `--once` pass of each (a new process, end to end), and time the reference:
 `replicator run snapshot` of the same table into a fresh database (a new process, end to end,
@@ -47,7 +47,7 @@ TABLE_DDL = "CREATE TABLE t (id bigint PRIMARY KEY, a text, b numeric, c timesta
 VARIANTS = {
     "xmin": "delta-snapshot:\n  threads: 2\n",
     "update-key": "delta-snapshot:\n  threads: 2\n  update-key: c\n",
-    "xmin, no deletes": "delta-snapshot:\n  threads: 2\n  replicate-deletes: false\n",
+    "xmin-no-deletes": "delta-snapshot:\n  threads: 2\n  replicate-deletes: false\n",
 }
 
 
@@ -128,12 +128,11 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, of: {', '.join(VARIANTS)} (default: all)")
     args = parser.parse_args()
-    variants = {name: VARIANTS[name] for name in (v.strip() for v in args.variants.split(",")) if name}
-    unknown = set(variants) - set(VARIANTS)
-    if unknown or not variants:
-        parser.error(
-            f"--variants: {', '.join(sorted(unknown)) or 'none given'}; known: {', '.join(VARIANTS)}"
-        )
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        parser.error(f"--variants: {', '.join(unknown) or 'none given'}; known: {', '.join(VARIANTS)}")
+    variants = {name: VARIANTS[name] for name in names}
     workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
     workdir.chmod(0o755)
     cluster = start_cluster(workdir / "cluster", settings={"fsync": "off", "synchronous_commit": "off"})
@@ -192,7 +191,7 @@ def main() -> int:
             t = statistics.median(times)
             paired = statistics.median(p / s for s, p in zip(snapshots, times, strict=True))
             print(
-                f"RESULT delta variant={name.replace(', ', '-').replace(' ', '-')} rows={args.rows} "
+                f"RESULT delta variant={name} rows={args.rows} "
                 f"changed={int(args.rows * args.changed)} deletes={statistics.median(deleted):.0f} "
                 f"snapshot_s={snap:.2f} pass_s={t:.2f} fraction={t / snap:.2f} paired_fraction={paired:.2f} "
                 f"target={targets.get(name, float('nan')):.2f} rounds={args.repeats}"
