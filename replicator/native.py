@@ -3,7 +3,8 @@
 Two hot loops have a C implementation, each with a pure-Python twin that moves the same data
 at a higher CPU cost:
 
-- ``relay``: ``replicator._relay``, the snapshot relay's per-row loop (``relay.py``);
+- ``relay``: ``replicator._relay``, the snapshot relay's per-row loop (``relay.py``) and the
+  merge of two ordered key streams of delta passes (``keywalk.py``);
 - ``pgoutput``: ``replicator._pgoutput``, pgoutput row messages read from the stream and
   decoded into change events (``decoding/pgoutput.py``, ``source/stream.py``).
 
@@ -46,9 +47,15 @@ RelayPump = Callable[
 ]
 
 
+# keywalk(src_ptr, dst_ptr, kinds, on_gone, buffer_bytes, check_signals)
+#   -> (outcome, source_rows, destination_rows, gone, missing); see keywalk.py
+KeyWalk = Callable[[int, int, bytes, Callable[[bytes], None], int, bool], tuple[int, int, int, int, int]]
+
+
 @dataclass(frozen=True)
 class NativeRelay:
     pump: RelayPump
+    keywalk: KeyWalk
     library: str  # the libpq file the C loop calls (psycopg's own)
     version: int  # its PQlibVersion()
 
@@ -118,7 +125,9 @@ def _bind_relay_once() -> tuple[NativeRelay | None, str]:
         version, library = _relay.bind(libpq_carrier(), pq.version())
     except (OSError, ImportError, AttributeError) as e:
         return None, f"cannot use psycopg's libpq: {e}"
-    return NativeRelay(_relay.pump, os.path.realpath(library), version), ""
+    if not hasattr(_relay, "keywalk"):
+        return None, "the C relay is an older build without keywalk; `pip install -e .` rebuilds it"
+    return NativeRelay(_relay.pump, _relay.keywalk, os.path.realpath(library), version), ""
 
 
 # -- pgoutput --------------------------------------------------------------------------------

@@ -33,25 +33,16 @@ from replicator.connect import connect
 from replicator.delta import changes, deletes, updatekey
 from replicator.delta.changes import PassSnapshot
 from replicator.delta.tables import DeltaTable, check_destination_key, select_delta_tables
-from replicator.destinations.base import DestinationSession, DestTable, Watermark
+from replicator.delta.work import Changes, TableResult, apply_all
+from replicator.destinations.base import DestinationSession, Watermark
 from replicator.errors import DestinationError
 from replicator.job import Job
-from replicator.progress import LOG_EVERY_S, make_progress
+from replicator.progress import make_progress
 from replicator.snapshot.runner import SnapshotScope, run_snapshot
-from replicator.snapshot.workers import SNAPSHOT_SESSION, Session, run_parallel, session_settings
+from replicator.snapshot.workers import SNAPSHOT_SESSION, session_settings
 from replicator.typemap import binary_safe
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TableResult:
-    table: str
-    kind: str
-    snapshotted: bool = False
-    upserted: int = 0  # rows read past the watermark and merged (changed, or re-checked)
-    deleted: int = 0
-    full_read: bool = False
 
 
 @dataclass
@@ -69,6 +60,10 @@ class PassSummary:
     def deleted(self) -> int:
         return sum(r.deleted for r in self.results)
 
+    @property
+    def failed(self) -> list[TableResult]:
+        return [r for r in self.results if r.error is not None]
+
 
 @dataclass
 class RunContext:
@@ -80,22 +75,11 @@ class RunContext:
     warned_hidden: bool = False
 
 
-@dataclass(frozen=True)
-class _Work:
-    """One table's changes in a pass."""
-
-    table: DeltaTable
-    target: DestTable
-    columns: tuple[str, ...]
-    binary: bool
-    where: sql.Composable | None  # None: every row
-    mark: Watermark
-    result: TableResult
-
-
 APP = "replicator/delta-snapshot"
 
 SOURCE_SETTINGS = {**SNAPSHOT_SESSION, **deletes.SESSION_SETTINGS}
+
+
 
 
 def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
@@ -155,78 +139,12 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
             if t.ident not in is_new:
                 where = changes.changed_rows(t, marks.get(t.ident), snapshot)
                 works.append(_work(control, catalog, t, where, upcoming[t.ident], result))
-        _apply_all(job, src, snapshot, works)
+        apply_all(job, src, control, snapshot.name, works, APP)
         src.execute("COMMIT")
     finally:
         src.close()
     summary.seconds = time.monotonic() - started
     return summary
-
-
-class _Ticker:
-    """Says how a long phase is going, every few seconds, from whichever worker is due."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self.rows = 0
-        self.ranges = 0
-        self._last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def add(self, rows: int = 0, ranges: int = 0, total_ranges: int = 0) -> None:
-        with self._lock:
-            self.rows += rows
-            self.ranges += ranges
-            now = time.monotonic()
-            if now - self._last < LOG_EVERY_S:
-                return
-            self._last = now
-        if total_ranges:
-            log.info("%s: %d of %d key ranges compared", self.what, self.ranges, total_ranges)
-        else:
-            log.info("%s: %s changed rows merged so far", self.what, f"{self.rows:,}")
-
-
-def _apply_all(job: Job, src: psycopg.Connection[Any], snapshot: PassSnapshot, works: list[_Work]) -> None:
-    """Changed rows of every table in parallel; then deletes, key range by key range, in parallel.
-
-    Deletes come second so that, for a range without deletes, both sides already hold the
-    same keys and the digests agree.
-    """
-    cfg = job.extractor.value.delta_snapshot
-    merging = _Ticker("merging changes")
-    run_parallel(
-        job, snapshot.name, deletes.SESSION_SETTINGS, works, cfg.threads,
-        lambda w: f"merging changed rows of {w.table.display}",
-        lambda session, w: _apply(job.job_id, session, w, merging), APP,
-    )  # fmt: skip
-    compared = {
-        w.table.ident: deletes.TableDeletes(w.table, w.target, deletes.key_order(src, w.table), w.binary)
-        for w in works
-        if w.table.replicate_deletes
-    }
-    ranges = [r for d in compared.values() for r in deletes.key_ranges(src, d, cfg.min_job_size_rows)]
-    comparing = _Ticker("replicate-deletes")
-
-    def compare(session: Session, r: deletes.KeyRange) -> None:
-        deletes.compare_range(*session.connections(), r)
-        comparing.add(ranges=1, total_ranges=len(ranges))
-
-    run_parallel(
-        job, snapshot.name, deletes.SESSION_SETTINGS, ranges, cfg.threads,
-        lambda r: f"comparing keys of {r.deletes.table.display}", compare, APP,
-    )  # fmt: skip
-    for w in works:
-        if w.table.ident in compared:
-            w.result.deleted = compared[w.table.ident].removed
-        log.info(
-            "%s: %s row(s) upserted%s, %s deleted (%s)",
-            w.table.display,
-            f"{w.result.upserted:,}",
-            " (read every row)" if w.result.full_read else "",
-            f"{w.result.deleted:,}" if w.table.replicate_deletes else "none",
-            w.table.kind,
-        )
 
 
 def _classify(
@@ -314,7 +232,7 @@ def _work(
     where: sql.Composable | None,
     mark: Watermark,
     result: TableResult,
-) -> _Work:
+) -> Changes:
     target = control.describe(t.ident)
     if target is None:
         raise DestinationError(
@@ -325,12 +243,4 @@ def _work(
         target.columns[c.name].type_sql == c.type_sql for c in t.st.columns
     )
     result.full_read = where is None
-    return _Work(t, target, control.copy_columns(t.st, target), binary, where, mark, result)
-
-
-def _apply(job_id: str, session: Session, w: _Work, ticker: _Ticker) -> None:
-    src, dst = session.connections()
-    w.result.upserted = changes.apply_changes(
-        src, dst, job_id, w.table, w.target, w.columns, w.binary, w.where, w.mark,
-        lambda rows, nbytes: ticker.add(rows=rows),
-    )  # fmt: skip
+    return Changes(t, target, control.copy_columns(t.st, target), binary, where, mark, result)

@@ -3,7 +3,8 @@
 A mode opens a ``DestinationSession`` from a ``Destination`` (``open_destination(config)``)
 and works through it: tables (describe, create, empty, key), loads (a COPY stream relayed from
 the source, appended or merged by key), key-range digests and deletes of absent keys (delta
-passes), an ``Applier`` for folded realtime batches, and the ``StateStore`` where progress is
+passes; or the live keys in key order and deleting a set of keys, for the key walk), an
+``Applier`` for folded realtime batches, and the ``StateStore`` where progress is
 checkpointed. Everything a session does inside ``with session.transaction():`` commits
 together, which is how a checkpoint commits atomically with the rows it covers.
 
@@ -24,7 +25,7 @@ from replicator.decoding.fold import Folded
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
 from replicator.lsn import Lsn
-from replicator.relay import CopySink, RelayResult
+from replicator.relay import CopySink, CopySource, RelayResult
 from replicator.serverfacts import ServerFacts, Verdict
 
 TableName = tuple[str, str]
@@ -366,6 +367,24 @@ class DestinationSession(Protocol):
     ) -> int:
         """Delete (or soft-delete) the rows in ``(lower, upper]`` whose key is not in the stream
         ``fill`` writes: one row of arrays, one array per key column. Returns the rows removed."""
+        ...
+
+    def text_key_encoding(self) -> str | None:
+        """The encoding text keys arrive in from ``live_keys`` when it is the one they are stored
+        in (their bytes then order as byte-wise comparison at the destination does); else None."""
+        ...
+
+    def live_keys(self, table: DestTable, order: KeyOrder) -> CopySource:
+        """The keys of the live rows of ``table`` in ``order``'s order, as a binary COPY stream of
+        the key columns (not started). Read it to its end before the session does anything else."""
+        ...
+
+    def delete_keys(
+        self, table: DestTable, key: tuple[str, ...], count: int, table_rows: int, fill: Fill
+    ) -> int:
+        """Delete (or soft-delete) the rows of ``table`` whose key is one of the ``count`` keys
+        ``fill`` writes (binary COPY, columns ``key``; ``table_rows``: about how many rows the
+        table has). Call in a transaction; returns the rows removed."""
         ...
 
     def applier(

@@ -22,7 +22,7 @@ from replicator.catalog import Catalog, Column
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect
 from replicator.destinations.base import DestTable, Fill, NewColumnType, SessionRole, TableName, Target
-from replicator.destinations.postgres import compat, ddl, load
+from replicator.destinations.postgres import compat, ddl, keys, load
 from replicator.destinations.postgres.apply import Writer
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import Stages
@@ -30,7 +30,7 @@ from replicator.destinations.postgres.state import PgStateStore
 from replicator.errors import DestinationError
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
-from replicator.relay import RelayResult
+from replicator.relay import PgCopyOut, RelayResult
 from replicator.serverfacts import ServerFacts, Verdict, compare
 
 WRITER_SETTINGS = {"synchronous_commit": "off"}
@@ -198,6 +198,17 @@ class PostgresSession:
     ) -> int:
         with self.transaction():  # each range commits on its own: deleting is idempotent
             return load.delete_absent(self.conn, self.deletes, table, order, lower, upper, binary, fill)
+
+    def text_key_encoding(self) -> str | None:
+        return keys.text_key_encoding(self.conn)
+
+    def live_keys(self, table: DestTable, order: KeyOrder) -> PgCopyOut:
+        return keys.live_keys(self.conn, self.deletes, table, order)
+
+    def delete_keys(
+        self, table: DestTable, key: tuple[str, ...], count: int, table_rows: int, fill: Fill
+    ) -> int:
+        return keys.delete_keys(self.conn, self.deletes, table, key, count, table_rows, fill)
 
     def applier(
         self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
