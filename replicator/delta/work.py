@@ -26,15 +26,17 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator.catalog import Catalog
 from replicator.delta import changes, deletes, walk
 from replicator.delta.tables import DeltaTable
-from replicator.destinations.base import DestinationSession, DestTable, Watermark
+from replicator.destinations.base import ColumnChanges, DestinationSession, DestTable, Watermark
 from replicator.errors import Interrupted
 from replicator.job import Job
 from replicator.keyorder import KeyOrder
 from replicator.progress import LOG_EVERY_S
 from replicator.retry import first_line
 from replicator.snapshot.workers import Session, run_parallel
+from replicator.typemap import binary_safe
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,9 @@ class Changes:
     mark: Watermark
     result: TableResult
     walk: Walk | None = None
+    alter: ColumnChanges | None = None  # the source's columns changed: applied first, same transaction
+    catalog: Catalog | None = None  # for ``alter``: the source's types
+    skip_deletes: bool = False  # the key's columns changed: deletes wait for the next pass
 
 
 class Ticker:
@@ -131,7 +136,9 @@ def apply_all(
     encodings = (walk.source_text_encoding(src), control.text_key_encoding())
     plan: list[Changes] = []
     for w in works:
-        if w.table.replicate_deletes:
+        if w.table.replicate_deletes and w.skip_deletes:
+            log.info("%s: its key columns changed: deletes are looked for in the next pass", w.table.display)
+        elif w.table.replicate_deletes:
             order = deletes.key_order(src, w.table)
             kinds = walk.walk_kinds(w.table, w.target, order, *encodings)
             if kinds is not None:
@@ -213,6 +220,12 @@ def apply_all(
             )
 
 
+def binary_copy(catalog: Catalog, t: DeltaTable, target: DestTable) -> bool:
+    """Whether the rows may move as binary COPY: safe types, and the same types on both sides."""
+    types = {name: c.type_sql for name, c in target.columns.items()}
+    return binary_safe(catalog, t.st.columns) and all(types.get(c.name) == c.type_sql for c in t.st.columns)
+
+
 def _apply(job_id: str, session: Session, w: Changes, ticker: Ticker, halt: threading.Event) -> None:
     src, dst = session.connections()
     then: Callable[[int], None] | None = None
@@ -221,11 +234,21 @@ def _apply(job_id: str, session: Session, w: Changes, ticker: Ticker, halt: thre
 
         def then(merged: int) -> None:
             gone = table_walk.wait(halt)
-            w.result.deleted = walk.remove_gone(
-                dst, w.table, w.target, table_walk.order, gone, merged
-            )
+            w.result.deleted = walk.remove_gone(dst, w.table, target, table_walk.order, gone, merged)
 
-    w.result.upserted = changes.apply_changes(
-        src, dst, job_id, w.table, w.target, w.columns, w.binary, w.where, w.mark,
-        lambda rows, nbytes: ticker.add(rows=rows), then,
-    )  # fmt: skip
+    target, columns, binary = w.target, w.columns, w.binary
+    with dst.transaction():
+        if w.alter:
+            assert w.catalog is not None
+            if w.walk is not None:
+                # The walk reads the destination's keys on another connection: ALTER TABLE would wait
+                # for it, and it for this transaction's end.
+                w.walk.wait(halt)
+            target = dst.alter_columns(w.target, w.catalog, w.alter)
+            columns = dst.copy_columns(w.table.st, target)
+            binary = binary_copy(w.catalog, w.table, target)
+            log.info("%s: following the source's columns: %s", w.table.display, w.alter.describe())
+        w.result.upserted = changes.apply_changes(
+            src, dst, job_id, w.table, target, columns, binary, w.where, w.mark,
+            lambda rows, nbytes: ticker.add(rows=rows), then,
+        )  # fmt: skip

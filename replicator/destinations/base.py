@@ -61,6 +61,32 @@ class DestTable:
         return f"{self.schema}.{self.name}"
 
 
+OUR_COLUMN_PREFIX = "__replicator_"
+"""Columns a destination adds to tables for itself (e.g. the soft-delete flag) start with this."""
+
+
+@dataclass(frozen=True)
+class ColumnChanges:
+    """How a destination table's columns follow the source's (delta passes), applied in this order."""
+
+    renamed: tuple[tuple[str, str], ...] = ()  # (old name, new name): the same source column
+    dropped: tuple[str, ...] = ()  # gone at the source (dropped, or kept with NULLs: destination config)
+    added: tuple[Column, ...] = ()  # new at the source (their values: the caller reads every row again)
+    retyped: tuple[Column, ...] = ()  # another type at the source (likewise)
+    orphaned: tuple[str, ...] = ()  # not at the source, origin unknown: kept, NOT NULL dropped
+
+    def __bool__(self) -> bool:
+        return bool(self.renamed or self.dropped or self.added or self.retyped or self.orphaned)
+
+    def describe(self) -> str:
+        parts = [f"renamed {o} to {n}" for o, n in self.renamed]
+        parts += [f"dropped {c}" for c in self.dropped]
+        parts += [f"added {c.name} {c.type_sql}" for c in self.added]
+        parts += [f"{c.name} now {c.type_sql}" for c in self.retyped]
+        parts += [f"{c} no longer at the source (kept, may be NULL)" for c in self.orphaned]
+        return ", ".join(parts)
+
+
 @dataclass
 class Target:
     """A destination table that receives realtime changes, and how its rows are found."""
@@ -332,6 +358,12 @@ class DestinationSession(Protocol):
 
     def copy_columns(self, st: SelectedTable, table: DestTable) -> tuple[str, ...]:
         """The selected columns the destination receives (present there, not generated)."""
+        ...
+
+    def alter_columns(self, table: DestTable, catalog: Catalog, changes: ColumnChanges) -> DestTable:
+        """Make ``table``'s columns follow the source's (a dropped column is dropped, or kept as
+        the destination's config says); call in the transaction that then merges its rows.
+        Returns the table as it is afterwards."""
         ...
 
     # rows

@@ -10,6 +10,7 @@ from __future__ import annotations
 from replicator.delta.loop import run_passes
 from replicator.delta.passes import PassSummary
 from replicator.job import Job
+from replicator.retry import first_line
 
 
 def run(job: Job) -> int:
@@ -18,12 +19,17 @@ def run(job: Job) -> int:
 
 def format_summary(s: PassSummary) -> str:
     snapshotted = [r for r in s.results if r.snapshotted]
-    head = f"delta-snapshot pass {s.number} complete in {s.seconds:.1f} s: {len(s.results)} table(s)"
+    head = f"delta-snapshot pass {s.number} complete in {s.seconds:.2f} s: {len(s.results)} table(s)"
     if snapshotted:
         head += f", {len(snapshotted)} snapshotted ({s.snapshot_rows:,} rows)"
     head += f"; {s.upserted:,} row(s) upserted, {s.deleted:,} deleted"
+    if s.failed:
+        head += f"; {len(s.failed)} table(s) FAILED: {', '.join(r.table for r in s.failed)}"
     lines = [head]
     for r in s.results:
+        if r.error is not None:
+            lines.append(f"  {r.table} ({r.kind}): FAILED: {first_line(r.error)}")
+            continue
         parts = []
         if r.snapshotted:
             parts.append("snapshot")

@@ -21,8 +21,16 @@ import psycopg
 from replicator.catalog import Catalog, Column
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect
-from replicator.destinations.base import DestTable, Fill, NewColumnType, SessionRole, TableName, Target
-from replicator.destinations.postgres import compat, ddl, keys, load
+from replicator.destinations.base import (
+    ColumnChanges,
+    DestTable,
+    Fill,
+    NewColumnType,
+    SessionRole,
+    TableName,
+    Target,
+)
+from replicator.destinations.postgres import columns, compat, ddl, keys, load
 from replicator.destinations.postgres.apply import Writer
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import Stages
@@ -64,9 +72,11 @@ class PostgresSession:
         conn: psycopg.Connection[Any],
         deletes: DeletePolicy,
         reconnect: Callable[[], psycopg.Connection[Any]] | None = None,
+        keep_dropped_columns: bool = False,
     ):
         self.conn = conn
         self.deletes = deletes
+        self.keep_dropped_columns = keep_dropped_columns
         self.stages = Stages(conn)
         self._reconnect = reconnect
         self._state = PgStateStore(self)
@@ -166,6 +176,10 @@ class PostgresSession:
 
     def copy_columns(self, st: SelectedTable, table: DestTable) -> tuple[str, ...]:
         return ddl.copy_columns(st, table)
+
+    def alter_columns(self, table: DestTable, catalog: Catalog, changes: ColumnChanges) -> DestTable:
+        self.stages.forget(table.key)  # shaped like the old table
+        return columns.alter_columns(self.conn, table, catalog, changes, self.keep_dropped_columns)
 
     # -- rows ------------------------------------------------------------------------------
 
