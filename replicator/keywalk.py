@@ -101,7 +101,11 @@ def walk(
         source.abort()
         destination.abort()
         raise
-    source_rows = source.finish()
+    try:
+        source_rows = source.finish()
+    except BaseException:
+        destination.abort()
+        raise
     destination_rows = destination.finish()
     result = WalkResult(*counts)
     if (source_rows, destination_rows) != (result.source_keys, result.destination_keys):

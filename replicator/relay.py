@@ -392,6 +392,9 @@ def _abandon_copy_out(conn: psycopg.Connection[Any]) -> None:
             n, _ = sp.get_copy_data(0)
             if n < 0:
                 break
+    except Exception:
+        pass  # e.g. the COPY had already ended (read to its end by the key walk): its result remains
+    try:
         while sp.get_result() is not None:
             pass
     except Exception:

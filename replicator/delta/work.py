@@ -122,6 +122,8 @@ class Ticker:
 
 Item = Walk | Changes | deletes.KeyRange
 
+_DELETES_BY = {"walk": ", deletes by one key walk", "ranges": ", deletes by key ranges"}
+
 
 def apply_all(
     job: Job,
@@ -211,12 +213,13 @@ def apply_all(
     for w in works:
         if w.result.error is None:
             log.info(
-                "%s: %s row(s) upserted%s, %s deleted (%s)",
+                "%s: %s row(s) upserted%s, %s deleted (%s%s)",
                 w.table.display,
                 f"{w.result.upserted:,}",
                 " (read every row)" if w.result.full_read else "",
                 f"{w.result.deleted:,}" if w.table.replicate_deletes else "none",
                 w.table.kind,
+                _DELETES_BY.get(w.result.deletes_by, ""),
             )
 
 
