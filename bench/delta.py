@@ -192,7 +192,7 @@ def main() -> int:
             snapshots.append(replicator("snapshot", workdir, "bench_snap", snap_extractor))
             s = snapshots[-1]
             line = [
-                f"  round {r + 1} ({n:,} rows changed, {d:,} deleted): snapshot {s.wall:.2f} s ({s.inside:.2f})"
+                f"  round {r + 1} ({n:,} changed, {d:,} deleted): snapshot {s.wall:.2f} s ({s.inside:.2f})"
             ]
             for name in variants:
                 passes[name].append(
@@ -233,7 +233,8 @@ def main() -> int:
             print(
                 f"RESULT delta variant={name} rows={args.rows} "
                 f"changed={int(args.rows * args.changed)} deletes={statistics.median(deleted):.0f} "
-                f"snapshot_s={snap:.2f} pass_s={t:.2f} fraction={paired_fraction(snapshots, times, 'wall'):.2f} "
+                f"snapshot_s={snap:.2f} pass_s={t:.2f} "
+                f"fraction={paired_fraction(snapshots, times, 'wall'):.2f} "
                 f"snapshot_inside_s={snap_inside:.2f} pass_inside_s={t_inside:.2f} "
                 f"inside_fraction={paired_inside:.2f} "
                 f"target={target if target is not None else float('nan'):.2f}{verdict} rounds={args.repeats}"

@@ -61,6 +61,7 @@ def plan(t: DeltaTable, target: DestTable, previous: Watermark | None) -> Column
     renamed: list[tuple[str, str]] = []
     dropped: list[str] = []
     retyped: list[Column] = []
+    replaced: list[Column] = []
     for attnum, (old_name, old_type) in before.items():
         column = now.get(attnum)
         if column is None:  # dropped at the source
@@ -69,7 +70,7 @@ def plan(t: DeltaTable, target: DestTable, previous: Watermark | None) -> Column
                 if same_name is None:
                     dropped.append(old_name)
                 elif same_name.name in selected:  # dropped and added again: new values, maybe a new type
-                    retyped.append(same_name)
+                    replaced.append(same_name)
             continue
         if column.name != old_name and old_name in there and column.name not in there:
             renamed.append((old_name, column.name))
@@ -84,7 +85,7 @@ def plan(t: DeltaTable, target: DestTable, previous: Watermark | None) -> Column
             for name, c in target.columns.items()
             if name in there and c.not_null and t.st.table.column(name) is None
         )
-    changes = ColumnChanges(tuple(renamed), tuple(dropped), added, tuple(retyped), orphaned)
+    changes = ColumnChanges(tuple(renamed), tuple(dropped), added, tuple(retyped), orphaned, tuple(replaced))
     key = set(t.st.key)
-    touched = any(n in key for _, n in renamed) or any(c.name in key for c in retyped)
-    return ColumnPlan(changes, bool(added or retyped), touched)
+    touched = any(n in key for _, n in renamed) or any(c.name in key for c in retyped + replaced)
+    return ColumnPlan(changes, bool(added or retyped or replaced), touched)

@@ -74,9 +74,10 @@ class ColumnChanges:
     added: tuple[Column, ...] = ()  # new at the source (their values: the caller reads every row again)
     retyped: tuple[Column, ...] = ()  # another type at the source (likewise)
     orphaned: tuple[str, ...] = ()  # not at the source, origin unknown: kept, NOT NULL dropped
+    replaced: tuple[Column, ...] = ()  # dropped and added again under the same name: made anew
 
     def __bool__(self) -> bool:
-        return bool(self.renamed or self.dropped or self.added or self.retyped or self.orphaned)
+        return any((self.renamed, self.dropped, self.added, self.retyped, self.orphaned, self.replaced))
 
     def describe(self) -> str:
         parts = [f"renamed {o} to {n}" for o, n in self.renamed]
@@ -84,6 +85,7 @@ class ColumnChanges:
         parts += [f"added {c.name} {c.type_sql}" for c in self.added]
         parts += [f"{c.name} now {c.type_sql}" for c in self.retyped]
         parts += [f"{c} no longer at the source (kept, may be NULL)" for c in self.orphaned]
+        parts += [f"{c.name} dropped and added again as {c.type_sql}" for c in self.replaced]
         return ", ".join(parts)
 
 

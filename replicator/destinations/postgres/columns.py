@@ -46,9 +46,11 @@ def alter_columns(
             conn.execute(drop_not_null.format(name, sql.Identifier(column)))
         else:
             conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(name, sql.Identifier(column)))
-    ensure_types(conn, catalog, changes.added + changes.retyped)
-    has_rows = _has_rows(conn, table) if changes.added else False
-    for c in changes.added:
+    for c in changes.replaced:  # at the end of the table, as at the source
+        conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(name, sql.Identifier(c.name)))
+    ensure_types(conn, catalog, changes.added + changes.retyped + changes.replaced)
+    has_rows = _has_rows(conn, table) if changes.added or changes.replaced else False
+    for c in changes.replaced + changes.added:
         # NOT NULL only where the table is empty: the rows there get their values from the pass's
         # read of every row, in this transaction, after this statement.
         shape = replace(c, not_null=False) if has_rows else c
@@ -68,7 +70,8 @@ def alter_columns(
 def _retype(conn: psycopg.Connection[Any], table: DestTable, c: Column) -> None:
     """The destination's values are cast when they can be; the pass then reads every row again, so
     what a cast gets wrong (the source's USING may have done something else) is overwritten. When
-    no cast exists, the column is made again, empty, for that read to fill."""
+    no cast exists, the column takes the type empty (NULLs, its NOT NULL dropped), in its place,
+    for that read to fill."""
     name, col = ident(table), sql.Identifier(c.name)
     typ = sql.SQL(c.type_sql)
     collate = sql.SQL(" COLLATE {}").format(sql.SQL(c.collation)) if c.collation else sql.SQL("")
@@ -82,12 +85,12 @@ def _retype(conn: psycopg.Connection[Any], table: DestTable, c: Column) -> None:
         return
     except psycopg.Error as e:
         log.info(
-            "%s.%s: the destination's values do not cast to %s (%s): the column is made again and every row "
+            "%s.%s: the destination's values do not cast to %s (%s): the column is emptied and every row "
             "read from the source", table.display, c.name, c.type_sql, e.diag.message_primary or str(e),
         )  # fmt: skip
-    conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(name, col))
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(name, col))
     conn.execute(
-        sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(name, column_sql(replace(c, not_null=False), False))
+        sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}{} USING NULL").format(name, col, typ, collate)
     )
 
 
