@@ -11,7 +11,8 @@ date with `replicator run delta-snapshot --once` (their first pass is a snapshot
 Then, per round: change a fraction of the rows (80% updated, 10% deleted, 10% inserted, c set
 to now()), time one `--once` pass of each (a new process, end to end), and time the reference:
 `replicator run snapshot` of the same table into a fresh database (a new process, end to end,
-key built). Prints the medians, the ratio snapshot / delta pass (above 1: the pass is faster)
+key built); the snapshot goes first in odd rounds and last in even ones. Prints the medians,
+the ratio snapshot / delta pass (above 1: the pass is faster)
 both of the medians and as the median of each round's ratio, and the machine's load average,
 since the machine may be shared. Each time is given twice: the process end to end, and the work
 as the process reports it ("complete in X s"): a snapshot's own time, and a pass as a running
@@ -189,16 +190,22 @@ def main() -> int:
             n, d = change(cluster, args.rows, args.changed, r)
             deleted.append(d)
             fresh_database(cluster, "bench_snap")
-            snapshots.append(replicator("snapshot", workdir, "bench_snap", snap_extractor))
+            # Alternate who goes first (odd rounds: the snapshot; even rounds: the passes), so
+            # a load that comes and goes on a shared machine falls on both sides alike.
+            order = ["snapshot", *variants] if r % 2 == 0 else [*variants, "snapshot"]
+            for name in order:
+                if name == "snapshot":
+                    snapshots.append(replicator("snapshot", workdir, "bench_snap", snap_extractor))
+                else:
+                    passes[name].append(
+                        replicator("delta-snapshot", workdir, dests[name], extractors[name], "--once")
+                    )
             s = snapshots[-1]
             line = [
-                f"  round {r + 1} ({n:,} changed, {d:,} deleted): snapshot {s.wall:.2f} s ({s.inside:.2f})"
+                f"  round {r + 1} ({n:,} changed, {d:,} deleted, {order[0]} first): "
+                f"snapshot {s.wall:.2f} s ({s.inside:.2f})"
             ]
-            for name in variants:
-                passes[name].append(
-                    replicator("delta-snapshot", workdir, dests[name], extractors[name], "--once")
-                )
-                line.append(f"{name} {passes[name][-1].wall:.2f} s ({passes[name][-1].inside:.2f})")
+            line += [f"{v} {passes[v][-1].wall:.2f} s ({passes[v][-1].inside:.2f})" for v in variants]
             print(", ".join(line), flush=True)
         expected = fingerprint(cluster, "bench_src")
         assert fingerprint(cluster, "bench_snap") == expected
