@@ -92,9 +92,9 @@ def walk(
         raise
     try:
         sp, dp = source.libpq_conn(), destination.libpq_conn()
-        c_loop = native.relay() if sp is not None and dp is not None else None
+        c_loop = native.keywalk() if sp is not None and dp is not None else None
         if c_loop is not None and sp is not None and dp is not None:
-            counts = _walk_native(c_loop.keywalk, source, destination, key_kinds, on_gone)
+            counts = _walk_native(c_loop, source, destination, key_kinds, on_gone)
         else:
             counts = _walk_python(source, destination, key_kinds, on_gone)
     except BaseException:

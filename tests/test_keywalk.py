@@ -55,12 +55,14 @@ SHAPES: dict[str, tuple[list[str], list[str], str]] = {
 @pytest.fixture(params=["C", "Python"])
 def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "C":
-        if (why := native.relay_unavailable()) is not None:
-            pytest.skip(f"the C relay is not usable here: {why}")
-        monkeypatch.delenv("REPLICATOR_PURE_PYTHON", raising=False)
-        monkeypatch.delenv("REPLICATOR_PURE_PYTHON_RELAY", raising=False)
+        if (why := native.keywalk_unavailable()) is not None:
+            pytest.skip(f"the C key walk is not usable here: {why}")
+        for env in (native.PURE_PYTHON_ENV, native.RELAY_ENV, native.KEYWALK_ENV):
+            monkeypatch.delenv(env, raising=False)
+        assert native.keywalk() is not None
     else:
-        monkeypatch.setenv("REPLICATOR_PURE_PYTHON_RELAY", "1")
+        monkeypatch.setenv(native.KEYWALK_ENV, "1")
+        assert native.keywalk() is None
     yield request.param
 
 
