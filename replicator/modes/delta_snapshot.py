@@ -7,13 +7,25 @@ Passes repeat every ``interval-s`` until SIGTERM/SIGINT; ``--once`` runs one pas
 
 from __future__ import annotations
 
+import logging
+
 from replicator.delta.loop import run_passes
 from replicator.delta.passes import PassSummary
 from replicator.job import Job
 from replicator.retry import first_line
 
+log = logging.getLogger(__name__)
+
 
 def run(job: Job) -> int:
+    if job.destination.value.schema_changes.dropped_tables == "drop":
+        # A pass sees a table that is gone, not that it was dropped (a filter edit, a rename to
+        # a name outside the filter, a lost grant look the same): it never drops what it copied.
+        log.warning(
+            "%s: schema-changes: dropped-tables: drop applies to realtime streaming only; delta-snapshot "
+            "keeps a destination table whose source table is gone (drop it yourself if it is not wanted)",
+            job.destination.where("schema-changes", "dropped-tables"),
+        )
     return run_passes(job, lambda summary: print(format_summary(summary), flush=True))
 
 

@@ -109,6 +109,20 @@ def test_dropped_columns_can_be_kept(setup: DeltaSetup) -> None:
         assert checksum(setup.dest, "public", t, cols) == checksum(setup.source, "public", t)
 
 
+def test_a_dropped_source_table_is_kept_and_the_others_go_on(
+    setup: DeltaSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup.filter = f"allow:\n  catalog: {setup.source.name}\n  schema: public\n"
+    setup.dest_extra = {"schema-changes": {"dropped-tables": "drop"}}
+    before = checksum(setup.dest, "public", "by_xmin")
+    setup.source.execute("DROP TABLE by_xmin; UPDATE by_key SET qty = 0 WHERE id < 5")
+    setup.once()
+    setup.assert_same("by_key")
+    assert checksum(setup.dest, "public", "by_xmin") == before
+    said = [r.getMessage() for r in caplog.records if "dropped-tables" in r.getMessage()]
+    assert said and "destination.yaml:" in said[0] and "applies to realtime streaming only" in said[0]
+
+
 def test_renamed_columns_keep_their_values_without_reading_every_row(
     setup: DeltaSetup, capsys: pytest.CaptureFixture[str]
 ) -> None:
