@@ -173,7 +173,15 @@ def apply_all(
     def handle(session: Session, item: Item) -> None:
         if isinstance(item, Walk):
             src_conn, dst = session.connections()
-            item.finish(walk.find_gone(src_conn, dst, item.table, item.target, item.order, item.kinds))
+            began = time.monotonic()
+            gone = walk.find_gone(src_conn, dst, item.table, item.target, item.order, item.kinds)
+            w = gone.walked
+            log.debug(
+                "%s: keys walked in %.2f s: %s at the source, %s at the destination, %s gone",
+                item.table.display, time.monotonic() - began,
+                f"{w.source_keys:,}", f"{w.destination_keys:,}", f"{w.gone:,}",
+            )  # fmt: skip
+            item.finish(gone)
         elif isinstance(item, Changes):
             _apply(job.job_id, session, item, merging, halt)
         else:
@@ -206,6 +214,7 @@ def apply_all(
         )  # fmt: skip
         for ident, d in by_ranges.items():
             by_table[ident].deleted = d.removed
+        _tidy(control, [w for w in works if w.walk is not None and w.result.error is None])
     finally:
         for w in works:
             if w.walk is not None and w.walk.gone is not None:
@@ -223,6 +232,24 @@ def apply_all(
             )
 
 
+def _tidy(control: DestinationSession, walked: list[Changes]) -> None:
+    """Let the next pass's walks read the destination's keys from the key index alone
+    (``tidy_for_key_reads``). After every table's transaction: a transaction of ours still open
+    would keep the rows it might see from counting as visible to all. Best effort: a failure
+    only makes the next walk slower."""
+    for w in walked:
+        began = time.monotonic()
+        try:
+            control.tidy_for_key_reads(w.target)
+            log.debug("%s: destination table vacuumed in %.2f s", w.table.display, time.monotonic() - began)
+        except psycopg.Error as e:
+            log.warning(
+                "%s: could not VACUUM the destination table (%s); the next pass's key walk may be slower",
+                w.table.display,
+                first_line(e),
+            )
+
+
 def binary_copy(catalog: Catalog, t: DeltaTable, target: DestTable) -> bool:
     """Whether the rows may move as binary COPY: safe types, and the same types on both sides."""
     types = {name: c.type_sql for name, c in target.columns.items()}
@@ -236,10 +263,18 @@ def _apply(job_id: str, session: Session, w: Changes, ticker: Ticker, halt: thre
         table_walk = w.walk
 
         def then(merged: int) -> None:
+            waited = time.monotonic()
             gone = table_walk.wait(halt)
+            deleting = time.monotonic()
             w.result.deleted = walk.remove_gone(dst, w.table, target, table_walk.order, gone, merged)
+            log.debug(
+                "%s: %s changed row(s) merged in %.2f s, then waited %.2f s for the walk, deleted in %.2f s",
+                w.table.display, f"{merged:,}", waited - began, deleting - waited,
+                time.monotonic() - deleting,
+            )  # fmt: skip
 
     target, columns, binary = w.target, w.columns, w.binary
+    began = time.monotonic()
     with dst.transaction():
         if w.alter:
             assert w.catalog is not None
