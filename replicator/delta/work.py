@@ -214,7 +214,6 @@ def apply_all(
         )  # fmt: skip
         for ident, d in by_ranges.items():
             by_table[ident].deleted = d.removed
-        _tidy(control, [w for w in works if w.walk is not None and w.result.error is None])
     finally:
         for w in works:
             if w.walk is not None and w.walk.gone is not None:
@@ -229,24 +228,6 @@ def apply_all(
                 f"{w.result.deleted:,}" if w.table.replicate_deletes else "none",
                 w.table.kind,
                 _DELETES_BY.get(w.result.deletes_by, ""),
-            )
-
-
-def _tidy(control: DestinationSession, walked: list[Changes]) -> None:
-    """Let the next pass's walks read the destination's keys from the key index alone
-    (``tidy_for_key_reads``). After every table's transaction: a transaction of ours still open
-    would keep the rows it might see from counting as visible to all. Best effort: a failure
-    only makes the next walk slower."""
-    for w in walked:
-        began = time.monotonic()
-        try:
-            control.tidy_for_key_reads(w.target)
-            log.debug("%s: destination table vacuumed in %.2f s", w.table.display, time.monotonic() - began)
-        except psycopg.Error as e:
-            log.warning(
-                "%s: could not VACUUM the destination table (%s); the next pass's key walk may be slower",
-                w.table.display,
-                first_line(e),
             )
 
 

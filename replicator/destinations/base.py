@@ -421,11 +421,6 @@ class DestinationSession(Protocol):
         table has). Call in a transaction; returns the rows removed."""
         ...
 
-    def tidy_for_key_reads(self, table: DestTable) -> None:
-        """After a pass wrote ``table``: make its next ``live_keys`` read cheap (PostgreSQL: a
-        plain VACUUM, so the key index alone answers). Outside any transaction."""
-        ...
-
     def applier(
         self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
     ) -> Applier: ...

@@ -160,25 +160,3 @@ def test_numeric_keys_still_go_by_ranges(delta: DeltaSetup, caplog: pytest.LogCa
     delta.once()
     delta.assert_same("n")
     assert "public.n: 0 row(s) upserted, 100 deleted (xmin, deletes by key ranges)" in caplog.text
-
-
-
-def test_a_pass_leaves_the_walked_tables_all_visible(setup: DeltaSetup) -> None:
-    """The next walk reads the destination's key index alone: a pass VACUUMs each walked table,
-    since after a COPY load or writes spread over it an index-only scan visits every row."""
-    setup.once()
-    setup.source.execute(SPREAD_DELETES)
-    setup.once()
-    # A page or so may stay unmarked: rows of the pass that a transaction still open elsewhere on
-    # the cluster (here: the pass's own source snapshot, in another database) could not yet see.
-    for t in TABLES:
-        [(pages, visible)] = setup.dest.fetchall(
-            "SELECT relpages, relallvisible FROM pg_class WHERE oid = %s::regclass", (t,)
-        )
-        assert pages > 0 and visible >= pages * 0.9, (t, pages, visible)
-    with setup.dest.connect() as conn:
-        conn.execute("SET enable_seqscan = off")
-        plan = [r[0] for r in conn.execute("EXPLAIN (ANALYZE, COSTS off) SELECT id FROM nums ORDER BY id")]
-        rows = conn.execute("SELECT count(*) FROM nums").fetchone()
-    assert "Index Only Scan" in plan[0] and plan[1].strip().startswith("Heap Fetches: "), plan
-    assert rows is not None and int(plan[1].split(":")[1]) < rows[0] * 0.1, plan

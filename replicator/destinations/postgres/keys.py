@@ -44,16 +44,6 @@ def live_keys(
     return PgCopyOut(conn, query.as_string(None).encode(), "destination")
 
 
-def vacuum(conn: psycopg.Connection[Any], table: DestTable) -> None:
-    """A plain VACUUM of ``table`` (no lock that stops readers or writers). ``live_keys`` reads the
-    key index in order, and an index-only scan still visits every row on a page the visibility
-    map does not mark all-visible: after a COPY load or a pass's writes spread over the table,
-    that is nearly every row (measured on 1,000,000 rows: about 1 s of the destination's time
-    per walk, against 0.1 s once vacuumed). VACUUM sets those bits, visiting only the pages
-    written since; autovacuum would come only after 20% of the rows changed."""
-    conn.execute(sql.SQL("VACUUM {}").format(ident(table)))
-
-
 def delete_keys(
     conn: psycopg.Connection[Any],
     deletes: DeletePolicy,

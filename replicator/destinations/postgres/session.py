@@ -224,9 +224,6 @@ class PostgresSession:
     ) -> int:
         return keys.delete_keys(self.conn, self.deletes, table, key, count, table_rows, fill)
 
-    def tidy_for_key_reads(self, table: DestTable) -> None:
-        keys.vacuum(self.conn, table)
-
     def applier(
         self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
     ) -> Writer:
