@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from replicator import native
 from replicator.delta import walk
 from tests.delta.conftest import DeltaSetup
 from tests.support import run_cli
@@ -51,7 +52,14 @@ def setup(delta: DeltaSetup) -> DeltaSetup:
 @pytest.fixture(params=["C", "Python"])
 def walk_in(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "Python":
-        monkeypatch.setenv("REPLICATOR_PURE_PYTHON_RELAY", "1")
+        monkeypatch.setenv(native.KEYWALK_ENV, "1")
+    elif (why := native.keywalk_unavailable()) is not None:
+        pytest.skip(f"the C key walk is not usable here: {why}")
+    else:
+        for env in (native.PURE_PYTHON_ENV, native.RELAY_ENV, native.KEYWALK_ENV):
+            monkeypatch.delenv(env, raising=False)
+    # The CLI runs in this process (run_cli): what it will use is what native says here.
+    assert (native.keywalk() is None) == (request.param == "Python")
     return str(request.param)
 
 
