@@ -3,7 +3,8 @@
 A mode opens a ``DestinationSession`` from a ``Destination`` (``open_destination(config)``)
 and works through it: tables (describe, create, empty, key), loads (a COPY stream relayed from
 the source, appended or merged by key), key-range digests and deletes of absent keys (delta
-passes), an ``Applier`` for folded realtime batches, and the ``StateStore`` where progress is
+passes; or the live keys in key order and deleting a set of keys, for the key walk), an
+``Applier`` for folded realtime batches, and the ``StateStore`` where progress is
 checkpointed. Everything a session does inside ``with session.transaction():`` commits
 together, which is how a checkpoint commits atomically with the rows it covers.
 
@@ -24,7 +25,7 @@ from replicator.decoding.fold import Folded
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
 from replicator.lsn import Lsn
-from replicator.relay import CopySink, RelayResult
+from replicator.relay import CopySink, CopySource, RelayResult
 from replicator.serverfacts import ServerFacts, Verdict
 
 TableName = tuple[str, str]
@@ -58,6 +59,34 @@ class DestTable:
     @property
     def display(self) -> str:
         return f"{self.schema}.{self.name}"
+
+
+OUR_COLUMN_PREFIX = "__replicator_"
+"""Columns a destination adds to tables for itself (e.g. the soft-delete flag) start with this."""
+
+
+@dataclass(frozen=True)
+class ColumnChanges:
+    """How a destination table's columns follow the source's (delta passes), applied in this order."""
+
+    renamed: tuple[tuple[str, str], ...] = ()  # (old name, new name): the same source column
+    dropped: tuple[str, ...] = ()  # gone at the source (dropped, or kept with NULLs: destination config)
+    added: tuple[Column, ...] = ()  # new at the source (their values: the caller reads every row again)
+    retyped: tuple[Column, ...] = ()  # another type at the source (likewise)
+    orphaned: tuple[str, ...] = ()  # not at the source, origin unknown: kept, NOT NULL dropped
+    replaced: tuple[Column, ...] = ()  # dropped and added again under the same name: made anew
+
+    def __bool__(self) -> bool:
+        return any((self.renamed, self.dropped, self.added, self.retyped, self.orphaned, self.replaced))
+
+    def describe(self) -> str:
+        parts = [f"renamed {o} to {n}" for o, n in self.renamed]
+        parts += [f"dropped {c}" for c in self.dropped]
+        parts += [f"added {c.name} {c.type_sql}" for c in self.added]
+        parts += [f"{c.name} now {c.type_sql}" for c in self.retyped]
+        parts += [f"{c} no longer at the source (kept, may be NULL)" for c in self.orphaned]
+        parts += [f"{c.name} dropped and added again as {c.type_sql}" for c in self.replaced]
+        return ", ".join(parts)
 
 
 @dataclass
@@ -396,6 +425,12 @@ class DestinationSession(Protocol):
         """The selected columns the destination receives (present there, not generated)."""
         ...
 
+    def alter_columns(self, table: DestTable, catalog: Catalog, changes: ColumnChanges) -> DestTable:
+        """Make ``table``'s columns follow the source's (a dropped column is dropped, or kept as
+        the destination's config says); call in the transaction that then merges its rows.
+        Returns the table as it is afterwards."""
+        ...
+
     # rows
     def load(
         self,
@@ -429,6 +464,24 @@ class DestinationSession(Protocol):
     ) -> int:
         """Delete (or soft-delete) the rows in ``(lower, upper]`` whose key is not in the stream
         ``fill`` writes: one row of arrays, one array per key column. Returns the rows removed."""
+        ...
+
+    def text_key_encoding(self) -> str | None:
+        """The encoding text keys arrive in from ``live_keys`` when it is the one they are stored
+        in (their bytes then order as byte-wise comparison at the destination does); else None."""
+        ...
+
+    def live_keys(self, table: DestTable, order: KeyOrder) -> CopySource:
+        """The keys of the live rows of ``table`` in ``order``'s order, as a binary COPY stream of
+        the key columns (not started). Read it to its end before the session does anything else."""
+        ...
+
+    def delete_keys(
+        self, table: DestTable, key: tuple[str, ...], count: int, table_rows: int, fill: Fill
+    ) -> int:
+        """Delete (or soft-delete) the rows of ``table`` whose key is one of the ``count`` keys
+        ``fill`` writes (binary COPY, columns ``key``; ``table_rows``: about how many rows the
+        table has). Call in a transaction; returns the rows removed."""
         ...
 
     def applier(

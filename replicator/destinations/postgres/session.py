@@ -24,6 +24,7 @@ from replicator.catalog import Catalog, Column
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect
 from replicator.destinations.base import (
+    ColumnChanges,
     DestTable,
     Fill,
     NewColumnType,
@@ -32,7 +33,7 @@ from replicator.destinations.base import (
     TableName,
     Target,
 )
-from replicator.destinations.postgres import compat, ddl, load
+from replicator.destinations.postgres import columns, compat, ddl, keys, load
 from replicator.destinations.postgres.apply import Writer
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import Stages
@@ -40,7 +41,7 @@ from replicator.destinations.postgres.state import PgStateStore
 from replicator.errors import DestinationError
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
-from replicator.relay import RelayResult
+from replicator.relay import PgCopyOut, RelayResult
 from replicator.serverfacts import ServerFacts, Verdict, compare
 
 WRITER_SETTINGS = {"synchronous_commit": "off"}
@@ -74,9 +75,11 @@ class PostgresSession:
         conn: psycopg.Connection[Any],
         deletes: DeletePolicy,
         reconnect: Callable[[], psycopg.Connection[Any]] | None = None,
+        keep_dropped_columns: bool = False,
     ):
         self.conn = conn
         self.deletes = deletes
+        self.keep_dropped_columns = keep_dropped_columns
         self.stages = Stages(conn)
         self._reconnect = reconnect
         self._state = PgStateStore(self)
@@ -181,6 +184,10 @@ class PostgresSession:
     def copy_columns(self, st: SelectedTable, table: DestTable) -> tuple[str, ...]:
         return ddl.copy_columns(st, table)
 
+    def alter_columns(self, table: DestTable, catalog: Catalog, changes: ColumnChanges) -> DestTable:
+        self.stages.forget(table.key)  # shaped like the old table
+        return columns.alter_columns(self.conn, table, catalog, changes, self.keep_dropped_columns)
+
     # -- rows ------------------------------------------------------------------------------
 
     def load(
@@ -212,6 +219,17 @@ class PostgresSession:
     ) -> int:
         with self.transaction():  # each range commits on its own: deleting is idempotent
             return load.delete_absent(self.conn, self.deletes, table, order, lower, upper, binary, fill)
+
+    def text_key_encoding(self) -> str | None:
+        return keys.text_key_encoding(self.conn)
+
+    def live_keys(self, table: DestTable, order: KeyOrder) -> PgCopyOut:
+        return keys.live_keys(self.conn, self.deletes, table, order)
+
+    def delete_keys(
+        self, table: DestTable, key: tuple[str, ...], count: int, table_rows: int, fill: Fill
+    ) -> int:
+        return keys.delete_keys(self.conn, self.deletes, table, key, count, table_rows, fill)
 
     def applier(
         self,
