@@ -26,6 +26,7 @@ from replicator.keyorder import Bound, Digest, KeyOrder
 from replicator.lsn import Lsn
 from replicator.relay import CopySink, RelayResult
 from replicator.serverfacts import ServerFacts, Verdict
+from replicator.tableobjects import ConstraintDef, SequenceValue, TableObjects
 
 TableName = tuple[str, str]
 """(schema, table) of a destination table: the source table's own names."""
@@ -67,6 +68,10 @@ class Target:
     table: DestTable
     key: tuple[str, ...]  # destination key columns ((): no key, changes applied one by one)
     key_nullable: bool = False
+    # Rows can collide on a unique or exclusion index besides the key: a folded batch may then
+    # hit a violation the source never had (values swapped between rows), and is applied again
+    # change by change, in source order.
+    in_order_fallback: bool = False
 
 
 NewColumnType = Callable[[int, int], tuple[str, Catalog]]
@@ -76,6 +81,19 @@ change arrives."""
 
 Fill = Callable[[CopySink], RelayResult]
 """Feeds a sink, typically ``lambda sink: relay_copy(src, copy_out, sink)``."""
+
+
+@dataclass(frozen=True)
+class ForeignKeyAt:
+    """A foreign key as the destination holds it."""
+
+    table: TableName
+    name: str
+    references: TableName
+
+
+RowHashes = list[tuple[tuple[str | None, ...], int]]
+"""(key values in text form, hash of the row's compared columns), in key order."""
 
 
 # -- replication state ---------------------------------------------------------------------
@@ -155,6 +173,16 @@ class SlotProgress:
 
 
 @dataclass(frozen=True)
+class SwitchoverMark:
+    """``replicator switchover`` promoted this destination: replication into it is over."""
+
+    job: str
+    at: datetime
+    marker_lsn: Lsn | None
+    slots: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class WatermarkProgress:
     """One table's delta watermark, for ``replicator status``."""
 
@@ -227,6 +255,17 @@ class StateStore(Protocol):
         """Move every checkpoint of job ``old`` to ``new`` (unless ``new`` has progress of its
         own), in one transaction; the rows moved."""
         ...
+
+    # switchover
+    def record_switchover(self, job: str, marker_lsn: Lsn | None, slots: Iterable[str]) -> None:
+        """Mark the destination promoted: a running stream of ``job`` stops, later runs refuse."""
+        ...
+
+    def switchover(self, job: str) -> SwitchoverMark | None:
+        """The switchover recorded for ``job``, if any (reading only; None without state)."""
+        ...
+
+    def forget_switchover(self, job: str) -> None: ...
 
     # replicator status
     def snapshot_progress(self) -> list[SnapshotProgress]: ...
@@ -310,9 +349,11 @@ class DestinationSession(Protocol):
 
     def describe(self, table: TableName) -> DestTable | None: ...
 
-    def create_table(self, catalog: Catalog, st: SelectedTable) -> None:
-        """Like the source table: names, types (user types created first), NOT NULLs, generated
-        columns; no key yet (``build_key`` after the load)."""
+    def create_table(self, catalog: Catalog, st: SelectedTable, objects: TableObjects | None = None) -> list[str]:
+        """Like the source table: names, types (user types and collations created first), NOT
+        NULLs, generated columns, and with ``objects`` its defaults, identity columns and the
+        sequences they use; no key or index yet (``build_key``, ``build_objects`` after the
+        load). Returns a note for each object left out."""
         ...
 
     def ensure_types(self, catalog: Catalog, columns: tuple[Column, ...]) -> None: ...
@@ -321,7 +362,67 @@ class DestinationSession(Protocol):
 
     def empty(self, table: DestTable) -> None: ...
 
-    def build_key(self, st: SelectedTable) -> None: ...
+    def build_key(self, st: SelectedTable, name: str | None = None) -> None:
+        """The key realtime and merges find rows by (a primary key named ``name`` when given)."""
+        ...
+
+    def build_objects(self, st: SelectedTable, objects: TableObjects) -> list[str]:
+        """Secondary indexes and CHECK, UNIQUE, EXCLUDE constraints, as the source names and
+        defines them; those already there are kept. Notes for those left out."""
+        ...
+
+    def drop_objects(self, table: TableName, objects: TableObjects) -> None:
+        """Drop the indexes and CHECK, UNIQUE, EXCLUDE constraints ``objects`` names (before a reload)."""
+        ...
+
+    def add_foreign_keys(self, table: TableName, fks: Iterable[ConstraintDef]) -> list[str]:
+        """Add ``fks`` NOT VALID (``validate_constraints`` checks the rows). Notes for those left out."""
+        ...
+
+    def validate_constraints(self, table: TableName, names: Iterable[str] | None = None) -> list[str]:
+        """Validate the table's NOT VALID constraints (or those named). Notes for those that fail."""
+        ...
+
+    def not_valid_constraints(self, table: TableName) -> list[str]: ...
+
+    def foreign_keys_touching(self, tables: Iterable[TableName]) -> list[ForeignKeyAt]:
+        """Foreign keys whose table or referenced table is one of ``tables``."""
+        ...
+
+    def drop_foreign_key(self, fk: ForeignKeyAt) -> None: ...
+
+    def empty_together(self, tables: list[DestTable]) -> None:
+        """Empty these tables in one statement (foreign keys among them do not stand in the way)."""
+        ...
+
+    def enforces_uniqueness_besides(self, table: TableName, key: tuple[str, ...]) -> bool:
+        """Whether rows of ``table`` can collide on a unique or exclusion index besides ``key``'s."""
+        ...
+
+    def sequence_values(self, names: Iterable[TableName]) -> list[SequenceValue]: ...
+
+    def set_sequences(self, values: Iterable[SequenceValue], exact: bool = False) -> list[TableName]:
+        """Move sequences to ``values``: forward only, or ``exact``ly. Returns those moved."""
+        ...
+
+    def identity_as_source(self, table: TableName, objects: TableObjects) -> list[str]:
+        """Identity columns GENERATED ALWAYS where the source has them so (they are BY DEFAULT
+        while replicating). Returns the columns changed."""
+        ...
+
+    def replica_role(self) -> bool:
+        """Whether this session's role may set ``session_replication_role = replica`` (writer
+        sessions then do, so the destination's triggers and foreign keys do not fire on
+        replicated rows)."""
+        ...
+
+    def triggers_on(self, tables: Iterable[TableName]) -> list[str]:
+        """The enabled user triggers and foreign keys on these tables (what replica role silences)."""
+        ...
+
+    def replica_role_fix(self) -> str:
+        """The grant that lets this session's user set ``session_replication_role``."""
+        ...
 
     def has_unique_key(self, table: TableName, columns: tuple[str, ...]) -> bool: ...
 
@@ -371,6 +472,40 @@ class DestinationSession(Protocol):
     def applier(
         self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
     ) -> Applier: ...
+
+    # verify (read only)
+    def row_digest(
+        self, table: DestTable, columns: tuple[Column, ...], order: KeyOrder, lower: Bound | None,
+        upper: Bound | None,
+    ) -> Digest:
+        """Count and digest of the live rows in ``(lower, upper]``, over ``columns``, as the
+        source computes it (``rowdigest``)."""
+        ...
+
+    def row_hashes(
+        self, table: DestTable, columns: tuple[Column, ...], order: KeyOrder, lower: Bound | None,
+        upper: Bound | None,
+    ) -> RowHashes:
+        """Each live row's key and hash in ``(lower, upper]``, in key order."""
+        ...
+
+    def bucket_digests(self, table: DestTable, columns: tuple[Column, ...]) -> dict[int, Digest]:
+        """A keyless table as a multiset: count and digest per hash bucket."""
+        ...
+
+    def bucket_rows(
+        self, table: DestTable, columns: tuple[Column, ...], buckets: Iterable[int]
+    ) -> dict[int, tuple[int, str]]:
+        """A keyless table's rows in ``buckets``: row hash -> (copies, the row as text)."""
+        ...
+
+    def index_and_constraint_names(self, table: TableName) -> tuple[set[str], dict[str, bool]]:
+        """(the table's index names, its constraints: name -> validated)."""
+        ...
+
+    def object_names(self, kind: str, tables: Iterable[TableName] = ()) -> set[str]:
+        """Names of the destination's objects of a kind, as ``otherobjects.KINDS`` lists them."""
+        ...
 
 
 class Destination(Protocol):

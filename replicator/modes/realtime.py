@@ -8,8 +8,9 @@ from replicator.signals import stop_on_signals
 
 
 def run(job: Job) -> int:
-    prepared = prepare(job)
+    # Signals are handled from the start: one arriving while slots are made stops the run cleanly.
     with stop_on_signals() as stop:
+        prepared = prepare(job)
         stats = stream(job, prepared, stop)
     print(summary(stats))
     return 0

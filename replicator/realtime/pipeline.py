@@ -96,7 +96,8 @@ class SlotPipeline:
         try:
             writer = dst.applier(self.job.job_id, self.plan.slot, self.targets, self._column_type())
             folder = Folder(
-                {k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows
+                {k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows,
+                ordered=[k for k, t in self.targets.items() if t.in_order_fallback],
             )
             writer_hb = HeartbeatWriter(aux, self.cfg.heartbeat) if self.write_heartbeat else None
             watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])

@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -18,9 +18,11 @@ from replicator.destinations.base import Target
 from replicator.filters import SelectedTable
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.realtime.housekeeping import Housekeeping
 from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
 from replicator.realtime.setup import (
     SlotPlan,
+    check_replica_role,
     identity_warnings,
     plan_slots,
     prepare_destination,
@@ -30,6 +32,7 @@ from replicator.realtime.setup import (
 )
 from replicator.snapshot.runner import unfinished_tables
 from replicator.source.slots import ensure_slot, get_slot
+from replicator.tableobjects import PlannedObjects, plan_objects, read_objects
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class Prepared:
     plans: list[SlotPlan]
     targets: dict[tuple[str, str], Target]
     heartbeat: bool
+    planned: dict[tuple[str, str], PlannedObjects] = field(default_factory=dict)
 
 
 def prepare(
@@ -48,8 +52,13 @@ def prepare(
     with connect(job.source.value, "source", APP, autocommit=True) as src:
         with src.transaction():
             catalog, tables = select_realtime_tables(job, src, with_snapshot=before_destination is not None)
+            soft = job.destination.value.deletes == "soft"
+            planned = plan_objects(read_objects(src, tables), tables, soft_deletes=soft)
         full = before_destination is not None  # the full mode snapshots before the destination step
         plans = plan_slots(job.source, tables)
+        with open_destination(job.destination.value).open_session(APP) as dst:
+            # Before publications, slots or a snapshot are made.
+            check_replica_role(dst, [t for t in tables if not t.table.unlogged], planned)
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
             _check_snapshot_targets(job, src, plans, tables)
@@ -64,8 +73,13 @@ def prepare(
     with open_destination(job.destination.value).open_session(APP) as dst:
         dst.state.ensure()
         # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
-        targets = prepare_destination(dst, catalog, [t for t in tables if not t.table.unlogged])
-    return Prepared(plans, targets, heartbeat is not None)
+        streamed = [t for t in tables if not t.table.unlogged]
+        if not full:
+            for key in [(t.table.schema, t.table.name) for t in streamed]:
+                for note in planned[key].notes if dst.describe(key) is None else ():
+                    log.warning("%s", note)
+        targets = prepare_destination(dst, catalog, streamed, planned)
+    return Prepared(plans, targets, heartbeat is not None, planned)
 
 
 def _check_snapshot_targets(
@@ -83,37 +97,43 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
     stop = stop or threading.Event()
     until = current_wal_lsn(job) if job.once else None
     destination = open_destination(job.destination.value)
+    sequences = sorted({s.qualified for p in prepared.planned.values() for s in p.objects.all_sequences})
     with destination.open_session(APP) as lock_session, _collector_for_streaming():
         lock_session.state.lock_job(job.job_id, "realtime")  # held by this session while we stream
-        # One heartbeat writer is enough: the heartbeat table is in every slot's publication.
-        pipelines = [
-            SlotPipeline(job, plan, prepared.targets, prepared.heartbeat, write_heartbeat=i == 0)
-            for i, plan in enumerate(prepared.plans)
-        ]
-        if len(pipelines) == 1:
-            return [pipelines[0].run(stop, until)]
-        results: list[SlotStats | None] = [None] * len(pipelines)
-        errors: list[BaseException] = []
+        with Housekeeping(job, sequences, stop):
+            return _run_pipelines(job, prepared, stop, until)
 
-        def run_one(i: int) -> None:
-            try:
-                results[i] = pipelines[i].run(stop, until)
-            except BaseException as e:  # reported below
-                errors.append(e)
-                stop.set()
 
-        threads = [
-            threading.Thread(target=run_one, args=(i,), name=f"slot-{p.plan.slot}")
-            for i, p in enumerate(pipelines)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
-        if errors:
-            raise errors[0]
-        return [r for r in results if r is not None]
+def _run_pipelines(job: Job, prepared: Prepared, stop: threading.Event, until: Lsn | None) -> list[SlotStats]:
+    # One heartbeat writer is enough: the heartbeat table is in every slot's publication.
+    pipelines = [
+        SlotPipeline(job, plan, prepared.targets, prepared.heartbeat, write_heartbeat=i == 0)
+        for i, plan in enumerate(prepared.plans)
+    ]
+    if len(pipelines) == 1:
+        return [pipelines[0].run(stop, until)]
+    results: list[SlotStats | None] = [None] * len(pipelines)
+    errors: list[BaseException] = []
+
+    def run_one(i: int) -> None:
+        try:
+            results[i] = pipelines[i].run(stop, until)
+        except BaseException as e:  # reported below
+            errors.append(e)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=run_one, args=(i,), name=f"slot-{p.plan.slot}")
+        for i, p in enumerate(pipelines)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+    if errors:
+        raise errors[0]
+    return [r for r in results if r is not None]
 
 
 @contextmanager

@@ -18,12 +18,13 @@ import psycopg
 from replicator.catalog import Catalog, load_catalog
 from replicator.config import ConfigFile, ConnectionConfig
 from replicator.destinations.base import DestinationSession, StateStore, Target
-from replicator.errors import ConfigError
+from replicator.errors import ConfigError, DestinationError
 from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.source.heartbeat import ensure_heartbeat_table
 from replicator.source.publication import PublishedTable, ensure_publication
+from replicator.tableobjects import PlannedObjects
 
 log = logging.getLogger(__name__)
 
@@ -176,24 +177,70 @@ def _published_columns(t: SelectedTable) -> tuple[str, ...] | None:
 
 
 def prepare_destination(
-    dst: DestinationSession, catalog: Catalog, tables: list[SelectedTable]
+    dst: DestinationSession,
+    catalog: Catalog,
+    tables: list[SelectedTable],
+    planned: dict[tuple[str, str], PlannedObjects] | None = None,
 ) -> dict[tuple[str, str], Target]:
-    """Make sure every table exists at the destination (created like a snapshot would), with a
-    key, ready to receive changes."""
+    """Make sure every table exists at the destination (created like a snapshot would: key,
+    indexes, constraints, then foreign keys between the new tables), ready to receive changes."""
+    planned = planned or {}
     targets = {}
+    created = []
     for st in tables:
         key = (st.table.schema, st.table.name)
         found = dst.describe(key)
         if found is None:
+            objects = planned[key].objects if key in planned else None
             with dst.transaction():
-                dst.create_table(catalog, st)
-                dst.build_key(st)
+                notes = dst.create_table(catalog, st, objects)
+                dst.build_key(st, objects.primary_key.name if objects and objects.primary_key else None)
+                if objects is not None:
+                    notes += dst.build_objects(st, objects)
+            for note in notes:
+                log.warning("%s", note)
+            created.append(key)
             found = dst.describe(key)
             assert found is not None
         found = dst.ready_for_changes(found)
         nullable = any((c := st.table.column(k)) is not None and not c.not_null for k in st.key)
-        targets[key] = Target(found, st.key, key_nullable=nullable)
+        fallback = bool(st.key) and dst.enforces_uniqueness_besides(key, st.key)
+        targets[key] = Target(found, st.key, key_nullable=nullable, in_order_fallback=fallback)
+    for key in created:
+        fks = [fk for fk in planned[key].objects.foreign_keys] if key in planned else []
+        if fks:
+            with dst.transaction():
+                notes = dst.add_foreign_keys(key, fks) + dst.validate_constraints(key, [f.name for f in fks])
+            for note in notes:
+                log.warning("%s", note)
     return targets
+
+
+def check_replica_role(
+    dst: DestinationSession, tables: list[SelectedTable], planned: dict[tuple[str, str], PlannedObjects]
+) -> None:
+    """Realtime applies changes table by table, not in source order: a foreign key at the
+    destination would refuse a row whose referenced row comes later in the same transaction,
+    and the destination's triggers would fire on copies. Writer sessions switch both off
+    (``session_replication_role = replica``) where the destination user may; where it may not,
+    and the destination tables have (or will have) either, refuse before anything is written."""
+    if dst.replica_role():
+        return
+    keys = [(t.table.schema, t.table.name) for t in tables]
+    needs = dst.triggers_on(keys)
+    existing = {k for k in keys if dst.describe(k) is not None}
+    needs += [
+        f"{'.'.join(k)}: foreign key {fk.name} (to be created)"
+        for k in keys if k not in existing and k in planned for fk in planned[k].objects.foreign_keys
+    ]  # fmt: skip
+    if needs:
+        shown = ", ".join(needs[:5]) + (f" and {len(needs) - 5} more" if len(needs) > 5 else "")
+        raise DestinationError(
+            f"the destination tables have triggers or foreign keys ({shown}) that would fire on replicated "
+            f"changes, and the destination user may not switch them off for its sessions "
+            f"(session_replication_role = replica, as PostgreSQL's own apply does); fix: "
+            f"{dst.replica_role_fix()}"
+        )
 
 
 def start_position(

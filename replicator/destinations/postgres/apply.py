@@ -29,7 +29,7 @@ from replicator.catalog import Column as CatalogColumn
 from replicator.decoding import fold
 from replicator.decoding.changes import UNCHANGED_TOAST, Op, Relation
 from replicator.destinations.base import NewColumnType, TableName, Target
-from replicator.destinations.postgres import copytext, ddl
+from replicator.destinations.postgres import copytext, ddl, inorder
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import KEY_PROBES, match, merge, names_sql, update_from
@@ -40,7 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_BEGIN = "BEGIN; " + KEY_PROBES
+# Deferrable constraints are checked at commit, as the source's transactions may have had them:
+# changes applied table by table pass through states the source never had.
+_BEGIN = "BEGIN; SET CONSTRAINTS ALL DEFERRED; " + KEY_PROBES
 
 # Savepoints (subtransactions) per destination transaction for COPYing new rows straight in.
 MAX_SAVEPOINTS = 32
@@ -158,6 +160,7 @@ class Writer:
 
     def flush(self, batches: dict[TableName, fold.TableBatch]) -> None:
         """Apply folded operations inside the open destination transaction."""
+        truncated = self._truncate_together(batches)
         for key, batch in batches.items():
             target = self.targets[key]
             if key in self._stale:
@@ -169,23 +172,59 @@ class Writer:
             if self._checked.get(key) is not batch.relation:
                 self._adapt_destination(target, batch.relation)
                 self._checked[key] = batch.relation
-            if batch.truncated:
+            if batch.truncated and key not in truncated:
                 self.conn.execute(self._deletes.truncate(target.table))
             if batch.keyless:
                 self._apply_in_order(target, batch)
+            elif target.in_order_fallback and batch.keep_order:
+                self._apply_or_replay(target, batch)
             else:
-                p = batch.prepared or copytext.prepare(batch, texts=False)
-                for new_key, op in p.moves:
-                    self._move(target, batch, new_key, op)
-                if p.deletes:
-                    self._delete(target, p.deletes, p.deleted_keys)
-                if p.fresh:
-                    self._upsert(target, batch, p.fresh, True, p.fresh_text)
-                if p.existing:
-                    self._upsert(target, batch, p.existing, False, p.existing_text)
-                for group in _by_unchanged(p.partial):
-                    self._update(target, batch, group)
+                self._apply_folded(target, batch)
             self.applied_changes += batch.changes
+
+    def _truncate_together(self, batches: dict[TableName, fold.TableBatch]) -> set[TableName]:
+        """One TRUNCATE for every table a unit truncates: a foreign key between two of them would
+        refuse either one alone (the source truncated them together, or with CASCADE)."""
+        keys = [k for k, b in batches.items() if b.truncated]
+        if len(keys) < 2 or self._deletes.soft:
+            return set()
+        ddl.truncate_all(self.conn, [self.targets[k].table for k in keys])
+        return set(keys)
+
+    def _apply_folded(self, target: Target, batch: fold.TableBatch) -> None:
+        p = batch.prepared or copytext.prepare(batch, texts=False)
+        for new_key, op in p.moves:
+            self._move(target, batch, new_key, op)
+        if p.deletes:
+            self._delete(target, p.deletes, p.deleted_keys)
+        if p.fresh:
+            self._upsert(target, batch, p.fresh, True, p.fresh_text)
+        if p.existing:
+            self._upsert(target, batch, p.existing, False, p.existing_text)
+        for group in _by_unchanged(p.partial):
+            self._update(target, batch, group)
+
+    def _apply_or_replay(self, target: Target, batch: fold.TableBatch) -> None:
+        """Set-wise, in a savepoint; if that meets a unique or exclusion violation the source never
+        had (see ``inorder.py``), the batch's changes one by one, in source order. Past
+        MAX_SAVEPOINTS in one transaction, one by one straight away."""
+        if self._savepoints >= MAX_SAVEPOINTS:
+            inorder.replay(self.conn, self._deletes, target, batch, self._columns(target, batch))
+            return
+        self._savepoints += 1
+        self.conn.execute("SAVEPOINT _replicator_batch")
+        try:
+            self._apply_folded(target, batch)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as e:
+            self.conn.execute("ROLLBACK TO SAVEPOINT _replicator_batch")
+            self.session.stages.rolled_back()  # those made in the savepoint went with it
+            log.info(
+                "%s: applying %d folded changes at once meets %s (a value passed between rows within "
+                "the batch); applying them one by one, in source order",
+                target.table.display, batch.changes, (e.diag.message_primary or str(e)).strip(),
+            )
+            inorder.replay(self.conn, self._deletes, target, batch, self._columns(target, batch))
+        self.conn.execute("RELEASE SAVEPOINT _replicator_batch")
 
     def _stage(
         self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]], role: str = ""

@@ -25,6 +25,7 @@ from replicator.destinations.base import (
     ChunkState,
     SlotProgress,
     SnapshotProgress,
+    SwitchoverMark,
     TableName,
     TableState,
     Watermark,
@@ -80,9 +81,18 @@ MIGRATIONS: list[list[str]] = [
             updated_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (job, schema_name, table_name))""",
     ],
+    # 2: the switchover mark (replicator switchover promoted this destination).
+    [
+        """CREATE TABLE IF NOT EXISTS _replicator.switchovers (
+            job text PRIMARY KEY,
+            switched_at timestamptz NOT NULL DEFAULT now(),
+            marker_lsn pg_lsn,
+            slots text[] NOT NULL DEFAULT '{}',
+            by_user text NOT NULL DEFAULT current_user)""",
+    ],
 ]
 VERSION = len(MIGRATIONS)
-_JOB_TABLES = ("snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks")
+_JOB_TABLES = ("snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks", "switchovers")
 
 
 class HasConnection(Protocol):
@@ -295,7 +305,9 @@ class PgStateStore:
         conn = self._conn
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('_replicator.schema'))")
-            for table in _JOB_TABLES:
+            # A state of an older version may lack the later tables (ensure() adds them).
+            tables = [t for t in _JOB_TABLES if self._has_table(t)]
+            for table in tables:
                 query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE job = %s)").format(
                     sql.Identifier(SCHEMA, table)
                 )
@@ -303,10 +315,38 @@ class PgStateStore:
                 if row and row[0]:
                     return 0
             moved = 0
-            for table in _JOB_TABLES:
+            for table in tables:
                 query = sql.SQL("UPDATE {} SET job = %s WHERE job = %s").format(sql.Identifier(SCHEMA, table))
                 moved += conn.execute(query, (new, old)).rowcount
         return moved
+
+    def _has_table(self, name: str) -> bool:
+        row = self._conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{name}",)).fetchone()
+        return bool(row and row[0] is not None)
+
+    # -- switchover --------------------------------------------------------------------------
+
+    def record_switchover(self, job: str, marker_lsn: Lsn | None, slots: Iterable[str]) -> None:
+        self._conn.execute(
+            """INSERT INTO _replicator.switchovers (job, marker_lsn, slots) VALUES (%s, %s, %s)
+               ON CONFLICT (job) DO UPDATE SET switched_at = now(), marker_lsn = EXCLUDED.marker_lsn,
+                   slots = EXCLUDED.slots, by_user = current_user""",
+            (job, str(marker_lsn) if marker_lsn is not None else None, list(slots)),
+        )
+
+    def switchover(self, job: str) -> SwitchoverMark | None:
+        if not self._has_table("switchovers"):
+            return None
+        row = self._conn.execute(
+            "SELECT switched_at, marker_lsn::text, slots FROM _replicator.switchovers WHERE job = %s", (job,)
+        ).fetchone()
+        if row is None:
+            return None
+        return SwitchoverMark(job, row[0], Lsn.parse(row[1]) if row[1] else None, tuple(row[2]))
+
+    def forget_switchover(self, job: str) -> None:
+        if self._has_table("switchovers"):
+            self._conn.execute("DELETE FROM _replicator.switchovers WHERE job = %s", (job,))
 
     # -- replicator status -------------------------------------------------------------------
 

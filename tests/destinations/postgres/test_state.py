@@ -36,7 +36,9 @@ def test_a_destination_without_state_gets_every_table_and_the_version(dest_db: D
     assert dest_db.fetchone("SELECT value FROM _replicator.meta WHERE key = 'version'") == str(state.VERSION)
     tables = {r[0] for r in dest_db.fetchall(
         "SELECT tablename FROM pg_tables WHERE schemaname = '_replicator'")}
-    assert tables == {"meta", "snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks"}
+    assert tables == {
+        "meta", "snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks", "switchovers"
+    }
 
 
 def test_an_older_schema_is_upgraded_by_the_missing_migrations(dest_db: Database) -> None:
