@@ -48,6 +48,8 @@ APP = "replicator/switchover"
 def run_switchover(job: Job, options: Options, out: Callable[[str], None] = print) -> int:
     job = identify(job)  # refuses a destination that is the source; names the job
     src = connect(job.source.value, "source", APP, autocommit=True)
+    # A switchover run again after --read-only-source still writes its marker (and its ALTERs).
+    src.execute("SET default_transaction_read_only = off")
     dst = open_destination(job.destination.value).open_session(APP)
     try:
         ctx = _context(job, options, src, dst)

@@ -34,15 +34,25 @@ class Writer:
 
 
 def make_read_only(conn: psycopg.Connection[Any]) -> str:
-    """Make the connected database read-only for new sessions; the command that undoes it."""
-    db = sql.Identifier(conn.info.dbname)
+    """Make the connected database read-only for new sessions; the command that undoes it (in a
+    read-write transaction: a new session is read-only by then)."""
     before = previous_setting(conn)
-    conn.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(db))
-    if before is None:
-        return sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only;").format(db).as_string(conn)
-    return sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = {};").format(
-        db, sql.Literal(before)
-    ).as_string(conn)
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(sql.Identifier(conn.info.dbname))
+    )
+    db = quoted(conn, conn.info.dbname)
+    undo = (
+        f"ALTER DATABASE {db} RESET default_transaction_read_only;"
+        if before is None
+        else f"ALTER DATABASE {db} SET default_transaction_read_only = {sql.Literal(before).as_string(conn)};"
+    )
+    return f"BEGIN READ WRITE; {undo} COMMIT;"
+
+
+def quoted(conn: psycopg.Connection[Any], name: str) -> str:
+    """``name`` quoted only where SQL needs it (as the server's ``quote_ident`` does)."""
+    row = conn.execute("SELECT quote_ident(%s)", (name,)).fetchone()
+    return str(row[0]) if row else name
 
 
 def previous_setting(conn: psycopg.Connection[Any]) -> str | None:
@@ -65,7 +75,7 @@ def owner_fix(conn: psycopg.Connection[Any]) -> str:
     owner = row[0] if row else "the database owner"
     return (
         f"ALTER DATABASE needs the database's owner ({owner}): run switchover as {owner}, or run "
-        f"`ALTER DATABASE {sql.Identifier(conn.info.dbname).as_string(conn)} SET default_transaction_read_only = on;` "
+        f"`ALTER DATABASE {quoted(conn, conn.info.dbname)} SET default_transaction_read_only = on;` "
         "yourself and switch over without --read-only-source"
     )
 

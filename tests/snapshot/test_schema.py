@@ -92,3 +92,73 @@ def test_snapshot_builds_every_index_constraint_default_sequence_and_collation(
         dest_db.execute("INSERT INTO customers (email) VALUES ('USER1@EXAMPLE.COM')")
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         dest_db.execute("INSERT INTO orders (customer_id, total) VALUES (100000, 1)")
+
+
+def test_fresh_reload_with_foreign_keys_between_the_tables(
+    source_db: Database, dest_db: Database, tmp_path: Path
+) -> None:
+    source_db.execute(SCHEMA)
+    args = snapshot_args(tmp_path, source_db, dest_db)
+    assert run_cli(*args) == 0
+    source_db.execute("INSERT INTO orders (customer_id, total) VALUES (2, 7)")
+    assert run_cli(*args, "--fresh") == 0  # TRUNCATE customers alone would be refused by the key
+    assert checksum(dest_db, "public", "orders") == checksum(source_db, "public", "orders")
+    assert dest_db.fetchall(INDEXES) == source_db.fetchall(INDEXES)
+    assert dest_db.fetchall(CONSTRAINTS) == source_db.fetchall(CONSTRAINTS)
+
+
+def test_a_foreign_key_from_a_table_outside_the_replication_is_refused_before_anything_is_emptied(
+    source_db: Database, dest_db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source_db.execute(SCHEMA)
+    args = snapshot_args(tmp_path, source_db, dest_db)
+    assert run_cli(*args) == 0
+    dest_db.execute("CREATE TABLE local_notes (customer_id integer REFERENCES customers (id))")
+    capsys.readouterr()
+    assert run_cli(*args, "--fresh") == 1
+    err = capsys.readouterr().err
+    assert "public.local_notes has foreign key local_notes_customer_id_fkey referencing public.customers" in err
+    assert "nothing was changed" in err
+    assert dest_db.fetchone("SELECT count(*) FROM orders") == 1000
+
+
+def test_objects_the_destination_cannot_have_are_named_not_fatal(
+    source_db: Database, dest_db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source_db.execute(
+        """CREATE FUNCTION shout(text) RETURNS text IMMUTABLE LANGUAGE sql AS $$ SELECT upper($1) $$;
+           CREATE TABLE regions (code text PRIMARY KEY);
+           CREATE TABLE shops (id integer PRIMARY KEY, region text REFERENCES regions (code), name text,
+                               secret text CHECK (secret <> ''), label text DEFAULT shout('x'));
+           CREATE INDEX shops_loud ON shops (shout(name));
+           CREATE INDEX shops_secret ON shops (secret);
+           CREATE INDEX shops_name ON shops (name);
+           CREATE TABLE events (id integer, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+           CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+           CREATE INDEX events_at ON events (at DESC);
+           CREATE INDEX events_2024_only ON events_2024 (id);
+           INSERT INTO regions VALUES ('eu'); INSERT INTO shops VALUES (1, 'eu', 'a', 's');
+           INSERT INTO events VALUES (1, '2024-05-01');"""
+    )
+    filt = write(tmp_path / "filter.yaml", (
+        "allow:\n  schema: public\n  allow:\n    shops:\n      allow: [id, region, name, label]\n    events:\n"
+    ))  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert run_cli(*snapshot_args(tmp_path, source_db, dest_db, "--filter", str(filt))) == 0
+    for note in (
+        "public.shops: foreign key shops_region_fkey references public.regions, which the filter leaves out",
+        "public.shops: check constraint shops_secret_check reads column(s) secret, which the filter leaves out",
+        "public.shops: index shops_secret reads column(s) secret",
+        "public.shops: index shops_loud: function public.shout(text) does not exist",
+        "public.shops: default of column label (public.shout('x'::text)): function public.shout(text) does not exist",
+        "public.events: index public.events_2024_only exists on a partition only",
+    ):
+        assert note in caplog.text
+    have = dest_db.fetchall("SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('shops', 'events') "
+                            "ORDER BY 1")
+    assert have == [
+        ("events_at", "CREATE INDEX events_at ON public.events USING btree (at DESC)"),
+        ("events_pkey", "CREATE UNIQUE INDEX events_pkey ON public.events USING btree (id, at)"),
+        ("shops_name", "CREATE INDEX shops_name ON public.shops USING btree (name)"),
+        ("shops_pkey", "CREATE UNIQUE INDEX shops_pkey ON public.shops USING btree (id)"),
+    ]

@@ -91,3 +91,95 @@ def test_switchover_with_a_writer_that_stops(env: Env, capsys: pytest.CaptureFix
     assert env.source.fetchone("SELECT count(*) FROM pg_publication") == 0
     assert env.run("realtime", "--once") == 2
     print(f"switchover end to end: {seconds:.1f} s")
+
+
+def test_read_only_source_ends_the_writers_and_keeps_the_heartbeat(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.source.execute(SCHEMA)
+    child = start_streaming(env)
+    app = env.source.connect(application_name="the-app")  # opened before: it could still write
+    undo = f"ALTER DATABASE {env.source.name} RESET default_transaction_read_only"
+    try:
+        app.execute("INSERT INTO accounts (email) VALUES ('before@example.com')")
+        capsys.readouterr()
+        assert run_cli(*switchover_args(env, "--read-only-source")) == 1  # without --terminate: named, refused
+        out = capsys.readouterr().out
+        assert "writers, " in out and "FAILED: 1 session(s) opened before the database became read-only" in out
+        assert "(the-app)" in out and "switchover stopped at step writers" in out
+        undo = next(line for line in out.splitlines() if line.startswith("read-only-source")).split("to undo: ")[1]
+        assert undo == (
+            f"BEGIN READ WRITE; ALTER DATABASE {env.source.name} RESET default_transaction_read_only; COMMIT;"
+        )
+        with env.source.connect() as late, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            late.execute("INSERT INTO accounts (email) VALUES ('late@example.com')")
+        assert run_cli(*switchover_args(env, "--read-only-source", "--terminate")) == 0
+        out = capsys.readouterr().out
+        assert "writers, " in out and "ok: ended 1 session(s)" in out
+        assert app.closed or app.broken or _dead(app)
+        out_child, err_child = child.communicate(timeout=60)
+    finally:
+        stop(child)
+        app.close()
+        with env.source.connect() as conn:  # the undo command, as printed
+            conn.execute(undo)
+        assert env.source.fetchone("SHOW default_transaction_read_only") == "off"
+    assert child.returncode == 0, err_child
+    env.assert_equal("accounts", "transfers")
+
+
+def _dead(conn: psycopg.Connection[object]) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
+def test_the_marker_step_fails_named_when_nothing_streams(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    env.source.execute(SCHEMA)
+    assert env.run("full", "--once") == 0
+    env.source.execute("INSERT INTO accounts (email) VALUES ('unseen@example.com')")
+    capsys.readouterr()
+    assert run_cli(*switchover_args(env, "--timeout-s", "2")) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("marker, ") and "FAILED: the destination did not reach the marker" in out
+    assert "bytes behind" in out and "switchover stopped at step marker" in out
+    assert env.dest.fetchone("SELECT count(*) FROM _replicator.switchovers") == 0
+
+
+@pytest.mark.parametrize("elsewhere", ["another database", "published tables"])
+def test_the_marker_is_reached_under_continuous_writes(
+    env: Env, elsewhere: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.source.execute(SCHEMA)
+    other = f"{env.source.name}_other"
+    env.source.cluster.create_database(other)
+    child = start_streaming(env)
+    halt = threading.Event()
+
+    def write_forever() -> None:
+        dsn = env.source.cluster.conninfo(other if elsewhere == "another database" else env.source.name)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            if elsewhere == "another database":
+                conn.execute("CREATE TABLE IF NOT EXISTS busy (v integer)")
+            while not halt.is_set():
+                if elsewhere == "another database":
+                    conn.execute("INSERT INTO busy SELECT generate_series(1, 100)")
+                else:
+                    conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 1 + (random() * 199)::int")
+
+    writer = threading.Thread(target=write_forever, daemon=True)
+    writer.start()
+    try:
+        time.sleep(1)
+        capsys.readouterr()
+        assert run_cli(*switchover_args(env, "--no-verify", "--timeout-s", "30")) == 0
+        out = capsys.readouterr().out
+        assert "marker, " in out and "ok: marker" in out and "verify, 0.0, skipped (--no-verify)" in out
+    finally:
+        halt.set()
+        writer.join()
+        stop(child)
+        with psycopg.connect(env.source.cluster.conninfo(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {other} WITH (FORCE)")

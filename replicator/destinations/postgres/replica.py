@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from replicator.tableobjects import regclass_names
 
@@ -59,7 +58,8 @@ def set_replica(conn: psycopg.Connection[Any]) -> bool:
 
 def fix(conn: psycopg.Connection[Any]) -> str:
     """The grant that lets this session's user set the role (as the administrator runs it)."""
-    user = sql.Identifier(conn.info.user).as_string(conn)
+    row = conn.execute("SELECT quote_ident(current_user)").fetchone()
+    user = str(row[0]) if row else conn.info.user
     if _has_role(conn, "rds_superuser"):
         return f"GRANT rds_superuser TO {user};"
     if conn.info.server_version >= 150000:
