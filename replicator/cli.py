@@ -95,7 +95,8 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "verify", help="compare every replicated row of source and destination (read only); exit 0 equal, 3 not"
+        "verify",
+        help="compare every replicated row of source and destination (read only); exit 0 equal, 3 not",
     )
     _add_config_args(p)
     p.add_argument(

@@ -38,7 +38,9 @@ def digest(columns: Sequence[Column], alias: str | None = None) -> list[sql.Comp
     return [sql.SQL("count(*)"), sql.SQL("coalesce(sum({}), 0)").format(row_hash(columns, alias))]
 
 
-def keys_and_hashes(order: KeyOrder, columns: Sequence[Column], alias: str | None = None) -> list[sql.Composable]:
+def keys_and_hashes(
+    order: KeyOrder, columns: Sequence[Column], alias: str | None = None
+) -> list[sql.Composable]:
     """Each row's key columns as text, then its hash (order by ``order.order_by()``)."""
     keys = [
         sql.SQL("{}::text").format(sql.Identifier(alias, c.name) if alias else sql.Identifier(c.name))

@@ -154,11 +154,17 @@ class CollationDef:
         """As ``pg_dump`` writes it (no server function prints a collation's definition)."""
         options: list[sql.Composable] = []
         if self.provider == "i":
-            options += [sql.SQL("provider = icu"), sql.SQL("locale = {}").format(sql.Literal(self.locale or ""))]
+            options += [
+                sql.SQL("provider = icu"),
+                sql.SQL("locale = {}").format(sql.Literal(self.locale or "")),
+            ]
             if self.rules:
                 options.append(sql.SQL("rules = {}").format(sql.Literal(self.rules)))
         elif self.provider == "b":
-            options += [sql.SQL("provider = builtin"), sql.SQL("locale = {}").format(sql.Literal(self.locale))]
+            options += [
+                sql.SQL("provider = builtin"),
+                sql.SQL("locale = {}").format(sql.Literal(self.locale)),
+            ]
         else:
             options += [
                 sql.SQL("provider = libc"),
@@ -323,69 +329,18 @@ def read_objects(
     """Read the objects of ``tables`` (inside the caller's transaction, so a snapshot's view)."""
     selected = list(tables)
     by_oid = {t.table.oid: (t.table.schema, t.table.name) for t in selected}
-    oids = list(by_oid)
     found = SourceObjects({key: TableObjects(key) for key in by_oid.values()})
-    if not oids:
+    if not by_oid:
         return found
     collations: set[int] = set(type_collations)
     with conn.cursor() as cur:
         cur.execute("SELECT set_config('search_path', '', true)")
-        cur.execute(_INDEXES, {"oids": oids})
-        for relid, name, quoted, definition, unique, partitioned, columns, colls in cur.fetchall():
-            if partitioned:
-                # The destination table is one plain table: its index is built on all of it.
-                definition = _without_only(definition, quoted, unique)
-            found.tables[by_oid[relid]].indexes.append(IndexDef(name, definition, frozenset(columns), unique))
-            found.tables[by_oid[relid]].collations.extend(colls)
-            collations.update(colls)
-        roots = [t.table.oid for t in selected if t.table.kind == "p"]
-        if roots:
-            cur.execute(_PARTITION_ONLY_INDEXES, {"roots": roots})
-            for root, name in cur.fetchall():
-                found.tables[by_oid[root]].partition_only_indexes.append(name)
-        cur.execute(_CONSTRAINTS, {"oids": oids})
-        for (relid, name, kind, definition, validated, columns, ref_schema, ref_name, ref_columns,
-             tablespace, colls) in cur.fetchall():  # fmt: skip
-            if tablespace is not None:
-                # The destination has its own tablespaces: the index goes to its default one.
-                definition = definition.replace(f" USING INDEX TABLESPACE {tablespace}", "")
-            found.tables[by_oid[relid]].constraints.append(
-                ConstraintDef(
-                    name, kind, definition, frozenset(columns), validated,
-                    (ref_schema, ref_name) if kind == "f" else None, frozenset(ref_columns or ()),
-                )
-            )  # fmt: skip
-            found.tables[by_oid[relid]].collations.extend(colls)
-            collations.update(colls)
-        cur.execute(_DEFAULTS, {"oids": oids})
-        default_sequences: set[TableName] = set()
-        for relid, column, expression, sequences in cur.fetchall():
-            seqs = tuple((s[0], s[1]) for s in sequences)
-            default_sequences.update(seqs)
-            found.tables[by_oid[relid]].defaults.append(ColumnDefault(column, expression, seqs))
-        cur.execute(_TIED_SEQUENCES, {"oids": oids})
-        tied = cur.fetchall()
-        cur.execute(
-            _SEQUENCES, {"oids": [r[4] for r in tied], "names": regclass_names(sorted(default_sequences))}
+        collations |= _read_indexes(
+            cur, found, by_oid, [t.table.oid for t in selected if t.table.kind == "p"]
         )
-        sequences: dict[int, SequenceDef] = {}
-        by_name: dict[TableName, SequenceDef] = {}
-        for seq_oid, schema, name, type_sql, start, inc, lo, hi, cache, cycle, owner in cur.fetchall():
-            seq = SequenceDef(
-                schema, name, type_sql, start, inc, lo, hi, cache, cycle,
-                (owner[0], owner[1], owner[2]) if owner else None,
-            )  # fmt: skip
-            sequences[seq_oid] = by_name[(schema, name)] = seq
-        for relid, column, deptype, identity, seq_oid in tied:
-            if deptype == "i" and identity in ("a", "d") and seq_oid in sequences:
-                found.tables[by_oid[relid]].identities.append(
-                    IdentityColumn(column, identity == "a", sequences[seq_oid])
-                )
-        for objects in found.tables.values():
-            names = {s for d in objects.defaults for s in d.sequences}
-            objects.sequences = [by_name[n] for n in sorted(names) if n in by_name]
-        column_collations = _column_collations(cur, oids)
-        for relid, colls in column_collations.items():
+        collations |= _read_constraints(cur, found, by_oid)
+        _read_defaults_and_sequences(cur, found, by_oid)
+        for relid, colls in _column_collations(cur, list(by_oid)).items():
             found.tables[by_oid[relid]].collations.extend(colls)
             collations.update(colls)
         for objects in found.tables.values():
@@ -397,6 +352,80 @@ def read_objects(
                     oid, schema, name, provider, deterministic, collate, ctype, locale, rules
                 )
     return found
+
+
+def _read_indexes(
+    cur: psycopg.Cursor[Any], found: SourceObjects, by_oid: dict[int, TableName], roots: list[int]
+) -> set[int]:
+    """Secondary indexes (those behind a constraint come with it); returns the collations they use."""
+    collations: set[int] = set()
+    cur.execute(_INDEXES, {"oids": list(by_oid)})
+    for relid, name, quoted, definition, unique, partitioned, columns, colls in cur.fetchall():
+        if partitioned:
+            # The destination table is one plain table: its index is built on all of it.
+            definition = _without_only(definition, quoted, unique)
+        objects = found.tables[by_oid[relid]]
+        objects.indexes.append(IndexDef(name, definition, frozenset(columns), unique))
+        objects.collations.extend(colls)
+        collations.update(colls)
+    if roots:
+        cur.execute(_PARTITION_ONLY_INDEXES, {"roots": roots})
+        for root, name in cur.fetchall():
+            found.tables[by_oid[root]].partition_only_indexes.append(name)
+    return collations
+
+
+def _read_constraints(
+    cur: psycopg.Cursor[Any], found: SourceObjects, by_oid: dict[int, TableName]
+) -> set[int]:
+    collations: set[int] = set()
+    cur.execute(_CONSTRAINTS, {"oids": list(by_oid)})
+    for (relid, name, kind, definition, validated, columns, ref_schema, ref_name, ref_columns,
+         tablespace, colls) in cur.fetchall():  # fmt: skip
+        if tablespace is not None:
+            # The destination has its own tablespaces: the index goes to its default one.
+            definition = definition.replace(f" USING INDEX TABLESPACE {tablespace}", "")
+        objects = found.tables[by_oid[relid]]
+        objects.constraints.append(
+            ConstraintDef(
+                name, kind, definition, frozenset(columns), validated,
+                (ref_schema, ref_name) if kind == "f" else None, frozenset(ref_columns or ()),
+            )
+        )  # fmt: skip
+        objects.collations.extend(colls)
+        collations.update(colls)
+    return collations
+
+
+def _read_defaults_and_sequences(
+    cur: psycopg.Cursor[Any], found: SourceObjects, by_oid: dict[int, TableName]
+) -> None:
+    """Column defaults, the sequences they call, and identity columns with their sequences."""
+    cur.execute(_DEFAULTS, {"oids": list(by_oid)})
+    called: set[TableName] = set()
+    for relid, column, expression, calls in cur.fetchall():
+        seqs = tuple((s[0], s[1]) for s in calls)
+        called.update(seqs)
+        found.tables[by_oid[relid]].defaults.append(ColumnDefault(column, expression, seqs))
+    cur.execute(_TIED_SEQUENCES, {"oids": list(by_oid)})
+    tied = cur.fetchall()
+    cur.execute(_SEQUENCES, {"oids": [r[4] for r in tied], "names": regclass_names(sorted(called))})
+    by_oid_seq: dict[int, SequenceDef] = {}
+    by_name: dict[TableName, SequenceDef] = {}
+    for seq_oid, schema, name, type_sql, start, inc, lo, hi, cache, cycle, owner in cur.fetchall():
+        seq = SequenceDef(
+            schema, name, type_sql, start, inc, lo, hi, cache, cycle,
+            (owner[0], owner[1], owner[2]) if owner else None,
+        )  # fmt: skip
+        by_oid_seq[seq_oid] = by_name[(schema, name)] = seq
+    for relid, column, deptype, identity, seq_oid in tied:
+        if deptype == "i" and identity in ("a", "d") and seq_oid in by_oid_seq:
+            found.tables[by_oid[relid]].identities.append(
+                IdentityColumn(column, identity == "a", by_oid_seq[seq_oid])
+            )
+    for objects in found.tables.values():
+        names = {n for d in objects.defaults for n in d.sequences}
+        objects.sequences = [by_name[n] for n in sorted(names) if n in by_name]
 
 
 def _column_collations(cur: psycopg.Cursor[Any], oids: list[int]) -> dict[int, list[int]]:
@@ -414,7 +443,7 @@ def _column_collations(cur: psycopg.Cursor[Any], oids: list[int]) -> dict[int, l
 def _without_only(definition: str, quoted_name: str, unique: bool) -> str:
     prefix = f"CREATE {'UNIQUE ' if unique else ''}INDEX {quoted_name} ON ONLY "
     if definition.startswith(prefix):
-        return f"CREATE {'UNIQUE ' if unique else ''}INDEX {quoted_name} ON " + definition[len(prefix):]
+        return f"CREATE {'UNIQUE ' if unique else ''}INDEX {quoted_name} ON " + definition[len(prefix) :]
     return definition
 
 

@@ -88,7 +88,9 @@ def check_sequence_grants(ctx: SourceContext, tables: list[SelectedTable]) -> Ch
         return ok(TABLES, "sequence grants", "no sequence behind the selected tables")
     unreadable = [v.name for v in sequence_values(ctx.conn, names) if not v.readable]
     if not unreadable:
-        return ok(TABLES, "sequence grants", f"{ctx.user} may read all {len(names)} sequence(s) of the tables")
+        return ok(
+            TABLES, "sequence grants", f"{ctx.user} may read all {len(names)} sequence(s) of the tables"
+        )
     schemas = sorted({schema for schema, _ in unreadable})
     return fail(
         TABLES, "sequence grants",

@@ -349,7 +349,9 @@ class DestinationSession(Protocol):
 
     def describe(self, table: TableName) -> DestTable | None: ...
 
-    def create_table(self, catalog: Catalog, st: SelectedTable, objects: TableObjects | None = None) -> list[str]:
+    def create_table(
+        self, catalog: Catalog, st: SelectedTable, objects: TableObjects | None = None
+    ) -> list[str]:
         """Like the source table: names, types (user types and collations created first), NOT
         NULLs, generated columns, and with ``objects`` its defaults, identity columns and the
         sequences they use; no key or index yet (``build_key``, ``build_objects`` after the

@@ -52,10 +52,10 @@ def refuse_promoted(job: Job) -> None:
             return
         if not job.fresh:
             raise PromotedDestination(
-                f"{job.destination.where('host')}: the destination was promoted by `replicator switchover` at "
-                f"{mark.at:%Y-%m-%d %H:%M:%S %Z}: it takes the application's writes now, and replicating into "
-                f"it again would overwrite them. To start a new replication into it anyway (its tables are "
-                f"copied again), run with --fresh; or point --destination elsewhere"
+                f"{job.destination.where('host')}: the destination was promoted by `replicator "
+                f"switchover` at {mark.at:%Y-%m-%d %H:%M:%S %Z}: it takes the application's writes now, and "
+                f"replicating into it again would overwrite them. To start a new replication into it anyway "
+                f"(its tables are copied again), run with --fresh; or point --destination elsewhere"
             )
         log.warning(
             "the destination was promoted by `replicator switchover` at %s; --fresh: starting over into it",

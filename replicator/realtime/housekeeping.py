@@ -80,7 +80,8 @@ class Housekeeping:
         self.promoted = mark
         log.info(
             "the destination was promoted by `replicator switchover` at %s: replication into it is over; "
-            "stopping", f"{mark.at:%Y-%m-%d %H:%M:%S}",
+            "stopping",
+            f"{mark.at:%Y-%m-%d %H:%M:%S}",
         )
         self.stop.set()
         return True

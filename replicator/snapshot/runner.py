@@ -31,7 +31,6 @@ from replicator.destinations.base import ChunkPlan, DestinationSession, DestTabl
 from replicator.errors import DestinationError, Interrupted
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
-from replicator.tableobjects import PlannedObjects, TableObjects
 from replicator.progress import Progress, make_progress
 from replicator.relay import relay_copy
 from replicator.snapshot import schema
@@ -43,6 +42,7 @@ from replicator.snapshot.workers import (
     run_parallel,
     session_settings,
 )
+from replicator.tableobjects import PlannedObjects, TableObjects
 from replicator.typemap import binary_safe
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,9 @@ def _prepare(
                 control.build_key(st, _key_name(objects))
                 control.state.mark_key_built(job_id, key)
             ts = control.state.load_snapshot(job_id, only=key)[key]
-        works.append(TableWork(st, ts, found, columns, binary, merge, remaining=len(ts.pending), objects=objects))
+        works.append(
+            TableWork(st, ts, found, columns, binary, merge, remaining=len(ts.pending), objects=objects)
+        )
     return works
 
 
@@ -299,7 +301,9 @@ def _create_or_empty(
                 table = found[_key(st)]
                 assert table is not None
                 if control.has_rows(table):
-                    log.warning("%s exists at the destination with rows; emptying it for the snapshot", st.display)
+                    log.warning(
+                        "%s exists at the destination with rows; emptying it for the snapshot", st.display
+                    )
             control.empty_together([t for t in tables if t is not None])
             for st in emptied:
                 key = _key(st)

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from replicator.destinations import open_destination
-from replicator.destinations.base import DestinationSession, DestTable, TableName, TableState
+from replicator.destinations.base import DestinationSession, DestTable, ForeignKeyAt, TableName, TableState
 from replicator.errors import DestinationError
 from replicator.filters import SelectedTable
 from replicator.job import Job
@@ -80,22 +80,28 @@ def clear_the_way(
     blocking = []
     for fk in control.foreign_keys_touching(gone):
         if (fk.table, fk.name) in defined:
-            log.info("%s: foreign key %s dropped for the reload (made again after it)", ".".join(fk.table), fk.name)
+            log.info(
+                "%s: foreign key %s dropped for the reload (made again after it)", ".".join(fk.table), fk.name
+            )
             control.drop_foreign_key(fk)
         elif fk.references in gone and fk.table not in gone:
             blocking.append(fk)
     if blocking:
         raise DestinationError(
-            "the destination cannot empty the tables to reload; nothing was changed:\n  " + "\n  ".join(
-                f"{'.'.join(fk.table)} has foreign key {fk.name} referencing {'.'.join(fk.references)}, which "
-                f"this run empties; fix: ALTER TABLE {'.'.join(fk.table)} DROP CONSTRAINT {fk.name}; (or "
-                f"replicate {'.'.join(fk.table)} too)"
-                for fk in blocking
-            )
+            "the destination cannot empty the tables to reload; nothing was changed:\n  "
+            + "\n  ".join(_blocking(fk) for fk in blocking)
         )
     for table in emptied:
         if table.key in ours and table.key in planned:
             control.drop_objects(table.key, planned[table.key].objects)
+
+
+def _blocking(fk: ForeignKeyAt) -> str:
+    table, references = ".".join(fk.table), ".".join(fk.references)
+    return (
+        f"{table} has foreign key {fk.name} referencing {references}, which this run empties; fix: "
+        f"ALTER TABLE {table} DROP CONSTRAINT {fk.name}; (or replicate {table} too)"
+    )
 
 
 def finish(
@@ -113,10 +119,15 @@ def finish(
     todo: dict[TableName, list[str]] = {}
     for st in selected:
         key = (st.table.schema, st.table.name)
-        fks = [
-            fk for fk in planned[key].objects.foreign_keys
-            if key in ours and key in loaded and fk.references in loaded
-        ] if key in planned else []
+        fks = (
+            [
+                fk
+                for fk in planned[key].objects.foreign_keys
+                if key in ours and key in loaded and fk.references in loaded
+            ]
+            if key in planned
+            else []
+        )
         if not fks:
             continue
         with control.transaction():
@@ -143,7 +154,9 @@ def _validate_all(job: Job, todo: dict[TableName, list[str]], threads: int) -> N
         with destination.open_session(APP) as session:
             return session.validate_constraints(table, names)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(work))), thread_name_prefix="validate") as pool:
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(threads, len(work))), thread_name_prefix="validate"
+    ) as pool:
         for notes in pool.map(validate, work):
             for note in notes:
                 log.warning("%s", note)

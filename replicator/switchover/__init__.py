@@ -40,6 +40,8 @@ from replicator.switchover import finish, marker, readonly
 from replicator.switchover.context import Context, Options, StepFailed
 from replicator.tableobjects import plan_objects, read_objects
 
+__all__ = ["Options", "run_switchover"]
+
 log = logging.getLogger(__name__)
 
 APP = "replicator/switchover"
@@ -90,7 +92,8 @@ def _context(job: Job, options: Options, src: psycopg.Connection[Any], dst: Dest
         catalog = load_catalog(src)
         tables = without_heartbeat(
             select_tables(catalog, job.filter, job.extractor, job.source.value.database, "snapshot"),
-            job.extractor.value.realtime.heartbeat, lambda st: (st.table.schema, st.table.name),
+            job.extractor.value.realtime.heartbeat,
+            lambda st: (st.table.schema, st.table.name),
         )
         planned = plan_objects(read_objects(src, tables), tables, job.destination.value.deletes == "soft")
     slots = list(job.source.value.slots)
@@ -145,11 +148,18 @@ def _marker(ctx: Context) -> str:
     behind = marker.wait_for(ctx.dst, ctx.job.job_id, ctx.slots, ctx.mark, ctx.options.timeout_s)
     if behind:
         lag = ", ".join(
-            f"slot {s} " + (f"at {c}, {int(ctx.mark.lsn) - int(c):,} bytes behind" if c is not None else "has no checkpoint")
+            f"slot {s} "
+            + (
+                f"at {c}, {int(ctx.mark.lsn) - int(c):,} bytes behind"
+                if c is not None
+                else "has no checkpoint"
+            )
             for s, c in behind.items()
         )
-        hint = "" if ctx.mark.carried_by_heartbeat else (
-            " (no heartbeat table carries the marker: is realtime running, with heartbeat enabled?)"
+        hint = (
+            ""
+            if ctx.mark.carried_by_heartbeat
+            else (" (no heartbeat table carries the marker: is realtime running, with heartbeat enabled?)")
         )
         raise StepFailed(
             f"the destination did not reach the marker {ctx.mark.lsn} within {ctx.options.timeout_s:g} s: "

@@ -43,5 +43,3 @@ class Context:
     slots: list[str]
     publications: list[str]
     mark: Marker | None = None
-
-

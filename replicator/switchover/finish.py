@@ -4,6 +4,7 @@ verification, the promotion record, and the slots and publications that are no l
 from __future__ import annotations
 
 import time
+
 from psycopg import sql
 
 from replicator import verify as verify_rows_of
@@ -98,7 +99,8 @@ def _wait_released(ctx: Context, slots: list[str]) -> bool:
 def cleanup(ctx: Context) -> str:
     slots = [s for s in ctx.slots if get_slot(ctx.src, s) is not None]
     drop_slots = [
-        sql.SQL("SELECT pg_drop_replication_slot({});").format(sql.Literal(s)).as_string(ctx.src) for s in slots
+        sql.SQL("SELECT pg_drop_replication_slot({});").format(sql.Literal(s)).as_string(ctx.src)
+        for s in slots
     ]
     drop_publications = [
         sql.SQL("DROP PUBLICATION IF EXISTS {};").format(sql.Identifier(p)).as_string(ctx.src)
@@ -111,7 +113,11 @@ def cleanup(ctx: Context) -> str:
         return "run at the source when the old source is retired (or pass --drop-slot): " + " ".join(commands)
     busy = [s for s in slots if (info := get_slot(ctx.src, s)) is not None and info.active]
     if busy and not _wait_released(ctx, busy):
-        raise StepFailed(f"slot(s) {', '.join(busy)} still in use: stop the stream, then run: " + " ".join(commands))
+        raise StepFailed(
+            f"slot(s) {', '.join(busy)} still in use: stop the stream, then run: " + " ".join(commands)
+        )
     for command in commands:
         ctx.src.execute(command)
-    return "ok: dropped " + ", ".join([*(f"slot {s}" for s in slots), *(f"publication {p}" for p in ctx.publications)])
+    return "ok: dropped " + ", ".join(
+        [*(f"slot {s}" for s in slots), *(f"publication {p}" for p in ctx.publications)]
+    )

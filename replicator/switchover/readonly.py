@@ -38,7 +38,9 @@ def make_read_only(conn: psycopg.Connection[Any]) -> str:
     read-write transaction: a new session is read-only by then)."""
     before = previous_setting(conn)
     conn.execute(
-        sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(sql.Identifier(conn.info.dbname))
+        sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+            sql.Identifier(conn.info.dbname)
+        )
     )
     db = quoted(conn, conn.info.dbname)
     undo = (
@@ -61,10 +63,10 @@ def previous_setting(conn: psycopg.Connection[Any]) -> str | None:
         """SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
            WHERE d.datname = current_database() AND s.setrole = 0"""
     ).fetchone()
-    for item in (row[0] if row and row[0] else []):
+    for item in row[0] if row and row[0] else []:
         name, _, value = item.partition("=")
         if name == SETTING:
-            return value
+            return str(value)
     return None
 
 

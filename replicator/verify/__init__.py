@@ -33,8 +33,14 @@ from replicator.identity import source_key, verify_distinct
 from replicator.job import Job
 from replicator.keyorder import DIGEST_SESSION_SETTINGS
 from replicator.snapshot.plan import select_sql
+from replicator.snapshot.workers import (
+    SNAPSHOT_SESSION,
+    Session,
+    begin_in_snapshot,
+    run_parallel,
+    session_settings,
+)
 from replicator.source.heartbeat import without_heartbeat
-from replicator.snapshot.workers import SNAPSHOT_SESSION, Session, begin_in_snapshot, run_parallel, session_settings
 from replicator.tableobjects import plan_objects, read_objects
 from replicator.verify import live, report
 from replicator.verify.compare import Found, compare_chunk, compare_keyless
@@ -66,7 +72,9 @@ class Outcome:
         return EQUAL if self.equal else DIFFERENT
 
 
-def run_verify(job: Job, max_rows: int = 20, timeout_s: float = 60.0, out: Callable[[str], None] = print) -> int:
+def run_verify(
+    job: Job, max_rows: int = 20, timeout_s: float = 60.0, out: Callable[[str], None] = print
+) -> int:
     outcome = verify(job, timeout_s=timeout_s)
     for line in report.lines(outcome.tables, outcome.not_migrated, outcome.notes, max_rows, outcome.seconds):
         out(line)
@@ -91,11 +99,16 @@ def verify(job: Job, timeout_s: float = 60.0, stop: threading.Event | None = Non
         catalog = load_catalog(exporter)
         selected = without_heartbeat(
             select_tables(catalog, job.filter, job.extractor, job.source.value.database, "snapshot"),
-            job.extractor.value.realtime.heartbeat, lambda st: (st.table.schema, st.table.name),
+            job.extractor.value.realtime.heartbeat,
+            lambda st: (st.table.schema, st.table.name),
         )
         check_conditions(exporter, selected)
-        tables = [verify_table(exporter, st, control.describe((st.table.schema, st.table.name))) for st in selected]
-        planned = plan_objects(read_objects(exporter, selected), selected, job.destination.value.deletes == "soft")
+        tables = [
+            verify_table(exporter, st, control.describe((st.table.schema, st.table.name))) for st in selected
+        ]
+        planned = plan_objects(
+            read_objects(exporter, selected), selected, job.destination.value.deletes == "soft"
+        )
         outcome = Outcome()
         if streaming:
             behind = live.wait_until_applied(control, streaming, at, timeout_s)
@@ -115,7 +128,9 @@ def verify(job: Job, timeout_s: float = 60.0, stop: threading.Event | None = Non
             outcome.notes += _recheck(job, control, streaming, found, timeout_s, stop)
         outcome.tables = report.by_table(tables, found, counts, planned, control)
         outcome.notes += [f"schema: {g}" for g in report.sequence_gaps(exporter, control, planned.values())]
-        outcome.not_migrated = report.not_migrated(exporter, control, [(s.table.schema, s.table.name) for s in selected])
+        outcome.not_migrated = report.not_migrated(
+            exporter, control, [(s.table.schema, s.table.name) for s in selected]
+        )
         exporter.execute("COMMIT")
     finally:
         control.close()
@@ -137,8 +152,10 @@ def _compare_all(
 
         def handle(session: Session, item: Chunk | VerifyTable) -> None:
             src, dst = session.connections()
-            result = compare_keyless(pool, src, dst, item) if isinstance(item, VerifyTable) else compare_chunk(
-                pool, src, dst, item
+            result = (
+                compare_keyless(pool, src, dst, item)
+                if isinstance(item, VerifyTable)
+                else compare_chunk(pool, src, dst, item)
             )
             with lock:
                 found.append(result)

@@ -48,7 +48,9 @@ class Found:
     differences: dict[Any, tuple[Kind, Any, Any]] = field(default_factory=dict)
 
 
-def both(pool: ThreadPoolExecutor, at_source: Callable[[], T], at_destination: Callable[[], U]) -> tuple[T, U]:
+def both(
+    pool: ThreadPoolExecutor, at_source: Callable[[], T], at_destination: Callable[[], U]
+) -> tuple[T, U]:
     """Run both reads at once: the source's on a pool thread, the destination's here."""
     future = pool.submit(at_source)
     mine = at_destination()
@@ -97,16 +99,22 @@ def diff_keyed(source: dict[KeyText, int], dest: dict[KeyText, int]) -> dict[Any
     return out
 
 
-def compare_keyless(pool: ThreadPoolExecutor, src: psycopg.Connection[Any], dst: DestinationSession, t: VerifyTable) -> Found:
+def compare_keyless(
+    pool: ThreadPoolExecutor, src: psycopg.Connection[Any], dst: DestinationSession, t: VerifyTable
+) -> Found:
     assert t.dest is not None
     dest = t.dest
-    s_buckets, d_buckets = both(pool, lambda: _source_buckets(src, t), lambda: dst.bucket_digests(dest, t.columns))
+    s_buckets, d_buckets = both(
+        pool, lambda: _source_buckets(src, t), lambda: dst.bucket_digests(dest, t.columns)
+    )
     found = Found(t, None, sum(c for c, _ in s_buckets.values()), sum(c for c, _ in d_buckets.values()))
     differing = sorted(b for b in set(s_buckets) | set(d_buckets) if s_buckets.get(b) != d_buckets.get(b))
     if not differing:
         return found
     s_rows, d_rows = both(
-        pool, lambda: _source_bucket_rows(src, t, differing), lambda: dst.bucket_rows(dest, t.columns, differing)
+        pool,
+        lambda: _source_bucket_rows(src, t, differing),
+        lambda: dst.bucket_rows(dest, t.columns, differing),
     )
     for h in set(s_rows) | set(d_rows):
         s_count, s_text = s_rows.get(h, (0, ""))
@@ -131,8 +139,12 @@ def _source_buckets(src: psycopg.Connection[Any], t: VerifyTable) -> dict[int, D
     return {int(r[0]): (int(r[1]), Decimal(r[2])) for r in src.execute(query).fetchall()}
 
 
-def _source_bucket_rows(src: psycopg.Connection[Any], t: VerifyTable, buckets: list[int]) -> dict[int, tuple[int, str]]:
-    rows = select_sql(t.st, [sql.SQL("{} AS h").format(row_hash(t.columns)), sql.SQL("{} AS r").format(row_text(t.columns))])
+def _source_bucket_rows(
+    src: psycopg.Connection[Any], t: VerifyTable, buckets: list[int]
+) -> dict[int, tuple[int, str]]:
+    rows = select_sql(
+        t.st, [sql.SQL("{} AS h").format(row_hash(t.columns)), sql.SQL("{} AS r").format(row_text(t.columns))]
+    )
     query = sql.SQL("SELECT h, count(*), min(r) FROM ({}) s WHERE {} = ANY(%s) GROUP BY h").format(
         rows, bucket_of(sql.Identifier("h"))
     )

@@ -58,7 +58,8 @@ def verify_table(src: psycopg.Connection[Any], st: SelectedTable, dest: DestTabl
     # such a table is compared as a multiset, like one without a key.
     if key_columns and all(c.not_null for c in key_columns):
         rows = src.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attcollation <> 0 AND attname = ANY(%s)",
+            """SELECT attname FROM pg_attribute
+               WHERE attrelid = %s AND attcollation <> 0 AND attname = ANY(%s)""",
             (st.table.oid, list(st.key)),
         ).fetchall()
         order = KeyOrder(key_columns, frozenset(r[0] for r in rows))

@@ -114,7 +114,9 @@ def schema_gaps(control: DestinationSession, table: tuple[str, str], planned: Pl
     return gaps
 
 
-def sequence_gaps(src: psycopg.Connection[Any], control: DestinationSession, planned: Iterable[PlannedObjects]) -> list[str]:
+def sequence_gaps(
+    src: psycopg.Connection[Any], control: DestinationSession, planned: Iterable[PlannedObjects]
+) -> list[str]:
     names = sorted({s.qualified for p in planned for s in p.objects.all_sequences})
     source = {v.name: v for v in sequence_values(src, names)}
     dest = {v.name: v for v in control.sequence_values(names)}
@@ -145,7 +147,8 @@ def not_migrated(
         lacking = sorted(source - there)
         shown = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
         out.append(
-            f"{len(source)} {kind} ({len(there)} at the destination" + (f"; not: {shown})" if lacking else ")")
+            f"{len(source)} {kind} ({len(there)} at the destination"
+            + (f"; not: {shown})" if lacking else ")")
         )
     return out
 
@@ -161,7 +164,9 @@ def lines(
         if t.equal:
             out.append(f"{t.display}: equal ({t.source_rows:,} rows)")
         else:
-            out.append(f"{t.display}: DIFFERENT (source {t.source_rows:,} rows, destination {t.dest_rows:,} rows)")
+            out.append(
+                f"{t.display}: DIFFERENT (source {t.source_rows:,} rows, destination {t.dest_rows:,} rows)"
+            )
         if t.missing_columns:
             out.append(f"  destination lacks column(s) {', '.join(t.missing_columns)}")
         for kind, shown in t.differences[:max_rows]:

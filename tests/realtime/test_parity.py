@@ -48,9 +48,12 @@ def test_destination_triggers_do_not_fire_on_replicated_rows(pg_env: Env) -> Non
         """CREATE TABLE audit (what text);
            CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$
            BEGIN INSERT INTO audit VALUES (TG_OP || ' ' || TG_TABLE_NAME); RETURN NULL; END $$;
-           CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON parent FOR EACH ROW EXECUTE FUNCTION audit();"""
+           CREATE TRIGGER audit AFTER INSERT OR UPDATE OR DELETE ON parent
+               FOR EACH ROW EXECUTE FUNCTION audit();"""
     )
-    pg_env.source.execute("INSERT INTO parent VALUES (6, 'x'); UPDATE parent SET name = 'y'; DELETE FROM child")
+    pg_env.source.execute(
+        "INSERT INTO parent VALUES (6, 'x'); UPDATE parent SET name = 'y'; DELETE FROM child"
+    )
     assert pg_env.run("realtime", "--once") == 0
     pg_env.assert_equal("parent", "child")
     assert pg_env.dest.fetchone("SELECT count(*) FROM audit") == 0
@@ -167,10 +170,17 @@ def test_a_destination_user_that_may_not_silence_foreign_keys_is_refused_at_star
 
         assert run_cli(*args) == 1
         err = capsys.readouterr().err
-        assert "session_replication_role" in err and f"GRANT SET ON PARAMETER session_replication_role TO {user}" in err
+        assert (
+            "session_replication_role" in err
+            and f"GRANT SET ON PARAMETER session_replication_role TO {user}" in err
+        )
         assert pg_env.dest.fetchone("SELECT to_regclass('public.parent')") is None  # nothing written
-        assert pg_env.source.fetchone("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
-                                      (pg_env.slot,)) == 0
+        assert (
+            pg_env.source.fetchone(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (pg_env.slot,)
+            )
+            == 0
+        )
         pg_env.dest.execute(f"GRANT SET ON PARAMETER session_replication_role TO {user}")
         assert run_cli(*args) == 0
         pg_env.assert_equal("parent", "child")

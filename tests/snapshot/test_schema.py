@@ -45,10 +45,12 @@ FROM generate_series(1, 300) g;
 INSERT INTO orders (customer_id, total) SELECT 1 + g % 300, g FROM generate_series(1, 1000) g;
 """
 
-INDEXES = """SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+INDEXES = """SELECT c.relname, pg_get_indexdef(i.indexrelid)
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
              WHERE i.indrelid = ANY(ARRAY['public.customers'::regclass, 'public.orders'::regclass])
              ORDER BY 1"""
-CONSTRAINTS = """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated FROM pg_constraint
+CONSTRAINTS = """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated
+                 FROM pg_constraint
                  WHERE conrelid = ANY(ARRAY['public.customers'::regclass, 'public.orders'::regclass])
                  ORDER BY 1, 2"""
 DEFAULTS = """SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid), a.attidentity, a.attnotnull,
@@ -57,15 +59,20 @@ DEFAULTS = """SELECT c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid), a.at
               LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
               WHERE c.relname IN ('customers', 'orders') AND c.relkind = 'r' AND a.attnum > 0
               ORDER BY 1, 2"""
-SEQUENCES = """SELECT schemaname, sequencename, data_type::text, start_value, increment_by, min_value, max_value,
-                      cache_size, cycle, last_value FROM pg_sequences ORDER BY 1, 2"""
+SEQUENCES = """SELECT schemaname, sequencename, data_type::text, start_value, increment_by, min_value,
+                      max_value, cache_size, cycle, last_value FROM pg_sequences ORDER BY 1, 2"""
 
 
 def snapshot_args(tmp_path: Path, source: Database, dest: Database, *extra: str) -> list[str]:
     return [
-        "run", "snapshot", "--no-progress",
-        "--source", str(source.write_config(tmp_path / "source.yaml")),
-        "--destination", str(dest.write_config(tmp_path / "destination.yaml")), *extra,
+        "run",
+        "snapshot",
+        "--no-progress",
+        "--source",
+        str(source.write_config(tmp_path / "source.yaml")),
+        "--destination",
+        str(dest.write_config(tmp_path / "destination.yaml")),
+        *extra,
     ]
 
 
@@ -117,7 +124,9 @@ def test_a_foreign_key_from_a_table_outside_the_replication_is_refused_before_an
     capsys.readouterr()
     assert run_cli(*args, "--fresh") == 1
     err = capsys.readouterr().err
-    assert "public.local_notes has foreign key local_notes_customer_id_fkey referencing public.customers" in err
+    assert (
+        "public.local_notes has foreign key local_notes_customer_id_fkey referencing public.customers" in err
+    )
     assert "nothing was changed" in err
     assert dest_db.fetchone("SELECT count(*) FROM orders") == 1000
 
@@ -141,21 +150,26 @@ def test_objects_the_destination_cannot_have_are_named_not_fatal(
            INSERT INTO events VALUES (1, '2024-05-01');"""
     )
     filt = write(tmp_path / "filter.yaml", (
-        "allow:\n  schema: public\n  allow:\n    shops:\n      allow: [id, region, name, label]\n    events:\n"
+        "allow:\n  schema: public\n  allow:\n"
+        "    shops:\n      allow: [id, region, name, label]\n    events:\n"
     ))  # fmt: skip
     with caplog.at_level("WARNING"):
         assert run_cli(*snapshot_args(tmp_path, source_db, dest_db, "--filter", str(filt))) == 0
     for note in (
-        "public.shops: foreign key shops_region_fkey references public.regions, which the filter leaves out",
-        "public.shops: check constraint shops_secret_check reads column(s) secret, which the filter leaves out",
+        "public.shops: foreign key shops_region_fkey references public.regions, which the filter leaves "
+        "out",
+        "public.shops: check constraint shops_secret_check reads column(s) secret, which the filter leaves "
+        "out",
         "public.shops: index shops_secret reads column(s) secret",
         "public.shops: index shops_loud: function public.shout(text) does not exist",
-        "public.shops: default of column label (public.shout('x'::text)): function public.shout(text) does not exist",
+        "public.shops: default of column label (public.shout('x'::text)): function public.shout(text) does "
+        "not exist",
         "public.events: index public.events_2024_only exists on a partition only",
     ):
         assert note in caplog.text
-    have = dest_db.fetchall("SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('shops', 'events') "
-                            "ORDER BY 1")
+    have = dest_db.fetchall(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('shops', 'events') ORDER BY 1"
+    )
     assert have == [
         ("events_at", "CREATE INDEX events_at ON public.events USING btree (at DESC)"),
         ("events_pkey", "CREATE UNIQUE INDEX events_pkey ON public.events USING btree (id, at)"),

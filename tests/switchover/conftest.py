@@ -17,7 +17,9 @@ from tests.support import spawn_cli
 @pytest.fixture
 def env(source_db: Database, dest_db: Database, tmp_path: Path) -> Iterator[Env]:
     e = Env(source_db, dest_db, tmp_path, slot=f"slot_{source_db.name}")
-    e.extractor_text = "realtime:\n  heartbeat:\n    interval-ms: 300\n  fetch-duration-per-extractor-slot-s: 0.2\n"
+    e.extractor_text = (
+        "realtime:\n  heartbeat:\n    interval-ms: 300\n  fetch-duration-per-extractor-slot-s: 0.2\n"
+    )
     yield e
     _drop_slots(source_db)
 
@@ -46,13 +48,25 @@ def stop(child: Popen[str]) -> tuple[str, str]:
 
 def switchover_args(env: Env, *extra: str) -> list[str]:
     return [
-        "switchover", "--source", str(env.source_config()), "--destination", str(env.dest_config()),
-        "--extractor", str(env.extractor()), *extra,
+        "switchover",
+        "--source",
+        str(env.source_config()),
+        "--destination",
+        str(env.dest_config()),
+        "--extractor",
+        str(env.extractor()),
+        *extra,
     ]
 
 
 def verify_args(env: Env, *extra: str) -> list[str]:
     return [
-        "verify", "--source", str(env.source_config()), "--destination", str(env.dest_config()),
-        "--extractor", str(env.extractor()), *extra,
+        "verify",
+        "--source",
+        str(env.source_config()),
+        "--destination",
+        str(env.dest_config()),
+        "--extractor",
+        str(env.extractor()),
+        *extra,
     ]

@@ -41,11 +41,17 @@ class Writer(threading.Thread):
             with self.env.source.connect() as conn:
                 while not self.halt.is_set():
                     with conn.transaction():
-                        conn.execute("INSERT INTO accounts (email) VALUES (%s) RETURNING id",
-                                     (f"w{self.writes}@example.com",))
-                        conn.execute("INSERT INTO transfers (account_id, amount) VALUES (%s, %s)",
-                                     (rng.randint(1, 200), rng.randint(1, 99)))
-                        conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = %s", (rng.randint(1, 200),))
+                        conn.execute(
+                            "INSERT INTO accounts (email) VALUES (%s) RETURNING id",
+                            (f"w{self.writes}@example.com",),
+                        )
+                        conn.execute(
+                            "INSERT INTO transfers (account_id, amount) VALUES (%s, %s)",
+                            (rng.randint(1, 200), rng.randint(1, 99)),
+                        )
+                        conn.execute(
+                            "UPDATE accounts SET balance = balance + 1 WHERE id = %s", (rng.randint(1, 200),)
+                        )
                     self.writes += 1
                     time.sleep(0.005)
         except BaseException as e:  # reported by the test
@@ -79,15 +85,25 @@ def test_switchover_with_a_writer_that_stops(env: Env, capsys: pytest.CaptureFix
     # Sequences exactly the source's; identity as the source has it; the destination takes new rows.
     seqs = "SELECT sequencename, last_value FROM pg_sequences ORDER BY 1"
     assert env.dest.fetchall(seqs) == env.source.fetchall(seqs)
-    assert env.dest.fetchone("SELECT attidentity FROM pg_attribute WHERE attrelid = 'transfers'::regclass "
-                             "AND attname = 'id'") == "a"
+    assert (
+        env.dest.fetchone(
+            "SELECT attidentity FROM pg_attribute WHERE attrelid = 'transfers'::regclass AND attname = 'id'"
+        )
+        == "a"
+    )
     env.dest.execute("INSERT INTO accounts (email) VALUES ('after@example.com')")
     env.dest.execute("INSERT INTO transfers (account_id, amount) VALUES (1, 5)")
-    assert env.dest.fetchone("SELECT max(id) FROM accounts") == env.source.fetchone("SELECT max(id) FROM accounts") + 1
+    assert (
+        env.dest.fetchone("SELECT max(id) FROM accounts")
+        == env.source.fetchone("SELECT max(id) FROM accounts") + 1
+    )
     with pytest.raises(psycopg.errors.GeneratedAlways):
         env.dest.execute("INSERT INTO transfers (id, account_id, amount) VALUES (1, 1, 1)")
     # The slot and publication are gone; a later run refuses to write into the promoted destination.
-    assert env.source.fetchone("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (env.slot,)) == 0
+    assert (
+        env.source.fetchone("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (env.slot,))
+        == 0
+    )
     assert env.source.fetchone("SELECT count(*) FROM pg_publication") == 0
     assert env.run("realtime", "--once") == 2
     print(f"switchover end to end: {seconds:.1f} s")
@@ -103,11 +119,17 @@ def test_read_only_source_ends_the_writers_and_keeps_the_heartbeat(
     try:
         app.execute("INSERT INTO accounts (email) VALUES ('before@example.com')")
         capsys.readouterr()
-        assert run_cli(*switchover_args(env, "--read-only-source")) == 1  # without --terminate: named, refused
+        assert (
+            run_cli(*switchover_args(env, "--read-only-source")) == 1
+        )  # without --terminate: named, refused
         out = capsys.readouterr().out
-        assert "writers, " in out and "FAILED: 1 session(s) opened before the database became read-only" in out
+        assert (
+            "writers, " in out and "FAILED: 1 session(s) opened before the database became read-only" in out
+        )
         assert "(the-app)" in out and "switchover stopped at step writers" in out
-        undo = next(line for line in out.splitlines() if line.startswith("read-only-source")).split("to undo: ")[1]
+        undo = next(line for line in out.splitlines() if line.startswith("read-only-source")).split(
+            "to undo: "
+        )[1]
         assert undo == (
             f"BEGIN READ WRITE; ALTER DATABASE {env.source.name} RESET default_transaction_read_only; COMMIT;"
         )
@@ -136,7 +158,9 @@ def _dead(conn: psycopg.Connection[object]) -> bool:
     return False
 
 
-def test_the_marker_step_fails_named_when_nothing_streams(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_marker_step_fails_named_when_nothing_streams(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
     env.source.execute(SCHEMA)
     assert env.run("full", "--once") == 0
     env.source.execute("INSERT INTO accounts (email) VALUES ('unseen@example.com')")
@@ -167,7 +191,9 @@ def test_the_marker_is_reached_under_continuous_writes(
                 if elsewhere == "another database":
                     conn.execute("INSERT INTO busy SELECT generate_series(1, 100)")
                 else:
-                    conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = 1 + (random() * 199)::int")
+                    conn.execute(
+                        "UPDATE accounts SET balance = balance + 1 WHERE id = 1 + (random() * 199)::int"
+                    )
 
     writer = threading.Thread(target=write_forever, daemon=True)
     writer.start()

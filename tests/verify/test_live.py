@@ -19,7 +19,9 @@ from tests.switchover.conftest import start_streaming, stop, verify_args
 @pytest.fixture
 def env(source_db: Database, dest_db: Database, tmp_path: Path) -> Iterator[Env]:
     e = Env(source_db, dest_db, tmp_path, slot=f"slot_{source_db.name}")
-    e.extractor_text = "realtime:\n  heartbeat:\n    interval-ms: 300\n  fetch-duration-per-extractor-slot-s: 0.2\n"
+    e.extractor_text = (
+        "realtime:\n  heartbeat:\n    interval-ms: 300\n  fetch-duration-per-extractor-slot-s: 0.2\n"
+    )
     yield e
     _drop_slots(source_db)
 
@@ -41,8 +43,10 @@ def test_verify_under_live_writes_reports_nothing(env: Env, capsys: pytest.Captu
                     for _ in range(20):
                         conn.execute("UPDATE hot SET v = v + 1 WHERE id = %s", (rng.randint(1, 200000),))
                     conn.execute("DELETE FROM hot WHERE id = %s", (rng.randint(1, 200000),))
-                    conn.execute("INSERT INTO hot VALUES (%s, 0, 'new') ON CONFLICT DO NOTHING",
-                                 (rng.randint(200001, 400000),))
+                    conn.execute(
+                        "INSERT INTO hot VALUES (%s, 0, 'new') ON CONFLICT DO NOTHING",
+                        (rng.randint(200001, 400000),),
+                    )
                 writes[0] += 1
 
     writer = threading.Thread(target=write, daemon=True)

@@ -15,8 +15,11 @@ def _args(command: str, tmp_path: Path, source: Database, dest: Database, *extra
     args = [command] + (["snapshot", "--no-progress"] if command == "run" else [])
     return [
         *args,
-        "--source", str(source.write_config(tmp_path / "source.yaml")),
-        "--destination", str(dest.write_config(tmp_path / "destination.yaml")), *extra,
+        "--source",
+        str(source.write_config(tmp_path / "source.yaml")),
+        "--destination",
+        str(dest.write_config(tmp_path / "destination.yaml")),
+        *extra,
     ]
 
 
@@ -57,7 +60,8 @@ def test_filter_columns_conditions_and_row_identifier_key_are_honoured(
 ) -> None:
     source_db.execute(
         "CREATE TABLE t (id integer PRIMARY KEY, region text, secret text, v integer);"
-        "INSERT INTO t SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 's' || g, g FROM generate_series(1, 500) g;"
+        "INSERT INTO t SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, 's' || g, g "
+        "FROM generate_series(1, 500) g;"
         "CREATE TABLE nk (code text NOT NULL, v integer);"
         "INSERT INTO nk SELECT 'c' || g, g FROM generate_series(1, 300) g;"
     )
@@ -122,16 +126,16 @@ def test_a_missing_table_and_objects_beyond_tables_are_named(
         out = capsys.readouterr().out
         assert "public.a: equal (1 rows)" in out
         assert "public.b: DIFFERENT (source 2 rows, not at the destination)" in out
-        assert ("not migrated by replicator (move by hand): 1 views (0 at the destination; not: public.a_view); "
-                "1 functions (0 at the destination; not: public.touch()); 1 triggers (0 at the destination; "
-                "not: public.a: a_touch); 1 grants (0 at the destination; not: public.a: SELECT to "
-                "verify_reader_role)") in out
+        assert (
+            "not migrated by replicator (move by hand): 1 views (0 at the destination; not: public.a_view); "
+            "1 functions (0 at the destination; not: public.touch()); 1 triggers (0 at the destination; "
+            "not: public.a: a_touch); 1 grants (0 at the destination; not: public.a: SELECT to "
+            "verify_reader_role)"
+        ) in out
     finally:
         source_db.execute("DROP OWNED BY verify_reader_role; DROP ROLE verify_reader_role")
 
 
-def test_a_destination_that_is_the_source_is_a_config_error(
-    source_db: Database, tmp_path: Path
-) -> None:
+def test_a_destination_that_is_the_source_is_a_config_error(source_db: Database, tmp_path: Path) -> None:
     source_db.execute("CREATE TABLE a (id integer PRIMARY KEY)")
     assert run_cli(*_args("verify", tmp_path, source_db, source_db)) == 2

@@ -205,7 +205,9 @@ def build_key(conn: psycopg.Connection[Any], st: SelectedTable, name: str | None
         with conn.transaction():
             if st.key_from == "primary-key" or not nullable:
                 named = sql.SQL("CONSTRAINT {} ").format(sql.Identifier(name)) if name else sql.SQL("")
-                conn.execute(sql.SQL("ALTER TABLE {} ADD {}PRIMARY KEY ({})").format(ident_of(st), named, cols))
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD {}PRIMARY KEY ({})").format(ident_of(st), named, cols)
+                )
             else:
                 conn.execute(
                     sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) NULLS NOT DISTINCT").format(

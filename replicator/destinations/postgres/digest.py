@@ -5,7 +5,7 @@ The expressions are ``rowdigest``'s and ``keyorder``'s, so they match what the s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +20,7 @@ from replicator.keyorder import Bound, Digest, KeyOrder
 from replicator.rowdigest import bucket_of, digest, keys_and_hashes, row_hash, row_text
 
 
-def _where(preds: list[sql.Composable]) -> sql.Composable:
+def _where(preds: Sequence[sql.Composable]) -> sql.Composable:
     return sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(preds)) if preds else sql.SQL("")
 
 
@@ -53,7 +53,10 @@ def row_hashes(
 ) -> RowHashes:
     preds = order.between(lower, upper, "d") + deletes.live(table, "d")
     query = sql.SQL("SELECT {} FROM {} d{} ORDER BY {}").format(
-        sql.SQL(", ").join(keys_and_hashes(order, columns, "d")), ident(table), _where(preds), order.order_by()
+        sql.SQL(", ").join(keys_and_hashes(order, columns, "d")),
+        ident(table),
+        _where(preds),
+        order.order_by(),
     )
     width = len(order.columns)
     return [(tuple(r[:width]), int(r[width])) for r in conn.execute(query).fetchall()]

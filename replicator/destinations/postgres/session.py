@@ -152,7 +152,9 @@ class PostgresSession:
     def describe(self, table: TableName) -> DestTable | None:
         return ddl.describe_table(self.conn, *table)
 
-    def create_table(self, catalog: Catalog, st: SelectedTable, objects: TableObjects | None = None) -> list[str]:
+    def create_table(
+        self, catalog: Catalog, st: SelectedTable, objects: TableObjects | None = None
+    ) -> list[str]:
         return ddl.create_table(self.conn, catalog, st, objects)
 
     def ensure_types(self, catalog: Catalog, columns: tuple[Column, ...]) -> None:
