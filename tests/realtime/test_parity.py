@@ -91,6 +91,7 @@ def test_tables_truncated_together_despite_their_foreign_key(env: Env) -> None:
     env.source.execute("TRUNCATE parent, child; INSERT INTO parent VALUES (1, 'again')")
     assert env.run("realtime", "--once") == 0
     env.assert_equal("parent", "child")
+    assert _valid_foreign_key(env, "child")  # the key that would refuse either TRUNCATE alone
 
 
 def test_case_only_changes_of_a_case_insensitive_key(env: Env) -> None:
