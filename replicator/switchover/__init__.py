@@ -5,12 +5,15 @@ One module per phase, run in this order, each printed as one line ``step, second
 - ``read-only-source``, ``writers`` (with ``--read-only-source``, ``readonly.py``): new source
   sessions are read-only; sessions that can still write are listed (ended with ``--terminate``);
 - ``marker`` (``marker.py``): every slot's checkpoint has passed a marker written now;
-- ``sequences`` (``finish.py``): every sequence exactly at the source's value, identity columns
-  ``GENERATED ALWAYS`` where the source has them;
+- ``sequences`` (``finish.py``): every sequence exactly at the source's value;
 - ``validate``: constraints left ``NOT VALID`` validated;
 - ``verify`` (``--no-verify`` skips it): row for row, as ``replicator verify``;
 - ``record``: the destination's state says it was promoted, so the running stream stops by
-  itself (exit 0) and later runs refuse to write into it unless ``--fresh``;
+  itself (exit 0) and later runs refuse to write into it unless ``--fresh``; once the stream has
+  stopped, identity columns become ``GENERATED ALWAYS`` where the source has them;
+- a switchover run again on a promoted destination runs ``record`` (only what it may not have
+  finished) and ``cleanup``: the destination may take the application's writes by then, so its
+  sequences and rows are left alone;
 - ``cleanup``: the slots and publications dropped (``--drop-slot``), or the commands to do it.
 
 The first step that fails stops the switchover: exit 1 naming it (3 when ``verify`` found
@@ -58,14 +61,18 @@ def run_switchover(job: Job, options: Options, out: Callable[[str], None] = prin
         steps: list[tuple[str, Callable[[Context], str]]] = []
         if options.read_only_source:
             steps += [("read-only-source", _read_only), ("writers", _writers)]
-        steps += [
-            ("marker", _marker),
-            ("sequences", finish.sequences),
-            ("validate", finish.validate),
-            ("verify", finish.verify_rows),
-            ("record", finish.record),
-            ("cleanup", finish.cleanup),
-        ]
+        promoted = dst.state.switchover(ctx.job.job_id)
+        if promoted is not None:
+            steps += [("record", lambda c: finish.already_promoted(c, promoted)), ("cleanup", finish.cleanup)]
+        else:
+            steps += [
+                ("marker", _marker),
+                ("sequences", finish.sequences),
+                ("validate", finish.validate),
+                ("verify", finish.verify_rows),
+                ("record", finish.record),
+                ("cleanup", finish.cleanup),
+            ]
         for name, step in steps:
             started = time.monotonic()
             try:
