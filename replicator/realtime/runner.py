@@ -12,9 +12,10 @@ from typing import Any
 
 import psycopg
 
+from replicator import metrics
 from replicator.connect import connect
 from replicator.destinations import open_destination
-from replicator.destinations.base import Target
+from replicator.destinations.base import DestinationSession, Target
 from replicator.filters import SelectedTable
 from replicator.job import Job
 from replicator.lsn import Lsn
@@ -35,6 +36,8 @@ from replicator.source.slots import ensure_slot, get_slot
 from replicator.tableobjects import PlannedObjects, plan_objects, read_objects
 
 log = logging.getLogger(__name__)
+
+RECORD_LAG_EVERY_S = 5.0  # how often each slot's lag is recorded for `replicator status`
 
 
 @dataclass
@@ -100,16 +103,19 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
     sequences = sorted({s.qualified for p in prepared.planned.values() for s in p.objects.all_sequences})
     with destination.open_session(APP) as lock_session, _collector_for_streaming():
         lock_session.state.lock_job(job.job_id, "realtime")  # held by this session while we stream
-        with Housekeeping(job, sequences, stop):
-            return _run_pipelines(job, prepared, stop, until)
+        # One heartbeat writer is enough: the heartbeat table is in every slot's publication.
+        pipelines = [
+            SlotPipeline(job, plan, prepared.targets, prepared.heartbeat, write_heartbeat=i == 0)
+            for i, plan in enumerate(prepared.plans)
+        ]
+        with Housekeeping(job, sequences, stop), _observed(job, pipelines, lock_session):
+            return _run_pipelines(pipelines, stop, until)
 
 
-def _run_pipelines(job: Job, prepared: Prepared, stop: threading.Event, until: Lsn | None) -> list[SlotStats]:
-    # One heartbeat writer is enough: the heartbeat table is in every slot's publication.
-    pipelines = [
-        SlotPipeline(job, plan, prepared.targets, prepared.heartbeat, write_heartbeat=i == 0)
-        for i, plan in enumerate(prepared.plans)
-    ]
+def _run_pipelines(
+    pipelines: list[SlotPipeline], stop: threading.Event, until: Lsn | None
+) -> list[SlotStats]:
+    """Each slot in a thread of its own (one: in this thread); the first error stops them all."""
     if len(pipelines) == 1:
         return [pipelines[0].run(stop, until)]
     results: list[SlotStats | None] = [None] * len(pipelines)
@@ -134,6 +140,42 @@ def _run_pipelines(job: Job, prepared: Prepared, stop: threading.Event, until: L
     if errors:
         raise errors[0]
     return [r for r in results if r is not None]
+
+
+@contextmanager
+def _observed(job: Job, pipelines: list[SlotPipeline], session: DestinationSession) -> Iterator[None]:
+    """While the pipelines stream: their metrics at every scrape, and their lag recorded for
+    ``replicator status`` every ``RECORD_LAG_EVERY_S`` on ``session`` (the one holding the job lock,
+    otherwise idle), by a thread of its own: the streaming loops never wait for it."""
+    untrack = [metrics.track_slot(p.plan.slot, p.lag.sample) for p in pipelines]
+    done = threading.Event()
+
+    def record() -> None:
+        for p in pipelines:
+            through = p.lag.applied_through_now()
+            if through is None:
+                continue
+            try:
+                with session.transaction():
+                    session.state.save_slot_lag(job.job_id, p.plan.slot, through)
+            except psycopg.Error as e:  # only informational: never a reason to stop streaming
+                log.debug("cannot record the lag of slot %s: %s", p.plan.slot, e)
+
+    def every_few_seconds() -> None:
+        while not done.wait(RECORD_LAG_EVERY_S):
+            record()
+
+    recorder = threading.Thread(target=every_few_seconds, name="lag-recorder", daemon=True)
+    recorder.start()
+    try:
+        yield
+    finally:
+        done.set()
+        recorder.join()
+        if session.usable:
+            record()
+        for stop_tracking in untrack:
+            stop_tracking()
 
 
 @contextmanager
