@@ -137,7 +137,9 @@ def time_ours(cluster: LocalCluster, workdir: Path, source: str, target: str) ->
         str(workdir / "destination.yaml"),
     ]
     started = time.perf_counter()
-    subprocess.run(args, check=True, cwd=REPO, capture_output=True)
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"replicator run snapshot failed (exit {done.returncode}):\n{done.stderr}")
     return time.perf_counter() - started
 
 
