@@ -273,6 +273,12 @@ class StateStore(Protocol):
 
     def forget_switchover(self, job: str) -> None: ...
 
+    def source_read_only_before(self, job: str, current: str | None) -> str | None:
+        """The source database's own ``default_transaction_read_only`` before ``switchover
+        --read-only-source`` first set it, given what it is now (None: not set): a rerun after a
+        crash or a refusal finds "on" and must not take it for the original."""
+        ...
+
     # replicator status
     def snapshot_progress(self) -> list[SnapshotProgress]: ...
 

@@ -121,8 +121,11 @@ def _reason(e: BaseException) -> str:
 
 
 def _read_only(ctx: Context) -> str:
+    current = readonly.previous_setting(ctx.src)
+    with ctx.dst.transaction():
+        before = ctx.dst.state.source_read_only_before(ctx.job.job_id, current)
     try:
-        undo = readonly.make_read_only(ctx.src)
+        undo = readonly.make_read_only(ctx.src, before)
     except psycopg.errors.InsufficientPrivilege:
         raise StepFailed(readonly.owner_fix(ctx.src)) from None
     return f"ok: new sessions of the source database are read-only; to undo: {undo}"

@@ -74,11 +74,25 @@ def record(ctx: Context) -> str:
     with ctx.dst.transaction():
         ctx.dst.state.record_switchover(ctx.job.job_id, ctx.mark.lsn if ctx.mark else None, ctx.slots)
     if not streaming:
-        return "ok: the destination is promoted (no stream was running)" + _identities(ctx)
+        return "ok: the destination is promoted (no stream was running)" + _after_the_stream(ctx)
     if not _wait_released(ctx, streaming):
         return (f"ok: the destination is promoted; the stream still holds slot(s) {', '.join(streaming)} "
                 f"after {SLOT_RELEASE_S:g} s (it stops by itself){_identities_later()}")  # fmt: skip
-    return "ok: the destination is promoted; the running stream stopped by itself" + _identities(ctx)
+    return "ok: the destination is promoted; the running stream stopped by itself" + _after_the_stream(ctx)
+
+
+def _after_the_stream(ctx: Context) -> str:
+    """Once nothing streams into the destination: sequences again (forward only: the stream may
+    have applied rows written after ``sequences`` ran, and the application's first insert at the
+    destination must not collide with them), then identity columns."""
+    names = sorted({s.qualified for p in ctx.planned.values() for s in p.objects.all_sequences})
+    moved = ctx.dst.set_sequences(sequence_values(ctx.src, names)) if names else []
+    said = ""
+    if moved:
+        said = (f"; sequence(s) {', '.join('.'.join(m) for m in moved)} moved forward again: the source "
+                "was still written after the marker, and what it took after the stream stopped is not "
+                "at the destination (stop the writers first, or use --read-only-source)")  # fmt: skip
+    return said + _identities(ctx)
 
 
 def already_promoted(ctx: Context, mark: SwitchoverMark) -> str:

@@ -33,10 +33,9 @@ class Writer:
         return f"pid {self.pid} {self.user}@{self.client}{app}, {what}"
 
 
-def make_read_only(conn: psycopg.Connection[Any]) -> str:
+def make_read_only(conn: psycopg.Connection[Any], before: str | None) -> str:
     """Make the connected database read-only for new sessions; the command that undoes it (in a
-    read-write transaction: a new session is read-only by then)."""
-    before = previous_setting(conn)
+    read-write transaction: a new session is read-only by then), back to ``before`` (None: unset)."""
     conn.execute(
         sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
             sql.Identifier(conn.info.dbname)

@@ -101,11 +101,23 @@ MIGRATIONS: list[list[str]] = [
             marker_lsn pg_lsn,
             slots text[] NOT NULL DEFAULT '{}',
             by_user text NOT NULL DEFAULT current_user)""",
+        # What `switchover --read-only-source` found before it first made the source read-only:
+        # a run killed or refused after that step must not take its own "on" for the original.
+        """CREATE TABLE IF NOT EXISTS _replicator.switchover_source (
+            job text PRIMARY KEY,
+            read_only_before text,
+            recorded_at timestamptz NOT NULL DEFAULT now())""",
     ],
 ]
 VERSION = len(MIGRATIONS)
 _JOB_TABLES = (
-    "snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks", "slot_lag", "switchovers"
+    "snapshot_tables",
+    "snapshot_chunks",
+    "slot_checkpoints",
+    "delta_watermarks",
+    "slot_lag",
+    "switchovers",
+    "switchover_source",
 )
 
 
@@ -367,8 +379,26 @@ class PgStateStore:
         return SwitchoverMark(job, row[0], Lsn.parse(row[1]) if row[1] else None, tuple(row[2]))
 
     def forget_switchover(self, job: str) -> None:
-        if self._has_table("switchovers"):
-            self._conn.execute("DELETE FROM _replicator.switchovers WHERE job = %s", (job,))
+        for table in ("switchovers", "switchover_source"):
+            if self._has_table(table):
+                self._conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE job = %s").format(sql.Identifier(SCHEMA, table)), (job,)
+                )
+
+    def source_read_only_before(self, job: str, current: str | None) -> str | None:
+        if current == "on":
+            row = self._conn.execute(
+                "SELECT read_only_before FROM _replicator.switchover_source WHERE job = %s", (job,)
+            ).fetchone()
+            if row is not None:
+                return str(row[0]) if row[0] is not None else None
+        self._conn.execute(
+            """INSERT INTO _replicator.switchover_source (job, read_only_before) VALUES (%s, %s)
+               ON CONFLICT (job) DO UPDATE SET read_only_before = EXCLUDED.read_only_before,
+                   recorded_at = now()""",
+            (job, current),
+        )
+        return current
 
     # -- replicator status -------------------------------------------------------------------
 
