@@ -28,21 +28,26 @@ def test_a_failed_verify_leaves_the_stream_applying_rows_with_identity_columns(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """switchover stops at verify (exit 3): nothing is promoted, so the running stream must go on,
-    inserts into a table whose identity is GENERATED ALWAYS at the source included."""
+    into a table whose identity is GENERATED ALWAYS at the source too. Here the difference verify
+    finds is a row the destination has and the source does not have yet: when the source inserts
+    that key, the stream's COPY fails and it merges by INSERT, which names the identity column."""
     env.source.execute(SCHEMA)
     child = start_streaming(env)
     try:
-        env.dest.execute("UPDATE accounts SET balance = 12345 WHERE id = 7")  # damage at the destination
+        env.dest.execute("INSERT INTO transfers (id, account_id, amount) VALUES (501, 1, 1)")
         capsys.readouterr()
         assert run_cli(*switchover_args(env)) == 3
         out = capsys.readouterr().out
-        assert "verify, " in out and "FAILED: 1 table(s) DIFFERENT: public.accounts" in out, out
+        assert "verify, " in out and "FAILED: 1 table(s) DIFFERENT: public.transfers" in out, out
         assert "switchover stopped at step verify" in out
         assert env.dest.fetchone(IDENTITY) == "d"  # still BY DEFAULT: the stream writes the source's ids
-        env.source.execute("INSERT INTO transfers (account_id, amount) VALUES (3, 42)")
+        env.source.execute("INSERT INTO transfers (account_id, amount) VALUES (3, 42)")  # id 501
         _wait_for(
             "the insert to be applied",
-            lambda: child.poll() is not None or env.dest.fetchone("SELECT count(*) FROM transfers") == 501,
+            lambda: (
+                child.poll() is not None
+                or env.dest.fetchone("SELECT amount FROM transfers WHERE id = 501") == 42
+            ),
         )
         assert child.poll() is None, stop(child)
     finally:
