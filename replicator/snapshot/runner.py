@@ -298,7 +298,7 @@ def _create_or_empty(
     if emptied:
         with control.transaction():
             tables = [found[_key(st)] for st in emptied]
-            schema.clear_the_way(control, [t for t in tables if t is not None], planned, ours)
+            schema.clear_the_way(job_id, control, [t for t in tables if t is not None], planned, ours)
             for st in emptied:
                 table = found[_key(st)]
                 assert table is not None

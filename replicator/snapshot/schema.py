@@ -63,6 +63,7 @@ def refuse_triggers(control: DestinationSession, tables: list[SelectedTable]) ->
 
 
 def clear_the_way(
+    job_id: str,
     control: DestinationSession,
     emptied: list[DestTable],
     planned: dict[TableName, PlannedObjects],
@@ -84,6 +85,7 @@ def clear_the_way(
                 "%s: foreign key %s dropped for the reload (made again after it)", ".".join(fk.table), fk.name
             )
             control.drop_foreign_key(fk)
+            control.state.remember_dropped_foreign_key(job_id, fk.table, fk.name)
         elif fk.references in gone and fk.table not in gone:
             blocking.append(fk)
     if blocking:
@@ -116,6 +118,7 @@ def finish(
     states = control.state.load_snapshot(job.job_id)
     loaded = {key for key, ts in states.items() if ts.done}
     ours = {key for key, ts in states.items() if _created_by_us(ts)}
+    dropped = control.state.dropped_foreign_keys(job.job_id)  # by a reload, from any table
     todo: dict[TableName, list[str]] = {}
     for st in selected:
         key = (st.table.schema, st.table.name)
@@ -123,7 +126,7 @@ def finish(
             [
                 fk
                 for fk in planned[key].objects.foreign_keys
-                if key in ours and key in loaded and fk.references in loaded
+                if (key in ours or (key, fk.name) in dropped) and key in loaded and fk.references in loaded
             ]
             if key in planned
             else []
@@ -133,6 +136,7 @@ def finish(
         with control.transaction():
             for note in control.add_foreign_keys(key, fks):
                 log.warning("%s", note)
+            control.state.forget_dropped_foreign_keys(job.job_id, key, [fk.name for fk in fks])
         todo[key] = [fk.name for fk in fks if fk.validated]
     _validate_all(job, todo, threads)
     sync_sequences(control, src, planned.values())

@@ -176,3 +176,43 @@ def test_objects_the_destination_cannot_have_are_named_not_fatal(
         ("shops_name", "CREATE INDEX shops_name ON public.shops USING btree (name)"),
         ("shops_pkey", "CREATE UNIQUE INDEX shops_pkey ON public.shops USING btree (id)"),
     ]
+
+
+def test_the_first_delta_pass_and_its_fresh_reload_empty_tables_held_by_foreign_keys(
+    source_db: Database, dest_db: Database, tmp_path: Path
+) -> None:
+    """The first pass of delta-snapshot empties the destination tables a snapshot left there (with
+    the foreign key between them), and so does ``--fresh``: neither may be refused by the key."""
+    source_db.execute(SCHEMA)
+    args = snapshot_args(tmp_path, source_db, dest_db)
+    assert run_cli(*args) == 0
+    delta = [a if a != "snapshot" else "delta-snapshot" for a in args]
+    source_db.execute("INSERT INTO orders (customer_id, total) VALUES (3, 9)")
+    assert run_cli(*delta, "--once") == 0
+    source_db.execute("DELETE FROM orders WHERE id = 100")
+    assert run_cli(*delta, "--once", "--fresh") == 0
+    for table in ("customers", "orders"):
+        assert checksum(dest_db, "public", table) == checksum(source_db, "public", table)
+    assert dest_db.fetchall(CONSTRAINTS) == source_db.fetchall(CONSTRAINTS)
+
+
+def test_a_foreign_key_of_tables_the_user_created_is_made_again_after_the_load(
+    source_db: Database, dest_db: Database, tmp_path: Path
+) -> None:
+    """The destination schema made beforehand (as with ``pg_dump --schema-only``): the key between
+    the tables is dropped to load them, and must be there again, validated, at the end."""
+    source_db.execute(SCHEMA)
+    dest_db.execute(
+        """CREATE TABLE customers (id integer PRIMARY KEY, email text, name text, created timestamptz,
+                                   status text, rng int4range, doc jsonb);
+           CREATE TABLE orders (id bigint PRIMARY KEY, invoice bigint,
+                                customer_id integer REFERENCES customers (id), total numeric(10,2));
+           INSERT INTO customers (id) VALUES (1); INSERT INTO orders (id, customer_id) VALUES (1, 1);"""
+    )
+    assert run_cli(*snapshot_args(tmp_path, source_db, dest_db)) == 0
+    assert dest_db.fetchall(
+        "SELECT conname, convalidated FROM pg_constraint "
+        "WHERE contype = 'f' AND conrelid = 'orders'::regclass"
+    ) == [("orders_customer_id_fkey", True)]
+    assert checksum(dest_db, "public", "orders") == checksum(source_db, "public", "orders")
+    assert dest_db.fetchone("SELECT count(*) FROM _replicator.dropped_foreign_keys") == 0

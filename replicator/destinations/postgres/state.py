@@ -107,6 +107,15 @@ MIGRATIONS: list[list[str]] = [
             job text PRIMARY KEY,
             read_only_before text,
             recorded_at timestamptz NOT NULL DEFAULT now())""",
+        # Foreign keys a reload dropped to empty and load its tables, until they are made again:
+        # recorded in the transaction that drops them, so a run killed in between still restores
+        # them on a table replicator did not create.
+        """CREATE TABLE IF NOT EXISTS _replicator.dropped_foreign_keys (
+            job text NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            name text NOT NULL,
+            PRIMARY KEY (job, schema_name, table_name, name))""",
     ],
 ]
 VERSION = len(MIGRATIONS)
@@ -118,6 +127,7 @@ _JOB_TABLES = (
     "slot_lag",
     "switchovers",
     "switchover_source",
+    "dropped_foreign_keys",
 )
 
 
@@ -357,6 +367,29 @@ class PgStateStore:
     def _has_table(self, name: str) -> bool:
         row = self._conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{name}",)).fetchone()
         return bool(row and row[0] is not None)
+
+    def remember_dropped_foreign_key(self, job: str, table: TableName, name: str) -> None:
+        self._conn.execute(
+            """INSERT INTO _replicator.dropped_foreign_keys (job, schema_name, table_name, name)
+               VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            (job, table[0], table[1], name),
+        )
+
+    def dropped_foreign_keys(self, job: str) -> set[tuple[TableName, str]]:
+        if not self._has_table("dropped_foreign_keys"):
+            return set()
+        rows = self._conn.execute(
+            "SELECT schema_name, table_name, name FROM _replicator.dropped_foreign_keys WHERE job = %s",
+            (job,),
+        ).fetchall()
+        return {((schema, table), name) for schema, table, name in rows}
+
+    def forget_dropped_foreign_keys(self, job: str, table: TableName, names: Iterable[str]) -> None:
+        self._conn.execute(
+            """DELETE FROM _replicator.dropped_foreign_keys
+               WHERE job = %s AND schema_name = %s AND table_name = %s AND name = ANY(%s)""",
+            (job, table[0], table[1], list(names)),
+        )
 
     # -- switchover --------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ def test_a_destination_without_state_gets_every_table_and_the_version(dest_db: D
         "SELECT tablename FROM pg_tables WHERE schemaname = '_replicator'")}
     assert tables == {
         "meta", "snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks", "slot_lag",
-        "switchovers", "switchover_source",
+        "switchovers", "switchover_source", "dropped_foreign_keys",
     }
 
 
