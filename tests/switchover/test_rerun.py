@@ -81,6 +81,12 @@ def test_switchover_run_twice_leaves_the_promoted_destination_alone(
     assert env.dest.fetchall("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1") == before
     env.dest.execute("INSERT INTO accounts (email) VALUES ('one more')")  # no collision
     assert env.dest.fetchone("SELECT count(*) FROM _replicator.switchovers") == 1
+    # Replicating into it again is refused, unless the operator says --fresh.
+    assert env.run("snapshot") == 2
+    assert env.dest.fetchone("SELECT count(*) FROM accounts WHERE email = 'one more'") == 1
+    assert env.run("snapshot", "--fresh") == 0
+    assert env.dest.fetchone("SELECT count(*) FROM _replicator.switchovers") == 0
+    env.assert_equal("accounts", "transfers")
 
 
 def test_a_switchover_that_crashed_after_recording_is_finished_by_running_it_again(
@@ -173,3 +179,28 @@ def test_writers_that_never_stopped_leave_no_sequence_behind_its_rows(
         assert seq >= top, (table, seq, top)
     env.dest.execute("INSERT INTO accounts (email) VALUES ('first at the destination')")
     env.dest.execute("INSERT INTO transfers (account_id, amount) VALUES (1, 1)")
+
+
+def test_a_foreign_key_left_not_valid_is_validated_by_the_switchover(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A snapshot killed between adding a foreign key NOT VALID and validating it leaves it so:
+    the switchover's ``validate`` step finishes it (the source has it valid)."""
+    env.source.execute(SCHEMA)
+    child = start_streaming(env)
+    try:
+        env.dest.execute(
+            """ALTER TABLE transfers DROP CONSTRAINT transfers_account_id_fkey;
+               ALTER TABLE transfers ADD CONSTRAINT transfers_account_id_fkey
+                   FOREIGN KEY (account_id) REFERENCES accounts (id) NOT VALID"""
+        )
+        capsys.readouterr()
+        assert run_cli(*switchover_args(env, "--no-verify")) == 0
+        out = capsys.readouterr().out
+        child.communicate(timeout=60)
+    finally:
+        stop(child)
+    assert "validate, " in out and "ok: validated public.transfers.transfers_account_id_fkey" in out, out
+    assert env.dest.fetchone(
+        "SELECT convalidated FROM pg_constraint WHERE conname = 'transfers_account_id_fkey'"
+    )
