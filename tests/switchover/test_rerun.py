@@ -204,3 +204,49 @@ def test_a_foreign_key_left_not_valid_is_validated_by_the_switchover(
     assert env.dest.fetchone(
         "SELECT convalidated FROM pg_constraint WHERE conname = 'transfers_account_id_fkey'"
     )
+
+
+def test_with_several_slots_the_marker_waits_for_each(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    slots = {f"{env.slot}_a": ["pgoutput"], f"{env.slot}_b": ["pgoutput"]}
+    env.source_config = lambda **kw: env.source.write_config(  # type: ignore[method-assign]
+        env.tmp / "source.yaml", **{"replication-slots": slots, "publication": "p_multi"}
+    )
+    env.source.execute(
+        "".join(
+            f"CREATE TABLE t{i} (id serial PRIMARY KEY, v text); INSERT INTO t{i} (v) SELECT 'v' "
+            "FROM generate_series(1, 100);"
+            for i in range(6)
+        )
+    )
+    child = spawn_cli(*env.args("full"))
+    try:
+        _wait_for(
+            "both slots to stream",
+            lambda: child.poll() is not None
+            or (
+                env.source.fetchone(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE %s AND active",
+                    (f"{env.slot}_%",),
+                )
+                == 2
+                and env.dest.fetchone("SELECT to_regclass('_replicator.slot_checkpoints') IS NOT NULL")
+                and env.dest.fetchone("SELECT count(*) FROM _replicator.slot_checkpoints") == 2
+            ),
+            timeout_s=120,
+        )
+        assert child.poll() is None, child.communicate()
+        env.source.execute("".join(f"INSERT INTO t{i} (v) VALUES ('last');" for i in range(6)))
+        capsys.readouterr()
+        assert run_cli(*switchover_args(env, "--drop-slot")) == 0
+        out = capsys.readouterr().out
+        child.communicate(timeout=60)
+    finally:
+        stop(child)
+    assert child.returncode == 0
+    marker = next(line for line in out.splitlines() if line.startswith("marker, "))
+    assert f"{env.slot}_a (at " in marker and f"{env.slot}_b (at " in marker, out
+    assert "6 table(s) equal" in out, out
+    env.assert_equal(*[f"t{i}" for i in range(6)])
+    assert env.dest.fetchall("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1") == (
+        env.source.fetchall("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")
+    )
