@@ -196,6 +196,14 @@ def test_heartbeat_moves_the_slot_on_an_idle_database(pg_env: Env) -> None:
         "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (pg_env.slot,)
     )
     child = spawn_cli(*pg_env.args("realtime"))
+    # Three seconds of streaming, counted from when the stream holds its slot: on a loaded machine
+    # the start (set-up of the tables' objects included) alone can take that long.
+    _wait_for(
+        lambda: child.poll() is not None
+        or pg_env.source.fetchone(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (pg_env.slot,)
+        )
+    )
     time.sleep(3)
     child.send_signal(signal.SIGTERM)
     out, err = child.communicate(timeout=30)
