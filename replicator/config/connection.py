@@ -109,6 +109,14 @@ class LogMonitoring(ConfigModel):
     alert_threshold_percent: int = Field(default=70, ge=50, le=80)
 
 
+class SchemaChangesConfig(ConfigModel):
+    """Destination only: what happens there when the source drops a column or a table while
+    realtime streams (with the DDL capture installed), or between two delta-snapshot passes."""
+
+    dropped_columns: Literal["drop", "keep"] = "drop"  # keep: the column stays, NULL in rows written later
+    dropped_tables: Literal["keep", "drop"] = "keep"  # keep: the table stays as it was, no longer fed
+
+
 class ConnectionConfig(ConfigModel):
     type: Literal["POSTGRESQL"]
     host: str
@@ -128,12 +136,16 @@ class ConnectionConfig(ConfigModel):
     publication: str | None = None
     log_reader_type: Literal["STREAM", "SQL"] = "STREAM"
     log_monitoring: LogMonitoring | None = None
+    # wal2json 2.5 prints NaN and ±Infinity of numeric/real/double precision as null: refused
+    # unless accepted here by name (source/wal2json_nan.py).
+    wal2json_nan_becomes_null: bool = False
     # AWS identifiers for `replicator check` (optional; inferred from an RDS endpoint otherwise).
     aws_region: str | None = None
     db_instance_identifier: str | None = None
     db_cluster_identifier: str | None = None
     # Destination only.
     deletes: Literal["hard", "soft"] = "hard"
+    schema_changes: SchemaChangesConfig = SchemaChangesConfig()
 
     @field_validator("type", mode="before")
     @classmethod

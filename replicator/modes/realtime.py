@@ -8,7 +8,7 @@ from replicator.signals import stop_on_signals
 
 
 def run(job: Job) -> int:
-    # Signals are handled from the start: one arriving while slots are made stops the run cleanly.
+    # Handlers first: a signal while preparing (publications, slots) stops cleanly once it is done.
     with stop_on_signals() as stop:
         prepared = prepare(job)
         stats = stream(job, prepared, stop)

@@ -28,8 +28,8 @@ from psycopg import sql
 from replicator.catalog import Column as CatalogColumn
 from replicator.decoding import fold
 from replicator.decoding.changes import UNCHANGED_TOAST, Op, Relation
-from replicator.destinations.base import NewColumnType, TableName, Target
-from replicator.destinations.postgres import copytext, ddl, inorder
+from replicator.destinations.base import NewColumnType, SourceRows, TableName, Target
+from replicator.destinations.postgres import copytext, ddl, inorder, rowfilter
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import KEY_PROBES, match, merge, names_sql, update_from
@@ -60,6 +60,7 @@ class Writer:
     slot: str
     targets: dict[TableName, Target]
     column_type: NewColumnType
+    source_rows: SourceRows | None = None  # filtered tables: rows an UPDATE moved into the condition
     _in_txn: bool = False
     _savepoints: int = 0  # in the open transaction
     _checked: dict[TableName, Relation] = field(default_factory=dict)  # relation shape the table fits
@@ -174,7 +175,12 @@ class Writer:
                 self._checked[key] = batch.relation
             if batch.truncated and key not in truncated:
                 self.conn.execute(self._deletes.truncate(target.table))
-            if batch.keyless:
+            if batch.keyless and target.condition is not None:
+                rowfilter.apply_keyless(
+                    self.conn, target, batch, self._columns(target, batch),
+                    lambda name, value, t=target: self._typed(t, name, value), self._deletes,  # type: ignore[misc]
+                )
+            elif batch.keyless:
                 self._apply_in_order(target, batch)
             elif target.in_order_fallback and batch.keep_order:
                 self._apply_or_replay(target, batch)
@@ -203,6 +209,8 @@ class Writer:
             self._upsert(target, batch, p.existing, False, p.existing_text)
         for group in _by_unchanged(p.partial):
             self._update(target, batch, group)
+        if target.source_condition is not None:
+            self._filter_rows(target, batch, p)
 
     def _apply_or_replay(self, target: Target, batch: fold.TableBatch) -> None:
         """Set-wise, in a savepoint; if that meets a unique or exclusion violation the source never
@@ -225,6 +233,19 @@ class Writer:
             )
             inorder.replay(self.conn, self._deletes, target, batch, self._columns(target, batch))
         self.conn.execute("RELEASE SAVEPOINT _replicator_batch")
+
+    def _filter_rows(self, t: Target, batch: fold.TableBatch, p: fold.Prepared) -> None:
+        """A filtered table (``rowfilter.py``): rows an UPDATE moved into the condition with unchanged
+        TOAST values are read from the source; then, where the destination evaluates the condition,
+        every row the batch wrote that does not match is removed."""
+        partial = [*p.partial, *(op for _, op in p.moves)]
+        if partial:
+            cols = [n for _, n in self._columns(t, batch)]
+            rowfilter.fill_missing(
+                self.conn, self.session.stages, t, partial, batch.key_positions, cols, self.source_rows
+            )
+        if t.condition is not None:
+            rowfilter.enforce(self.conn, self.session.stages, t, batch, self._deletes)
 
     def _stage(
         self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]], role: str = ""
