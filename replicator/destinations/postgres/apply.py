@@ -217,7 +217,7 @@ class Writer:
         had (see ``inorder.py``), the batch's changes one by one, in source order. Past
         MAX_SAVEPOINTS in one transaction, one by one straight away."""
         if self._savepoints >= MAX_SAVEPOINTS:
-            inorder.replay(self.conn, self._deletes, target, batch, self._columns(target, batch))
+            self._replay(target, batch)
             return
         self._savepoints += 1
         self.conn.execute("SAVEPOINT _replicator_batch")
@@ -231,8 +231,13 @@ class Writer:
                 "the batch); applying them one by one, in source order",
                 target.table.display, batch.changes, (e.diag.message_primary or str(e)).strip(),
             )
-            inorder.replay(self.conn, self._deletes, target, batch, self._columns(target, batch))
+            self._replay(target, batch)
         self.conn.execute("RELEASE SAVEPOINT _replicator_batch")
+
+    def _replay(self, target: Target, batch: fold.TableBatch) -> None:
+        inorder.replay(self.conn, self._deletes, target, batch, self._columns(target, batch))
+        if target.condition is not None:  # the set-wise path filters in _apply_folded; this one here
+            rowfilter.enforce(self.conn, self.session.stages, target, batch, self._deletes)
 
     def _filter_rows(self, t: Target, batch: fold.TableBatch, p: fold.Prepared) -> None:
         """A filtered table (``rowfilter.py``): rows an UPDATE moved into the condition with unchanged
