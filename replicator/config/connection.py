@@ -109,6 +109,14 @@ class LogMonitoring(ConfigModel):
     alert_threshold_percent: int = Field(default=70, ge=50, le=80)
 
 
+class SchemaChangesConfig(ConfigModel):
+    """Destination only: what happens there when the source drops a column or a table while
+    realtime streams (with the DDL capture installed)."""
+
+    dropped_columns: Literal["drop", "keep"] = "drop"  # keep: the column stays, NULL in rows written later
+    dropped_tables: Literal["keep", "drop"] = "keep"  # keep: the table stays as it was, no longer fed
+
+
 class ConnectionConfig(ConfigModel):
     type: Literal["POSTGRESQL"]
     host: str
@@ -134,6 +142,7 @@ class ConnectionConfig(ConfigModel):
     db_cluster_identifier: str | None = None
     # Destination only.
     deletes: Literal["hard", "soft"] = "hard"
+    schema_changes: SchemaChangesConfig = SchemaChangesConfig()
 
     @field_validator("type", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from replicator.catalog import Catalog, Column
+from replicator.decoding.ddlplan import SchemaChange
 from replicator.decoding.fold import Folded
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
@@ -164,6 +165,32 @@ class WatermarkProgress:
     age: timedelta
 
 
+@dataclass(frozen=True)
+class SchemaChangeRecord:
+    """One schema change applied while streaming, for ``replicator status``."""
+
+    job: str
+    slot: str
+    lsn: Lsn  # where the change is in the source's WAL
+    table: str
+    command: str  # the source's command tag (ALTER TABLE, CREATE TABLE ...)
+    change: str  # what the destination did
+    applied_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingRefresh:
+    """Rows to copy from the source into ``table`` (values the stream does not carry: a rewrite by
+    a volatile default or a USING expression, a partition attached with rows, a table that entered
+    replication holding rows); recorded with the change that needs it, removed with the merge."""
+
+    table: TableName
+    relid: int  # the source relation to read (the table, or the partition attached)
+    whole: bool  # the whole table (rows not at the source go); False: upsert the relation's rows
+    reason: str
+    since: Lsn  # the change that asked for it
+
+
 class StateStore(Protocol):
     """Replication state kept in the destination, written in the session's transaction.
 
@@ -214,6 +241,33 @@ class StateStore(Protocol):
         """Call in the transaction that applied the changes up to ``lsn``."""
         ...
 
+    # schema changes while streaming
+    def log_schema_change(
+        self, job: str, slot: str, lsn: Lsn, seq: int, table: TableName, command: str, change: str
+    ) -> None:
+        """Call in the transaction that applied the change."""
+        ...
+
+    def schema_change_applied(self, job: str, slot: str, lsn: Lsn) -> bool: ...
+
+    def add_pending_refresh(self, job: str, slot: str, refresh: PendingRefresh) -> None: ...
+
+    def pending_refreshes(self, job: str, slot: str) -> list[PendingRefresh]: ...
+
+    def finish_refresh(self, job: str, slot: str, table: TableName, relid: int) -> None: ...
+
+    def move_pending_refreshes(self, job: str, slot: str, table: TableName, to: TableName | None) -> None: ...
+
+    def schema_change_log(self, limit: int = 50) -> list[SchemaChangeRecord]: ...
+
+    def stream_tables(self, job: str) -> dict[int, tuple[str, TableName]]: ...
+
+    def save_stream_tables(
+        self, job: str, slot: str, tables: dict[int, TableName], replace: bool = False
+    ) -> None: ...
+
+    def forget_stream_tables(self, job: str, slot: str, relids: list[int]) -> None: ...
+
     # delta-snapshot
     def load_watermarks(self, job: str) -> dict[TableName, Watermark]: ...
 
@@ -260,6 +314,24 @@ class Applier(Protocol):
 
     def reset(self) -> None:
         """After its session reopened: forget what was learnt on the old connection."""
+        ...
+
+    def apply_schema(self, change: SchemaChange) -> None:
+        """A schema change captured at the source, in the open transaction between the units
+        around it; logged in the state store with it. Afterwards ``change.removed`` tables no
+        longer receive changes and ``change.added`` ones do."""
+        ...
+
+    def stage_refresh(
+        self, table: TableName, relid: int, columns: tuple[str, ...], not_null: tuple[str, ...], fill: Fill
+    ) -> int:
+        """Hold the rows ``fill`` writes (a text COPY of ``columns`` of source relation ``relid``, read
+        under a snapshot) until ``merge_refresh``; ``not_null``: the columns NOT NULL at the source."""
+        ...
+
+    def merge_refresh(self, table: TableName, relid: int, whole: bool) -> None:
+        """The stream is at the snapshot's position: the held rows become ``table``'s (``whole``:
+        every row; else upserted), and the pending refresh is done, in the open transaction."""
         ...
 
 

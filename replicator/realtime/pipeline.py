@@ -26,7 +26,7 @@ import psycopg
 
 from replicator.catalog import Catalog, load_types
 from replicator.connect import connect, retrying_for
-from replicator.decoding.changes import Begin, Change, Commit, Decoder, Event, Truncate
+from replicator.decoding.changes import Begin, Change, Commit, Decoder, Event, Message, Truncate
 from replicator.decoding.fold import Folder
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.decoding.wal2json import Wal2JsonDecoder
@@ -35,9 +35,11 @@ from replicator.destinations.base import Applier, DestinationSession, NewColumnT
 from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.realtime import follow
 from replicator.realtime.setup import SlotPlan, start_position
 from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.retry import Streak, is_transient
+from replicator.source import ddlcapture
 from replicator.source.describe import CatalogDescriber
 from replicator.source.heartbeat import HeartbeatWriter
 from replicator.source.reader import ChangeReader
@@ -87,6 +89,8 @@ class SlotPipeline:
         self._failures = Streak()  # failures in a row: a stream that reads again is healthy
         # aux serves the reader (heartbeat, WAL watch) and the worker (types)
         self._aux_lock = threading.Lock()
+        self._capture = False  # the DDL capture is installed on the source (set by run)
+        self._follower: follow.SchemaFollower
 
     def run(self, stop: threading.Event, until: Lsn | None = None) -> SlotStats:
         src_cfg = self.job.source.value
@@ -100,6 +104,9 @@ class SlotPipeline:
             )
             writer_hb = HeartbeatWriter(aux, self.cfg.heartbeat) if self.write_heartbeat else None
             watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])
+            # Schema changes the DDL capture writes into the stream (follow.py).
+            self._capture = ddlcapture.state(aux).installed
+            follower = self._follower = follow.for_slot(self.job, self.plan, self.targets, self.heartbeat)
 
             def resume_from_checkpoint(e: BaseException) -> None:
                 # Whatever was read but not committed is read again from the checkpoint, on
@@ -109,6 +116,7 @@ class SlotPipeline:
                 if not dst.usable:
                     dst.reopen()
                     writer.reset()
+                follower.rewind(dst.state.slot_checkpoint(self.job.job_id, self.plan.slot) or Lsn(0), folder)
                 if self._aux.closed or self._aux.broken:
                     self._aux = connect(src_cfg, "source", APP, autocommit=True)
                     if writer_hb is not None:
@@ -129,6 +137,7 @@ class SlotPipeline:
                 ) from None
             return self.stats
         finally:
+            follower.close()
             dst.close()
             self._aux.close()
 
@@ -161,7 +170,11 @@ class SlotPipeline:
     def _decoder(self, aux: psycopg.Connection[Any]) -> Decoder:
         if self.plan.plugin == "pgoutput":
             assert self.plan.publication is not None
-            return PgOutputDecoder([self.plan.publication])
+            # Logical messages carry the DDL capture's schema changes (PostgreSQL 14+).
+            return PgOutputDecoder([self.plan.publication], messages=aux.info.server_version >= 140000)
+        if self._capture:  # tables renamed or created later must be decoded too: the folder picks
+            exact = wal2json_accepts(aux, self.plan.slot, "numeric-data-types-as-string")
+            return Wal2JsonDecoder(CatalogDescriber(aux), None, numeric_as_string=exact)
         # wal2json names leaf partitions, not their root: ask for those, and map them back (aliases).
         tables = [*self.targets, *self.aliases]
         if self.heartbeat:
@@ -185,7 +198,10 @@ class SlotPipeline:
         reader = self._open_reader(dst, aux)
         batch_s = self.cfg.fetch_duration_per_extractor_slot_s
         max_changes = self.cfg.fetch_size_rows
+        follower = self._follower
+        pending = follower.pending(dst)
         worker = ApplyWorker(writer, name=f"apply-{self.plan.slot}").start()
+        follower.start(pending, worker)
         progress = worker.progress
         stats = self.stats
         in_txn = False
@@ -194,13 +210,17 @@ class SlotPipeline:
         report = _ProgressReport(self.plan.slot, stats)
         try:
             while True:
-                events = reader.read(max_events=max_changes, timeout=min(batch_s, 1.0), until=until)
+                events = reader.read(
+                    max_events=max_changes, timeout=min(batch_s, 1.0), until=follower.until(until)
+                )
                 in_txn = self._fold(events, folder, worker, in_txn)
                 if not in_txn and folder.pending_transactions and (
                     not events or folder.open_seconds >= batch_s or folder.transaction_changes >= max_changes
                     or stop.is_set()
                 ):
                     self._commit(folder, worker)
+                if not in_txn:  # refreshes whose snapshot the stream has reached, on an idle stream
+                    follower.on_idle(reader.position, folder, worker, lambda: self._commit(folder, worker))
                 if not in_txn and not folder.pending_transactions and reader.position > drained:
                     drained = reader.position  # everything read is (or will be, in order) committed
                     worker.drained(drained)
@@ -212,7 +232,7 @@ class SlotPipeline:
                     if heartbeat is not None:
                         heartbeat.tick()
                     watch.check_if_due(aux)
-                if until is not None and not in_txn and reader.position >= until:
+                if until is not None and not in_txn and reader.position >= (follower.until(until) or until):
                     break
                 if stop.is_set():
                     if not in_txn:
@@ -239,6 +259,7 @@ class SlotPipeline:
         is inside a source transaction after them."""
         change = folder.change
         changes = transactions = 0
+        follower = self._follower
         for ev in events:
             # Changes first, and one plain isinstance each: this runs for every event.
             if isinstance(ev, Change) or isinstance(ev, Truncate):
@@ -249,10 +270,14 @@ class SlotPipeline:
                         worker.apply(folded)
             elif isinstance(ev, Begin):
                 in_txn = True
+                follower.on_begin(ev.final_lsn, folder, worker)
             elif isinstance(ev, Commit):
                 in_txn = False
                 folder.source_commit(ev.end_lsn)
                 transactions += 1
+            elif isinstance(ev, Message):
+                follower.on_message(ev, folder, worker)
+        follower.flush(worker)  # the refreshes those changes need: one snapshot for them all
         self.stats.changes += changes
         self.stats.transactions += transactions
         return in_txn

@@ -18,6 +18,7 @@ from replicator.destinations.base import Target
 from replicator.filters import SelectedTable
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.realtime import ddlsetup
 from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
 from replicator.realtime.setup import (
     SlotPlan,
@@ -49,22 +50,28 @@ def prepare(
         with src.transaction():
             catalog, tables = select_realtime_tables(job, src, with_snapshot=before_destination is not None)
         full = before_destination is not None  # the full mode snapshots before the destination step
-        plans = plan_slots(job.source, tables)
+        # Where each table is at the slots' checkpoints (schema changes followed: see follow.py).
+        stored = ddlsetup.stream_tables(job, src)
+        plans = plan_slots(job.source, tables, {relid: slot for relid, (slot, _) in stored.items()})
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
             _check_snapshot_targets(job, src, plans, tables)
         for warning in identity_warnings(tables) + unlogged_warnings(tables, "full" if full else "realtime"):
             log.warning(warning)
         heartbeat = prepare_source(job, src, plans)
+        if ddlsetup.announce(src, plans).installed:
+            ddlsetup.register_schemas(src, job, plans)
         if create_slots:
             for plan in plans:
                 ensure_slot(src, plan.slot, plan.plugin)
     if before_destination is not None:
         before_destination(plans)
+    ddlsetup.as_the_stream_has_them(plans, stored)
     with open_destination(job.destination.value).open_session(APP) as dst:
         dst.state.ensure()
         # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
-        targets = prepare_destination(dst, catalog, [t for t in tables if not t.table.unlogged])
+        streamed = [t for plan in plans for t in plan.tables if not t.table.unlogged]
+        targets = prepare_destination(dst, catalog, streamed)
     return Prepared(plans, targets, heartbeat is not None)
 
 

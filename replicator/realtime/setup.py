@@ -42,7 +42,11 @@ class SlotPlan:
         return {(t.table.schema, t.table.name) for t in [*self.tables, *self.snapshot_only]}
 
 
-def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]) -> list[SlotPlan]:
+def plan_slots(
+    source: ConfigFile[ConnectionConfig], tables: list[SelectedTable], sticky: dict[int, str] | None = None
+) -> list[SlotPlan]:
+    """``sticky``: source table oid -> the slot that streams it already (a table a schema change
+    brought to a slot, or renamed since the hash placed it, stays there)."""
     cfg = source.value
     if not cfg.slots:
         raise ConfigError(
@@ -68,8 +72,10 @@ def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]
         )
         for name, plugin in cfg.slots.items()
     ]
+    by_name = {p.slot: i for i, p in enumerate(plans)}
     for t in tables:
         index = zlib.crc32(f"{t.table.schema}.{t.table.name}".encode()) % len(plans)
+        index = by_name.get((sticky or {}).get(t.table.oid, ""), index)
         (plans[index].snapshot_only if t.table.unlogged else plans[index].tables).append(t)
     return plans
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from replicator.decoding.fold import Folded
@@ -40,10 +41,10 @@ class Progress:
     commits: int = 0
 
 
-_APPLY, _COMMIT, _DRAINED = 0, 1, 2
+_APPLY, _COMMIT, _DRAINED, _CALL = 0, 1, 2, 3
 _FINISH = None  # everything before it is done: end
 
-_Item = tuple[int, Folded | Lsn] | None
+_Item = tuple[int, "Folded | Lsn | Callable[[Applier], None]"] | None
 
 
 class ApplyWorker:
@@ -71,6 +72,11 @@ class ApplyWorker:
     def commit(self, lsn: Lsn) -> None:
         """Commit what was applied, with checkpoint ``lsn`` (the end of a source transaction)."""
         self._put((_COMMIT, lsn))
+
+    def call(self, work: Callable[[Applier], None]) -> None:
+        """Run ``work(writer)`` on the worker's thread, in order with the units around it (a schema
+        change, a refresh: see ``follow.py``)."""
+        self._put((_CALL, work))
 
     def drained(self, position: Lsn) -> None:
         """Everything read up to ``position`` has been handed over and committed (or was nothing
@@ -129,6 +135,8 @@ class ApplyWorker:
                 kind, arg = item
                 if isinstance(arg, Folded):
                     writer.apply(arg)
+                elif not isinstance(arg, Lsn):  # _CALL
+                    arg(writer)
                 elif kind == _COMMIT:
                     writer.commit(arg)
                     progress.committed = arg

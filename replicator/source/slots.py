@@ -159,13 +159,19 @@ class SnapshotSlot:
 
     @classmethod
     def create(
-        cls, cfg: ConnectionConfig, slot: str, plugin: str, application_name: str = "replicator-snapshot"
+        cls,
+        cfg: ConnectionConfig,
+        slot: str,
+        plugin: str,
+        application_name: str = "replicator-snapshot",
+        temporary: bool = False,
     ) -> SnapshotSlot:
+        """``temporary``: the slot goes with this connection (a snapshot is all it is for)."""
         _check_plugin_name(plugin)
         conn = connect(cfg, "source", application_name, autocommit=True, replication=True)
         # EXPORT_SNAPSHOT (rather than PG15's "(SNAPSHOT 'export')") works from PostgreSQL 10 on.
-        command = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL {} EXPORT_SNAPSHOT").format(
-            sql.Identifier(slot), sql.Identifier(plugin)
+        command = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL {} EXPORT_SNAPSHOT").format(
+            sql.Identifier(slot), sql.SQL("TEMPORARY " if temporary else ""), sql.Identifier(plugin)
         )
         try:
             row = conn.execute(command).fetchone()

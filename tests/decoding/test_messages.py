@@ -63,7 +63,15 @@ def test_messages_arrive_in_order_with_the_changes(
 
     shapes = [type(e).__name__ for e in events]
     assert shapes == [
-        "Begin", "Change", "Message", "Change", "Commit", "Message", "Begin", "Message", "Commit"
+        "Begin",
+        "Change",
+        "Message",
+        "Change",
+        "Commit",
+        "Message",
+        "Begin",
+        "Message",
+        "Commit",
     ], shapes
     first = events[2]
     assert first == Message("replicator.ddl", CONTENT.encode(), True, in_txn, xid)

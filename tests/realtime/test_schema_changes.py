@@ -1,0 +1,152 @@
+"""Schema changes while streaming (issue 13), through both decoders, with the DDL capture installed:
+each change reaches the destination in order with the rows around it; columns (name, type) and rows
+end equal to the source's."""
+
+from __future__ import annotations
+
+import pytest
+
+from replicator.source import ddlcapture
+from tests.conftest import Database
+from tests.realtime.conftest import Env
+
+
+def install_capture(db: Database) -> None:
+    with db.connect() as conn:
+        ddlcapture.install(conn)
+
+
+def columns(db: Database, table: str, schema: str = "public") -> list[tuple[str, str]]:
+    return [
+        (r[0], r[1])
+        for r in db.fetchall(
+            """SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+               WHERE a.attrelid = format('%%I.%%I', %s::text, %s::text)::regclass AND a.attnum > 0
+                 AND NOT a.attisdropped AND a.attname <> '__replicator_is_deleted' ORDER BY a.attnum""",
+            (schema, table),
+        )
+    ]
+
+
+def assert_same(env: Env, *tables: str, schema: str = "public") -> None:
+    for t in tables:
+        assert columns(env.dest, t, schema) == columns(env.source, t, schema), t
+    env.assert_equal(*tables, schema=schema)
+
+
+@pytest.fixture
+def captured(env: Env) -> Env:
+    install_capture(env.source)
+    return env
+
+
+def test_type_change_then_a_value_only_the_new_type_holds(captured: Env) -> None:
+    env = captured
+    env.source.execute(
+        "CREATE TABLE items (id int PRIMARY KEY, qty integer, note varchar(10), price numeric(8,2),"
+        " doc text); INSERT INTO items SELECT g, g, 'n' || g, g * 1.5, '{\"g\": ' || g || '}'"
+        " FROM generate_series(1, 200) g"
+    )
+    assert env.run("full", "--once") == 0
+    env.source.execute(
+        """ALTER TABLE items ALTER COLUMN qty TYPE bigint;
+           UPDATE items SET qty = 5000000101 WHERE id = 1;
+           ALTER TABLE items ALTER COLUMN note TYPE varchar(40), ALTER COLUMN price TYPE numeric(14,4);
+           UPDATE items SET note = repeat('x', 40), price = 1234567890.1234 WHERE id = 2;
+           ALTER TABLE items ALTER COLUMN doc TYPE jsonb USING doc::jsonb;
+           UPDATE items SET doc = doc || '{"new": true}' WHERE id = 3;"""
+    )
+    assert env.run("realtime", "--once") == 0
+    assert_same(env, "items")
+    assert env.dest.fetchone("SELECT qty FROM items WHERE id = 1") == 5000000101
+
+
+def run_each(db: Database, *statements: str) -> None:
+    """One statement per query: what the DDL capture sees as the command text (USING or not)."""
+    with db.connect() as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_columns_dropped_renamed_added_with_defaults_and_the_rows_around_them(captured: Env) -> None:
+    env = captured
+    env.source.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, a int, b text, c text NOT NULL, d int);"
+        "INSERT INTO t SELECT g, g, 'b' || g, 'c' || g, g FROM generate_series(1, 100) g"
+    )
+    assert env.run("full", "--once") == 0
+    run_each(
+        env.source,
+        "INSERT INTO t VALUES (101, 101, 'b', 'c', 1)",
+        "ALTER TABLE t DROP COLUMN b",
+        "INSERT INTO t VALUES (102, 102, 'c', 2)",
+        "ALTER TABLE t RENAME COLUMN c TO c2",
+        "UPDATE t SET c2 = 'renamed' WHERE id <= 10",
+        "ALTER TABLE t ADD COLUMN e text DEFAULT 'd' NOT NULL",  # rows already there read 'd'
+        "ALTER TABLE t ADD COLUMN f timestamptz DEFAULT now()",  # once, at the source's ALTER time
+        "ALTER TABLE t ADD COLUMN g float8 DEFAULT random()",  # every row its own: copied
+        "INSERT INTO t (id, a, c2, d) VALUES (103, 103, 'after', 3)",
+        "ALTER TABLE t ALTER COLUMN d TYPE bigint",
+        "UPDATE t SET d = 5000000101 WHERE id = 103",
+        "ALTER TABLE t ALTER COLUMN a TYPE text USING 'a=' || a",  # rewritten by an expression: copied
+        "ALTER TABLE t ADD COLUMN b text",  # a new column with a dropped one's name
+        "UPDATE t SET b = 'new b' WHERE id = 1",
+    )
+    assert env.run("realtime", "--once") == 0
+    assert_same(env, "t")
+    assert env.dest.fetchone("SELECT count(*) FROM t WHERE e = 'd'") == 103
+
+
+def indexes(db: Database, table: str, schema: str = "public") -> list[str]:
+    return [
+        r[0]
+        for r in db.fetchall(
+            """SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = %s ORDER BY indexname""",
+            (schema, table),
+        )
+    ]
+
+
+def constraints(db: Database, table: str, schema: str = "public") -> list[tuple[str, str]]:
+    return [
+        (r[0], r[1])
+        for r in db.fetchall(
+            """SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+           WHERE conrelid = format('%%I.%%I', %s::text, %s::text)::regclass AND contype <> 'f' ORDER BY 1""",
+            (schema, table),
+        )
+    ]
+
+
+def test_renamed_and_moved_tables_with_their_indexes_and_constraints(captured: Env) -> None:
+    env = captured
+    env.source.execute(
+        "CREATE SCHEMA sales; CREATE SCHEMA archive; CREATE TABLE archive.old (id int PRIMARY KEY);"
+        "CREATE TABLE sales.orders (id int PRIMARY KEY, amount numeric(10,2), who text);"
+        "INSERT INTO sales.orders SELECT g, g, 'w' || g FROM generate_series(1, 50) g"
+    )
+    env.filter_text = "allow:\n- schema: sales\n- schema: archive\n"
+    assert env.run("full", "--once") == 0
+    run_each(
+        env.source,
+        "CREATE INDEX orders_who ON sales.orders (who)",
+        "ALTER TABLE sales.orders ADD CONSTRAINT positive CHECK (amount > 0)",
+        "ALTER TABLE sales.orders ADD CONSTRAINT one_who UNIQUE (who)",
+        "INSERT INTO sales.orders VALUES (51, 51, 'w51')",
+        "ALTER TABLE sales.orders RENAME TO orders_2024",
+        "UPDATE sales.orders_2024 SET amount = amount + 1 WHERE id <= 5",
+        "ALTER INDEX sales.orders_who RENAME TO orders_by_who",
+        "ALTER TABLE sales.orders_2024 SET SCHEMA archive",
+        "INSERT INTO archive.orders_2024 VALUES (52, 52, 'w52')",
+        "DROP INDEX archive.orders_by_who",
+        "CREATE INDEX orders_amount ON archive.orders_2024 (amount) WHERE amount > 10",
+        "ALTER TABLE archive.orders_2024 DROP CONSTRAINT positive",
+        "DELETE FROM archive.orders_2024 WHERE id = 7",
+    )
+    assert env.run("realtime", "--once") == 0
+    assert_same(env, "orders_2024", schema="archive")
+    assert env.dest.fetchone("SELECT to_regclass('sales.orders')") is None
+    assert indexes(env.dest, "orders_2024", "archive") == indexes(env.source, "orders_2024", "archive")
+    assert constraints(env.dest, "orders_2024", "archive") == constraints(
+        env.source, "orders_2024", "archive"
+    )
