@@ -206,9 +206,8 @@ class SchemaChange:
     command: str
     steps: list[Step]
     removed: dict[TableName, int] = field(default_factory=dict)  # -> source relid
-    added: dict[TableName, tuple[tuple[str, ...], bool, int]] = field(
-        default_factory=dict
-    )  # key, nullable, relid
+    # -> (key, may the key hold NULLs, source relid, where the key comes from)
+    added: dict[TableName, tuple[tuple[str, ...], bool, int, str | None]] = field(default_factory=dict)
 
 
 def describe(step: Step) -> str:

@@ -191,6 +191,16 @@ class PendingRefresh:
     since: Lsn  # the change that asked for it
 
 
+@dataclass(frozen=True)
+class StreamTable:
+    """Where a source table's changes go, as of a slot's checkpoint (schema changes followed)."""
+
+    slot: str
+    table: TableName
+    key: tuple[str, ...]
+    key_from: str | None  # 'primary-key' | 'row-identifier-key' | None (no key)
+
+
 class StateStore(Protocol):
     """Replication state kept in the destination, written in the session's transaction.
 
@@ -260,10 +270,10 @@ class StateStore(Protocol):
 
     def schema_change_log(self, limit: int = 50) -> list[SchemaChangeRecord]: ...
 
-    def stream_tables(self, job: str) -> dict[int, tuple[str, TableName]]: ...
+    def stream_tables(self, job: str) -> dict[int, StreamTable]: ...
 
     def save_stream_tables(
-        self, job: str, slot: str, tables: dict[int, TableName], replace: bool = False
+        self, job: str, slot: str, tables: dict[int, StreamTable], replace: bool = False
     ) -> None: ...
 
     def forget_stream_tables(self, job: str, slot: str, relids: list[int]) -> None: ...

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from replicator.destinations import open_destination
-from replicator.destinations.base import TableName
+from replicator.destinations.base import DestinationSession, StreamTable, TableName, Target
 from replicator.job import Job
 from replicator.realtime.follow import ALL_SCHEMAS, whole_schemas
 from replicator.realtime.setup import SlotPlan
@@ -78,31 +78,45 @@ def register_schemas(conn: psycopg.Connection[Any], job: Job, plans: list[SlotPl
         )
 
 
-def stream_tables(job: Job, src: psycopg.Connection[Any]) -> dict[int, tuple[str, TableName]]:
-    """Source table oid -> (slot, destination table) as of each existing slot's checkpoint, from the
+def stream_tables(job: Job, src: psycopg.Connection[Any]) -> dict[int, StreamTable]:
+    """Source table oid -> where its changes go, as of each existing slot's checkpoint, from the
     destination's state (empty on a first run). A slot that is gone (``full`` creates it again)
     starts from the catalog: its old record says nothing about the new slot."""
     with open_destination(job.destination.value).open_session("replicator/realtime") as dst:
         stored = dst.state.stream_tables(job.job_id)
-    alive = {slot for slot, _ in stored.values() if get_slot(src, slot) is not None}
-    return {relid: entry for relid, entry in stored.items() if entry[0] in alive}
+    alive = {t.slot for t in stored.values() if get_slot(src, t.slot) is not None}
+    return {relid: t for relid, t in stored.items() if t.slot in alive}
 
 
-def as_the_stream_has_them(plans: list[SlotPlan], stored: dict[int, tuple[str, TableName]]) -> None:
+def as_the_stream_has_them(plans: list[SlotPlan], stored: dict[int, StreamTable]) -> None:
     """Name each table as its slot's stream has it at the checkpoint: a table renamed (or moved) at
-    the source since is still under its old name there, until the stream applies the rename."""
+    the source since is still under its old name there, until the stream applies the rename; and a
+    table dropped since is still fed until the stream gets to its DROP (``SlotPlan.ghosts``)."""
     for plan in plans:
         renamed = []
         for st in plan.tables:
-            slot, (schema, name) = stored.get(st.table.oid, (plan.slot, (st.table.schema, st.table.name)))
-            if slot == plan.slot and (schema, name) != (st.table.schema, st.table.name):
-                log.info(
-                    "%s is %s.%s at slot %s's checkpoint: following it from there",
-                    st.display,
-                    schema,
-                    name,
-                    plan.slot,
-                )
+            where = stored.get(st.table.oid)
+            if where is not None and where.slot == plan.slot and where.table != (st.table.schema, st.table.name):
+                schema, name = where.table
+                log.info("%s is %s.%s at slot %s's checkpoint: following it from there", st.display, schema,
+                         name, plan.slot)
                 st = dataclasses.replace(st, table=dataclasses.replace(st.table, schema=schema, name=name))
             renamed.append(st)
         plan.tables = renamed
+        present = {st.table.oid for st in plan.tables}
+        plan.ghosts = {relid: t for relid, t in stored.items() if t.slot == plan.slot and relid not in present}
+        for t in plan.ghosts.values():
+            log.info("%s is gone from the source but still in slot %s's stream: fed until its DROP",
+                     ".".join(t.table), plan.slot)
+
+
+def ghost_targets(dst: DestinationSession, plans: list[SlotPlan]) -> dict[TableName, Target]:
+    """Targets for the tables gone from the source catalog that the streams still feed."""
+    targets = {}
+    for plan in plans:
+        for t in plan.ghosts.values():
+            found = dst.describe(t.table)
+            if found is not None:
+                nullable = any(not c.not_null for k in t.key if (c := found.columns.get(k)) is not None)
+                targets[t.table] = Target(dst.ready_for_changes(found), t.key, key_nullable=nullable)
+    return targets

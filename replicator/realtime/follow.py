@@ -35,7 +35,7 @@ from replicator.decoding.changes import Message
 from replicator.decoding.ddl import DdlMessage, TableEvent, TableShape
 from replicator.decoding.ddlplan import Policy, SchemaChange, Step, TableName
 from replicator.decoding.fold import Folder
-from replicator.destinations.base import Applier, DestinationSession, PendingRefresh
+from replicator.destinations.base import Applier, DestinationSession, PendingRefresh, StreamTable
 from replicator.lsn import Lsn
 from replicator.realtime.refresh import RefreshSnapshot
 from replicator.realtime.worker import ApplyWorker
@@ -123,9 +123,8 @@ class SchemaFollower:
         """At the start of the stream: record which destination table each source table feeds
         from here (``stream_tables``); return the refreshes the destination still owes."""
         with dst.transaction():
-            dst.state.save_stream_tables(
-                self.job, self.slot, {f.relid: f.table for f in self.followed.values()}, replace=True
-            )
+            tables = {f.relid: StreamTable(self.slot, f.table, f.key, f.key_from) for f in self.followed.values()}
+            dst.state.save_stream_tables(self.job, self.slot, tables, replace=True)
         return dst.state.pending_refreshes(self.job, self.slot)
 
     def start(self, pending: list[PendingRefresh], worker: ApplyWorker) -> None:
@@ -283,7 +282,7 @@ class SchemaFollower:
         followed.partitions = {(p.schema, p.name): p.relid for p in after.partitions if p.leaf}
         if after.qualified != table or key != followed.key:
             change.removed[table] = event.relid
-            change.added[after.qualified] = (key, _nullable(after, key), event.relid)
+            change.added[after.qualified] = (key, _nullable(after, key), event.relid, followed.key_from)
             followed.table, followed.key = after.qualified, key
             if after.qualified != table:
                 self._moved(table, after.qualified)
@@ -351,7 +350,7 @@ class SchemaFollower:
             {(p.schema, p.name): p.relid for p in after.partitions if p.leaf},
         )
         change.steps += ddlplan.plan_created(table, event, why)
-        change.added[table] = (key, _nullable(after, key), event.relid)
+        change.added[table] = (key, _nullable(after, key), event.relid, "primary-key" if key else None)
         log.info("slot %s: %s starts being replicated (%s)", self.slot, after.display, why)
 
     # -- refreshes -----------------------------------------------------------------------------
@@ -457,9 +456,10 @@ def new_table_slot(slots: dict[str, str]) -> Callable[[TableName], str]:
     return slot_of
 
 
-def followed_tables(plan_tables: list[Any], targets: dict[TableName, Any]) -> list[Followed]:
-    """The slot's tables at the start of the stream (``SelectedTable``s and their ``Target``s)."""
-    out = []
+def followed_tables(plan: Any, targets: dict[TableName, Any]) -> list[Followed]:
+    """The slot's tables at the start of the stream (``SelectedTable``s, ghosts, their ``Target``s)."""
+    plan_tables = plan.tables
+    out = [Followed(g.table, relid, g.key, g.key_from) for relid, g in plan.ghosts.items() if g.table in targets]
     for st in plan_tables:
         key = (st.table.schema, st.table.name)
         target = targets.get(key)
@@ -499,5 +499,5 @@ def for_slot(job: Any, plan: Any, targets: dict[TableName, Any], heartbeat: bool
         policy=Policy(dest.dropped_columns, dest.dropped_tables),
     )
     return SchemaFollower(
-        job.job_id, plan.slot, job.source.value, scope, followed_tables(plan.tables, targets)
+        job.job_id, plan.slot, job.source.value, scope, followed_tables(plan, targets)
     )

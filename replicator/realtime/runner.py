@@ -52,7 +52,7 @@ def prepare(
         full = before_destination is not None  # the full mode snapshots before the destination step
         # Where each table is at the slots' checkpoints (schema changes followed: see follow.py).
         stored = ddlsetup.stream_tables(job, src)
-        plans = plan_slots(job.source, tables, {relid: slot for relid, (slot, _) in stored.items()})
+        plans = plan_slots(job.source, tables, {relid: t.slot for relid, t in stored.items()})
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
             _check_snapshot_targets(job, src, plans, tables)
@@ -72,6 +72,7 @@ def prepare(
         # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
         streamed = [t for plan in plans for t in plan.tables if not t.table.unlogged]
         targets = prepare_destination(dst, catalog, streamed)
+        targets.update(ddlsetup.ghost_targets(dst, plans))
     return Prepared(plans, targets, heartbeat is not None)
 
 

@@ -17,7 +17,7 @@ import psycopg
 
 from replicator.catalog import Catalog, load_catalog
 from replicator.config import ConfigFile, ConnectionConfig
-from replicator.destinations.base import DestinationSession, StateStore, Target
+from replicator.destinations.base import DestinationSession, StateStore, StreamTable, Target
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
@@ -35,11 +35,16 @@ class SlotPlan:
     tables: list[SelectedTable] = field(default_factory=list)  # streamed (and, in full mode, snapshotted)
     # UNLOGGED tables: no WAL, so never in a publication; full mode snapshots them once.
     snapshot_only: list[SelectedTable] = field(default_factory=list)
+    # Tables dropped at the source after the slot's checkpoint, still fed until the stream reaches
+    # their DROP (schema changes followed: source oid -> where they go; see ddlsetup.py).
+    ghosts: dict[int, StreamTable] = field(default_factory=dict)
 
     @property
     def table_keys(self) -> set[tuple[str, str]]:
-        """The tables a full run snapshots for this slot."""
-        return {(t.table.schema, t.table.name) for t in [*self.tables, *self.snapshot_only]}
+        """The tables a full run snapshots for this slot (and the ghosts its stream still feeds)."""
+        return {(t.table.schema, t.table.name) for t in [*self.tables, *self.snapshot_only]} | {
+            g.table for g in self.ghosts.values()
+        }
 
 
 def plan_slots(

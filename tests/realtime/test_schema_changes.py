@@ -150,3 +150,90 @@ def test_renamed_and_moved_tables_with_their_indexes_and_constraints(captured: E
     assert constraints(env.dest, "orders_2024", "archive") == constraints(
         env.source, "orders_2024", "archive"
     )
+
+
+def test_created_tables_stream_from_their_first_insert(captured: Env) -> None:
+    env = captured
+    env.source.execute("CREATE SCHEMA app; CREATE TABLE app.seed (id int PRIMARY KEY)")
+    env.filter_text = "allow:\n  schema: app\n"
+    assert env.run("full", "--once") == 0
+    with env.source.connect() as conn:
+        # Created and written within the same second, in the same transaction and the next ones.
+        with conn.transaction():
+            conn.execute("CREATE TABLE app.events (id bigint PRIMARY KEY, what text, at timestamptz DEFAULT now())")
+            conn.execute("INSERT INTO app.events (id, what) SELECT g, 'e' || g FROM generate_series(1, 100) g")
+        conn.execute("INSERT INTO app.events (id, what) VALUES (101, 'next')")
+        conn.execute("UPDATE app.events SET what = 'changed' WHERE id <= 10")
+        conn.execute("DELETE FROM app.events WHERE id = 50")
+        # Rows that come with the CREATE (not decoded) are copied.
+        conn.execute("CREATE TABLE app.copied AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300) g")
+        conn.execute("ALTER TABLE app.copied ADD PRIMARY KEY (id)")
+        conn.execute("UPDATE app.copied SET v = 'after' WHERE id <= 3")
+        # Not in the filter: not followed.
+        conn.execute("CREATE TABLE public.elsewhere (id int PRIMARY KEY); INSERT INTO public.elsewhere VALUES (1)")
+    assert env.run("realtime", "--once") == 0
+    assert_same(env, "events", "copied", schema="app")
+    assert env.dest.fetchone("SELECT to_regclass('public.elsewhere')") is None
+    if env.plugin == "pgoutput":  # the DDL capture put them in the publication, in the CREATE's transaction
+        published = env.source.fetchall(
+            "SELECT tablename FROM pg_publication_tables WHERE pubname = %s ORDER BY 1", (f"{env.slot}_pub",)
+        )
+        assert published == [("copied",), ("events",), ("replicate_io_cdc_heartbeat",), ("seed",)]
+
+
+def test_dropped_tables_and_columns_follow_the_policy(captured: Env) -> None:
+    env = captured
+    env.source.execute(
+        "CREATE TABLE keep_me (id int PRIMARY KEY, v text, gone text);"
+        "CREATE TABLE drop_me (id int PRIMARY KEY);"
+        "INSERT INTO keep_me SELECT g, 'v', 'x' FROM generate_series(1, 20) g;"
+        "INSERT INTO drop_me SELECT g FROM generate_series(1, 20) g"
+    )
+    assert env.run("full", "--once") == 0
+    run_each(
+        env.source,
+        "ALTER TABLE keep_me DROP COLUMN gone",
+        "INSERT INTO keep_me VALUES (21, 'new')",
+        "DROP TABLE drop_me",
+    )
+    env.dest_config = lambda **kw: env.dest.write_config(  # type: ignore[method-assign]
+        env.tmp / "destination.yaml", **{"schema-changes": {"dropped-columns": "keep", "dropped-tables": "drop"}}
+    )
+    assert env.run("realtime", "--once") == 0
+    assert env.dest.fetchone("SELECT to_regclass('public.drop_me')") is None
+    rows = env.dest.fetchall("SELECT id, v, gone FROM keep_me WHERE id IN (1, 21) ORDER BY id")
+    assert rows == [(1, "v", "x"), (21, "new", None)]  # kept, NULL from then on
+
+
+def test_a_dropped_table_is_kept_by_default(captured: Env) -> None:
+    env = captured
+    env.source.execute("CREATE TABLE old (id int PRIMARY KEY); INSERT INTO old SELECT generate_series(1, 5)")
+    assert env.run("full", "--once") == 0
+    run_each(env.source, "DELETE FROM old WHERE id = 1", "DROP TABLE old")
+    assert env.run("realtime", "--once") == 0
+    assert env.dest.fetchall("SELECT id FROM old ORDER BY id") == [(2,), (3,), (4,), (5,)]
+
+
+def test_partitions_attached_with_rows_and_detached(captured: Env) -> None:
+    env = captured
+    env.source.execute(
+        """CREATE TABLE events (id bigint, at date NOT NULL, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+           CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+           INSERT INTO events SELECT g, '2024-01-01'::date + g % 300, 'v' FROM generate_series(1, 200) g;"""
+    )
+    env.filter_text = "allow:\n  schema: public\n  allow:\n    events:\n"
+    assert env.run("full", "--once") == 0
+    run_each(
+        env.source,
+        "CREATE TABLE events_2025 (id bigint, at date NOT NULL, v text, PRIMARY KEY (id, at))",
+        "INSERT INTO events_2025 SELECT g, '2025-01-01'::date + g % 300, 'old' FROM generate_series(1, 500) g",
+        "ALTER TABLE events ATTACH PARTITION events_2025 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
+        "UPDATE events SET v = 'updated' WHERE id = 7 AND at >= '2025-01-01'",
+        "CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+        "INSERT INTO events VALUES (1, '2026-02-02', 'in 2026')",
+        "ALTER TABLE events DETACH PARTITION events_2024",
+        "INSERT INTO events VALUES (2, '2025-05-05', 'after detach') ON CONFLICT DO NOTHING",
+    )
+    assert env.run("realtime", "--once") == 0
+    assert_same(env, "events")
+    assert env.dest.fetchone("SELECT count(*) FROM events WHERE at < '2025-01-01'") == 0

@@ -34,7 +34,7 @@ from replicator.catalog import Column as CatalogColumn
 from replicator.catalog import Table as CatalogTable
 from replicator.decoding import ddlplan as plan
 from replicator.decoding.ddl import ColumnShape, TableShape
-from replicator.destinations.base import DestTable, Fill, PendingRefresh, TableName, Target
+from replicator.destinations.base import DestTable, Fill, PendingRefresh, StreamTable, TableName, Target
 from replicator.destinations.postgres import ddl
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.load import copy_in_sql
@@ -97,16 +97,16 @@ def apply(writer: Writer, change: plan.SchemaChange) -> None:
         _touched(writer, table)
     if change.removed:
         state.forget_stream_tables(writer.job, writer.slot, list(change.removed.values()))
-    for table, (key, nullable, _relid) in change.added.items():
+    for table, (key, nullable, _relid, _key_from) in change.added.items():
         found = ddl.describe_table(writer.conn, *table)
         if found is None:
             raise DestinationError(f"{'.'.join(table)}: expected at the destination after {change.command}")
         writer.targets[table] = Target(found, key, key_nullable=nullable)
         _touched(writer, table)
     if change.added:
-        state.save_stream_tables(
-            writer.job, writer.slot, {relid: t for t, (_, _, relid) in change.added.items()}
-        )
+        added = {relid: StreamTable(writer.slot, t, key, key_from)
+                 for t, (key, _, relid, key_from) in change.added.items()}
+        state.save_stream_tables(writer.job, writer.slot, added)
 
 
 def committed(writer: Writer) -> None:

@@ -25,6 +25,7 @@ from replicator.destinations.base import (
     ChunkState,
     PendingRefresh,
     SchemaChangeRecord,
+    StreamTable,
     SlotProgress,
     SnapshotProgress,
     TableName,
@@ -113,6 +114,8 @@ MIGRATIONS: list[list[str]] = [
             source_relid bigint NOT NULL,
             schema_name text NOT NULL,
             table_name text NOT NULL,
+            key_columns text[] NOT NULL,
+            key_from text,
             PRIMARY KEY (job, slot_name, source_relid))""",
     ],
 ]
@@ -362,20 +365,23 @@ class PgStateStore:
             (*to, job, slot, *table),
         )
 
-    def stream_tables(self, job: str) -> dict[int, tuple[str, TableName]]:
-        """Source table oid -> (slot, destination table), as of each slot's checkpoint (reading only:
+    def stream_tables(self, job: str) -> dict[int, StreamTable]:
+        """Source table oid -> where its changes go, as of each slot's checkpoint (reading only:
         empty when the state is absent or older)."""
         if self._conn.execute("SELECT to_regclass('_replicator.stream_tables')").fetchone() == (None,):
             return {}
         rows = self._conn.execute(
-            """SELECT source_relid, slot_name, schema_name, table_name
+            """SELECT source_relid, slot_name, schema_name, table_name, key_columns, key_from
                FROM _replicator.stream_tables WHERE job = %s""",
             (job,),
         ).fetchall()
-        return {int(relid): (slot, (schema, name)) for relid, slot, schema, name in rows}
+        return {
+            int(relid): StreamTable(slot, (schema, name), tuple(key), key_from)
+            for relid, slot, schema, name, key, key_from in rows
+        }
 
     def save_stream_tables(
-        self, job: str, slot: str, tables: dict[int, TableName], replace: bool = False
+        self, job: str, slot: str, tables: dict[int, StreamTable], replace: bool = False
     ) -> None:
         """Record which destination table each source table feeds (``replace``: these are all of the
         slot's). Call in the transaction of the change that made it so."""
@@ -386,11 +392,12 @@ class PgStateStore:
         with self._conn.cursor() as cur:
             cur.executemany(
                 """INSERT INTO _replicator.stream_tables
-                       (job, slot_name, source_relid, schema_name, table_name)
-                   VALUES (%s, %s, %s, %s, %s)
+                       (job, slot_name, source_relid, schema_name, table_name, key_columns, key_from)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s)
                    ON CONFLICT (job, slot_name, source_relid)
-                   DO UPDATE SET schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name""",
-                [(job, slot, relid, *table) for relid, table in tables.items()],
+                   DO UPDATE SET schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name,
+                                 key_columns = EXCLUDED.key_columns, key_from = EXCLUDED.key_from""",
+                [(job, slot, relid, *t.table, list(t.key), t.key_from) for relid, t in tables.items()],
             )
 
     def forget_stream_tables(self, job: str, slot: str, relids: list[int]) -> None:
