@@ -168,7 +168,7 @@ def parse(message: Message) -> DdlMessage:
             error=body.get("error"),
             lsn=message.lsn,
         )
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         if isinstance(e, DecodeError):
             raise
         raise DecodeError(f"malformed DDL message at {message.lsn}: {e!r}") from None

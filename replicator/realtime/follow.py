@@ -154,9 +154,10 @@ class SchemaFollower:
             )
         before = {k: copy.copy(v) for k, v in self.followed.items()}
         change = self._plan(parsed)
-        if change is None:
-            return
         self._journal.append((self.txn_commit, before))
+        if change is None:
+            self.route(folder)  # partitions created empty: only the names wal2json gives change
+            return
         for ready in folder.take():  # rows read before the change go to the table as it was
             worker.apply(ready)
         self.route(folder)

@@ -277,7 +277,7 @@ BEGIN
           child := _replicator_ddl.shape((part->>'relid')::oid);
           IF child IS NOT NULL THEN
             tables := tables || jsonb_build_object('relid', part->'relid', 'before', NULL, 'after', child,
-              'rewrite', 0, 'casts', '{}', 'rows', _replicator_ddl.has_rows((part->>'relid')::oid),
+              'rewrite', 0, 'casts', '{}'::jsonb, 'rows', _replicator_ddl.has_rows((part->>'relid')::oid),
               'detached_from', rel);
             INSERT INTO _replicator_ddl.relations VALUES ((part->>'relid')::oid, child)
             ON CONFLICT (relid) DO UPDATE SET shape = EXCLUDED.shape;
@@ -288,7 +288,7 @@ BEGIN
         SELECT shape INTO child FROM _replicator_ddl.relations WHERE relid = (part->>'relid')::oid;
         IF child IS NOT NULL THEN
           tables := tables || jsonb_build_object('relid', part->'relid', 'before', child, 'after', NULL,
-            'rewrite', 0, 'casts', '{}', 'rows', NULL, 'attached_to', rel);
+            'rewrite', 0, 'casts', '{}'::jsonb, 'rows', NULL, 'attached_to', rel);
           DELETE FROM _replicator_ddl.relations WHERE relid = (part->>'relid')::oid;
         END IF;
       END LOOP;
