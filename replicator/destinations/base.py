@@ -305,6 +305,8 @@ class Applier(Protocol):
     commits them with the slot's checkpoint."""
 
     applied_changes: int
+    captured_schema: bool
+    """Schema changes arrive captured (``apply_schema``): relations are not compared with the tables."""
 
     def prepare(self, folded: Folded) -> Folded:
         """Work that needs no database (formatting rows), done on the reading thread."""

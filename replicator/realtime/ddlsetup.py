@@ -96,18 +96,32 @@ def as_the_stream_has_them(plans: list[SlotPlan], stored: dict[int, StreamTable]
         renamed = []
         for st in plan.tables:
             where = stored.get(st.table.oid)
-            if where is not None and where.slot == plan.slot and where.table != (st.table.schema, st.table.name):
+            if (
+                where is not None
+                and where.slot == plan.slot
+                and where.table != (st.table.schema, st.table.name)
+            ):
                 schema, name = where.table
-                log.info("%s is %s.%s at slot %s's checkpoint: following it from there", st.display, schema,
-                         name, plan.slot)
+                log.info(
+                    "%s is %s.%s at slot %s's checkpoint: following it from there",
+                    st.display,
+                    schema,
+                    name,
+                    plan.slot,
+                )
                 st = dataclasses.replace(st, table=dataclasses.replace(st.table, schema=schema, name=name))
             renamed.append(st)
         plan.tables = renamed
         present = {st.table.oid for st in plan.tables}
-        plan.ghosts = {relid: t for relid, t in stored.items() if t.slot == plan.slot and relid not in present}
+        plan.ghosts = {
+            relid: t for relid, t in stored.items() if t.slot == plan.slot and relid not in present
+        }
         for t in plan.ghosts.values():
-            log.info("%s is gone from the source but still in slot %s's stream: fed until its DROP",
-                     ".".join(t.table), plan.slot)
+            log.info(
+                "%s is gone from the source but still in slot %s's stream: fed until its DROP",
+                ".".join(t.table),
+                plan.slot,
+            )
 
 
 def ghost_targets(dst: DestinationSession, plans: list[SlotPlan]) -> dict[TableName, Target]:

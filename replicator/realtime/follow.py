@@ -123,7 +123,9 @@ class SchemaFollower:
         """At the start of the stream: record which destination table each source table feeds
         from here (``stream_tables``); return the refreshes the destination still owes."""
         with dst.transaction():
-            tables = {f.relid: StreamTable(self.slot, f.table, f.key, f.key_from) for f in self.followed.values()}
+            tables = {
+                f.relid: StreamTable(self.slot, f.table, f.key, f.key_from) for f in self.followed.values()
+            }
             dst.state.save_stream_tables(self.job, self.slot, tables, replace=True)
         return dst.state.pending_refreshes(self.job, self.slot)
 
@@ -211,7 +213,8 @@ class SchemaFollower:
             if pub.event == "refused" and pub.publication == self.scope.publication:
                 log.error(
                     "new table %s.%s is NOT replicated: the DDL capture could not add it to publication "
-                    "%s: %s. Fix it, then add it by hand (ALTER PUBLICATION %s ADD TABLE %s.%s;): its rows are then "
+                    "%s: %s. Fix it, then add it by hand (ALTER PUBLICATION %s ADD TABLE %s.%s;): its rows "
+                    "are then "
                     "copied and streamed from there",
                     pub.schema,
                     pub.name,
@@ -460,7 +463,9 @@ def new_table_slot(slots: dict[str, str]) -> Callable[[TableName], str]:
 def followed_tables(plan: Any, targets: dict[TableName, Any]) -> list[Followed]:
     """The slot's tables at the start of the stream (``SelectedTable``s, ghosts, their ``Target``s)."""
     plan_tables = plan.tables
-    out = [Followed(g.table, relid, g.key, g.key_from) for relid, g in plan.ghosts.items() if g.table in targets]
+    out = [
+        Followed(g.table, relid, g.key, g.key_from) for relid, g in plan.ghosts.items() if g.table in targets
+    ]
     for st in plan_tables:
         key = (st.table.schema, st.table.name)
         target = targets.get(key)
@@ -499,6 +504,4 @@ def for_slot(job: Any, plan: Any, targets: dict[TableName, Any], heartbeat: bool
         heartbeat=(hb.schema_name or "public", hb.table_name) if heartbeat else None,
         policy=Policy(dest.dropped_columns, dest.dropped_tables),
     )
-    return SchemaFollower(
-        job.job_id, plan.slot, job.source.value, scope, followed_tables(plan, targets)
-    )
+    return SchemaFollower(job.job_id, plan.slot, job.source.value, scope, followed_tables(plan, targets))

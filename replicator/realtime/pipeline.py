@@ -105,7 +105,11 @@ class SlotPipeline:
             writer_hb = HeartbeatWriter(aux, self.cfg.heartbeat) if self.write_heartbeat else None
             watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])
             # Schema changes the DDL capture writes into the stream (follow.py).
-            self._capture = ddlcapture.state(aux).installed
+            # (pgoutput sends logical messages from PostgreSQL 14 on.)
+            self._capture = ddlcapture.state(aux).installed and (
+                self.plan.plugin != "pgoutput" or aux.info.server_version >= 140000
+            )
+            writer.captured_schema = self._capture
             follower = self._follower = follow.for_slot(self.job, self.plan, self.targets, self.heartbeat)
 
             def resume_from_checkpoint(e: BaseException) -> None:

@@ -4,11 +4,19 @@ end equal to the source's."""
 
 from __future__ import annotations
 
+import random
+import signal
+import threading
+import time
+from typing import Any
+
 import pytest
+from psycopg import sql
 
 from replicator.source import ddlcapture
 from tests.conftest import Database
 from tests.realtime.conftest import Env
+from tests.support import spawn_cli
 
 
 def install_capture(db: Database) -> None:
@@ -160,17 +168,25 @@ def test_created_tables_stream_from_their_first_insert(captured: Env) -> None:
     with env.source.connect() as conn:
         # Created and written within the same second, in the same transaction and the next ones.
         with conn.transaction():
-            conn.execute("CREATE TABLE app.events (id bigint PRIMARY KEY, what text, at timestamptz DEFAULT now())")
-            conn.execute("INSERT INTO app.events (id, what) SELECT g, 'e' || g FROM generate_series(1, 100) g")
+            conn.execute(
+                "CREATE TABLE app.events (id bigint PRIMARY KEY, what text, at timestamptz DEFAULT now())"
+            )
+            conn.execute(
+                "INSERT INTO app.events (id, what) SELECT g, 'e' || g FROM generate_series(1, 100) g"
+            )
         conn.execute("INSERT INTO app.events (id, what) VALUES (101, 'next')")
         conn.execute("UPDATE app.events SET what = 'changed' WHERE id <= 10")
         conn.execute("DELETE FROM app.events WHERE id = 50")
         # Rows that come with the CREATE (not decoded) are copied.
-        conn.execute("CREATE TABLE app.copied AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300) g")
+        conn.execute(
+            "CREATE TABLE app.copied AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300) g"
+        )
         conn.execute("ALTER TABLE app.copied ADD PRIMARY KEY (id)")
         conn.execute("UPDATE app.copied SET v = 'after' WHERE id <= 3")
         # Not in the filter: not followed.
-        conn.execute("CREATE TABLE public.elsewhere (id int PRIMARY KEY); INSERT INTO public.elsewhere VALUES (1)")
+        conn.execute(
+            "CREATE TABLE public.elsewhere (id int PRIMARY KEY); INSERT INTO public.elsewhere VALUES (1)"
+        )
     assert env.run("realtime", "--once") == 0
     assert_same(env, "events", "copied", schema="app")
     assert env.dest.fetchone("SELECT to_regclass('public.elsewhere')") is None
@@ -197,7 +213,8 @@ def test_dropped_tables_and_columns_follow_the_policy(captured: Env) -> None:
         "DROP TABLE drop_me",
     )
     env.dest_config = lambda **kw: env.dest.write_config(  # type: ignore[method-assign]
-        env.tmp / "destination.yaml", **{"schema-changes": {"dropped-columns": "keep", "dropped-tables": "drop"}}
+        env.tmp / "destination.yaml",
+        **{"schema-changes": {"dropped-columns": "keep", "dropped-tables": "drop"}},
     )
     assert env.run("realtime", "--once") == 0
     assert env.dest.fetchone("SELECT to_regclass('public.drop_me')") is None
@@ -217,7 +234,8 @@ def test_a_dropped_table_is_kept_by_default(captured: Env) -> None:
 def test_partitions_attached_with_rows_and_detached(captured: Env) -> None:
     env = captured
     env.source.execute(
-        """CREATE TABLE events (id bigint, at date NOT NULL, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+        """CREATE TABLE events (id bigint, at date NOT NULL, v text, PRIMARY KEY (id, at))
+             PARTITION BY RANGE (at);
            CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
            INSERT INTO events SELECT g, '2024-01-01'::date + g % 300, 'v' FROM generate_series(1, 200) g;"""
     )
@@ -226,7 +244,8 @@ def test_partitions_attached_with_rows_and_detached(captured: Env) -> None:
     run_each(
         env.source,
         "CREATE TABLE events_2025 (id bigint, at date NOT NULL, v text, PRIMARY KEY (id, at))",
-        "INSERT INTO events_2025 SELECT g, '2025-01-01'::date + g % 300, 'old' FROM generate_series(1, 500) g",
+        "INSERT INTO events_2025 SELECT g, '2025-01-01'::date + g % 300, 'old'"
+        " FROM generate_series(1, 500) g",
         "ALTER TABLE events ATTACH PARTITION events_2025 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
         "UPDATE events SET v = 'updated' WHERE id = 7 AND at >= '2025-01-01'",
         "CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
@@ -237,3 +256,139 @@ def test_partitions_attached_with_rows_and_detached(captured: Env) -> None:
     assert env.run("realtime", "--once") == 0
     assert_same(env, "events")
     assert env.dest.fetchone("SELECT count(*) FROM events WHERE at < '2025-01-01'") == 0
+
+
+class Workload:
+    """A writer that keeps up with the schema: inserts, updates and deletes against the table and
+    columns as the DDL thread has left them (the lock keeps DDL and writes apart, not ordered)."""
+
+    def __init__(self, db: Database, seed: int):
+        self.db = db
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.table = "t"
+        self.note = "note"
+        self.qty_max = 2**31 - 1
+        self.extra = False
+        self.new_table = False
+        self.next_id = 1000
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with self.db.connect() as conn:
+            while not self.stop.is_set():
+                with self.lock, conn.transaction():
+                    for _ in range(self.rng.randint(1, 5)):
+                        self._one(conn)
+                time.sleep(0.005)
+
+    def _one(self, conn: Any) -> None:
+        r = self.rng.random()
+        table = sql.Identifier(self.table)
+        target = self.rng.randint(1, self.next_id)
+        if r < 0.4:
+            self.next_id += 1
+            cols = ["id", "qty", self.note] + (["extra"] if self.extra else [])
+            values = [self.next_id, self.rng.randint(0, self.qty_max), f"n{self.next_id}"]
+            values += [f"e{self.next_id}"] if self.extra else []
+            conn.execute(
+                sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                    table,
+                    sql.SQL(", ").join(map(sql.Identifier, cols)),
+                    sql.SQL(", ").join(sql.Placeholder() * len(cols)),
+                ),
+                values,
+            )
+        elif r < 0.8:
+            conn.execute(
+                sql.SQL("UPDATE {} SET qty = %s, {} = {} || 'u' WHERE id = %s").format(
+                    table, sql.Identifier(self.note), sql.Identifier(self.note)
+                ),
+                (self.rng.randint(0, self.qty_max), target),
+            )
+        elif r < 0.9:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(table), (target,))
+        if self.new_table:
+            conn.execute("INSERT INTO n (v) VALUES (%s)", (f"v{target}",))
+
+    def ddl(self, statement: str, **after: Any) -> None:
+        with self.lock, self.db.connect() as conn:
+            conn.execute(statement)
+            for k, v in after.items():
+                setattr(self, k, v)
+
+
+DDL_SEQUENCE: list[tuple[str, dict[str, Any]]] = [
+    ("ALTER TABLE t ALTER COLUMN qty TYPE bigint", {"qty_max": 10**12}),
+    ("ALTER TABLE t ADD COLUMN extra text DEFAULT 'x'", {"extra": True}),
+    ("ALTER TABLE t RENAME COLUMN note TO memo", {"note": "memo"}),
+    ("ALTER TABLE t DROP COLUMN old", {}),
+    ("ALTER TABLE t ADD COLUMN r float8 DEFAULT random()", {}),
+    ("CREATE INDEX t_qty ON t (qty)", {}),
+    ("ALTER TABLE t ADD CONSTRAINT qty_positive CHECK (qty >= 0)", {}),
+    ("ALTER TABLE t RENAME TO t2", {"table": "t2"}),
+    ("CREATE TABLE n (id bigserial PRIMARY KEY, v text)", {"new_table": True}),
+    ("ALTER TABLE t2 ALTER COLUMN memo TYPE varchar(400)", {}),
+    ("ALTER TABLE t2 ALTER COLUMN memo TYPE text USING upper(memo)", {}),
+    ("DROP TABLE side", {}),
+    ("DROP INDEX t_qty", {}),
+]
+
+
+def _wait_streaming(env: Env, child: Any, timeout: float = 60.0) -> None:
+    """Until the child has committed a checkpoint past the source's position when it started."""
+    start = env.source.fetchone("SELECT pg_current_wal_lsn()")
+    deadline = time.monotonic() + timeout
+    while True:
+        at = env.dest.fetchone("SELECT max(lsn) FROM _replicator.slot_checkpoints")
+        if at is not None and at > start:
+            return
+        assert child.poll() is None, child.communicate()[1]
+        assert time.monotonic() < deadline, "the realtime run did not start streaming"
+        time.sleep(0.1)
+
+
+def test_sigkill_during_a_sequence_of_schema_changes_under_a_concurrent_writer(captured: Env) -> None:
+    env = captured
+    env.source.execute(
+        "CREATE TABLE t (id bigint PRIMARY KEY, qty integer, note text, old text DEFAULT 'old');"
+        "INSERT INTO t (id, qty, note) SELECT g, g, 'n' || g FROM generate_series(1, 1000) g;"
+        "CREATE TABLE side (id int PRIMARY KEY); INSERT INTO side SELECT generate_series(1, 10)"
+    )
+    env.extractor_text = (
+        "realtime:\n  fetch-size-rows: 50\n  fetch-duration-per-extractor-slot-s: 0.2\n"
+        "  heartbeat:\n    interval-ms: 200\n"
+    )
+    assert env.run("full", "--once") == 0
+    work = Workload(env.source, seed=20261130)
+    writer = threading.Thread(target=work.run)
+    writer.start()
+    rng = random.Random(7)
+    kills = 0
+    try:
+        steps = list(DDL_SEQUENCE)
+        while steps:
+            child = spawn_cli(*env.args("realtime"))
+            _wait_streaming(env, child)
+            for _ in range(rng.randint(1, 4)):  # then a few changes, and a kill somewhere among them
+                if steps:
+                    statement, after = steps.pop(0)
+                    work.ddl(statement, **after)
+                    time.sleep(rng.uniform(0.05, 0.6))
+            time.sleep(rng.uniform(0.0, 0.8))
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            kills += 1
+    finally:
+        work.stop.set()
+        writer.join()
+    applied_before = env.dest.fetchone("SELECT count(*) FROM _replicator.schema_changes")
+    assert kills >= 3 and applied_before > 0, (kills, applied_before)  # the kills fell among the changes
+    assert env.run("realtime", "--once") == 0
+    assert_same(env, "t2", "n")
+    assert env.dest.fetchone("SELECT to_regclass('public.t')") is None
+    assert env.dest.fetchone("SELECT count(*) FROM side") == 10  # dropped at the source, kept here
+    assert indexes(env.dest, "t2") == indexes(env.source, "t2")
+    assert constraints(env.dest, "t2") == constraints(env.source, "t2")
+    applied = env.dest.fetchall("SELECT count(DISTINCT lsn) FROM _replicator.schema_changes")[0][0]
+    assert applied >= len(DDL_SEQUENCE)  # each once (the log's key is the change's position)

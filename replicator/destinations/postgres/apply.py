@@ -66,6 +66,7 @@ class Writer:
     _stale: set[TableName] = field(default_factory=set)  # tables whose ALTER was rolled back
     applied_changes: int = 0
     schema: schemasync.SchemaState | None = None  # schema changes captured at the source
+    captured_schema: bool = False  # the DDL capture brings every schema change (see _adapt_destination)
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -142,7 +143,13 @@ class Writer:
     # -- relations and schema changes ------------------------------------------------------
 
     def _adapt_destination(self, target: Target, rel: Relation) -> None:
-        """Add columns the source gained; let NOT NULL columns the source lost take NULLs."""
+        """Add columns the source gained; let NOT NULL columns the source lost take NULLs.
+
+        Not when the DDL capture brings schema changes (schemasync.py): they come first, exactly,
+        and a relation can list columns the table does not have at this point of the stream
+        (wal2json's decoder fills its relations from the catalog as it is now)."""
+        if self.captured_schema:
+            return
         dest = target.table
         added = [c for c in rel.columns if c.name not in dest.columns]
         lost = [

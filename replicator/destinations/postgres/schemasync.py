@@ -104,8 +104,10 @@ def apply(writer: Writer, change: plan.SchemaChange) -> None:
         writer.targets[table] = Target(found, key, key_nullable=nullable)
         _touched(writer, table)
     if change.added:
-        added = {relid: StreamTable(writer.slot, t, key, key_from)
-                 for t, (key, _, relid, key_from) in change.added.items()}
+        added = {
+            relid: StreamTable(writer.slot, t, key, key_from)
+            for t, (key, _, relid, key_from) in change.added.items()
+        }
         state.save_stream_tables(writer.job, writer.slot, added)
 
 
