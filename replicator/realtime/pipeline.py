@@ -249,8 +249,9 @@ class SlotPipeline:
                         folder.clear()
                         return
             self._commit(folder, worker)
-            if reader.position > drained:
-                worker.drained(reader.position)
+            # Recorded at once (an earlier drained mark may still wait for its turn): what the
+            # source is told at the end is what the checkpoint holds.
+            worker.drained(reader.position, last=True)
             worker.finish()
             self._confirm(reader, progress)
         finally:

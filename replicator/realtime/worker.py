@@ -13,6 +13,13 @@ units, commits (the checkpoint LSN commits with the units before it: whole sourc
 only, as the reader decides), and "drained" marks (everything read up to a stream position is
 committed: the source may move there, which keeps idle slots current).
 
+A drained position is written into the checkpoint before it is published, so the source is never
+told more than the destination's state records: a later start that finds the slot ahead of the
+checkpoint then knows that changes were really skipped (by another consumer, or a recreated
+slot), instead of suspecting it after every clean restart. Idle positions cost a destination
+commit each, so they are recorded at most every ``RECORD_DRAINED_EVERY_S`` (and always the last
+one, at the end); a commit of changes supersedes any position waiting to be recorded.
+
 On any failure the worker stops; the reader raises its error, and the open destination
 transaction is rolled back: the stream resumes from the checkpoint.
 """
@@ -22,6 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,11 +45,14 @@ class Progress:
     """What the worker has made durable, read by the reader thread (plain attribute reads)."""
 
     committed: Lsn | None = None  # checkpoint of the last destination commit
-    drained: Lsn | None = None  # a stream position up to which everything read is committed
+    drained: Lsn | None = None  # a stream position up to which everything read is committed (and recorded)
     commits: int = 0
 
 
-_APPLY, _COMMIT, _DRAINED, _CALL = 0, 1, 2, 3
+_APPLY, _COMMIT, _DRAINED, _DRAINED_LAST, _CALL = 0, 1, 2, 3, 4
+
+# How often an idle stream's position is written into the checkpoint (and then confirmed).
+RECORD_DRAINED_EVERY_S = 1.0
 _FINISH = None  # everything before it is done: end
 
 _Item = tuple[int, "Folded | Lsn | Callable[[Applier], None]"] | None
@@ -78,10 +89,11 @@ class ApplyWorker:
         change, a refresh: see ``follow.py``)."""
         self._put((_CALL, work))
 
-    def drained(self, position: Lsn) -> None:
+    def drained(self, position: Lsn, last: bool = False) -> None:
         """Everything read up to ``position`` has been handed over and committed (or was nothing
-        to apply): publish ``position`` once the worker gets here."""
-        self._put((_DRAINED, position))
+        to apply): record ``position`` as the checkpoint and publish it once the worker gets here
+        (``last``: at once, the stream ends; otherwise when due, see the module docstring)."""
+        self._put((_DRAINED_LAST if last else _DRAINED, position))
 
     def check(self) -> None:
         """Raise, in the reader's thread, whatever ended the worker."""
@@ -127,22 +139,37 @@ class ApplyWorker:
     def _run(self) -> None:
         writer = self.writer
         progress = self.progress
+        pending: Lsn | None = None  # a drained position not recorded yet
+        recorded_at = 0.0
         try:
             while not self._abort.is_set():
-                item = self._queue.get()
+                try:
+                    due = recorded_at + RECORD_DRAINED_EVERY_S
+                    wait = None if pending is None else max(0.0, due - time.monotonic())
+                    item = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    assert pending is not None
+                    item = (_DRAINED_LAST, pending)  # idle and due: record it now
                 if self._abort.is_set() or item is _FINISH:
                     break
                 kind, arg = item
                 if isinstance(arg, Folded):
+                    pending = None  # the commit that follows records a later position
                     writer.apply(arg)
-                elif not isinstance(arg, Lsn):  # _CALL
+                elif not isinstance(arg, Lsn):  # _CALL: a schema change, a refresh (within a transaction)
+                    pending = None  # the commit that follows records a later position
                     arg(writer)
                 elif kind == _COMMIT:
+                    pending = None
                     writer.commit(arg)
                     progress.committed = arg
                     progress.commits += 1
-                else:
-                    progress.drained = arg
+                elif arg is not None and arg > max(progress.committed or Lsn(0), progress.drained or Lsn(0)):
+                    pending = arg
+                    if kind == _DRAINED_LAST or time.monotonic() >= recorded_at + RECORD_DRAINED_EVERY_S:
+                        writer.commit(pending)  # nothing is applied: this writes the checkpoint alone
+                        progress.drained, pending = pending, None
+                        recorded_at = time.monotonic()
         except BaseException as e:  # handed to the reader thread by check()
             self._error = e
         finally:

@@ -320,12 +320,20 @@ def test_pgoutput_slot_needs_a_publication_name(pg_env: Env, capsys: pytest.Capt
 
 
 def test_start_lsn_skips_what_came_before(pg_env: Env) -> None:
-    pg_env.source.execute("CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'snap')")
-    assert pg_env.run("full", "--once") == 0
+    # A first realtime run: the slot exists, the destination has the table but no checkpoint yet
+    # (any earlier realtime or full run records one, and then the checkpoint decides).
+    pg_env.source.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'snap');"
+        f"CREATE PUBLICATION {pg_env.slot}_pub FOR TABLE t"
+    )
+    pg_env.source.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (pg_env.slot,))
+    assert pg_env.run("snapshot") == 0
     pg_env.source.execute("INSERT INTO t VALUES (2, 'before')")
     start = pg_env.source.fetchone("SELECT pg_current_wal_lsn()::text")
     pg_env.source.execute("INSERT INTO t VALUES (3, 'after')")
-    pg_env.extractor_text += f"  start-position:\n    start-lsn: {start}\n"
+    pg_env.extractor_text = (
+        f"realtime:\n  heartbeat:\n    enable: false\n  start-position:\n    start-lsn: {start}\n"
+    )
     assert pg_env.run("realtime", "--once") == 0
     assert pg_env.dest.fetchall("SELECT id FROM t ORDER BY id") == [(1,), (3,)]
 

@@ -41,3 +41,48 @@ def test_sighup_stops_a_realtime_run_cleanly(pg_env: Env) -> None:
             child.communicate()
     assert child.returncode == 0, err
     assert "received SIGHUP" in err and "realtime stopped:" in out
+
+
+def test_a_clean_restart_finds_the_slot_at_the_checkpoint_and_does_not_warn(pg_env: Env) -> None:
+    """Issue 9 item 9 (and the "another consumer" warning after SIGTERM): positions confirmed to the
+    slot while idle are recorded in the checkpoint, so a clean restart finds the slot no further
+    than the checkpoint and says nothing; only a real gap may warn."""
+    pg_env.source.execute(
+        "CREATE TABLE t (id integer PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10);"
+        "CREATE TABLE noise (id serial PRIMARY KEY, v text)"
+    )
+    filt = pg_env.tmp / "filter.yaml"
+    filt.write_text(f"allow:\n  catalog: {pg_env.source.name}\n  schema: public\n  allow:\n    t:\n")
+    pg_env.extractor_text = "realtime:\n  heartbeat:\n    enable: false\n"
+    args = [*pg_env.args("realtime"), "--filter", str(filt)]
+    child = spawn_cli(*args)
+    try:
+        deadline = time.monotonic() + 90
+        while not pg_env.source.fetchone(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s AND active", (pg_env.slot,)
+        ):
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.2)
+        pg_env.source.execute("INSERT INTO t VALUES (11)")
+        # Only unpublished writes from here on: the stream's position moves, no change arrives.
+        for _ in range(20):
+            pg_env.source.execute("INSERT INTO noise (v) SELECT 'x' FROM generate_series(1, 100)")
+            time.sleep(0.1)
+        time.sleep(1.5)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, err
+    confirmed = pg_env.source.fetchone(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (pg_env.slot,)
+    )
+    recorded = pg_env.dest.fetchone("SELECT lsn FROM _replicator.slot_checkpoints")
+    assert confirmed <= recorded, (confirmed, recorded)
+    again = spawn_cli(*[*pg_env.args("realtime", "--once"), "--filter", str(filt)])
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert "another consumer" not in err and "not in the destination" not in err, err
+    assert pg_env.dest.fetchone("SELECT count(*) FROM t") == 1  # realtime alone: only what streamed

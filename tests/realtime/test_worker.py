@@ -3,6 +3,7 @@ committed, hands its errors to the reader, rolls back when aborted."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -65,7 +66,8 @@ def test_applies_and_commits_in_order(dest: PostgresSession, dest_db: Database) 
     w.apply(folded(("4", "d")))  # applied, never committed: rolled back at the end
     w.finish()
     assert rows(dest_db) == [(1, "a"), (2, "b"), (3, "c")]
-    assert w.progress.committed == Lsn(200) and checkpoint(dest_db) == "0/C8"
+    # The drained position is recorded in the checkpoint before it is published (issue 9 item 9).
+    assert w.progress.committed == Lsn(200) and checkpoint(dest_db) == "0/FA"
     assert w.progress.drained == Lsn(250) and w.progress.commits == 1
     assert dest.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
@@ -94,3 +96,41 @@ def test_abort_rolls_back_the_open_transaction(dest: PostgresSession, dest_db: D
     w.abort()
     assert rows(dest_db) == [] and w.progress.committed is None
     assert dest.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def _until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.01)
+
+
+def test_a_drained_position_is_recorded_before_it_is_published(
+    dest: PostgresSession, dest_db: Database
+) -> None:
+    """What the source is told (``progress.drained``) is never ahead of the checkpoint, and idle
+    positions are recorded at most once per RECORD_DRAINED_EVERY_S, the last one at the end."""
+    w = worker(dest)
+    w.drained(Lsn(300))  # the first one: recorded at once
+    _until(lambda: w.progress.drained == Lsn(300))
+    assert checkpoint(dest_db) == "0/12C"
+    w.drained(Lsn(310))  # within the interval: waits for its turn, unpublished until recorded
+    time.sleep(0.2)
+    assert w.progress.drained == Lsn(300) and checkpoint(dest_db) == "0/12C"
+    _until(lambda: w.progress.drained == Lsn(310))  # idle, then due: recorded without a new mark
+    assert checkpoint(dest_db) == "0/136"
+    w.drained(Lsn(320), last=True)  # the end of a stream: at once
+    w.finish()
+    assert w.progress.drained == Lsn(320) and checkpoint(dest_db) == "0/140"
+    assert w.progress.commits == 0  # positions are not commits of changes
+
+
+def test_a_commit_of_changes_supersedes_a_waiting_position(dest: PostgresSession, dest_db: Database) -> None:
+    w = worker(dest)
+    w.drained(Lsn(100))
+    w.drained(Lsn(110))  # waits for its turn ...
+    w.apply(folded(("1", "a")))  # ... and is dropped: the commit below records a later position
+    w.commit(Lsn(150))
+    w.finish()
+    assert checkpoint(dest_db) == "0/96" and w.progress.committed == Lsn(150)
+    assert rows(dest_db) == [(1, "a")]
