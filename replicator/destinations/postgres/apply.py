@@ -143,7 +143,8 @@ class Writer:
     # -- relations and schema changes ------------------------------------------------------
 
     def _adapt_destination(self, target: Target, rel: Relation) -> None:
-        """Add columns the source gained; let NOT NULL columns the source lost take NULLs.
+        """Add columns the source gained; let NOT NULL columns the source lost take NULLs; change
+        a column's type when the source's no longer fits in it (``schemasync.widen_types``).
 
         Not when the DDL capture brings schema changes (schemasync.py): they come first, exactly,
         and a relation can list columns the table does not have at this point of the stream
@@ -160,7 +161,8 @@ class Writer:
             and not c.generated
             and not self._deletes.is_ours(c.name)
         ]
-        if not added and not lost:
+        retyped = schemasync.widen_types(self, target, rel)
+        if not added and not lost and not retyped:
             return
         new_columns = []
         for col in added:

@@ -33,9 +33,11 @@ from replicator.catalog import Catalog
 from replicator.catalog import Column as CatalogColumn
 from replicator.catalog import Table as CatalogTable
 from replicator.decoding import ddlplan as plan
+from replicator.decoding.changes import Relation
 from replicator.decoding.ddl import ColumnShape, TableShape
 from replicator.destinations.base import DestTable, Fill, PendingRefresh, StreamTable, TableName, Target
 from replicator.destinations.postgres import ddl
+from replicator.destinations.postgres.compat import type_holds
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.load import copy_in_sql
 from replicator.destinations.postgres.stage import names_sql
@@ -61,6 +63,7 @@ class SchemaState:
     )
     seq: int = 0
     warned_foreign_keys: bool = False
+    source_types: dict[tuple[int, int], tuple[str, Catalog]] = field(default_factory=dict)  # (oid, typmod) ->
 
 
 def state_of(writer: Writer) -> SchemaState:
@@ -592,6 +595,35 @@ def _add_constraint(writer: Writer, table: TableName, name: str, kind: str, defi
         f"{where}: constraint {name}",
         sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(t, sql.Identifier(name), sql.SQL(definition)),
     )
+
+
+def widen_types(writer: Writer, target: Target, rel: Relation) -> bool:
+    """Without the DDL capture, a type change shows only in the stream's relation description:
+    a destination column that no longer holds the source's type (integer -> bigint, varchar(10) ->
+    varchar(40), numeric(8,2) -> numeric(14,4)) takes it, its values converted by a cast. (A type
+    the destination's holds already, e.g. bigint -> integer at the source, is left as it is.)
+    Whether any changed."""
+    st = state_of(writer)
+    changed = False
+    for c in rel.columns:
+        have = target.table.columns.get(c.name)
+        if have is None or have.generated:
+            continue
+        found = st.source_types.get((c.type_oid, c.typmod))
+        if found is None:
+            found = st.source_types[(c.type_oid, c.typmod)] = writer.column_type(c.type_oid, c.typmod)
+        type_sql, catalog = found
+        if type_holds(type_sql, have.type_sql):
+            continue
+        if catalog.types:
+            ddl.ensure_types(writer.conn, catalog, (CatalogColumn(c.name, 0, type_sql, c.type_oid, False),))
+        log.info("%s: column %s is %s at the source now (was %s here); changing it", rel.qualified_name,
+                 c.name, type_sql, have.type_sql)
+        col = sql.Identifier(c.name)
+        writer.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}").format(
+            ident(target.table), col, sql.SQL(type_sql), col, sql.SQL(type_sql)))
+        changed = True
+    return changed
 
 
 def dest_table(writer: Writer, table: TableName) -> DestTable | None:
