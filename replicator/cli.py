@@ -6,15 +6,19 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from replicator import __version__, logs
 from replicator.config import load_connection, load_extractor, load_filter
 from replicator.connect import open_tunnels
-from replicator.errors import ReplicatorError
+from replicator.errors import ConfigError, ReplicatorError
 from replicator.job import Job
 from replicator.modes import MODES, runner
+
+if TYPE_CHECKING:
+    from replicator.metrics import MetricsServer
 
 log = logging.getLogger("replicator")
 
@@ -45,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="forget earlier progress and copy everything again (snapshot, delta-snapshot)",
     )
     run.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
+    run.add_argument(
+        "--metrics-port", type=_port, metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, logged)",
+    )  # fmt: skip
+    run.add_argument(
+        "--metrics-host", metavar="HOST", help="address to serve metrics on (default 127.0.0.1; 0.0.0.0: all)"
+    )
 
     status = sub.add_parser(
         "status", help="progress held in the destination (and, with --source, the slots' lag)"
@@ -99,6 +110,33 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}")
+    return port
+
+
+def _serve_metrics(args: argparse.Namespace, job: Job) -> MetricsServer | None:
+    """The metrics endpoint, bound before anything else runs (a busy port: exit 2, at once)."""
+    from replicator import metrics
+
+    cfg = job.extractor.value.metrics
+    if args.metrics_port is not None:
+        port, where = args.metrics_port, f"--metrics-port {args.metrics_port}"
+    elif cfg.port is not None:
+        port, where = cfg.port, f"{job.extractor.where('metrics', 'port')}: metrics.port"
+    elif args.metrics_host is not None:
+        raise ConfigError("--metrics-host: needs a port too: add --metrics-port PORT (or metrics.port in the "
+                          "extractor config)")  # fmt: skip
+    else:
+        return None
+    return metrics.serve(args.metrics_host or cfg.host, port, where)
+
+
 def _load_job(args: argparse.Namespace) -> Job:
     return Job(
         source=load_connection(args.source, "source"),
@@ -117,8 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             job = _load_job(args)
-            open_tunnels(("source", job.source.value), ("destination", job.destination.value))
-            return runner(args.mode)(job)
+            server = _serve_metrics(args, job)
+            try:
+                open_tunnels(("source", job.source.value), ("destination", job.destination.value))
+                return runner(args.mode)(job)
+            finally:
+                if server is not None:
+                    server.close()
         if args.command == "status":
             from replicator.status import render_status
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from replicator.config import ConfigFile, ConnectionConfig
 from replicator.connect import connect
 from replicator.delta.changes import describe_watermark
 from replicator.destinations import open_destination
 from replicator.destinations.base import StateStore
+from replicator.lag import SourceSlot, apply_lag, read_source_slots
+from replicator.lag import size as _size
 
 APP = "replicator/status"
 
@@ -42,22 +43,22 @@ def _slots(state: StateStore, source: ConfigFile[ConnectionConfig] | None) -> li
     rows = state.slot_progress()
     if not rows:
         return []
-    live: dict[str, tuple[Any, ...]] = {}
+    live: dict[str, SourceSlot] = {}
     if source is not None:
         with connect(source.value, "source", APP, autocommit=True) as src:
-            for r in src.execute(
-                """SELECT slot_name, active, confirmed_flush_lsn::text,
-                          pg_size_pretty(pg_current_wal_lsn() - restart_lsn), wal_status
-                   FROM pg_replication_slots WHERE slot_type = 'logical'"""
-            ).fetchall():
-                live[r[0]] = r[1:]
+            live = read_source_slots(src)
     out = ["realtime:"]
     for r in rows:
         line = f"  {r.job}  slot {r.slot:<24} checkpoint {r.lsn} ({_age(r.age)} ago)"
-        if r.slot in live:
-            active, confirmed, retained, wal_status = live[r.slot]
-            line += (f"; at the source: {'streaming' if active else 'idle'}, confirmed {confirmed}, "
-                     f"retaining {retained} of WAL ({wal_status})")
+        at = live.get(r.slot)
+        if at is not None:
+            # The same definition as the running pipeline's metrics (replicator.lag).
+            lag = apply_lag(
+                source_lsn=at.source_lsn, applied_lsn=r.lsn, applied_through=r.applied_through, now=at.now
+            )
+            retained = "unknown" if at.retained_bytes is None else _size(at.retained_bytes)
+            line += (f"; apply lag {lag.describe()}; at the source: {'streaming' if at.active else 'idle'}, "
+                     f"confirmed {at.confirmed}, retaining {retained} of WAL ({at.wal_status})")  # fmt: skip
         elif source is not None:
             line += "; at the source: NO SUCH SLOT"
         out.append(line)

@@ -127,7 +127,15 @@ class DeltaSnapshotConfig(CopySettings):
     per_table_config: list[DeltaPerTable] = []
 
 
+class MetricsConfig(ConfigModel):
+    """Where ``run`` serves Prometheus metrics (``--metrics-port``/``--metrics-host`` win over these)."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)  # None: no metrics endpoint
+    host: str = Field(default="127.0.0.1", min_length=1)
+
+
 class ExtractorConfig(ConfigModel):
     snapshot: SnapshotConfig = SnapshotConfig()
     realtime: RealtimeConfig = RealtimeConfig()
     delta_snapshot: DeltaSnapshotConfig = DeltaSnapshotConfig()
+    metrics: MetricsConfig = MetricsConfig()  # run-wide, not per mode: this is the run's one settings file

@@ -12,8 +12,10 @@ A pass that fails for a reason that may go away (the source restarted, a network
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
+from replicator import metrics
 from replicator.delta.passes import APP, PassSummary, RunContext, run_pass
 from replicator.destinations import open_destination
 from replicator.destinations.base import DestinationSession
@@ -35,7 +37,13 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
             nonlocal number
             number += 1
             ctx.control = _alive(job, ctx.control)
-            return run_pass(ctx, number, fresh=fresh)
+            try:
+                summary = run_pass(ctx, number, fresh=fresh)
+            except Exception:
+                metrics.delta_pass_failed()
+                raise
+            _pass_metrics(ctx, summary)
+            return summary
 
         def worth_another_pass(e: BaseException) -> bool:
             return not job.once and not stop.is_set() and may_recover_later(e)
@@ -63,6 +71,18 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
             return 0
         finally:
             ctx.control.close()
+
+
+def _pass_metrics(ctx: RunContext, summary: PassSummary) -> None:
+    """Durations, rows and the watermarks the pass saved (read back: one query per pass)."""
+    tables = {r.table for r in summary.results}
+    marks = {
+        f"{schema}.{name}": mark
+        for (schema, name), mark in ctx.control.state.load_watermarks(ctx.job.job_id).items()
+        if f"{schema}.{name}" in tables
+    }
+    counts = [metrics.TableCounts(r.table, r.upserted, r.deleted) for r in summary.results]
+    metrics.delta_pass_done(summary.seconds, time.time(), counts, marks)
 
 
 def _control(job: Job) -> DestinationSession:

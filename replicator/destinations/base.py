@@ -153,6 +153,7 @@ class SlotProgress:
     slot: str
     lsn: Lsn
     age: timedelta
+    applied_through: datetime | None = None  # see replicator.lag (None: never recorded)
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,11 @@ class StateStore(Protocol):
 
     def save_slot_checkpoint(self, job: str, slot: str, lsn: Lsn) -> None:
         """Call in the transaction that applied the changes up to ``lsn``."""
+        ...
+
+    def save_slot_lag(self, job: str, slot: str, applied_through: datetime) -> None:
+        """Record when the slot's destination was last known to hold everything the source had
+        committed (``replicator.lag``); informational, outside any checkpoint transaction."""
         ...
 
     # schema changes while streaming

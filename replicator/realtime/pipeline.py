@@ -36,6 +36,7 @@ from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime import follow
+from replicator.realtime.lagtrack import LagTracker
 from replicator.realtime.setup import SlotPlan, start_position
 from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.retry import Streak, is_transient
@@ -86,6 +87,7 @@ class SlotPipeline:
         self.write_heartbeat = heartbeat and write_heartbeat
         self.cfg = job.extractor.value.realtime
         self.stats = SlotStats()
+        self.lag = LagTracker(plan.slot, self.stats)  # metrics, the progress line, status
         self._failures = Streak()  # failures in a row: a stream that reads again is healthy
         # aux serves the reader (heartbeat, WAL watch) and the worker (types)
         self._aux_lock = threading.Lock()
@@ -116,6 +118,7 @@ class SlotPipeline:
                 # Whatever was read but not committed is read again from the checkpoint, on
                 # connections that work: a restart, a lost bastion or network takes them down too.
                 folder.clear()
+                self.lag.reset()
                 writer.rollback()
                 if not dst.usable:
                     dst.reopen()
@@ -211,7 +214,7 @@ class SlotPipeline:
         in_txn = False
         drained = Lsn(0)  # the last position handed to the worker as drained
         stopping_since: float | None = None
-        report = _ProgressReport(self.plan.slot, stats)
+        report = _ProgressReport(self.plan.slot, stats, self.lag)
         try:
             while True:
                 events = reader.read(
@@ -225,6 +228,7 @@ class SlotPipeline:
                     self._commit(folder, worker)
                 if not in_txn:  # refreshes whose snapshot the stream has reached, on an idle stream
                     follower.on_idle(reader.position, folder, worker, lambda: self._commit(folder, worker))
+                self.lag.observe(progress, idle=not events and not in_txn and not folder.pending_transactions)
                 if not in_txn and not folder.pending_transactions and reader.position > drained:
                     drained = reader.position  # everything read is (or will be, in order) committed
                     worker.drained(drained)
@@ -236,6 +240,7 @@ class SlotPipeline:
                     if heartbeat is not None:
                         heartbeat.tick()
                     watch.check_if_due(aux)
+                    self.lag.sample_source_if_due(aux)
                 if until is not None and not in_txn and reader.position >= (follower.until(until) or until):
                     break
                 if stop.is_set():
@@ -265,6 +270,7 @@ class SlotPipeline:
         change = folder.change
         changes = transactions = 0
         follower = self._follower
+        commit: Commit | None = None
         for ev in events:
             # Changes first, and one plain isinstance each: this runs for every event.
             if isinstance(ev, Change) or isinstance(ev, Truncate):
@@ -280,21 +286,24 @@ class SlotPipeline:
                 in_txn = False
                 folder.source_commit(ev.end_lsn)
                 transactions += 1
+                commit = ev
             elif isinstance(ev, Message):
                 follower.on_message(ev, folder, worker)
         follower.flush(worker)  # the refreshes those changes need: one snapshot for them all
+        if commit is not None:
+            self.lag.read(commit.commit_time)
         self.stats.changes += changes
         self.stats.transactions += transactions
         return in_txn
 
-    @staticmethod
-    def _commit(folder: Folder, worker: ApplyWorker) -> None:
+    def _commit(self, folder: Folder, worker: ApplyWorker) -> None:
         done = folder.commit()
         if done is not None:
             ready, lsn = done
             for folded in ready:
                 worker.apply(folded)
             worker.commit(lsn)
+            self.lag.handed(lsn)
 
     def _confirm(self, reader: ChangeReader, progress: Progress) -> None:
         """Tell the source what the destination has committed (and, when nothing is pending,
@@ -325,9 +334,10 @@ class SlotPipeline:
 class _ProgressReport:
     """Logs a slot's throughput every ``PROGRESS_EVERY_S``: long catch-ups are never silent."""
 
-    def __init__(self, slot: str, stats: SlotStats):
+    def __init__(self, slot: str, stats: SlotStats, lag: LagTracker):
         self.slot = slot
         self.stats = stats
+        self.lag = lag
         self.last_at = time.monotonic()
         self.last_changes = stats.changes
 
@@ -336,11 +346,12 @@ class _ProgressReport:
         if now - self.last_at < PROGRESS_EVERY_S:
             return
         rate = (self.stats.changes - self.last_changes) / (now - self.last_at)
+        lag = self.lag.lag()
         log.info(
             "slot %s: %d changes in %d transactions read (%.0f changes/s), %d destination commits, "
-            "confirmed %s, read up to %s",
+            "confirmed %s, read up to %s, apply lag %s",
             self.slot, self.stats.changes, self.stats.transactions, rate, self.stats.commits + commits,
-            self.stats.confirmed, position,
+            self.stats.confirmed, position, lag.describe() if lag else "not measured yet",
         )
         self.last_at, self.last_changes = now, self.stats.changes
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import psycopg
 
+from replicator import metrics
 from replicator.connect import connect
 from replicator.destinations import open_destination
-from replicator.destinations.base import Target
+from replicator.destinations.base import DestinationSession, Target
 from replicator.filters import SelectedTable
 from replicator.job import Job
 from replicator.lsn import Lsn
@@ -33,6 +34,8 @@ from replicator.snapshot.runner import unfinished_tables
 from replicator.source.slots import ensure_slot, get_slot
 
 log = logging.getLogger(__name__)
+
+RECORD_LAG_EVERY_S = 5.0  # how often each slot's lag is recorded for `replicator status`
 
 
 @dataclass
@@ -98,30 +101,74 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
             SlotPipeline(job, plan, prepared.targets, prepared.heartbeat, write_heartbeat=i == 0)
             for i, plan in enumerate(prepared.plans)
         ]
-        if len(pipelines) == 1:
-            return [pipelines[0].run(stop, until)]
-        results: list[SlotStats | None] = [None] * len(pipelines)
-        errors: list[BaseException] = []
+        with _observed(job, pipelines, lock_session):
+            return _run_pipelines(pipelines, stop, until)
 
-        def run_one(i: int) -> None:
+
+def _run_pipelines(
+    pipelines: list[SlotPipeline], stop: threading.Event, until: Lsn | None
+) -> list[SlotStats]:
+    """Each slot in a thread of its own (one: in this thread); the first error stops them all."""
+    if len(pipelines) == 1:
+        return [pipelines[0].run(stop, until)]
+    results: list[SlotStats | None] = [None] * len(pipelines)
+    errors: list[BaseException] = []
+
+    def run_one(i: int) -> None:
+        try:
+            results[i] = pipelines[i].run(stop, until)
+        except BaseException as e:  # reported below
+            errors.append(e)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=run_one, args=(i,), name=f"slot-{p.plan.slot}")
+        for i, p in enumerate(pipelines)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
+    if errors:
+        raise errors[0]
+    return [r for r in results if r is not None]
+
+
+@contextmanager
+def _observed(job: Job, pipelines: list[SlotPipeline], session: DestinationSession) -> Iterator[None]:
+    """While the pipelines stream: their metrics at every scrape, and their lag recorded for
+    ``replicator status`` every ``RECORD_LAG_EVERY_S`` on ``session`` (the one holding the job lock,
+    otherwise idle), by a thread of its own: the streaming loops never wait for it."""
+    untrack = [metrics.track_slot(p.plan.slot, p.lag.sample) for p in pipelines]
+    done = threading.Event()
+
+    def record() -> None:
+        for p in pipelines:
+            through = p.lag.applied_through_now()
+            if through is None:
+                continue
             try:
-                results[i] = pipelines[i].run(stop, until)
-            except BaseException as e:  # reported below
-                errors.append(e)
-                stop.set()
+                with session.transaction():
+                    session.state.save_slot_lag(job.job_id, p.plan.slot, through)
+            except psycopg.Error as e:  # only informational: never a reason to stop streaming
+                log.debug("cannot record the lag of slot %s: %s", p.plan.slot, e)
 
-        threads = [
-            threading.Thread(target=run_one, args=(i,), name=f"slot-{p.plan.slot}")
-            for i, p in enumerate(pipelines)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)
-        if errors:
-            raise errors[0]
-        return [r for r in results if r is not None]
+    def every_few_seconds() -> None:
+        while not done.wait(RECORD_LAG_EVERY_S):
+            record()
+
+    recorder = threading.Thread(target=every_few_seconds, name="lag-recorder", daemon=True)
+    recorder.start()
+    try:
+        yield
+    finally:
+        done.set()
+        recorder.join()
+        if session.usable:
+            record()
+        for stop_tracking in untrack:
+            stop_tracking()
 
 
 @contextmanager

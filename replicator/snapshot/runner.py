@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 
+from replicator import metrics
 from replicator.catalog import Catalog, load_catalog
 from replicator.config.extractor import CopySettings
 from replicator.connect import connect
@@ -73,6 +74,7 @@ class TableWork:
     merge: bool
     remaining: int
     lock: threading.Lock = field(default_factory=threading.Lock)
+    meter: metrics.TableMeter | None = None  # set when its copy starts
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,7 @@ def _copy_all(
     items: list[ChunkJob | TableWork] = []
     for w in works:
         bar.add_table(w.st.display, w.st.table.estimated_rows)
+        w.meter = metrics.snapshot_table(w.st.display, len(w.table.chunks), len(w.table.chunks) - w.remaining)
         if w.remaining == 0:
             items.append(w)
     for w in sorted(works, key=lambda w: -w.st.table.estimated_rows):
@@ -314,7 +317,11 @@ def _copy(job: Job, session: Session, item: ChunkJob, run_id: str, bar: Progress
     copy_out = copy_out_sql(w.st, chunk, w.columns, w.binary)
     key = (w.st.table.schema, w.st.table.name)
 
+    relayed = 0  # bytes of this attempt, for the metrics once they commit
+
     def progress(rows: int, nbytes: int) -> None:
+        nonlocal relayed
+        relayed += nbytes
         bar.advance(name, rows, nbytes)
 
     with dst.transaction():
@@ -323,6 +330,8 @@ def _copy(job: Job, session: Session, item: ChunkJob, run_id: str, bar: Progress
             merge_key=w.st.key if w.merge else (),
         )
         dst.state.mark_chunk_done(job.job_id, key, chunk.chunk_no, run_id, result.rows)
+    if w.meter is not None:
+        w.meter.chunk_done(result.rows, relayed)
     with w.lock:
         w.remaining -= 1
         last = w.remaining == 0
@@ -339,4 +348,6 @@ def _finalize(job: Job, session: Session, w: TableWork, bar: Progress) -> None:
             dst.build_key(w.st)
             dst.state.mark_key_built(job.job_id, key)
         dst.state.mark_table_done(job.job_id, key)
+    if w.meter is not None:
+        w.meter.finished()
     bar.table_done(w.st.display)

@@ -371,7 +371,9 @@ def test_ddl_capture_is_installed_updated_away_and_dropped(db: Database, user: s
     with db.connect() as conn:
         ddlcapture.follow_schemas(conn, "pub_ddl", ["sales"])
     db.execute("CREATE TABLE sales.fresh (id int PRIMARY KEY)")
-    published = db.fetchall("SELECT tablename FROM pg_publication_tables WHERE pubname = 'pub_ddl' ORDER BY 1")
+    published = db.fetchall(
+        "SELECT tablename FROM pg_publication_tables WHERE pubname = 'pub_ddl' ORDER BY 1"
+    )
     assert published == [("fresh",), ("items",)]
 
     run(db, pgaccess.update_access, spec, replace(spec, ddl_capture=False), "pw-123456")
@@ -392,7 +394,8 @@ def test_ddl_capture_by_an_admin_that_may_not_install_it_is_refused_before_anyth
     db.execute(f'GRANT ALL ON SCHEMA public, sales TO "{master}"')
     spec = AccessSpec(user=user, schemas=("public",), replication_right="attribute", ddl_capture=True)
     try:
-        with psycopg.connect(db.cluster.conninfo(db.name, user=master, password="master-pw"), autocommit=True) as c:
+        info = db.cluster.conninfo(db.name, user=master, password="master-pw")
+        with psycopg.connect(info, autocommit=True) as c:
             with pytest.raises(AccessError, match="ddl_capture: cannot install the DDL capture: .*superuser"):
                 pgaccess.ensure_access(c, spec, "pw-123456")
         assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0

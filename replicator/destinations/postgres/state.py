@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, Protocol
 
 import psycopg
@@ -83,7 +84,18 @@ MIGRATIONS: list[list[str]] = [
             updated_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (job, schema_name, table_name))""",
     ],
-    # 2: schema changes applied while streaming (issue 13), and refreshes not yet merged.
+    # 2: what ``replicator status`` needs for a slot's apply lag in seconds (replicator.lag):
+    # recorded every few seconds by the running pipeline, apart from the checkpoint (whose
+    # transaction stays the apply path's own).
+    [
+        """CREATE TABLE IF NOT EXISTS _replicator.slot_lag (
+            job text NOT NULL,
+            slot_name text NOT NULL,
+            applied_through timestamptz NOT NULL,
+            recorded_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (job, slot_name))""",
+    ],
+    # 3: schema changes applied while streaming (issue 13), and refreshes not yet merged.
     [
         """CREATE TABLE IF NOT EXISTS _replicator.schema_changes (
             job text NOT NULL,
@@ -121,8 +133,8 @@ MIGRATIONS: list[list[str]] = [
 ]
 VERSION = len(MIGRATIONS)
 _JOB_TABLES = (
-    "snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks", "schema_changes",
-    "pending_refreshes", "stream_tables",
+    "snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks", "slot_lag",
+    "schema_changes", "pending_refreshes", "stream_tables",
 )
 
 
@@ -407,6 +419,14 @@ class PgStateStore:
             (job, slot, relids),
         )
 
+    def save_slot_lag(self, job: str, slot: str, applied_through: datetime) -> None:
+        self._conn.execute(
+            """INSERT INTO _replicator.slot_lag (job, slot_name, applied_through) VALUES (%s, %s, %s)
+               ON CONFLICT (job, slot_name)
+               DO UPDATE SET applied_through = EXCLUDED.applied_through, recorded_at = now()""",
+            (job, slot, applied_through),
+        )
+
     # -- delta-snapshot ----------------------------------------------------------------------
 
     def load_watermarks(self, job: str) -> dict[TableName, Watermark]:
@@ -473,14 +493,21 @@ class PgStateStore:
         return [SnapshotProgress(*row) for row in rows]
 
     def slot_progress(self) -> list[SlotProgress]:
+        # A destination last written by an older replicator has no slot_lag yet (status never upgrades).
+        lag = self._conn.execute("SELECT to_regclass('_replicator.slot_lag') IS NOT NULL").fetchone()
+        through = "l.applied_through" if lag and lag[0] else "NULL::timestamptz"
+        joined = "LEFT JOIN _replicator.slot_lag l USING (job, slot_name)" if lag and lag[0] else ""
         rows = self._conn.execute(
-            "SELECT job, slot_name, lsn::text, now() - updated_at FROM _replicator.slot_checkpoints ORDER "
-            "BY 1, 2"
+            f"SELECT job, slot_name, c.lsn::text, now() - c.updated_at, {through} "
+            f"FROM _replicator.slot_checkpoints c {joined} ORDER BY 1, 2"
         ).fetchall()
-        return [SlotProgress(job, slot, Lsn.parse(lsn), age) for job, slot, lsn, age in rows]
+        return [SlotProgress(job, slot, Lsn.parse(lsn), age, t) for job, slot, lsn, age, t in rows]
 
     def schema_change_log(self, limit: int = 50) -> list[SchemaChangeRecord]:
-        """The latest schema changes applied (oldest first), and how many there are in all."""
+        """The latest schema changes applied (oldest first)."""
+        # A destination last written by an older replicator has no log yet (status never upgrades).
+        if self._conn.execute("SELECT to_regclass('_replicator.schema_changes')").fetchone() == (None,):
+            return []
         rows = self._conn.execute(
             """SELECT job, slot_name, lsn::text, schema_name || '.' || table_name, command, change, applied_at
                FROM (SELECT * FROM _replicator.schema_changes ORDER BY applied_at DESC, lsn DESC, seq DESC

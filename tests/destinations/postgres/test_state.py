@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,33 @@ def test_a_destination_without_state_gets_every_table_and_the_version(dest_db: D
     assert dest_db.fetchone("SELECT value FROM _replicator.meta WHERE key = 'version'") == str(state.VERSION)
     tables = {r[0] for r in dest_db.fetchall(
         "SELECT tablename FROM pg_tables WHERE schemaname = '_replicator'")}
-    assert tables == {"meta", "snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks"}
+    assert tables == {
+        "meta", "snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks", "slot_lag"
+    }
+
+
+def test_a_version_1_destination_reads_slots_without_a_lag_record_and_gets_one_on_upgrade(
+    dest_db: Database,
+) -> None:
+    """``status`` never upgrades: it must read a destination an older replicator left at version 1."""
+    dest_db.execute(f"{OLD_META} INSERT INTO _replicator.meta VALUES ('version', '0')")
+    for statement in state.MIGRATIONS[0]:
+        dest_db.execute(statement)
+    dest_db.execute("UPDATE _replicator.meta SET value = '1'")
+    dest_db.execute(
+        "INSERT INTO _replicator.slot_checkpoints (job, slot_name, lsn) VALUES ('j', 's', '0/20')"
+    )
+    with dest_db.destination().open_session("test") as session:
+        [old] = session.state.slot_progress()
+        assert (old.slot, old.lsn, old.applied_through) == ("s", Lsn.parse("0/20"), None)
+        session.state.ensure()
+        when = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+        with session.transaction():
+            session.state.save_slot_lag("j", "s", when)
+        with session.transaction():
+            session.state.save_slot_lag("j", "s", when + timedelta(seconds=3))
+        [new] = session.state.slot_progress()
+    assert new.applied_through == when + timedelta(seconds=3)
 
 
 def test_an_older_schema_is_upgraded_by_the_missing_migrations(dest_db: Database) -> None:
