@@ -36,6 +36,7 @@ from replicator.decoding.ddl import DdlMessage, TableEvent, TableShape
 from replicator.decoding.ddlplan import Policy, SchemaChange, Step, TableName
 from replicator.decoding.fold import Folder
 from replicator.destinations.base import Applier, DestinationSession, PendingRefresh, StreamTable
+from replicator.errors import SchemaChangeError
 from replicator.lsn import Lsn
 from replicator.realtime.refresh import RefreshSnapshot
 from replicator.realtime.worker import ApplyWorker
@@ -68,6 +69,7 @@ class Scope:
     publication: str | None  # pgoutput: the slot's publication (new tables must be in it)
     heartbeat: TableName | None = None
     policy: Policy = field(default_factory=Policy)
+    accepted: frozenset[Lsn] = frozenset()  # unfollowable changes the operator made good by hand
 
     def selects(self, shape: TableShape) -> bool:
         if shape.qualified == self.heartbeat or shape.persistence == "u":
@@ -93,6 +95,7 @@ class SchemaFollower:
         self._snapshots: list[RefreshSnapshot] = []
         self.txn_commit = Lsn(0)  # commit LSN of the source transaction being read (Begin.final_lsn)
         self.changes = 0
+        self._changes_at_begin = 0  # the folder's changes when the open source transaction began
 
     # -- routing -------------------------------------------------------------------------------
 
@@ -142,18 +145,15 @@ class SchemaFollower:
                 self._want(r)
             self.flush(worker)
 
-    def on_message(self, message: Message, folder: Folder, worker: ApplyWorker) -> None:
+    def on_message(
+        self, message: Message, folder: Folder, worker: ApplyWorker, commit: Callable[[], None] | None = None
+    ) -> None:
+        """``commit``: commits the source transactions folded so far (their checkpoint with them)."""
         if not ddl.is_ddl(message) or not message.transactional:
             return
         parsed = ddl.parse(message)
         if parsed.error:
-            log.error(
-                "the DDL capture failed on the source for a %s at %s (%s): the destination may not follow "
-                "that change; check the source's log, and compare the table (replicator check)",
-                parsed.tag,
-                parsed.lsn,
-                parsed.error,
-            )
+            self._unfollowed(parsed, folder, worker, commit)
         before = {k: copy.copy(v) for k, v in self.followed.items()}
         change = self._plan(parsed)
         self._journal.append((self.txn_commit, before))
@@ -169,10 +169,43 @@ class SchemaFollower:
             if isinstance(s, ddlplan.Refresh):
                 self._want(PendingRefresh(s.table, s.relid, s.whole, s.why, parsed.lsn))
 
+    def _unfollowed(
+        self, parsed: DdlMessage, folder: Folder, worker: ApplyWorker, commit: Callable[[], None] | None
+    ) -> None:
+        """The capture could not describe this change: stop before it (the rows after it may not fit
+        the destination's tables), unless the operator has accepted it. When nothing of the change's
+        own transaction is folded yet, the transactions before it are committed first, so that the
+        stream stops exactly at it and a fix by hand at the destination comes after them."""
+        where = str(parsed.lsn)
+        if parsed.lsn in self.scope.accepted:
+            log.warning(
+                "slot %s: going past the %s at %s that the DDL capture could not describe (%s): accepted "
+                "in the destination config (schema-changes: accept-unfollowed)",
+                self.slot,
+                parsed.tag,
+                where,
+                parsed.error,
+            )
+            return
+        applied = "Nothing after the last checkpoint was applied"
+        if commit is not None and folder.transaction_changes == self._changes_at_begin:
+            commit()
+            worker.finish()  # committed: the destination holds everything before the change
+            applied = "Everything before it is applied, nothing after it"
+        raise SchemaChangeError(
+            f"slot {self.slot}: stopped before the {parsed.tag} at {where}: the DDL capture failed on the "
+            f"source ({parsed.error}), so the destination cannot know what it changed. {applied}. "
+            "Fix: repair the capture (replicator install-ddl-capture "
+            "--source <a superuser's config>; the source's log has the WARNING), make the destination "
+            "tables match the source's by hand (or reload them), then add it to the destination config "
+            f"and start again:\n  schema-changes:\n    accept-unfollowed: ['{where}']"
+        )
+
     def on_begin(self, final_lsn: Lsn, folder: Folder, worker: ApplyWorker) -> None:
         """A source transaction committing at ``final_lsn`` starts: merge the refreshes whose
         snapshot it is not in (everything committing before it is applied by now)."""
         self.txn_commit = final_lsn
+        self._changes_at_begin = folder.transaction_changes
         if self._merges and self._merges[0].point <= final_lsn:
             self._merge_due(final_lsn, folder, worker)
 
@@ -503,5 +536,6 @@ def for_slot(job: Any, plan: Any, targets: dict[TableName, Any], heartbeat: bool
         publication=plan.publication,
         heartbeat=(hb.schema_name or "public", hb.table_name) if heartbeat else None,
         policy=Policy(dest.dropped_columns, dest.dropped_tables),
+        accepted=frozenset(Lsn.parse(v) for v in dest.accept_unfollowed),
     )
     return SchemaFollower(job.job_id, plan.slot, job.source.value, scope, followed_tables(plan, targets))

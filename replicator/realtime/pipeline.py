@@ -288,7 +288,7 @@ class SlotPipeline:
                 transactions += 1
                 commit = ev
             elif isinstance(ev, Message):
-                follower.on_message(ev, folder, worker)
+                follower.on_message(ev, folder, worker, lambda: self._commit(folder, worker))
         follower.flush(worker)  # the refreshes those changes need: one snapshot for them all
         if commit is not None:
             self.lag.read(commit.commit_time)

@@ -5,6 +5,7 @@ end equal to the source's."""
 from __future__ import annotations
 
 import random
+import re
 import signal
 import threading
 import time
@@ -410,3 +411,75 @@ def test_without_the_capture_widened_types_still_follow(env: Env) -> None:
     )
     assert env.run("realtime", "--once") == 0
     assert_same(env, "items")
+
+
+def checkpoint(env: Env) -> Any:
+    return env.dest.fetchone("SELECT lsn FROM _replicator.slot_checkpoints WHERE slot_name = %s", (env.slot,))
+
+
+def test_a_change_the_capture_could_not_describe_stops_the_stream_until_made_good(
+    captured: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = captured
+    env.source.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, a int, b text);"
+        "INSERT INTO t SELECT g, g, 'b' FROM generate_series(1, 20) g"
+    )
+    assert env.run("full", "--once") == 0
+    env.source.execute("DROP FUNCTION _replicator_ddl.shape(oid) CASCADE")  # the capture breaks
+    run_each(
+        env.source,
+        "INSERT INTO t VALUES (21, 21, 'before')",
+        "ALTER TABLE t RENAME COLUMN b TO c",  # goes on at the source; the message says it failed
+        "INSERT INTO t (id, a, c) VALUES (22, 22, 'after')",
+    )
+    before = checkpoint(env)
+    capsys.readouterr()
+    for _ in range(2):  # stopped, and stopped again at the same place: nothing after it is applied
+        assert env.run("realtime", "--once") == 1
+        err = capsys.readouterr().err
+        assert "stopped before the ALTER TABLE at " in err and "accept-unfollowed" in err, err
+        assert "Everything before it is applied, nothing after it" in err, err
+        assert env.dest.fetchall("SELECT id, b FROM t WHERE id > 20") == [(21, "before")]
+        assert columns(env.dest, "t") == [("id", "integer"), ("a", "integer"), ("b", "text")]
+        assert checkpoint(env) < env.source.fetchone("SELECT pg_current_wal_lsn()")
+    where = re.search(r"accept-unfollowed: \['([0-9A-F]+/[0-9A-F]+)'\]", err)
+    assert where is not None, err
+    assert checkpoint(env) >= before
+
+    # The operator repairs the capture, makes the destination match by hand, and accepts that change.
+    install_capture(env.source)
+    env.dest.execute("ALTER TABLE t RENAME COLUMN b TO c")
+    env.dest_config = lambda **kw: env.dest.write_config(  # type: ignore[method-assign]
+        env.tmp / "destination.yaml", **{"schema-changes": {"accept-unfollowed": [where.group(1)]}}
+    )
+    env.source.execute("UPDATE t SET c = 'later' WHERE id = 1")
+    assert env.run("realtime", "--once") == 0
+    assert_same(env, "t")
+
+
+def test_a_change_the_destination_refuses_stops_the_stream_until_fixed_there(
+    captured: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = captured
+    env.source.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE old (id int PRIMARY KEY);"
+        "INSERT INTO t SELECT g, 'v' FROM generate_series(1, 20) g; INSERT INTO old VALUES (1)"
+    )
+    assert env.run("full", "--once") == 0
+    run_each(
+        env.source,
+        "DROP TABLE old",  # kept at the destination (the default)
+        "ALTER TABLE t RENAME TO old",  # the destination has an "old" already
+        "INSERT INTO old VALUES (21, 'after the rename')",
+    )
+    capsys.readouterr()
+    assert env.run("realtime", "--once") == 1
+    err = capsys.readouterr().err
+    assert "public.t was renamed to public.old at the source, but the destination already has" in err, err
+    assert env.dest.fetchone("SELECT count(*) FROM t") == 20  # untouched
+    assert env.dest.fetchall("SELECT id FROM old") == [(1,)]
+    env.dest.execute("DROP TABLE old")  # what the message says to do
+    assert env.run("realtime", "--once") == 0
+    assert_same(env, "old")
+    assert env.dest.fetchone("SELECT to_regclass('public.t')") is None
