@@ -483,3 +483,56 @@ def test_a_change_the_destination_refuses_stops_the_stream_until_fixed_there(
     assert env.run("realtime", "--once") == 0
     assert_same(env, "old")
     assert env.dest.fetchone("SELECT to_regclass('public.t')") is None
+
+
+def test_killed_after_the_change_is_applied_but_before_its_checkpoint_commits(captured: Env) -> None:
+    """The destination runs the change's DDL in the open transaction, then blocks (a lock held on
+    the change log): SIGKILL there leaves neither the DDL nor the checkpoint; the next run applies it
+    once."""
+    env = captured
+    env.source.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, qty integer, note text);"
+        "INSERT INTO t SELECT g, g, 'n' FROM generate_series(1, 50) g"
+    )
+    assert env.run("full", "--once") == 0
+    child = spawn_cli(*env.args("realtime"))
+    try:
+        _wait_streaming(env, child)
+        with env.dest.connect() as blocker:
+            blocker.autocommit = False
+            blocker.execute("LOCK TABLE _replicator.schema_changes IN SHARE MODE")  # INSERTs wait
+            before = checkpoint(env)
+            run_each(
+                env.source,
+                "UPDATE t SET note = 'before' WHERE id = 1",
+                "ALTER TABLE t RENAME COLUMN note TO memo",
+                "ALTER TABLE t ALTER COLUMN qty TYPE bigint",
+                "UPDATE t SET qty = 5000000101, memo = 'after' WHERE id = 2",
+            )
+            deadline = time.monotonic() + 60
+            while not env.dest.fetchone(  # the rename ran in the child's transaction, which now waits
+                """SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                   WHERE l.relation = 'public.t'::regclass AND l.mode = 'AccessExclusiveLock' AND l.granted
+                     AND a.wait_event_type = 'Lock'"""
+            ):
+                assert child.poll() is None, child.communicate()[1]
+                assert time.monotonic() < deadline, "the change was not applied in the open transaction"
+                time.sleep(0.05)
+            child.send_signal(signal.SIGKILL)
+            child.wait(10)
+            blocker.execute(  # its session dies with the transaction it had open
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            blocker.rollback()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert columns(env.dest, "t") == [("id", "integer"), ("qty", "integer"), ("note", "text")]
+    assert env.dest.fetchone("SELECT count(*) FROM _replicator.schema_changes") == 0
+    assert checkpoint(env) < env.source.fetchone("SELECT pg_current_wal_lsn()")
+    assert checkpoint(env) >= before
+    assert env.run("realtime", "--once") == 0
+    assert_same(env, "t")
+    assert env.dest.fetchone("SELECT count(DISTINCT lsn) FROM _replicator.schema_changes") == 2  # once each
