@@ -536,3 +536,31 @@ def test_killed_after_the_change_is_applied_but_before_its_checkpoint_commits(ca
     assert env.run("realtime", "--once") == 0
     assert_same(env, "t")
     assert env.dest.fetchone("SELECT count(DISTINCT lsn) FROM _replicator.schema_changes") == 2  # once each
+
+
+
+def test_a_keyless_table_created_at_the_source_is_named_and_never_breaks_the_source(captured: Env) -> None:
+    env = captured
+    env.source.execute("CREATE SCHEMA app; CREATE TABLE app.seed (id int PRIMARY KEY)")
+    env.filter_text = "allow:\n  schema: app\n"
+    assert env.run("full", "--once") == 0
+    child = spawn_cli(*env.args("realtime"))
+    try:
+        _wait_streaming(env, child)
+        run_each(
+            env.source,
+            "CREATE TABLE app.loose (v text)",
+            "INSERT INTO app.loose VALUES ('a'), ('b')",
+            "UPDATE app.loose SET v = 'c' WHERE v = 'b'",  # the source still takes it
+        )
+        _wait_streaming(env, child)  # past all of it
+    finally:
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=30)
+    if env.plugin == "pgoutput":  # published, its UPDATEs would fail at the source: not added
+        assert "new table app.loose is NOT replicated" in err, err
+        assert "ALTER PUBLICATION" in err and "no primary key" in err
+        assert env.dest.fetchone("SELECT to_regclass('app.loose')") is None
+    else:  # wal2json decodes it anyway: its inserts arrive, with the warning
+        assert "new table app.loose has no primary key: only its inserts" in err, err
+        assert env.dest.fetchone("SELECT count(*) FROM app.loose WHERE v = 'a'") == 1
