@@ -92,6 +92,7 @@ class SlotPipeline:
         # aux serves the reader (heartbeat, WAL watch) and the worker (types)
         self._aux_lock = threading.Lock()
         self._capture = False  # the DDL capture is installed on the source (set by run)
+        self._rewind = False  # the schema follower goes back to the checkpoint before streaming again
         self._follower: follow.SchemaFollower
 
     def run(self, stop: threading.Event, until: Lsn | None = None) -> SlotStats:
@@ -123,7 +124,9 @@ class SlotPipeline:
                 if not dst.usable:
                     dst.reopen()
                     writer.reset()
-                follower.rewind(dst.state.slot_checkpoint(self.job.job_id, self.plan.slot) or Lsn(0), folder)
+                # The routing goes back to the checkpoint's, read when the stream opens again: the
+                # destination's connection may be dead without knowing it yet (a lost tunnel).
+                self._rewind = True
                 if self._aux.closed or self._aux.broken:
                     self._aux = connect(src_cfg, "source", APP, autocommit=True)
                     if writer_hb is not None:
@@ -202,10 +205,13 @@ class SlotPipeline:
         until: Lsn | None,
     ) -> None:
         """Read and fold on this thread, write on the worker's, until caught up or stopped (see worker.py)."""
+        follower = self._follower
+        if self._rewind:
+            follower.rewind(dst.state.slot_checkpoint(self.job.job_id, self.plan.slot) or Lsn(0), folder)
+            self._rewind = False
         reader = self._open_reader(dst, aux)
         batch_s = self.cfg.fetch_duration_per_extractor_slot_s
         max_changes = self.cfg.fetch_size_rows
-        follower = self._follower
         pending = follower.pending(dst)
         worker = ApplyWorker(writer, name=f"apply-{self.plan.slot}").start()
         follower.start(pending, worker)
