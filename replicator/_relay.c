@@ -285,6 +285,285 @@ relay_pump(PyObject *self, PyObject *args)
     return Py_BuildValue("(iLLLL)", rc, p.rows, p.total, p.reported_rows, p.reported_bytes);
 }
 
+
+/*
+ * keywalk(): the merge of two ordered key streams, for delta passes (replicator/keywalk.py).
+ *
+ * Both connections are in COPY OUT state, each sending one table's keys in binary format in the
+ * same order: the source's keys (in the pass's snapshot) and the destination's live keys. Each
+ * key column has a kind: 'i' a big-endian two's-complement integer (int2/4/8, date, time,
+ * timestamp[tz]: same width on both sides), 'b' bytes compared as memcmp then length (text
+ * under COLLATE "C", uuid, bytea, bool, oid). The walk reads both streams row by row, without
+ * the GIL, and hands every destination key the source does not have ("gone") to on_gone(bytes)
+ * as binary COPY tuples, a buffer at a time; source keys the destination lacks ("missing") are
+ * only counted. Nothing here says whether either COPY succeeded: the caller reads both results.
+ */
+
+enum {
+    WALK_DEST_RECEIVE = 6,  /* PQgetCopyData returned -2 on the destination */
+    WALK_DEST_CONSUME = 7,  /* PQconsumeInput failed on the destination */
+    WALK_SOURCE_ROW = 8,    /* a source row is not a tuple of the expected shape (or a NULL) */
+    WALK_DEST_ROW = 9,      /* likewise for a destination row */
+};
+
+typedef struct {
+    PGconn *conn;
+    char *row;       /* the current message (libpq's memory), NULL if none */
+    const char *tup; /* the current tuple inside it */
+    int len;         /* its length */
+    int started;     /* the binary COPY header was seen */
+    int ended;
+    long long rows;
+    int receive_failed, consume_failed, bad_row; /* this side's outcomes */
+} Side;
+
+static unsigned int
+be32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return ((unsigned int)u[0] << 24) | ((unsigned int)u[1] << 16) | ((unsigned int)u[2] << 8) | u[3];
+}
+
+/* A tuple of exactly nkeys non-NULL fields filling len bytes. */
+static int
+tuple_ok(const char *t, int len, int nkeys)
+{
+    if (len < 2 || (((unsigned char)t[0] << 8) | (unsigned char)t[1]) != nkeys)
+        return 0;
+    long long at = 2;
+    for (int k = 0; k < nkeys; k++) {
+        if (at + 4 > len)
+            return 0;
+        unsigned int flen = be32(t + at);
+        if (flen > 0x7fffffffu) /* -1: NULL; keys are NOT NULL */
+            return 0;
+        at += 4 + (long long)flen;
+        if (at > len)
+            return 0;
+    }
+    return at == len;
+}
+
+static const char COPY_SIGNATURE[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', '\377', '\r', '\n', '\0'};
+
+/* Advance `s` to its next tuple (or to its end). 0, or an outcome. */
+static int
+side_next(Pump *p, Side *s, int nkeys)
+{
+    if (s->row != NULL) {
+        pq_freemem(s->row);
+        s->row = NULL;
+    }
+    for (;;) {
+        char *row = NULL;
+        int n = pq_getCopyData(s->conn, &row, 1);
+        if (n > 0) {
+            const char *t = row;
+            int len = n;
+            if (!s->started) { /* the header travels with the first tuple */
+                s->started = 1;
+                if (len < 19 || memcmp(t, COPY_SIGNATURE, 11) != 0 || be32(t + 15) > (unsigned int)(len - 19)) {
+                    pq_freemem(row);
+                    return s->bad_row;
+                }
+                int skip = 19 + (int)be32(t + 15);
+                t += skip;
+                len -= skip;
+                if (len == 0) {
+                    pq_freemem(row);
+                    continue;
+                }
+            }
+            if (len == 2 && (unsigned char)t[0] == 0xff && (unsigned char)t[1] == 0xff) {
+                pq_freemem(row); /* the trailer: the end follows */
+                continue;
+            }
+            if (!tuple_ok(t, len, nkeys)) {
+                pq_freemem(row);
+                return s->bad_row;
+            }
+            s->row = row;
+            s->tup = t;
+            s->len = len;
+            s->rows++;
+            return 0;
+        }
+        if (n == 0) {
+            short revents = 0;
+            int fd = pq_socket(s->conn);
+            if (fd < 0)
+                return s->consume_failed;
+            int rc = wait_fd(p, fd, POLLIN, &revents);
+            if (rc)
+                return rc;
+            if (!pq_consumeInput(s->conn))
+                return s->consume_failed;
+            continue;
+        }
+        if (n == -1) {
+            s->ended = 1;
+            return 0;
+        }
+        return s->receive_failed;
+    }
+}
+
+/* Order of two tuples of the same shape (checked by tuple_ok), by the key kinds. */
+static int
+compare_tuples(const char *kinds, int nkeys, const char *a, const char *b)
+{
+    a += 2;
+    b += 2;
+    for (int k = 0; k < nkeys; k++) {
+        unsigned int la = be32(a), lb = be32(b);
+        a += 4;
+        b += 4;
+        int c = 0;
+        if (kinds[k] == 'i' && la == lb && la > 0) {
+            unsigned char ca = (unsigned char)a[0] ^ 0x80, cb = (unsigned char)b[0] ^ 0x80;
+            c = ca != cb ? (ca < cb ? -1 : 1) : memcmp(a + 1, b + 1, la - 1);
+        }
+        else {
+            c = memcmp(a, b, la < lb ? la : lb);
+            if (c == 0 && la != lb)
+                c = la < lb ? -1 : 1;
+        }
+        if (c != 0)
+            return c < 0 ? -1 : 1;
+        a += la;
+        b += lb;
+    }
+    return 0;
+}
+
+typedef struct {
+    PyObject *on_gone;
+    char *buf;
+    int cap, size;
+    long long count;
+} Gone;
+
+static int
+gone_flush(Pump *p, Gone *g, const char *data, int len)
+{
+    PyEval_RestoreThread(p->saved);
+    PyObject *r = PyObject_CallFunction(g->on_gone, "y#", data, (Py_ssize_t)len);
+    Py_XDECREF(r);
+    p->saved = PyEval_SaveThread();
+    return r == NULL ? PYTHON_ERROR : 0;
+}
+
+static int
+gone_add(Pump *p, Gone *g, const char *t, int len)
+{
+    g->count++;
+    int rc = 0;
+    if (g->size > 0 && g->size + len > g->cap) {
+        rc = gone_flush(p, g, g->buf, g->size);
+        g->size = 0;
+    }
+    if (rc)
+        return rc;
+    if (len >= g->cap)
+        return gone_flush(p, g, t, len);
+    memcpy(g->buf + g->size, t, len);
+    g->size += len;
+    return 0;
+}
+
+static int
+walk_loop(Pump *p, Side *src, Side *dst, const char *kinds, int nkeys, Gone *g, long long *missing)
+{
+    int rc;
+    if ((rc = side_next(p, src, nkeys)) || (rc = side_next(p, dst, nkeys)))
+        return rc;
+    while (!dst->ended) {
+        int c = src->ended ? 1 : compare_tuples(kinds, nkeys, src->tup, dst->tup);
+        if (c > 0) { /* the destination's key is not at the source */
+            if ((rc = gone_add(p, g, dst->tup, dst->len)) || (rc = side_next(p, dst, nkeys)))
+                return rc;
+            continue;
+        }
+        if (c < 0)
+            (*missing)++;
+        else if ((rc = side_next(p, dst, nkeys)))
+            return rc;
+        if ((rc = side_next(p, src, nkeys)))
+            return rc;
+        if (p->check_signals) {
+            PyEval_RestoreThread(p->saved);
+            int failed = PyErr_CheckSignals();
+            p->saved = PyEval_SaveThread();
+            if (failed)
+                return PYTHON_ERROR;
+        }
+    }
+    while (!src->ended) { /* the destination ended: the rest of the source is missing there */
+        (*missing)++;
+        if ((rc = side_next(p, src, nkeys)))
+            return rc;
+    }
+    if (g->size > 0)
+        return gone_flush(p, g, g->buf, g->size);
+    return 0;
+}
+
+static PyObject *
+relay_keywalk(PyObject *self, PyObject *args)
+{
+    unsigned long long src, dst;
+    const char *kinds;
+    Py_ssize_t nkeys;
+    PyObject *on_gone;
+    Py_ssize_t cap;
+    int check_signals;
+    if (!PyArg_ParseTuple(args, "KKy#Onp:keywalk", &src, &dst, &kinds, &nkeys, &on_gone, &cap, &check_signals))
+        return NULL;
+    if (!bound) {
+        PyErr_SetString(PyExc_RuntimeError, "bind() has not found libpq");
+        return NULL;
+    }
+    if (src == 0 || dst == 0) {
+        PyErr_SetString(PyExc_ValueError, "a connection is closed");
+        return NULL;
+    }
+    if (nkeys < 1 || nkeys > 32 || strspn(kinds, "ib") != (size_t)nkeys) {
+        PyErr_SetString(PyExc_ValueError, "kinds: 1 to 32 of 'i' and 'b'");
+        return NULL;
+    }
+    if (!PyCallable_Check(on_gone)) {
+        PyErr_SetString(PyExc_TypeError, "on_gone must be callable");
+        return NULL;
+    }
+    if (cap < 1024 || cap > INT_MAX / 2) {
+        PyErr_SetString(PyExc_ValueError, "buffer size out of range");
+        return NULL;
+    }
+    Gone g = {.on_gone = on_gone, .cap = (int)cap};
+    g.buf = PyMem_RawMalloc((size_t)cap);
+    if (g.buf == NULL)
+        return PyErr_NoMemory();
+    Side s = {.conn = (PGconn *)(uintptr_t)src, .receive_failed = PUMP_SOURCE_RECEIVE,
+              .consume_failed = PUMP_SOURCE_CONSUME, .bad_row = WALK_SOURCE_ROW};
+    Side d = {.conn = (PGconn *)(uintptr_t)dst, .receive_failed = WALK_DEST_RECEIVE,
+              .consume_failed = WALK_DEST_CONSUME, .bad_row = WALK_DEST_ROW};
+    Pump p = {.check_signals = check_signals};
+    long long missing = 0;
+    Py_INCREF(on_gone);
+    p.saved = PyEval_SaveThread();
+    int rc = walk_loop(&p, &s, &d, kinds, (int)nkeys, &g, &missing);
+    if (s.row != NULL)
+        pq_freemem(s.row);
+    if (d.row != NULL)
+        pq_freemem(d.row);
+    PyEval_RestoreThread(p.saved);
+    Py_DECREF(on_gone);
+    PyMem_RawFree(g.buf);
+    if (rc == PYTHON_ERROR)
+        return NULL;
+    return Py_BuildValue("(iLLLL)", rc, s.rows, d.rows, g.count, missing);
+}
+
 static PyMethodDef relay_methods[] = {
     {"bind", relay_bind, METH_VARARGS,
      "bind(path, expected_version) -> (PQlibVersion(), library file): use the libpq found through\n"
@@ -292,6 +571,9 @@ static PyMethodDef relay_methods[] = {
     {"pump", relay_pump, METH_VARARGS,
      "pump(src_ptr, dst_ptr, on_progress, progress_every_rows, buffer_bytes, check_signals)\n"
      "-> (outcome, rows, bytes, reported_rows, reported_bytes): move rows until the COPY TO ends."},
+    {"keywalk", relay_keywalk, METH_VARARGS,
+     "keywalk(src_ptr, dst_ptr, kinds, on_gone, buffer_bytes, check_signals)\n"
+     "-> (outcome, source_rows, destination_rows, gone, missing): merge two ordered binary key streams."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -62,10 +62,10 @@ class KeyOrder:
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
-    def order_by(self, descending: bool = False) -> sql.Composable:
+    def order_by(self, descending: bool = False, alias: str | None = None) -> sql.Composable:
         direction = sql.SQL(" DESC" if descending else "")
         return sql.SQL(", ").join(
-            sql.SQL("{}{}").format(self._expr(c, None), direction) for c in self.columns
+            sql.SQL("{}{}").format(self._expr(c, alias), direction) for c in self.columns
         )
 
     def after(self, lower: Bound | None, alias: str | None = None) -> list[sql.Composable]:

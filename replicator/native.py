@@ -1,19 +1,22 @@
 """The C extensions, held to one standard: which implementation runs, and why.
 
-Two hot loops have a C implementation, each with a pure-Python twin that moves the same data
+Three hot loops have a C implementation, each with a pure-Python twin that moves the same data
 at a higher CPU cost:
 
-- ``relay``: ``replicator._relay``, the snapshot relay's per-row loop (``relay.py``);
+- ``relay``: ``replicator._relay``'s ``pump``, the snapshot relay's per-row loop (``relay.py``);
+- ``keywalk``: ``replicator._relay``'s ``keywalk``, the merge of two ordered key streams by
+  which delta passes find deletes (``keywalk.py``);
 - ``pgoutput``: ``replicator._pgoutput``, pgoutput row messages read from the stream and
   decoded into change events (``decoding/pgoutput.py``, ``source/stream.py``).
 
 An extension is used when it was built (``pip install -e .`` compiles both; ``setup.py``), we
 are on Linux, it is not switched off, and, for the parts that call libpq, it found the very
 libpq psycopg has loaded, in the same version (``_libpq_bind.h``). Switches:
-``REPLICATOR_PURE_PYTHON=1`` turns both off; ``REPLICATOR_PURE_PYTHON_RELAY=1`` and
-``REPLICATOR_PURE_PYTHON_DECODE=1`` one each. This module is the only place that decides; each
+``REPLICATOR_PURE_PYTHON=1`` turns all off; ``REPLICATOR_PURE_PYTHON_RELAY=1`` the extension
+``_relay`` (both of its loops), ``REPLICATOR_PURE_PYTHON_KEYWALK=1`` the key walk only and
+``REPLICATOR_PURE_PYTHON_DECODE=1`` the decoder. This module is the only place that decides; each
 decision is logged once at DEBUG with its reason. ``python -m replicator.native`` prints them;
-``--require`` exits 1 unless both extensions are usable (CI: a missing build is a failure).
+``--require`` exits 1 unless every loop is usable (CI: a missing or stale build is a failure).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 PURE_PYTHON_ENV = "REPLICATOR_PURE_PYTHON"
 RELAY_ENV = "REPLICATOR_PURE_PYTHON_RELAY"
 DECODE_ENV = "REPLICATOR_PURE_PYTHON_DECODE"
+KEYWALK_ENV = "REPLICATOR_PURE_PYTHON_KEYWALK"
 
 # pump(src_ptr, dst_ptr, on_progress, progress_every_rows, buffer_bytes, check_signals)
 #   -> (outcome, rows, bytes, reported_rows, reported_bytes); outcomes in relay.py
@@ -46,9 +50,15 @@ RelayPump = Callable[
 ]
 
 
+# keywalk(src_ptr, dst_ptr, kinds, on_gone, buffer_bytes, check_signals)
+#   -> (outcome, source_rows, destination_rows, gone, missing); see keywalk.py
+KeyWalk = Callable[[int, int, bytes, Callable[[bytes], None], int, bool], tuple[int, int, int, int, int]]
+
+
 @dataclass(frozen=True)
 class NativeRelay:
     pump: RelayPump
+    keywalk: KeyWalk | None  # None: a build of _relay.c from before keywalk existed
     library: str  # the libpq file the C loop calls (psycopg's own)
     version: int  # its PQlibVersion()
 
@@ -65,9 +75,9 @@ def _explain(part: str, message: str) -> None:
     log.debug("%s: %s", part, message)
 
 
-def switched_off(specific_env: str) -> str | None:
+def switched_off(*specific_envs: str) -> str | None:
     """Why the Python twin must run by the user's choice (None: it need not)."""
-    for env in (PURE_PYTHON_ENV, specific_env):
+    for env in (PURE_PYTHON_ENV, *specific_envs):
         if os.environ.get(env, "") not in ("", "0"):
             return f"{env} is set"
     return None
@@ -118,7 +128,36 @@ def _bind_relay_once() -> tuple[NativeRelay | None, str]:
         version, library = _relay.bind(libpq_carrier(), pq.version())
     except (OSError, ImportError, AttributeError) as e:
         return None, f"cannot use psycopg's libpq: {e}"
-    return NativeRelay(_relay.pump, os.path.realpath(library), version), ""
+    return NativeRelay(_relay.pump, getattr(_relay, "keywalk", None), os.path.realpath(library), version), ""
+
+
+# -- keywalk ---------------------------------------------------------------------------------
+
+
+def keywalk() -> KeyWalk | None:
+    """The C merge of two ordered key streams, or None when ``keywalk.py``'s Python twin must run
+    (the switches are read on every call, like ``relay()``'s)."""
+    off = switched_off(RELAY_ENV, KEYWALK_ENV)
+    if off is not None:
+        _explain("keywalk", f"merging key streams in Python: {off}")
+        return None
+    native, why = _bind_relay()
+    if native is None or native.keywalk is None:
+        _explain("keywalk", f"merging key streams in Python: {why or _STALE_RELAY}")
+        return None
+    _explain("keywalk", f"merging key streams in C (replicator._relay.keywalk, through {native.library})")
+    return native.keywalk
+
+
+_STALE_RELAY = "the C relay is a build from before keywalk existed; `pip install -e .` rebuilds it"
+
+
+def keywalk_unavailable() -> str | None:
+    """Why the C key walk cannot be used in this process (None if it can); ignores the switches."""
+    native, why = _bind_relay()
+    if native is None:
+        return why
+    return None if native.keywalk is not None else _STALE_RELAY
 
 
 # -- pgoutput --------------------------------------------------------------------------------
@@ -182,11 +221,16 @@ def pgoutput_unavailable() -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m replicator.native", description=__doc__.split("\n")[0])
-    parser.add_argument("--require", action="store_true", help="exit 1 unless both C extensions are usable")
+    parser.add_argument("--require", action="store_true", help="exit 1 unless every C loop is usable")
     args = parser.parse_args(argv)
     missing = 0
-    for name, why in (("relay", relay_unavailable()), ("pgoutput", pgoutput_unavailable())):
-        off = switched_off(RELAY_ENV if name == "relay" else DECODE_ENV)
+    loops = (
+        ("relay", relay_unavailable(), (RELAY_ENV,)),
+        ("keywalk", keywalk_unavailable(), (RELAY_ENV, KEYWALK_ENV)),
+        ("pgoutput", pgoutput_unavailable(), (DECODE_ENV,)),
+    )
+    for name, why, switches in loops:
+        off = switched_off(*switches)
         state = "C" if why is None and off is None else "Python"
         reason = why or off or "built, and bound to psycopg's libpq"
         print(f"{name:<9} {state:<7} {reason}")

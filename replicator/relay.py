@@ -90,6 +90,75 @@ class CopySink(Protocol):
         ...
 
 
+class CopySource(Protocol):
+    """A ``COPY ... TO STDOUT`` read row by row by us (the key walk of delta passes), rather than
+    relayed: the other half of ``CopySink``. Failures raise ``RelayError`` naming its side."""
+
+    side: str  # "source" or "destination": who to blame
+
+    def start(self) -> None:
+        """Send the COPY; on return the server is ready to stream rows."""
+        ...
+
+    def read_row(self) -> bytes | None:
+        """The next CopyData message (one row; the binary header comes with the first), None at
+        the end (the Python loop; the C loop reads ``libpq_conn()`` itself)."""
+        ...
+
+    def finish(self) -> int:
+        """After the last row: the server's row count, or ``RelayError`` if the COPY failed."""
+        ...
+
+    def abort(self) -> None:
+        """Stop a COPY that will not be read to its end; never raises."""
+        ...
+
+    def libpq_conn(self) -> pq.abc.PGconn | None:
+        """The libpq connection the COPY runs on, for the C loop; None if there is none."""
+        ...
+
+
+class PgCopyOut:
+    """A ``CopySource``: ``copy_out`` (a ``COPY ... TO STDOUT``) on ``conn``, which must be idle
+    in a transaction or autocommit and used by no other thread meanwhile."""
+
+    def __init__(self, conn: psycopg.Connection[Any], copy_out: bytes, side: str):
+        self.conn, self.copy_out, self.side = conn, copy_out, side
+        self._pgconn = conn.pgconn
+
+    def start(self) -> None:
+        _start(self._pgconn, self.copy_out, pq.ExecStatus.COPY_OUT, self.side, self.conn)
+
+    def read_row(self) -> bytes | None:
+        pgconn = self._pgconn
+        while True:
+            n, data = pgconn.get_copy_data(1)
+            if n > 0:
+                return bytes(data)
+            if n == 0:
+                select.select([pgconn.socket], [], [])
+                try:
+                    pgconn.consume_input()
+                except psycopg.OperationalError as e:
+                    raise RelayError(self.side, e) from None
+            elif n == -1:
+                return None
+            else:
+                raise RelayError(self.side, psycopg.OperationalError(pgconn.get_error_message()))
+
+    def finish(self) -> int:
+        try:
+            return _finish_copy_out(self._pgconn, self.conn)
+        except RelayError as e:
+            raise RelayError(self.side, e.error) from None
+
+    def abort(self) -> None:
+        _abandon_copy_out(self.conn)
+
+    def libpq_conn(self) -> pq.abc.PGconn | None:
+        return self._pgconn
+
+
 def relay_copy(
     src: psycopg.Connection[Any],
     copy_out: bytes,
@@ -323,6 +392,9 @@ def _abandon_copy_out(conn: psycopg.Connection[Any]) -> None:
             n, _ = sp.get_copy_data(0)
             if n < 0:
                 break
+    except Exception:
+        pass  # e.g. the COPY had already ended (read to its end by the key walk): its result remains
+    try:
         while sp.get_result() is not None:
             pass
     except Exception:

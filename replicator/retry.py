@@ -5,6 +5,8 @@ or it may not (a wrong password, a missing table). It honours the error's own wo
 
 1. an exception with a ``transient`` attribute says so itself: ours do (``ReplicationLost``,
    ``SlotInUse``; ``RelayError`` asks the server error it carries);
+   then a server that says it is a read-only node (in recovery, an Aurora reader: a failover
+   in progress) is transient, whatever the error's class (``on_read_only_node``);
 2. psycopg's ``OperationalError``s are transient (connection exceptions, operator intervention,
    insufficient resources, ...), except authorization and unknown-catalog SQLSTATEs (28, 3D) and
    the connection failures libpq describes in words only (a failed connection attempt has no
@@ -77,15 +79,41 @@ def permanent_connect_failure(exc: BaseException) -> str | None:
     return None
 
 
+# A failover can briefly leave the endpoint on a read-only node (a standby still in recovery, an
+# Aurora reader): what fails there succeeds once the writer is back. SQLSTATE 55000 (object not
+# in prerequisite state) also covers permanent errors, such as a wrong wal_level, so these are
+# recognised by the server's words.
+_READ_ONLY_NODE = (
+    "cannot be used on RO node",  # Aurora: "replication slots cannot be used on RO node"
+    "while in recovery",  # "logical decoding cannot be used while in recovery"
+    "recovery is in progress",
+    "in a read-only transaction",  # "cannot execute INSERT in a read-only transaction" (heartbeat)
+    "the source is a read-only node",  # ours: ReadOnlyNode below
+)
+
+
+# 55000: a wrong wal_level, a physical slot used for logical decoding, ...: permanent, except on a
+# read-only node (recognised by its message, above).
+_NOT_IN_PREREQUISITE_STATE = "55000"
+
+
+def on_read_only_node(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server is a read-only node (in recovery): a failover in progress."""
+    text = str(exc)
+    return any(marker in text for marker in _READ_ONLY_NODE)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a failure may go away by itself (network, restart), so that retrying makes sense."""
     flag = getattr(exc, "transient", None)
     if flag is not None:
         return bool(flag)
+    if on_read_only_node(exc):
+        return True
     if not isinstance(exc, psycopg.OperationalError):
         return False
     state = getattr(exc, "sqlstate", None) or ""
-    if state.startswith(_PERMANENT_SQLSTATE_PREFIXES):
+    if state.startswith(_PERMANENT_SQLSTATE_PREFIXES) or state == _NOT_IN_PREREQUISITE_STATE:
         return False
     return permanent_connect_failure(exc) is None
 

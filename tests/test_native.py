@@ -14,7 +14,7 @@ from psycopg import pq
 
 from replicator import native
 from replicator.libpq import libpq_carrier
-from replicator.native import PURE_PYTHON_ENV, RELAY_ENV
+from replicator.native import KEYWALK_ENV, PURE_PYTHON_ENV, RELAY_ENV
 from replicator.native import relay as native_relay
 from replicator.native import relay_unavailable as unavailable_reason
 from tests.support import REPO
@@ -78,6 +78,53 @@ def test_env_var_forces_the_python_loop_and_says_so_once(
     assert native_relay() is not None
 
 
+@pytest.mark.parametrize("switch", [KEYWALK_ENV, RELAY_ENV, PURE_PYTHON_ENV])
+def test_key_walk_has_its_own_switch_and_says_which_runs(
+    switch: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for env in (KEYWALK_ENV, RELAY_ENV, PURE_PYTHON_ENV):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setattr(native, "_explained", set())
+    with caplog.at_level(logging.DEBUG, logger="replicator.native"):
+        assert native.keywalk() is not None
+        monkeypatch.setenv(switch, "1")
+        assert native.keywalk() is None
+        assert native.keywalk() is None
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("keywalk: ")]
+    assert said[0].startswith("keywalk: merging key streams in C (replicator._relay.keywalk, through ")
+    assert said[1:] == [f"keywalk: merging key streams in Python: {switch} is set"]
+    # The key walk's own switch leaves the snapshot relay's loop in C; the others turn off both.
+    assert (native_relay() is not None) == (switch == KEYWALK_ENV)
+
+
+def test_a_stale_relay_build_without_the_key_walk_fails_require_and_keeps_the_relay() -> None:
+    """A _relay built before keywalk existed: the relay still runs in C, the walk in Python,
+    and CI's --require fails, naming the fix."""
+    code = (
+        "import importlib, sys, types\n"
+        "real = importlib.import_module('replicator._relay')\n"
+        "stale = types.ModuleType('replicator._relay'); stale.bind = real.bind; stale.pump = real.pump\n"
+        "sys.modules['replicator._relay'] = stale\n"
+        "from replicator import native\n"
+        "assert native.relay() is not None and native.keywalk() is None\n"
+        "sys.exit(native.main(['--require']))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_PURE_PYTHON")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "relay     C       built, and bound to psycopg's libpq" in done.stdout
+    assert (
+        "keywalk   Python  the C relay is a build from before keywalk existed; `pip install -e .`"
+        in done.stdout
+    )
+
+
 @pytest.mark.skipif(not Path(SYSTEM_LIBPQ).exists(), reason="psycopg's ctypes implementation needs libpq5")
 def test_follows_psycopgs_ctypes_implementation() -> None:
     """With PSYCOPG_IMPL=python psycopg calls the system libpq through ctypes; so must we."""
@@ -109,13 +156,16 @@ def test_one_switch_turns_off_both_extensions_and_each_says_why() -> None:
     code = (
         "import logging; logging.basicConfig(level=logging.DEBUG, format='%(name)s %(message)s')\n"
         "from replicator.decoding import pgoutput; from replicator import native\n"
-        "assert pgoutput.NATIVE is None and native.relay() is None\n"
+        "assert pgoutput.NATIVE is None and native.relay() is None and native.keywalk() is None\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), PURE_PYTHON_ENV: "1"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert f"replicator.native pgoutput: decoding rows in Python: {PURE_PYTHON_ENV} is set" in done.stderr
     assert f"replicator.native relay: using the Python loop: {PURE_PYTHON_ENV} is set" in done.stderr
+    assert (
+        f"replicator.native keywalk: merging key streams in Python: {PURE_PYTHON_ENV} is set" in done.stderr
+    )
 
 
 def test_a_run_says_at_debug_which_implementation_runs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,14 +175,24 @@ def test_a_run_says_at_debug_which_implementation_runs(monkeypatch: pytest.Monke
         "import logging; logging.basicConfig(level=logging.DEBUG, format='%(name)s %(message)s')\n"
         "from replicator.decoding import pgoutput; from replicator import native\n"
         "assert native.bind_pgoutput(pgoutput.NATIVE) and native.relay() is not None\n"
+        "assert native.keywalk() is not None\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_PURE_PYTHON")}
-    done = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
     assert "replicator.native pgoutput: decoding rows in C (replicator._pgoutput)" in done.stderr
     assert "replicator.native pgoutput: reading row messages in C through " in done.stderr
     assert "replicator.native relay: C loop bound to " in done.stderr
+    assert (
+        "replicator.native keywalk: merging key streams in C (replicator._relay.keywalk, through "
+        in done.stderr
+    )
 
 
 def test_require_fails_when_an_extension_is_missing() -> None:
@@ -145,7 +205,7 @@ def test_require_fails_when_an_extension_is_missing() -> None:
         cwd=REPO,
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "relay" in ok.stdout and "pgoutput" in ok.stdout
+    assert "relay" in ok.stdout and "keywalk" in ok.stdout and "pgoutput" in ok.stdout
     code = (
         "import sys; sys.modules['replicator._pgoutput'] = None\n"
         "from replicator.native import main; sys.exit(main(['--require']))"

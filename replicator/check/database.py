@@ -20,6 +20,7 @@ from replicator.connect import ConnectError, connect, describe
 from replicator.errors import ReplicatorError
 from replicator.provision import pgaccess
 from replicator.source import ddlcapture, ddlinstall
+from replicator.source.slots import FAILOVER_SLOTS_FROM
 
 SOURCE = "source"
 DESTINATION = "destination"
@@ -140,6 +141,7 @@ def check_source(ctx: SourceContext) -> list[CheckResult]:
     results.extend(check_slot_capacity(ctx))
     results.extend(check_output_plugins(ctx, results))
     results.append(check_ddl_capture(ctx))
+    results.append(check_slot_failover(ctx))
     return results
 
 
@@ -161,6 +163,58 @@ def check_ddl_capture(ctx: SourceContext) -> CheckResult:
         return warn(SOURCE, "ddl capture", f"installed (owner {capture.owner}); {gap[0]}", gap[1])
     return ok(SOURCE, "ddl capture", f"installed (version {capture.version}, owner {capture.owner}): schema "
               "changes follow the stream")
+
+
+def failover_query(server_version: int) -> str | None:
+    """What ``check_slot_failover`` asks the source: None before PostgreSQL 17 (no failover slots).
+
+    (synchronized_standby_slots, sync_replication_slots, our slots without failover = true)."""
+    if server_version < FAILOVER_SLOTS_FROM:
+        return None
+    return (
+        "SELECT current_setting('synchronized_standby_slots'), current_setting('sync_replication_slots'),"
+        " array(SELECT slot_name::text FROM pg_catalog.pg_replication_slots"
+        "       WHERE slot_name = ANY(%s) AND NOT failover ORDER BY 1)"
+    )
+
+
+def check_slot_failover(ctx: SourceContext) -> CheckResult:
+    """PostgreSQL 17+: can our slots survive a failover to a standby? Before 17 they cannot."""
+    version = ctx.conn.info.server_version
+    query = failover_query(version)
+    if query is None:
+        return skip(
+            SOURCE, "slot failover",
+            f"PostgreSQL {version // 10000}: logical slots do not follow a failover to a standby (from 17 "
+            "they can); after one, realtime stops and `replicator run full` copies the tables again",
+        )
+    row = ctx.conn.execute(query, (list(ctx.cfg.slots),)).fetchone()
+    assert row is not None
+    standby_slots, sync_here, without = str(row[0]), str(row[1]), list(row[2])
+    if without:
+        return warn(
+            SOURCE, "slot failover",
+            f"slot(s) {', '.join(without)} were created without failover = true: a promoted standby will not "
+            "have them",
+            "drop them and run `replicator run full` (which creates them with failover = true), or on a "
+            "replication connection: "
+            + "; ".join(f'ALTER_REPLICATION_SLOT "{s}" (FAILOVER true)' for s in without),
+        )
+    if not standby_slots:
+        return warn(
+            SOURCE, "slot failover",
+            "synchronized_standby_slots is not set: our slots are created with failover = true, but a "
+            f"standby may be promoted without them (sync_replication_slots is {sync_here} here; it is the "
+            "standby's setting that counts)",
+            ctx.settings_fix({"synchronized_standby_slots": "<the physical slot of each standby>"})
+            + "\nand on each standby: ALTER SYSTEM SET sync_replication_slots = on; "
+            "ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf();",
+        )
+    return ok(
+        SOURCE, "slot failover",
+        f"slots are created with failover = true; synchronized_standby_slots = {standby_slots} "
+        "(standbys need sync_replication_slots = on)",
+    )
 
 
 def _setting(conn: psycopg.Connection[Any], name: str) -> str:

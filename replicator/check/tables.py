@@ -15,6 +15,8 @@ from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.provision import pgaccess
 from replicator.realtime.setup import plan_slots
+from replicator.source import rowfilter
+from replicator.source.wal2json_nan import OPT_IN, OPTION, keeps_nan, nan_risks
 
 TABLES = "tables"
 
@@ -43,7 +45,35 @@ def check_tables(ctx: SourceContext, tables: list[SelectedTable]) -> list[CheckR
         results.append(check_keys(ctx, tables))
         if "pgoutput" in ctx.cfg.slots.values():
             results.extend(check_publication(ctx, tables))
+        if "wal2json" in ctx.cfg.slots.values():
+            results.append(check_wal2json_nan(ctx, tables))
     return results
+
+
+def check_wal2json_nan(ctx: SourceContext, tables: list[SelectedTable]) -> CheckResult:
+    """wal2json 2.5 replicates NaN and ±Infinity as NULL (source/wal2json_nan.py)."""
+    plans = plan_slots(ConfigFile(ctx.cfg), tables)
+    risks = nan_risks(ctx.cfg, {p.slot: p.tables for p in plans})
+    if not risks:
+        return ok(
+            TABLES, "wal2json values", "no selected table has a numeric, real or double precision column"
+        )
+    if ctx.cfg.wal2json_nan_becomes_null:
+        return warn(
+            TABLES, "wal2json values",
+            f"NaN and ±Infinity replicate as NULL in {', '.join(r.table for r in risks)} "
+            f"({OPT_IN}: true accepts it)",
+        )
+    lossy = [r for r in risks if not keeps_nan(ctx.conn, r.slot)]
+    if not lossy:
+        return ok(TABLES, "wal2json values", f"this server's wal2json prints NaN and Infinity ({OPTION})")
+    return fail(
+        TABLES, "wal2json values",
+        f"wal2json would replicate NaN and ±Infinity as NULL in {', '.join(r.table for r in lossy)}; "
+        "`replicator run` refuses it",
+        f"use pgoutput (the default; no such limit): replication-slots: {{{lossy[0].slot}: [pgoutput]}}, "
+        f"or accept the loss: {OPT_IN}: true in the source config",
+    )
 
 
 def check_select_grants(ctx: SourceContext, tables: list[SelectedTable]) -> CheckResult:
@@ -115,8 +145,9 @@ def check_publication(ctx: SourceContext, tables: list[SelectedTable]) -> list[C
                      f"add `publication: replicator_pub` to the source config, then run:\n{ctx.sql(create)}")]
     results = []
     for plan in plan_slots(ConfigFile(ctx.cfg), tables):
-        if plan.publication is not None and plan.tables:
-            results.extend(_check_one_publication(ctx, plan.publication, plan.tables))
+        # Tables without a replica identity go to an insert-only publication `run` makes.
+        if plan.publication is not None and plan.identified:
+            results.extend(_check_one_publication(ctx, plan.publication, plan.identified))
     return results
 
 
@@ -205,7 +236,11 @@ def _filters(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> Chec
     filtered = [
         (by_oid[r[0]], r[1], r[2])
         for r in rows
-        if r[0] in by_oid and (r[1] is not None or _leaves_out(ctx, by_oid[r[0]], name))
+        if r[0] in by_oid
+        and (
+            (r[1] is not None and not _is_our_row_filter(ctx, by_oid[r[0]], r[1]))
+            or _leaves_out(ctx, by_oid[r[0]], name)
+        )
     ]
     if not filtered:
         return ok(TABLES, "publication filters", f"{name} sends every selected row and column")
@@ -223,6 +258,14 @@ def _filters(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> Chec
         "the publication must send every change",
         "\n".join(statements),
     )
+
+
+def _is_our_row_filter(ctx: SourceContext, t: SelectedTable, where: str) -> bool:
+    """Whether ``where`` is the row filter `run` makes of the table's conditions (source/rowfilter.py)."""
+    if not t.condition:
+        return False
+    decided = rowfilter.decide(ctx.conn, "pgoutput", t, insert_only=t.table.identity_gap is not None)
+    return decided is not None and decided.native and decided.printed == where
 
 
 def _leaves_out(ctx: SourceContext, t: SelectedTable, name: str) -> bool:

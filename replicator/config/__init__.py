@@ -34,7 +34,9 @@ T = TypeVar("T", bound=BaseModel)
 
 Role = Literal["source", "destination"]
 
-_SOURCE_ONLY = ("replication-slots", "publication", "log-monitoring", "log-reader-type")
+_SOURCE_ONLY = (
+    "replication-slots", "publication", "log-monitoring", "log-reader-type", "wal2json-nan-becomes-null"
+)
 _DESTINATION_ONLY = ("deletes",)
 
 

@@ -112,10 +112,11 @@ class LogMonitoring(ConfigModel):
 
 class SchemaChangesConfig(ConfigModel):
     """Destination only: what happens there when the source drops a column or a table while
-    realtime streams (with the DDL capture installed)."""
+    realtime streams (with the DDL capture installed), or between two delta-snapshot passes."""
 
     dropped_columns: Literal["drop", "keep"] = "drop"  # keep: the column stays, NULL in rows written later
     dropped_tables: Literal["keep", "drop"] = "keep"  # keep: the table stays as it was, no longer fed
+
     # Positions (LSNs) of schema changes the capture could not describe, which stop the stream, and
     # which the operator has made good at the destination by hand: the stream goes past them.
     accept_unfollowed: list[str] = []
@@ -147,6 +148,9 @@ class ConnectionConfig(ConfigModel):
     publication: str | None = None
     log_reader_type: Literal["STREAM", "SQL"] = "STREAM"
     log_monitoring: LogMonitoring | None = None
+    # wal2json 2.5 prints NaN and ±Infinity of numeric/real/double precision as null: refused
+    # unless accepted here by name (source/wal2json_nan.py).
+    wal2json_nan_becomes_null: bool = False
     # AWS identifiers for `replicator check` (optional; inferred from an RDS endpoint otherwise).
     aws_region: str | None = None
     db_instance_identifier: str | None = None

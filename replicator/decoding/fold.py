@@ -27,7 +27,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from replicator.decoding.changes import UNCHANGED_TOAST, Change, Op, Relation, Truncate, Value, Values
+from replicator.decoding.changes import (
+    UNCHANGED_TOAST,
+    Change,
+    Op,
+    Relation,
+    ReplicaIdentity,
+    Truncate,
+    Value,
+    Values,
+)
 from replicator.errors import DestinationError
 from replicator.lsn import Lsn
 
@@ -294,6 +303,7 @@ class Folder:
                 raise DestinationError(
                     f"{rel.qualified_name}: the stream does not carry key column(s) {', '.join(missing)}"
                 )
+            _check_identity(rel, dest_key)
             batch = TableBatch(rel, tuple(rel.names.index(k) for k in dest_key))
             self._batches[key] = batch
         return batch
@@ -307,6 +317,21 @@ class Folder:
     def _take_ready(self) -> list[Folded]:
         ready, self._ready = self._ready, []
         return ready
+
+
+def _check_identity(rel: Relation, dest_key: tuple[str, ...]) -> None:
+    """Old rows are matched by ``dest_key``, which must be logged by the table's replica identity:
+    chosen at start (``realtime/setup.py``), it may have been changed since (ALTER TABLE ...
+    REPLICA IDENTITY), and then a DELETE would find no row."""
+    if rel.replica_identity is ReplicaIdentity.FULL or not rel.key_indexes or not dest_key:
+        return
+    logged = rel.key_names()
+    if not set(dest_key) <= set(logged):
+        raise DestinationError(
+            f"{rel.qualified_name}: its replica identity now logs ({', '.join(logged)}), but this run finds "
+            f"rows by ({', '.join(dest_key)}): its updates and deletes could not be applied. Start the run "
+            f"again: it chooses the columns the identity logs"
+        )
 
 
 def fill_unchanged(values: Values, earlier: Values) -> Values:

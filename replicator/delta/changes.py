@@ -95,8 +95,10 @@ def apply_changes(
     where: sql.Composable | None,
     mark: Watermark,
     on_progress: Callable[[int, int], None] | None = None,
+    then: Callable[[int], None] | None = None,
 ) -> int:
-    """Upsert the rows matching ``where`` (None: all) and store ``mark``; returns the rows read."""
+    """Upsert the rows matching ``where`` (None: all) and store ``mark``; returns the rows read.
+    ``then(rows)``: more work for the same transaction (the pass's deletes), before the commit."""
     query = select_sql(t.st, [sql.Identifier(c) for c in columns], [] if where is None else [where])
     copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(
         query, sql.SQL("binary" if binary else "text")
@@ -107,6 +109,8 @@ def apply_changes(
             target, columns, binary, lambda sink: relay_copy(src, copy_out_sql, sink, on_progress),
             merge_key=t.st.key,
         )
+        if then is not None:
+            then(result.rows)
         dst.state.save_watermark(job_id, t.ident, mark)
     return result.rows
 

@@ -7,6 +7,11 @@ long, stops like snapshot mode instead: after the chunks in flight, with ``Inter
 a transaction, so that too loses nothing; the next run redoes the unfinished part).
 A pass that fails for a reason that may go away (the source restarted, a network blip; see
 ``retry.may_recover_later``) is tried again after the interval, unless ``--once``.
+
+A failure of one table (its schema cannot be followed, its destination table refuses rows, its
+key comparison found a divergence, ...) is that table's: the pass finishes the other tables,
+logs an ERROR naming the failed ones and marks them FAILED in its summary. With ``--once`` the
+run then exits 1; a running loop goes on and tries them again at every pass.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
             if stop.wait(seconds):
                 raise Stopped
 
+        any_failed = False
         try:
             while True:
                 try:
@@ -64,11 +70,18 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
                     break
                 fresh = False
                 report(summary)
+                if summary.failed:
+                    any_failed = True
+                    log.error(
+                        "pass %d: %d table(s) failed (the others are up to date): %s; %s",
+                        number, len(summary.failed), ", ".join(r.table for r in summary.failed),
+                        "exiting with status 1" if job.once else "they are tried again at the next pass",
+                    )  # fmt: skip
                 if job.once or stop.is_set() or stop.wait(interval):
                     break
             if stop.is_set():
                 log.info("stopped after pass %d", number)
-            return 0
+            return 1 if job.once and any_failed else 0
         finally:
             ctx.control.close()
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,28 +32,19 @@ from psycopg import sql
 
 from replicator.catalog import Catalog, load_catalog
 from replicator.connect import connect
-from replicator.delta import changes, deletes, updatekey
+from replicator.delta import changes, columns, deletes, updatekey
 from replicator.delta.changes import PassSnapshot
 from replicator.delta.tables import DeltaTable, check_destination_key, select_delta_tables
-from replicator.destinations.base import DestinationSession, DestTable, Watermark
-from replicator.errors import DestinationError
+from replicator.delta.work import Changes, TableResult, apply_all, binary_copy
+from replicator.destinations.base import DestinationSession, Watermark
+from replicator.errors import DestinationError, Interrupted, ReplicatorError
 from replicator.job import Job
-from replicator.progress import LOG_EVERY_S, make_progress
+from replicator.progress import make_progress
+from replicator.retry import first_line
 from replicator.snapshot.runner import SnapshotScope, run_snapshot
-from replicator.snapshot.workers import SNAPSHOT_SESSION, Session, run_parallel, session_settings
-from replicator.typemap import binary_safe
+from replicator.snapshot.workers import SNAPSHOT_SESSION, session_settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TableResult:
-    table: str
-    kind: str
-    snapshotted: bool = False
-    upserted: int = 0  # rows read past the watermark and merged (changed, or re-checked)
-    deleted: int = 0
-    full_read: bool = False
 
 
 @dataclass
@@ -69,6 +62,10 @@ class PassSummary:
     def deleted(self) -> int:
         return sum(r.deleted for r in self.results)
 
+    @property
+    def failed(self) -> list[TableResult]:
+        return [r for r in self.results if r.error is not None]
+
 
 @dataclass
 class RunContext:
@@ -80,22 +77,11 @@ class RunContext:
     warned_hidden: bool = False
 
 
-@dataclass(frozen=True)
-class _Work:
-    """One table's changes in a pass."""
-
-    table: DeltaTable
-    target: DestTable
-    columns: tuple[str, ...]
-    binary: bool
-    where: sql.Composable | None  # None: every row
-    mark: Watermark
-    result: TableResult
-
-
 APP = "replicator/delta-snapshot"
 
 SOURCE_SETTINGS = {**SNAPSHOT_SESSION, **deletes.SESSION_SETTINGS}
+
+
 
 
 def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
@@ -115,118 +101,78 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
                 control.state.forget_watermarks(job.job_id, [t.ident for t in tables])
                 control.state.forget_snapshot(job.job_id, [t.ident for t in tables])
         new, resumed, ready = _classify(control, job.job_id, tables)
-        is_new = {t.ident for t in new}
-        snapshotted = is_new | {t.ident for t in resumed}
+        results = {t.ident: TableResult(t.display, t.kind) for t in tables}
+        summary.results.extend(results.values())
+        marks = control.state.load_watermarks(job.job_id)
+        plans = {}
+        for t in ready:  # the source's columns as the destination must follow them (delta/columns.py)
+            with _own_failure(results[t.ident]):
+                plans[t.ident] = _columns_plan(control, t, marks.get(t.ident))
         # A snapshot reuses an existing destination table as is, and builds keys only on
         # tables it creates (when they are complete): check what can be checked up front.
         for t in ready + [t for t in new if control.describe(t.ident) is not None]:
-            check_destination_key(control, t)
-        marks = control.state.load_watermarks(job.job_id)
-        readings = {t.ident: updatekey.read_maxima(src, t.st) for t in tables if t.kind == "update-key"}
+            with _own_failure(results[t.ident]):
+                if t.ident not in plans or not plans[t.ident].key_touched:
+                    check_destination_key(control, t)
+        readings = {}
+        for t in tables:
+            if t.kind == "update-key" and results[t.ident].error is None:
+                with _own_failure(results[t.ident]):
+                    readings[t.ident] = updatekey.read_maxima(src, t.st)
         horizon = updatekey.read_horizon(src) if readings else None
         _warn_horizon(ctx, horizon)
+        tables = [t for t in tables if results[t.ident].error is None]
+        ok = [t.ident for t in tables]
+        new, resumed, ready = ([t for t in ts if t.ident in ok] for ts in (new, resumed, ready))
+        is_new = {t.ident for t in new}
+        for t in new + resumed:
+            results[t.ident].snapshotted = True
 
         snapshot = _open_snapshot(src)
         log.info(
             "pass %d: %d table(s): %d to snapshot, %d to finish, %d by delta",
             number, len(tables), len(new), len(resumed), len(ready),
         )  # fmt: skip
-        upcoming = {
-            t.ident: changes.next_watermark(
-                t, None if t.ident in is_new else marks.get(t.ident), snapshot, readings.get(t.ident), horizon
-            )
-            for t in tables
-        }
+        upcoming = {}
+        for t in tables:
+            previous = None if t.ident in is_new else marks.get(t.ident)
+            mark = changes.next_watermark(t, previous, snapshot, readings.get(t.ident), horizon)
+            upcoming[t.ident] = columns.remember(mark, t)  # the columns this pass copies, for the next
         if new:
             with control.transaction():
                 for t in new:
                     control.state.save_watermark(job.job_id, t.ident, upcoming[t.ident])
         if new or resumed:
-            summary.snapshot_rows = _snapshot(job, control, snapshot, new + resumed, ctx.stop)
-            for t in resumed:
-                check_destination_key(control, t)
-            for t in new:  # ready for the next pass's changes (and deletes)
-                if (found := control.describe(t.ident)) is not None:
-                    control.ready_for_changes(found)
+            try:
+                summary.snapshot_rows = _snapshot(job, control, snapshot, new + resumed, ctx.stop)
+            except (ReplicatorError, psycopg.Error) as e:
+                if isinstance(e, Interrupted):
+                    raise
+                # The tables it had to copy are named in the error; the others go on.
+                for t in new + resumed:
+                    results[t.ident].error = e
+                log.error("pass %d: the first copy of new tables failed, the others go on: %s", number, e)
+            for t in new + resumed:
+                with _own_failure(results[t.ident]):
+                    if results[t.ident].error is None:
+                        check_destination_key(control, t)
+                        if t in new and (found := control.describe(t.ident)) is not None:
+                            control.ready_for_changes(found)  # for the next pass's changes (and deletes)
         works = []
         for t in tables:
-            result = TableResult(t.display, t.kind, snapshotted=t.ident in snapshotted)
-            summary.results.append(result)
-            if t.ident not in is_new:
+            if t.ident in is_new or results[t.ident].error is not None:
+                continue
+            with _own_failure(results[t.ident]):
                 where = changes.changed_rows(t, marks.get(t.ident), snapshot)
-                works.append(_work(control, catalog, t, where, upcoming[t.ident], result))
-        _apply_all(job, src, snapshot, works)
+                works.append(
+                    _work(control, catalog, t, where, upcoming[t.ident], results[t.ident], plans.get(t.ident))
+                )
+        apply_all(job, src, control, snapshot.name, works, APP)
         src.execute("COMMIT")
     finally:
         src.close()
     summary.seconds = time.monotonic() - started
     return summary
-
-
-class _Ticker:
-    """Says how a long phase is going, every few seconds, from whichever worker is due."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self.rows = 0
-        self.ranges = 0
-        self._last = time.monotonic()
-        self._lock = threading.Lock()
-
-    def add(self, rows: int = 0, ranges: int = 0, total_ranges: int = 0) -> None:
-        with self._lock:
-            self.rows += rows
-            self.ranges += ranges
-            now = time.monotonic()
-            if now - self._last < LOG_EVERY_S:
-                return
-            self._last = now
-        if total_ranges:
-            log.info("%s: %d of %d key ranges compared", self.what, self.ranges, total_ranges)
-        else:
-            log.info("%s: %s changed rows merged so far", self.what, f"{self.rows:,}")
-
-
-def _apply_all(job: Job, src: psycopg.Connection[Any], snapshot: PassSnapshot, works: list[_Work]) -> None:
-    """Changed rows of every table in parallel; then deletes, key range by key range, in parallel.
-
-    Deletes come second so that, for a range without deletes, both sides already hold the
-    same keys and the digests agree.
-    """
-    cfg = job.extractor.value.delta_snapshot
-    merging = _Ticker("merging changes")
-    run_parallel(
-        job, snapshot.name, deletes.SESSION_SETTINGS, works, cfg.threads,
-        lambda w: f"merging changed rows of {w.table.display}",
-        lambda session, w: _apply(job.job_id, session, w, merging), APP,
-    )  # fmt: skip
-    compared = {
-        w.table.ident: deletes.TableDeletes(w.table, w.target, deletes.key_order(src, w.table), w.binary)
-        for w in works
-        if w.table.replicate_deletes
-    }
-    ranges = [r for d in compared.values() for r in deletes.key_ranges(src, d, cfg.min_job_size_rows)]
-    comparing = _Ticker("replicate-deletes")
-
-    def compare(session: Session, r: deletes.KeyRange) -> None:
-        deletes.compare_range(*session.connections(), r)
-        comparing.add(ranges=1, total_ranges=len(ranges))
-
-    run_parallel(
-        job, snapshot.name, deletes.SESSION_SETTINGS, ranges, cfg.threads,
-        lambda r: f"comparing keys of {r.deletes.table.display}", compare, APP,
-    )  # fmt: skip
-    for w in works:
-        if w.table.ident in compared:
-            w.result.deleted = compared[w.table.ident].removed
-        log.info(
-            "%s: %s row(s) upserted%s, %s deleted (%s)",
-            w.table.display,
-            f"{w.result.upserted:,}",
-            " (read every row)" if w.result.full_read else "",
-            f"{w.result.deleted:,}" if w.table.replicate_deletes else "none",
-            w.table.kind,
-        )
 
 
 def _classify(
@@ -307,6 +253,27 @@ def _snapshot(
     return result.rows
 
 
+def _columns_plan(control: DestinationSession, t: DeltaTable, mark: Watermark | None) -> columns.ColumnPlan:
+    target = control.describe(t.ident)
+    if target is None:
+        raise DestinationError(
+            f"destination table {t.display} disappeared; run with --fresh to copy it again"
+        )
+    return columns.plan(t, target, mark)
+
+
+@contextmanager
+def _own_failure(result: TableResult) -> Iterator[None]:
+    """A failure here is this table's alone: it is recorded, logged, and the pass goes on."""
+    try:
+        yield
+    except (ReplicatorError, psycopg.Error) as e:
+        if isinstance(e, Interrupted):
+            raise
+        result.error = e
+        log.error("%s: this pass failed for this table, the others go on: %s", result.table, first_line(e))
+
+
 def _work(
     control: DestinationSession,
     catalog: Catalog,
@@ -314,23 +281,24 @@ def _work(
     where: sql.Composable | None,
     mark: Watermark,
     result: TableResult,
-) -> _Work:
+    plan: columns.ColumnPlan | None,
+) -> Changes:
     target = control.describe(t.ident)
     if target is None:
         raise DestinationError(
             f"destination table {t.display} disappeared; run with --fresh to copy it again"
         )
     target = control.ready_for_changes(target)
-    binary = binary_safe(catalog, t.st.columns) and all(
-        target.columns[c.name].type_sql == c.type_sql for c in t.st.columns
-    )
+    if plan is not None and plan.changes:
+        if plan.read_every_row:
+            where = None
+        result.full_read = where is None
+        # Columns and types are known once the columns are altered, in the table's transaction.
+        return Changes(
+            t, target, (), False, where, mark, result,
+            alter=plan.changes, catalog=catalog, skip_deletes=plan.key_touched,
+        )  # fmt: skip
     result.full_read = where is None
-    return _Work(t, target, control.copy_columns(t.st, target), binary, where, mark, result)
-
-
-def _apply(job_id: str, session: Session, w: _Work, ticker: _Ticker) -> None:
-    src, dst = session.connections()
-    w.result.upserted = changes.apply_changes(
-        src, dst, job_id, w.table, w.target, w.columns, w.binary, w.where, w.mark,
-        lambda rows, nbytes: ticker.add(rows=rows),
-    )  # fmt: skip
+    return Changes(
+        t, target, control.copy_columns(t.st, target), binary_copy(catalog, t, target), where, mark, result
+    )

@@ -3,7 +3,8 @@
 A mode opens a ``DestinationSession`` from a ``Destination`` (``open_destination(config)``)
 and works through it: tables (describe, create, empty, key), loads (a COPY stream relayed from
 the source, appended or merged by key), key-range digests and deletes of absent keys (delta
-passes), an ``Applier`` for folded realtime batches, and the ``StateStore`` where progress is
+passes; or the live keys in key order and deleting a set of keys, for the key walk), an
+``Applier`` for folded realtime batches, and the ``StateStore`` where progress is
 checkpointed. Everything a session does inside ``with session.transaction():`` commits
 together, which is how a checkpoint commits atomically with the rows it covers.
 
@@ -13,7 +14,7 @@ satisfy these protocols; nothing in the modes names the PostgreSQL one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from replicator.decoding.fold import Folded
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
 from replicator.lsn import Lsn
-from replicator.relay import CopySink, RelayResult
+from replicator.relay import CopySink, CopySource, RelayResult
 from replicator.serverfacts import ServerFacts, Verdict
 
 TableName = tuple[str, str]
@@ -61,6 +62,34 @@ class DestTable:
         return f"{self.schema}.{self.name}"
 
 
+OUR_COLUMN_PREFIX = "__replicator_"
+"""Columns a destination adds to tables for itself (e.g. the soft-delete flag) start with this."""
+
+
+@dataclass(frozen=True)
+class ColumnChanges:
+    """How a destination table's columns follow the source's (delta passes), applied in this order."""
+
+    renamed: tuple[tuple[str, str], ...] = ()  # (old name, new name): the same source column
+    dropped: tuple[str, ...] = ()  # gone at the source (dropped, or kept with NULLs: destination config)
+    added: tuple[Column, ...] = ()  # new at the source (their values: the caller reads every row again)
+    retyped: tuple[Column, ...] = ()  # another type at the source (likewise)
+    orphaned: tuple[str, ...] = ()  # not at the source, origin unknown: kept, NOT NULL dropped
+    replaced: tuple[Column, ...] = ()  # dropped and added again under the same name: made anew
+
+    def __bool__(self) -> bool:
+        return any((self.renamed, self.dropped, self.added, self.retyped, self.orphaned, self.replaced))
+
+    def describe(self) -> str:
+        parts = [f"renamed {o} to {n}" for o, n in self.renamed]
+        parts += [f"dropped {c}" for c in self.dropped]
+        parts += [f"added {c.name} {c.type_sql}" for c in self.added]
+        parts += [f"{c.name} now {c.type_sql}" for c in self.retyped]
+        parts += [f"{c} no longer at the source (kept, may be NULL)" for c in self.orphaned]
+        parts += [f"{c.name} dropped and added again as {c.type_sql}" for c in self.replaced]
+        return ", ".join(parts)
+
+
 @dataclass
 class Target:
     """A destination table that receives realtime changes, and how its rows are found."""
@@ -68,12 +97,26 @@ class Target:
     table: DestTable
     key: tuple[str, ...]  # destination key columns ((): no key, changes applied one by one)
     key_nullable: bool = False
+    # The filter's conditions, when the destination evaluates them (no publication row filter):
+    # rows written that do not match are removed (destinations/postgres/rowfilter.py).
+    condition: str | None = None
+    # The filter's conditions however they are applied (a publication row filter included): rows
+    # an UPDATE moved into them with a TOASTed value left unchanged are read from the source.
+    source_condition: str | None = None
 
 
 NewColumnType = Callable[[int, int], tuple[str, Catalog]]
 """(type oid, typmod) of a column the source gained -> (its type as SQL, a catalog holding the
 user types it needs), looked up at the source; realtime adds such columns as their first
 change arrives."""
+
+SourceRows = Callable[
+    [TableName, Sequence[str], Sequence[str], list[tuple[Any, ...]], str], list[tuple[Any, ...]]
+]
+"""(table, columns to read, key columns, keys, condition) -> the source's current rows among those
+keys that match the filter condition, as text values in ``columns`` order: for rows a filtered
+table's UPDATE moved into its condition while leaving a TOASTed value unchanged
+(``destinations/postgres/rowfilter.py``)."""
 
 Fill = Callable[[CopySink], RelayResult]
 """Feeds a sink, typically ``lambda sink: relay_copy(src, copy_out, sink)``."""
@@ -98,6 +141,8 @@ class ChunkState:
     run_id: str | None
     rows: int | None
     done: bool
+    # The xmin (64-bit) of the snapshot the chunk was copied in; None if unknown (older versions).
+    snapshot_xmin: int | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +164,10 @@ class TableState:
     @property
     def pending(self) -> list[ChunkPlan]:
         return [c.plan for c in self.chunks if not c.done]
+
+    def done_before(self, run_id: str) -> list[ChunkState]:
+        """Chunks finished by earlier runs (in other snapshots)."""
+        return [c for c in self.chunks if c.done and c.run_id != run_id]
 
     def done_in_other_runs(self, run_id: str) -> bool:
         return any(c.done and c.run_id != run_id for c in self.chunks)
@@ -235,8 +284,17 @@ class StateStore(Protocol):
         """Call in the transaction that created or emptied the table."""
         ...
 
-    def mark_chunk_done(self, job: str, table: TableName, chunk_no: int, run_id: str, rows: int) -> None:
-        """Call in the transaction that loaded the chunk's rows."""
+    def mark_chunk_done(
+        self,
+        job: str,
+        table: TableName,
+        chunk_no: int,
+        run_id: str,
+        rows: int,
+        snapshot_xmin: int | None = None,
+    ) -> None:
+        """Call in the transaction that loaded the chunk's rows (``snapshot_xmin``: of the snapshot
+        it was read in)."""
         ...
 
     def mark_key_built(self, job: str, table: TableName) -> None: ...
@@ -415,12 +473,23 @@ class DestinationSession(Protocol):
 
     def has_unique_key(self, table: TableName, columns: tuple[str, ...]) -> bool: ...
 
+    def add_unique_key(self, table: TableName, columns: tuple[str, ...]) -> None:
+        """A unique index on ``columns`` (NOT NULL at the source): how realtime finds rows when the
+        source's replica identity is another unique index than the table's key."""
+        ...
+
     def ready_for_changes(self, table: DestTable) -> DestTable:
         """Make a table ready to receive changes and deletes (``deletes: soft`` adds its flag)."""
         ...
 
     def copy_columns(self, st: SelectedTable, table: DestTable) -> tuple[str, ...]:
         """The selected columns the destination receives (present there, not generated)."""
+        ...
+
+    def alter_columns(self, table: DestTable, catalog: Catalog, changes: ColumnChanges) -> DestTable:
+        """Make ``table``'s columns follow the source's (a dropped column is dropped, or kept as
+        the destination's config says); call in the transaction that then merges its rows.
+        Returns the table as it is afterwards."""
         ...
 
     # rows
@@ -458,9 +527,41 @@ class DestinationSession(Protocol):
         ``fill`` writes: one row of arrays, one array per key column. Returns the rows removed."""
         ...
 
+    def text_key_encoding(self) -> str | None:
+        """The encoding text keys arrive in from ``live_keys`` when it is the one they are stored
+        in (their bytes then order as byte-wise comparison at the destination does); else None."""
+        ...
+
+    def live_keys(self, table: DestTable, order: KeyOrder) -> CopySource:
+        """The keys of the live rows of ``table`` in ``order``'s order, as a binary COPY stream of
+        the key columns (not started). Read it to its end before the session does anything else."""
+        ...
+
+    def delete_keys(
+        self, table: DestTable, key: tuple[str, ...], count: int, table_rows: int, fill: Fill
+    ) -> int:
+        """Delete (or soft-delete) the rows of ``table`` whose key is one of the ``count`` keys
+        ``fill`` writes (binary COPY, columns ``key``; ``table_rows``: about how many rows the
+        table has). Call in a transaction; returns the rows removed."""
+        ...
+
     def applier(
-        self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
+        self,
+        job: str,
+        slot: str,
+        targets: Mapping[TableName, Target],
+        column_type: NewColumnType,
+        source_rows: SourceRows | None = None,
     ) -> Applier: ...
+
+    def verify_condition(
+        self, table: TableName, condition: str, where: str, columns: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        """Refuse (ConfigError) a filter condition this destination cannot evaluate on ``table``
+        (for tables whose condition is evaluated here while streaming). A table not created yet is
+        stood in for by ``columns`` (name, source type); False: it could not be checked yet (a type
+        the destination does not have until the table is created)."""
+        ...
 
 
 class Destination(Protocol):

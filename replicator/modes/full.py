@@ -16,7 +16,9 @@ import logging
 import threading
 
 from replicator.connect import connect
+from replicator.destinations import open_destination
 from replicator.job import Job
+from replicator.lsn import Lsn
 from replicator.modes.snapshot import format_summary
 from replicator.realtime.runner import prepare, stream, summary
 from replicator.realtime.setup import SlotPlan
@@ -44,7 +46,11 @@ def run_until(job: Job, stop: threading.Event) -> int:
                 print(format_summary(run_snapshot(job, only=tables, stop=stop)))
                 continue
             with SnapshotSlot.create(job.source.value, plan.slot, plan.plugin) as created:
-                # A new slot means a new starting point: earlier snapshot progress does not match it.
+                # A new slot means a new starting point: earlier snapshot progress does not match it,
+                # nor does a checkpoint of a slot of that name that was lost (positions.py). The
+                # stream starts where the snapshot ends; recorded first, so a crash during the
+                # snapshot finds the new slot at its checkpoint.
+                _record_start(job, plan.slot, created.consistent_point)
                 fresh = dataclasses.replace(job, fresh=True)
                 print(format_summary(
                     run_snapshot(fresh, imported_snapshot=created.snapshot_name, only=tables, stop=stop)
@@ -54,3 +60,10 @@ def run_until(job: Job, stop: threading.Event) -> int:
     stats = stream(job, prepared, stop)
     print(summary(stats))
     return 0
+
+
+def _record_start(job: Job, slot: str, consistent_point: Lsn) -> None:
+    with open_destination(job.destination.value).open_session("replicator/full") as dst:
+        dst.state.ensure()
+        with dst.transaction():
+            dst.state.save_slot_checkpoint(job.job_id, slot, consistent_point)

@@ -8,8 +8,9 @@ from replicator.signals import stop_on_signals
 
 
 def run(job: Job) -> int:
-    prepared = prepare(job)
+    # Handlers first: a signal while preparing (publications, slots) stops cleanly once it is done.
     with stop_on_signals() as stop:
+        prepared = prepare(job)
         stats = stream(job, prepared, stop)
     print(summary(stats))
     return 0

@@ -19,7 +19,7 @@ def format_summary(s: SnapshotSummary) -> str:
     lines = [
         f"snapshot complete: {copied} table(s) copied"
         + (f", {len(s.skipped)} already done earlier" if s.skipped else "")
-        + f"; {s.rows:,} rows, {s.bytes / 1e6:,.1f} MB in {s.seconds:.1f} s ({s.rows_per_s:,.0f} rows/s)"
+        + f"; {s.rows:,} rows, {s.bytes / 1e6:,.1f} MB in {s.seconds:.2f} s ({s.rows_per_s:,.0f} rows/s)"
     ]
     if s.keyless:
         lines.append(f"tables without a key (realtime and delta-snapshot need one): {', '.join(s.keyless)}")

@@ -19,31 +19,43 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from replicator.catalog import Catalog, load_types
-from replicator.connect import connect, retrying_for
+from replicator.conditions import require_expression
+from replicator.connect import connect, describe, retrying_for
 from replicator.decoding.changes import Begin, Change, Commit, Decoder, Event, Message, Truncate
 from replicator.decoding.fold import Folder
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.decoding.wal2json import Wal2JsonDecoder
 from replicator.destinations import open_destination
-from replicator.destinations.base import Applier, DestinationSession, NewColumnType, Target
+from replicator.destinations.base import Applier, DestinationSession, NewColumnType, SourceRows, Target
 from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime import follow
 from replicator.realtime.lagtrack import LagTracker
+from replicator.realtime.positions import (
+    LostSlot,
+    ReadOnlyNode,
+    in_recovery,
+    lost_slot_message,
+    read_only_node_message,
+)
 from replicator.realtime.setup import SlotPlan, start_position
 from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.retry import Streak, is_transient
 from replicator.source import ddlcapture
 from replicator.source.describe import CatalogDescriber
 from replicator.source.heartbeat import HeartbeatWriter
+from replicator.source.membership import Member, MembershipWatch
 from replicator.source.reader import ChangeReader
+from replicator.source.session import apply_output_settings
 from replicator.source.slots import wal2json_accepts
 from replicator.source.sqlreader import SqlReader
 from replicator.source.stream import ReplicationStream
@@ -89,6 +101,8 @@ class SlotPipeline:
         self.stats = SlotStats()
         self.lag = LagTracker(plan.slot, self.stats)  # metrics, the progress line, status
         self._failures = Streak()  # failures in a row: a stream that reads again is healthy
+        # Every streamed table still in its publication? (someone else's ALTER PUBLICATION)
+        self.membership = MembershipWatch(_members(plan), self.cfg.heartbeat.interval_ms / 1000)
         # aux serves the reader (heartbeat, WAL watch) and the worker (types)
         self._aux_lock = threading.Lock()
         self._capture = False  # the DDL capture is installed on the source (set by run)
@@ -101,7 +115,9 @@ class SlotPipeline:
         # heartbeat, WAL watch, type lookups; reopened after a lost connection (see below)
         aux = self._aux = connect(src_cfg, "source", APP, autocommit=True)
         try:
-            writer = dst.applier(self.job.job_id, self.plan.slot, self.targets, self._column_type())
+            writer = dst.applier(
+                self.job.job_id, self.plan.slot, self.targets, self._column_type(), self._source_rows()
+            )
             folder = Folder(
                 {k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows
             )
@@ -127,7 +143,8 @@ class SlotPipeline:
                 # The routing goes back to the checkpoint's, read when the stream opens again: the
                 # destination's connection may be dead without knowing it yet (a lost tunnel).
                 self._rewind = True
-                if self._aux.closed or self._aux.broken:
+                if not _answers(self._aux):
+                    self._aux.close()
                     self._aux = connect(src_cfg, "source", APP, autocommit=True)
                     if writer_hb is not None:
                         writer_hb.conn = self._aux
@@ -157,8 +174,14 @@ class SlotPipeline:
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
             (self.plan.slot,),
         ).fetchone()
+        if in_recovery(aux):
+            # A failover under way: a reader (or the old writer turned standby) has no usable slot yet.
+            raise ReadOnlyNode(read_only_node_message(describe(src_cfg)))
+        self.membership.check(aux)  # at every (re)connection, before streaming
         if slot_row is None:
-            raise SourceError(f"replication slot {self.plan.slot!r} does not exist any more")
+            # Dropped, or a failover reached a server that never had it: never stream on silently.
+            checkpoint = dst.state.slot_checkpoint(self.job.job_id, self.plan.slot)
+            raise LostSlot(lost_slot_message(self.plan.slot, checkpoint or Lsn(0), describe(src_cfg)))
         configured = self.cfg.start_position.start_lsn if self.cfg.start_position else None
         start = start_position(
             dst.state, self.job.job_id, self.plan.slot, Lsn.parse(slot_row[0]) if slot_row[0] else None,
@@ -180,8 +203,11 @@ class SlotPipeline:
     def _decoder(self, aux: psycopg.Connection[Any]) -> Decoder:
         if self.plan.plugin == "pgoutput":
             assert self.plan.publication is not None
-            # Logical messages carry the DDL capture's schema changes (PostgreSQL 14+).
-            return PgOutputDecoder([self.plan.publication], messages=aux.info.server_version >= 140000)
+            # Tables without a replica identity come through a second, insert-only publication;
+            # logical messages carry the DDL capture's schema changes (PostgreSQL 14+).
+            return PgOutputDecoder(
+                self.plan.publications(self.heartbeat), messages=aux.info.server_version >= 140000
+            )
         if self._capture:  # tables renamed or created later must be decoded too: the folder picks
             exact = wal2json_accepts(aux, self.plan.slot, "numeric-data-types-as-string")
             return Wal2JsonDecoder(CatalogDescriber(aux), None, numeric_as_string=exact)
@@ -246,6 +272,7 @@ class SlotPipeline:
                     if heartbeat is not None:
                         heartbeat.tick()
                     watch.check_if_due(aux)
+                    self.membership.check_if_due(aux)
                     self.lag.sample_source_if_due(aux)
                 if until is not None and not in_txn and reader.position >= (follower.until(until) or until):
                     break
@@ -336,6 +363,29 @@ class SlotPipeline:
 
         return column_type
 
+    def _source_rows(self) -> SourceRows:
+        def source_rows(
+            table: tuple[str, str], columns: Sequence[str], key: Sequence[str], keys: list[tuple[Any, ...]],
+            condition: str,
+        ) -> list[tuple[Any, ...]]:
+            """The source's current rows among ``keys`` that match ``condition`` (values as text)."""
+            query = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({}) AND ({})").format(
+                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+                sql.Identifier(*table),
+                # The key columns as they are (the literals take their types): the key index is used.
+                sql.SQL(", ").join(sql.Identifier(k) for k in key),
+                sql.SQL(", ").join(
+                    sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Literal, k))) for k in keys
+                ),
+                sql.SQL(require_expression(condition)),
+            )
+            aux = self._aux  # the current one: it is reopened after a lost connection
+            with self._aux_lock, aux.transaction():
+                apply_output_settings(aux)
+                return [tuple(r) for r in aux.execute(query).fetchall()]
+
+        return source_rows
+
 
 class _ProgressReport:
     """Logs a slot's throughput every ``PROGRESS_EVERY_S``: long catch-ups are never silent."""
@@ -360,6 +410,30 @@ class _ProgressReport:
             self.stats.confirmed, position, lag.describe() if lag else "not measured yet",
         )
         self.last_at, self.last_changes = now, self.stats.changes
+
+
+def _answers(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a connection still works: after a restart it looks fine until it is used."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _members(plan: SlotPlan) -> list[Member]:
+    """The streamed tables and the publication each must stay in (pgoutput only)."""
+    if plan.publication is None:
+        return []
+    members = [Member(t.table.oid, t.table.schema, t.table.name, plan.publication) for t in plan.identified]
+    if plan.insert_only_publication is not None:
+        members += [
+            Member(t.table.oid, t.table.schema, t.table.name, plan.insert_only_publication)
+            for t in plan.insert_only
+        ]
+    return members
 
 
 def current_wal_lsn(job: Job) -> Lsn:

@@ -7,31 +7,45 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
 from replicator import metrics
-from replicator.connect import connect
+from replicator.connect import connect, describe, retrying_for
 from replicator.destinations import open_destination
 from replicator.destinations.base import DestinationSession, Target
-from replicator.filters import SelectedTable
+from replicator.errors import ConfigError
+from replicator.filters import SelectedTable, check_conditions
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime import ddlsetup
 from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
+from replicator.realtime.positions import (
+    Mode,
+    ReadOnlyNode,
+    SlotStart,
+    check_start_positions,
+    in_recovery,
+    read_only_node_message,
+)
 from replicator.realtime.setup import (
     SlotPlan,
+    check_destination_conditions,
+    decide_row_filters,
+    identity_match_key,
     identity_warnings,
     plan_slots,
     prepare_destination,
     prepare_source,
     select_realtime_tables,
+    tables_changed_in_place,
     unlogged_warnings,
 )
 from replicator.snapshot.runner import unfinished_tables
 from replicator.source.slots import ensure_slot, get_slot
+from replicator.source.wal2json_nan import keeps_nan, nan_refusal, nan_risks
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +57,40 @@ class Prepared:
     plans: list[SlotPlan]
     targets: dict[tuple[str, str], Target]
     heartbeat: bool
+    starts: dict[str, SlotStart] = field(default_factory=dict)  # each slot's facts at start
 
 
 def prepare(
     job: Job, create_slots: bool = True, before_destination: Callable[[list[SlotPlan]], None] | None = None
 ) -> Prepared:
     """Everything up to streaming: tables, publications, slots, destination tables, state."""
-    with connect(job.source.value, "source", APP, autocommit=True) as src:
+    with writer_connection(job) as src:
         with src.transaction():
             catalog, tables = select_realtime_tables(job, src, with_snapshot=before_destination is not None)
         full = before_destination is not None  # the full mode snapshots before the destination step
         # Where each table is at the slots' checkpoints (schema changes followed: see follow.py).
         stored = ddlsetup.stream_tables(job, src)
         plans = plan_slots(job.source, tables, {relid: t.slot for relid, t in stored.items()})
+        # Before anything is written: a stream that would skip changes is refused (positions.py).
+        starts = _check_positions(job, src, plans, "full" if full else "realtime")
+        for t in tables:
+            identity_match_key(t)  # raises if the filter leaves out the columns rows are found by
+        _refuse_nan_loss(job, src, plans)
+        # Conditions are pasted into the publication (or evaluated at the destination): first they
+        # must be one harmless boolean expression (conditions.py), as for the snapshot.
+        check_conditions(src, tables)
+        row_filters = decide_row_filters(src, plans)
+        if any(not rf.native for rf in row_filters.values()):
+            with open_destination(job.destination.value).open_session(APP) as dst:
+                check_destination_conditions(dst, tables, row_filters)
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
             _check_snapshot_targets(job, src, plans, tables)
-        for warning in identity_warnings(tables) + unlogged_warnings(tables, "full" if full else "realtime"):
+        for level, message in identity_warnings(tables, tables_changed_in_place(src, tables)):
+            log.log(level, message)
+        for warning in unlogged_warnings(tables, "full" if full else "realtime"):
             log.warning(warning)
-        heartbeat = prepare_source(job, src, plans)
+        heartbeat = prepare_source(job, src, plans, row_filters)
         if ddlsetup.announce(src, plans).installed:
             ddlsetup.register_schemas(src, job, plans)
         if create_slots:
@@ -74,9 +103,52 @@ def prepare(
         dst.state.ensure()
         # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
         streamed = [t for plan in plans for t in plan.tables if not t.table.unlogged]
-        targets = prepare_destination(dst, catalog, streamed)
+        targets = prepare_destination(dst, catalog, streamed, row_filters)
         targets.update(ddlsetup.ghost_targets(dst, plans))
-    return Prepared(plans, targets, heartbeat is not None)
+    return Prepared(plans, targets, heartbeat is not None, starts)
+
+
+def writer_connection(job: Job) -> psycopg.Connection[Any]:
+    """A connection to the source once it accepts writes: a failover may briefly leave the endpoint
+    on a read-only node, which is waited for within max-retries x retry-wait-duration-ms."""
+    cfg = job.source.value
+    for attempt in retrying_for(cfg, "waiting for the source to be a writer"):
+        with attempt:
+            conn = connect(cfg, "source", APP, autocommit=True)
+            if in_recovery(conn):
+                conn.close()
+                raise ReadOnlyNode(read_only_node_message(describe(cfg)))
+            return conn
+    raise AssertionError("unreachable")
+
+
+def _refuse_nan_loss(job: Job, src: psycopg.Connection[Any], plans: list[SlotPlan]) -> None:
+    """wal2json 2.5 turns NaN and ±Infinity into NULL (source/wal2json_nan.py): refused unless accepted."""
+    risks = nan_risks(job.source.value, {p.slot: p.tables for p in plans})
+    if not risks:
+        return
+    if job.source.value.wal2json_nan_becomes_null:
+        log.info(
+            "%s: wal2json-nan-becomes-null: NaN and ±Infinity in %s replicate as NULL (accepted)",
+            job.source.where("wal2json-nan-becomes-null"), ", ".join(r.table for r in risks),
+        )
+        return
+    lossy = [r for r in risks if not keeps_nan(src, r.slot)]
+    if lossy:
+        raise ConfigError(nan_refusal(job.source, lossy))
+
+
+def _check_positions(
+    job: Job, src: psycopg.Connection[Any], plans: list[SlotPlan], mode: Mode
+) -> dict[str, SlotStart]:
+    configured = job.extractor.value.realtime.start_position
+    start_lsn = Lsn.parse(configured.start_lsn) if configured and configured.start_lsn else None
+    where = job.extractor.where("realtime", "start-position", "start-lsn")
+    with open_destination(job.destination.value).open_session(APP) as dst:
+        state = dst.state if dst.state.present() else None
+        return check_start_positions(
+            src, state, job.job_id, [p.slot for p in plans], mode, start_lsn, where
+        )
 
 
 def _check_snapshot_targets(

@@ -22,8 +22,11 @@ from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.realtime.positions import SlotAhead, slot_ahead_message
+from replicator.source import rowfilter
 from replicator.source.heartbeat import ensure_heartbeat_table
-from replicator.source.publication import PublishedTable, ensure_publication
+from replicator.source.publication import INSERT_ONLY, PublishedTable, ensure_publication
+from replicator.source.rowfilter import RowFilter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,36 @@ class SlotPlan:
         return {(t.table.schema, t.table.name) for t in [*self.tables, *self.snapshot_only]} | {
             g.table for g in self.ghosts.values()
         }
+
+    @property
+    def identified(self) -> list[SelectedTable]:
+        """Streamed tables whose updates and deletes the source can log (a replica identity)."""
+        return [t for t in self.tables if t.table.identity_gap is None]
+
+    @property
+    def insert_only(self) -> list[SelectedTable]:
+        """Streamed tables without a replica identity: published for inserts and truncates only."""
+        return [t for t in self.tables if t.table.identity_gap is not None]
+
+    @property
+    def insert_only_publication(self) -> str | None:
+        """pgoutput: the publication of ``insert_only`` (streamed on the same slot), if any."""
+        if self.publication is None or not self.insert_only:
+            return None
+        return insert_only_publication(self.publication)
+
+    def publications(self, heartbeat: bool) -> list[str]:
+        """The publications the slot's pgoutput stream reads (those that exist)."""
+        if self.publication is None:
+            return []
+        names = [self.publication] if self.identified or heartbeat or not self.insert_only else []
+        extra = self.insert_only_publication
+        return [*names, extra] if extra else names
+
+
+def insert_only_publication(publication: str) -> str:
+    suffix = "_insert_only"
+    return publication[: 63 - len(suffix)] + suffix
 
 
 def plan_slots(
@@ -153,31 +186,103 @@ def check_keys_agree(
         )
 
 
-def identity_warnings(tables: list[SelectedTable]) -> list[str]:
-    """Tables whose updates and deletes the source cannot log with enough to find the row."""
-    return [
-        f"{t.display}: {gap}: its UPDATEs and DELETEs cannot be replicated (and fail at the source once "
-        f"it is published); fix: ALTER TABLE {t.display} REPLICA IDENTITY FULL; or add a primary key"
-        for t in tables
-        if (gap := t.table.identity_gap) is not None
-    ]
+def identity_warnings(
+    tables: list[SelectedTable], changed: set[tuple[str, str]] | None = None
+) -> list[tuple[int, str]]:
+    """(log level, message) for tables whose updates and deletes the source cannot log.
+
+    They are published for inserts and truncates only (so the source's own UPDATEs keep
+    working): a warning when the table is updated or deleted from (``changed``: per the source's
+    statistics), a note when it looks insert-only (logs, pgbench_history), which keeps
+    replicating as it is.
+    """
+    out = []
+    for t in tables:
+        gap = t.table.identity_gap
+        if gap is None or t.table.unlogged:
+            continue
+        key = (t.table.schema, t.table.name)
+        level = logging.WARNING if changed is None or key in changed else logging.INFO
+        out.append((
+            level,
+            f"{t.display}: {gap}: replicated for INSERT and TRUNCATE only; its UPDATEs and DELETEs are not "
+            f"replicated (the source cannot log which row they touch). Fix: ALTER TABLE {t.display} REPLICA "
+            f"IDENTITY FULL; or add a primary key",
+        ))
+    return out
 
 
-def prepare_source(job: Job, conn: psycopg.Connection[Any], plans: list[SlotPlan]) -> PublishedTable | None:
+def tables_changed_in_place(
+    conn: psycopg.Connection[Any], tables: list[SelectedTable]
+) -> set[tuple[str, str]]:
+    """The tables the source's statistics have seen updated or deleted from (not insert-only)."""
+    oids = [t.table.oid for t in tables if t.table.identity_gap is not None]
+    if not oids:
+        return set()
+    rows = conn.execute(
+        "SELECT schemaname, relname FROM pg_stat_user_tables WHERE relid = ANY(%s) "
+        "AND n_tup_upd + n_tup_del + n_tup_hot_upd > 0",
+        (oids,),
+    ).fetchall()
+    return {(r[0], r[1]) for r in rows}
+
+
+def decide_row_filters(
+    conn: psycopg.Connection[Any], plans: list[SlotPlan]
+) -> dict[tuple[str, str], RowFilter]:
+    """How each table's filter ``conditions`` are applied while streaming (``source/rowfilter.py``):
+    a publication row filter where that is safe, else at the destination. Writes nothing."""
+    decided = {}
+    for plan in plans:
+        insert_only = {(t.table.schema, t.table.name) for t in plan.insert_only}
+        for t in plan.tables:
+            key = (t.table.schema, t.table.name)
+            rf = rowfilter.decide(conn, plan.plugin, t, key in insert_only)
+            if rf is None:
+                continue
+            decided[key] = rf
+            if rf.native:
+                log.info("%s: conditions applied by the publication (row filter WHERE %s)",
+                         t.display, rf.printed)
+            else:
+                log.info("%s: conditions evaluated at the destination while streaming: %s",
+                         t.display, rf.reason)
+    return decided
+
+
+def prepare_source(
+    job: Job,
+    conn: psycopg.Connection[Any],
+    plans: list[SlotPlan],
+    row_filters: dict[tuple[str, str], RowFilter] | None = None,
+) -> PublishedTable | None:
     """Heartbeat table and publications (created or validated)."""
+    filters = row_filters or {}
     hb_cfg = job.extractor.value.realtime.heartbeat
     heartbeat = ensure_heartbeat_table(conn, hb_cfg) if hb_cfg.enable else None
     for plan in plans:
         if plan.publication is None:
             continue
-        published = [
-            PublishedTable(t.table.schema, t.table.name, _published_columns(t)) for t in plan.tables
-        ]
+        published = [_published(t, filters) for t in plan.identified]
+        keyless = [_published(t, filters) for t in plan.insert_only]
         if heartbeat is not None:
             published.append(heartbeat)
         if published:
-            ensure_publication(conn, plan.publication, published)
+            ensure_publication(conn, plan.publication, published, not_here=keyless)
+        if keyless:
+            assert plan.insert_only_publication is not None
+            ensure_publication(conn, plan.insert_only_publication, keyless, publish=INSERT_ONLY)
     return heartbeat
+
+
+def _published(t: SelectedTable, filters: dict[tuple[str, str], RowFilter]) -> PublishedTable:
+    rf = filters.get((t.table.schema, t.table.name))
+    if rf is None or not rf.native:
+        return PublishedTable(t.table.schema, t.table.name, _published_columns(t))
+    return PublishedTable(
+        t.table.schema, t.table.name, _published_columns(t),
+        row_filter=rf.condition, row_filter_printed=rf.printed,
+    )
 
 
 def _published_columns(t: SelectedTable) -> tuple[str, ...] | None:
@@ -186,11 +291,28 @@ def _published_columns(t: SelectedTable) -> tuple[str, ...] | None:
     return tuple(c.name for c in t.columns if not c.is_generated)
 
 
+def check_destination_conditions(
+    dst: DestinationSession, tables: list[SelectedTable], row_filters: dict[tuple[str, str], RowFilter]
+) -> None:
+    """Before anything is written: conditions the destination will evaluate must be ones it can
+    (a table not there yet is stood in for by the source's columns; prepare_destination checks
+    again once it exists)."""
+    for st in tables:
+        rf = row_filters.get((st.table.schema, st.table.name))
+        if rf is not None and not rf.native:
+            columns = [(c.name, c.type_sql) for c in st.columns]
+            dst.verify_condition((st.table.schema, st.table.name), rf.condition, st.condition_where, columns)
+
+
 def prepare_destination(
-    dst: DestinationSession, catalog: Catalog, tables: list[SelectedTable]
+    dst: DestinationSession,
+    catalog: Catalog,
+    tables: list[SelectedTable],
+    row_filters: dict[tuple[str, str], RowFilter] | None = None,
 ) -> dict[tuple[str, str], Target]:
     """Make sure every table exists at the destination (created like a snapshot would), with a
-    key, ready to receive changes."""
+    key, ready to receive changes; conditions it evaluates must be ones it can evaluate."""
+    filters = row_filters or {}
     targets = {}
     for st in tables:
         key = (st.table.schema, st.table.name)
@@ -202,28 +324,60 @@ def prepare_destination(
             found = dst.describe(key)
             assert found is not None
         found = dst.ready_for_changes(found)
-        nullable = any((c := st.table.column(k)) is not None and not c.not_null for k in st.key)
-        targets[key] = Target(found, st.key, key_nullable=nullable)
+        match_key = identity_match_key(st)
+        if match_key != st.key and not dst.has_unique_key(key, match_key):
+            log.info(
+                "%s: the source identifies rows by (%s), its REPLICA IDENTITY index; adding a unique index "
+                "on them at the destination, by which changes are applied", st.display, ", ".join(match_key),
+            )
+            dst.add_unique_key(key, match_key)
+        nullable = any((c := st.table.column(k)) is not None and not c.not_null for k in match_key)
+        rf = filters.get(key)
+        condition = rf.condition if rf is not None and not rf.native else None
+        if condition is not None:
+            dst.verify_condition(key, condition, st.condition_where)
+        targets[key] = Target(
+            found, match_key, key_nullable=nullable, condition=condition,
+            source_condition=rf.condition if rf is not None else None,
+        )
     return targets
+
+
+def identity_match_key(st: SelectedTable) -> tuple[str, ...]:
+    """The columns realtime finds a table's rows by: those the source's replica identity logs.
+
+    An UPDATE or DELETE carries the old row's replica identity only: the primary key (DEFAULT),
+    the columns of a chosen unique index (USING INDEX), or the whole row (FULL). When that index
+    is not the table's key, matching by the key finds nothing (a DELETE's old key is all NULLs)
+    and misses an UPDATE of the key that leaves the index's columns alone; the index's columns,
+    unique and NOT NULL at the source, find the row in every case.
+    """
+    table = st.table
+    ident = table.identity_index_columns
+    if table.replica_identity == "f" or not ident or set(ident) == set(st.key):
+        return st.key
+    missing = [c for c in ident if c not in {col.name for col in st.columns}]
+    if missing:
+        raise ConfigError(
+            f"{st.display}: its REPLICA IDENTITY index is on ({', '.join(ident)}), and the filter leaves out "
+            f"{', '.join(missing)}: realtime could not find the rows an UPDATE or DELETE touches. Add "
+            f"{', '.join(missing)} to the table's allow list, or ALTER TABLE {st.display} REPLICA IDENTITY "
+            f"DEFAULT (its primary key)"
+        )
+    return ident
 
 
 def start_position(
     state: StateStore, job_id: str, slot: str, slot_confirmed: Lsn | None, start_lsn: Lsn | None = None
 ) -> Lsn:
-    """Where the stream resumes: our checkpoint; else the configured start-lsn; else the slot's position."""
+    """Where the stream resumes: our checkpoint; else the configured start-lsn; else the slot's position.
+
+    (Re)checked at every (re)connection: a slot confirmed past our checkpoint means changes were
+    consumed without being applied here (``positions.py`` checks it before the first write too).
+    """
     checkpoint = state.slot_checkpoint(job_id, slot)
     if checkpoint is not None and slot_confirmed is not None and slot_confirmed > checkpoint:
-        log.warning(
-            "slot %s was confirmed up to %s by another consumer, past our checkpoint %s: changes in "
-            "between are not in the destination; run `full` again (with --fresh) to repair",
-            slot, slot_confirmed, checkpoint,
-        )
+        raise SlotAhead(slot_ahead_message(slot, slot_confirmed, checkpoint))
     if checkpoint is None and start_lsn is not None:
-        if slot_confirmed is not None and start_lsn < slot_confirmed:
-            log.warning(
-                "realtime.start-position.start-lsn %s is before slot %s's confirmed position %s: "
-                "the server starts at %s (earlier changes are no longer in the slot)",
-                start_lsn, slot, slot_confirmed, slot_confirmed,
-            )
-        return start_lsn
+        return max(start_lsn, slot_confirmed or Lsn(0))
     return checkpoint or slot_confirmed or Lsn(0)

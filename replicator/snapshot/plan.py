@@ -168,10 +168,12 @@ def select_sql(
     return query
 
 
-def chunk_select(st: SelectedTable, chunk: ChunkPlan, columns: tuple[str, ...]) -> sql.Composed:
-    """``SELECT columns FROM relation WHERE chunk range [AND filter condition]``."""
+def chunk_select(
+    st: SelectedTable, chunk: ChunkPlan, columns: tuple[str, ...], extra: sql.Composable | None = None
+) -> sql.Composed:
+    """``SELECT columns FROM relation WHERE chunk range [AND extra] [AND filter condition]``."""
     source = relation_sql(st, chunk.source_schema, chunk.source_table)
-    predicates: list[sql.Composable] = []
+    predicates: list[sql.Composable] = [extra] if extra is not None else []
     if chunk.kind == "ctid":
         if chunk.lower is not None:
             predicates.append(sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({chunk.lower},0)")))
@@ -190,7 +192,15 @@ def chunk_select(st: SelectedTable, chunk: ChunkPlan, columns: tuple[str, ...]) 
     return select_sql(st, [sql.Identifier(c) for c in columns], predicates, source)
 
 
-def copy_out_sql(st: SelectedTable, chunk: ChunkPlan, columns: tuple[str, ...], binary: bool) -> bytes:
+def copy_out_sql(
+    st: SelectedTable,
+    chunk: ChunkPlan,
+    columns: tuple[str, ...],
+    binary: bool,
+    extra: sql.Composable | None = None,
+) -> bytes:
     fmt = "binary" if binary else "text"
-    query = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(chunk_select(st, chunk, columns), sql.SQL(fmt))
+    query = sql.SQL("COPY ({}) TO STDOUT (FORMAT {})").format(
+        chunk_select(st, chunk, columns, extra), sql.SQL(fmt)
+    )
     return query.as_string(None).encode()

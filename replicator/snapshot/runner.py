@@ -5,10 +5,20 @@ from the replication slot); every worker imports it, so all chunks of all tables
 same instant. Each chunk is relayed as ``COPY TO`` -> ``COPY FROM`` and committed at the
 destination together with its checkpoint. Keys are built when a table's last chunk lands.
 
-Resuming: chunks already committed are skipped. Chunks copied by an earlier run saw an
-earlier instant, so if the source changed in between, a row may have moved between chunks
-(CTIDs move on update). For a table with a key, the rest of such a table is therefore
-merged by key (upsert), never appended, so no row is ever duplicated.
+Resuming: chunks already committed are not copied again, but they were read in an earlier
+snapshot, and a chunk's range is only meaningful inside one snapshot: an UPDATE moves a row to
+another page (a CTID range) or, changing a split key, to another key range, possibly into a
+range that was already finished, which the rest of the copy would then never read. So:
+
+- a table with a key that we created: the remaining chunks are merged by key (never appended:
+  no row twice), and every finished range is read again for the rows written since the snapshot
+  it was copied in (``xmin`` in the window from that snapshot's ``xmin`` to this one's ``xmax``,
+  see ``delta/xmin.py``), merged by key too. Every row of the source, as of the resuming run's
+  snapshot, then reaches the destination with its values at that instant. Rows deleted (or
+  whose key changed) at the source between the two runs may remain; the `full` mode's stream
+  removes them, or use --fresh;
+- any other table (no key, or an existing destination table we did not create): copied again
+  from the start, emptied first.
 """
 
 from __future__ import annotations
@@ -21,13 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from replicator import metrics
 from replicator.catalog import Catalog, load_catalog
 from replicator.config.extractor import CopySettings
 from replicator.connect import connect
+from replicator.delta import xmin
 from replicator.destinations import open_destination
-from replicator.destinations.base import ChunkPlan, DestinationSession, DestTable, TableState
+from replicator.destinations.base import ChunkPlan, ChunkState, DestinationSession, DestTable, TableState
 from replicator.errors import DestinationError, Interrupted
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
@@ -74,6 +86,7 @@ class TableWork:
     merge: bool
     remaining: int
     lock: threading.Lock = field(default_factory=threading.Lock)
+    rereads: list[ChunkState] = field(default_factory=list)  # finished in other snapshots
     meter: metrics.TableMeter | None = None  # set when its copy starts
 
 
@@ -81,6 +94,10 @@ class TableWork:
 class ChunkJob:
     work: TableWork
     chunk: ChunkPlan
+    # A chunk finished by an earlier run: read again for rows written since ``since`` (the xmin of
+    # its snapshot; None: unknown, the whole range), merged by key, not marked done again.
+    reread: bool = False
+    since: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,7 @@ def run_snapshot(
     control = scope.control if scope else open_destination(job.destination.value).open_session(APP)
     try:
         snapshot_name = _open_snapshot(exporter, imported_snapshot)
+        view = _snapshot_view(exporter)
         catalog = load_catalog(exporter)
         if scope is None:
             selected = select_tables(catalog, job.filter, job.extractor, src_cfg.database, "snapshot")
@@ -154,7 +172,9 @@ def run_snapshot(
             )
         bar = progress or make_progress("snapshot", len(works), job.progress)
         try:
-            _copy_all(job, works, snapshot_name, run_id, bar, settings.threads, stop or threading.Event())
+            _copy_all(
+                job, works, snapshot_name, run_id, view, bar, settings.threads, stop or threading.Event()
+            )
         finally:
             if progress is None:
                 bar.close()
@@ -174,6 +194,26 @@ def unfinished_tables(
         return tables
     done = {key for key, ts in control.state.load_snapshot(job_id).items() if ts.done}
     return [t for t in tables if (t.table.schema, t.table.name) not in done]
+
+
+@dataclass(frozen=True)
+class SnapshotView:
+    """The snapshot's ``xmin`` and ``xmax`` (64-bit transaction IDs)."""
+
+    xmin: int
+    xmax: int
+
+
+def _snapshot_view(conn: psycopg.Connection[Any]) -> SnapshotView:
+    """Of the snapshot ``conn``'s transaction reads in."""
+    query = (
+        "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() s"
+        if conn.info.server_version >= 130000
+        else "SELECT txid_snapshot_xmin(s)::text, txid_snapshot_xmax(s)::text FROM txid_current_snapshot() s"
+    )
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return SnapshotView(int(row[0]), int(row[1]))
 
 
 def _open_snapshot(conn: psycopg.Connection[Any], imported: str | None) -> str:
@@ -207,6 +247,17 @@ def _prepare(
             log.info(
                 "%s: the destination table is gone since an earlier run; creating and copying it again",
                 st.display,
+            )
+            with control.transaction():
+                control.state.forget_snapshot(job_id, [(st.table.schema, st.table.name)])
+            existing.pop((st.table.schema, st.table.name))
+            ts = None
+        if ts is not None and not ts.done and ts.done_before(run_id) and not (st.key and ts.created_by_us):
+            # Finished ranges were read in another snapshot and cannot be trusted (module
+            # docstring); without a key to merge by, only a new copy is exact.
+            log.warning(
+                "%s: resuming under a new snapshot, and the table %s: copying it again from the start",
+                st.display, "has no key" if not st.key else "existed before (no key of ours to merge by)",
             )
             with control.transaction():
                 control.state.forget_snapshot(job_id, [(st.table.schema, st.table.name)])
@@ -260,7 +311,15 @@ def _prepare(
                 control.build_key(st)
                 control.state.mark_key_built(job_id, key)
             ts = control.state.load_snapshot(job_id, only=key)[key]
-        works.append(TableWork(st, ts, found, columns, binary, merge, remaining=len(ts.pending)))
+        rereads = ts.done_before(run_id) if merge else []
+        if rereads:
+            log.info(
+                "%s: resuming under a new snapshot: reading %d finished range(s) again for rows written "
+                "since, merged by key", st.display, len(rereads),
+            )
+        works.append(
+            TableWork(st, ts, found, columns, binary, merge, len(ts.pending) + len(rereads), rereads=rereads)
+        )
     return works
 
 
@@ -269,6 +328,7 @@ def _copy_all(
     works: list[TableWork],
     snapshot_name: str,
     run_id: str,
+    view: SnapshotView,
     bar: Progress,
     threads: int,
     stop: threading.Event,
@@ -282,18 +342,20 @@ def _copy_all(
         if w.remaining == 0:
             items.append(w)
     for w in sorted(works, key=lambda w: -w.st.table.estimated_rows):
+        items.extend(ChunkJob(w, c.plan, reread=True, since=c.snapshot_xmin) for c in w.rereads)
         items.extend(ChunkJob(w, c) for c in w.table.pending)
 
     def describe(item: ChunkJob | TableWork) -> str:
         if isinstance(item, TableWork):
             return f"finishing {item.st.display}"
-        return f"copying {item.work.st.display} (chunk {item.chunk.chunk_no})"
+        again = " again, rows written since" if item.reread else ""
+        return f"copying {item.work.st.display} (chunk {item.chunk.chunk_no}{again})"
 
     def handle(session: Session, item: ChunkJob | TableWork) -> None:
         if isinstance(item, TableWork):
             _finalize(job, session, item, bar)
         else:
-            _copy(job, session, item, run_id, bar)
+            _copy(job, session, item, run_id, view, bar)
 
     threads = max(1, min(threads, len(items), _connection_budget(job, threads)))
     if not run_parallel(job, snapshot_name, {}, items, threads, describe, handle, APP, stop):
@@ -310,11 +372,15 @@ def _connection_budget(job: Job, threads: int) -> int:
     return max(budget, 1)
 
 
-def _copy(job: Job, session: Session, item: ChunkJob, run_id: str, bar: Progress) -> None:
+def _copy(job: Job, session: Session, item: ChunkJob, run_id: str, view: SnapshotView, bar: Progress) -> None:
     w, chunk = item.work, item.chunk
     src, dst = session.connections()
     name = w.st.display
-    copy_out = copy_out_sql(w.st, chunk, w.columns, w.binary)
+    since: sql.Composable | None = None
+    if item.reread and item.since is not None:
+        xids = xmin.window(item.since, view.xmax)
+        since = xmin.predicate(xids) if xids is not None else None  # None: too old, the whole range
+    copy_out = copy_out_sql(w.st, chunk, w.columns, w.binary, since)
     key = (w.st.table.schema, w.st.table.name)
 
     relayed = 0  # bytes of this attempt, for the metrics once they commit
@@ -329,8 +395,9 @@ def _copy(job: Job, session: Session, item: ChunkJob, run_id: str, bar: Progress
             w.dest, w.columns, w.binary, lambda sink: relay_copy(src, copy_out, sink, progress),
             merge_key=w.st.key if w.merge else (),
         )
-        dst.state.mark_chunk_done(job.job_id, key, chunk.chunk_no, run_id, result.rows)
-    if w.meter is not None:
+        if not item.reread:
+            dst.state.mark_chunk_done(job.job_id, key, chunk.chunk_no, run_id, result.rows, view.xmin)
+    if w.meter is not None and not item.reread:  # a finished range read again is no new chunk
         w.meter.chunk_done(result.rows, relayed)
     with w.lock:
         w.remaining -= 1

@@ -117,11 +117,14 @@ def run_parallel(
     handle: Callable[[Session, T], None],
     app: str,
     stop: threading.Event | None = None,
+    on_error: Callable[[T, Exception], bool] | None = None,
 ) -> bool:
     """Run ``handle`` on the items, in order, in up to ``threads`` threads.
 
-    The first error stops them all and is raised. When ``stop`` is set, workers finish the item
-    in hand and take no more; returns whether every item was handled.
+    The first error stops them all and is raised, unless ``on_error(item, error)`` (called once
+    an item's retries are spent) returns True: the error is then the caller's, and the workers
+    go on with the other items. When ``stop`` is set, workers finish the item in hand and take
+    no more; returns whether every item was handled.
     """
     if not items:
         return True
@@ -140,6 +143,7 @@ def run_parallel(
             describe,
             handle,
             f"{app}-{i}",
+            on_error,
         )
         for i in range(max(1, min(threads, len(items))))
     ]
@@ -172,10 +176,11 @@ class _Worker(threading.Thread, Generic[T]):
         describe: Callable[[T], str],
         handle: Callable[[Session, T], None],
         name: str,
+        on_error: Callable[[T, Exception], bool] | None = None,
     ):
         super().__init__(daemon=True, name=name)
         self.job, self.session, self.work, self.stop, self.errors = job, session, work, stop, errors
-        self.describe, self.handle = describe, handle
+        self.describe, self.handle, self.on_error = describe, handle, on_error
 
     def run(self) -> None:
         try:
@@ -184,7 +189,11 @@ class _Worker(threading.Thread, Generic[T]):
                     item = self.work.get_nowait()
                 except queue.Empty:
                     return
-                self._with_retries(item)
+                try:
+                    self._with_retries(item)
+                except Exception as e:
+                    if self.on_error is None or not self.on_error(item, e):
+                        raise
         except BaseException as e:  # reported by the coordinating thread
             self.errors.append(e)
             self.stop.set()

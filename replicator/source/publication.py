@@ -21,6 +21,10 @@ from replicator.errors import SourceError
 log = logging.getLogger(__name__)
 
 _PUBLISH = "insert, update, delete, truncate"
+# Tables without a replica identity (no key, REPLICA IDENTITY DEFAULT): a publication that
+# publishes their updates or deletes makes those statements fail at the source, so they are
+# published in a publication of their own that carries inserts and truncates only.
+INSERT_ONLY = "insert, truncate"
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,10 @@ class PublishedTable:
     schema: str
     table: str
     columns: tuple[str, ...] | None = None
+    # A row filter (the filter's conditions, where that is safe: source/rowfilter.py), as written
+    # and as the server prints it back.
+    row_filter: str | None = None
+    row_filter_printed: str | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -47,9 +55,17 @@ class _TableFacts:
     identity_columns: tuple[str, ...]  # the replica identity index's columns (DEFAULT / INDEX)
 
 
-def ensure_publication(conn: psycopg.Connection[Any], name: str, tables: Sequence[PublishedTable]) -> bool:
+def ensure_publication(
+    conn: psycopg.Connection[Any],
+    name: str,
+    tables: Sequence[PublishedTable],
+    publish: str = _PUBLISH,
+    not_here: Sequence[PublishedTable] = (),
+) -> bool:
     """Create publication ``name`` for ``tables`` if it does not exist, else validate it. Whether created.
 
+    ``publish``: the operations it publishes (``INSERT_ONLY`` for tables without a replica identity).
+    ``not_here``: tables an existing publication must not publish updates and deletes of.
     ``conn`` should be in autocommit mode. Raises SourceError naming every problem and its fix.
     """
     facts = _table_facts(conn, tables)
@@ -58,13 +74,13 @@ def ensure_publication(conn: psycopg.Connection[Any], name: str, tables: Sequenc
         raise SourceError(f"cannot publish {', '.join(missing)}: no such table in {conn.info.dbname!r}")
     exists = conn.execute("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (name,)).fetchone()
     if exists:
-        problems = publication_problems(conn, name, tables, facts)
+        problems = publication_problems(conn, name, tables, facts, publish, not_here)
         if problems:
             raise SourceError(
                 f"publication {name!r} cannot be used as it is:\n  - " + "\n  - ".join(problems)
             )
         return False
-    command = create_publication_sql(conn, name, tables, facts)
+    command = create_publication_sql(conn, name, tables, facts, publish)
     try:
         conn.execute(command)
     except psycopg.Error as e:
@@ -89,6 +105,7 @@ def create_publication_sql(
     name: str,
     tables: Sequence[PublishedTable],
     facts: dict[tuple[str, str], _TableFacts] | None = None,
+    publish: str = _PUBLISH,
 ) -> sql.Composed:
     """CREATE PUBLICATION for ``tables``: column lists on PostgreSQL 15+, partitions via their root."""
     facts = facts if facts is not None else _table_facts(conn, tables)
@@ -99,8 +116,10 @@ def create_publication_sql(
         columns = _column_list(t, facts[(t.schema, t.table)]) if version >= 150000 else None
         if columns is not None:
             item = sql.SQL("{} ({})").format(item, sql.SQL(", ").join(map(sql.Identifier, columns)))
+        if t.row_filter is not None:
+            item = sql.SQL("{} WHERE ({})").format(item, sql.SQL(t.row_filter))
         items.append(item)
-    options: list[sql.Composable] = [sql.SQL("publish = {}").format(sql.Literal(_PUBLISH))]
+    options: list[sql.Composable] = [sql.SQL("publish = {}").format(sql.Literal(publish))]
     if version >= 130000:
         options.append(sql.SQL("publish_via_partition_root = true"))
     return sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH ({})").format(
@@ -113,6 +132,8 @@ def publication_problems(
     name: str,
     tables: Sequence[PublishedTable],
     facts: dict[tuple[str, str], _TableFacts] | None = None,
+    publish: str = _PUBLISH,
+    not_here: Sequence[PublishedTable] = (),
 ) -> list[str]:
     """What is wrong with the existing publication ``name`` for replicating ``tables``, with fixes."""
     facts = facts if facts is not None else _table_facts(conn, tables)
@@ -128,15 +149,18 @@ def publication_problems(
         return [f"publication {name!r} does not exist"]
     _all, ins, upd, dele, trunc, viaroot = row
     problems = []
-    if not (ins and upd and dele and trunc):
-        absent = [
-            op
-            for op, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc))
-            if not on
-        ]
-        fix = sql.SQL("ALTER PUBLICATION {} SET (publish = {});").format(pub, sql.Literal(_PUBLISH))
+    wanted_ops = [op.strip() for op in publish.split(",")]
+    have = {"insert": ins, "update": upd, "delete": dele, "truncate": trunc}
+    fix = sql.SQL("ALTER PUBLICATION {} SET (publish = {});").format(pub, sql.Literal(publish))
+    absent = [op for op in wanted_ops if not have[op]]
+    if absent:
         problems.append(f"it does not publish {', '.join(absent)}; fix: {fix.as_string(conn)}")
-
+    extra_ops = [op for op in ("update", "delete") if op not in wanted_ops and have[op]]
+    if extra_ops:
+        problems.append(
+            f"it publishes {' and '.join(extra_ops)} of tables without a replica identity, which makes those "
+            f"statements fail at the source; fix: {fix.as_string(conn)}"
+        )
     extra = ", attnames, rowfilter" if version >= 150000 else ", NULL::name[], NULL::text"
     published = {
         (s, t): (cols, rowfilter)
@@ -145,6 +169,14 @@ def publication_problems(
             (name,),
         )
     }
+    for t in not_here:
+        if (t.schema, t.table) in published and (upd or dele):
+            drop = sql.SQL("ALTER PUBLICATION {} DROP TABLE {};").format(pub, t.identifier())
+            problems.append(
+                f"{t.qualified_name} has no replica identity and the publication publishes its updates and "
+                f"deletes, which makes them fail at the source; fix: {drop.as_string(conn)} (it is then "
+                f"published for inserts and truncates only, in a publication of its own)"
+            )
     for t in tables:
         f = facts[(t.schema, t.table)]
         readd = sql.SQL("ALTER PUBLICATION {} DROP TABLE {}; ").format(pub, t.identifier())
@@ -152,6 +184,8 @@ def publication_problems(
         wanted = _column_list(t, f) if version >= 150000 else None
         if wanted is not None:
             add = sql.SQL("{} ({})").format(add, sql.SQL(", ").join(map(sql.Identifier, wanted)))
+        if t.row_filter is not None:
+            add = sql.SQL("{} WHERE ({})").format(add, sql.SQL(t.row_filter))
         add = sql.SQL("{};").format(add)
         if (t.schema, t.table) not in published:
             if f.relkind == "p" and not viaroot:
@@ -165,10 +199,17 @@ def publication_problems(
                 problems.append(f"it does not include {t.qualified_name}; fix: {add.as_string(conn)}")
             continue
         cols, rowfilter = published[(t.schema, t.table)]
-        if rowfilter is not None:
+        if rowfilter is not None and rowfilter != t.row_filter_printed:
             problems.append(
-                f"it filters the rows of {t.qualified_name} (WHERE {rowfilter}): changes to rows outside the "
-                f"filter would be lost; fix: {(readd + add).as_string(conn)}"
+                f"it filters the rows of {t.qualified_name} (WHERE {rowfilter})"
+                + (f", not by the filter's conditions (WHERE {t.row_filter_printed})" if t.row_filter else
+                   ": changes to rows outside the filter would be lost")
+                + f"; fix: {(readd + add).as_string(conn)}"
+            )
+        elif rowfilter is None and t.row_filter is not None:
+            problems.append(
+                f"it does not filter the rows of {t.qualified_name} by the filter's conditions; "
+                f"fix: {(readd + add).as_string(conn)}"
             )
         needed = t.columns if t.columns is not None else f.columns
         if cols is not None:

@@ -19,6 +19,38 @@ log = logging.getLogger(__name__)
 
 PLUGINS = ("pgoutput", "wal2json")
 
+# PostgreSQL 17: a logical slot created with failover = true is synchronized to standbys that
+# ask for it (sync_replication_slots = on there, synchronized_standby_slots here), so a promoted
+# standby still has it and the stream goes on after a failover instead of copying everything again.
+FAILOVER_SLOTS_FROM = 170000
+
+
+def create_slot_sql(server_version: int) -> str:
+    """The SQL that creates a logical slot (no snapshot): with failover = true where supported."""
+    if server_version >= FAILOVER_SLOTS_FROM:
+        # (name, plugin, temporary, twophase, failover)
+        return "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot(%s, %s, false, false, true)"
+    return "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot(%s, %s)"
+
+
+def create_snapshot_slot_command(
+    slot: str, plugin: str, server_version: int, temporary: bool = False
+) -> sql.Composed:
+    """CREATE_REPLICATION_SLOT exporting a snapshot; with FAILOVER where supported (17+, whose
+    option list form exists from 15; EXPORT_SNAPSHOT works from 10 on). A ``temporary`` slot (a
+    snapshot is all it is for) goes with its connection, and cannot fail over."""
+    if temporary:
+        return sql.SQL("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL {} EXPORT_SNAPSHOT").format(
+            sql.Identifier(slot), sql.Identifier(plugin)
+        )
+    if server_version >= FAILOVER_SLOTS_FROM:
+        return sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL {} (SNAPSHOT 'export', FAILOVER true)").format(
+            sql.Identifier(slot), sql.Identifier(plugin)
+        )
+    return sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL {} EXPORT_SNAPSHOT").format(
+        sql.Identifier(slot), sql.Identifier(plugin)
+    )
+
 
 @dataclass(frozen=True)
 class SlotInfo:
@@ -85,9 +117,7 @@ def create_slot(conn: psycopg.Connection[Any], name: str, plugin: str) -> Lsn:
     """Create a logical slot (no snapshot) on a regular connection; return its consistent point."""
     _check_plugin_name(plugin)
     try:
-        row = conn.execute(
-            "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot(%s, %s)", (name, plugin)
-        ).fetchone()
+        row = conn.execute(create_slot_sql(conn.info.server_version), (name, plugin)).fetchone()
     except psycopg.Error as e:
         raise _create_failed(name, plugin, e) from None
     assert row is not None
@@ -169,10 +199,7 @@ class SnapshotSlot:
         """``temporary``: the slot goes with this connection (a snapshot is all it is for)."""
         _check_plugin_name(plugin)
         conn = connect(cfg, "source", application_name, autocommit=True, replication=True)
-        # EXPORT_SNAPSHOT (rather than PG15's "(SNAPSHOT 'export')") works from PostgreSQL 10 on.
-        command = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL {} EXPORT_SNAPSHOT").format(
-            sql.Identifier(slot), sql.SQL("TEMPORARY " if temporary else ""), sql.Identifier(plugin)
-        )
+        command = create_snapshot_slot_command(slot, plugin, conn.info.server_version, temporary)
         try:
             row = conn.execute(command).fetchone()
         except psycopg.Error as e:

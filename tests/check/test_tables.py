@@ -165,3 +165,35 @@ def test_column_list_carrying_every_selected_column_is_fine(source: Source) -> N
     filter_ = {"allow": {"schema": "public", "allow": {"items": None, "orders": {"allow": ["item"]}}}}
     report = source.check(filter_=filter_)
     assert report.find("publication filters").status is Status.OK, report.render()
+
+
+def test_wal2json_with_nan_capable_columns_is_refused_unless_accepted(source: Source) -> None:
+    """Issue 9 item 10: wal2json 2.5 replicates NaN and ±Infinity as NULL."""
+    source.db.execute("ALTER TABLE public.orders ADD COLUMN price numeric, ADD COLUMN ratio real")
+    slots = {"replication-slots": {f"slot_{source.user}": ["wal2json"]}}
+    result = source.check(**slots).find("wal2json values")
+    assert result.status is Status.FAIL
+    assert "NaN and ±Infinity as NULL in public.orders" in result.detail
+    assert "public.items" not in result.detail
+    assert "use pgoutput (the default; no such limit)" in (result.fix or "")
+    assert "wal2json-nan-becomes-null: true" in (result.fix or "")
+    accepted = source.check(**slots, **{"wal2json-nan-becomes-null": True}).find("wal2json values")
+    assert accepted.status is Status.WARN
+    # pgoutput: nothing to say.
+    assert all(r.name != "wal2json values" for r in source.check().results)
+
+
+def test_a_row_filter_made_of_the_filter_conditions_is_fine(source: Source) -> None:
+    """Issue 9 item 8: `run` puts a condition on the key into the publication; check agrees."""
+    # The row filter is tried the way `run` makes it (a publication created and rolled back), which
+    # takes the table's owner with CREATE on the database; without those, `run` evaluates the
+    # condition at the destination, and check says this row filter is not the one `run` expects.
+    source.db.execute(f'ALTER TABLE public.items OWNER TO "{source.user}"')
+    source.db.execute(f'GRANT CREATE ON DATABASE "{source.db.name}" TO "{source.user}"')
+    source.db.execute(
+        f'ALTER PUBLICATION "pub_{source.user}" SET TABLE public.items WHERE (id > 10), public.orders'
+    )
+    filter_ = {"allow": {"schema": "public", "allow": {"items": {"conditions": "id > 10"}, "orders": None}}}
+    assert source.check(filter_=filter_).find("publication filters").status is Status.OK
+    # Without those conditions in the filter config, the same row filter loses changes.
+    assert source.check().find("publication filters").status is Status.FAIL

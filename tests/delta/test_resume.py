@@ -2,7 +2,7 @@
 
 To kill at a known instant, a test-only trigger makes the run wait on an advisory lock the
 test holds: on our watermark table (inside the transaction that has just merged a table's
-changed rows), on a destination table's DELETE (inside a delete range), or on the snapshot
+changed rows), on a destination table's DELETE (inside the same transaction), or on the snapshot
 chunk table (inside the first pass's snapshot).
 """
 
@@ -131,12 +131,15 @@ def test_kill_while_merging_changes_leaves_the_last_pass_intact(setup: DeltaSetu
     setup.assert_same(*TABLES)
 
 
-def test_kill_while_deleting_then_the_next_pass_finishes_the_deletes(setup: DeltaSetup) -> None:
+def test_kill_while_deleting_leaves_the_table_as_the_last_pass_left_it(setup: DeltaSetup) -> None:
     setup.once()
     setup.source.execute(CHANGES.format(k=3))
+    mark = "SELECT watermark FROM _replicator.delta_watermarks WHERE table_name = 'items'"
+    before = checksum(setup.dest, "public", "items"), setup.dest.fetchone(mark)
     _kill_at_gate(setup, GATE_DELETE)
-    # The changed rows of items committed with their watermark; none of its deletes did.
-    assert setup.dest.fetchone("SELECT count(*) FROM items WHERE v = 'new'") == 20
+    # A table's deletes commit with its changed rows and its watermark: none of them is there.
+    assert (checksum(setup.dest, "public", "items"), setup.dest.fetchone(mark)) == before
+    assert setup.dest.fetchone("SELECT count(*) FROM items WHERE v = 'new'") == 0
     assert setup.dest.fetchone("SELECT count(*) FROM items WHERE id % 97 = 3") > 0
     setup.once()
     setup.assert_same(*TABLES)

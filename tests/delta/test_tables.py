@@ -138,9 +138,20 @@ def test_a_section_update_key_applies_only_where_the_column_exists(
 def test_an_existing_destination_table_without_a_unique_key_is_refused(
     setup: DeltaSetup, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    setup.source.execute("DROP TABLE nokey, other_nokey, nullable")
-    setup.dest.execute("CREATE TABLE keyed (id integer, updated_at timestamptz, label text, v integer)")
-    assert _fails(setup, capsys, code=1) == (
-        "error: destination table public.keyed has no primary key or unique index on (id); delta-snapshot "
-        "merges changed rows by key: add one, or drop the table so replicator recreates it"
+    setup.source.execute(
+        "DROP TABLE nokey, other_nokey, nullable; CREATE TABLE other (id integer PRIMARY KEY);"
+        "INSERT INTO other VALUES (1)"
     )
+    setup.dest.execute("CREATE TABLE keyed (id integer, updated_at timestamptz, label text, v integer)")
+    capsys.readouterr()
+    assert run_cli(*setup.args("--once")) == 1
+    out, err = capsys.readouterr()
+    # Refused before anything is written to it; the other table is copied all the same.
+    assert (
+        "public.keyed: this pass failed for this table, the others go on: destination table public.keyed has "
+        "no primary key or unique index on (id); delta-snapshot merges changed rows by key: add one, or drop "
+        "the table so replicator recreates it"
+    ) in err
+    assert "1 table(s) FAILED: public.keyed" in out
+    assert setup.dest.fetchone("SELECT count(*) FROM keyed") == 0
+    setup.assert_same("other")

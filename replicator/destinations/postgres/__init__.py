@@ -42,4 +42,5 @@ class PostgresDestination:
         def connect() -> psycopg.Connection[Any]:
             return open_connection(self.cfg, application_name, role, settings)
 
-        return PostgresSession(connect(), self.deletes, reconnect=connect)
+        keep = self.cfg.schema_changes.dropped_columns == "keep"
+        return PostgresSession(connect(), self.deletes, reconnect=connect, keep_dropped_columns=keep)

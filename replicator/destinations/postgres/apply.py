@@ -29,8 +29,8 @@ from replicator.catalog import Column as CatalogColumn
 from replicator.decoding import fold
 from replicator.decoding.changes import UNCHANGED_TOAST, Op, Relation
 from replicator.decoding.ddlplan import SchemaChange
-from replicator.destinations.base import Fill, NewColumnType, TableName, Target
-from replicator.destinations.postgres import copytext, ddl, schemasync
+from replicator.destinations.base import Fill, NewColumnType, SourceRows, TableName, Target
+from replicator.destinations.postgres import copytext, ddl, rowfilter, schemasync
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import KEY_PROBES, match, merge, names_sql, update_from
@@ -59,6 +59,7 @@ class Writer:
     slot: str
     targets: dict[TableName, Target]
     column_type: NewColumnType
+    source_rows: SourceRows | None = None  # filtered tables: rows an UPDATE moved into the condition
     _in_txn: bool = False
     _savepoints: int = 0  # in the open transaction
     _checked: dict[TableName, Relation] = field(default_factory=dict)  # relation shape the table fits
@@ -201,7 +202,12 @@ class Writer:
                 self._checked[key] = batch.relation
             if batch.truncated:
                 self.conn.execute(self._deletes.truncate(target.table))
-            if batch.keyless:
+            if batch.keyless and target.condition is not None:
+                rowfilter.apply_keyless(
+                    self.conn, target, batch, self._columns(target, batch),
+                    lambda name, value, t=target: self._typed(t, name, value), self._deletes,  # type: ignore[misc]
+                )
+            elif batch.keyless:
                 self._apply_in_order(target, batch)
             else:
                 p = batch.prepared or copytext.prepare(batch, texts=False)
@@ -215,7 +221,22 @@ class Writer:
                     self._upsert(target, batch, p.existing, False, p.existing_text)
                 for group in _by_unchanged(p.partial):
                     self._update(target, batch, group)
+                if target.source_condition is not None:
+                    self._filter_rows(target, batch, p)
             self.applied_changes += batch.changes
+
+    def _filter_rows(self, t: Target, batch: fold.TableBatch, p: fold.Prepared) -> None:
+        """A filtered table (``rowfilter.py``): rows an UPDATE moved into the condition with unchanged
+        TOAST values are read from the source; then, where the destination evaluates the condition,
+        every row the batch wrote that does not match is removed."""
+        partial = [*p.partial, *(op for _, op in p.moves)]
+        if partial:
+            cols = [n for _, n in self._columns(t, batch)]
+            rowfilter.fill_missing(
+                self.conn, self.session.stages, t, partial, batch.key_positions, cols, self.source_rows
+            )
+        if t.condition is not None:
+            rowfilter.enforce(self.conn, self.session.stages, t, batch, self._deletes)
 
     def _stage(
         self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]], role: str = ""

@@ -192,6 +192,26 @@ def build_key(conn: psycopg.Connection[Any], st: SelectedTable) -> None:
         ) from None
 
 
+def add_unique_key(conn: psycopg.Connection[Any], table: TableName, columns: tuple[str, ...]) -> None:
+    """A unique index on ``columns`` (the source's replica identity index, see realtime/setup.py)."""
+    name = sql.Identifier(f"{table[1]}_replicator_identity"[:63])
+    conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(KEY_BUILD_MEMORY)))
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(
+                    name, sql.Identifier(*table), sql.SQL(", ").join(map(sql.Identifier, columns))
+                )
+            )
+    except psycopg.Error as e:
+        raise DestinationError(
+            f"cannot build a unique index on ({', '.join(columns)}) of {'.'.join(table)}, the columns by "
+            f"which the source identifies its rows (REPLICA IDENTITY USING INDEX): {_reason(e)}. If it holds "
+            f"duplicates (rows an earlier version failed to delete), copy the table again: run `full` "
+            f"with --fresh"
+        ) from None
+
+
 def copy_columns(st: SelectedTable, dest: DestTable) -> tuple[str, ...]:
     """Columns to move: selected at the source, present and not generated at the destination."""
     missing = [c.name for c in st.columns if c.name not in dest.columns]

@@ -13,10 +13,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.destinations.base import DestTable
+from replicator.destinations.base import OUR_COLUMN_PREFIX, DestTable
 from replicator.destinations.postgres.ddl import ident
 
-SOFT_DELETE_COLUMN = "__replicator_is_deleted"
+SOFT_DELETE_COLUMN = OUR_COLUMN_PREFIX + "is_deleted"
 _FLAG = sql.Identifier(SOFT_DELETE_COLUMN)
 
 

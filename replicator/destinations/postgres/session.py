@@ -12,17 +12,28 @@ Every destination session is an autocommit connection (transactions are explicit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
+from replicator import conditions
 from replicator.catalog import Catalog, Column
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import connect
-from replicator.destinations.base import DestTable, Fill, NewColumnType, SessionRole, TableName, Target
-from replicator.destinations.postgres import compat, ddl, load
+from replicator.destinations.base import (
+    ColumnChanges,
+    DestTable,
+    Fill,
+    NewColumnType,
+    SessionRole,
+    SourceRows,
+    TableName,
+    Target,
+)
+from replicator.destinations.postgres import columns, compat, ddl, keys, load
 from replicator.destinations.postgres.apply import Writer
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import Stages
@@ -30,7 +41,7 @@ from replicator.destinations.postgres.state import PgStateStore
 from replicator.errors import DestinationError
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
-from replicator.relay import RelayResult
+from replicator.relay import PgCopyOut, RelayResult
 from replicator.serverfacts import ServerFacts, Verdict, compare
 
 WRITER_SETTINGS = {"synchronous_commit": "off"}
@@ -64,9 +75,11 @@ class PostgresSession:
         conn: psycopg.Connection[Any],
         deletes: DeletePolicy,
         reconnect: Callable[[], psycopg.Connection[Any]] | None = None,
+        keep_dropped_columns: bool = False,
     ):
         self.conn = conn
         self.deletes = deletes
+        self.keep_dropped_columns = keep_dropped_columns
         self.stages = Stages(conn)
         self._reconnect = reconnect
         self._state = PgStateStore(self)
@@ -155,6 +168,10 @@ class PostgresSession:
     def has_unique_key(self, table: TableName, columns: tuple[str, ...]) -> bool:
         return ddl.has_unique_key(self.conn, table, columns)
 
+    def add_unique_key(self, table: TableName, columns: tuple[str, ...]) -> None:
+        with self.conn.transaction():
+            ddl.add_unique_key(self.conn, table, columns)
+
     def ready_for_changes(self, table: DestTable) -> DestTable:
         if not self.deletes.lacks_column(table):
             return table
@@ -166,6 +183,10 @@ class PostgresSession:
 
     def copy_columns(self, st: SelectedTable, table: DestTable) -> tuple[str, ...]:
         return ddl.copy_columns(st, table)
+
+    def alter_columns(self, table: DestTable, catalog: Catalog, changes: ColumnChanges) -> DestTable:
+        self.stages.forget(table.key)  # shaped like the old table
+        return columns.alter_columns(self.conn, table, catalog, changes, self.keep_dropped_columns)
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -199,7 +220,46 @@ class PostgresSession:
         with self.transaction():  # each range commits on its own: deleting is idempotent
             return load.delete_absent(self.conn, self.deletes, table, order, lower, upper, binary, fill)
 
+    def text_key_encoding(self) -> str | None:
+        return keys.text_key_encoding(self.conn)
+
+    def live_keys(self, table: DestTable, order: KeyOrder) -> PgCopyOut:
+        return keys.live_keys(self.conn, self.deletes, table, order)
+
+    def delete_keys(
+        self, table: DestTable, key: tuple[str, ...], count: int, table_rows: int, fill: Fill
+    ) -> int:
+        return keys.delete_keys(self.conn, self.deletes, table, key, count, table_rows, fill)
+
     def applier(
-        self, job: str, slot: str, targets: Mapping[TableName, Target], column_type: NewColumnType
+        self,
+        job: str,
+        slot: str,
+        targets: Mapping[TableName, Target],
+        column_type: NewColumnType,
+        source_rows: SourceRows | None = None,
     ) -> Writer:
-        return Writer(self, job, slot, dict(targets), column_type)
+        return Writer(self, job, slot, dict(targets), column_type, source_rows=source_rows)
+
+    def verify_condition(
+        self, table: TableName, condition: str, where: str, columns: Sequence[tuple[str, str]] = ()
+    ) -> bool:
+        display = f"{'.'.join(table)} at the destination"
+        if ddl.describe_table(self.conn, *table) is not None:
+            conditions.verify(self.conn, sql.Identifier(*table), condition, where, display)
+            return True
+        # Not created yet: a row of the source's column types, named like the table, stands in.
+        types = [t for _, t in columns]
+        known = self.conn.execute(
+            "SELECT bool_and(to_regtype(t) IS NOT NULL) FROM unnest(%s::text[]) t", (types,)
+        ).fetchone()
+        if not columns or known is None or not known[0]:
+            return False
+        stand_in = sql.SQL("(SELECT {}) AS {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("NULL::{} AS {}").format(sql.SQL(t), sql.Identifier(n)) for n, t in columns
+            ),
+            sql.Identifier(table[1]),
+        )
+        conditions.verify(self.conn, stand_in, condition, where, display)
+        return True

@@ -95,7 +95,12 @@ MIGRATIONS: list[list[str]] = [
             recorded_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (job, slot_name))""",
     ],
-    # 3: schema changes applied while streaming (issue 13), and refreshes not yet merged.
+    # 3: the xmin of the snapshot each chunk was copied in: a resume under a new snapshot reads
+    # again what was written in a finished chunk's range since then (snapshot/runner.py).
+    [
+        "ALTER TABLE _replicator.snapshot_chunks ADD COLUMN IF NOT EXISTS snapshot_xmin bigint",
+    ],
+    # 4: schema changes applied while streaming (issue 13), and refreshes not yet merged.
     [
         """CREATE TABLE IF NOT EXISTS _replicator.schema_changes (
             job text NOT NULL,
@@ -211,13 +216,15 @@ class PgStateStore:
         for row in self._conn.execute(
             sql.SQL(
                 """SELECT schema_name, table_name, chunk_no, source_schema, source_table, kind,
-                          lower_bound, upper_bound, run_id, rows, done_at IS NOT NULL
+                          lower_bound, upper_bound, run_id, rows, done_at IS NOT NULL, snapshot_xmin
                    FROM _replicator.snapshot_chunks WHERE {} ORDER BY chunk_no"""
             ).format(where),
             params,
         ).fetchall():
             plan = ChunkPlan(row[2], row[3], row[4], row[5], row[6], row[7])
-            chunks.setdefault((row[0], row[1]), []).append(ChunkState(plan, row[8], row[9], row[10]))
+            chunks.setdefault((row[0], row[1]), []).append(
+                ChunkState(plan, row[8], row[9], row[10], row[11])
+            )
         return {
             (s, n): TableState(s, n, status, created, tuple(keys), built, tuple(chunks.get((s, n), ())))
             for s, n, status, created, keys, built in tables
@@ -249,12 +256,21 @@ class PgStateStore:
                 ],
             )
 
-    def mark_chunk_done(self, job: str, table: TableName, chunk_no: int, run_id: str, rows: int) -> None:
+    def mark_chunk_done(
+        self,
+        job: str,
+        table: TableName,
+        chunk_no: int,
+        run_id: str,
+        rows: int,
+        snapshot_xmin: int | None = None,
+    ) -> None:
         cur = self._conn.execute(
-            """UPDATE _replicator.snapshot_chunks SET run_id = %s, rows = %s, done_at = now()
+            """UPDATE _replicator.snapshot_chunks SET run_id = %s, rows = %s, done_at = now(),
+                      snapshot_xmin = %s
                WHERE job = %s AND schema_name = %s AND table_name = %s AND chunk_no = %s
                  AND done_at IS NULL""",
-            (run_id, rows, job, *table, chunk_no),
+            (run_id, rows, snapshot_xmin, job, *table, chunk_no),
         )
         if cur.rowcount != 1:
             # Someone else finished (or reset) this chunk: committing our rows would duplicate them.

@@ -1,0 +1,65 @@
+"""A table's live keys streamed in key order, and deleting a set of keys: the destination's half of
+the key walk of delta passes (``replicator/keywalk.py``, ``delta/walk.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from replicator.destinations.base import DestTable, Fill
+from replicator.destinations.postgres.ddl import ident
+from replicator.destinations.postgres.deletes import DeletePolicy
+from replicator.destinations.postgres.load import copy_in_sql
+from replicator.destinations.postgres.stage import KEY_PROBES, match
+from replicator.keyorder import KeyOrder
+from replicator.relay import PgCopyIn, PgCopyOut
+
+GONE = sql.Identifier("_replicator_gone_keys")
+
+# Fewer keys than this share of the table: probe the key index for each (see stage.py, KEY_PROBES);
+# more: let the planner hash them and scan the table once.
+PROBE_SHARE = 0.05
+
+
+def text_key_encoding(conn: psycopg.Connection[Any]) -> str | None:
+    """The encoding text arrives in, when it is the server's own (its bytes then order as
+    ``COLLATE "C"`` orders them); None when the session converts it."""
+    server = conn.info.parameter_status("server_encoding")
+    return server if server and conn.info.parameter_status("client_encoding") == server else None
+
+
+def live_keys(
+    conn: psycopg.Connection[Any], deletes: DeletePolicy, table: DestTable, order: KeyOrder
+) -> PgCopyOut:
+    """``COPY (SELECT key FROM table WHERE live ORDER BY key) TO STDOUT (FORMAT binary)``, not started."""
+    live = deletes.live(table, "d")
+    query = sql.SQL("COPY (SELECT {} FROM {} d{} ORDER BY {}) TO STDOUT (FORMAT binary)").format(
+        sql.SQL(", ").join(sql.Identifier("d", k) for k in order.names),
+        ident(table),
+        sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(live)) if live else sql.SQL(""),
+        order.order_by(alias="d"),
+    )
+    return PgCopyOut(conn, query.as_string(None).encode(), "destination")
+
+
+def delete_keys(
+    conn: psycopg.Connection[Any],
+    deletes: DeletePolicy,
+    table: DestTable,
+    key: tuple[str, ...],
+    count: int,
+    table_rows: int,
+    fill: Fill,
+) -> int:
+    """Delete (or soft-delete) the rows of ``table`` whose key is one of the ``count`` keys that
+    ``fill`` writes as binary COPY (columns ``key``). Call in a transaction; the rows removed."""
+    cols = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(table.columns[k].type_sql)) for k in key
+    )
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(GONE, cols))
+    fill(PgCopyIn(conn, copy_in_sql(GONE, key, True)))
+    if count < PROBE_SHARE * max(table_rows, 1):
+        conn.execute(KEY_PROBES)
+    return conn.execute(deletes.delete_using(table, GONE, match(key, False))).rowcount
