@@ -17,7 +17,7 @@ from psycopg import sql
 from replicator.source import ddlcapture
 from tests.conftest import Database
 from tests.realtime.conftest import Env
-from tests.support import spawn_cli
+from tests.support import run_cli, spawn_cli
 
 
 def install_capture(db: Database) -> None:
@@ -49,7 +49,9 @@ def captured(env: Env) -> Env:
     return env
 
 
-def test_type_change_then_a_value_only_the_new_type_holds(captured: Env) -> None:
+def test_type_change_then_a_value_only_the_new_type_holds(
+    captured: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
     env = captured
     env.source.execute(
         "CREATE TABLE items (id int PRIMARY KEY, qty integer, note varchar(10), price numeric(8,2),"
@@ -68,6 +70,13 @@ def test_type_change_then_a_value_only_the_new_type_holds(captured: Env) -> None
     assert env.run("realtime", "--once") == 0
     assert_same(env, "items")
     assert env.dest.fetchone("SELECT qty FROM items WHERE id = 1") == 5000000101
+    # status lists them, each with its position in the source's WAL
+    lsns = [str(r[0]) for r in env.dest.fetchall("SELECT DISTINCT lsn FROM _replicator.schema_changes")]
+    assert len(lsns) == 3
+    capsys.readouterr()
+    assert run_cli("status", "--destination", env.dest_config()) == 0
+    out = capsys.readouterr().out
+    assert "schema changes applied:" in out and all(f"at {lsn}" in out for lsn in lsns), out
 
 
 def run_each(db: Database, *statements: str) -> None:
@@ -395,7 +404,7 @@ def test_sigkill_during_a_sequence_of_schema_changes_under_a_concurrent_writer(c
     assert applied >= len(DDL_SEQUENCE)  # each once (the log's key is the change's position)
 
 
-def test_without_the_capture_widened_types_still_follow(env: Env) -> None:
+def test_without_the_capture_widened_types_still_follow(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     """No DDL capture: the stream's relation descriptions show the new types (fallback)."""
     env.source.execute(
         "CREATE TABLE items (id int PRIMARY KEY, qty integer, note varchar(10), price numeric(8,2));"
@@ -411,6 +420,8 @@ def test_without_the_capture_widened_types_still_follow(env: Env) -> None:
     )
     assert env.run("realtime", "--once") == 0
     assert_same(env, "items")
+    # said at start: what is followed without the capture, and what is not
+    assert "DDL capture not installed" in caplog.text and "NOT followed: renames" in caplog.text
 
 
 def checkpoint(env: Env) -> Any:
