@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_verify(sub)
     _add_switchover(sub)
+    capture = sub.add_parser(
+        "install-ddl-capture",
+        help="install the event triggers that put schema changes into the WAL (needs a superuser: "
+        "rds_superuser on RDS)",
+    )
+    capture.add_argument("--source", required=True, metavar="FILE",
+                         help="connection config of a superuser (the RDS master user) on the source database")
+    capture.add_argument("--uninstall", action="store_true", help="remove them instead")
     for command in sub.choices.values():
         # Accepted after the command too (`run snapshot --log-level DEBUG`); SUPPRESS keeps the
         # one given before it when this one is absent.
@@ -224,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 timeout_s=args.timeout_s, verify=not args.no_verify, drop_slot=args.drop_slot,
                 read_only_source=args.read_only_source, terminate=args.terminate,
             ))  # fmt: skip
+        if args.command == "install-ddl-capture":
+            from replicator.source.ddlinstall import run_install
+
+            return run_install(load_connection(args.source, "source"), uninstall=args.uninstall)
         if args.command == "check":
             from replicator.check import run_check
 

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from replicator.catalog import Catalog, Column
+from replicator.decoding.ddlplan import SchemaChange
 from replicator.decoding.fold import Folded
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
@@ -242,6 +243,42 @@ class WatermarkProgress:
     age: timedelta
 
 
+@dataclass(frozen=True)
+class SchemaChangeRecord:
+    """One schema change applied while streaming, for ``replicator status``."""
+
+    job: str
+    slot: str
+    lsn: Lsn  # where the change is in the source's WAL
+    table: str
+    command: str  # the source's command tag (ALTER TABLE, CREATE TABLE ...)
+    change: str  # what the destination did
+    applied_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingRefresh:
+    """Rows to copy from the source into ``table`` (values the stream does not carry: a rewrite by
+    a volatile default or a USING expression, a partition attached with rows, a table that entered
+    replication holding rows); recorded with the change that needs it, removed with the merge."""
+
+    table: TableName
+    relid: int  # the source relation to read (the table, or the partition attached)
+    whole: bool  # the whole table (rows not at the source go); False: upsert the relation's rows
+    reason: str
+    since: Lsn  # the change that asked for it
+
+
+@dataclass(frozen=True)
+class StreamTable:
+    """Where a source table's changes go, as of a slot's checkpoint (schema changes followed)."""
+
+    slot: str
+    table: TableName
+    key: tuple[str, ...]
+    key_from: str | None  # 'primary-key' | 'row-identifier-key' | None (no key)
+
+
 class StateStore(Protocol):
     """Replication state kept in the destination, written in the session's transaction.
 
@@ -315,6 +352,33 @@ class StateStore(Protocol):
         committed (``replicator.lag``); informational, outside any checkpoint transaction."""
         ...
 
+    # schema changes while streaming
+    def log_schema_change(
+        self, job: str, slot: str, lsn: Lsn, seq: int, table: TableName, command: str, change: str
+    ) -> None:
+        """Call in the transaction that applied the change."""
+        ...
+
+    def schema_change_applied(self, job: str, slot: str, lsn: Lsn) -> bool: ...
+
+    def add_pending_refresh(self, job: str, slot: str, refresh: PendingRefresh) -> None: ...
+
+    def pending_refreshes(self, job: str, slot: str) -> list[PendingRefresh]: ...
+
+    def finish_refresh(self, job: str, slot: str, table: TableName, relid: int) -> None: ...
+
+    def move_pending_refreshes(self, job: str, slot: str, table: TableName, to: TableName | None) -> None: ...
+
+    def schema_change_log(self, limit: int = 50) -> list[SchemaChangeRecord]: ...
+
+    def stream_tables(self, job: str) -> dict[int, StreamTable]: ...
+
+    def save_stream_tables(
+        self, job: str, slot: str, tables: dict[int, StreamTable], replace: bool = False
+    ) -> None: ...
+
+    def forget_stream_tables(self, job: str, slot: str, relids: list[int]) -> None: ...
+
     # delta-snapshot
     def load_watermarks(self, job: str) -> dict[TableName, Watermark]: ...
 
@@ -359,6 +423,8 @@ class Applier(Protocol):
     commits them with the slot's checkpoint."""
 
     applied_changes: int
+    captured_schema: bool
+    """Schema changes arrive captured (``apply_schema``): relations are not compared with the tables."""
 
     def prepare(self, folded: Folded) -> Folded:
         """Work that needs no database (formatting rows), done on the reading thread."""
@@ -378,6 +444,24 @@ class Applier(Protocol):
 
     def reset(self) -> None:
         """After its session reopened: forget what was learnt on the old connection."""
+        ...
+
+    def apply_schema(self, change: SchemaChange) -> None:
+        """A schema change captured at the source, in the open transaction between the units
+        around it; logged in the state store with it. Afterwards ``change.removed`` tables no
+        longer receive changes and ``change.added`` ones do."""
+        ...
+
+    def stage_refresh(
+        self, table: TableName, relid: int, columns: tuple[str, ...], not_null: tuple[str, ...], fill: Fill
+    ) -> int:
+        """Hold the rows ``fill`` writes (a text COPY of ``columns`` of source relation ``relid``, read
+        under a snapshot) until ``merge_refresh``; ``not_null``: the columns NOT NULL at the source."""
+        ...
+
+    def merge_refresh(self, table: TableName, relid: int, whole: bool) -> None:
+        """The stream is at the snapshot's position: the held rows become ``table``'s (``whole``:
+        every row; else upserted), and the pending refresh is done, in the open transaction."""
         ...
 
 

@@ -20,6 +20,7 @@ from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, check_conditions
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.realtime import ddlsetup
 from replicator.realtime.housekeeping import Housekeeping
 from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
 from replicator.realtime.positions import (
@@ -73,7 +74,9 @@ def prepare(
             soft = job.destination.value.deletes == "soft"
             planned = plan_objects(read_objects(src, tables), tables, soft_deletes=soft)
         full = before_destination is not None  # the full mode snapshots before the destination step
-        plans = plan_slots(job.source, tables)
+        # Where each table is at the slots' checkpoints (schema changes followed: see follow.py).
+        stored = ddlsetup.stream_tables(job, src)
+        plans = plan_slots(job.source, tables, {relid: t.slot for relid, t in stored.items()})
         # Before anything is written: a stream that would skip changes is refused (positions.py).
         starts = _check_positions(job, src, plans, "full" if full else "realtime")
         for t in tables:
@@ -96,20 +99,24 @@ def prepare(
         for warning in unlogged_warnings(tables, "full" if full else "realtime"):
             log.warning(warning)
         heartbeat = prepare_source(job, src, plans, row_filters)
+        if ddlsetup.announce(src, plans).installed:
+            ddlsetup.register_schemas(src, job, plans)
         if create_slots:
             for plan in plans:
                 ensure_slot(src, plan.slot, plan.plugin)
     if before_destination is not None:
         before_destination(plans)
+    ddlsetup.as_the_stream_has_them(plans, stored)
     with open_destination(job.destination.value).open_session(APP) as dst:
         dst.state.ensure()
         # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
-        streamed = [t for t in tables if not t.table.unlogged]
+        streamed = [t for plan in plans for t in plan.tables if not t.table.unlogged]
         if not full:
             for key in [(t.table.schema, t.table.name) for t in streamed]:
                 for note in planned[key].notes if dst.describe(key) is None else ():
                     log.warning("%s", note)
         targets = prepare_destination(dst, catalog, streamed, planned, row_filters)
+        targets.update(ddlsetup.ghost_targets(dst, plans))
     return Prepared(plans, targets, heartbeat is not None, planned, starts)
 
 

@@ -17,7 +17,7 @@ import psycopg
 
 from replicator.catalog import Catalog, load_catalog
 from replicator.config import ConfigFile, ConnectionConfig
-from replicator.destinations.base import DestinationSession, StateStore, Target
+from replicator.destinations.base import DestinationSession, StateStore, StreamTable, Target
 from replicator.errors import ConfigError, DestinationError
 from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
@@ -39,11 +39,16 @@ class SlotPlan:
     tables: list[SelectedTable] = field(default_factory=list)  # streamed (and, in full mode, snapshotted)
     # UNLOGGED tables: no WAL, so never in a publication; full mode snapshots them once.
     snapshot_only: list[SelectedTable] = field(default_factory=list)
+    # Tables dropped at the source after the slot's checkpoint, still fed until the stream reaches
+    # their DROP (schema changes followed: source oid -> where they go; see ddlsetup.py).
+    ghosts: dict[int, StreamTable] = field(default_factory=dict)
 
     @property
     def table_keys(self) -> set[tuple[str, str]]:
-        """The tables a full run snapshots for this slot."""
-        return {(t.table.schema, t.table.name) for t in [*self.tables, *self.snapshot_only]}
+        """The tables a full run snapshots for this slot (and the ghosts its stream still feeds)."""
+        return {(t.table.schema, t.table.name) for t in [*self.tables, *self.snapshot_only]} | {
+            g.table for g in self.ghosts.values()
+        }
 
     @property
     def identified(self) -> list[SelectedTable]:
@@ -76,7 +81,11 @@ def insert_only_publication(publication: str) -> str:
     return publication[: 63 - len(suffix)] + suffix
 
 
-def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]) -> list[SlotPlan]:
+def plan_slots(
+    source: ConfigFile[ConnectionConfig], tables: list[SelectedTable], sticky: dict[int, str] | None = None
+) -> list[SlotPlan]:
+    """``sticky``: source table oid -> the slot that streams it already (a table a schema change
+    brought to a slot, or renamed since the hash placed it, stays there)."""
     cfg = source.value
     if not cfg.slots:
         raise ConfigError(
@@ -102,8 +111,10 @@ def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]
         )
         for name, plugin in cfg.slots.items()
     ]
+    by_name = {p.slot: i for i, p in enumerate(plans)}
     for t in tables:
         index = zlib.crc32(f"{t.table.schema}.{t.table.name}".encode()) % len(plans)
+        index = by_name.get((sticky or {}).get(t.table.oid, ""), index)
         (plans[index].snapshot_only if t.table.unlogged else plans[index].tables).append(t)
     return plans
 

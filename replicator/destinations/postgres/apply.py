@@ -28,8 +28,9 @@ from psycopg import sql
 from replicator.catalog import Column as CatalogColumn
 from replicator.decoding import fold
 from replicator.decoding.changes import UNCHANGED_TOAST, Op, Relation
-from replicator.destinations.base import NewColumnType, SourceRows, TableName, Target
-from replicator.destinations.postgres import copytext, ddl, inorder, rowfilter
+from replicator.decoding.ddlplan import SchemaChange
+from replicator.destinations.base import Fill, NewColumnType, SourceRows, TableName, Target
+from replicator.destinations.postgres import copytext, ddl, inorder, rowfilter, schemasync
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import KEY_PROBES, match, merge, names_sql, update_from
@@ -67,6 +68,8 @@ class Writer:
     _altered: set[TableName] = field(default_factory=set)  # tables altered in the open transaction
     _stale: set[TableName] = field(default_factory=set)  # tables whose ALTER was rolled back
     applied_changes: int = 0
+    schema: schemasync.SchemaState | None = None  # schema changes captured at the source
+    captured_schema: bool = False  # the DDL capture brings every schema change (see _adapt_destination)
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -87,6 +90,7 @@ class Writer:
         self.conn.execute("COMMIT")
         self._in_txn = False
         self._altered.clear()
+        schemasync.committed(self)
         self.session.stages.committed()
         self._savepoints = 0
 
@@ -105,12 +109,30 @@ class Writer:
         # So did its ALTER TABLEs: what we learnt of those tables is stale (described again when next used).
         self._stale |= self._altered
         self._altered.clear()
+        schemasync.rolled_back(self)
 
     def reset(self) -> None:
         """After the session reconnected: what we checked on the old connection is checked again."""
         self._in_txn = False
         self._savepoints = 0
         self._checked.clear()
+        schemasync.forget_session(self)
+
+    # -- schema changes captured at the source (schemasync.py) ------------------------------
+
+    def apply_schema(self, change: SchemaChange) -> None:
+        self._begin()
+        schemasync.apply(self, change)
+
+    def stage_refresh(
+        self, table: TableName, relid: int, columns: tuple[str, ...], not_null: tuple[str, ...], fill: Fill
+    ) -> int:
+        self._begin()
+        return schemasync.stage_refresh(self, table, relid, columns, not_null, fill)
+
+    def merge_refresh(self, table: TableName, relid: int, whole: bool) -> None:
+        self._begin()
+        schemasync.merge_refresh(self, table, relid, whole)
 
     def _begin(self) -> None:
         if not self._in_txn:
@@ -124,7 +146,14 @@ class Writer:
     # -- relations and schema changes ------------------------------------------------------
 
     def _adapt_destination(self, target: Target, rel: Relation) -> None:
-        """Add columns the source gained; let NOT NULL columns the source lost take NULLs."""
+        """Add columns the source gained; let NOT NULL columns the source lost take NULLs; change
+        a column's type when the source's no longer fits in it (``schemasync.widen_types``).
+
+        Not when the DDL capture brings schema changes (schemasync.py): they come first, exactly,
+        and a relation can list columns the table does not have at this point of the stream
+        (wal2json's decoder fills its relations from the catalog as it is now)."""
+        if self.captured_schema:
+            return
         dest = target.table
         added = [c for c in rel.columns if c.name not in dest.columns]
         lost = [
@@ -135,7 +164,8 @@ class Writer:
             and not c.generated
             and not self._deletes.is_ours(c.name)
         ]
-        if not added and not lost:
+        retyped = schemasync.widen_types(self, target, rel)
+        if not added and not lost and not retyped:
             return
         new_columns = []
         for col in added:
