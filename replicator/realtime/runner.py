@@ -41,6 +41,7 @@ from replicator.realtime.setup import (
     plan_slots,
     prepare_destination,
     prepare_source,
+    refuse_unreadable_publications,
     select_realtime_tables,
     tables_changed_in_place,
     unlogged_warnings,
@@ -98,6 +99,7 @@ def prepare(
             log.log(level, message)
         for warning in unlogged_warnings(tables, "full" if full else "realtime"):
             log.warning(warning)
+        refuse_unreadable_publications(src, plans)
         heartbeat = prepare_source(job, src, plans, row_filters)
         if ddlsetup.announce(src, plans).installed:
             ddlsetup.register_schemas(src, job, plans)

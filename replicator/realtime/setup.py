@@ -18,15 +18,22 @@ import psycopg
 from replicator.catalog import Catalog, load_catalog
 from replicator.config import ConfigFile, ConnectionConfig
 from replicator.destinations.base import DestinationSession, StateStore, StreamTable, Target
-from replicator.errors import ConfigError, DestinationError
+from replicator.errors import ConfigError, DestinationError, SourceError
 from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.positions import SlotAhead, slot_ahead_message
 from replicator.source import rowfilter
 from replicator.source.heartbeat import ensure_heartbeat_table
-from replicator.source.publication import INSERT_ONLY, PublishedTable, ensure_publication
+from replicator.source.publication import (
+    INSERT_ONLY,
+    PublishedTable,
+    ensure_empty_publication,
+    ensure_publication,
+    publication_exists,
+)
 from replicator.source.rowfilter import RowFilter
+from replicator.source.slots import get_slot
 from replicator.tableobjects import PlannedObjects
 
 log = logging.getLogger(__name__)
@@ -268,12 +275,35 @@ def prepare_source(
         keyless = [_published(t, filters) for t in plan.insert_only]
         if heartbeat is not None:
             published.append(heartbeat)
-        if published:
-            ensure_publication(conn, plan.publication, published, not_here=keyless)
+        created = bool(published) and ensure_publication(conn, plan.publication, published, not_here=keyless)
         if keyless:
             assert plan.insert_only_publication is not None
             ensure_publication(conn, plan.insert_only_publication, keyless, publish=INSERT_ONLY)
+        elif created:
+            # Made with the main one even while empty: pgoutput (before PostgreSQL 18) reads
+            # publications as of each change it decodes, so one created after the slot's position
+            # would make the stream fail on every change before it. A keyless table that joins later
+            # is then added to a publication the slot can read.
+            ensure_empty_publication(conn, insert_only_publication(plan.publication), INSERT_ONLY)
     return heartbeat
+
+
+def refuse_unreadable_publications(conn: psycopg.Connection[Any], plans: list[SlotPlan]) -> None:
+    """Before anything is written: an insert-only publication that does not exist yet for a slot that
+    does cannot be created now (see ``prepare_source``); say why and what to do instead."""
+    for plan in plans:
+        name = plan.insert_only_publication
+        if name is None or publication_exists(conn, name) or get_slot(conn, plan.slot) is None:
+            continue
+        tables = ", ".join(t.display for t in plan.insert_only)
+        raise SourceError(
+            f"{tables}: no replica identity, so its inserts would be published in {name!r}, which does not "
+            f"exist; slot {plan.slot!r} is older than it would be, and pgoutput cannot read a publication "
+            f"created after a slot's position (every run would fail on the changes before it). Fix one of: "
+            f"ALTER TABLE ... REPLICA IDENTITY FULL (or add a primary key); leave the table out with a "
+            f"filter; or drop the slot (SELECT pg_drop_replication_slot('{plan.slot}')) and run `full`, "
+            f"which copies the tables again and creates both publications before the new slot"
+        )
 
 
 def _published(t: SelectedTable, filters: dict[tuple[str, str], RowFilter]) -> PublishedTable:

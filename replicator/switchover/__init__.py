@@ -37,7 +37,7 @@ from replicator.errors import ReplicatorError
 from replicator.filters import select_tables
 from replicator.identity import identify
 from replicator.job import Job
-from replicator.realtime.setup import plan_slots
+from replicator.realtime.setup import insert_only_publication, plan_slots
 from replicator.source.heartbeat import without_heartbeat
 from replicator.switchover import finish, marker, readonly
 from replicator.switchover.context import Context, Options, StepFailed
@@ -106,7 +106,11 @@ def _context(job: Job, options: Options, src: psycopg.Connection[Any], dst: Dest
     slots = list(job.source.value.slots)
     publications: list[str] = []
     if slots:
-        publications = sorted({p.publication for p in plan_slots(job.source, tables) if p.publication})
+        # Each slot's publication and its insert-only twin (made with it, see realtime/setup.py).
+        publications = sorted(
+            {name for p in plan_slots(job.source, tables) if p.publication
+             for name in (p.publication, insert_only_publication(p.publication))}
+        )
     dst.state.ensure()
     return Context(job, options, src, dst, tables, planned, slots, publications)
 
