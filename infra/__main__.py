@@ -59,6 +59,7 @@ def compose(cfg: StackConfig) -> dict[str, pulumi.Output[Any]]:
         heartbeat_table=cfg.heartbeat_table,
         publication=cfg.publication,
         publication_tables=cfg.publication_tables,
+        ddl_capture=cfg.ddl_capture,
         password_version=cfg.password_version,
         secret_name=cfg.secret_name,
         secret_recovery_window_days=cfg.secret_recovery_window_days,

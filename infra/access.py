@@ -49,6 +49,7 @@ class ReplicationAccess(pulumi.ComponentResource):
         heartbeat_table: str | None = None,
         publication: str | None = None,
         publication_tables: list[str] | str | None = None,
+        ddl_capture: bool = False,
         password_version: int = 1,
         secret_name: str | None = None,
         secret_recovery_window_days: int = 30,
@@ -72,6 +73,8 @@ class ReplicationAccess(pulumi.ComponentResource):
                 "heartbeat_table": heartbeat_table,
                 "publication": publication if publication_tables is not None else None,
                 "publication_tables": publication_tables,
+                # Absent unless asked for: stacks made before this setting see no change.
+                "ddl_capture": ddl_capture or None,
                 "password_version": password_version,
             },
             child,

@@ -202,6 +202,8 @@ class StackConfig(_Model):
     slots: dict[str, Literal["pgoutput", "wal2json"]] = {"replicator_slot": "pgoutput"}
     publication: str | None = "replicator_pub"
     publication_tables: list[str] | Literal["*"] | None = None
+    # Install the DDL capture (schema changes follow realtime streams; needs the master user).
+    ddl_capture: bool = False
     secret_name: str | None = None
     # Secrets Manager keeps a deleted secret (and its name) this many days: 7-30, or 0 to delete at once.
     secret_recovery_window_days: int = 30

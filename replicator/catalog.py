@@ -16,7 +16,7 @@ from psycopg import sql
 # OIDs below this are assigned at initdb and equal on every server of a major version.
 FIRST_NORMAL_OID = 16384
 
-EXCLUDED_SCHEMAS = ("pg_catalog", "information_schema", "_replicator")
+EXCLUDED_SCHEMAS = ("pg_catalog", "information_schema", "_replicator", "_replicator_ddl")
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,8 @@ class Catalog:
     tables: dict[tuple[str, str], Table] = field(default_factory=dict)
     types: dict[int, UserType] = field(default_factory=dict)
     server_version: int = 0
+    schemas: frozenset[str] = frozenset()  # every user schema, tables or not
+
 
     def find(self, schema: str, name: str) -> Table | None:
         return self.tables.get((schema, name))
@@ -195,6 +197,12 @@ def load_catalog(conn: psycopg.Connection[Any]) -> Catalog:
     with conn.cursor() as cur:
         # Inside the caller's transaction: a local setting ends with it.
         cur.execute("SELECT set_config('search_path', '', true)")
+        cur.execute(
+            "SELECT nspname FROM pg_namespace"
+            " WHERE nspname <> ALL(%(excluded)s) AND nspname NOT LIKE 'pg\\_%%'",
+            {"excluded": list(EXCLUDED_SCHEMAS)},
+        )
+        cat.schemas = frozenset(str(r[0]) for r in cur.fetchall())
         cur.execute(_TABLES, {"excluded": list(EXCLUDED_SCHEMAS)})
         raw_tables = cur.fetchall()
         oids = [r[0] for r in raw_tables]

@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the servers running at the end")
     _add_handoff(sub)
     _add_check(sub)
+    _add_verify(sub)
+    _add_switchover(sub)
+    capture = sub.add_parser(
+        "install-ddl-capture",
+        help="install the event triggers that put schema changes into the WAL (needs a superuser: "
+        "rds_superuser on RDS)",
+    )
+    capture.add_argument("--source", required=True, metavar="FILE",
+                         help="connection config of a superuser (the RDS master user) on the source database")
+    capture.add_argument("--uninstall", action="store_true", help="remove them instead")
     for command in sub.choices.values():
         # Accepted after the command too (`run snapshot --log-level DEBUG`); SUPPRESS keeps the
         # one given before it when this one is absent.
@@ -129,15 +139,49 @@ def _serve_metrics(args: argparse.Namespace, job: Job) -> MetricsServer | None:
     return metrics.serve(args.metrics_host or cfg.host, port, where)
 
 
+def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="compare every replicated row of source and destination (read only); exit 0 equal, 3 not",
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--max-rows", type=int, default=20, metavar="N", help="differing keys shown per table (default 20)"
+    )
+
+
+def _add_switchover(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "switchover",
+        help="cut over to the destination while realtime streams: wait for a marker, set sequences, "
+        "validate, verify, record",
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--timeout-s", type=float, default=120.0, metavar="S",
+        help="how long to wait for the destination to reach the marker (default 120)",
+    )  # fmt: skip
+    p.add_argument("--no-verify", action="store_true", help="skip the row-for-row verification")
+    p.add_argument("--drop-slot", action="store_true", help="drop the slots and publications at the end")
+    p.add_argument(
+        "--read-only-source", action="store_true",
+        help="first make the source database read-only for new sessions (needs its owner)",
+    )  # fmt: skip
+    p.add_argument(
+        "--terminate", action="store_true",
+        help="with --read-only-source: end the sessions that can still write",
+    )  # fmt: skip
+
+
 def _load_job(args: argparse.Namespace) -> Job:
     return Job(
         source=load_connection(args.source, "source"),
         destination=load_connection(args.destination, "destination"),
         filter=load_filter(args.filter),
         extractor=load_extractor(args.extractor),
-        once=args.once,
-        fresh=args.fresh,
-        progress=False if args.no_progress else None,
+        once=getattr(args, "once", False),
+        fresh=getattr(args, "fresh", False),
+        progress=False if getattr(args, "no_progress", False) else None,
     )
 
 
@@ -170,6 +214,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             from replicator.handoff import run_handoff
 
             return run_handoff(args.stack_outputs, args.output, force=args.force)
+        if args.command == "verify":
+            from replicator.verify import run_verify
+
+            job = _load_job(args)
+            open_tunnels(("source", job.source.value), ("destination", job.destination.value))
+            return run_verify(job, max_rows=args.max_rows)
+        if args.command == "switchover":
+            from replicator.switchover import Options, run_switchover
+
+            if args.terminate and not args.read_only_source:
+                print("error: --terminate needs --read-only-source", file=sys.stderr)
+                return 2
+            job = _load_job(args)
+            open_tunnels(("source", job.source.value), ("destination", job.destination.value))
+            return run_switchover(job, Options(
+                timeout_s=args.timeout_s, verify=not args.no_verify, drop_slot=args.drop_slot,
+                read_only_source=args.read_only_source, terminate=args.terminate,
+            ))  # fmt: skip
+        if args.command == "install-ddl-capture":
+            from replicator.source.ddlinstall import run_install
+
+            return run_install(load_connection(args.source, "source"), uninstall=args.uninstall)
         if args.command == "check":
             from replicator.check import run_check
 

@@ -23,6 +23,10 @@ class DestinationError(ReplicatorError):
     """The destination database cannot be used as configured."""
 
 
+class SchemaChangeError(ReplicatorError):
+    """A schema change at the source that the destination cannot follow: the stream stops before it."""
+
+
 class Interrupted(ReplicatorError):
     """Stopped by a signal before the work was complete; running the same command again resumes."""
 

@@ -84,7 +84,8 @@ def _apply_filter(
             )
         schema = schema_filter.schema_name
         in_scope = [t for t in catalog.tables.values() if schema is None or t.schema == schema]
-        if schema is not None and not in_scope:
+        if schema is not None and not in_scope and schema not in catalog.schemas:
+            # (An existing schema without tables is taken: tables created there later are followed.)
             known = sorted({t.schema for t in catalog.tables.values()})
             raise ConfigError(
                 f"{filter_file.where(*base, 'schema')}: schema: no tables in schema '{schema}'"

@@ -21,7 +21,8 @@ def render_status(
     with open_destination(destination.value).open_session(APP) as dst:
         if not dst.state.present():
             return "no replication state in this destination yet (schema _replicator is absent)"
-        lines = _snapshot(dst.state) + _slots(dst.state, source) + _delta(dst.state)
+        state = dst.state
+        lines = _snapshot(state) + _slots(state, source) + _schema_changes(state) + _delta(state)
     return "\n".join(lines) if lines else "the _replicator schema exists but holds no progress yet"
 
 
@@ -61,6 +62,20 @@ def _slots(state: StateStore, source: ConfigFile[ConnectionConfig] | None) -> li
         elif source is not None:
             line += "; at the source: NO SUCH SLOT"
         out.append(line)
+    return out
+
+
+def _schema_changes(state: StateStore, limit: int = 50) -> list[str]:
+    """The schema changes applied while streaming, with where each is in the source's WAL."""
+    rows = state.schema_change_log(limit)
+    if not rows:
+        return []
+    out = [f"schema changes applied (the last {limit}):" if len(rows) == limit else "schema changes applied:"]
+    for r in rows:
+        out.append(
+            f"  {r.job}  slot {r.slot:<24} at {r.lsn}  {r.command:<14} {r.change} "
+            f"({r.applied_at:%Y-%m-%d %H:%M:%S})"
+        )
     return out
 
 

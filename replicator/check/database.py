@@ -19,6 +19,7 @@ from replicator.config.connection import ConnectionConfig
 from replicator.connect import ConnectError, connect, describe
 from replicator.errors import ReplicatorError
 from replicator.provision import pgaccess
+from replicator.source import ddlcapture, ddlinstall
 from replicator.source.slots import FAILOVER_SLOTS_FROM
 
 SOURCE = "source"
@@ -139,8 +140,29 @@ def check_source(ctx: SourceContext) -> list[CheckResult]:
     results = [check_wal_level(ctx), check_replication_right(ctx)]
     results.extend(check_slot_capacity(ctx))
     results.extend(check_output_plugins(ctx, results))
+    results.append(check_ddl_capture(ctx))
     results.append(check_slot_failover(ctx))
     return results
+
+
+def check_ddl_capture(ctx: SourceContext) -> CheckResult:
+    """Schema changes while streaming: followed only with the DDL capture installed (issue 13)."""
+    capture = ddlcapture.state(ctx.conn)
+    if not capture.installed:
+        return warn(
+            SOURCE, "ddl capture",
+            f"{capture.problem}: realtime follows only added columns and widened types, not renames, drops, "
+            "new tables, indexes or rewritten values",
+            "replicator install-ddl-capture --source <the master user's / a superuser's connection config>",
+        )
+    if ctx.conn.info.server_version < 140000 and "pgoutput" in ctx.cfg.slots.values():
+        return warn(SOURCE, "ddl capture", "installed, but pgoutput sends logical messages only from "
+                    "PostgreSQL 14 on: its messages do not reach pgoutput slots", "use wal2json, or upgrade")
+    gap = ddlinstall.publication_gap(ctx.conn, ctx.cfg.publication)
+    if gap is not None:
+        return warn(SOURCE, "ddl capture", f"installed (owner {capture.owner}); {gap[0]}", gap[1])
+    return ok(SOURCE, "ddl capture", f"installed (version {capture.version}, owner {capture.owner}): schema "
+              "changes follow the stream")
 
 
 def failover_query(server_version: int) -> str | None:

@@ -17,6 +17,7 @@ from replicator.provision import pgaccess
 from replicator.realtime.setup import plan_slots
 from replicator.source import rowfilter
 from replicator.source.wal2json_nan import OPT_IN, OPTION, keeps_nan, nan_risks
+from replicator.tableobjects import read_objects, sequence_values
 
 TABLES = "tables"
 
@@ -40,7 +41,7 @@ def selected_tables(
 
 
 def check_tables(ctx: SourceContext, tables: list[SelectedTable]) -> list[CheckResult]:
-    results = [check_select_grants(ctx, tables)]
+    results = [check_select_grants(ctx, tables), check_sequence_grants(ctx, tables)]
     if ctx.needs_replication:
         results.append(check_keys(ctx, tables))
         if "pgoutput" in ctx.cfg.slots.values():
@@ -103,6 +104,29 @@ def check_select_grants(ctx: SourceContext, tables: list[SelectedTable]) -> Chec
         TABLES, "select grants",
         f"{user} may not read {len(missing)} table(s): {_names(missing)}",
         "\n".join(statements),
+    )
+
+
+def check_sequence_grants(ctx: SourceContext, tables: list[SelectedTable]) -> CheckResult:
+    """The sequences behind the tables' serial and identity columns and defaults are kept in step
+    at the destination (and set exactly at switchover): their values must be readable, which
+    takes SELECT or USAGE on each (``pg_sequences.last_value`` reads NULL without it)."""
+    with ctx.conn.transaction():
+        found = read_objects(ctx.conn, tables)
+    names = sorted({s.qualified for s in found.sequences()})
+    if not names:
+        return ok(TABLES, "sequence grants", "no sequence behind the selected tables")
+    unreadable = [v.name for v in sequence_values(ctx.conn, names) if not v.readable]
+    if not unreadable:
+        return ok(
+            TABLES, "sequence grants", f"{ctx.user} may read all {len(names)} sequence(s) of the tables"
+        )
+    schemas = sorted({schema for schema, _ in unreadable})
+    return fail(
+        TABLES, "sequence grants",
+        f"{ctx.user} may not read the value of {len(unreadable)} sequence(s): "
+        f"{', '.join('.'.join(n) for n in unreadable)} (kept in step at the destination, set at switchover)",
+        "\n".join(ctx.sql(pgaccess.grant_select_all_sequences(ctx.user, s)) for s in schemas),
     )
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from replicator.config.model import ConfigModel
+from replicator.lsn import Lsn
 
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 
@@ -115,6 +116,17 @@ class SchemaChangesConfig(ConfigModel):
 
     dropped_columns: Literal["drop", "keep"] = "drop"  # keep: the column stays, NULL in rows written later
     dropped_tables: Literal["keep", "drop"] = "keep"  # keep: the table stays as it was, no longer fed
+
+    # Positions (LSNs) of schema changes the capture could not describe, which stop the stream, and
+    # which the operator has made good at the destination by hand: the stream goes past them.
+    accept_unfollowed: list[str] = []
+
+    @field_validator("accept_unfollowed")
+    @classmethod
+    def _lsns(cls, values: list[str]) -> list[str]:
+        for v in values:
+            Lsn.parse(v)  # ValueError: "an LSN looks like 16/B374D848, got ..."
+        return values
 
 
 class ConnectionConfig(ConfigModel):

@@ -2,7 +2,9 @@
 
 A decoded replication stream is a sequence of events::
 
-    Begin, (Change | Truncate)*, Commit, Begin, ...
+    Begin, (Change | Truncate | Message)*, Commit, Begin, ...
+
+(a ``Message`` that is not transactional may also come between transactions).
 
 Row values are PostgreSQL *text-format* strings (what the type's output function prints),
 ``None`` for NULL, or ``UNCHANGED_TOAST`` for a TOASTed value an UPDATE did not modify (the
@@ -161,7 +163,27 @@ class Truncate:
         return Op.TRUNCATE
 
 
-Event: TypeAlias = Begin | Change | Truncate | Commit
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A logical decoding message: what ``pg_logical_emit_message(transactional, prefix, content)``
+    wrote into the WAL.
+
+    Transactional messages arrive inside their transaction (between its Begin and Commit, in
+    order with its changes) and only if it commits; the others arrive at once, outside any
+    transaction, whatever becomes of the transaction that wrote them. ``lsn`` is the end of the
+    message's WAL record (what ``pg_logical_emit_message`` returned); ``xid`` is the transaction's
+    (0 when not transactional). Prefixes say who a message is for (``replicator.ddl``: the DDL
+    capture, see ``replicator.source.ddlcapture``); consumers skip the ones they do not know.
+    """
+
+    prefix: str
+    content: bytes
+    transactional: bool
+    lsn: Lsn
+    xid: int
+
+
+Event: TypeAlias = Begin | Change | Truncate | Message | Commit
 
 
 class Decoder(Protocol):

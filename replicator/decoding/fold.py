@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import operator
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from replicator.decoding.changes import (
@@ -77,8 +77,11 @@ class TableBatch:
     key_positions: tuple[int, ...]  # positions of the destination key in relation.columns
     truncated: bool = False  # a TRUNCATE comes first, before ``ops``
     ops: dict[Key, Operation] = field(default_factory=dict)
-    in_order: list[Change] = field(default_factory=list)  # tables without a key: no folding possible
+    # Tables without a key: no folding possible. With ``keep_order``, also those whose folded
+    # operations may collide on a unique index, to be applied one by one if they do.
+    in_order: list[Change] = field(default_factory=list)
     changes: int = 0
+    keep_order: bool = False
     prepared: Prepared | None = field(default=None, repr=False, compare=False)  # by the destination
 
     def __post_init__(self) -> None:
@@ -106,6 +109,8 @@ class TableBatch:
         if self._keyless:
             self.in_order.append(change)
             return
+        if self.keep_order:
+            self.in_order.append(change)
         op = change.op
         ops = self.ops
         if op is _INSERT:
@@ -198,7 +203,8 @@ class Folder:
     """Folds a stream's changes per destination table, between destination commits.
 
     ``keys``: the destination key columns of each replicated table (changes to other tables are
-    skipped); ``aliases``: leaf partition -> its root, for decoders that name partitions.
+    skipped); ``aliases``: leaf partition -> its root, for decoders that name partitions;
+    ``ordered``: tables whose batches also keep their changes in source order (``keep_order``).
     ``change()`` hands out a ``Folded`` every ``flush_rows`` changes (a source transaction larger
     than that is applied in pieces inside one destination transaction: bounded memory) and when
     a table's shape changes mid-batch (values of different shapes cannot share a stage).
@@ -210,8 +216,10 @@ class Folder:
         keys: Mapping[TableKey, tuple[str, ...]],
         aliases: Mapping[TableKey, TableKey] | None = None,
         flush_rows: int = 10_000,
+        ordered: Collection[TableKey] = (),
     ):
         self.keys = dict(keys)
+        self.ordered = frozenset(ordered)
         self.aliases = dict(aliases or {})
         self.flush_rows = flush_rows
         self._batches: dict[TableKey, TableBatch] = {}
@@ -320,7 +328,9 @@ class Folder:
                     f"{rel.qualified_name}: the stream does not carry key column(s) {', '.join(missing)}"
                 )
             _check_identity(rel, dest_key)
-            batch = TableBatch(rel, tuple(rel.names.index(k) for k in dest_key))
+            batch = TableBatch(
+                rel, tuple(rel.names.index(k) for k in dest_key), keep_order=key in self.ordered
+            )
             self._batches[key] = batch
         return batch
 

@@ -30,6 +30,7 @@ from replicator.decoding.changes import (
     Commit,
     DecodeError,
     Event,
+    Message,
     Op,
     Relation,
     ReplicaIdentity,
@@ -45,6 +46,7 @@ _lsn = lsn_from_server
 _int16 = struct.Struct(">h").unpack_from
 _int32 = struct.Struct(">i").unpack_from
 _uint32 = struct.Struct(">I").unpack_from
+_uint64 = struct.Struct(">Q").unpack_from
 _begin = struct.Struct(">QqI").unpack_from  # final LSN, commit time, xid
 _commit = struct.Struct(">BQQq").unpack_from  # flags, commit LSN, end LSN, commit time
 _attr = struct.Struct(">Ii").unpack_from  # type oid, typmod
@@ -64,18 +66,21 @@ def pg_time(microseconds: int) -> datetime:
 class PgOutputDecoder:
     """Decode pgoutput messages into change events. One instance per replication connection.
 
-    ``publications``: the publications to stream (``publication_names``).
+    ``publications``: the publications to stream (``publication_names``). ``messages``: ask for
+    logical decoding messages too (``messages 'true'``, PostgreSQL 14+), decoded as ``Message``
+    events (the DDL capture's, see ``replicator.source.ddlcapture``).
     """
 
     plugin = "pgoutput"
 
-    def __init__(self, publications: Sequence[str], proto_version: int = 1):
+    def __init__(self, publications: Sequence[str], proto_version: int = 1, messages: bool = False):
         if proto_version not in (1, 2):
             raise ValueError(f"pgoutput protocol version {proto_version} is not supported (1 or 2)")
         if not publications:
             raise ValueError("pgoutput needs at least one publication")
         self.publications = tuple(publications)
         self.proto_version = proto_version
+        self.messages = messages
         self.relations: dict[int, Relation] = {}
         self.types: dict[int, tuple[str, str]] = {}  # oid -> (schema, name), from Type messages
         self._xid = 0
@@ -91,14 +96,17 @@ class PgOutputDecoder:
             ord("R"): self._on_relation,
             ord("Y"): self._on_type,
             ord("O"): _ignore,  # origin of a transaction replayed from elsewhere
-            ord("M"): _ignore,  # logical decoding message (only sent when asked for)
+            ord("M"): self._on_message,  # logical decoding message (only sent when asked for)
         }
 
     def options(self) -> dict[str, str]:
-        return {
+        options = {
             "proto_version": str(self.proto_version),
             "publication_names": ",".join(_quote_ident(p) for p in self.publications),
         }
+        if self.messages:
+            options["messages"] = "true"
+        return options
 
     def native_pump(self) -> Pump | None:
         """A loop in C that reads runs of Begin, row and Commit messages straight from libpq into
@@ -163,6 +171,20 @@ class PgOutputDecoder:
         oids = struct.unpack_from(f">{count}I", buf, 6)
         rels = tuple(self._known(oid) for oid in oids)
         return (Truncate(rels, bool(options & 1), bool(options & 2), _lsn(lsn), self._xid, self._time),)
+
+    def _on_message(self, buf: bytes, lsn: int) -> Sequence[Event]:
+        """Int8 flags (1: transactional), Int64 LSN, String prefix, Int32 length, Byte[n] content.
+        (A streamed transaction's messages also carry its xid first; we never ask for streaming.)"""
+        flags = buf[1]
+        (message_lsn,) = _uint64(buf, 2)
+        prefix, pos = _cstring(buf, 10)
+        (size,) = _int32(buf, pos)
+        pos += 4
+        if size < 0 or pos + size != len(buf):
+            raise DecodeError(f"pgoutput message at {Lsn(lsn)}: content length {size} does not fit")
+        transactional = bool(flags & 1)
+        xid = self._xid if transactional else 0
+        return (Message(prefix, bytes(buf[pos:]), transactional, _lsn(message_lsn), xid),)
 
     # Catalog.
 

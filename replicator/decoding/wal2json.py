@@ -21,6 +21,8 @@ What wal2json does differently from pgoutput, and how we even it out:
   (Known from the catalog: a generated column dropped before its changes are decoded is taken
   for a plain one.)
 - It names partitions, not the partitioned table (it knows nothing of publish_via_partition_root).
+- Logical decoding messages (``pg_logical_emit_message``) come as action ``M`` whatever the
+  options; transactional ones sit inside their transaction, as with pgoutput's ``messages``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from replicator.decoding.changes import (
     Commit,
     DecodeError,
     Event,
+    Message,
     Op,
     Relation,
     ReplicaIdentity,
@@ -174,8 +177,21 @@ class Wal2JsonDecoder:
             self._truncate_lsn = _lsn(msg["lsn"])
             return _NONE
         if action == "M":
-            return _NONE
+            return self._message(msg)
         raise DecodeError(f"unknown wal2json action {action!r}")
+
+    def _message(self, msg: dict[str, Any]) -> Sequence[Event]:
+        """A logical decoding message, as pgoutput's ``messages 'true'`` gives it. (wal2json prints
+        the content as text: a binary content is cut at its first NUL byte.)"""
+        transactional = bool(msg["transactional"])
+        message = Message(
+            str(msg["prefix"]),
+            str(msg["content"]).encode(),
+            transactional,
+            _lsn(msg["lsn"]),
+            self._xid if transactional else 0,
+        )
+        return self._with_begin(message) if transactional else (message,)
 
     def _with_begin(self, event: Event) -> Sequence[Event]:
         if self._begin is not None:

@@ -21,12 +21,14 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from replicator.catalog import Catalog, Column
+from replicator.decoding.ddlplan import SchemaChange
 from replicator.decoding.fold import Folded
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
 from replicator.lsn import Lsn
 from replicator.relay import CopySink, CopySource, RelayResult
 from replicator.serverfacts import ServerFacts, Verdict
+from replicator.tableobjects import ConstraintDef, SequenceValue, TableObjects
 
 TableName = tuple[str, str]
 """(schema, table) of a destination table: the source table's own names."""
@@ -96,6 +98,10 @@ class Target:
     table: DestTable
     key: tuple[str, ...]  # destination key columns ((): no key, changes applied one by one)
     key_nullable: bool = False
+    # Rows can collide on a unique or exclusion index besides the key: a folded batch may then
+    # hit a violation the source never had (values swapped between rows), and is applied again
+    # change by change, in source order.
+    in_order_fallback: bool = False
     # The filter's conditions, when the destination evaluates them (no publication row filter):
     # rows written that do not match are removed (destinations/postgres/rowfilter.py).
     condition: str | None = None
@@ -119,6 +125,19 @@ table's UPDATE moved into its condition while leaving a TOASTed value unchanged
 
 Fill = Callable[[CopySink], RelayResult]
 """Feeds a sink, typically ``lambda sink: relay_copy(src, copy_out, sink)``."""
+
+
+@dataclass(frozen=True)
+class ForeignKeyAt:
+    """A foreign key as the destination holds it."""
+
+    table: TableName
+    name: str
+    references: TableName
+
+
+RowHashes = list[tuple[tuple[str | None, ...], int]]
+"""(key values in text form, hash of the row's compared columns), in key order."""
 
 
 # -- replication state ---------------------------------------------------------------------
@@ -205,6 +224,16 @@ class SlotProgress:
 
 
 @dataclass(frozen=True)
+class SwitchoverMark:
+    """``replicator switchover`` promoted this destination: replication into it is over."""
+
+    job: str
+    at: datetime
+    marker_lsn: Lsn | None
+    slots: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class WatermarkProgress:
     """One table's delta watermark, for ``replicator status``."""
 
@@ -212,6 +241,42 @@ class WatermarkProgress:
     table: str
     mark: Watermark
     age: timedelta
+
+
+@dataclass(frozen=True)
+class SchemaChangeRecord:
+    """One schema change applied while streaming, for ``replicator status``."""
+
+    job: str
+    slot: str
+    lsn: Lsn  # where the change is in the source's WAL
+    table: str
+    command: str  # the source's command tag (ALTER TABLE, CREATE TABLE ...)
+    change: str  # what the destination did
+    applied_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingRefresh:
+    """Rows to copy from the source into ``table`` (values the stream does not carry: a rewrite by
+    a volatile default or a USING expression, a partition attached with rows, a table that entered
+    replication holding rows); recorded with the change that needs it, removed with the merge."""
+
+    table: TableName
+    relid: int  # the source relation to read (the table, or the partition attached)
+    whole: bool  # the whole table (rows not at the source go); False: upsert the relation's rows
+    reason: str
+    since: Lsn  # the change that asked for it
+
+
+@dataclass(frozen=True)
+class StreamTable:
+    """Where a source table's changes go, as of a slot's checkpoint (schema changes followed)."""
+
+    slot: str
+    table: TableName
+    key: tuple[str, ...]
+    key_from: str | None  # 'primary-key' | 'row-identifier-key' | None (no key)
 
 
 class StateStore(Protocol):
@@ -266,6 +331,15 @@ class StateStore(Protocol):
 
     def forget_snapshot(self, job: str, tables: Iterable[TableName]) -> None: ...
 
+    def remember_dropped_foreign_key(self, job: str, table: TableName, name: str) -> None:
+        """A reload dropped this foreign key (call in the transaction that drops it): the
+        snapshot's ``finish`` makes it again, even on a table replicator did not create."""
+        ...
+
+    def dropped_foreign_keys(self, job: str) -> set[tuple[TableName, str]]: ...
+
+    def forget_dropped_foreign_keys(self, job: str, table: TableName, names: Iterable[str]) -> None: ...
+
     # realtime
     def slot_checkpoint(self, job: str, slot: str) -> Lsn | None: ...
 
@@ -277,6 +351,33 @@ class StateStore(Protocol):
         """Record when the slot's destination was last known to hold everything the source had
         committed (``replicator.lag``); informational, outside any checkpoint transaction."""
         ...
+
+    # schema changes while streaming
+    def log_schema_change(
+        self, job: str, slot: str, lsn: Lsn, seq: int, table: TableName, command: str, change: str
+    ) -> None:
+        """Call in the transaction that applied the change."""
+        ...
+
+    def schema_change_applied(self, job: str, slot: str, lsn: Lsn) -> bool: ...
+
+    def add_pending_refresh(self, job: str, slot: str, refresh: PendingRefresh) -> None: ...
+
+    def pending_refreshes(self, job: str, slot: str) -> list[PendingRefresh]: ...
+
+    def finish_refresh(self, job: str, slot: str, table: TableName, relid: int) -> None: ...
+
+    def move_pending_refreshes(self, job: str, slot: str, table: TableName, to: TableName | None) -> None: ...
+
+    def schema_change_log(self, limit: int = 50) -> list[SchemaChangeRecord]: ...
+
+    def stream_tables(self, job: str) -> dict[int, StreamTable]: ...
+
+    def save_stream_tables(
+        self, job: str, slot: str, tables: dict[int, StreamTable], replace: bool = False
+    ) -> None: ...
+
+    def forget_stream_tables(self, job: str, slot: str, relids: list[int]) -> None: ...
 
     # delta-snapshot
     def load_watermarks(self, job: str) -> dict[TableName, Watermark]: ...
@@ -290,6 +391,23 @@ class StateStore(Protocol):
     def rename_job(self, old: str, new: str) -> int:
         """Move every checkpoint of job ``old`` to ``new`` (unless ``new`` has progress of its
         own), in one transaction; the rows moved."""
+        ...
+
+    # switchover
+    def record_switchover(self, job: str, marker_lsn: Lsn | None, slots: Iterable[str]) -> None:
+        """Mark the destination promoted: a running stream of ``job`` stops, later runs refuse."""
+        ...
+
+    def switchover(self, job: str) -> SwitchoverMark | None:
+        """The switchover recorded for ``job``, if any (reading only; None without state)."""
+        ...
+
+    def forget_switchover(self, job: str) -> None: ...
+
+    def source_read_only_before(self, job: str, current: str | None) -> str | None:
+        """The source database's own ``default_transaction_read_only`` before ``switchover
+        --read-only-source`` first set it, given what it is now (None: not set): a rerun after a
+        crash or a refusal finds "on" and must not take it for the original."""
         ...
 
     # replicator status
@@ -317,6 +435,8 @@ class Applier(Protocol):
     (``CommitMark``): the source is told only what is durable."""
 
     applied_changes: int
+    captured_schema: bool
+    """Schema changes arrive captured (``apply_schema``): relations are not compared with the tables."""
 
     def prepare(self, folded: Folded) -> Folded:
         """Work that needs no database (formatting rows), done on the reading thread."""
@@ -347,6 +467,24 @@ class Applier(Protocol):
 
     def reset(self) -> None:
         """After its session reopened: forget what was learnt on the old connection."""
+        ...
+
+    def apply_schema(self, change: SchemaChange) -> None:
+        """A schema change captured at the source, in the open transaction between the units
+        around it; logged in the state store with it. Afterwards ``change.removed`` tables no
+        longer receive changes and ``change.added`` ones do."""
+        ...
+
+    def stage_refresh(
+        self, table: TableName, relid: int, columns: tuple[str, ...], not_null: tuple[str, ...], fill: Fill
+    ) -> int:
+        """Hold the rows ``fill`` writes (a text COPY of ``columns`` of source relation ``relid``, read
+        under a snapshot) until ``merge_refresh``; ``not_null``: the columns NOT NULL at the source."""
+        ...
+
+    def merge_refresh(self, table: TableName, relid: int, whole: bool) -> None:
+        """The stream is at the snapshot's position: the held rows become ``table``'s (``whole``:
+        every row; else upserted), and the pending refresh is done, in the open transaction."""
         ...
 
 
@@ -397,9 +535,13 @@ class DestinationSession(Protocol):
 
     def describe(self, table: TableName) -> DestTable | None: ...
 
-    def create_table(self, catalog: Catalog, st: SelectedTable) -> None:
-        """Like the source table: names, types (user types created first), NOT NULLs, generated
-        columns; no key yet (``build_key`` after the load)."""
+    def create_table(
+        self, catalog: Catalog, st: SelectedTable, objects: TableObjects | None = None
+    ) -> list[str]:
+        """Like the source table: names, types (user types and collations created first), NOT
+        NULLs, generated columns, and with ``objects`` its defaults, identity columns and the
+        sequences they use; no key or index yet (``build_key``, ``build_objects`` after the
+        load). Returns a note for each object left out."""
         ...
 
     def ensure_types(self, catalog: Catalog, columns: tuple[Column, ...]) -> None: ...
@@ -408,7 +550,67 @@ class DestinationSession(Protocol):
 
     def empty(self, table: DestTable) -> None: ...
 
-    def build_key(self, st: SelectedTable) -> None: ...
+    def build_key(self, st: SelectedTable, name: str | None = None) -> None:
+        """The key realtime and merges find rows by (a primary key named ``name`` when given)."""
+        ...
+
+    def build_objects(self, st: SelectedTable, objects: TableObjects) -> list[str]:
+        """Secondary indexes and CHECK, UNIQUE, EXCLUDE constraints, as the source names and
+        defines them; those already there are kept. Notes for those left out."""
+        ...
+
+    def drop_objects(self, table: TableName, objects: TableObjects) -> None:
+        """Drop the indexes and CHECK, UNIQUE, EXCLUDE constraints ``objects`` names (before a reload)."""
+        ...
+
+    def add_foreign_keys(self, table: TableName, fks: Iterable[ConstraintDef]) -> list[str]:
+        """Add ``fks`` NOT VALID (``validate_constraints`` checks the rows). Notes for those left out."""
+        ...
+
+    def validate_constraints(self, table: TableName, names: Iterable[str] | None = None) -> list[str]:
+        """Validate the table's NOT VALID constraints (or those named). Notes for those that fail."""
+        ...
+
+    def not_valid_constraints(self, table: TableName) -> list[str]: ...
+
+    def foreign_keys_touching(self, tables: Iterable[TableName]) -> list[ForeignKeyAt]:
+        """Foreign keys whose table or referenced table is one of ``tables``."""
+        ...
+
+    def drop_foreign_key(self, fk: ForeignKeyAt) -> None: ...
+
+    def empty_together(self, tables: list[DestTable]) -> None:
+        """Empty these tables in one statement (foreign keys among them do not stand in the way)."""
+        ...
+
+    def enforces_uniqueness_besides(self, table: TableName, key: tuple[str, ...]) -> bool:
+        """Whether rows of ``table`` can collide on a unique or exclusion index besides ``key``'s."""
+        ...
+
+    def sequence_values(self, names: Iterable[TableName]) -> list[SequenceValue]: ...
+
+    def set_sequences(self, values: Iterable[SequenceValue], exact: bool = False) -> list[TableName]:
+        """Move sequences to ``values``: forward only, or ``exact``ly. Returns those moved."""
+        ...
+
+    def identity_as_source(self, table: TableName, objects: TableObjects) -> list[str]:
+        """Identity columns GENERATED ALWAYS where the source has them so (they are BY DEFAULT
+        while replicating). Returns the columns changed."""
+        ...
+
+    def replica_role(self) -> bool:
+        """Whether this session's role may set ``session_replication_role = replica`` (writer
+        sessions then do, so the destination's triggers and foreign keys do not fire on
+        replicated rows)."""
+        ...
+
+    def triggers_on(self, tables: Iterable[TableName]) -> list[str]:
+        """The enabled user triggers and foreign keys on these tables (what replica role silences)."""
+        ...
+
+    def replica_role_fix(self) -> str:
+        """The grant that lets this session's user set ``session_replication_role``."""
+        ...
 
     def has_unique_key(self, table: TableName, columns: tuple[str, ...]) -> bool: ...
 
@@ -492,6 +694,40 @@ class DestinationSession(Protocol):
         column_type: NewColumnType,
         source_rows: SourceRows | None = None,
     ) -> Applier: ...
+
+    # verify (read only)
+    def row_digest(
+        self, table: DestTable, columns: tuple[Column, ...], order: KeyOrder, lower: Bound | None,
+        upper: Bound | None,
+    ) -> Digest:
+        """Count and digest of the live rows in ``(lower, upper]``, over ``columns``, as the
+        source computes it (``rowdigest``)."""
+        ...
+
+    def row_hashes(
+        self, table: DestTable, columns: tuple[Column, ...], order: KeyOrder, lower: Bound | None,
+        upper: Bound | None,
+    ) -> RowHashes:
+        """Each live row's key and hash in ``(lower, upper]``, in key order."""
+        ...
+
+    def bucket_digests(self, table: DestTable, columns: tuple[Column, ...]) -> dict[int, Digest]:
+        """A keyless table as a multiset: count and digest per hash bucket."""
+        ...
+
+    def bucket_rows(
+        self, table: DestTable, columns: tuple[Column, ...], buckets: Iterable[int]
+    ) -> dict[int, tuple[int, str]]:
+        """A keyless table's rows in ``buckets``: row hash -> (copies, the row as text)."""
+        ...
+
+    def index_and_constraint_names(self, table: TableName) -> tuple[set[str], dict[str, bool]]:
+        """(the table's index names, its constraints: name -> validated)."""
+        ...
+
+    def object_names(self, kind: str, tables: Iterable[TableName] = ()) -> set[str]:
+        """Names of the destination's objects of a kind, as ``otherobjects.KINDS`` lists them."""
+        ...
 
     def verify_condition(
         self, table: TableName, condition: str, where: str, columns: Sequence[tuple[str, str]] = ()

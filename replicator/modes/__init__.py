@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 
+from replicator.errors import ConfigError
 from replicator.job import Job
+
+log = logging.getLogger(__name__)
 
 MODES: dict[str, str] = {
     "snapshot": "replicator.modes.snapshot",
@@ -13,6 +17,10 @@ MODES: dict[str, str] = {
     "delta-snapshot": "replicator.modes.delta_snapshot",
     "full": "replicator.modes.full",
 }
+
+
+class PromotedDestination(ConfigError):
+    """``replicator switchover`` promoted the destination: writing into it again needs --fresh (exit 2)."""
 
 
 def runner(mode: str) -> Callable[[Job], int]:
@@ -23,7 +31,34 @@ def runner(mode: str) -> Callable[[Job], int]:
         from replicator.identity import identify
 
         # Refuses a destination that is the source (exit 2) and names the job by the source's identity.
-        result: int = module.run(identify(job))
+        job = identify(job)
+        refuse_promoted(job)
+        result: int = module.run(job)
         return result
 
     return run
+
+
+def refuse_promoted(job: Job) -> None:
+    """A destination that ``switchover`` promoted takes the application's writes now: replicating
+    into it would overwrite them. Refused unless ``--fresh`` (which forgets the switchover)."""
+    from replicator.destinations import open_destination
+
+    with open_destination(job.destination.value).open_session("replicator/run") as dst:
+        if not dst.state.present():
+            return
+        mark = dst.state.switchover(job.job_id)
+        if mark is None:
+            return
+        if not job.fresh:
+            raise PromotedDestination(
+                f"{job.destination.where('host')}: the destination was promoted by `replicator "
+                f"switchover` at {mark.at:%Y-%m-%d %H:%M:%S %Z}: it takes the application's writes now, and "
+                f"replicating into it again would overwrite them. To start a new replication into it anyway "
+                f"(its tables are copied again), run with --fresh; or point --destination elsewhere"
+            )
+        log.warning(
+            "the destination was promoted by `replicator switchover` at %s; --fresh: starting over into it",
+            f"{mark.at:%Y-%m-%d %H:%M:%S}",
+        )
+        dst.state.forget_switchover(job.job_id)

@@ -27,6 +27,7 @@ from replicator.provision import adminconn, attach, pgaccess, slotguard
 _USER_IDENTITY = ("host", "port", "database", "user")
 _USER_SETTINGS = (
     "schemas", "replication_right", "table_owners", "heartbeat_table", "publication", "publication_tables",
+    "ddl_capture",
     "password_version", "admin_user", "admin_password", "sslmode", "connect_host", "connect_port",
     "publicly_accessible", "bastion",
 )

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
+from replicator.source import ddlcapture
+
 ReplicationRight = Literal["rds_replication", "attribute"]
 QualifiedName = tuple[str, str]  # (schema, table)
 
@@ -42,6 +44,10 @@ class AccessSpec:
     # Managed publication members: (schema, table) pairs, or ALL_TABLES for FOR ALL TABLES
     # (superuser only, so not on RDS). None leaves the publication to someone else.
     publication_tables: tuple[QualifiedName, ...] | Literal["*"] | None = None
+    # The DDL capture (event triggers: schema changes into the WAL, see replicator.source.ddlcapture),
+    # installed by this admin session, which also becomes a member of the replication user (the owner
+    # of the publications the replicator creates) so the trigger may add new tables to them.
+    ddl_capture: bool = False
 
     @classmethod
     def from_props(cls, props: dict[str, Any]) -> AccessSpec:
@@ -58,6 +64,7 @@ class AccessSpec:
             heartbeat_table=split_name(hb) if hb else None,
             publication=props.get("publication") or None,
             publication_tables=tables,
+            ddl_capture=bool(props.get("ddl_capture")),
         )
 
 
@@ -159,6 +166,10 @@ def encrypted_password(conn: psycopg.Connection[Any], user: str, password: str) 
 
 def ensure_access(conn: psycopg.Connection[Any], spec: AccessSpec, password: str) -> None:
     """Create or repair the user and every right it needs, in one transaction."""
+    if spec.ddl_capture:  # refused before anything is written
+        reason = ddlcapture.can_install(conn)
+        if reason is not None:
+            raise AccessError(f"ddl_capture: cannot install the DDL capture: {reason}")
     with _transaction(conn, f"setting up replication user {spec.user}"):
         _ensure_role(conn, spec.user, password)
         conn.execute(grant_replication(spec.user, spec.replication_right))
@@ -175,6 +186,14 @@ def ensure_access(conn: psycopg.Connection[Any], spec: AccessSpec, password: str
             _ensure_heartbeat_rights(conn, spec.user, spec.heartbeat_table)
         if spec.publication and spec.publication_tables is not None:
             _ensure_publication(conn, spec.publication, spec.publication_tables)
+        if spec.ddl_capture:
+            for statement in ddlcapture.install_statements():
+                conn.execute(statement)
+            # The trigger adds new tables to the replicator's publication as this admin: it needs the
+            # rights of the publication's owner (the replication user, who creates it).
+            row = conn.execute("SELECT pg_has_role(%s, 'USAGE')", (spec.user,)).fetchone()
+            if not (row and row[0]):
+                conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(spec.user)))
 
 
 def update_access(conn: psycopg.Connection[Any], old: AccessSpec, new: AccessSpec, password: str) -> None:
@@ -196,6 +215,8 @@ def update_access(conn: psycopg.Connection[Any], old: AccessSpec, new: AccessSpe
             old.publication != new.publication or new.publication_tables is None
         ):
             conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(old.publication)))
+        if old.ddl_capture and not new.ddl_capture:
+            _drop_ddl_capture(conn)
         ensure_access(conn, new, password)
 
 
@@ -213,6 +234,8 @@ def drop_access(conn: psycopg.Connection[Any], spec: AccessSpec, connect_to: Con
     with _transaction(conn, f"removing replication user {spec.user}"):
         if spec.publication and spec.publication_tables is not None:
             conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(spec.publication)))
+        if spec.ddl_capture:
+            _drop_ddl_capture(conn)
         if not _role_exists(conn, spec.user):
             return
         _take_over_membership(conn, spec.user)
@@ -279,6 +302,12 @@ def _clean_other_databases(user: str, databases: list[str], connect_to: ConnectT
                 f"role {user} owns objects or holds privileges in database {name}, and cleaning them failed "
                 f"({e.diag.message_primary or e}): connect there as an admin and run {statements}"
             ) from None
+
+
+def _drop_ddl_capture(conn: psycopg.Connection[Any]) -> None:
+    for name in ddlcapture.TRIGGERS:
+        conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(name)))
+    conn.execute("DROP SCHEMA IF EXISTS _replicator_ddl CASCADE")
 
 
 def role_exists(conn: psycopg.Connection[Any], user: str) -> bool:

@@ -29,7 +29,7 @@ from psycopg import sql
 from replicator.catalog import Catalog, load_types
 from replicator.conditions import require_expression
 from replicator.connect import connect, describe, retrying_for
-from replicator.decoding.changes import Begin, Change, Commit, Decoder, Event, Truncate
+from replicator.decoding.changes import Begin, Change, Commit, Decoder, Event, Message, Truncate
 from replicator.decoding.fold import Folder
 from replicator.decoding.pgoutput import PgOutputDecoder
 from replicator.decoding.wal2json import Wal2JsonDecoder
@@ -38,6 +38,7 @@ from replicator.destinations.base import Applier, DestinationSession, NewColumnT
 from replicator.errors import SourceError
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.realtime import follow
 from replicator.realtime.lagtrack import LagTracker
 from replicator.realtime.positions import (
     LostSlot,
@@ -49,6 +50,7 @@ from replicator.realtime.positions import (
 from replicator.realtime.setup import SlotPlan, start_position
 from replicator.realtime.worker import ApplyWorker, Progress
 from replicator.retry import Streak, is_transient
+from replicator.source import ddlcapture
 from replicator.source.describe import CatalogDescriber
 from replicator.source.heartbeat import HeartbeatWriter
 from replicator.source.membership import Member, MembershipWatch
@@ -104,6 +106,9 @@ class SlotPipeline:
         self.membership = MembershipWatch(_members(plan), self.cfg.heartbeat.interval_ms / 1000)
         # aux serves the reader (heartbeat, WAL watch) and the worker (types)
         self._aux_lock = threading.Lock()
+        self._capture = False  # the DDL capture is installed on the source (set by run)
+        self._rewind = False  # the schema follower goes back to the checkpoint before streaming again
+        self._follower: follow.SchemaFollower
 
     def run(self, stop: threading.Event, until: Lsn | None = None) -> SlotStats:
         src_cfg = self.job.source.value
@@ -115,10 +120,18 @@ class SlotPipeline:
                 self.job.job_id, self.plan.slot, self.targets, self._column_type(), self._source_rows()
             )
             folder = Folder(
-                {k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows
+                {k: t.key for k, t in self.targets.items()}, self.aliases, self.cfg.fetch_size_rows,
+                ordered=[k for k, t in self.targets.items() if t.in_order_fallback],
             )
             writer_hb = HeartbeatWriter(aux, self.cfg.heartbeat) if self.write_heartbeat else None
             watch = WalWatch(src_cfg.log_monitoring, [self.plan.slot])
+            # Schema changes the DDL capture writes into the stream (follow.py).
+            # (pgoutput sends logical messages from PostgreSQL 14 on.)
+            self._capture = ddlcapture.state(aux).installed and (
+                self.plan.plugin != "pgoutput" or aux.info.server_version >= 140000
+            )
+            writer.captured_schema = self._capture
+            follower = self._follower = follow.for_slot(self.job, self.plan, self.targets, self.heartbeat)
 
             def resume_from_checkpoint(e: BaseException) -> None:
                 # Whatever was read but not committed is read again from the checkpoint, on
@@ -129,6 +142,9 @@ class SlotPipeline:
                 if not dst.usable:
                     dst.reopen()
                     writer.reset()
+                # The routing goes back to the checkpoint's, read when the stream opens again: the
+                # destination's connection may be dead without knowing it yet (a lost tunnel).
+                self._rewind = True
                 if not _answers(self._aux):
                     self._aux.close()
                     self._aux = connect(src_cfg, "source", APP, autocommit=True)
@@ -150,6 +166,7 @@ class SlotPipeline:
                 ) from None
             return self.stats
         finally:
+            follower.close()
             dst.close()
             self._aux.close()
 
@@ -188,8 +205,14 @@ class SlotPipeline:
     def _decoder(self, aux: psycopg.Connection[Any]) -> Decoder:
         if self.plan.plugin == "pgoutput":
             assert self.plan.publication is not None
-            # Tables without a replica identity come through a second, insert-only publication.
-            return PgOutputDecoder(self.plan.publications(self.heartbeat))
+            # Tables without a replica identity come through a second, insert-only publication;
+            # logical messages carry the DDL capture's schema changes (PostgreSQL 14+).
+            return PgOutputDecoder(
+                self.plan.publications(self.heartbeat), messages=aux.info.server_version >= 140000
+            )
+        if self._capture:  # tables renamed or created later must be decoded too: the folder picks
+            exact = wal2json_accepts(aux, self.plan.slot, "numeric-data-types-as-string")
+            return Wal2JsonDecoder(CatalogDescriber(aux), None, numeric_as_string=exact)
         # wal2json names leaf partitions, not their root: ask for those, and map them back (aliases).
         tables = [*self.targets, *self.aliases]
         if self.heartbeat:
@@ -217,12 +240,18 @@ class SlotPipeline:
         changes or is ``fetch-duration-per-extractor-slot-s`` old: both are upper bounds, never
         waits. Reads return as soon as nothing more is ready, and a read waiting for the stream
         wakes when the worker goes idle."""
+        follower = self._follower
+        if self._rewind:
+            follower.rewind(dst.state.slot_checkpoint(self.job.job_id, self.plan.slot) or Lsn(0), folder)
+            self._rewind = False
         reader = self._open_reader(dst, aux)
         batch_s = self.cfg.fetch_duration_per_extractor_slot_s
         max_changes = self.cfg.fetch_size_rows
         read_events = min(max_changes, READ_EVENTS)
         idle_wait = min(batch_s, 1.0)  # heartbeat, WAL watch and status run at least this often
+        pending = follower.pending(dst)
         worker = ApplyWorker(writer, name=f"apply-{self.plan.slot}").start()
+        follower.start(pending, worker)
         progress = worker.progress
         progress.applied = reader.position  # where the stream starts: the destination has all before it
         stats = self.stats
@@ -232,7 +261,7 @@ class SlotPipeline:
         report = _ProgressReport(self.plan.slot, stats, self.lag)
         try:
             while True:
-                events = reader.read(read_events, idle_wait, until, wake=worker.wake_fd)
+                events = reader.read(read_events, idle_wait, follower.until(until), wake=worker.wake_fd)
                 # Fold up to the last source commit read, hand that over if it is time, then fold
                 # the rest (an open transaction is never handed over with a checkpoint).
                 cut = _after_last_commit(events)
@@ -245,6 +274,8 @@ class SlotPipeline:
                     self._commit(folder, worker)
                 if cut < len(events):
                     in_txn = self._fold(events[cut:] if cut else events, folder, worker, in_txn)
+                if not in_txn:  # refreshes whose snapshot the stream has reached, on an idle stream
+                    follower.on_idle(reader.position, folder, worker, lambda: self._commit(folder, worker))
                 self.lag.observe(progress, idle=not events and not in_txn and not folder.pending_transactions)
                 if not in_txn and not folder.pending_transactions and reader.position > drained:
                     drained = reader.position  # everything read is (or will be, in order) committed
@@ -260,7 +291,7 @@ class SlotPipeline:
                     watch.check_if_due(aux)
                     self.membership.check_if_due(aux)
                     self.lag.sample_source_if_due(aux)
-                if until is not None and not in_txn and reader.position >= until:
+                if until is not None and not in_txn and reader.position >= (follower.until(until) or until):
                     break
                 if stop.is_set():
                     if not in_txn:
@@ -291,6 +322,7 @@ class SlotPipeline:
         change = folder.change
         max_changes = self.cfg.fetch_size_rows
         changes = transactions = 0
+        follower = self._follower
         commit: Commit | None = None
         for ev in events:
             # Changes first, and one plain isinstance each: this runs for every event.
@@ -302,6 +334,7 @@ class SlotPipeline:
                         worker.apply(folded)
             elif isinstance(ev, Begin):
                 in_txn = True
+                follower.on_begin(ev.final_lsn, folder, worker)
             elif isinstance(ev, Commit):
                 in_txn = False
                 folder.source_commit(ev.end_lsn)
@@ -310,6 +343,9 @@ class SlotPipeline:
                 if folder.transaction_changes >= max_changes:
                     self.lag.read(ev.commit_time)  # the batch handed now ends with this one
                     self._commit(folder, worker)
+            elif isinstance(ev, Message):
+                follower.on_message(ev, folder, worker, lambda: self._commit(folder, worker))
+        follower.flush(worker)  # the refreshes those changes need: one snapshot for them all
         if commit is not None:
             self.lag.read(commit.commit_time)
         self.stats.changes += changes

@@ -21,6 +21,8 @@ from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, check_conditions
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.realtime import ddlsetup
+from replicator.realtime.housekeeping import Housekeeping
 from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
 from replicator.realtime.positions import (
     Mode,
@@ -33,12 +35,14 @@ from replicator.realtime.positions import (
 from replicator.realtime.setup import (
     SlotPlan,
     check_destination_conditions,
+    check_replica_role,
     decide_row_filters,
     identity_match_key,
     identity_warnings,
     plan_slots,
     prepare_destination,
     prepare_source,
+    refuse_unreadable_publications,
     select_realtime_tables,
     tables_changed_in_place,
     unlogged_warnings,
@@ -46,6 +50,7 @@ from replicator.realtime.setup import (
 from replicator.snapshot.runner import unfinished_tables
 from replicator.source.slots import ensure_slot, get_slot
 from replicator.source.wal2json_nan import keeps_nan, nan_refusal, nan_risks
+from replicator.tableobjects import PlannedObjects, plan_objects, read_objects
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class Prepared:
     plans: list[SlotPlan]
     targets: dict[tuple[str, str], Target]
     heartbeat: bool
+    planned: dict[tuple[str, str], PlannedObjects] = field(default_factory=dict)
     starts: dict[str, SlotStart] = field(default_factory=dict)  # each slot's facts at start
 
 
@@ -68,8 +74,12 @@ def prepare(
     with writer_connection(job) as src:
         with src.transaction():
             catalog, tables = select_realtime_tables(job, src, with_snapshot=before_destination is not None)
+            soft = job.destination.value.deletes == "soft"
+            planned = plan_objects(read_objects(src, tables), tables, soft_deletes=soft)
         full = before_destination is not None  # the full mode snapshots before the destination step
-        plans = plan_slots(job.source, tables)
+        # Where each table is at the slots' checkpoints (schema changes followed: see follow.py).
+        stored = ddlsetup.stream_tables(job, src)
+        plans = plan_slots(job.source, tables, {relid: t.slot for relid, t in stored.items()})
         # Before anything is written: a stream that would skip changes is refused (positions.py).
         starts = _check_positions(job, src, plans, "full" if full else "realtime")
         for t in tables:
@@ -79,8 +89,10 @@ def prepare(
         # must be one harmless boolean expression (conditions.py), as for the snapshot.
         check_conditions(src, tables)
         row_filters = decide_row_filters(src, plans)
-        if any(not rf.native for rf in row_filters.values()):
-            with open_destination(job.destination.value).open_session(APP) as dst:
+        with open_destination(job.destination.value).open_session(APP) as dst:
+            # Before publications, slots or a snapshot are made.
+            check_replica_role(dst, [t for t in tables if not t.table.unlogged], planned)
+            if any(not rf.native for rf in row_filters.values()):
                 check_destination_conditions(dst, tables, row_filters)
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
@@ -89,17 +101,27 @@ def prepare(
             log.log(level, message)
         for warning in unlogged_warnings(tables, "full" if full else "realtime"):
             log.warning(warning)
+        refuse_unreadable_publications(src, plans)
         heartbeat = prepare_source(job, src, plans, row_filters)
+        if ddlsetup.announce(src, plans).installed:
+            ddlsetup.register_schemas(src, job, plans)
         if create_slots:
             for plan in plans:
                 ensure_slot(src, plan.slot, plan.plugin)
     if before_destination is not None:
         before_destination(plans)
+    ddlsetup.as_the_stream_has_them(plans, stored)
     with open_destination(job.destination.value).open_session(APP) as dst:
         dst.state.ensure()
         # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
-        targets = prepare_destination(dst, catalog, [t for t in tables if not t.table.unlogged], row_filters)
-    return Prepared(plans, targets, heartbeat is not None, starts)
+        streamed = [t for plan in plans for t in plan.tables if not t.table.unlogged]
+        if not full:
+            for key in [(t.table.schema, t.table.name) for t in streamed]:
+                for note in planned[key].notes if dst.describe(key) is None else ():
+                    log.warning("%s", note)
+        targets = prepare_destination(dst, catalog, streamed, planned, row_filters)
+        targets.update(ddlsetup.ghost_targets(dst, plans))
+    return Prepared(plans, targets, heartbeat is not None, planned, starts)
 
 
 def writer_connection(job: Job) -> psycopg.Connection[Any]:
@@ -160,6 +182,7 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
     stop = stop or threading.Event()
     until = current_wal_lsn(job) if job.once else None
     destination = open_destination(job.destination.value)
+    sequences = sorted({s.qualified for p in prepared.planned.values() for s in p.objects.all_sequences})
     with destination.open_session(APP) as lock_session, _collector_for_streaming(), _quick_thread_switches():
         lock_session.state.lock_job(job.job_id, "realtime")  # held by this session while we stream
         # One heartbeat writer is enough: the heartbeat table is in every slot's publication.
@@ -167,7 +190,7 @@ def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) ->
             SlotPipeline(job, plan, prepared.targets, prepared.heartbeat, write_heartbeat=i == 0)
             for i, plan in enumerate(prepared.plans)
         ]
-        with _observed(job, pipelines, lock_session):
+        with Housekeeping(job, sequences, stop), _observed(job, pipelines, lock_session):
             return _run_pipelines(pipelines, stop, until)
 
 

@@ -17,16 +17,24 @@ import psycopg
 
 from replicator.catalog import Catalog, load_catalog
 from replicator.config import ConfigFile, ConnectionConfig
-from replicator.destinations.base import DestinationSession, StateStore, Target
-from replicator.errors import ConfigError
+from replicator.destinations.base import DestinationSession, StateStore, StreamTable, Target
+from replicator.errors import ConfigError, DestinationError, SourceError
 from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
 from replicator.lsn import Lsn
 from replicator.realtime.positions import SlotAhead, slot_ahead_message
 from replicator.source import rowfilter
 from replicator.source.heartbeat import ensure_heartbeat_table
-from replicator.source.publication import INSERT_ONLY, PublishedTable, ensure_publication
+from replicator.source.publication import (
+    INSERT_ONLY,
+    PublishedTable,
+    ensure_empty_publication,
+    ensure_publication,
+    publication_exists,
+)
 from replicator.source.rowfilter import RowFilter
+from replicator.source.slots import get_slot
+from replicator.tableobjects import PlannedObjects
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +46,16 @@ class SlotPlan:
     tables: list[SelectedTable] = field(default_factory=list)  # streamed (and, in full mode, snapshotted)
     # UNLOGGED tables: no WAL, so never in a publication; full mode snapshots them once.
     snapshot_only: list[SelectedTable] = field(default_factory=list)
+    # Tables dropped at the source after the slot's checkpoint, still fed until the stream reaches
+    # their DROP (schema changes followed: source oid -> where they go; see ddlsetup.py).
+    ghosts: dict[int, StreamTable] = field(default_factory=dict)
 
     @property
     def table_keys(self) -> set[tuple[str, str]]:
-        """The tables a full run snapshots for this slot."""
-        return {(t.table.schema, t.table.name) for t in [*self.tables, *self.snapshot_only]}
+        """The tables a full run snapshots for this slot (and the ghosts its stream still feeds)."""
+        return {(t.table.schema, t.table.name) for t in [*self.tables, *self.snapshot_only]} | {
+            g.table for g in self.ghosts.values()
+        }
 
     @property
     def identified(self) -> list[SelectedTable]:
@@ -75,7 +88,11 @@ def insert_only_publication(publication: str) -> str:
     return publication[: 63 - len(suffix)] + suffix
 
 
-def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]) -> list[SlotPlan]:
+def plan_slots(
+    source: ConfigFile[ConnectionConfig], tables: list[SelectedTable], sticky: dict[int, str] | None = None
+) -> list[SlotPlan]:
+    """``sticky``: source table oid -> the slot that streams it already (a table a schema change
+    brought to a slot, or renamed since the hash placed it, stays there)."""
     cfg = source.value
     if not cfg.slots:
         raise ConfigError(
@@ -101,8 +118,10 @@ def plan_slots(source: ConfigFile[ConnectionConfig], tables: list[SelectedTable]
         )
         for name, plugin in cfg.slots.items()
     ]
+    by_name = {p.slot: i for i, p in enumerate(plans)}
     for t in tables:
         index = zlib.crc32(f"{t.table.schema}.{t.table.name}".encode()) % len(plans)
+        index = by_name.get((sticky or {}).get(t.table.oid, ""), index)
         (plans[index].snapshot_only if t.table.unlogged else plans[index].tables).append(t)
     return plans
 
@@ -256,12 +275,35 @@ def prepare_source(
         keyless = [_published(t, filters) for t in plan.insert_only]
         if heartbeat is not None:
             published.append(heartbeat)
-        if published:
-            ensure_publication(conn, plan.publication, published, not_here=keyless)
+        created = bool(published) and ensure_publication(conn, plan.publication, published, not_here=keyless)
         if keyless:
             assert plan.insert_only_publication is not None
             ensure_publication(conn, plan.insert_only_publication, keyless, publish=INSERT_ONLY)
+        elif created:
+            # Made with the main one even while empty: pgoutput (before PostgreSQL 18) reads
+            # publications as of each change it decodes, so one created after the slot's position
+            # would make the stream fail on every change before it. A keyless table that joins later
+            # is then added to a publication the slot can read.
+            ensure_empty_publication(conn, insert_only_publication(plan.publication), INSERT_ONLY)
     return heartbeat
+
+
+def refuse_unreadable_publications(conn: psycopg.Connection[Any], plans: list[SlotPlan]) -> None:
+    """Before anything is written: an insert-only publication that does not exist yet for a slot that
+    does cannot be created now (see ``prepare_source``); say why and what to do instead."""
+    for plan in plans:
+        name = plan.insert_only_publication
+        if name is None or publication_exists(conn, name) or get_slot(conn, plan.slot) is None:
+            continue
+        tables = ", ".join(t.display for t in plan.insert_only)
+        raise SourceError(
+            f"{tables}: no replica identity, so its inserts would be published in {name!r}, which does not "
+            f"exist; slot {plan.slot!r} is older than it would be, and pgoutput cannot read a publication "
+            f"created after a slot's position (every run would fail on the changes before it). Fix one of: "
+            f"ALTER TABLE ... REPLICA IDENTITY FULL (or add a primary key); leave the table out with a "
+            f"filter; or drop the slot (SELECT pg_drop_replication_slot('{plan.slot}')) and run `full`, "
+            f"which copies the tables again and creates both publications before the new slot"
+        )
 
 
 def _published(t: SelectedTable, filters: dict[tuple[str, str], RowFilter]) -> PublishedTable:
@@ -297,19 +339,29 @@ def prepare_destination(
     dst: DestinationSession,
     catalog: Catalog,
     tables: list[SelectedTable],
+    planned: dict[tuple[str, str], PlannedObjects] | None = None,
     row_filters: dict[tuple[str, str], RowFilter] | None = None,
 ) -> dict[tuple[str, str], Target]:
-    """Make sure every table exists at the destination (created like a snapshot would), with a
-    key, ready to receive changes; conditions it evaluates must be ones it can evaluate."""
+    """Make sure every table exists at the destination (created like a snapshot would: key,
+    indexes, constraints, then foreign keys between the new tables), ready to receive changes;
+    conditions it evaluates must be ones it can evaluate."""
+    planned = planned or {}
     filters = row_filters or {}
     targets = {}
+    created = []
     for st in tables:
         key = (st.table.schema, st.table.name)
         found = dst.describe(key)
         if found is None:
+            objects = planned[key].objects if key in planned else None
             with dst.transaction():
-                dst.create_table(catalog, st)
-                dst.build_key(st)
+                notes = dst.create_table(catalog, st, objects)
+                dst.build_key(st, objects.primary_key.name if objects and objects.primary_key else None)
+                if objects is not None:
+                    notes += dst.build_objects(st, objects)
+            for note in notes:
+                log.warning("%s", note)
+            created.append(key)
             found = dst.describe(key)
             assert found is not None
         found = dst.ready_for_changes(found)
@@ -325,11 +377,47 @@ def prepare_destination(
         condition = rf.condition if rf is not None and not rf.native else None
         if condition is not None:
             dst.verify_condition(key, condition, st.condition_where)
+        fallback = bool(match_key) and dst.enforces_uniqueness_besides(key, match_key)
         targets[key] = Target(
-            found, match_key, key_nullable=nullable, condition=condition,
+            found, match_key, key_nullable=nullable, in_order_fallback=fallback, condition=condition,
             source_condition=rf.condition if rf is not None else None,
         )
+
+    for key in created:
+        fks = [fk for fk in planned[key].objects.foreign_keys] if key in planned else []
+        if fks:
+            with dst.transaction():
+                notes = dst.add_foreign_keys(key, fks) + dst.validate_constraints(key, [f.name for f in fks])
+            for note in notes:
+                log.warning("%s", note)
     return targets
+
+
+def check_replica_role(
+    dst: DestinationSession, tables: list[SelectedTable], planned: dict[tuple[str, str], PlannedObjects]
+) -> None:
+    """Realtime applies changes table by table, not in source order: a foreign key at the
+    destination would refuse a row whose referenced row comes later in the same transaction,
+    and the destination's triggers would fire on copies. Writer sessions switch both off
+    (``session_replication_role = replica``) where the destination user may; where it may not,
+    and the destination tables have (or will have) either, refuse before anything is written."""
+    if dst.replica_role():
+        return
+    keys = [(t.table.schema, t.table.name) for t in tables]
+    needs = dst.triggers_on(keys)
+    existing = {k for k in keys if dst.describe(k) is not None}
+    needs += [
+        f"{'.'.join(k)}: foreign key {fk.name} (to be created)"
+        for k in keys if k not in existing and k in planned for fk in planned[k].objects.foreign_keys
+    ]  # fmt: skip
+    if needs:
+        shown = ", ".join(needs[:5]) + (f" and {len(needs) - 5} more" if len(needs) > 5 else "")
+        raise DestinationError(
+            f"the destination tables have triggers or foreign keys ({shown}) that would fire on replicated "
+            f"changes, and the destination user may not switch them off for its sessions "
+            f"(session_replication_role = replica, as PostgreSQL's own apply does); fix: "
+            f"{dst.replica_role_fix()}"
+        )
 
 
 def identity_match_key(st: SelectedTable) -> tuple[str, ...]:

@@ -46,6 +46,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from replicator.decoding.fold import Folded
@@ -70,10 +71,10 @@ class Progress:
     commits: int = 0
 
 
-_APPLY, _COMMIT, _DRAINED, _DRAINED_LAST = 0, 1, 2, 3
+_APPLY, _COMMIT, _DRAINED, _DRAINED_LAST, _CALL = 0, 1, 2, 3, 4
 _FINISH = None  # everything before it is done: end
 
-_Item = tuple[int, Folded | Lsn] | None
+_Item = tuple[int, "Folded | Lsn | Callable[[Applier], None]"] | None
 
 
 class ApplyWorker:
@@ -120,6 +121,11 @@ class ApplyWorker:
     def commit(self, lsn: Lsn) -> None:
         """Commit what was applied, with checkpoint ``lsn`` (the end of a source transaction)."""
         self._put((_COMMIT, lsn))
+
+    def call(self, work: Callable[[Applier], None]) -> None:
+        """Run ``work(writer)`` on the worker's thread, in order with the units around it (a schema
+        change, a refresh: see ``follow.py``)."""
+        self._put((_CALL, work))
 
     def drained(self, position: Lsn, last: bool = False) -> None:
         """Everything read up to ``position`` has been handed over and committed (or was nothing
@@ -225,6 +231,9 @@ class ApplyWorker:
                 if isinstance(arg, Folded):
                     pending = None  # the commit that follows records a later position
                     writer.apply(arg)
+                elif not isinstance(arg, Lsn):  # _CALL: a schema change, a refresh (within a transaction)
+                    pending = None  # the commit that follows records a later position
+                    arg(writer)
                 elif kind == _COMMIT:
                     pending = None
                     self._committed(writer.commit(arg), True, arg)

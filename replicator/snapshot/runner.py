@@ -3,7 +3,8 @@
 A coordinator transaction on the source exports a snapshot (or imports one, in `full` mode,
 from the replication slot); every worker imports it, so all chunks of all tables show the
 same instant. Each chunk is relayed as ``COPY TO`` -> ``COPY FROM`` and committed at the
-destination together with its checkpoint. Keys are built when a table's last chunk lands.
+destination together with its checkpoint. Keys, indexes and constraints are built when a
+table's last chunk lands, foreign keys once every table is in (``schema.py``).
 
 Resuming: chunks already committed are not copied again, but they were read in an earlier
 snapshot, and a chunk's range is only meaningful inside one snapshot: an UPDATE moves a row to
@@ -45,6 +46,7 @@ from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
 from replicator.progress import Progress, make_progress
 from replicator.relay import relay_copy
+from replicator.snapshot import schema
 from replicator.snapshot.plan import copy_out_sql, plan_table
 from replicator.snapshot.workers import (
     SNAPSHOT_SESSION,
@@ -53,6 +55,7 @@ from replicator.snapshot.workers import (
     run_parallel,
     session_settings,
 )
+from replicator.tableobjects import PlannedObjects, TableObjects
 from replicator.typemap import binary_safe
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,7 @@ class TableWork:
     binary: bool
     merge: bool
     remaining: int
+    objects: TableObjects
     lock: threading.Lock = field(default_factory=threading.Lock)
     rereads: list[ChunkState] = field(default_factory=list)  # finished in other snapshots
     meter: metrics.TableMeter | None = None  # set when its copy starts
@@ -136,10 +140,10 @@ def run_snapshot(
         snapshot_name = _open_snapshot(exporter, imported_snapshot)
         view = _snapshot_view(exporter)
         catalog = load_catalog(exporter)
+        ours: set[tuple[str, str]] = set()  # tables created by an earlier run, whatever --fresh forgets
         if scope is None:
-            selected = select_tables(catalog, job.filter, job.extractor, src_cfg.database, "snapshot")
-            if only is not None:
-                selected = [s for s in selected if (s.table.schema, s.table.name) in only]
+            every = select_tables(catalog, job.filter, job.extractor, src_cfg.database, "snapshot")
+            selected = every if only is None else [s for s in every if (s.table.schema, s.table.name) in only]
             check_conditions(exporter, selected)
             # Before the first write, state included: every table this run may empty must fit
             # (with --fresh all of them, before any progress is forgotten).
@@ -149,16 +153,20 @@ def run_snapshot(
             control.state.ensure()
             control.state.lock_job(job.job_id, "snapshot")
             if job.fresh:
+                ours = {k for k, ts in control.state.load_snapshot(job.job_id).items() if ts.created_by_us}
                 with control.transaction():
                     control.state.forget_snapshot(
                         job.job_id, [(s.table.schema, s.table.name) for s in selected]
                     )
         else:
-            selected = scope.tables
+            every = selected = scope.tables
+        planned = schema.plan(job, exporter, every, [(s.table.schema, s.table.name) for s in selected])
         settings = scope.settings if scope else job.extractor.value.snapshot
         run_id = uuid.uuid4().hex
         summary = SnapshotSummary(tables=len(selected))
-        works = _prepare(exporter, control, catalog, selected, run_id, summary, job.job_id, settings)
+        works = _prepare(
+            exporter, control, catalog, selected, run_id, summary, job.job_id, settings, planned, ours
+        )
         summary.keyless = [s.display for s in selected if not s.key]
         if summary.keyless:
             log.warning(
@@ -178,6 +186,7 @@ def run_snapshot(
         finally:
             if progress is None:
                 bar.close()
+        schema.finish(job, control, exporter, every, planned, settings.threads)
         summary.rows, summary.bytes, summary.seconds = bar.totals.rows, bar.totals.bytes, bar.totals.seconds
         return summary
     finally:
@@ -235,8 +244,13 @@ def _prepare(
     summary: SnapshotSummary,
     job_id: str,
     cfg: CopySettings,
+    planned: dict[tuple[str, str], PlannedObjects],
+    ours: set[tuple[str, str]],
 ) -> list[TableWork]:
-    """Plan new tables (creating or emptying them at the destination) and pick up unfinished ones."""
+    """Plan new tables (creating or emptying them at the destination) and pick up unfinished ones.
+
+    ``ours``: tables an earlier run created (its state forgotten by --fresh): emptied, they are
+    still ours to build keys, indexes and constraints on."""
     existing = control.state.load_snapshot(job_id)
     todo: list[SelectedTable] = []
     plans: dict[tuple[str, str], list[ChunkPlan]] = {}
@@ -274,22 +288,12 @@ def _prepare(
     # (Tables finished earlier are not touched, so not checked: a column added at the source since
     # then is the stream's to add.)
     control.check_can_take(todo)
+    schema.refuse_triggers(control, todo)
+    _create_or_empty(control, catalog, [st for st in todo if _key(st) in plans], plans, job_id, planned, ours)
+    existing.update(control.state.load_snapshot(job_id))
     works = []
     for st in todo:
-        key = (st.table.schema, st.table.name)
-        if key in plans:
-            with control.transaction():
-                found = control.describe(key)
-                if found is None:
-                    control.create_table(catalog, st)
-                else:
-                    if control.has_rows(found):
-                        log.warning(
-                            "%s exists at the destination with rows; emptying it for the snapshot", st.display
-                        )
-                    control.empty(found)
-                control.state.record_table_plan(job_id, key, found is None, st.key, plans[key])
-            existing.update(control.state.load_snapshot(job_id, only=key))
+        key = _key(st)
         ts = existing[key]
         found = control.describe(key)
         if found is None:
@@ -302,13 +306,14 @@ def _prepare(
         )
         # Merging needs the key's unique index, which exists only on tables we created.
         merge = bool(st.key) and ts.done_in_other_runs(run_id) and ts.created_by_us
+        objects = planned[key].objects
         if merge and ts.created_by_us and not ts.key_built:
             log.info(
                 "%s: resuming under a new snapshot; building its key first so the rest merges by key",
                 st.display,
             )
             with control.transaction():
-                control.build_key(st)
+                control.build_key(st, _key_name(objects))
                 control.state.mark_key_built(job_id, key)
             ts = control.state.load_snapshot(job_id, only=key)[key]
         rereads = ts.done_before(run_id) if merge else []
@@ -318,9 +323,62 @@ def _prepare(
                 "since, merged by key", st.display, len(rereads),
             )
         works.append(
-            TableWork(st, ts, found, columns, binary, merge, len(ts.pending) + len(rereads), rereads=rereads)
+            TableWork(
+            st, ts, found, columns, binary, merge, len(ts.pending) + len(rereads), rereads=rereads,
+            objects=objects,
+        )
         )
     return works
+
+
+def _key(st: SelectedTable) -> tuple[str, str]:
+    return (st.table.schema, st.table.name)
+
+
+def _key_name(objects: TableObjects) -> str | None:
+    pk = objects.primary_key
+    return pk.name if pk is not None else None
+
+
+def _create_or_empty(
+    control: DestinationSession,
+    catalog: Catalog,
+    new: list[SelectedTable],
+    plans: dict[tuple[str, str], list[ChunkPlan]],
+    job_id: str,
+    planned: dict[tuple[str, str], PlannedObjects],
+    ours: set[tuple[str, str]],
+) -> None:
+    """Empty the tables that exist, all in one statement (foreign keys among them do not stand in
+    the way; others are dropped or refused first, ``schema.clear_the_way``), and create the
+    others like the source. Each table's plan is recorded in the transaction that emptied or
+    created it."""
+    found = {_key(st): control.describe(_key(st)) for st in new}
+    emptied = [st for st in new if found[_key(st)] is not None]
+    if emptied:
+        with control.transaction():
+            tables = [found[_key(st)] for st in emptied]
+            schema.clear_the_way(job_id, control, [t for t in tables if t is not None], planned, ours)
+            for st in emptied:
+                table = found[_key(st)]
+                assert table is not None
+                if control.has_rows(table):
+                    log.warning(
+                        "%s exists at the destination with rows; emptying it for the snapshot", st.display
+                    )
+            control.empty_together([t for t in tables if t is not None])
+            for st in emptied:
+                key = _key(st)
+                control.state.record_table_plan(job_id, key, key in ours, st.key, plans[key])
+    for st in new:
+        key = _key(st)
+        if found[key] is not None:
+            continue
+        with control.transaction():
+            notes = control.create_table(catalog, st, planned[key].objects)
+            control.state.record_table_plan(job_id, key, True, st.key, plans[key])
+        for note in notes:
+            log.warning("%s", note)
 
 
 def _copy_all(
@@ -407,14 +465,20 @@ def _copy(job: Job, session: Session, item: ChunkJob, run_id: str, view: Snapsho
 
 
 def _finalize(job: Job, session: Session, w: TableWork, bar: Progress) -> None:
-    """The table's last chunk is in: build its key, mark it done (one transaction)."""
+    """The table's last chunk is in: build its key, indexes and constraints, mark it done (one
+    transaction; a crash before its commit finalizes the table again on the next run)."""
     _, dst = session.connections()
     key = (w.st.table.schema, w.st.table.name)
+    notes: list[str] = []
     with dst.transaction():
         if w.table.created_by_us and not w.table.key_built and w.st.key:
-            dst.build_key(w.st)
+            dst.build_key(w.st, _key_name(w.objects))
             dst.state.mark_key_built(job.job_id, key)
+        if w.table.created_by_us:
+            notes = dst.build_objects(w.st, w.objects)
         dst.state.mark_table_done(job.job_id, key)
+    for note in notes:
+        log.warning("%s", note)
     if w.meter is not None:
         w.meter.finished()
     bar.table_done(w.st.display)

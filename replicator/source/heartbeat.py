@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -32,10 +32,18 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SCHEMA = "public"
 
+T = TypeVar("T")
+
 
 def heartbeat_table(hb: Heartbeat) -> PublishedTable:
     """The heartbeat table as a table to publish (add it to the publication / wal2json tables)."""
     return PublishedTable(hb.schema_name or DEFAULT_SCHEMA, hb.table_name)
+
+
+def without_heartbeat(tables: list[T], hb: Heartbeat, key: Callable[[T], tuple[str, str]]) -> list[T]:
+    """``tables`` without the heartbeat table: replicator's own, never compared or migrated."""
+    table = heartbeat_table(hb)
+    return [t for t in tables if key(t) != (table.schema, table.table)]
 
 
 def ensure_heartbeat_table(conn: psycopg.Connection[Any], hb: Heartbeat) -> PublishedTable:
@@ -106,6 +114,9 @@ class HeartbeatWriter:
         """Write the heartbeat now; returns the value written (milliseconds since 1970)."""
         millis = int(time.time() * 1000)
         with self.conn.transaction():
+            # Explicitly read-write: `switchover --read-only-source` makes the database read-only
+            # by default for new sessions, and a reconnected heartbeat must still beat.
+            self.conn.execute("SET TRANSACTION READ WRITE")
             self.conn.execute(self._lock)
             self.conn.execute(self._statement, {"now": millis})
         return millis

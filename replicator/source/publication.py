@@ -100,6 +100,24 @@ def ensure_publication(
     return True
 
 
+def publication_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def ensure_empty_publication(conn: psycopg.Connection[Any], name: str, publish: str) -> None:
+    """Publication ``name`` with no tables yet, unless it exists (then it is validated when used)."""
+    if publication_exists(conn, name):
+        return
+    options: list[sql.Composable] = [sql.SQL("publish = {}").format(sql.Literal(publish))]
+    if conn.info.server_version >= 130000:
+        options.append(sql.SQL("publish_via_partition_root = true"))
+    conn.execute(
+        sql.SQL("CREATE PUBLICATION {} WITH ({})").format(sql.Identifier(name), sql.SQL(", ").join(options))
+    )
+    log.info("created publication %s (no tables yet)", name)
+
+
 def create_publication_sql(
     conn: psycopg.Connection[Any],
     name: str,

@@ -33,9 +33,16 @@ def create_slot_sql(server_version: int) -> str:
     return "SELECT lsn FROM pg_catalog.pg_create_logical_replication_slot(%s, %s)"
 
 
-def create_snapshot_slot_command(slot: str, plugin: str, server_version: int) -> sql.Composed:
+def create_snapshot_slot_command(
+    slot: str, plugin: str, server_version: int, temporary: bool = False
+) -> sql.Composed:
     """CREATE_REPLICATION_SLOT exporting a snapshot; with FAILOVER where supported (17+, whose
-    option list form exists from 15; EXPORT_SNAPSHOT works from 10 on)."""
+    option list form exists from 15; EXPORT_SNAPSHOT works from 10 on). A ``temporary`` slot (a
+    snapshot is all it is for) goes with its connection, and cannot fail over."""
+    if temporary:
+        return sql.SQL("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL {} EXPORT_SNAPSHOT").format(
+            sql.Identifier(slot), sql.Identifier(plugin)
+        )
     if server_version >= FAILOVER_SLOTS_FROM:
         return sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL {} (SNAPSHOT 'export', FAILOVER true)").format(
             sql.Identifier(slot), sql.Identifier(plugin)
@@ -182,11 +189,17 @@ class SnapshotSlot:
 
     @classmethod
     def create(
-        cls, cfg: ConnectionConfig, slot: str, plugin: str, application_name: str = "replicator-snapshot"
+        cls,
+        cfg: ConnectionConfig,
+        slot: str,
+        plugin: str,
+        application_name: str = "replicator-snapshot",
+        temporary: bool = False,
     ) -> SnapshotSlot:
+        """``temporary``: the slot goes with this connection (a snapshot is all it is for)."""
         _check_plugin_name(plugin)
         conn = connect(cfg, "source", application_name, autocommit=True, replication=True)
-        command = create_snapshot_slot_command(slot, plugin, conn.info.server_version)
+        command = create_snapshot_slot_command(slot, plugin, conn.info.server_version, temporary)
         try:
             row = conn.execute(command).fetchone()
         except psycopg.Error as e:

@@ -176,3 +176,31 @@ def test_destination_without_create_right(source: Source, dest_db: Database) -> 
     assert result.fix == f'GRANT CREATE ON DATABASE "{dest_db.name}" TO "{user}";  -- as the database owner'
     dest_db.execute(result.fix)
     assert source.check(destination=destination).find("create schemas").status is Status.OK
+
+
+def test_ddl_capture_missing_is_a_warning_with_the_install_command(source: Source) -> None:
+    report = source.check(**{"replication-slots": {f"slot_{source.user}": ["pgoutput"]}})
+    result = report.find("ddl capture")
+    assert result.status is Status.WARN and report.ok
+    assert "not installed" in result.detail and "renames" in result.detail
+    assert result.fix and "replicator install-ddl-capture --source" in result.fix
+
+
+def test_ddl_capture_installed_is_reported_with_what_its_owner_lacks(source: Source) -> None:
+    from replicator.source import ddlcapture
+
+    slots = {"replication-slots": {f"slot_{source.user}": ["pgoutput"]}}
+    with source.db.connect() as conn:
+        ddlcapture.install(conn)
+    assert source.check(**slots).find("ddl capture").status is Status.OK
+    # Installed by a non-superuser (the RDS master user): it must be a member of the publication's owner.
+    admin = f"admin_{source.user}"
+    source.db.execute(f'CREATE ROLE "{admin}"; ALTER FUNCTION _replicator_ddl.on_end() OWNER TO "{admin}"')
+    try:
+        result = source.check(publication=f"pub_{source.user}", **slots).find("ddl capture")
+        assert result.status is Status.WARN and "cannot join publication" in result.detail
+        assert result.fix and result.fix.startswith(f'GRANT "postgres" TO "{admin}";')
+        source.db.execute(result.fix.split("--")[0])  # the fix, as printed
+        assert source.check(publication=f"pub_{source.user}", **slots).find("ddl capture").status is Status.OK
+    finally:
+        source.db.execute(f'ALTER FUNCTION _replicator_ddl.on_end() OWNER TO postgres; DROP ROLE "{admin}"')

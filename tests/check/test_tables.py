@@ -167,6 +167,27 @@ def test_column_list_carrying_every_selected_column_is_fine(source: Source) -> N
     assert report.find("publication filters").status is Status.OK, report.render()
 
 
+def test_sequences_behind_the_tables_must_be_readable(source: Source) -> None:
+    source.db.execute(
+        "CREATE SEQUENCE public.refs; CREATE TABLE public.tickets (id serial PRIMARY KEY, "
+        "ref bigint DEFAULT nextval('public.refs'), line bigint GENERATED ALWAYS AS IDENTITY)"
+    )
+    source.db.execute(f'GRANT SELECT ON public.tickets TO "{source.user}"')
+    source.db.execute(f'ALTER PUBLICATION "pub_{source.user}" ADD TABLE public.tickets')
+    # The access component grants them (default privileges included): a user made otherwise may lack them.
+    assert source.check().find("sequence grants").status is Status.OK
+    source.db.execute(f'REVOKE SELECT ON ALL SEQUENCES IN SCHEMA public FROM "{source.user}"')
+    result = source.check().find("sequence grants")
+    assert result.status is Status.FAIL
+    assert result.detail == (
+        f"{source.user} may not read the value of 3 sequence(s): public.refs, public.tickets_id_seq, "
+        "public.tickets_line_seq (kept in step at the destination, set at switchover)"
+    )
+    assert result.fix == f'GRANT SELECT ON ALL SEQUENCES IN SCHEMA "public" TO "{source.user}";'
+    source.apply_sql(result.fix)
+    assert source.check().find("sequence grants").status is Status.OK
+
+
 def test_wal2json_with_nan_capable_columns_is_refused_unless_accepted(source: Source) -> None:
     """Issue 9 item 10: wal2json 2.5 replicates NaN and ±Infinity as NULL."""
     source.db.execute("ALTER TABLE public.orders ADD COLUMN price numeric, ADD COLUMN ratio real")

@@ -14,6 +14,8 @@ CREATE FUNCTION public.count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO public.delete_statements VALUES (1); RETURN NULL; END $$;
 CREATE TRIGGER count_delete AFTER DELETE ON public.{table} FOR EACH STATEMENT EXECUTE FUNCTION
     public.count_delete();
+-- writer sessions run with session_replication_role = replica: only ALWAYS triggers fire there
+ALTER TABLE public.{table} ENABLE ALWAYS TRIGGER count_delete;
 """
 
 

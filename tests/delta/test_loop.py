@@ -71,6 +71,7 @@ CREATE OR REPLACE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql A
 BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NULL; END $$;
 CREATE TRIGGER test_gate AFTER UPDATE ON _replicator.delta_watermarks
     FOR EACH ROW EXECUTE FUNCTION public.test_gate();
+ALTER TABLE _replicator.delta_watermarks ENABLE ALWAYS TRIGGER test_gate;  -- fires under replica role too
 """
 
 
@@ -128,6 +129,7 @@ CREATE OR REPLACE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql A
 BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NULL; END $$;
 CREATE TRIGGER test_gate AFTER UPDATE ON _replicator.snapshot_chunks
     FOR EACH ROW WHEN (NEW.done_at IS NOT NULL) EXECUTE FUNCTION public.test_gate();
+ALTER TABLE _replicator.snapshot_chunks ENABLE ALWAYS TRIGGER test_gate;  -- fires under replica role too
 """
 
 

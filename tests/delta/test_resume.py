@@ -45,16 +45,20 @@ WAIT = f"""
 CREATE OR REPLACE FUNCTION public.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NULL; END $$;
 """
+# Writer sessions run with session_replication_role = replica: the gates are ALWAYS triggers.
 GATE_WATERMARK = (
     "CREATE TRIGGER test_gate AFTER UPDATE ON _replicator.delta_watermarks "
-    "FOR EACH ROW EXECUTE FUNCTION public.test_gate()"
+    "FOR EACH ROW EXECUTE FUNCTION public.test_gate(); "
+    "ALTER TABLE _replicator.delta_watermarks ENABLE ALWAYS TRIGGER test_gate"
 )
 GATE_DELETE = (
     "CREATE TRIGGER test_gate AFTER DELETE ON public.items "
-    "FOR EACH STATEMENT EXECUTE FUNCTION public.test_gate()"
+    "FOR EACH STATEMENT EXECUTE FUNCTION public.test_gate(); "
+    "ALTER TABLE public.items ENABLE ALWAYS TRIGGER test_gate"
 )
 GATE_CHUNK = """CREATE TRIGGER test_gate AFTER UPDATE ON _replicator.snapshot_chunks FOR EACH ROW
-    WHEN (NEW.done_at IS NOT NULL AND NEW.chunk_no >= 2) EXECUTE FUNCTION public.test_gate()"""
+    WHEN (NEW.done_at IS NOT NULL AND NEW.chunk_no >= 2) EXECUTE FUNCTION public.test_gate();
+    ALTER TABLE _replicator.snapshot_chunks ENABLE ALWAYS TRIGGER test_gate"""
 UNGATE = """DROP TRIGGER IF EXISTS test_gate ON _replicator.delta_watermarks;
 DROP TRIGGER IF EXISTS test_gate ON _replicator.snapshot_chunks;
 DROP TRIGGER IF EXISTS test_gate ON public.items"""

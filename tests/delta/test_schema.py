@@ -189,7 +189,10 @@ def test_a_failing_table_does_not_stop_the_others(
     # The destination refuses by_xmin's rows (as a full disk or a lost grant would).
     setup.dest.execute(
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE 'no rows today'; END $$;"
-        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON by_xmin FOR EACH ROW EXECUTE FUNCTION refuse()"
+        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON by_xmin FOR EACH ROW EXECUTE FUNCTION refuse();"
+        # ALWAYS: replicated rows are written with session_replication_role = replica, under which
+        # an ordinary trigger of the destination does not fire.
+        "ALTER TABLE by_xmin ENABLE ALWAYS TRIGGER refuse"
     )
     _both(setup, "ALTER TABLE {t} ADD COLUMN extra integer DEFAULT 1; UPDATE {t} SET qty = 0 WHERE id < 5")
     before = checksum(setup.dest, "public", "by_xmin")
@@ -211,7 +214,10 @@ def test_a_failing_table_does_not_stop_the_others(
 def test_a_running_loop_goes_on_past_a_failing_table(setup: DeltaSetup) -> None:
     setup.dest.execute(
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE 'no rows today'; END $$;"
-        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON by_xmin FOR EACH ROW EXECUTE FUNCTION refuse()"
+        "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON by_xmin FOR EACH ROW EXECUTE FUNCTION refuse();"
+        # ALWAYS: replicated rows are written with session_replication_role = replica, under which
+        # an ordinary trigger of the destination does not fire.
+        "ALTER TABLE by_xmin ENABLE ALWAYS TRIGGER refuse"
     )
     setup.extractor = EXTRACTOR.replace("threads: 2", "threads: 2\n  interval-s: 1")
     child = spawn_cli(*setup.args())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.infra.conftest import BASE, RecordingMocks, run_program
 
 USER = "pulumi-python:dynamic/replicator:ReplicationUser"
@@ -83,3 +85,16 @@ def test_secret_recovery_window_is_configurable(mocks: RecordingMocks) -> None:
     mocks.resources.clear()
     run_program(BASE, mocks)
     assert mocks.one("aws:secretsmanager/secret:Secret").inputs["recoveryWindowInDays"] == 30
+
+
+
+@pytest.mark.parametrize("setting", [None, False, True])
+def test_ddl_capture_is_asked_of_the_replication_user_only_when_set(
+    mocks: RecordingMocks, setting: bool | None
+) -> None:
+    run_program(BASE if setting is None else {**BASE, "ddlCapture": setting}, mocks)
+    inputs = mocks.one(USER).inputs
+    if setting:
+        assert inputs["ddl_capture"] is True
+    else:  # absent: stacks made before the setting see no change
+        assert "ddl_capture" not in inputs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -11,6 +12,7 @@ import pytest
 
 from replicator.provision import pgaccess
 from replicator.provision.pgaccess import AccessError, AccessSpec
+from replicator.source import ddlcapture
 from tests.conftest import Database
 
 _n = itertools.count()
@@ -345,3 +347,58 @@ def test_drop_as_a_master_user_that_is_not_superuser(db: Database, user: str, rd
     assert db.fetchone(owner) == master
     db.execute(f'REASSIGN OWNED BY "{master}" TO CURRENT_USER; DROP OWNED BY "{master}"')
     db.execute(f'DROP ROLE "{master}"')
+
+
+# -- the DDL capture (schema changes while streaming; issue 13) ------------------------------------------
+
+
+def capture_state(db: Database) -> ddlcapture.CaptureState:
+    with db.connect() as conn:
+        return ddlcapture.state(conn)
+
+
+def test_ddl_capture_is_installed_updated_away_and_dropped(db: Database, user: str) -> None:
+    spec = AccessSpec(
+        user=user, schemas=("public", "sales"), replication_right="attribute", publication="pub_ddl",
+        publication_tables=(("public", "items"),), ddl_capture=True,
+    )
+    assert not capture_state(db).installed
+    run(db, pgaccess.ensure_access, spec, "pw-123456")
+    state = capture_state(db)
+    assert state.installed and state.problem is None, state
+    run(db, pgaccess.ensure_access, spec, "pw-123456")  # idempotent
+    # It works: a table created in a schema the publication follows joins it in its CREATE's transaction.
+    with db.connect() as conn:
+        ddlcapture.follow_schemas(conn, "pub_ddl", ["sales"])
+    db.execute("CREATE TABLE sales.fresh (id int PRIMARY KEY)")
+    published = db.fetchall(
+        "SELECT tablename FROM pg_publication_tables WHERE pubname = 'pub_ddl' ORDER BY 1"
+    )
+    assert published == [("fresh",), ("items",)]
+
+    run(db, pgaccess.update_access, spec, replace(spec, ddl_capture=False), "pw-123456")
+    assert capture_state(db).version is None  # gone, functions and all
+    assert db.fetchone("SELECT count(*) FROM pg_event_trigger") == 0
+    run(db, pgaccess.update_access, replace(spec, ddl_capture=False), spec, "pw-123456")
+    assert capture_state(db).installed
+    run(db, pgaccess.drop_access, spec)
+    assert db.fetchone("SELECT count(*) FROM pg_event_trigger") == 0
+    assert db.fetchone("SELECT to_regnamespace('_replicator_ddl')") is None
+
+
+def test_ddl_capture_by_an_admin_that_may_not_install_it_is_refused_before_anything(
+    db: Database, user: str
+) -> None:
+    master = f"{user}_master"
+    db.execute(f"CREATE ROLE \"{master}\" LOGIN CREATEROLE PASSWORD 'master-pw'")
+    db.execute(f'GRANT ALL ON SCHEMA public, sales TO "{master}"')
+    spec = AccessSpec(user=user, schemas=("public",), replication_right="attribute", ddl_capture=True)
+    try:
+        info = db.cluster.conninfo(db.name, user=master, password="master-pw")
+        with psycopg.connect(info, autocommit=True) as c:
+            with pytest.raises(AccessError, match="ddl_capture: cannot install the DDL capture: .*superuser"):
+                pgaccess.ensure_access(c, spec, "pw-123456")
+        assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (user,)) == 0
+        assert not capture_state(db).installed
+    finally:
+        db.execute(f'REVOKE ALL ON SCHEMA public, sales FROM "{master}"; DROP ROLE "{master}"')

@@ -21,6 +21,7 @@ class Env:
     slot: str
     plugin: str = "pgoutput"
     extractor_text: str = "realtime:\n  heartbeat:\n    interval-ms: 200\n"
+    filter_text: str | None = None  # a filter config (none: every table)
 
     def source_config(self, **extra: object) -> Path:
         cfg = {"replication-slots": {self.slot: [self.plugin]}, "publication": f"{self.slot}_pub", **extra}
@@ -36,9 +37,13 @@ class Env:
         return write(self.tmp / "extractor.yaml", self.extractor_text)
 
     def args(self, mode: str, *extra: str) -> list[str]:
+        filter_args = (
+            ["--filter", str(write(self.tmp / "filter.yaml", self.filter_text))] if self.filter_text else []
+        )
         return [
             "run", mode, "--no-progress", "--source", str(self.source_config()),
-            "--destination", str(self.dest_config()), "--extractor", str(self.extractor()), *extra,
+            "--destination", str(self.dest_config()), "--extractor", str(self.extractor()), *filter_args,
+            *extra,
         ]
 
     def run(self, mode: str, *extra: str) -> int:

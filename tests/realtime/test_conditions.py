@@ -158,3 +158,29 @@ def test_a_key_update_moving_a_row_into_the_condition_brings_its_toasted_values(
     want = env.source.fetchall("SELECT id, md5(body) FROM docs WHERE id % 2 = 0 ORDER BY id")
     assert want[-1][0] == 100  # the row moved in
     assert env.dest.fetchall("SELECT id, md5(body) FROM docs ORDER BY id") == want
+
+
+def test_a_batch_replayed_in_source_order_still_keeps_only_matching_rows(env: Env) -> None:
+    """A unique value passed between rows within a batch makes the batch replay one change at a time
+    (``inorder.py``); rows that batch wrote outside the condition must still be removed."""
+    env.source.execute(
+        "CREATE TABLE seats (id integer PRIMARY KEY, holder text UNIQUE, n integer);"
+        "INSERT INTO seats VALUES (1, 'alice', 1), (2, 'bob', 1), (3, 'carol', 1)"
+    )
+    path = env.tmp / "filter.yaml"
+    path.write_text(
+        f"allow:\n  catalog: {env.source.name}\n  schema: public\n  allow:\n"
+        "    seats:\n      conditions: 'n > 0'\n"
+    )
+    assert env.run("full", "--once", "--filter", str(path)) == 0
+    env.source.execute(
+        """UPDATE seats SET holder = 'tmp' WHERE id = 1;
+           UPDATE seats SET holder = 'alice' WHERE id = 2;
+           UPDATE seats SET holder = 'bob' WHERE id = 1;
+           UPDATE seats SET n = 0 WHERE id = 3;                 -- out of the condition
+           INSERT INTO seats VALUES (4, 'dave', 0), (5, 'erin', 2);"""
+    )
+    assert env.run("realtime", "--once", "--filter", str(path)) == 0
+    assert env.dest.fetchall("SELECT id, holder, n FROM seats ORDER BY id") == env.source.fetchall(
+        "SELECT id, holder, n FROM seats WHERE n > 0 ORDER BY id"
+    )

@@ -49,7 +49,8 @@ def test_sigkill_after_applying_before_the_checkpoint_commits(pg_env: Env) -> No
             f"""CREATE FUNCTION _replicator.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NEW; END $$;
                 CREATE TRIGGER gate BEFORE INSERT OR UPDATE ON _replicator.slot_checkpoints
-                FOR EACH ROW EXECUTE FUNCTION _replicator.test_gate();"""
+                FOR EACH ROW EXECUTE FUNCTION _replicator.test_gate();
+                ALTER TABLE _replicator.slot_checkpoints ENABLE ALWAYS TRIGGER gate;"""
         )
     random_workload(pg_env.source, random.Random(1), 50, [5000])
     holder = pg_env.dest.connect()

@@ -126,3 +126,48 @@ def test_a_renamed_table_is_still_itself(pg_env: Env) -> None:
     assert child.returncode == 0, err
     with pytest.raises(psycopg.errors.UndefinedTable):
         pg_env.source.execute("SELECT * FROM a")
+
+
+def test_a_keyless_table_joining_a_running_job_never_leaves_the_slot_unreadable(pg_env: Env) -> None:
+    """pgoutput (before PostgreSQL 18) reads publications as of each change it decodes: one created
+    after the slot's position makes every change before it fail with 'publication ... does not exist',
+    run after run. So the insert-only publication is made with the main one, empty if need be, and a
+    keyless table that joins later is added to it by the fix the refusal prints."""
+    env = pg_env
+    env.source.execute("CREATE TABLE acc (id integer PRIMARY KEY, v integer); INSERT INTO acc VALUES (1, 0)")
+    assert env.run("full", "--once") == 0
+    env.source.execute(
+        "UPDATE acc SET v = 1; CREATE TABLE applog (at integer, line text);"
+        "INSERT INTO applog VALUES (1, 'a')"
+    )
+    code, err = _run_capture(env, "realtime", "--once")
+    assert code != 0 and "does not exist" not in err, err
+    fix = f'ALTER PUBLICATION "{env.slot}_pub_insert_only" ADD TABLE "public"."applog"'
+    assert fix in err, err
+    env.source.execute(fix)
+    env.source.execute("INSERT INTO applog VALUES (2, 'b'); UPDATE acc SET v = 2")
+    code, err = _run_capture(env, "realtime", "--once")
+    assert code == 0, err
+    assert env.dest.fetchall("SELECT at FROM applog") == [(2,)]  # realtime copies no rows from before
+    assert env.dest.fetchall("SELECT v FROM acc") == [(2,)]
+
+
+def test_a_slot_older_than_a_missing_insert_only_publication_is_refused_before_anything(pg_env: Env) -> None:
+    """A job made before the insert-only publication was created with the main one: creating it now
+    would leave the slot unreadable, so the run refuses, says why and what to do, and creates nothing."""
+    env = pg_env
+    env.source.execute("CREATE TABLE acc (id integer PRIMARY KEY, v integer); INSERT INTO acc VALUES (1, 0)")
+    assert env.run("full", "--once") == 0
+    env.source.execute(f"DROP PUBLICATION IF EXISTS {env.slot}_pub_insert_only")
+    env.source.execute("CREATE TABLE applog (at integer, line text); INSERT INTO applog VALUES (1, 'a')")
+    code, err = _run_capture(env, "realtime", "--once")
+    assert code != 0 and "REPLICA IDENTITY FULL" in err and "older than" in err, err
+    assert env.source.fetchall(
+        "SELECT pubname FROM pg_publication WHERE pubname = %s", (f"{env.slot}_pub_insert_only",)
+    ) == []
+
+
+def _run_capture(env: Env, mode: str, *extra: str) -> tuple[int, str]:
+    child = spawn_cli(*env.args(mode, *extra))
+    _, err = child.communicate(timeout=120)
+    return child.returncode, err

@@ -50,6 +50,9 @@ CREATE TRIGGER gate BEFORE UPDATE ON _replicator.snapshot_chunks
     FOR EACH ROW EXECUTE FUNCTION _replicator.test_gate_chunk();
 CREATE TRIGGER gate BEFORE UPDATE ON _replicator.snapshot_tables
     FOR EACH ROW EXECUTE FUNCTION _replicator.test_gate_table();
+-- writer sessions run with session_replication_role = replica: only ALWAYS triggers fire there
+ALTER TABLE _replicator.snapshot_chunks ENABLE ALWAYS TRIGGER gate;
+ALTER TABLE _replicator.snapshot_tables ENABLE ALWAYS TRIGGER gate;
 """
 DROP_GATE = "DROP FUNCTION IF EXISTS _replicator.test_gate_chunk(), _replicator.test_gate_table() CASCADE"
 

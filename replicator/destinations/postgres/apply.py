@@ -28,8 +28,9 @@ from psycopg import sql
 from replicator.catalog import Column as CatalogColumn
 from replicator.decoding import fold
 from replicator.decoding.changes import UNCHANGED_TOAST, Op, Relation
-from replicator.destinations.base import CommitMark, NewColumnType, SourceRows, TableName, Target
-from replicator.destinations.postgres import copytext, ddl, durable, keyless, rowfilter
+from replicator.decoding.ddlplan import SchemaChange
+from replicator.destinations.base import CommitMark, Fill, NewColumnType, SourceRows, TableName, Target
+from replicator.destinations.postgres import copytext, ddl, durable, inorder, keyless, rowfilter, schemasync
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import KEY_PROBES, match, merge, names_sql, update_from
@@ -40,7 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_BEGIN = "BEGIN; " + KEY_PROBES
+# Deferrable constraints are checked at commit, as the source's transactions may have had them:
+# changes applied table by table pass through states the source never had.
+_BEGIN = "BEGIN; SET CONSTRAINTS ALL DEFERRED; " + KEY_PROBES
 _COMMIT = sql.SQL("; COMMIT; " + durable.POSITIONS)
 
 # Savepoints (subtransactions) per destination transaction for COPYing new rows straight in.
@@ -66,6 +69,8 @@ class Writer:
     _altered: set[TableName] = field(default_factory=set)  # tables altered in the open transaction
     _stale: set[TableName] = field(default_factory=set)  # tables whose ALTER was rolled back
     applied_changes: int = 0
+    schema: schemasync.SchemaState | None = None  # schema changes captured at the source
+    captured_schema: bool = False  # the DDL capture brings every schema change (see _adapt_destination)
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -87,6 +92,7 @@ class Writer:
         mark = durable.mark_of(self.conn.execute(checkpoint + _COMMIT))
         self._in_txn = False
         self._altered.clear()
+        schemasync.committed(self)
         self.session.stages.committed()
         self._savepoints = 0
         return mark
@@ -113,12 +119,30 @@ class Writer:
         # So did its ALTER TABLEs: what we learnt of those tables is stale (described again when next used).
         self._stale |= self._altered
         self._altered.clear()
+        schemasync.rolled_back(self)
 
     def reset(self) -> None:
         """After the session reconnected: what we checked on the old connection is checked again."""
         self._in_txn = False
         self._savepoints = 0
         self._checked.clear()
+        schemasync.forget_session(self)
+
+    # -- schema changes captured at the source (schemasync.py) ------------------------------
+
+    def apply_schema(self, change: SchemaChange) -> None:
+        self._begin()
+        schemasync.apply(self, change)
+
+    def stage_refresh(
+        self, table: TableName, relid: int, columns: tuple[str, ...], not_null: tuple[str, ...], fill: Fill
+    ) -> int:
+        self._begin()
+        return schemasync.stage_refresh(self, table, relid, columns, not_null, fill)
+
+    def merge_refresh(self, table: TableName, relid: int, whole: bool) -> None:
+        self._begin()
+        schemasync.merge_refresh(self, table, relid, whole)
 
     def _begin(self) -> None:
         if not self._in_txn:
@@ -132,7 +156,14 @@ class Writer:
     # -- relations and schema changes ------------------------------------------------------
 
     def _adapt_destination(self, target: Target, rel: Relation) -> None:
-        """Add columns the source gained; let NOT NULL columns the source lost take NULLs."""
+        """Add columns the source gained; let NOT NULL columns the source lost take NULLs; change
+        a column's type when the source's no longer fits in it (``schemasync.widen_types``).
+
+        Not when the DDL capture brings schema changes (schemasync.py): they come first, exactly,
+        and a relation can list columns the table does not have at this point of the stream
+        (wal2json's decoder fills its relations from the catalog as it is now)."""
+        if self.captured_schema:
+            return
         dest = target.table
         added = [c for c in rel.columns if c.name not in dest.columns]
         lost = [
@@ -143,7 +174,8 @@ class Writer:
             and not c.generated
             and not self._deletes.is_ours(c.name)
         ]
-        if not added and not lost:
+        retyped = schemasync.widen_types(self, target, rel)
+        if not added and not lost and not retyped:
             return
         new_columns = []
         for col in added:
@@ -169,6 +201,7 @@ class Writer:
 
     def flush(self, batches: dict[TableName, fold.TableBatch]) -> None:
         """Apply folded operations inside the open destination transaction."""
+        truncated = self._truncate_together(batches)
         for key, batch in batches.items():
             target = self.targets[key]
             if key in self._stale:
@@ -180,7 +213,7 @@ class Writer:
             if self._checked.get(key) is not batch.relation:
                 self._adapt_destination(target, batch.relation)
                 self._checked[key] = batch.relation
-            if batch.truncated:
+            if batch.truncated and key not in truncated:
                 self.conn.execute(self._deletes.truncate(target.table))
             if batch.keyless and target.condition is not None:
                 rowfilter.apply_keyless(
@@ -189,21 +222,62 @@ class Writer:
                 )
             elif batch.keyless:
                 self._apply_in_order(target, batch)
+            elif target.in_order_fallback and batch.keep_order:
+                self._apply_or_replay(target, batch)
             else:
-                p = batch.prepared or copytext.prepare(batch, texts=False)
-                for new_key, op in p.moves:
-                    self._move(target, batch, new_key, op)
-                if p.deletes:
-                    self._delete(target, p.deletes, p.deleted_keys)
-                if p.fresh:
-                    self._upsert(target, batch, p.fresh, True, p.fresh_text)
-                if p.existing:
-                    self._upsert(target, batch, p.existing, False, p.existing_text)
-                for group in _by_unchanged(p.partial):
-                    self._update(target, batch, group)
-                if target.source_condition is not None:
-                    self._filter_rows(target, batch, p)
+                self._apply_folded(target, batch)
             self.applied_changes += batch.changes
+
+    def _truncate_together(self, batches: dict[TableName, fold.TableBatch]) -> set[TableName]:
+        """One TRUNCATE for every table a unit truncates: a foreign key between two of them would
+        refuse either one alone (the source truncated them together, or with CASCADE)."""
+        keys = [k for k, b in batches.items() if b.truncated]
+        if len(keys) < 2 or self._deletes.soft:
+            return set()
+        ddl.truncate_all(self.conn, [self.targets[k].table for k in keys])
+        return set(keys)
+
+    def _apply_folded(self, target: Target, batch: fold.TableBatch) -> None:
+        p = batch.prepared or copytext.prepare(batch, texts=False)
+        for new_key, op in p.moves:
+            self._move(target, batch, new_key, op)
+        if p.deletes:
+            self._delete(target, p.deletes, p.deleted_keys)
+        if p.fresh:
+            self._upsert(target, batch, p.fresh, True, p.fresh_text)
+        if p.existing:
+            self._upsert(target, batch, p.existing, False, p.existing_text)
+        for group in _by_unchanged(p.partial):
+            self._update(target, batch, group)
+        if target.source_condition is not None:
+            self._filter_rows(target, batch, p)
+
+    def _apply_or_replay(self, target: Target, batch: fold.TableBatch) -> None:
+        """Set-wise, in a savepoint; if that meets a unique or exclusion violation the source never
+        had (see ``inorder.py``), the batch's changes one by one, in source order. Past
+        MAX_SAVEPOINTS in one transaction, one by one straight away."""
+        if self._savepoints >= MAX_SAVEPOINTS:
+            self._replay(target, batch)
+            return
+        self._savepoints += 1
+        self.conn.execute("SAVEPOINT _replicator_batch")
+        try:
+            self._apply_folded(target, batch)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as e:
+            self.conn.execute("ROLLBACK TO SAVEPOINT _replicator_batch")
+            self.session.stages.rolled_back()  # those made in the savepoint went with it
+            log.info(
+                "%s: applying %d folded changes at once meets %s (a value passed between rows within "
+                "the batch); applying them one by one, in source order",
+                target.table.display, batch.changes, (e.diag.message_primary or str(e)).strip(),
+            )
+            self._replay(target, batch)
+        self.conn.execute("RELEASE SAVEPOINT _replicator_batch")
+
+    def _replay(self, target: Target, batch: fold.TableBatch) -> None:
+        inorder.replay(self.conn, self._deletes, target, batch, self._columns(target, batch))
+        if target.condition is not None:  # the set-wise path filters in _apply_folded; this one here
+            rowfilter.enforce(self.conn, self.session.stages, target, batch, self._deletes)
 
     def _filter_rows(self, t: Target, batch: fold.TableBatch, p: fold.Prepared) -> None:
         """A filtered table (``rowfilter.py``): rows an UPDATE moved into the condition with unchanged

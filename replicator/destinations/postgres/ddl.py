@@ -1,6 +1,7 @@
 """PostgreSQL destination DDL: schemas, user types, tables, keys, columns the source gained.
 
-(Later: indexes, constraints, sequences.) Errors become ``DestinationError`` naming the object.
+A table's other objects (collations, sequences, defaults, identity, indexes, constraints) are
+``objects.py``'s. Errors become ``DestinationError`` naming the object.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from psycopg import sql
 
 from replicator.catalog import Catalog, Column
 from replicator.destinations.base import DestColumn, DestTable, TableName
+from replicator.destinations.postgres import objects as table_objects
 from replicator.destinations.postgres.types import column_sql, create_type_sql, types_in_order
 from replicator.errors import DestinationError
 from replicator.filters import SelectedTable
+from replicator.tableobjects import TableObjects
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +98,28 @@ def _type_oid(conn: psycopg.Connection[Any], schema: str, name: str) -> int | No
     return row[0] if row else None
 
 
-def create_table(conn: psycopg.Connection[Any], catalog: Catalog, st: SelectedTable) -> None:
-    """Create the destination table like the source: same names, types, NOT NULLs and generated columns.
+def create_table(
+    conn: psycopg.Connection[Any], catalog: Catalog, st: SelectedTable, objects: TableObjects | None = None
+) -> list[str]:
+    """Create the destination table like the source: same names, types, collations, NOT NULLs and
+    generated columns; with ``objects``, its defaults, identity columns and their sequences.
 
-    No keys or indexes yet (they are built after the load), no defaults (values come from the source).
-    A generated column whose expression the destination cannot compile becomes a plain column
-    that receives the source's computed values.
+    No keys or indexes yet (they are built after the load). A generated column whose expression
+    the destination cannot compile becomes a plain column that receives the source's computed
+    values. Returns a note for each object left out.
     """
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(st.table.schema)))
+    if objects is not None:
+        table_objects.ensure_collations(conn, objects.collation_defs)
     ensure_types(conn, catalog, st.columns)
+    _create(conn, st)
+    if objects is None:
+        return []
+    table_objects.create_sequences(conn, objects.sequences)
+    return table_objects.shape_table(conn, (st.table.schema, st.table.name), objects)
+
+
+def _create(conn: psycopg.Connection[Any], st: SelectedTable) -> None:
 
     def ddl(generated: bool) -> sql.Composed:
         cols = sql.SQL(", ").join(column_sql(c, as_generated=generated) for c in st.columns)
@@ -134,6 +150,11 @@ def has_rows(conn: psycopg.Connection[Any], table: DestTable) -> bool:
 
 def truncate(conn: psycopg.Connection[Any], table: DestTable) -> None:
     conn.execute(sql.SQL("TRUNCATE {}").format(ident(table)))
+
+
+def truncate_all(conn: psycopg.Connection[Any], tables: list[DestTable]) -> None:
+    """One TRUNCATE for all: foreign keys among them do not stand in its way."""
+    conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(ident(t) for t in tables)))
 
 
 def has_unique_key(conn: psycopg.Connection[Any], table: TableName, columns: tuple[str, ...]) -> bool:
@@ -169,17 +190,24 @@ def drop_not_null(conn: psycopg.Connection[Any], table: DestTable, columns: list
         )
 
 
-def build_key(conn: psycopg.Connection[Any], st: SelectedTable) -> None:
-    """Primary key (or, for a nullable row-identifier-key, a unique index treating NULLs as equal)."""
+def build_key(conn: psycopg.Connection[Any], st: SelectedTable, name: str | None = None) -> None:
+    """Primary key, named ``name`` when given (or, for a nullable row-identifier-key, a unique
+    index treating NULLs as equal)."""
     if not st.key:
         return
+    table = (st.table.schema, st.table.name)
+    if has_unique_key(conn, table, st.key):
+        return  # built already (a table emptied and reloaded keeps its key)
     cols = sql.SQL(", ").join(sql.Identifier(k) for k in st.key)
     conn.execute(sql.SQL("SET LOCAL maintenance_work_mem = {}").format(sql.Literal(KEY_BUILD_MEMORY)))
     nullable = [k for k in st.key if (c := st.table.column(k)) is not None and not c.not_null]
     try:
         with conn.transaction():
             if st.key_from == "primary-key" or not nullable:
-                conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(ident_of(st), cols))
+                named = sql.SQL("CONSTRAINT {} ").format(sql.Identifier(name)) if name else sql.SQL("")
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD {}PRIMARY KEY ({})").format(ident_of(st), named, cols)
+                )
             else:
                 conn.execute(
                     sql.SQL("CREATE UNIQUE INDEX {} ON {} ({}) NULLS NOT DISTINCT").format(

@@ -8,6 +8,8 @@ Every destination session is an autocommit connection (transactions are explicit
   commit in one transaction, so a destination crash loses both or neither, and the next run
   resumes from the checkpoint that survived. (The source is told only what is committed; see
   issue 9 item 12 for making that "only what is durable".)
+- for ``writer`` sessions whose user may, ``session_replication_role = replica``: the
+  destination's triggers and foreign keys do not fire on replicated rows (``replica.py``).
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from replicator.destinations.base import (
     ColumnChanges,
     DestTable,
     Fill,
+    ForeignKeyAt,
     NewColumnType,
+    RowHashes,
     SessionRole,
     SourceRows,
     TableName,
     Target,
 )
-from replicator.destinations.postgres import columns, compat, ddl, keys, load
+from replicator.destinations.postgres import columns, compat, ddl, digest, keys, load, objects, replica
 from replicator.destinations.postgres.apply import Writer
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import Stages
@@ -41,8 +45,10 @@ from replicator.destinations.postgres.state import PgStateStore
 from replicator.errors import DestinationError
 from replicator.filters import SelectedTable
 from replicator.keyorder import Bound, Digest, KeyOrder
+from replicator.otherobjects import names as other_object_names
 from replicator.relay import PgCopyOut, RelayResult
 from replicator.serverfacts import ServerFacts, Verdict, compare
+from replicator.tableobjects import ConstraintDef, SequenceValue, TableObjects, sequence_values
 
 WRITER_SETTINGS = {"synchronous_commit": "off"}
 
@@ -56,6 +62,8 @@ def open_connection(
     conn = connect(cfg, "destination", application_name, autocommit=True)
     try:
         apply_settings(conn, {**(settings or {}), **(WRITER_SETTINGS if role == "writer" else {})})
+        if role == "writer":
+            replica.set_replica(conn)
     except BaseException:
         conn.close()
         raise
@@ -150,8 +158,10 @@ class PostgresSession:
     def describe(self, table: TableName) -> DestTable | None:
         return ddl.describe_table(self.conn, *table)
 
-    def create_table(self, catalog: Catalog, st: SelectedTable) -> None:
-        ddl.create_table(self.conn, catalog, st)
+    def create_table(
+        self, catalog: Catalog, st: SelectedTable, objects: TableObjects | None = None
+    ) -> list[str]:
+        return ddl.create_table(self.conn, catalog, st, objects)
 
     def ensure_types(self, catalog: Catalog, columns: tuple[Column, ...]) -> None:
         ddl.ensure_types(self.conn, catalog, columns)
@@ -162,8 +172,55 @@ class PostgresSession:
     def empty(self, table: DestTable) -> None:
         ddl.truncate(self.conn, table)
 
-    def build_key(self, st: SelectedTable) -> None:
-        ddl.build_key(self.conn, st)
+    def build_key(self, st: SelectedTable, name: str | None = None) -> None:
+        ddl.build_key(self.conn, st, name)
+
+    def build_objects(self, st: SelectedTable, table_objects: TableObjects) -> list[str]:
+        with self.transaction():
+            return objects.build_objects(self.conn, (st.table.schema, st.table.name), table_objects)
+
+    def drop_objects(self, table: TableName, table_objects: TableObjects) -> None:
+        objects.drop_objects(self.conn, table, table_objects)
+
+    def add_foreign_keys(self, table: TableName, fks: Iterable[ConstraintDef]) -> list[str]:
+        return objects.add_foreign_keys(self.conn, table, fks)
+
+    def validate_constraints(self, table: TableName, names: Iterable[str] | None = None) -> list[str]:
+        return objects.validate(self.conn, table, names)
+
+    def not_valid_constraints(self, table: TableName) -> list[str]:
+        return objects.not_valid(self.conn, table)
+
+    def foreign_keys_touching(self, tables: Iterable[TableName]) -> list[ForeignKeyAt]:
+        return objects.foreign_keys_touching(self.conn, tables)
+
+    def drop_foreign_key(self, fk: ForeignKeyAt) -> None:
+        objects.drop_foreign_key(self.conn, fk)
+
+    def empty_together(self, tables: list[DestTable]) -> None:
+        if tables:
+            ddl.truncate_all(self.conn, tables)
+
+    def enforces_uniqueness_besides(self, table: TableName, key: tuple[str, ...]) -> bool:
+        return objects.enforces_uniqueness_besides(self.conn, table, key)
+
+    def sequence_values(self, names: Iterable[TableName]) -> list[SequenceValue]:
+        return sequence_values(self.conn, names)
+
+    def set_sequences(self, values: Iterable[SequenceValue], exact: bool = False) -> list[TableName]:
+        return objects.set_sequences(self.conn, list(values), exact)
+
+    def identity_as_source(self, table: TableName, table_objects: TableObjects) -> list[str]:
+        return objects.identity_as_source(self.conn, table, table_objects)
+
+    def replica_role(self) -> bool:
+        return replica.may_set(self.conn)
+
+    def triggers_on(self, tables: Iterable[TableName]) -> list[str]:
+        return replica.triggers_on(self.conn, tables)
+
+    def replica_role_fix(self) -> str:
+        return replica.fix(self.conn)
 
     def has_unique_key(self, table: TableName, columns: tuple[str, ...]) -> bool:
         return ddl.has_unique_key(self.conn, table, columns)
@@ -240,6 +297,34 @@ class PostgresSession:
         source_rows: SourceRows | None = None,
     ) -> Writer:
         return Writer(self, job, slot, dict(targets), column_type, source_rows=source_rows)
+
+    # -- verify (read only) ----------------------------------------------------------------
+
+    def row_digest(
+        self, table: DestTable, columns: tuple[Column, ...], order: KeyOrder, lower: Bound | None,
+        upper: Bound | None,
+    ) -> Digest:
+        return digest.row_digest(self.conn, self.deletes, table, columns, order, lower, upper)
+
+    def row_hashes(
+        self, table: DestTable, columns: tuple[Column, ...], order: KeyOrder, lower: Bound | None,
+        upper: Bound | None,
+    ) -> RowHashes:
+        return digest.row_hashes(self.conn, self.deletes, table, columns, order, lower, upper)
+
+    def bucket_digests(self, table: DestTable, columns: tuple[Column, ...]) -> dict[int, Digest]:
+        return digest.bucket_digests(self.conn, self.deletes, table, columns)
+
+    def bucket_rows(
+        self, table: DestTable, columns: tuple[Column, ...], buckets: Iterable[int]
+    ) -> dict[int, tuple[int, str]]:
+        return digest.bucket_rows(self.conn, self.deletes, table, columns, buckets)
+
+    def index_and_constraint_names(self, table: TableName) -> tuple[set[str], dict[str, bool]]:
+        return objects.existing_objects(self.conn, table)
+
+    def object_names(self, kind: str, tables: Iterable[TableName] = ()) -> set[str]:
+        return other_object_names(self.conn, kind, tables)
 
     def verify_condition(
         self, table: TableName, condition: str, where: str, columns: Sequence[tuple[str, str]] = ()

@@ -24,8 +24,12 @@ from psycopg import sql
 from replicator.destinations.base import (
     ChunkPlan,
     ChunkState,
+    PendingRefresh,
+    SchemaChangeRecord,
     SlotProgress,
     SnapshotProgress,
+    StreamTable,
+    SwitchoverMark,
     TableName,
     TableState,
     Watermark,
@@ -97,9 +101,80 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE _replicator.snapshot_chunks ADD COLUMN IF NOT EXISTS snapshot_xmin bigint",
     ],
+    # 4: the switchover mark (replicator switchover promoted this destination).
+    [
+        """CREATE TABLE IF NOT EXISTS _replicator.switchovers (
+            job text PRIMARY KEY,
+            switched_at timestamptz NOT NULL DEFAULT now(),
+            marker_lsn pg_lsn,
+            slots text[] NOT NULL DEFAULT '{}',
+            by_user text NOT NULL DEFAULT current_user)""",
+        # What `switchover --read-only-source` found before it first made the source read-only:
+        # a run killed or refused after that step must not take its own "on" for the original.
+        """CREATE TABLE IF NOT EXISTS _replicator.switchover_source (
+            job text PRIMARY KEY,
+            read_only_before text,
+            recorded_at timestamptz NOT NULL DEFAULT now())""",
+        # Foreign keys a reload dropped to empty and load its tables, until they are made again:
+        # recorded in the transaction that drops them, so a run killed in between still restores
+        # them on a table replicator did not create.
+        """CREATE TABLE IF NOT EXISTS _replicator.dropped_foreign_keys (
+            job text NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            name text NOT NULL,
+            PRIMARY KEY (job, schema_name, table_name, name))""",
+    ],
+    # 5: schema changes applied while streaming (issue 13), and refreshes not yet merged.
+    [
+        """CREATE TABLE IF NOT EXISTS _replicator.schema_changes (
+            job text NOT NULL,
+            slot_name text NOT NULL,
+            lsn pg_lsn NOT NULL,
+            seq integer NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            command text NOT NULL,
+            change text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (job, slot_name, lsn, seq))""",
+        """CREATE TABLE IF NOT EXISTS _replicator.pending_refreshes (
+            job text NOT NULL,
+            slot_name text NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            source_relid bigint NOT NULL,
+            whole boolean NOT NULL,
+            reason text NOT NULL,
+            since_lsn pg_lsn NOT NULL,
+            PRIMARY KEY (job, slot_name, schema_name, table_name, source_relid))""",
+        # Which destination table each source table (by oid) feeds, as of the slot's checkpoint: a
+        # table renamed at the source after it keeps its old name until the stream gets there.
+        """CREATE TABLE IF NOT EXISTS _replicator.stream_tables (
+            job text NOT NULL,
+            slot_name text NOT NULL,
+            source_relid bigint NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            key_columns text[] NOT NULL,
+            key_from text,
+            PRIMARY KEY (job, slot_name, source_relid))""",
+    ],
 ]
 VERSION = len(MIGRATIONS)
-_JOB_TABLES = ("snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks", "slot_lag")
+_JOB_TABLES = (
+    "snapshot_tables",
+    "snapshot_chunks",
+    "slot_checkpoints",
+    "delta_watermarks",
+    "slot_lag",
+    "switchovers",
+    "switchover_source",
+    "dropped_foreign_keys",
+    "schema_changes",
+    "pending_refreshes",
+    "stream_tables",
+)
 
 
 class HasConnection(Protocol):
@@ -288,6 +363,117 @@ class PgStateStore:
                ON CONFLICT (job, slot_name) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()"""
         ).format(sql.Literal(job), sql.Literal(slot), sql.Literal(str(lsn)))
 
+    # -- schema changes (realtime) -----------------------------------------------------------
+
+    def log_schema_change(
+        self, job: str, slot: str, lsn: Lsn, seq: int, table: TableName, command: str, change: str
+    ) -> None:
+        """Call in the transaction that applied the change (with the checkpoint that passes ``lsn``)."""
+        self._conn.execute(
+            """INSERT INTO _replicator.schema_changes
+                   (job, slot_name, lsn, seq, schema_name, table_name, command, change)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+            (job, slot, str(lsn), seq, *table, command, change),
+        )
+
+    def schema_change_applied(self, job: str, slot: str, lsn: Lsn) -> bool:
+        """Whether the schema change at ``lsn`` is already applied (a message is never applied twice)."""
+        row = self._conn.execute(
+            """SELECT EXISTS (SELECT 1 FROM _replicator.schema_changes
+                              WHERE job = %s AND slot_name = %s AND lsn = %s)""",
+            (job, slot, str(lsn)),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def add_pending_refresh(self, job: str, slot: str, refresh: PendingRefresh) -> None:
+        """Call in the transaction that applied the change needing it."""
+        self._conn.execute(
+            """INSERT INTO _replicator.pending_refreshes
+                   (job, slot_name, schema_name, table_name, source_relid, whole, reason, since_lsn)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (job, slot_name, schema_name, table_name, source_relid)
+               DO UPDATE SET whole = _replicator.pending_refreshes.whole OR EXCLUDED.whole,
+                             reason = EXCLUDED.reason""",
+            (job, slot, *refresh.table, refresh.relid, refresh.whole, refresh.reason, str(refresh.since)),
+        )
+
+    def pending_refreshes(self, job: str, slot: str) -> list[PendingRefresh]:
+        rows = self._conn.execute(
+            """SELECT schema_name, table_name, source_relid, whole, reason, since_lsn::text
+               FROM _replicator.pending_refreshes WHERE job = %s AND slot_name = %s ORDER BY since_lsn""",
+            (job, slot),
+        ).fetchall()
+        return [
+            PendingRefresh((s, t), int(relid), whole, reason, Lsn.parse(lsn))
+            for s, t, relid, whole, reason, lsn in rows
+        ]
+
+    def finish_refresh(self, job: str, slot: str, table: TableName, relid: int) -> None:
+        """Call in the transaction that merged the refreshed rows."""
+        self._conn.execute(
+            """DELETE FROM _replicator.pending_refreshes
+               WHERE job = %s AND slot_name = %s AND schema_name = %s AND table_name = %s
+                 AND source_relid = %s""",
+            (job, slot, *table, relid),
+        )
+
+    def move_pending_refreshes(self, job: str, slot: str, table: TableName, to: TableName | None) -> None:
+        """The table was renamed (``to``) or no longer receives changes (None)."""
+        if to is None:
+            self._conn.execute(
+                """DELETE FROM _replicator.pending_refreshes
+                   WHERE job = %s AND slot_name = %s AND schema_name = %s AND table_name = %s""",
+                (job, slot, *table),
+            )
+            return
+        self._conn.execute(
+            """UPDATE _replicator.pending_refreshes SET schema_name = %s, table_name = %s
+               WHERE job = %s AND slot_name = %s AND schema_name = %s AND table_name = %s""",
+            (*to, job, slot, *table),
+        )
+
+    def stream_tables(self, job: str) -> dict[int, StreamTable]:
+        """Source table oid -> where its changes go, as of each slot's checkpoint (reading only:
+        empty when the state is absent or older)."""
+        if self._conn.execute("SELECT to_regclass('_replicator.stream_tables')").fetchone() == (None,):
+            return {}
+        rows = self._conn.execute(
+            """SELECT source_relid, slot_name, schema_name, table_name, key_columns, key_from
+               FROM _replicator.stream_tables WHERE job = %s""",
+            (job,),
+        ).fetchall()
+        return {
+            int(relid): StreamTable(slot, (schema, name), tuple(key), key_from)
+            for relid, slot, schema, name, key, key_from in rows
+        }
+
+    def save_stream_tables(
+        self, job: str, slot: str, tables: dict[int, StreamTable], replace: bool = False
+    ) -> None:
+        """Record which destination table each source table feeds (``replace``: these are all of the
+        slot's). Call in the transaction of the change that made it so."""
+        if replace:
+            self._conn.execute(
+                "DELETE FROM _replicator.stream_tables WHERE job = %s AND slot_name = %s", (job, slot)
+            )
+        with self._conn.cursor() as cur:
+            cur.executemany(
+                """INSERT INTO _replicator.stream_tables
+                       (job, slot_name, source_relid, schema_name, table_name, key_columns, key_from)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (job, slot_name, source_relid)
+                   DO UPDATE SET schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name,
+                                 key_columns = EXCLUDED.key_columns, key_from = EXCLUDED.key_from""",
+                [(job, slot, relid, *t.table, list(t.key), t.key_from) for relid, t in tables.items()],
+            )
+
+    def forget_stream_tables(self, job: str, slot: str, relids: list[int]) -> None:
+        self._conn.execute(
+            """DELETE FROM _replicator.stream_tables
+               WHERE job = %s AND slot_name = %s AND source_relid = ANY(%s)""",
+            (job, slot, relids),
+        )
+
     def save_slot_lag(self, job: str, slot: str, applied_through: datetime) -> None:
         self._conn.execute(
             """INSERT INTO _replicator.slot_lag (job, slot_name, applied_through) VALUES (%s, %s, %s)
@@ -336,7 +522,9 @@ class PgStateStore:
         conn = self._conn
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('_replicator.schema'))")
-            for table in _JOB_TABLES:
+            # A state of an older version may lack the later tables (ensure() adds them).
+            tables = [t for t in _JOB_TABLES if self._has_table(t)]
+            for table in tables:
                 query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE job = %s)").format(
                     sql.Identifier(SCHEMA, table)
                 )
@@ -344,10 +532,79 @@ class PgStateStore:
                 if row and row[0]:
                     return 0
             moved = 0
-            for table in _JOB_TABLES:
+            for table in tables:
                 query = sql.SQL("UPDATE {} SET job = %s WHERE job = %s").format(sql.Identifier(SCHEMA, table))
                 moved += conn.execute(query, (new, old)).rowcount
         return moved
+
+    def _has_table(self, name: str) -> bool:
+        row = self._conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.{name}",)).fetchone()
+        return bool(row and row[0] is not None)
+
+    def remember_dropped_foreign_key(self, job: str, table: TableName, name: str) -> None:
+        self._conn.execute(
+            """INSERT INTO _replicator.dropped_foreign_keys (job, schema_name, table_name, name)
+               VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+            (job, table[0], table[1], name),
+        )
+
+    def dropped_foreign_keys(self, job: str) -> set[tuple[TableName, str]]:
+        if not self._has_table("dropped_foreign_keys"):
+            return set()
+        rows = self._conn.execute(
+            "SELECT schema_name, table_name, name FROM _replicator.dropped_foreign_keys WHERE job = %s",
+            (job,),
+        ).fetchall()
+        return {((schema, table), name) for schema, table, name in rows}
+
+    def forget_dropped_foreign_keys(self, job: str, table: TableName, names: Iterable[str]) -> None:
+        self._conn.execute(
+            """DELETE FROM _replicator.dropped_foreign_keys
+               WHERE job = %s AND schema_name = %s AND table_name = %s AND name = ANY(%s)""",
+            (job, table[0], table[1], list(names)),
+        )
+
+    # -- switchover --------------------------------------------------------------------------
+
+    def record_switchover(self, job: str, marker_lsn: Lsn | None, slots: Iterable[str]) -> None:
+        self._conn.execute(
+            """INSERT INTO _replicator.switchovers (job, marker_lsn, slots) VALUES (%s, %s, %s)
+               ON CONFLICT (job) DO UPDATE SET switched_at = now(), marker_lsn = EXCLUDED.marker_lsn,
+                   slots = EXCLUDED.slots, by_user = current_user""",
+            (job, str(marker_lsn) if marker_lsn is not None else None, list(slots)),
+        )
+
+    def switchover(self, job: str) -> SwitchoverMark | None:
+        if not self._has_table("switchovers"):
+            return None
+        row = self._conn.execute(
+            "SELECT switched_at, marker_lsn::text, slots FROM _replicator.switchovers WHERE job = %s", (job,)
+        ).fetchone()
+        if row is None:
+            return None
+        return SwitchoverMark(job, row[0], Lsn.parse(row[1]) if row[1] else None, tuple(row[2]))
+
+    def forget_switchover(self, job: str) -> None:
+        for table in ("switchovers", "switchover_source"):
+            if self._has_table(table):
+                self._conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE job = %s").format(sql.Identifier(SCHEMA, table)), (job,)
+                )
+
+    def source_read_only_before(self, job: str, current: str | None) -> str | None:
+        if current == "on":
+            row = self._conn.execute(
+                "SELECT read_only_before FROM _replicator.switchover_source WHERE job = %s", (job,)
+            ).fetchone()
+            if row is not None:
+                return str(row[0]) if row[0] is not None else None
+        self._conn.execute(
+            """INSERT INTO _replicator.switchover_source (job, read_only_before) VALUES (%s, %s)
+               ON CONFLICT (job) DO UPDATE SET read_only_before = EXCLUDED.read_only_before,
+                   recorded_at = now()""",
+            (job, current),
+        )
+        return current
 
     # -- replicator status -------------------------------------------------------------------
 
@@ -371,6 +628,23 @@ class PgStateStore:
             f"FROM _replicator.slot_checkpoints c {joined} ORDER BY 1, 2"
         ).fetchall()
         return [SlotProgress(job, slot, Lsn.parse(lsn), age, t) for job, slot, lsn, age, t in rows]
+
+    def schema_change_log(self, limit: int = 50) -> list[SchemaChangeRecord]:
+        """The latest schema changes applied (oldest first)."""
+        # A destination last written by an older replicator has no log yet (status never upgrades).
+        if self._conn.execute("SELECT to_regclass('_replicator.schema_changes')").fetchone() == (None,):
+            return []
+        rows = self._conn.execute(
+            """SELECT job, slot_name, lsn::text, schema_name || '.' || table_name, command, change, applied_at
+               FROM (SELECT * FROM _replicator.schema_changes ORDER BY applied_at DESC, lsn DESC, seq DESC
+                     LIMIT %s) s
+               ORDER BY applied_at, lsn, seq""",
+            (limit,),
+        ).fetchall()
+        return [
+            SchemaChangeRecord(job, slot, Lsn.parse(lsn), table, command, change, at)
+            for job, slot, lsn, table, command, change, at in rows
+        ]
 
     def watermark_progress(self) -> list[WatermarkProgress]:
         rows = self._conn.execute(

@@ -38,7 +38,9 @@ def test_a_destination_without_state_gets_every_table_and_the_version(dest_db: D
     tables = {r[0] for r in dest_db.fetchall(
         "SELECT tablename FROM pg_tables WHERE schemaname = '_replicator'")}
     assert tables == {
-        "meta", "snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks", "slot_lag"
+        "meta", "snapshot_tables", "snapshot_chunks", "slot_checkpoints", "delta_watermarks", "slot_lag",
+        "switchovers", "switchover_source", "dropped_foreign_keys",
+        "schema_changes", "pending_refreshes", "stream_tables",
     }
 
 
@@ -56,6 +58,8 @@ def test_a_version_1_destination_reads_slots_without_a_lag_record_and_gets_one_o
     with dest_db.destination().open_session("test") as session:
         [old] = session.state.slot_progress()
         assert (old.slot, old.lsn, old.applied_through) == ("s", Lsn.parse("0/20"), None)
+        assert session.state.schema_change_log() == []  # no log yet: none applied
+        assert session.state.stream_tables("j") == {}
         session.state.ensure()
         when = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
         with session.transaction():
