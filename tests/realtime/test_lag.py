@@ -34,7 +34,9 @@ def test_progress_line_shows_the_lag_of_a_stuck_destination(pg_env: Env) -> None
         f"""CREATE FUNCTION _replicator.test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN PERFORM pg_advisory_xact_lock_shared({LOCK_KEY}); RETURN NEW; END $$;
             CREATE TRIGGER gate BEFORE INSERT OR UPDATE ON _replicator.slot_checkpoints
-            FOR EACH ROW EXECUTE FUNCTION _replicator.test_gate();"""
+            FOR EACH ROW EXECUTE FUNCTION _replicator.test_gate();
+            -- ALWAYS: the stream writes with session_replication_role = replica, which skips others.
+            ALTER TABLE _replicator.slot_checkpoints ENABLE ALWAYS TRIGGER gate;"""
     )
     # A streaming run (not --once, which stops reading at its end point and then only waits),
     # with a progress line at every turn of the read loop.
