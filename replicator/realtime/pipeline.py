@@ -267,7 +267,10 @@ class SlotPipeline:
                 cut = _after_last_commit(events)
                 if cut:
                     in_txn = self._fold(events[:cut] if cut < len(events) else events, folder, worker, in_txn)
-                if folder.pending_transactions and (
+                # Only at a source transaction boundary: a read without a commit that follows one
+                # ending inside a transaction leaves its first changes folded with the complete
+                # ones; handing those over would commit part of it (issue 11).
+                if folder.pending_transactions and (cut or not in_txn) and (
                     not worker.busy or folder.open_seconds >= batch_s or stop.is_set()
                     or (until is not None and reader.position >= until)
                 ):

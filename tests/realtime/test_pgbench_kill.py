@@ -16,8 +16,6 @@ import subprocess
 import threading
 import time
 
-import pytest
-
 from replicator.localpg import SUPERUSER, SUPERUSER_PASSWORD, find_bindir
 from tests.conftest import Database
 from tests.realtime.conftest import Env
@@ -79,12 +77,6 @@ class SplitWatch:
         self.thread.join()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="OPEN DEFECT: since the merge of main at 7c98159 (safety-b: second insert-only publication, "
-    "membership watch, conditions) a reader of the destination sometimes sees part of a pgbench "
-    "transaction (3 of 6 runs; 0 of 4 at 4be152c, before that merge). Not root-caused; see the oltp report.",
-)
 def test_sigkill_during_pgbench_never_splits_a_transaction_nor_duplicates_history(pg_env: Env) -> None:
     init_pgbench(pg_env.source)
     assert pg_env.run("full", "--once") == 0
