@@ -248,6 +248,9 @@ def test_ctrl_c_in_the_main_thread(
                     return  # the COPY is over: the relay stopped
                 time.sleep(0.05)
 
+    # A suite started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: install it, as an interactive start does.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupter = threading.Thread(target=interrupt)
     interrupter.start()
     try:
@@ -261,6 +264,7 @@ def test_ctrl_c_in_the_main_thread(
     finally:
         done.set()
         interrupter.join()
+        signal.signal(signal.SIGINT, previous)
     assert copying.is_set()
     assert dest_db.fetchone("SELECT count(*) FROM t") == 0
     assert_usable(src, dst)

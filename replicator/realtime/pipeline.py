@@ -281,8 +281,9 @@ class SlotPipeline:
                     follower.on_idle(reader.position, folder, worker, lambda: self._commit(folder, worker))
                 self.lag.observe(progress, idle=not events and not in_txn and not folder.pending_transactions)
                 if not in_txn and not folder.pending_transactions and reader.position > drained:
-                    drained = reader.position  # everything read is (or will be, in order) committed
-                    worker.drained(drained)
+                    # Everything read is (or will be, in order) committed; never wait to say so.
+                    if worker.offer_drained(reader.position):
+                        drained = reader.position
                 # A stream that (re)opened and reads is healthy: max-retries counts failures in a row.
                 self._failures.reset()
                 worker.check()

@@ -165,6 +165,21 @@ class ApplyWorker:
             self._thread.join()
         self._close_pipe()
 
+    def offer_drained(self, position: Lsn) -> bool:
+        """``drained(position)`` if the queue has room, else nothing (False): a position is only
+        worth recording, never worth waiting for. A reader blocked here behind a stuck
+        destination would stop its heartbeat, WAL watch and source sampling (the lag in bytes)."""
+        self.check()
+        with self._lock:
+            self._outstanding += 1
+        try:
+            self._queue.put_nowait((_DRAINED, position))
+        except queue.Full:
+            with self._lock:
+                self._outstanding -= 1
+            return False
+        return True
+
     def _put(self, item: _Item) -> None:
         # Waits while the queue is full, watching for the worker's failure.
         with self._lock:
