@@ -289,11 +289,15 @@ def prepare_source(
 
 
 def refuse_unreadable_publications(conn: psycopg.Connection[Any], plans: list[SlotPlan]) -> None:
-    """Before anything is written: an insert-only publication that does not exist yet for a slot that
-    does cannot be created now (see ``prepare_source``); say why and what to do instead."""
+    """Before anything is written: a job whose slot and main publication exist but not its
+    insert-only one (made before that was created with the main one) cannot create it now (see
+    ``prepare_source``); say why and what to do instead. A slot made before both publications (by
+    hand, before the first run) is not refused: both are then new alike."""
     for plan in plans:
         name = plan.insert_only_publication
         if name is None or publication_exists(conn, name) or get_slot(conn, plan.slot) is None:
+            continue
+        if plan.publication is None or not publication_exists(conn, plan.publication):
             continue
         tables = ", ".join(t.display for t in plan.insert_only)
         raise SourceError(
