@@ -101,7 +101,7 @@ def prepare(
             log.log(level, message)
         for warning in unlogged_warnings(tables, "full" if full else "realtime"):
             log.warning(warning)
-        refuse_unreadable_publications(src, plans)
+        refuse_unreadable_publications(src, plans, {slot: st.checkpoint for slot, st in starts.items()})
         heartbeat = prepare_source(job, src, plans, row_filters)
         if ddlsetup.announce(src, plans).installed:
             ddlsetup.register_schemas(src, job, plans)

@@ -288,16 +288,18 @@ def prepare_source(
     return heartbeat
 
 
-def refuse_unreadable_publications(conn: psycopg.Connection[Any], plans: list[SlotPlan]) -> None:
-    """Before anything is written: a job whose slot and main publication exist but not its
-    insert-only one (made before that was created with the main one) cannot create it now (see
-    ``prepare_source``); say why and what to do instead. A slot made before both publications (by
-    hand, before the first run) is not refused: both are then new alike."""
+def refuse_unreadable_publications(
+    conn: psycopg.Connection[Any], plans: list[SlotPlan], checkpoints: dict[str, Lsn | None]
+) -> None:
+    """Before anything is written: a job that has streamed (a checkpoint) from a slot that exists,
+    but has no insert-only publication (made before that was created with the main one), cannot
+    create it now (see ``prepare_source``); say why and what to do instead. A slot that has not
+    been streamed from yet (made by hand before the first run) is not refused."""
     for plan in plans:
         name = plan.insert_only_publication
-        if name is None or publication_exists(conn, name) or get_slot(conn, plan.slot) is None:
+        if name is None or checkpoints.get(plan.slot) is None or get_slot(conn, plan.slot) is None:
             continue
-        if plan.publication is None or not publication_exists(conn, plan.publication):
+        if publication_exists(conn, name):
             continue
         tables = ", ".join(t.display for t in plan.insert_only)
         raise SourceError(
