@@ -193,7 +193,10 @@ def main() -> int:
         _oltp.build_source(
             src,
             args.scale,
-            {"native_pub": tables, "ours_pub": [*tables, "replicate_io_cdc_heartbeat"]},
+            {
+                "native_pub": tables,
+                "ours_pub": [*(t for t in tables if t != "pgbench_history"), "replicate_io_cdc_heartbeat"],
+            },
             extra_ddl=[PROBE_DDL, HEARTBEAT_DDL],
         )
         for db in DESTINATIONS:

@@ -120,7 +120,9 @@ def main() -> int:
             flush=True,
         )
         tables = [t for t in TABLES if not (args.without_history and t == "pgbench_history")]
-        _oltp.build_source(src, args.scale, {"native_pub": tables, "ours_pub": tables})
+        # pgbench_history has no key: replicator publishes it in ours_pub_insert_only (its first run).
+        keyed = [t for t in tables if t != "pgbench_history"]
+        _oltp.build_source(src, args.scale, {"native_pub": tables, "ours_pub": keyed})
         dbs = ["native"] + [f"ours_{pl}" for pl in plugins]
         for db in dbs:
             _oltp.copy_to(src, dst, db)
