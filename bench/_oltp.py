@@ -96,9 +96,14 @@ def build_source(src: LocalCluster, scale: int, publications: dict[str, Sequence
         for ddl in extra_ddl:
             conn.execute(ddl)
         for name, tables in publications.items():
+            # replicator's insert-only publication (tables without a key) publishes nothing else.
+            insert_only = name.endswith("_insert_only")
+            publish = "insert, truncate" if insert_only else "insert, update, delete, truncate"
             conn.execute(
-                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                    sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(t) for t in tables)
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
+                    sql.Identifier(name),
+                    sql.SQL(", ").join(sql.Identifier(t) for t in tables),
+                    sql.Literal(publish),
                 )
             )
         conn.execute("VACUUM ANALYZE")

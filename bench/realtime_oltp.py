@@ -120,9 +120,11 @@ def main() -> int:
             flush=True,
         )
         tables = [t for t in TABLES if not (args.without_history and t == "pgbench_history")]
-        # pgbench_history has no key: replicator publishes it in ours_pub_insert_only (its first run).
+        # pgbench_history has no key: replicator streams it through ours_pub_insert_only, made here
+        # before the slot as replicator would (pgoutput cannot read a publication made after it).
         keyed = [t for t in tables if t != "pgbench_history"]
-        _oltp.build_source(src, args.scale, {"native_pub": tables, "ours_pub": keyed})
+        pubs = {"native_pub": tables, "ours_pub": keyed, "ours_pub_insert_only": ["pgbench_history"]}
+        _oltp.build_source(src, args.scale, pubs)
         dbs = ["native"] + [f"ours_{pl}" for pl in plugins]
         for db in dbs:
             _oltp.copy_to(src, dst, db)
