@@ -72,8 +72,7 @@ def ensure_publication(
     missing = [t.qualified_name for t in tables if (t.schema, t.table) not in facts]
     if missing:
         raise SourceError(f"cannot publish {', '.join(missing)}: no such table in {conn.info.dbname!r}")
-    exists = conn.execute("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (name,)).fetchone()
-    if exists:
+    if publication_exists(conn, name):
         problems = publication_problems(conn, name, tables, facts, publish, not_here)
         if problems:
             raise SourceError(
@@ -109,11 +108,8 @@ def ensure_empty_publication(conn: psycopg.Connection[Any], name: str, publish: 
     """Publication ``name`` with no tables yet, unless it exists (then it is validated when used)."""
     if publication_exists(conn, name):
         return
-    options: list[sql.Composable] = [sql.SQL("publish = {}").format(sql.Literal(publish))]
-    if conn.info.server_version >= 130000:
-        options.append(sql.SQL("publish_via_partition_root = true"))
     conn.execute(
-        sql.SQL("CREATE PUBLICATION {} WITH ({})").format(sql.Identifier(name), sql.SQL(", ").join(options))
+        sql.SQL("CREATE PUBLICATION {} WITH ({})").format(sql.Identifier(name), _options(conn, publish))
     )
     log.info("created publication %s (no tables yet)", name)
 
@@ -137,12 +133,18 @@ def create_publication_sql(
         if t.row_filter is not None:
             item = sql.SQL("{} WHERE ({})").format(item, sql.SQL(t.row_filter))
         items.append(item)
-    options: list[sql.Composable] = [sql.SQL("publish = {}").format(sql.Literal(publish))]
-    if version >= 130000:
-        options.append(sql.SQL("publish_via_partition_root = true"))
     return sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH ({})").format(
-        sql.Identifier(name), sql.SQL(", ").join(items), sql.SQL(", ").join(options)
+        sql.Identifier(name), sql.SQL(", ").join(items), _options(conn, publish)
     )
+
+
+def _options(conn: psycopg.Connection[Any], publish: str) -> sql.Composable:
+    """The WITH options of every publication we create: its operations, and partitions published
+    via their root (PostgreSQL 13+)."""
+    options: list[sql.Composable] = [sql.SQL("publish = {}").format(sql.Literal(publish))]
+    if conn.info.server_version >= 130000:
+        options.append(sql.SQL("publish_via_partition_root = true"))
+    return sql.SQL(", ").join(options)
 
 
 def publication_problems(
