@@ -34,6 +34,7 @@ from replicator.catalog import Catalog, load_catalog
 from replicator.connect import connect
 from replicator.delta import changes, columns, deletes, updatekey
 from replicator.delta.changes import PassSnapshot
+from replicator.delta.phases import Phases
 from replicator.delta.tables import DeltaTable, check_destination_key, select_delta_tables
 from replicator.delta.work import Changes, TableResult, apply_all, binary_copy
 from replicator.destinations.base import DestinationSession, Watermark
@@ -53,6 +54,8 @@ class PassSummary:
     results: list[TableResult] = field(default_factory=list)
     snapshot_rows: int = 0
     seconds: float = 0.0
+    # Destination tables this pass wrote whose keys the next pass reads (see ``loop``'s vacuum).
+    written: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def upserted(self) -> int:
@@ -88,12 +91,16 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
     job, control = ctx.job, ctx.control
     started = time.monotonic()
     summary = PassSummary(number)
+    phases = Phases()
     src = connect(job.source.value, "source", APP, autocommit=True)
     try:
         session_settings(src, SOURCE_SETTINGS)
+        phases.note("connected")
         with src.transaction():
             catalog = load_catalog(src)
+        phases.note("catalog")
         tables = select_delta_tables(src, job, catalog)
+        phases.note("selected")
         if fresh:
             # Every table is emptied and copied again: all must fit before any state is forgotten.
             control.check_can_take([t.st for t in tables])
@@ -120,6 +127,7 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
                 with _own_failure(results[t.ident]):
                     readings[t.ident] = updatekey.read_maxima(src, t.st)
         horizon = updatekey.read_horizon(src) if readings else None
+        phases.note("checked")
         _warn_horizon(ctx, horizon)
         tables = [t for t in tables if results[t.ident].error is None]
         ok = [t.ident for t in tables]
@@ -129,6 +137,7 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
             results[t.ident].snapshotted = True
 
         snapshot = _open_snapshot(src)
+        phases.note("snapshot")
         log.info(
             "pass %d: %d table(s): %d to snapshot, %d to finish, %d by delta",
             number, len(tables), len(new), len(resumed), len(ready),
@@ -167,11 +176,20 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
                 works.append(
                     _work(control, catalog, t, where, upcoming[t.ident], results[t.ident], plans.get(t.ident))
                 )
-        apply_all(job, src, control, snapshot.name, works, APP)
+        phases.note("planned")
+        apply_all(job, src, control, snapshot.name, works, APP, phases)
         src.execute("COMMIT")
+        summary.written = [
+            t.ident
+            for t in tables
+            if t.replicate_deletes
+            and (r := results[t.ident]).error is None
+            and (r.snapshotted or r.upserted or r.deleted)
+        ]
     finally:
         src.close()
     summary.seconds = time.monotonic() - started
+    log.debug("pass %d phases (s since it began): %s", number, phases.summary())
     return summary
 
 

@@ -28,6 +28,7 @@ from psycopg import sql
 
 from replicator.catalog import Catalog
 from replicator.delta import changes, deletes, walk
+from replicator.delta.phases import Phases
 from replicator.delta.tables import DeltaTable
 from replicator.destinations.base import ColumnChanges, DestinationSession, DestTable, Watermark
 from replicator.errors import Interrupted
@@ -132,9 +133,11 @@ def apply_all(
     snapshot_name: str,
     works: list[Changes],
     app: str,
+    phases: Phases | None = None,
 ) -> None:
     """Every table's changes and deletes (see the module docstring); failures land in the results."""
     cfg = job.extractor.value.delta_snapshot
+    phases = phases or Phases()
     encodings = (walk.source_text_encoding(src), control.text_key_encoding())
     plan: list[Changes] = []
     for w in works:
@@ -151,6 +154,7 @@ def apply_all(
         plan.append(w)
     works[:] = plan
     by_table = {w.table.ident: w.result for w in works}
+    phases.note("walks planned")
     halt = threading.Event()
     merging = Ticker("merging changes")
 
@@ -173,6 +177,7 @@ def apply_all(
     def handle(session: Session, item: Item) -> None:
         if isinstance(item, Walk):
             src_conn, dst = session.connections()
+            phases.note("walk connected")
             began = time.monotonic()
             gone = walk.find_gone(src_conn, dst, item.table, item.target, item.order, item.kinds)
             w = gone.walked
@@ -181,9 +186,10 @@ def apply_all(
                 item.table.display, time.monotonic() - began,
                 f"{w.source_keys:,}", f"{w.destination_keys:,}", f"{w.gone:,}",
             )  # fmt: skip
+            phases.note("walked")
             item.finish(gone)
         elif isinstance(item, Changes):
-            _apply(job.job_id, session, item, merging, halt)
+            _apply(job.job_id, session, item, merging, halt, phases)
         else:
             deletes.compare_range(*session.connections(), item)
             comparing.add(ranges=1, total_ranges=len(ranges))
@@ -201,6 +207,7 @@ def apply_all(
             job, snapshot_name, deletes.SESSION_SETTINGS, [*walks, *works], cfg.threads, describe, handle,
             app, halt, failed,
         )  # fmt: skip
+        phases.note("workers done")
         by_ranges = {
             w.table.ident: deletes.TableDeletes(w.table, w.target, deletes.key_order(src, w.table), w.binary)
             for w in works
@@ -237,17 +244,22 @@ def binary_copy(catalog: Catalog, t: DeltaTable, target: DestTable) -> bool:
     return binary_safe(catalog, t.st.columns) and all(types.get(c.name) == c.type_sql for c in t.st.columns)
 
 
-def _apply(job_id: str, session: Session, w: Changes, ticker: Ticker, halt: threading.Event) -> None:
+def _apply(
+    job_id: str, session: Session, w: Changes, ticker: Ticker, halt: threading.Event, phases: Phases
+) -> None:
     src, dst = session.connections()
+    phases.note("changes connected")
     then: Callable[[int], None] | None = None
     if w.walk is not None:
         table_walk = w.walk
 
         def then(merged: int) -> None:
+            phases.note("merged")
             waited = time.monotonic()
             gone = table_walk.wait(halt)
             deleting = time.monotonic()
             w.result.deleted = walk.remove_gone(dst, w.table, target, table_walk.order, gone, merged)
+            phases.note("deleted")
             log.debug(
                 "%s: %s changed row(s) merged in %.2f s, then waited %.2f s for the walk, deleted in %.2f s",
                 w.table.display, f"{merged:,}", waited - began, deleting - waited,
@@ -271,3 +283,4 @@ def _apply(job_id: str, session: Session, w: Changes, ticker: Ticker, halt: thre
             src, dst, job_id, w.table, target, columns, binary, w.where, w.mark,
             lambda rows, nbytes: ticker.add(rows=rows), then,
         )  # fmt: skip
+    phases.note("committed")
