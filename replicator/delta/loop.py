@@ -20,14 +20,12 @@ import logging
 import time
 from collections.abc import Callable
 
-import psycopg
-
 from replicator import metrics
 from replicator.delta.passes import APP, PassSummary, RunContext, run_pass
 from replicator.destinations import open_destination
 from replicator.destinations.base import DestinationSession
 from replicator.job import Job
-from replicator.retry import Stopped, first_line, may_recover_later, retrying
+from replicator.retry import Stopped, may_recover_later, retrying
 from replicator.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -72,7 +70,6 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
                     break
                 fresh = False
                 report(summary)
-                tidied = _vacuum_written(ctx, summary)
                 if summary.failed:
                     any_failed = True
                     log.error(
@@ -80,7 +77,7 @@ def run_passes(job: Job, report: Callable[[PassSummary], None]) -> int:
                         number, len(summary.failed), ", ".join(r.table for r in summary.failed),
                         "exiting with status 1" if job.once else "they are tried again at the next pass",
                     )  # fmt: skip
-                if job.once or stop.is_set() or stop.wait(max(0.0, interval - tidied)):
+                if job.once or stop.is_set() or stop.wait(interval):
                     break
             if stop.is_set():
                 log.info("stopped after pass %d", number)
@@ -99,37 +96,6 @@ def _pass_metrics(ctx: RunContext, summary: PassSummary) -> None:
     }
     counts = [metrics.TableCounts(r.table, r.upserted, r.deleted) for r in summary.results]
     metrics.delta_pass_done(summary.seconds, time.time(), counts, marks)
-
-
-def _vacuum_written(ctx: RunContext, summary: PassSummary) -> float:
-    """Vacuum the destination tables the pass wrote, once it has committed; returns the seconds spent.
-
-    A pass finds deletes by reading both sides' keys in key order (``delta/walk.py``). At the
-    destination that is an index-only scan, which visits the table for every key on a page not
-    marked all-visible, and a pass leaves about one such page per changed row: without a vacuum
-    the next pass reads most of the table again. The vacuum runs here, after the commit (the
-    rows are visible; nothing waits for it but the next pass, and it counts against the
-    interval), on the control session, and only on what the pass wrote. A failure is only
-    logged: the next pass is slower, not wrong.
-    """
-    if not summary.written or ctx.stop.is_set():
-        return 0.0
-    began = time.monotonic()
-    for table in summary.written:
-        try:
-            ctx.control.vacuum_for_key_reads(table)
-        except psycopg.Error as e:
-            log.warning(
-                "%s: VACUUM after the pass failed (the next pass reads its keys more slowly): %s",
-                ".".join(table), first_line(e),
-            )  # fmt: skip
-            if ctx.control.ping():
-                continue
-            break
-    seconds = time.monotonic() - began
-    log.info("pass %d: %d destination table(s) vacuumed in %.2f s", summary.number, len(summary.written),
-             seconds)  # fmt: skip
-    return seconds
 
 
 def _control(job: Job) -> DestinationSession:

@@ -54,8 +54,6 @@ class PassSummary:
     results: list[TableResult] = field(default_factory=list)
     snapshot_rows: int = 0
     seconds: float = 0.0
-    # Destination tables this pass wrote whose keys the next pass reads (see ``loop``'s vacuum).
-    written: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def upserted(self) -> int:
@@ -179,13 +177,6 @@ def run_pass(ctx: RunContext, number: int, fresh: bool = False) -> PassSummary:
         phases.note("planned")
         apply_all(job, src, control, snapshot.name, works, APP, phases)
         src.execute("COMMIT")
-        summary.written = [
-            t.ident
-            for t in tables
-            if t.replicate_deletes
-            and (r := results[t.ident]).error is None
-            and (r.snapshotted or r.upserted or r.deleted)
-        ]
     finally:
         src.close()
     summary.seconds = time.monotonic() - started

@@ -177,7 +177,7 @@ def apply_all(
     def handle(session: Session, item: Item) -> None:
         if isinstance(item, Walk):
             src_conn, dst = session.connections()
-            phases.note("walk connected")
+            phases.note(f"{item.table.display}: walk connected")
             began = time.monotonic()
             gone = walk.find_gone(src_conn, dst, item.table, item.target, item.order, item.kinds)
             w = gone.walked
@@ -186,7 +186,7 @@ def apply_all(
                 item.table.display, time.monotonic() - began,
                 f"{w.source_keys:,}", f"{w.destination_keys:,}", f"{w.gone:,}",
             )  # fmt: skip
-            phases.note("walked")
+            phases.note(f"{item.table.display}: walked")
             item.finish(gone)
         elif isinstance(item, Changes):
             _apply(job.job_id, session, item, merging, halt, phases)
@@ -248,18 +248,18 @@ def _apply(
     job_id: str, session: Session, w: Changes, ticker: Ticker, halt: threading.Event, phases: Phases
 ) -> None:
     src, dst = session.connections()
-    phases.note("changes connected")
+    phases.note(f"{w.table.display}: changes connected")
     then: Callable[[int], None] | None = None
     if w.walk is not None:
         table_walk = w.walk
 
         def then(merged: int) -> None:
-            phases.note("merged")
+            phases.note(f"{w.table.display}: merged")
             waited = time.monotonic()
             gone = table_walk.wait(halt)
             deleting = time.monotonic()
             w.result.deleted = walk.remove_gone(dst, w.table, target, table_walk.order, gone, merged)
-            phases.note("deleted")
+            phases.note(f"{w.table.display}: deleted")
             log.debug(
                 "%s: %s changed row(s) merged in %.2f s, then waited %.2f s for the walk, deleted in %.2f s",
                 w.table.display, f"{merged:,}", waited - began, deleting - waited,
@@ -283,4 +283,4 @@ def _apply(
             src, dst, job_id, w.table, target, columns, binary, w.where, w.mark,
             lambda rows, nbytes: ticker.add(rows=rows), then,
         )  # fmt: skip
-    phases.note("committed")
+    phases.note(f"{w.table.display}: committed")

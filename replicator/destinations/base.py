@@ -686,11 +686,6 @@ class DestinationSession(Protocol):
         table has). Call in a transaction; returns the rows removed."""
         ...
 
-    def vacuum_for_key_reads(self, table: TableName) -> None:
-        """Whatever makes the next ``live_keys`` of ``table`` cheap after a pass wrote to it (for
-        PostgreSQL a ``VACUUM``, so the keys come from the index alone); outside a transaction."""
-        ...
-
     def applier(
         self,
         job: str,

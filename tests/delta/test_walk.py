@@ -3,6 +3,8 @@ conditions, a bounded spool, the divergence guard, and both implementations of t
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from replicator import native
@@ -168,3 +170,27 @@ def test_numeric_keys_still_go_by_ranges(delta: DeltaSetup, caplog: pytest.LogCa
     delta.once()
     delta.assert_same("n")
     assert "public.n: 0 row(s) upserted, 100 deleted (xmin, deletes by key ranges)" in caplog.text
+
+
+def test_a_pass_says_at_debug_level_when_each_phase_ended(
+    setup: DeltaSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where a pass's time goes (the profile of issue 11 was read from this line): every phase,
+    the tables' own included, in the order they ended, as seconds since the pass began."""
+    setup.once()
+    setup.source.execute(SPREAD_DELETES)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="replicator.delta.passes"):
+        setup.once()
+    lines = [r.getMessage() for r in caplog.records if " phases (s since it began): " in r.getMessage()]
+    assert len(lines) == 1, lines
+    marks = [m.rsplit(" ", 1) for m in lines[0].split(": ", 1)[1].split(", ")]
+    names, seconds = [m[0] for m in marks], [float(m[1]) for m in marks]
+    assert seconds == sorted(seconds)
+    for phase in ("connected", "catalog", "checked", "snapshot", "planned", "workers done"):
+        assert phase in names
+    for table in TABLES:
+        walked, deleted, committed = (
+            names.index(f"public.{table}: {p}") for p in ("walked", "deleted", "committed")
+        )
+        assert names.index("snapshot") < walked < deleted < committed < names.index("workers done")

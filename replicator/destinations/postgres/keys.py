@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.destinations.base import DestTable, Fill, TableName
+from replicator.destinations.base import DestTable, Fill
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.load import copy_in_sql
@@ -63,13 +63,3 @@ def delete_keys(
     if count < PROBE_SHARE * max(table_rows, 1):
         conn.execute(KEY_PROBES)
     return conn.execute(deletes.delete_using(table, GONE, match(key, False))).rowcount
-
-
-def vacuum_for_key_reads(conn: psycopg.Connection[Any], table: TableName) -> None:
-    """``VACUUM`` ``table`` (outside any transaction), so that the next ``live_keys`` reads only the
-    key index: a page that a pass wrote is not all-visible until vacuumed, and an index-only scan
-    visits the table for every key on such a page. A pass writes about one page per changed row,
-    so without it the next walk visits most of the table (about twice its cost with 1% changed).
-    SKIP_LOCKED: never wait behind autovacuum or a user's maintenance; TRUNCATE false: never take
-    the exclusive lock that shortens the file (readers of the table would queue behind it)."""
-    conn.execute(sql.SQL("VACUUM (SKIP_LOCKED, TRUNCATE false) {}").format(sql.Identifier(*table)))

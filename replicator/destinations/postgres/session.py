@@ -288,9 +288,6 @@ class PostgresSession:
     ) -> int:
         return keys.delete_keys(self.conn, self.deletes, table, key, count, table_rows, fill)
 
-    def vacuum_for_key_reads(self, table: TableName) -> None:
-        keys.vacuum_for_key_reads(self.conn, table)
-
     def applier(
         self,
         job: str,
