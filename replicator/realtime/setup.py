@@ -22,6 +22,7 @@ from replicator.errors import ConfigError, DestinationError, SourceError
 from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.objectplan import PlannedObjects
 from replicator.realtime.positions import SlotAhead, slot_ahead_message
 from replicator.source import rowfilter
 from replicator.source.heartbeat import ensure_heartbeat_table
@@ -34,7 +35,6 @@ from replicator.source.publication import (
 )
 from replicator.source.rowfilter import RowFilter
 from replicator.source.slots import get_slot
-from replicator.tableobjects import PlannedObjects
 
 log = logging.getLogger(__name__)
 
