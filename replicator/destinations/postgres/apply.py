@@ -278,8 +278,9 @@ class Writer:
     def _replay(self, target: Target, batch: fold.TableBatch) -> None:
         before = self._remember(target, batch)
         inorder.replay(self.conn, self._deletes, target, batch, self._columns(target, batch))
-        if target.condition is not None:  # the set-wise path filters in _apply_folded; this one here
-            rowfilter.enforce(self.conn, self.session.stages, target, batch, self._deletes, before)
+        if target.source_condition is not None:  # as _apply_folded does after its statements
+            p = batch.prepared or copytext.prepare(batch, texts=False)
+            self._filter_rows(target, batch, p, before)
 
     def _remember(self, target: Target, batch: fold.TableBatch) -> sql.Identifier | None:
         """Soft deletes and a condition evaluated here: the rows as they are before ``batch``."""
