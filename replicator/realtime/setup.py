@@ -31,6 +31,7 @@ from replicator.source.publication import (
     PublishedTable,
     ensure_empty_publication,
     ensure_publication,
+    insert_only_publication,
     publication_exists,
 )
 from replicator.source.rowfilter import RowFilter
@@ -81,11 +82,6 @@ class SlotPlan:
         names = [self.publication] if self.identified or heartbeat or not self.insert_only else []
         extra = self.insert_only_publication
         return [*names, extra] if extra else names
-
-
-def insert_only_publication(publication: str) -> str:
-    suffix = "_insert_only"
-    return publication[: 63 - len(suffix)] + suffix
 
 
 def plan_slots(
