@@ -82,6 +82,7 @@ def compose(cfg: StackConfig) -> dict[str, pulumi.Output[Any]]:
         replication_user=cfg.replication_user,
         instance_identifier=cfg.identifier if cfg.is_rds and not cfg.is_cluster else None,
         cluster_identifier=cfg.identifier if cfg.is_cluster else None,
+        ssh_tunnel=cfg.bastion.handoff_props() if cfg.bastion else None,
     )
     outputs = dict(handoff.outputs)
     if cfg.is_rds and cfg.wal_alarms.enabled:

@@ -31,6 +31,7 @@ class Handoff(pulumi.ComponentResource):
         replication_user: str,
         instance_identifier: str | None = None,
         cluster_identifier: str | None = None,
+        ssh_tunnel: dict[str, Any] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("replicator:source:Handoff", name, None, opts)
@@ -48,6 +49,8 @@ class Handoff(pulumi.ComponentResource):
             N.USER: replication_user,
             N.INSTANCE_ID: instance_identifier,
             N.CLUSTER_ID: cluster_identifier,
+            # The bastion, without its key or passphrase: the replicator goes in the same way.
+            N.SSH_TUNNEL: ssh_tunnel,
         }
         self.outputs = {k: pulumi.Output.from_input(v) for k, v in values.items() if v is not None}
         self.register_outputs(self.outputs)

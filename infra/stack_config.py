@@ -125,6 +125,14 @@ class Bastion(_Model):
             raise ValueError(f"{camel.get(p.key, p.key)}: {message}")
         return self
 
+    def handoff_props(self) -> dict[str, Any]:
+        """What ``replicator handoff`` writes as the source's ``ssh-tunnel``: no key, no passphrase."""
+        secret = ("private-key", "private-key-passphrase")
+        props = {k: v for k, v in self.tunnel_props().items() if k not in secret}
+        if self.private_key_passphrase is not None:
+            props["private-key-encrypted"] = True  # the config then reads the passphrase from a variable
+        return props
+
     def tunnel_props(self) -> dict[str, Any]:
         """The ``ssh-tunnel`` keys the providers open the tunnel with (replicator/provision/bastion.py)."""
         from replicator.provision.bastion import STACK_KEYS

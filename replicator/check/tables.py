@@ -163,8 +163,12 @@ def check_keys(ctx: SourceContext, tables: list[SelectedTable]) -> CheckResult:
 def check_publication(ctx: SourceContext, tables: list[SelectedTable]) -> list[CheckResult]:
     """The publication of every pgoutput slot, as `replicator run` will use it (one per slot when several)."""
     if not ctx.cfg.publication:
-        table_list = sql.SQL(", ").join(sql.Identifier(t.table.schema, t.table.name) for t in tables)
-        create = sql.SQL("CREATE PUBLICATION replicator_pub FOR TABLE {}").format(table_list)
+        # Tables without a replica identity stay out: published for updates, theirs would fail.
+        create = pgaccess.create_publication(
+            "replicator_pub",
+            tuple((t.table.schema, t.table.name) for t in tables if t.table.identity_gap is None),
+            ctx.conn.info.server_version,
+        )
         return [fail(TABLES, "publication", "pgoutput slots need a publication, and the config names none",
                      f"add `publication: replicator_pub` to the source config, then run:\n{ctx.sql(create)}")]
     results = []
@@ -177,12 +181,13 @@ def check_publication(ctx: SourceContext, tables: list[SelectedTable]) -> list[C
 
 def _check_one_publication(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> list[CheckResult]:
     conn = ctx.conn
-    table_list = sql.SQL(", ").join(sql.Identifier(t.table.schema, t.table.name) for t in tables)
     row = conn.execute(
         "SELECT puballtables, pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = %s", (name,)
     ).fetchone()
     if row is None:
-        create = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), table_list)
+        create = pgaccess.create_publication(
+            name, tuple((t.table.schema, t.table.name) for t in tables), conn.info.server_version
+        )
         if _owns_all(ctx, tables):
             return [warn(TABLES, "publication", f"publication {name} does not exist yet; `replicator run` "
                          "creates it (the user owns the tables)", ctx.sql(create))]
@@ -196,7 +201,7 @@ def _check_one_publication(ctx: SourceContext, name: str, tables: list[SelectedT
                 TABLES,
                 "publish operations",
                 f"publication {name} does not publish {', '.join(ops)}",
-                ctx.sql(pgaccess.publish_all_operations(name)),
+                ctx.sql(pgaccess.publish_all_operations(name, ctx.conn.info.server_version)),
             )
         )
     else:

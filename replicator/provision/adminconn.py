@@ -57,6 +57,11 @@ def ensure_reachable(props: dict[str, Any]) -> None:
     )
 
 
+def _address(host: str, port: int) -> str:
+    """``host`` as a numeric address (libpq's hostaddr takes no names)."""
+    return str(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][4][0])
+
+
 def admin_connection(props: dict[str, Any], dbname: str | None = None) -> psycopg.Connection[Any]:
     """An autocommit admin connection to ``dbname`` (default: the configured database)."""
     route = bastion.admin_route(props)  # replicator:bastion: the program's own SSH tunnel, hops tested
@@ -64,6 +69,10 @@ def admin_connection(props: dict[str, Any], dbname: str | None = None) -> psycop
         ensure_reachable(props)
         host, port = target(props)
         route = {"host": host, "port": port}
+        if props.get("connect_host"):
+            # Through a tunnel, libpq connects to its local end (hostaddr) but checks the server's
+            # certificate against the endpoint's name (host): sslMode verify-full keeps verifying.
+            route = {"host": str(props["host"]), "hostaddr": _address(host, port), "port": port}
     return psycopg.connect(
         **route,
         dbname=dbname or props["database"],

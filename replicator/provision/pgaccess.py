@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.source import ddlcapture
+from replicator.source.publication import INSERT_ONLY, insert_only_publication
 
 ReplicationRight = Literal["rds_replication", "attribute"]
 QualifiedName = tuple[str, str]  # (schema, table)
@@ -132,20 +133,27 @@ def grant_connect(user: str, database: str) -> sql.Composed:
     )
 
 
-def create_publication(name: str, tables: tuple[QualifiedName, ...] | Literal["*"]) -> sql.Composed:
+def create_publication(
+    name: str, tables: tuple[QualifiedName, ...] | Literal["*"], server_version: int = 150000
+) -> sql.Composed:
+    """CREATE PUBLICATION, partitions published via their root (PostgreSQL 13+), as the replicator's own."""
+    via_root = sql.SQL(" WITH (publish_via_partition_root = true)" if server_version >= 130000 else "")
     if isinstance(tables, str):  # ALL_TABLES
-        return sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(sql.Identifier(name))
+        return sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES{}").format(sql.Identifier(name), via_root)
     if not tables:
-        return sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name))
-    return sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-        sql.Identifier(name), sql.SQL(", ").join(_table(t) for t in tables)
+        return sql.SQL("CREATE PUBLICATION {}{}").format(sql.Identifier(name), via_root)
+    return sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
+        sql.Identifier(name), sql.SQL(", ").join(_table(t) for t in tables), via_root
     )
 
 
-def publish_all_operations(name: str) -> sql.Composed:
-    return sql.SQL("ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')").format(
-        sql.Identifier(name)
-    )
+def publish_all_operations(name: str, server_version: int = 150000, publish: str = "") -> sql.Composed:
+    """What the publication publishes (default: every operation), and via the partition root (13+)."""
+    operations = sql.Literal(publish or "insert, update, delete, truncate")
+    options: list[sql.Composable] = [sql.SQL("publish = {}").format(operations)]
+    if server_version >= 130000:
+        options.append(sql.SQL("publish_via_partition_root = true"))
+    return sql.SQL("ALTER PUBLICATION {} SET ({})").format(sql.Identifier(name), sql.SQL(", ").join(options))
 
 
 def add_to_publication(name: str, table: QualifiedName) -> sql.Composed:
@@ -170,6 +178,8 @@ def ensure_access(conn: psycopg.Connection[Any], spec: AccessSpec, password: str
         reason = ddlcapture.can_install(conn)
         if reason is not None:
             raise AccessError(f"ddl_capture: cannot install the DDL capture: {reason}")
+    if spec.publication and spec.publication_tables == ALL_TABLES:
+        _refuse_keyless_under_all_tables(conn, spec.publication)
     with _transaction(conn, f"setting up replication user {spec.user}"):
         _ensure_role(conn, spec.user, password)
         conn.execute(grant_replication(spec.user, spec.replication_right))
@@ -214,7 +224,7 @@ def update_access(conn: psycopg.Connection[Any], old: AccessSpec, new: AccessSpe
         if old.publication and old.publication_tables is not None and (
             old.publication != new.publication or new.publication_tables is None
         ):
-            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(old.publication)))
+            _drop_publications(conn, old.publication)
         if old.ddl_capture and not new.ddl_capture:
             _drop_ddl_capture(conn)
         ensure_access(conn, new, password)
@@ -233,7 +243,7 @@ def drop_access(conn: psycopg.Connection[Any], spec: AccessSpec, connect_to: Con
     """
     with _transaction(conn, f"removing replication user {spec.user}"):
         if spec.publication and spec.publication_tables is not None:
-            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(spec.publication)))
+            _drop_publications(conn, spec.publication)
         if spec.ddl_capture:
             _drop_ddl_capture(conn)
         if not _role_exists(conn, spec.user):
@@ -432,15 +442,46 @@ def _revoke_heartbeat_rights(
 def _ensure_publication(
     conn: psycopg.Connection[Any], name: str, tables: tuple[QualifiedName, ...] | Literal["*"]
 ) -> None:
+    """The publication as declared, and its insert-only companion, as ``replicator run`` expects them.
+
+    A table without a replica identity in a publication that publishes updates and deletes makes
+    the *source's* UPDATEs and DELETEs of it fail: such tables go to ``<name>_insert_only``
+    (inserts and truncates), streamed on the same slot (``replicator.source.publication``). That
+    one is created even while empty: pgoutput reads publications as of each change it decodes, so
+    one created after the replicator's slot would make the stream fail.
+    """
+    version = conn.info.server_version
     row = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", (name,)).fetchone()
     want_all = tables == ALL_TABLES
     if row is not None and bool(row[0]) != want_all:
         # FOR ALL TABLES cannot be altered into a table list or back: recreate it.
         conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
         row = None
-    if row is None:
-        conn.execute(create_publication(name, tables))
-    elif not isinstance(tables, str) and tables:
+    if isinstance(tables, str):
+        if row is None:
+            conn.execute(create_publication(name, tables, version))
+        unused = sql.Identifier(insert_only_publication(name))
+        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(unused))
+        conn.execute(publish_all_operations(name, version))
+        return
+    keyless = set(_without_identity(conn, tables))
+    _ensure_members(conn, name, tuple(t for t in tables if t not in keyless), row is not None, version)
+    companion = insert_only_publication(name)
+    _ensure_members(
+        conn, companion, tuple(t for t in tables if t in keyless),
+        conn.execute("SELECT FROM pg_publication WHERE pubname = %s", (companion,)).fetchone() is not None,
+        version,
+    )
+    conn.execute(publish_all_operations(name, version))
+    conn.execute(publish_all_operations(companion, version, INSERT_ONLY))
+
+
+def _ensure_members(
+    conn: psycopg.Connection[Any], name: str, tables: tuple[QualifiedName, ...], exists: bool, version: int
+) -> None:
+    if not exists:
+        conn.execute(create_publication(name, tables, version))
+    elif tables:
         # SET TABLE replaces the whole member list, dropping members, row filters and column
         # lists someone added by hand: the publication becomes exactly what was declared.
         conn.execute(
@@ -448,9 +489,57 @@ def _ensure_publication(
                 sql.Identifier(name), sql.SQL(", ").join(_table(t) for t in tables)
             )
         )
-    elif not want_all:
+    else:
         for t in conn.execute(
             "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,)
         ).fetchall():
             conn.execute(drop_from_publication(name, (t[0], t[1])))
-    conn.execute(publish_all_operations(name))
+
+
+def _drop_publications(conn: psycopg.Connection[Any], name: str) -> None:
+    for pub in (name, insert_only_publication(name)):
+        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(pub)))
+
+
+# Tables whose UPDATEs and DELETEs a publication publishing them would make fail: no replica identity
+# (NOTHING, DEFAULT without a primary key, or USING INDEX whose index is gone).
+_WITHOUT_IDENTITY = """
+SELECT n.nspname, c.relname
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+  AND (c.relreplident = 'n'
+       OR (c.relreplident = 'd' AND NOT EXISTS (
+             SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+       OR (c.relreplident = 'i' AND NOT EXISTS (
+             SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))
+"""
+
+
+def _without_identity(
+    conn: psycopg.Connection[Any], tables: tuple[QualifiedName, ...]
+) -> list[QualifiedName]:
+    rows = conn.execute(
+        _WITHOUT_IDENTITY + " AND (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+        ([t[0] for t in tables], [t[1] for t in tables]),
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def _refuse_keyless_under_all_tables(conn: psycopg.Connection[Any], name: str) -> None:
+    """FOR ALL TABLES publishes every table's updates: refused while some table has no replica identity."""
+    rows = conn.execute(
+        _WITHOUT_IDENTITY + " AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND n.nspname NOT LIKE 'pg\\_%%' AND NOT c.relispartition ORDER BY 1, 2"
+    ).fetchall()
+    if not rows:
+        return
+    names = ", ".join(f"{s}.{t}" for s, t in rows[:10])
+    if len(rows) > 10:
+        names += f" and {len(rows) - 10} more"
+    raise AccessError(
+        f"publication {name}: FOR ALL TABLES would publish the updates and deletes of {names}, which have no "
+        "primary key or replica identity, and PostgreSQL would then refuse every UPDATE and DELETE of them "
+        "at the source. Give each a primary key (or ALTER TABLE ... REPLICA IDENTITY FULL), or list the "
+        "tables in publicationTables instead: tables without a key then go to a publication of their own "
+        f"({insert_only_publication(name)}) that publishes their inserts only"
+    )

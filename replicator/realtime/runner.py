@@ -21,6 +21,7 @@ from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, check_conditions
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.objectplan import PlannedObjects, plan_objects
 from replicator.realtime import ddlsetup
 from replicator.realtime.housekeeping import Housekeeping
 from replicator.realtime.pipeline import APP, SlotPipeline, SlotStats, current_wal_lsn
@@ -50,7 +51,7 @@ from replicator.realtime.setup import (
 from replicator.snapshot.runner import unfinished_tables
 from replicator.source.slots import ensure_slot, get_slot
 from replicator.source.wal2json_nan import keeps_nan, nan_refusal, nan_risks
-from replicator.tableobjects import PlannedObjects, plan_objects, read_objects
+from replicator.tableobjects import read_objects
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from replicator.errors import ConfigError, DestinationError, SourceError
 from replicator.filters import SelectedTable, select_tables
 from replicator.job import Job
 from replicator.lsn import Lsn
+from replicator.objectplan import PlannedObjects
 from replicator.realtime.positions import SlotAhead, slot_ahead_message
 from replicator.source import rowfilter
 from replicator.source.heartbeat import ensure_heartbeat_table
@@ -30,11 +31,11 @@ from replicator.source.publication import (
     PublishedTable,
     ensure_empty_publication,
     ensure_publication,
+    insert_only_publication,
     publication_exists,
 )
 from replicator.source.rowfilter import RowFilter
 from replicator.source.slots import get_slot
-from replicator.tableobjects import PlannedObjects
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,6 @@ class SlotPlan:
         names = [self.publication] if self.identified or heartbeat or not self.insert_only else []
         extra = self.insert_only_publication
         return [*names, extra] if extra else names
-
-
-def insert_only_publication(publication: str) -> str:
-    suffix = "_insert_only"
-    return publication[: 63 - len(suffix)] + suffix
 
 
 def plan_slots(

@@ -44,6 +44,7 @@ from replicator.destinations.base import ChunkPlan, ChunkState, DestinationSessi
 from replicator.errors import DestinationError, Interrupted
 from replicator.filters import SelectedTable, check_conditions, select_tables
 from replicator.job import Job
+from replicator.objectplan import PlannedObjects
 from replicator.progress import Progress, make_progress
 from replicator.relay import relay_copy
 from replicator.snapshot import schema
@@ -55,7 +56,7 @@ from replicator.snapshot.workers import (
     run_parallel,
     session_settings,
 )
-from replicator.tableobjects import PlannedObjects, TableObjects
+from replicator.tableobjects import TableObjects
 from replicator.typemap import binary_safe
 
 log = logging.getLogger(__name__)

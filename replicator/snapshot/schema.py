@@ -26,7 +26,8 @@ from replicator.destinations.base import DestinationSession, DestTable, ForeignK
 from replicator.errors import DestinationError
 from replicator.filters import SelectedTable
 from replicator.job import Job
-from replicator.tableobjects import PlannedObjects, plan_objects, read_objects, sequence_values
+from replicator.objectplan import PlannedObjects, plan_objects
+from replicator.tableobjects import read_objects, sequence_values
 
 log = logging.getLogger(__name__)
 

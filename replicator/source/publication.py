@@ -27,6 +27,12 @@ _PUBLISH = "insert, update, delete, truncate"
 INSERT_ONLY = "insert, truncate"
 
 
+def insert_only_publication(publication: str) -> str:
+    """The name of the publication of ``publication``'s tables without a replica identity."""
+    suffix = "_insert_only"
+    return publication[: 63 - len(suffix)] + suffix
+
+
 @dataclass(frozen=True)
 class PublishedTable:
     """A table to replicate; ``columns`` None means every column."""

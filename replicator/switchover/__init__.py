@@ -37,11 +37,13 @@ from replicator.errors import ReplicatorError
 from replicator.filters import select_tables
 from replicator.identity import identify
 from replicator.job import Job
-from replicator.realtime.setup import insert_only_publication, plan_slots
+from replicator.objectplan import plan_objects
+from replicator.realtime.setup import plan_slots
 from replicator.source.heartbeat import without_heartbeat
+from replicator.source.publication import insert_only_publication
 from replicator.switchover import finish, marker, readonly
 from replicator.switchover.context import Context, Options, StepFailed
-from replicator.tableobjects import plan_objects, read_objects
+from replicator.tableobjects import read_objects
 
 __all__ = ["Options", "run_switchover"]
 

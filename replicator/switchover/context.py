@@ -11,8 +11,8 @@ from replicator.destinations.base import DestinationSession
 from replicator.errors import ReplicatorError
 from replicator.filters import SelectedTable
 from replicator.job import Job
+from replicator.objectplan import PlannedObjects
 from replicator.switchover.marker import Marker
-from replicator.tableobjects import PlannedObjects
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from replicator.filters import check_conditions, select_tables
 from replicator.identity import source_key, verify_distinct
 from replicator.job import Job
 from replicator.keyorder import DIGEST_SESSION_SETTINGS
+from replicator.objectplan import plan_objects
 from replicator.snapshot.plan import select_sql
 from replicator.snapshot.workers import (
     SNAPSHOT_SESSION,
@@ -41,7 +42,7 @@ from replicator.snapshot.workers import (
     session_settings,
 )
 from replicator.source.heartbeat import without_heartbeat
-from replicator.tableobjects import plan_objects, read_objects
+from replicator.tableobjects import read_objects
 from replicator.verify import live, report
 from replicator.verify.compare import Found, compare_chunk, compare_keyless
 from replicator.verify.plan import Chunk, VerifyTable, chunks, verify_table

@@ -21,9 +21,10 @@ from typing import Any
 import psycopg
 
 from replicator.destinations.base import DestinationSession
+from replicator.objectplan import PlannedObjects
 from replicator.otherobjects import KINDS
 from replicator.otherobjects import names as object_names
-from replicator.tableobjects import PlannedObjects, sequence_values
+from replicator.tableobjects import sequence_values
 from replicator.verify.compare import Found, Kind
 from replicator.verify.plan import VerifyTable
 

@@ -83,7 +83,8 @@ def test_publication_without_delete(source: Source) -> None:
     )
     assert (
         result.fix
-        == f"ALTER PUBLICATION \"pub_{source.user}\" SET (publish = 'insert, update, delete, truncate');"
+        == f"ALTER PUBLICATION \"pub_{source.user}\" SET (publish = 'insert, update, delete, truncate', "
+        "publish_via_partition_root = true);"
     )
     assert report.exit_code == 1
     source.apply_sql(result.fix)
@@ -116,15 +117,24 @@ def test_publication_row_filter_and_column_list(source: Source) -> None:
 def test_publication_that_does_not_exist(source: Source) -> None:
     result = source.check(publication="nope").find("publication")
     assert result.status is Status.FAIL
-    assert result.fix == 'CREATE PUBLICATION "nope" FOR TABLE "public"."items", "public"."orders";'
+    assert result.fix == (
+        'CREATE PUBLICATION "nope" FOR TABLE "public"."items", "public"."orders" '
+        "WITH (publish_via_partition_root = true);"
+    )
     source.apply_sql(result.fix)
     assert source.check(publication="nope").ok
 
 
 def test_pgoutput_without_a_publication_name(source: Source) -> None:
+    # A table without a key stays out of the suggested publication: published for updates, the
+    # source's own UPDATEs of it would fail (replicator run publishes it for inserts only).
+    source.db.execute("CREATE TABLE public.logs (at int, msg text); INSERT INTO public.logs VALUES (1, 'a')")
     result = source.check(publication=None).find("publication")
     assert result.status is Status.FAIL
     assert (result.fix or "").startswith("add `publication: replicator_pub` to the source config")
+    assert "logs" not in (result.fix or "") and '"public"."items"' in (result.fix or "")
+    source.apply_sql((result.fix or "").split("\n", 1)[1])
+    source.db.execute("UPDATE public.logs SET msg = 'the source still updates it'")
 
 
 def test_partitioned_table_must_be_published_via_its_root(source_db: Database, tmp_path: Path) -> None:

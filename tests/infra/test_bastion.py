@@ -144,3 +144,34 @@ def test_pulumi_up_creates_the_user_through_the_bastion(
         == 1
     )
     assert sshd.forwards_to(port) > before
+
+
+def test_the_stack_outputs_hand_the_bastion_over_without_its_secrets(
+    tmp_path: Path, mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replicator reaches the private database the way the program did, but the key and its
+    passphrase stay in the stack's secrets: the outputs (printed by `pulumi stack output`) omit them."""
+    import json
+
+    from replicator import handoff as replicator_handoff
+    from replicator.config import load_connection
+
+    key = keygen(tmp_path / "key", passphrase="bastion-passphrase-1")
+    out = run_program(_private(bastion=_bastion(key, privateKeyPassphrase="bastion-passphrase-1")), mocks)
+    assert out["sshTunnel"] == {
+        "host": "bastion.example.com", "port": 2222, "username": "ec2-user", "private-key-file": str(key),
+        "strict-host-key-checking": True, "known-hosts": KNOWN, "private-key-encrypted": True,
+    }
+    assert "bastion-passphrase-1" not in json.dumps(out)
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(out))
+    target = tmp_path / "source.yaml"
+    replicator_handoff.handoff(str(outputs), str(target))
+    assert "${REPLICATOR_SSH_KEY_PASSPHRASE}" in target.read_text()
+    monkeypatch.setenv("REPLICATOR_SSH_KEY_PASSPHRASE", "bastion-passphrase-1")
+    cfg = load_connection(target, "source").value  # the key file decrypts with the passphrase
+    assert cfg.ssh_tunnel is not None
+    assert (cfg.ssh_tunnel.host, cfg.ssh_tunnel.port, cfg.ssh_tunnel.username) == (
+        "bastion.example.com", 2222, "ec2-user"
+    )
+    assert (tmp_path / "source.yaml.known_hosts").read_text() == KNOWN + "\n"

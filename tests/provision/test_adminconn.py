@@ -93,3 +93,29 @@ def test_the_user_is_created_through_the_tunnel(source_db: Database) -> None:
     assert diff.replaces == []
     provider.delete(created.id, created.outs)  # type: ignore[arg-type]
     assert source_db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (props["user"],)) == 0
+
+
+@pytest.fixture(scope="module")
+def ssl_server(cluster_root: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from tests.test_connect_ssl import ssl_cluster
+
+    yield from ssl_cluster(cluster_root, tmp_path_factory, "adminconn-ssl")
+
+
+@pytest.mark.parametrize("local_end", ["127.0.0.1", "localhost"])
+def test_verify_full_through_a_tunnel_checks_the_endpoint_name(
+    ssl_server: Any, monkeypatch: pytest.MonkeyPatch, local_end: str
+) -> None:
+    """adminAccess {via: tunnel}: the certificate names the endpoint, not the tunnel's local end, so
+    sslMode verify-full must check it against the endpoint's name (it used to check 127.0.0.1 and
+    fail), and still refuse a certificate that does not name the endpoint."""
+    cluster, pki = ssl_server
+    monkeypatch.setenv("PGSSLROOTCERT", str(pki.ca))
+    tunnel = {"connect_host": local_end, "connect_port": float(cluster.port), "publicly_accessible": False}
+    # The test server's certificate names "localhost": here, the endpoint.
+    with adminconn.admin_connection(admin(host="localhost", port=5432, sslmode="verify-full", **tunnel)) as c:
+        row = c.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        assert row == (True,)
+    endpoint = "orders.abcdefghij.eu-west-1.rds.amazonaws.com"
+    with pytest.raises(Exception, match="does not match host name"):
+        adminconn.admin_connection(admin(host=endpoint, port=5432, sslmode="verify-full", **tunnel))

@@ -239,6 +239,7 @@ class Writer:
 
     def _apply_folded(self, target: Target, batch: fold.TableBatch) -> None:
         p = batch.prepared or copytext.prepare(batch, texts=False)
+        before = self._remember(target, batch)
         for new_key, op in p.moves:
             self._move(target, batch, new_key, op)
         if p.deletes:
@@ -250,7 +251,7 @@ class Writer:
         for group in _by_unchanged(p.partial):
             self._update(target, batch, group)
         if target.source_condition is not None:
-            self._filter_rows(target, batch, p)
+            self._filter_rows(target, batch, p, before)
 
     def _apply_or_replay(self, target: Target, batch: fold.TableBatch) -> None:
         """Set-wise, in a savepoint; if that meets a unique or exclusion violation the source never
@@ -275,11 +276,21 @@ class Writer:
         self.conn.execute("RELEASE SAVEPOINT _replicator_batch")
 
     def _replay(self, target: Target, batch: fold.TableBatch) -> None:
+        before = self._remember(target, batch)
         inorder.replay(self.conn, self._deletes, target, batch, self._columns(target, batch))
-        if target.condition is not None:  # the set-wise path filters in _apply_folded; this one here
-            rowfilter.enforce(self.conn, self.session.stages, target, batch, self._deletes)
+        if target.source_condition is not None:  # as _apply_folded does after its statements
+            p = batch.prepared or copytext.prepare(batch, texts=False)
+            self._filter_rows(target, batch, p, before)
 
-    def _filter_rows(self, t: Target, batch: fold.TableBatch, p: fold.Prepared) -> None:
+    def _remember(self, target: Target, batch: fold.TableBatch) -> sql.Identifier | None:
+        """Soft deletes and a condition evaluated here: the rows as they are before ``batch``."""
+        if target.condition is None:
+            return None
+        return rowfilter.remember(self.conn, self.session.stages, target, batch, self._deletes)
+
+    def _filter_rows(
+        self, t: Target, batch: fold.TableBatch, p: fold.Prepared, before: sql.Identifier | None
+    ) -> None:
         """A filtered table (``rowfilter.py``): rows an UPDATE moved into the condition with unchanged
         TOAST values are read from the source; then, where the destination evaluates the condition,
         every row the batch wrote that does not match is removed."""
@@ -290,7 +301,7 @@ class Writer:
                 self.conn, self.session.stages, t, partial, batch.key_positions, cols, self.source_rows
             )
         if t.condition is not None:
-            rowfilter.enforce(self.conn, self.session.stages, t, batch, self._deletes)
+            rowfilter.enforce(self.conn, self.session.stages, t, batch, self._deletes, before)
 
     def _stage(
         self, t: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]], role: str = ""

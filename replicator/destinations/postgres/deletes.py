@@ -67,6 +67,26 @@ class DeletePolicy:
             )
         return sql.SQL("DELETE FROM {} d WHERE {}").format(ident(table), where)
 
+    def restore_deleted(
+        self, table: DestTable, saved: sql.Composable, columns: list[str], key: list[str]
+    ) -> sql.Composed:
+        """Put back, flagged as deleted, the rows of ``saved`` (a copy of some rows of ``table``, as
+        ``columns``) whose key ``table`` no longer holds. Soft deletes only."""
+        assert self.soft
+        values = sql.SQL(", ").join(
+            sql.SQL("true") if c == SOFT_DELETE_COLUMN else sql.Identifier("s", c) for c in columns
+        )
+        same = sql.SQL(" AND ").join(
+            sql.SQL("d.{} = s.{}").format(sql.Identifier(k), sql.Identifier(k)) for k in key
+        )
+        return sql.SQL(
+            "INSERT INTO {t} ({cols}) SELECT {values} FROM {saved} AS s "
+            "WHERE NOT EXISTS (SELECT FROM {t} AS d WHERE {same})"
+        ).format(
+            t=ident(table), cols=sql.SQL(", ").join(map(sql.Identifier, columns)), values=values,
+            saved=saved, same=same,
+        )
+
     def truncate(self, table: DestTable) -> sql.Composed:
         if self.soft:
             return sql.SQL("UPDATE {} SET {} = true").format(ident(table), _FLAG)

@@ -4,9 +4,12 @@ publication row filter (``source/rowfilter.py`` says which and why).
 Every row a batch wrote (inserted, updated, moved) is checked against the condition once the
 batch is applied, in the same destination transaction, on the row as the destination now holds
 it (so values an UPDATE left unchanged, TOASTed ones included, are what they are at the source),
-and removed (with soft deletes: flagged) when it does not match: a row inserted outside the
-condition never shows, and an UPDATE that moves a row out of it deletes it, as a native row filter
-does. A condition that is NULL counts as not matching (as in a WHERE clause).
+and removed when it does not match: a row inserted outside the condition never shows, and an
+UPDATE that moves a row out of it deletes it, as a native row filter does. A condition that is NULL
+counts as not matching (as in a WHERE clause). With soft deletes, a row moved out stays flagged as
+deleted with the values it had while it matched (``remember`` keeps them before the batch is
+applied), as a deleted row does; values that never matched are never kept, not even flagged (a
+filter keeping one tenant's rows must not copy the others' as deleted ones).
 
 An UPDATE that moves a row *into* the condition is applied like any other: a whole row is
 written where there was none. Only when such an UPDATE left a TOASTed value unchanged does the
@@ -40,24 +43,64 @@ def matches(condition: str) -> sql.Composable:
     return sql.SQL("coalesce(({}), false)").format(sql.SQL(condition))
 
 
+def remember(
+    conn: psycopg.Connection[Any],
+    stages: Stages,
+    target: Target,
+    batch: fold.TableBatch,
+    deletes: DeletePolicy,
+) -> sql.Identifier | None:
+    """With soft deletes, before ``batch`` is applied: the destination's rows it is about to write,
+    as they are now, for ``enforce`` to flag the ones it moves out of the condition."""
+    if not deletes.soft:
+        return None
+    stage = _written_keys(stages, target, batch)
+    if stage is None:
+        return None
+    columns = [n for n, c in target.table.columns.items() if not c.generated]
+    saved = stages.take(target.table, columns, "rowfilter-before")
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE ({}) IN (SELECT {} FROM {})").format(
+            saved, names_sql(columns), names_sql(columns), ident(target.table), names_sql(target.key),
+            names_sql(target.key), stage,
+        )
+    )
+    return saved
+
+
 def enforce(
     conn: psycopg.Connection[Any],
     stages: Stages,
     target: Target,
     batch: fold.TableBatch,
     deletes: DeletePolicy,
+    before: sql.Identifier | None = None,
 ) -> None:
-    """Remove the rows ``batch`` wrote that do not match ``target.condition``."""
+    """Remove the rows ``batch`` wrote that do not match ``target.condition``; with soft deletes,
+    put back flagged those that matched before it (``before``, from ``remember``)."""
     assert target.condition is not None
-    keys = [k for k, op in batch.ops.items() if isinstance(op, fold.Upsert)]
-    if not keys:
+    stage = _written_keys(stages, target, batch)
+    if stage is None:
         return
     key = names_sql(target.key)
-    stage = stages.fill(target.table, target.key, copytext.copy_text(keys, len(target.key)), "rowfilter")
     where = sql.SQL("({}) IN (SELECT {} FROM {}) AND NOT {}").format(
         key, key, stage, matches(target.condition)
     )
-    conn.execute(deletes.delete_where(target.table, where))
+    if not deletes.soft:
+        conn.execute(deletes.delete_where(target.table, where))
+        return
+    conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(ident(target.table), where))
+    if before is not None:
+        columns = [n for n, c in target.table.columns.items() if not c.generated]
+        conn.execute(deletes.restore_deleted(target.table, before, columns, list(target.key)))
+
+
+def _written_keys(stages: Stages, target: Target, batch: fold.TableBatch) -> sql.Identifier | None:
+    """A stage holding the keys of the rows ``batch`` writes (None: it writes none)."""
+    keys = [k for k, op in batch.ops.items() if isinstance(op, fold.Upsert)]
+    if not keys:
+        return None
+    return stages.fill(target.table, target.key, copytext.copy_text(keys, len(target.key)), "rowfilter")
 
 
 def fill_missing(
