@@ -1,12 +1,13 @@
 """Only the optional C parts live here; everything else is in pyproject.toml.
 
-Both extensions are optional: without a compiler the install still succeeds and the pure-Python
+The extensions are optional: without a compiler the install still succeeds and the pure-Python
 code paths are used (same results, slower; ``replicator/native.py`` decides and says why):
 
 - ``replicator._relay``: the snapshot relay's per-row loop (replicator/relay.py falls back);
-- ``replicator._pgoutput``: the pgoutput row decoder (replicator/decoding/pgoutput.py falls back).
+- ``replicator._pgoutput``: the pgoutput row decoder (replicator/decoding/pgoutput.py falls back);
+- ``replicator._wal2json``: the wal2json action decoder (replicator/decoding/wal2json.py falls back).
 
-Neither is linked against libpq: the functions are looked up at run time in the libpq psycopg
+None is linked against libpq: the functions are looked up at run time in the libpq psycopg
 has loaded (dlopen RTLD_NOLOAD + dladdr; see the comments at the top of each .c file). That
 lookup is tested on Linux only, so the extensions are built on Linux only.
 """
@@ -41,4 +42,13 @@ pgoutput = Extension(
     optional=not STRICT,
 )
 
-setup(ext_modules=[relay, pgoutput] if sys.platform.startswith("linux") else [])
+wal2json = Extension(
+    "replicator._wal2json",
+    sources=["replicator/_wal2json.c"],
+    depends=["replicator/_libpq_bind.h"],
+    libraries=["dl"],
+    extra_compile_args=CFLAGS,
+    optional=not STRICT,
+)
+
+setup(ext_modules=[relay, pgoutput, wal2json] if sys.platform.startswith("linux") else [])

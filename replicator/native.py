@@ -1,20 +1,22 @@
 """The C extensions, held to one standard: which implementation runs, and why.
 
-Three hot loops have a C implementation, each with a pure-Python twin that moves the same data
+Four hot loops have a C implementation, each with a pure-Python twin that moves the same data
 at a higher CPU cost:
 
 - ``relay``: ``replicator._relay``'s ``pump``, the snapshot relay's per-row loop (``relay.py``);
 - ``keywalk``: ``replicator._relay``'s ``keywalk``, the merge of two ordered key streams by
   which delta passes find deletes (``keywalk.py``);
 - ``pgoutput``: ``replicator._pgoutput``, pgoutput row messages read from the stream and
-  decoded into change events (``decoding/pgoutput.py``, ``source/stream.py``).
+  decoded into change events (``decoding/pgoutput.py``, ``source/stream.py``);
+- ``wal2json``: ``replicator._wal2json``, the same for wal2json's JSON actions
+  (``decoding/wal2json.py``).
 
-An extension is used when it was built (``pip install -e .`` compiles both; ``setup.py``), we
+An extension is used when it was built (``pip install -e .`` compiles them; ``setup.py``), we
 are on Linux, it is not switched off, and, for the parts that call libpq, it found the very
 libpq psycopg has loaded, in the same version (``_libpq_bind.h``). Switches:
 ``REPLICATOR_PURE_PYTHON=1`` turns all off; ``REPLICATOR_PURE_PYTHON_RELAY=1`` the extension
 ``_relay`` (both of its loops), ``REPLICATOR_PURE_PYTHON_KEYWALK=1`` the key walk only and
-``REPLICATOR_PURE_PYTHON_DECODE=1`` the decoder. This module is the only place that decides; each
+``REPLICATOR_PURE_PYTHON_DECODE=1`` both decoders. This module is the only place that decides; each
 decision is logged once at DEBUG with its reason. ``python -m replicator.native`` prints them;
 ``--require`` exits 1 unless every loop is usable (CI: a missing or stale build is a failure).
 """
@@ -216,6 +218,61 @@ def pgoutput_unavailable() -> str | None:
     return None
 
 
+# -- wal2json --------------------------------------------------------------------------------
+
+
+def wal2json(configure: Callable[[ModuleType], str | None]) -> ModuleType | None:
+    """``replicator._wal2json``, configured by ``configure``, or None when the Python decoder must
+    run (as ``pgoutput()``; read once, when ``decoding.wal2json`` is imported)."""
+    off = switched_off(DECODE_ENV)
+    module: ModuleType | None
+    why: str | None
+    module, why = (None, off) if off is not None else _import_extension("_wal2json", "wal2json decoder")
+    if module is not None:
+        why = configure(module)
+        if why is not None:
+            module = None
+    if module is None:
+        _explain("wal2json", f"decoding actions in Python: {why}")
+    else:
+        _explain("wal2json", "decoding actions in C (replicator._wal2json)")
+    return module
+
+
+def _import_extension(name: str, what: str) -> tuple[ModuleType | None, str]:
+    if not sys.platform.startswith("linux"):
+        return None, f"the C {what} is built and tested on Linux only (this is {sys.platform})"
+    try:
+        return importlib.import_module(f"replicator.{name}"), ""
+    except ImportError as e:  # not built (no C compiler at install): the Python versions do the same
+        return None, f"the C {what} is not built ({e}); `pip install -e .` builds it with a C compiler"
+
+
+@functools.cache
+def bind_wal2json(module: ModuleType) -> bool:
+    """Point ``replicator._wal2json``'s read loop at the libpq psycopg uses."""
+    try:
+        version, library = module.bind_libpq(libpq_carrier(), pq.version())
+    except (OSError, ImportError, AttributeError) as e:
+        _explain("wal2json", f"reading the stream with psycopg, not in C: cannot use psycopg's libpq: {e}")
+        return False
+    _explain("wal2json", f"reading actions in C through {library} (libpq {version})")
+    return True
+
+
+def wal2json_unavailable() -> str | None:
+    """Why the C wal2json decoder and its read loop cannot be used (None if they can); ignores
+    the switches."""
+    module, why = _import_extension("_wal2json", "wal2json decoder")
+    if module is None:
+        return why
+    try:
+        module.bind_libpq(libpq_carrier(), pq.version())
+    except (OSError, ImportError, AttributeError) as e:
+        return f"cannot use psycopg's libpq: {e}"
+    return None
+
+
 # -- python -m replicator.native --------------------------------------------------------------
 
 
@@ -228,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         ("relay", relay_unavailable(), (RELAY_ENV,)),
         ("keywalk", keywalk_unavailable(), (RELAY_ENV, KEYWALK_ENV)),
         ("pgoutput", pgoutput_unavailable(), (DECODE_ENV,)),
+        ("wal2json", wal2json_unavailable(), (DECODE_ENV,)),
     )
     for name, why, switches in loops:
         off = switched_off(*switches)

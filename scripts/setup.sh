@@ -22,7 +22,7 @@ if [ "${REPLICATOR_TEST_DEPS:-0}" = 1 ]; then
   [ -x /usr/sbin/sshd ] || { need+=(openssh-server); ssh_server=1; }
   command -v ssh-keygen >/dev/null || need+=(openssh-client)
 fi
-# The C extensions (replicator/_relay.c, replicator/_pgoutput.c) are compiled by pip below: a C
+# The C extensions (replicator/_relay.c, _pgoutput.c, _wal2json.c) are compiled by pip below: a C
 # compiler, the C library headers and Python's headers (Debian's python3 keeps them in
 # python3-dev). Without them the install still works, with the slower pure-Python twins.
 command -v gcc >/dev/null || need+=(gcc)

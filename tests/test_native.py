@@ -155,13 +155,15 @@ def test_one_switch_turns_off_both_extensions_and_each_says_why() -> None:
     """REPLICATOR_PURE_PYTHON=1: the relay and the decoder both run in Python, and DEBUG says so."""
     code = (
         "import logging; logging.basicConfig(level=logging.DEBUG, format='%(name)s %(message)s')\n"
-        "from replicator.decoding import pgoutput; from replicator import native\n"
+        "from replicator.decoding import pgoutput, wal2json; from replicator import native\n"
         "assert pgoutput.NATIVE is None and native.relay() is None and native.keywalk() is None\n"
+        "assert wal2json.NATIVE is None and wal2json.Wal2JsonDecoder(print).native_pump() is None\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), PURE_PYTHON_ENV: "1"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert f"replicator.native pgoutput: decoding rows in Python: {PURE_PYTHON_ENV} is set" in done.stderr
+    assert f"replicator.native wal2json: decoding actions in Python: {PURE_PYTHON_ENV} is set" in done.stderr
     assert f"replicator.native relay: using the Python loop: {PURE_PYTHON_ENV} is set" in done.stderr
     assert (
         f"replicator.native keywalk: merging key streams in Python: {PURE_PYTHON_ENV} is set" in done.stderr
@@ -173,8 +175,9 @@ def test_a_run_says_at_debug_which_implementation_runs(monkeypatch: pytest.Monke
         monkeypatch.delenv(env, raising=False)
     code = (
         "import logging; logging.basicConfig(level=logging.DEBUG, format='%(name)s %(message)s')\n"
-        "from replicator.decoding import pgoutput; from replicator import native\n"
+        "from replicator.decoding import pgoutput, wal2json; from replicator import native\n"
         "assert native.bind_pgoutput(pgoutput.NATIVE) and native.relay() is not None\n"
+        "assert wal2json.Wal2JsonDecoder(print).native_pump() is not None\n"
         "assert native.keywalk() is not None\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_PURE_PYTHON")}
@@ -188,6 +191,8 @@ def test_a_run_says_at_debug_which_implementation_runs(monkeypatch: pytest.Monke
     assert done.returncode == 0, done.stderr
     assert "replicator.native pgoutput: decoding rows in C (replicator._pgoutput)" in done.stderr
     assert "replicator.native pgoutput: reading row messages in C through " in done.stderr
+    assert "replicator.native wal2json: decoding actions in C (replicator._wal2json)" in done.stderr
+    assert "replicator.native wal2json: reading actions in C through " in done.stderr
     assert "replicator.native relay: C loop bound to " in done.stderr
     assert (
         "replicator.native keywalk: merging key streams in C (replicator._relay.keywalk, through "
@@ -206,10 +211,15 @@ def test_require_fails_when_an_extension_is_missing() -> None:
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "relay" in ok.stdout and "keywalk" in ok.stdout and "pgoutput" in ok.stdout
-    code = (
-        "import sys; sys.modules['replicator._pgoutput'] = None\n"
-        "from replicator.native import main; sys.exit(main(['--require']))"
-    )
-    missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert missing.returncode == 1
-    assert "pgoutput  Python  the C decoder is not built" in missing.stdout
+    assert "wal2json" in ok.stdout
+    for module, line in (
+        ("_pgoutput", "pgoutput  Python  the C decoder is not built"),
+        ("_wal2json", "wal2json  Python  the C wal2json decoder is not built"),
+    ):
+        code = (
+            f"import sys; sys.modules['replicator.{module}'] = None\n"
+            "from replicator.native import main; sys.exit(main(['--require']))"
+        )
+        missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+        assert missing.returncode == 1
+        assert line in missing.stdout

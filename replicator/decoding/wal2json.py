@@ -23,6 +23,16 @@ What wal2json does differently from pgoutput, and how we even it out:
 - It names partitions, not the partitioned table (it knows nothing of publish_via_partition_root).
 - Logical decoding messages (``pg_logical_emit_message``) come as action ``M`` whatever the
   options; transactional ones sit inside their transaction, as with pgoutput's ``messages``.
+
+The hot path (Begin, Insert, Update, Delete, Commit) runs in C when ``replicator._wal2json`` is
+built (``replicator/native.py`` decides): ``decode`` tries it first, and ``native_pump`` reads
+runs of such actions straight from libpq, as pgoutput's does. The C parser hands anything it is
+not sure of back to the Python code here, which stays the reference (same events, same errors;
+tests/decoding/test_wal2json_native.py), and it learns column-list shapes from ``_native_shape``.
+
+The options we ask for are already the leanest that carry what we need: no type names, typmods,
+not-null flags, defaults or primary-key lists (all off); xids, timestamps and LSNs are needed by
+Begin and Commit (wal2json repeats the first two in every action, which no option prevents).
 """
 
 from __future__ import annotations
@@ -32,8 +42,10 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import ModuleType
 from typing import Any
 
+from replicator import native
 from replicator.decoding.changes import (
     UNCHANGED_TOAST,
     Begin,
@@ -107,6 +119,10 @@ class Wal2JsonDecoder:
         self.numeric_as_string = numeric_as_string
         self._shapes: dict[tuple[str, str, tuple[Any, ...]], _Shape] = {}
         self._tables: dict[tuple[str, str], TableInfo] = {}
+        # The C decoder's shapes: raw column-list key -> _native_shape()'s tuple. Cleared (never
+        # replaced: the C code holds it) whenever a table's shape in _tables changes.
+        self._native_shapes: dict[bytes, tuple[Any, ...]] = {}
+        self._native: ModuleType | None = NATIVE
         self._begin: Begin | None = None  # Begin not yet sent: sent with the first change
         self.in_transaction = False
         self._xid = 0
@@ -129,14 +145,34 @@ class Wal2JsonDecoder:
             options["add-tables"] = ",".join(f"{_escape(s)}.{_escape(t)}" for s, t in self.tables)
         return options
 
+    def native_pump(self) -> Pump | None:
+        """A loop in C that reads runs of Begin, row and Commit actions straight from libpq into
+        events (``replicator._wal2json.pump``, used by ``ReplicationStream.read``), or None when
+        the extension or psycopg's libpq cannot be used."""
+        module = self._native
+        if module is None or not native.bind_wal2json(module):
+            return None
+        pump = module.pump
+
+        def run(conn_ptr: int, out: list[Event], max_events: int, max_messages: int, stop: int) -> PumpResult:
+            got: PumpResult = pump(conn_ptr, self, out, max_events, max_messages, stop)
+            return got
+
+        return run
+
     def reset(self) -> None:
         self._shapes.clear()
         self._tables.clear()
+        self._native_shapes.clear()
         self._begin = None
         self.in_transaction = False
         self._truncate = []
 
     def decode(self, data: bytes | str, lsn: int) -> Sequence[Event]:
+        if self._native is not None and not isinstance(data, str):
+            out: list[Event] = []
+            if self._native.step(self, data, out):
+                return out
         try:
             msg = _scan(data if isinstance(data, str) else data.decode(), 0)[0]
             action = msg["action"]
@@ -239,7 +275,26 @@ class Wal2JsonDecoder:
     # Relations.
 
     def _shape_of(self, schema: str, table: str, columns: list[dict[str, Any]], partial: bool) -> _Shape:
-        signature = tuple(map(_name_and_type, columns))
+        return self._shape_for(schema, table, tuple(map(_name_and_type, columns)), partial)
+
+    def _native_shape(
+        self, schema: str, table: str, names: tuple[str, ...], typeoids: tuple[str, ...], partial: bool
+    ) -> tuple[Relation, tuple[int, ...] | None, bytes | None, tuple[int, ...] | None, int]:
+        """What the C decoder needs of a column list's shape: (relation, positions, a fix code
+        per listed column (1 bool, 2 bytea) or None, the key indexes an UPDATE's old key is
+        compared on (None with identity FULL), the relation's column count)."""
+        shape = self._shape_for(schema, table, tuple(zip(names, typeoids, strict=True)), partial)
+        rel = shape.relation
+        fix = None
+        if shape.fix:
+            codes = bytearray(len(names))
+            for i, type_oid in shape.fix:
+                codes[i] = 1 if type_oid == BOOL_OID else 2
+            fix = bytes(codes)
+        compare = None if rel.replica_identity is ReplicaIdentity.FULL else rel.key_indexes
+        return rel, shape.positions, fix, compare, len(rel.columns)
+
+    def _shape_for(self, schema: str, table: str, signature: tuple[Any, ...], partial: bool) -> _Shape:
         key = (schema, table, signature)
         shape = self._shapes.get(key)
         if shape is not None:
@@ -264,6 +319,7 @@ class Wal2JsonDecoder:
         if state is None or not _fits(state, names, types, partial):
             state = self._build(schema, table, names, types, partial)
             self._tables[(schema, table)] = state
+            self._native_shapes.clear()  # shapes of this table's old relation are stale
         shape = _make_shape(state.relation, names, types)
         if key is not None:
             self._shapes[key] = shape
@@ -328,6 +384,26 @@ def _values(shape: _Shape, columns: list[dict[str, Any]], missing: Value) -> Val
         if pos >= 0:  # -1: a generated column, which pgoutput does not publish
             row[pos] = v
     return tuple(row)
+
+
+PumpResult = tuple[int, int, int, int, "bytes | None"]
+Pump = Callable[[int, list[Event], int, int, int], PumpResult]
+"""(PGconn pointer, events out, max events, max messages, stop at position): as pgoutput's."""
+
+
+def _configure(module: Any) -> str | None:
+    """Hand the change model to ``replicator._wal2json``; why it cannot be used, or None."""
+    try:
+        module.configure(
+            *(Change, Lsn, Op.INSERT, Op.UPDATE, Op.DELETE, UNCHANGED_TOAST),
+            *(Begin, Commit, datetime.fromisoformat),
+        )
+    except (TypeError, AttributeError) as e:
+        return f"the C decoder does not fit this code ({e}); `pip install -e .` rebuilds it"
+    return None
+
+
+NATIVE = native.wal2json(_configure)
 
 
 def _lsn(text: str) -> Lsn:

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import pytest
 
+from replicator.decoding import wal2json as wal2json_module
 from replicator.decoding.changes import UNCHANGED_TOAST, Change, DecodeError, Truncate
 from replicator.decoding.wal2json import Wal2JsonDecoder
 from tests.decoding import types
 from tests.replication import Replication
 
 BIG = "SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 3200)"  # ~100 KB, incompressible
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def action_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the C action decoder and read loop (when built) and with the
+    pure-Python ones."""
+    if request.param == "native":
+        if wal2json_module.NATIVE is None:
+            pytest.skip("replicator._wal2json is not built, or a REPLICATOR_PURE_PYTHON switch is set")
+    else:
+        monkeypatch.setattr(wal2json_module, "NATIVE", None)
+    return str(request.param)
 
 
 def both(replication: Replication, tables: list[str], workload: list[str]) -> tuple[list, list]:
