@@ -776,7 +776,9 @@ typedef struct {
     PyObject *xid, *time, *begin; /* _xid, _time, _begin (Begin not yet sent, or None) */
     int in_txn;
     int truncating; /* _truncate is not empty: Python must flush it first */
-    PyObject *shapes; /* _native_shapes (borrowed from the decoder, which holds it) */
+    /* _native_shapes (a reference of our own: _native_shape() runs Python code, which could
+     * replace the decoder's dict and free it while we still write into it) */
+    PyObject *shapes;
     int changed;
 } State;
 
@@ -803,7 +805,6 @@ load_state(PyObject *decoder, State *st)
     Py_DECREF(in_txn);
     Py_DECREF(truncate);
     st->shapes = shapes;
-    Py_DECREF(shapes); /* the decoder keeps it alive: it is only ever cleared, never replaced */
     return 0;
 fail:
     Py_XDECREF(in_txn);
@@ -835,6 +836,7 @@ store_state(State *st)
     Py_CLEAR(st->xid);
     Py_CLEAR(st->time);
     Py_CLEAR(st->begin);
+    Py_CLEAR(st->shapes);
     return failed ? -1 : 0;
 }
 
@@ -888,8 +890,34 @@ shape_key(const Action *a, const Cols *cols)
     return key;
 }
 
+/* Whether a shape tuple fits this column list; its parts into shape (borrowed from tuple).
+ * 0 with an error set if not. */
+static int
+shape_fits(PyObject *tuple, const Cols *cols, Shape *shape)
+{
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != 5) {
+        PyErr_SetString(PyExc_TypeError, "_native_shape must return a 5-tuple");
+        return 0;
+    }
+    shape->relation = PyTuple_GET_ITEM(tuple, 0);
+    shape->positions = PyTuple_GET_ITEM(tuple, 1);
+    shape->fix = PyTuple_GET_ITEM(tuple, 2);
+    shape->compare = PyTuple_GET_ITEM(tuple, 3);
+    shape->ncolumns = PyLong_AsSsize_t(PyTuple_GET_ITEM(tuple, 4));
+    int ok = !(shape->ncolumns == -1 && PyErr_Occurred())
+             && (shape->positions == Py_None
+                     ? shape->ncolumns == cols->n
+                     : PyTuple_Check(shape->positions) && PyTuple_GET_SIZE(shape->positions) == cols->n)
+             && (shape->fix == Py_None || (PyBytes_Check(shape->fix) && PyBytes_GET_SIZE(shape->fix) == cols->n))
+             && (shape->compare == Py_None || PyTuple_Check(shape->compare));
+    if (!ok && !PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "_native_shape returned a shape that does not fit its columns");
+    return ok;
+}
+
 /* The shape of this column list: from _native_shapes, else from the decoder's _native_shape()
- * (then kept). OK, BACK (the decoder failed: Python will do it again and report it), ERR. */
+ * (then kept, once checked: a shape that does not fit is an error, not a cache entry).
+ * OK, BACK (the decoder failed: Python will do it again and report it), ERR. */
 static int
 shape_of(State *st, const Action *a, const Cols *cols, int partial, Shape *shape)
 {
@@ -905,7 +933,7 @@ shape_of(State *st, const Action *a, const Cols *cols, int partial, Shape *shape
             return ERR;
         }
         PyObject *schema = NULL, *table = NULL, *names = NULL, *types = NULL;
-        int got = ERR;
+        int got = ERR, misfit = 0;
         if ((schema = string_of(&a->schema)) == NULL || (table = string_of(&a->table)) == NULL
             || (names = PyTuple_New(cols->n)) == NULL || (types = PyTuple_New(cols->n)) == NULL)
             goto miss_done;
@@ -924,6 +952,11 @@ shape_of(State *st, const Action *a, const Cols *cols, int partial, Shape *shape
                                            partial ? Py_True : Py_False, NULL);
         if (tuple == NULL)
             goto miss_done;
+        if (!shape_fits(tuple, cols, shape)) {
+            misfit = 1;
+            Py_CLEAR(tuple);
+            goto miss_done;
+        }
         if (PyDict_SetItem(st->shapes, key, tuple) < 0) {
             Py_CLEAR(tuple);
             goto miss_done;
@@ -936,6 +969,8 @@ shape_of(State *st, const Action *a, const Cols *cols, int partial, Shape *shape
         Py_XDECREF(types);
         if (got != OK) {
             Py_DECREF(key);
+            if (misfit)
+                return ERR; /* our own code is wrong: say so, do not hide it behind Python */
             if (!PyErr_Occurred())
                 return BACK; /* a lone surrogate in a name */
             if (PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
@@ -946,29 +981,11 @@ shape_of(State *st, const Action *a, const Cols *cols, int partial, Shape *shape
         }
     }
     Py_DECREF(key);
-    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != 5) {
+    if (!shape_fits(tuple, cols, shape)) {
         Py_DECREF(tuple);
-        PyErr_SetString(PyExc_TypeError, "_native_shape must return a 5-tuple");
         return ERR;
     }
     shape->tuple = tuple;
-    shape->relation = PyTuple_GET_ITEM(tuple, 0);
-    shape->positions = PyTuple_GET_ITEM(tuple, 1);
-    shape->fix = PyTuple_GET_ITEM(tuple, 2);
-    shape->compare = PyTuple_GET_ITEM(tuple, 3);
-    shape->ncolumns = PyLong_AsSsize_t(PyTuple_GET_ITEM(tuple, 4));
-    int ok = !(shape->ncolumns == -1 && PyErr_Occurred())
-             && (shape->positions == Py_None
-                     ? shape->ncolumns == cols->n
-                     : PyTuple_Check(shape->positions) && PyTuple_GET_SIZE(shape->positions) == cols->n)
-             && (shape->fix == Py_None || (PyBytes_Check(shape->fix) && PyBytes_GET_SIZE(shape->fix) == cols->n))
-             && (shape->compare == Py_None || PyTuple_Check(shape->compare));
-    if (!ok) {
-        Py_CLEAR(shape->tuple);
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "_native_shape returned a shape that does not fit its columns");
-        return ERR;
-    }
     return OK;
 }
 
@@ -1148,7 +1165,9 @@ on_change(State *st, const Action *a, PyObject *out)
                 got = values_of(&ishape, &a->identity, Py_None, &old);
                 if (got == OK && shape.compare != Py_None) {
                     int same = 1;
-                    for (Py_ssize_t i = 0; same && i < PyTuple_GET_SIZE(shape.compare); i++) {
+                    /* same == 1, not just non-zero: -1 is a failed comparison, whose error must
+                     * not reach another call into Python */
+                    for (Py_ssize_t i = 0; same == 1 && i < PyTuple_GET_SIZE(shape.compare); i++) {
                         Py_ssize_t k = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape.compare, i));
                         if (k < 0 || k >= PyTuple_GET_SIZE(old) || k >= PyTuple_GET_SIZE(new)) {
                             if (!PyErr_Occurred())
