@@ -86,6 +86,7 @@ class Writer:
     # before any statement that is sent at once.
     _pending: list[pipelined.Statement] = field(default_factory=list)
     _plain_types: dict[TableName, pipelined.PlainTypes] = field(default_factory=dict)
+    _texts: pipelined.Texts | None = None
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -287,7 +288,9 @@ class Writer:
             self._send_pending()  # the lookup is a statement of its own
         types = pipelined.plain_types(self.conn, target.table, self._plain_types)
         columns = self._columns(target, batch)
-        self._pending += pipelined.statements(target, batch, columns, types, self._deletes)
+        if self._texts is None or self._texts.conn is not self.conn:  # a new connection: texts anew
+            self._texts = pipelined.Texts(self.conn)
+        self._pending += pipelined.statements(target, batch, columns, types, self._deletes, self._texts)
 
     def _truncate_together(self, batches: dict[TableName, fold.TableBatch]) -> set[TableName]:
         """One TRUNCATE for every table a unit truncates: a foreign key between two of them would

@@ -28,7 +28,7 @@ What stays staged: truncations, key moves and rows with unchanged TOAST values, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,32 +103,60 @@ def eligible(target: Target, batch: fold.TableBatch) -> bool:
     return len(p.deletes) + len(p.fresh) + len(p.existing) <= MAX_ROWS
 
 
+class Texts:
+    """Statement texts by what they depend on: composed once, then the same string each time, so
+    psycopg prepares them after a few uses (the server parses and plans them no more)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        self.conn = conn
+        self._texts: dict[tuple[Any, ...], str] = {}
+
+    def get(self, key: tuple[Any, ...], build: Callable[[], sql.Composed]) -> str:
+        found = self._texts.get(key)
+        if found is None:
+            if len(self._texts) > 1000:  # tables reshaped many times: start over
+                self._texts.clear()
+            found = self._texts[key] = build().as_string(self.conn)
+        return found
+
+
 def statements(
     target: Target,
     batch: fold.TableBatch,
     columns: Sequence[tuple[int, str]],
     types: dict[str, str],
     deletes: DeletePolicy,
+    texts: Texts,
 ) -> list[Statement]:
     """The statements that write an ``eligible`` batch; ``columns``: (position in the stream's
     values, destination column) of the columns the destination stores."""
     table = target.table
+    # What a statement's text depends on besides its kind: the table as described, the columns
+    # written, the key, and the delete policy.
+    depends = (table.key, _shape(table), tuple(columns), target.key, deletes.soft)
     if batch.keyless:
-        rows = [ch.new for ch in batch.in_order]
-        return [_insert_rows(table, columns, types, rows)]
+        rows = [ch.new for ch in batch.in_order if ch.new is not None]  # inserts: all have one
+        query = texts.get(("insert", *depends), lambda: _insert_rows(table, columns, types))
+        return [(query, _arrays(columns, rows))]
     p = batch.prepared
     assert p is not None
     out: list[Statement] = []
     if p.deletes:
-        key = target.key[0]
-        where = sql.SQL("{} = ANY({}::{}[])").format(
-            sql.Identifier(key), sql.Placeholder(), sql.SQL(table.columns[key].type_sql)
-        )
-        out.append((deletes.delete_where(table, where), (p.deleted_keys,)))
+        query = texts.get(("delete", *depends), lambda: _delete_keys(target, deletes))
+        out.append((query, (p.deleted_keys,)))
     ops = [*p.fresh, *p.existing]
     if ops:
-        out.append(_upsert_rows(target, columns, types, [op.values for op in ops], deletes))
+        query = texts.get(("upsert", *depends), lambda: _upsert_rows(target, columns, types, deletes))
+        out.append((query, _arrays(columns, [op.values for op in ops])))
     return out
+
+
+def _delete_keys(target: Target, deletes: DeletePolicy) -> sql.Composed:
+    key = target.key[0]
+    where = sql.SQL("{} = ANY({}::{}[])").format(
+        sql.Identifier(key), sql.Placeholder(), sql.SQL(target.table.columns[key].type_sql)
+    )
+    return deletes.delete_where(target.table, where)
 
 
 def _rows_sql(
@@ -149,23 +177,19 @@ def _arrays(columns: Sequence[tuple[int, str]], rows: Sequence[Sequence[Any]]) -
     return [[row[i] for row in rows] for i, _ in columns]
 
 
-def _insert_rows(
-    table: DestTable, columns: Sequence[tuple[int, str]], types: dict[str, str], rows: Sequence[Any]
-) -> Statement:
+def _insert_rows(table: DestTable, columns: Sequence[tuple[int, str]], types: dict[str, str]) -> sql.Composed:
     names = names_sql([n for _, n in columns])
-    query = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM ({}) AS r").format(
+    return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM ({}) AS r").format(
         ident(table), names, names, _rows_sql(columns, types)
     )
-    return query, _arrays(columns, rows)
 
 
 def _upsert_rows(
     target: Target,
     columns: Sequence[tuple[int, str]],
     types: dict[str, str],
-    rows: Sequence[Sequence[Any]],
     deletes: DeletePolicy,
-) -> Statement:
+) -> sql.Composed:
     table = target.table
     names = [n for _, n in columns]
     cols = names_sql(names)
@@ -175,8 +199,6 @@ def _upsert_rows(
     update = update_from(table, sql.Identifier("_rows"), names, target.key, False, deletes)
     with_rows = sql.SQL("WITH _rows AS ({})").format(_rows_sql(columns, types))
     if update is None:  # only key columns: nothing to set on a row that is there
-        query = sql.SQL("{} {}").format(with_rows, insert)
-    else:
-        # The UPDATE does not see the CTE's inserts (one snapshot): each row is written once.
-        query = sql.SQL("{}, _new AS ({}) {}").format(with_rows, insert, update)
-    return query, _arrays(columns, rows)
+        return sql.SQL("{} {}").format(with_rows, insert)
+    # The UPDATE does not see the CTE's inserts (one snapshot): each row is written once.
+    return sql.SQL("{}, _new AS ({}) {}").format(with_rows, insert, update)
