@@ -85,6 +85,7 @@ class Writer:
     # Statements of the open transaction not sent yet (pipelined.py): sent with the commit, or
     # before any statement that is sent at once.
     _pending: list[pipelined.Statement] = field(default_factory=list)
+    _pending_rows: int = 0  # rows those carry: past pipelined.MAX_ROWS they are sent (memory stays bounded)
     _plain_types: dict[TableName, pipelined.PlainTypes] = field(default_factory=dict)
     _texts: pipelined.Texts | None = None
 
@@ -99,6 +100,8 @@ class Writer:
         """Apply one unit inside the open destination transaction (opening it if needed)."""
         self._begin(lazy=True)
         self.flush(folded.batches)
+        if self._pending_rows >= pipelined.MAX_ROWS:  # a large source transaction: never all queued
+            self._send_pending()
 
     def commit(self, lsn: Lsn) -> CommitMark:
         """Write the checkpoint ``lsn`` and commit, in one round trip that also says where the
@@ -129,6 +132,7 @@ class Writer:
     def rollback(self) -> None:
         """Abandon the open destination transaction, if one is open."""
         self._pending.clear()
+        self._pending_rows = 0
         if not self._in_txn:
             return
         self._in_txn = False
@@ -148,6 +152,7 @@ class Writer:
         """After the session reconnected: what we checked on the old connection is checked again."""
         self._in_txn = False
         self._pending.clear()
+        self._pending_rows = 0
         self._savepoints = 0
         self._checked.clear()
         schemasync.forget_session(self)
@@ -187,6 +192,7 @@ class Writer:
         Returns the cursor of the last statement (None if nothing was sent)."""
         todo = self._pending + (then or [])
         self._pending = []
+        self._pending_rows = 0
         last = None
         if todo:
             with self.conn.pipeline():
@@ -291,6 +297,7 @@ class Writer:
         if self._texts is None or self._texts.conn is not self.conn:  # a new connection: texts anew
             self._texts = pipelined.Texts(self.conn)
         self._pending += pipelined.statements(target, batch, columns, types, self._deletes, self._texts)
+        self._pending_rows += batch.changes
 
     def _truncate_together(self, batches: dict[TableName, fold.TableBatch]) -> set[TableName]:
         """One TRUNCATE for every table a unit truncates: a foreign key between two of them would

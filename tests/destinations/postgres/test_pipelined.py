@@ -320,3 +320,25 @@ def test_a_small_commit_is_one_round_trip(two: PostgresSession, monkeypatch: pyt
     assert pipelines == 1
     assert isinstance(d.writer, Writer) and not d.writer._pending
     assert [r[:2] for r in contents(two, "piped")] == [(1, "x")]
+
+
+def test_a_large_source_transaction_is_never_all_queued(
+    two: PostgresSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source transaction bigger than a unit is applied unit by unit inside one destination
+    transaction; queued statements hold their rows, so they are sent once they carry MAX_ROWS
+    (memory stays bounded however large the transaction)."""
+    monkeypatch.setattr(pipelined, "MAX_ROWS", 100)
+    d = Driver(two, "piped", rows=50)  # units of 50 changes: each one eligible
+    queued: list[int] = []
+    apply = Writer.apply
+
+    def spy(self: Writer, folded: Any) -> None:
+        apply(self, folded)
+        queued.append(self._pending_rows)
+
+    monkeypatch.setattr(Writer, "apply", spy)
+    d.transaction(*((Op.INSERT, (str(i), *(None for _ in COLUMNS[1:])), None) for i in range(1, 3001)))
+    d.commit()
+    assert len(queued) >= 60 and max(queued) < 100, queued
+    assert len(contents(two, "piped")) == 3000
