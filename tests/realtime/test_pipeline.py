@@ -82,6 +82,7 @@ def test_a_group_commit_never_ends_inside_a_source_transaction(
 
     def checked_commit(self: Writer, lsn: Lsn) -> CommitMark:
         if self._in_txn:
+            self._send_pending()  # what the commit would send first (pipelined.py)
             row = self.conn.execute(SUMS).fetchone()
             assert row is not None
             seen.append(tuple(row))

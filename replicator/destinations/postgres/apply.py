@@ -30,7 +30,16 @@ from replicator.decoding import fold
 from replicator.decoding.changes import UNCHANGED_TOAST, Op, Relation
 from replicator.decoding.ddlplan import SchemaChange
 from replicator.destinations.base import CommitMark, Fill, NewColumnType, SourceRows, TableName, Target
-from replicator.destinations.postgres import copytext, ddl, durable, inorder, keyless, rowfilter, schemasync
+from replicator.destinations.postgres import (
+    copytext,
+    ddl,
+    durable,
+    inorder,
+    keyless,
+    pipelined,
+    rowfilter,
+    schemasync,
+)
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.stage import KEY_PROBES, match, merge, names_sql, update_from
@@ -45,6 +54,8 @@ log = logging.getLogger(__name__)
 # changes applied table by table pass through states the source never had.
 _BEGIN = "BEGIN; SET CONSTRAINTS ALL DEFERRED; " + KEY_PROBES
 _COMMIT = sql.SQL("; COMMIT; " + durable.POSITIONS)
+# The same, one statement each, for a pipeline (which takes no statement lists).
+_BEGIN_PIPELINED: list[pipelined.Statement] = [(q, None) for q in _BEGIN.split("; ")]
 
 # Savepoints (subtransactions) per destination transaction for COPYing new rows straight in.
 MAX_SAVEPOINTS = 32
@@ -71,6 +82,12 @@ class Writer:
     applied_changes: int = 0
     schema: schemasync.SchemaState | None = None  # schema changes captured at the source
     captured_schema: bool = False  # the DDL capture brings every schema change (see _adapt_destination)
+    # Statements of the open transaction not sent yet (pipelined.py): sent with the commit, or
+    # before any statement that is sent at once.
+    _pending: list[pipelined.Statement] = field(default_factory=list)
+    _pending_rows: int = 0  # rows those carry: past pipelined.MAX_ROWS they are sent (memory stays bounded)
+    _plain_types: dict[TableName, pipelined.PlainTypes] = field(default_factory=dict)
+    _texts: pipelined.Texts | None = None
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -81,15 +98,23 @@ class Writer:
 
     def apply(self, folded: fold.Folded) -> None:
         """Apply one unit inside the open destination transaction (opening it if needed)."""
-        self._begin()
+        self._begin(lazy=True)
         self.flush(folded.batches)
+        if self._pending_rows >= pipelined.MAX_ROWS:  # a large source transaction: never all queued
+            self._send_pending()
 
     def commit(self, lsn: Lsn) -> CommitMark:
         """Write the checkpoint ``lsn`` and commit, in one round trip that also says where the
-        commit is in the destination's WAL (``durable.py``: it is not durable at once)."""
-        self._begin()
+        commit is in the destination's WAL (``durable.py``: it is not durable at once). With
+        statements queued (``pipelined.py``), they go first in the same round trip."""
+        self._begin(lazy=True)
         checkpoint = self.session.state.slot_checkpoint_statement(self.job, self.slot, lsn)
-        mark = durable.mark_of(self.conn.execute(checkpoint + _COMMIT))
+        if self._pending:
+            last = self._send_pending([(checkpoint, None), ("COMMIT", None), (durable.POSITIONS, None)])
+            assert last is not None
+            mark = durable.mark_of(last)
+        else:
+            mark = durable.mark_of(self.conn.execute(checkpoint + _COMMIT))
         self._in_txn = False
         self._altered.clear()
         schemasync.committed(self)
@@ -106,6 +131,8 @@ class Writer:
 
     def rollback(self) -> None:
         """Abandon the open destination transaction, if one is open."""
+        self._pending.clear()
+        self._pending_rows = 0
         if not self._in_txn:
             return
         self._in_txn = False
@@ -124,6 +151,8 @@ class Writer:
     def reset(self) -> None:
         """After the session reconnected: what we checked on the old connection is checked again."""
         self._in_txn = False
+        self._pending.clear()
+        self._pending_rows = 0
         self._savepoints = 0
         self._checked.clear()
         schemasync.forget_session(self)
@@ -144,10 +173,32 @@ class Writer:
         self._begin()
         schemasync.merge_refresh(self, table, relid, whole)
 
-    def _begin(self) -> None:
+    def _begin(self, lazy: bool = False) -> None:
+        """Open the destination transaction if needed; ``lazy``: by queueing BEGIN (pipelined.py),
+        else at once, after whatever is queued (the caller sends a statement next)."""
         if not self._in_txn:
-            self.conn.execute(_BEGIN)
+            if lazy:
+                self._pending.extend(_BEGIN_PIPELINED)
+            else:
+                self.conn.execute(_BEGIN)
             self._in_txn = True
+        elif not lazy:
+            self._send_pending()
+
+    def _send_pending(self, then: list[pipelined.Statement] | None = None) -> psycopg.Cursor[Any] | None:
+        """Send the queued statements (and ``then``) as one pipeline: one round trip. The first
+        error raises here, as that statement alone would (the later ones are not run); the
+        transaction is then aborted and rolled back by the caller, as after any failed statement.
+        Returns the cursor of the last statement (None if nothing was sent)."""
+        todo = self._pending + (then or [])
+        self._pending = []
+        self._pending_rows = 0
+        last = None
+        if todo:
+            with self.conn.pipeline():
+                for query, params in todo:
+                    last = self.conn.execute(query, params)
+        return last
 
     @property
     def _deletes(self) -> DeletePolicy:
@@ -201,9 +252,13 @@ class Writer:
 
     def flush(self, batches: dict[TableName, fold.TableBatch]) -> None:
         """Apply folded operations inside the open destination transaction."""
+        if any(b.truncated for b in batches.values()):
+            self._send_pending()
         truncated = self._truncate_together(batches)
         for key, batch in batches.items():
             target = self.targets[key]
+            if key in self._stale or self._checked.get(key) is not batch.relation:
+                self._send_pending()  # statements follow at once
             if key in self._stale:
                 refreshed = ddl.describe_table(self.conn, *key)
                 assert refreshed is not None
@@ -213,6 +268,11 @@ class Writer:
             if self._checked.get(key) is not batch.relation:
                 self._adapt_destination(target, batch.relation)
                 self._checked[key] = batch.relation
+            if pipelined.eligible(target, batch):
+                self._queue(target, batch)
+                self.applied_changes += batch.changes
+                continue
+            self._send_pending()  # what is queued runs first, in order
             if batch.truncated and key not in truncated:
                 self.conn.execute(self._deletes.truncate(target.table))
             if batch.keyless and target.condition is not None:
@@ -227,6 +287,17 @@ class Writer:
             else:
                 self._apply_folded(target, batch)
             self.applied_changes += batch.changes
+
+    def _queue(self, target: Target, batch: fold.TableBatch) -> None:
+        """Queue the statements of a small plain batch, sent with the commit (``pipelined.py``)."""
+        if not pipelined.known(target.table, self._plain_types):
+            self._send_pending()  # the lookup is a statement of its own
+        types = pipelined.plain_types(self.conn, target.table, self._plain_types)
+        columns = self._columns(target, batch)
+        if self._texts is None or self._texts.conn is not self.conn:  # a new connection: texts anew
+            self._texts = pipelined.Texts(self.conn)
+        self._pending += pipelined.statements(target, batch, columns, types, self._deletes, self._texts)
+        self._pending_rows += batch.changes
 
     def _truncate_together(self, batches: dict[TableName, fold.TableBatch]) -> set[TableName]:
         """One TRUNCATE for every table a unit truncates: a foreign key between two of them would
