@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import queue
+import shutil
 import socket
 import statistics
 import subprocess
@@ -140,7 +141,7 @@ def _select1_ms(port: int, n: int) -> float:
 def check(target_port: int | None, rtts: list[float], n: int) -> None:
     """Median SELECT 1 time direct and through the proxy at each RTT (a throwaway cluster unless
     --target-port names one)."""
-    cluster = None
+    cluster = root = None
     if target_port is None:
         import tempfile
 
@@ -164,6 +165,8 @@ def check(target_port: int | None, rtts: list[float], n: int) -> None:
     finally:
         if cluster is not None:
             cluster.destroy()
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> int:
