@@ -13,6 +13,7 @@ its inserts.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench._delay import DelayProxy  # noqa: E402
 from replicator.localpg import SUPERUSER, SUPERUSER_PASSWORD, LocalCluster, find_bindir, start_cluster  # noqa: E402
 
 SETTINGS = {
@@ -187,14 +189,19 @@ def wait_slot_inactive(src: LocalCluster, slot: str, timeout_s: float = 60) -> N
 
 def write_configs(workdir: Path, src: LocalCluster, dst: LocalCluster, name: str, slot: str, plugin: str,
                   db: str, publication: str | None, extractor: str,
-                  tables: Sequence[str] | None = None) -> dict[str, Path]:
-    """source/destination/extractor (and, with ``tables``, filter) YAML files for one of our consumers."""
+                  tables: Sequence[str] | None = None,
+                  destination_port: int | None = None) -> dict[str, Path]:
+    """source/destination/extractor (and, with ``tables``, filter) YAML files for one of our consumers;
+    ``destination_port`` instead of the destination cluster's own (a bench._delay proxy in front of it)."""
     extra: dict[str, object] = {"replication-slots": {slot: [plugin]}}
     if publication:
         extra["publication"] = publication
     paths = {k: workdir / f"{name}-{k}.yaml" for k in ("source", "destination", "extractor")}
     paths["source"].write_text(yaml.safe_dump(src.connection_config(SOURCE_DB, **extra)))
-    paths["destination"].write_text(yaml.safe_dump(dst.connection_config(db)))
+    destination = dst.connection_config(db)
+    if destination_port is not None:
+        destination["port"] = destination_port
+    paths["destination"].write_text(yaml.safe_dump(destination))
     paths["extractor"].write_text(extractor or "{}\n")
     if tables is not None:
         paths["filter"] = workdir / f"{name}-filter.yaml"
@@ -343,6 +350,37 @@ def differences(
                         f"{db}.{t}: {got[0] if got else None} rows, source {want[t][0] if want[t] else None}"
                     )
     return out
+
+
+def add_destination_rtt_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--destination-rtt-ms",
+        type=float,
+        help="our destination connections go through bench/_delay.py, which adds this round trip (the "
+        "native subscription applies inside the destination: untouched); 0 measures the proxy alone",
+    )
+
+
+def destination_proxy(dst: LocalCluster, rtt_ms: float | None) -> DelayProxy | None:
+    """The delay proxy in front of ``dst`` for our connections, when --destination-rtt-ms asks for one."""
+    if rtt_ms is None:
+        return None
+    proxy = DelayProxy(dst.port, rtt_ms)
+    print(f"our destination connections go through a proxy adding {rtt_ms:g} ms per round trip "
+          f"(127.0.0.1:{proxy.port} -> {dst.port})", flush=True)
+    return proxy
+
+
+def rtt_fields(proxy: DelayProxy | None) -> list[str]:
+    """RESULT fields saying what stood between us and the destination."""
+    return [f"destination_rtt_ms={proxy.rtt_ms if proxy else 0:g}", f"proxy={'yes' if proxy else 'no'}"]
+
+
+def code_under_test() -> str:
+    """Which replicator this benchmark runs (our runs start with cwd = this tree)."""
+    import replicator
+
+    return f"replicator under test: {Path(replicator.__file__).parent}"
 
 
 def load_average() -> str:

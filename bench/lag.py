@@ -23,6 +23,8 @@ One line per scenario a script can parse, e.g.
 All clusters run with fsync = off and synchronous_commit = off: native's floor is then the
 source's WAL writer (about half of wal_writer_delay), ours too. --statements counts our
 destination statements and commits during the steady part (pg_stat_statements).
+--destination-rtt-ms X puts bench/_delay.py between us and the destination: X ms more per round
+trip, as across a network (RDS: 0.2-1 ms); native applies inside the destination, untouched.
 """
 
 from __future__ import annotations
@@ -179,16 +181,19 @@ def main() -> int:
     )
     p.add_argument("--ours-prefix", default="", help="command prefix for our process, e.g. a profiler")
     p.add_argument("--keep", action="store_true", help="keep the work directory (our log)")
+    _oltp.add_destination_rtt_flag(p)
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-lag-"))
     workdir.chmod(0o755)
     src = _oltp.start(workdir, "src")
     dst = _oltp.start(workdir, "dst", _oltp.STATEMENTS_SETTINGS if args.statements else None)
     ours: Child | None = None
+    proxy = None
     writer: ProbeWriter | None = None
     pollers: dict[str, Poller] = {}
     try:
-        print(f"load average at start: {_oltp.load_average()}", flush=True)
+        print(f"load average at start: {_oltp.load_average()}; {_oltp.code_under_test()}", flush=True)
+        proxy = _oltp.destination_proxy(dst, args.destination_rtt_ms)
         tables = [*(t for t in TABLES if not (args.without_history and t == "pgbench_history")), "lag_probe"]
         _oltp.build_source(
             src,
@@ -209,7 +214,8 @@ def main() -> int:
         paths = _oltp.write_configs(workdir, src, dst, "ours", "ours", args.plugin, "ours",
                                     "ours_pub" if args.plugin == "pgoutput" else None,
                                     args.extractor.read_text() if args.extractor else "",
-                                    [*tables, "replicate_io_cdc_heartbeat"] if args.without_history else None)
+                                    [*tables, "replicate_io_cdc_heartbeat"] if args.without_history else None,
+                                    destination_port=proxy.port if proxy else None)
         _oltp.create_subscription(src, dst, "native", "native_pub", enabled=True)
         if args.statements:
             with psycopg.connect(dst.conninfo(), autocommit=True) as conn:
@@ -259,6 +265,7 @@ def main() -> int:
             f"peak_rss_mb={ours.peak_kb / 1024:.0f}",
             f"plugin={args.plugin}",
             f"history={'no' if args.without_history else 'yes'}",
+            *_oltp.rtt_fields(proxy),
         ]
         print("RESULT lag " + " ".join(fields), flush=True)
 
@@ -296,6 +303,7 @@ def main() -> int:
                 f"peak_rss_mb={ours.peak_kb / 1024:.0f}",
                 f"plugin={args.plugin}",
                 f"history={'no' if args.without_history else 'yes'}",
+                *_oltp.rtt_fields(proxy),
             ]
             print("RESULT lag " + " ".join(fields), flush=True)
         final = writer.probe()  # after every pgbench commit: once it is there, so is the rest
@@ -315,6 +323,8 @@ def main() -> int:
             poller.close()
         if ours is not None:
             ours.stop()
+        if proxy is not None:
+            proxy.close()
         src.destroy()
         dst.destroy()
         if args.keep:

@@ -26,6 +26,8 @@ source, the destination backends (native: its apply worker) and our process's ma
 --without-history leaves pgbench_history (no key) out of both publications: the keyed tables alone.
 --ours-prefix 'py-spy record --threads --idle -f raw -o prof.txt --' runs our process under a
 profiler (or anything else); bench/pyspy_summary.py prof.txt says where the time went.
+--destination-rtt-ms X puts bench/_delay.py between us and the destination: X ms more per round
+trip, as across a network (RDS: 0.2-1 ms); native applies inside the destination, untouched.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ def main() -> int:
     )
     p.add_argument("--ours-prefix", default="", help="command prefix for our process, e.g. a profiler")
     p.add_argument("--keep", action="store_true", help="keep the work directory (our logs)")
+    _oltp.add_destination_rtt_flag(p)
     args = p.parse_args()
     plugins = [x for x in args.plugins.split(",") if x]
     extractor = args.extractor.read_text() if args.extractor else EXTRACTOR
@@ -113,8 +116,10 @@ def main() -> int:
     # The launcher starts a subscription's worker at most once per wal_retrieve_retry_interval
     # (5 s by default): ENABLE in round 2 would wait for it.
     dst = _oltp.start(workdir, "dst", {"wal_retrieve_retry_interval": "50ms", **dst_extra})
+    proxy = None
     try:
-        print(f"load average at start: {_oltp.load_average()}", flush=True)
+        print(f"load average at start: {_oltp.load_average()}; {_oltp.code_under_test()}", flush=True)
+        proxy = _oltp.destination_proxy(dst, args.destination_rtt_ms)
         print(
             f"pgbench -i -s {args.scale} on the source, copies for native and {', '.join(plugins)} ...",
             flush=True,
@@ -146,6 +151,7 @@ def main() -> int:
                     "ours_pub" if pl == "pgoutput" else None,
                     extractor,
                     tables if args.without_history else None,
+                    destination_port=proxy.port if proxy else None,
                 )
         _oltp.create_subscription(src, dst, "native", "native_pub", enabled=False)
         prefix = shlex.split(args.ours_prefix)
@@ -208,10 +214,13 @@ def main() -> int:
                 f"rounds={args.rounds}",
                 f"peak_rss_mb={peaks[pl] / 1024:.0f}",
                 f"equal={'yes' if not diff else 'no'}",
+                *_oltp.rtt_fields(proxy),
             ]
             print("RESULT realtime_oltp " + " ".join(fields), flush=True)
         return 0 if not diff else 1
     finally:
+        if proxy is not None:
+            proxy.close()
         src.destroy()
         dst.destroy()
         if args.keep:
