@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.source import ddlcapture
-from replicator.source.publication import INSERT_ONLY, insert_only_publication
+from replicator.source.publication import INSERT_ONLY, insert_only_publication, publication_options
 
 ReplicationRight = Literal["rds_replication", "attribute"]
 QualifiedName = tuple[str, str]  # (schema, table)
@@ -136,24 +136,21 @@ def grant_connect(user: str, database: str) -> sql.Composed:
 def create_publication(
     name: str, tables: tuple[QualifiedName, ...] | Literal["*"], server_version: int = 150000
 ) -> sql.Composed:
-    """CREATE PUBLICATION, partitions published via their root (PostgreSQL 13+), as the replicator's own."""
-    via_root = sql.SQL(" WITH (publish_via_partition_root = true)" if server_version >= 130000 else "")
+    """CREATE PUBLICATION with the options of the replicator's own (``publication_options``)."""
+    options = sql.SQL(" WITH ({})").format(publication_options(server_version))
     if isinstance(tables, str):  # ALL_TABLES
-        return sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES{}").format(sql.Identifier(name), via_root)
+        return sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES{}").format(sql.Identifier(name), options)
     if not tables:
-        return sql.SQL("CREATE PUBLICATION {}{}").format(sql.Identifier(name), via_root)
+        return sql.SQL("CREATE PUBLICATION {}{}").format(sql.Identifier(name), options)
     return sql.SQL("CREATE PUBLICATION {} FOR TABLE {}{}").format(
-        sql.Identifier(name), sql.SQL(", ").join(_table(t) for t in tables), via_root
+        sql.Identifier(name), sql.SQL(", ").join(_table(t) for t in tables), options
     )
 
 
 def publish_all_operations(name: str, server_version: int = 150000, publish: str = "") -> sql.Composed:
     """What the publication publishes (default: every operation), and via the partition root (13+)."""
-    operations = sql.Literal(publish or "insert, update, delete, truncate")
-    options: list[sql.Composable] = [sql.SQL("publish = {}").format(operations)]
-    if server_version >= 130000:
-        options.append(sql.SQL("publish_via_partition_root = true"))
-    return sql.SQL("ALTER PUBLICATION {} SET ({})").format(sql.Identifier(name), sql.SQL(", ").join(options))
+    options = publication_options(server_version, publish) if publish else publication_options(server_version)
+    return sql.SQL("ALTER PUBLICATION {} SET ({})").format(sql.Identifier(name), options)
 
 
 def add_to_publication(name: str, table: QualifiedName) -> sql.Composed:

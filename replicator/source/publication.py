@@ -145,10 +145,14 @@ def create_publication_sql(
 
 
 def _options(conn: psycopg.Connection[Any], publish: str) -> sql.Composable:
-    """The WITH options of every publication we create: its operations, and partitions published
-    via their root (PostgreSQL 13+)."""
+    return publication_options(conn.info.server_version, publish)
+
+
+def publication_options(server_version: int, publish: str = _PUBLISH) -> sql.Composable:
+    """The options of every publication we make (WITH, or ALTER ... SET; the provisioning program's
+    too): its operations, and partitions published via their root (PostgreSQL 13+)."""
     options: list[sql.Composable] = [sql.SQL("publish = {}").format(sql.Literal(publish))]
-    if conn.info.server_version >= 130000:
+    if server_version >= 130000:
         options.append(sql.SQL("publish_via_partition_root = true"))
     return sql.SQL(", ").join(options)
 

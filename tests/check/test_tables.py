@@ -119,7 +119,7 @@ def test_publication_that_does_not_exist(source: Source) -> None:
     assert result.status is Status.FAIL
     assert result.fix == (
         'CREATE PUBLICATION "nope" FOR TABLE "public"."items", "public"."orders" '
-        "WITH (publish_via_partition_root = true);"
+        "WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true);"
     )
     source.apply_sql(result.fix)
     assert source.check(publication="nope").ok
