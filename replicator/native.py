@@ -169,53 +169,17 @@ def pgoutput(configure: Callable[[ModuleType], str | None]) -> ModuleType | None
     """``replicator._pgoutput``, configured by ``configure`` (which returns why the module does
     not fit this code, or None), or None when the Python decoder must run. Read once, when
     ``decoding.pgoutput`` is imported."""
-    off = switched_off(DECODE_ENV)
-    module: ModuleType | None
-    why: str | None
-    module, why = (None, off) if off is not None else _import_pgoutput()
-    if module is not None:
-        why = configure(module)
-        if why is not None:
-            module = None
-    if module is None:
-        _explain("pgoutput", f"decoding rows in Python: {why}")
-    else:
-        _explain("pgoutput", "decoding rows in C (replicator._pgoutput)")
-    return module
+    return _decoder("pgoutput", "decoder", "rows", configure)
 
 
-def _import_pgoutput() -> tuple[ModuleType | None, str]:
-    if not sys.platform.startswith("linux"):
-        return None, f"the C decoder is built and tested on Linux only (this is {sys.platform})"
-    try:
-        _pgoutput = importlib.import_module("replicator._pgoutput")
-    except ImportError as e:  # not built (no C compiler at install): the Python versions do the same
-        return None, f"the C decoder is not built ({e}); `pip install -e .` builds it with a C compiler"
-    return _pgoutput, ""
-
-
-@functools.cache
 def bind_pgoutput(module: ModuleType) -> bool:
     """Point the extension's read loop at the libpq psycopg uses (the same library, version)."""
-    try:
-        version, library = module.bind_libpq(libpq_carrier(), pq.version())
-    except (OSError, ImportError, AttributeError) as e:
-        _explain("pgoutput", f"reading the stream with psycopg, not in C: cannot use psycopg's libpq: {e}")
-        return False
-    _explain("pgoutput", f"reading row messages in C through {library} (libpq {version})")
-    return True
+    return _bind_decoder(module, "pgoutput", "row messages")
 
 
 def pgoutput_unavailable() -> str | None:
     """Why the C decoder and its read loop cannot be used (None if they can); ignores the switches."""
-    module, why = _import_pgoutput()
-    if module is None:
-        return why
-    try:
-        module.bind_libpq(libpq_carrier(), pq.version())
-    except (OSError, ImportError, AttributeError) as e:
-        return f"cannot use psycopg's libpq: {e}"
-    return None
+    return _decoder_unavailable("pgoutput", "decoder")
 
 
 # -- wal2json --------------------------------------------------------------------------------
@@ -224,18 +188,38 @@ def pgoutput_unavailable() -> str | None:
 def wal2json(configure: Callable[[ModuleType], str | None]) -> ModuleType | None:
     """``replicator._wal2json``, configured by ``configure``, or None when the Python decoder must
     run (as ``pgoutput()``; read once, when ``decoding.wal2json`` is imported)."""
+    return _decoder("wal2json", "wal2json decoder", "actions", configure)
+
+
+def bind_wal2json(module: ModuleType) -> bool:
+    """Point ``replicator._wal2json``'s read loop at the libpq psycopg uses."""
+    return _bind_decoder(module, "wal2json", "actions")
+
+
+def wal2json_unavailable() -> str | None:
+    """Why the C wal2json decoder and its read loop cannot be used (None if they can); ignores
+    the switches."""
+    return _decoder_unavailable("wal2json", "wal2json decoder")
+
+
+# -- both decoders: replicator._<plugin>, switched by DECODE_ENV -------------------------------
+
+
+def _decoder(
+    plugin: str, what: str, units: str, configure: Callable[[ModuleType], str | None]
+) -> ModuleType | None:
     off = switched_off(DECODE_ENV)
     module: ModuleType | None
     why: str | None
-    module, why = (None, off) if off is not None else _import_extension("_wal2json", "wal2json decoder")
+    module, why = (None, off) if off is not None else _import_extension(f"_{plugin}", what)
     if module is not None:
         why = configure(module)
         if why is not None:
             module = None
     if module is None:
-        _explain("wal2json", f"decoding actions in Python: {why}")
+        _explain(plugin, f"decoding {units} in Python: {why}")
     else:
-        _explain("wal2json", "decoding actions in C (replicator._wal2json)")
+        _explain(plugin, f"decoding {units} in C (replicator._{plugin})")
     return module
 
 
@@ -249,21 +233,18 @@ def _import_extension(name: str, what: str) -> tuple[ModuleType | None, str]:
 
 
 @functools.cache
-def bind_wal2json(module: ModuleType) -> bool:
-    """Point ``replicator._wal2json``'s read loop at the libpq psycopg uses."""
+def _bind_decoder(module: ModuleType, plugin: str, reads: str) -> bool:
     try:
         version, library = module.bind_libpq(libpq_carrier(), pq.version())
     except (OSError, ImportError, AttributeError) as e:
-        _explain("wal2json", f"reading the stream with psycopg, not in C: cannot use psycopg's libpq: {e}")
+        _explain(plugin, f"reading the stream with psycopg, not in C: cannot use psycopg's libpq: {e}")
         return False
-    _explain("wal2json", f"reading actions in C through {library} (libpq {version})")
+    _explain(plugin, f"reading {reads} in C through {library} (libpq {version})")
     return True
 
 
-def wal2json_unavailable() -> str | None:
-    """Why the C wal2json decoder and its read loop cannot be used (None if they can); ignores
-    the switches."""
-    module, why = _import_extension("_wal2json", "wal2json decoder")
+def _decoder_unavailable(plugin: str, what: str) -> str | None:
+    module, why = _import_extension(f"_{plugin}", what)
     if module is None:
         return why
     try:
