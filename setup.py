@@ -36,7 +36,7 @@ relay = Extension(
 pgoutput = Extension(
     "replicator._pgoutput",
     sources=["replicator/_pgoutput.c"],
-    depends=["replicator/_libpq_bind.h", "replicator/_events.h"],
+    depends=["replicator/_libpq_bind.h", "replicator/_events.h", "replicator/_pump.h"],
     libraries=["dl"],
     extra_compile_args=CFLAGS,
     optional=not STRICT,
@@ -45,7 +45,7 @@ pgoutput = Extension(
 wal2json = Extension(
     "replicator._wal2json",
     sources=["replicator/_wal2json.c"],
-    depends=["replicator/_libpq_bind.h", "replicator/_events.h"],
+    depends=["replicator/_libpq_bind.h", "replicator/_events.h", "replicator/_pump.h"],
     libraries=["dl"],
     extra_compile_args=CFLAGS,
     optional=not STRICT,

@@ -36,8 +36,8 @@
 #include <datetime.h>
 #include <structmember.h>
 
-#include "_libpq_bind.h"
 #include "_events.h"
+#include "_pump.h"
 #include <stdint.h>
 
 static uint32_t
@@ -371,46 +371,6 @@ done:
     return result;
 }
 
-/* libpq, as psycopg loaded it (bind_libpq). */
-typedef struct pg_conn PGconn; /* opaque, as in libpq-fe.h */
-static int (*pq_getCopyData)(PGconn *, char **, int);
-static void (*pq_freemem)(void *);
-
-/* bind_libpq(path, expected_version) -> (version, library file); see _libpq_bind.h */
-static PyObject *
-bind_libpq(PyObject *self, PyObject *args)
-{
-    const char *path;
-    int expected;
-    if (!PyArg_ParseTuple(args, "si:bind_libpq", &path, &expected))
-        return NULL;
-    const char *names[] = {"PQgetCopyData", "PQfreemem", "PQlibVersion"};
-    void *found[3];
-    PyObject *result = find_psycopg_libpq(path, expected, names, found, 3, 2);
-    if (result == NULL)
-        return NULL;
-    pq_getCopyData = (int (*)(PGconn *, char **, int))found[0];
-    pq_freemem = (void (*)(void *))found[1];
-    return result;
-}
-
-/* Outcomes of pump(); stream.py knows them by these numbers. */
-enum {
-    PUMP_FULL = 0,     /* out holds max_events events */
-    PUMP_COUNT = 1,    /* max_messages messages taken: time for the caller's periodic checks */
-    PUMP_NO_DATA = 2,  /* nothing buffered: the caller waits for the socket */
-    PUMP_MESSAGE = 3,  /* a message for the caller to handle, returned as bytes */
-    PUMP_END = 4,      /* PQgetCopyData returned -1: the server ended the COPY */
-    PUMP_FAILED = 5,   /* PQgetCopyData returned -2 */
-    PUMP_UNTIL = 6,    /* a Commit at or past stop_at was taken */
-};
-
-static uint64_t
-be64(const unsigned char *p)
-{
-    return ((uint64_t)be32(p) << 32) | be32(p + 4);
-}
-
 /* A row message (after the 25-byte XLogData header) as a Change; NULL without an error set when
  * it is something to hand back to the caller (not a row, unknown relation, malformed). */
 static PyObject *
@@ -550,6 +510,38 @@ store_state(PyObject *decoder, TxnState *st)
     return failed ? -1 : 0;
 }
 
+/* One XLogData message for pump_loop (_pump.h): Begin and Commit keep the transaction state, a row
+ * message of a known relation becomes a Change; anything else goes back to the caller. */
+typedef struct {
+    PyObject *decoder, *relations;
+    TxnState st;
+} PumpState;
+
+static int
+decode_xlogdata(void *state, const unsigned char *data, Py_ssize_t n, PyObject *out, int *ended)
+{
+    PumpState *ps = (PumpState *)state;
+    const unsigned char *msg = data + 25;
+    if (msg[0] == 'B' || msg[0] == 'C') {
+        int done = transaction_event(msg, n - 25, &ps->st, out);
+        *ended = msg[0] == 'C';
+        return done < 0 ? PUMP_ERROR : done == 0 ? PUMP_BACK : PUMP_DECODED;
+    }
+    PyObject *change = change_of(msg, n - 25, ps->relations, be64(data + 1), ps->st.xid, ps->st.commit_time);
+    if (change == NULL)
+        return PyErr_Occurred() ? PUMP_ERROR : PUMP_BACK;
+    int appended = PyList_Append(out, change);
+    Py_DECREF(change);
+    return appended < 0 ? PUMP_ERROR : PUMP_DECODED;
+}
+
+static int
+store_pump_state(void *state)
+{
+    PumpState *ps = (PumpState *)state;
+    return store_state(ps->decoder, &ps->st);
+}
+
 /* pump(conn_ptr, decoder, relations, out, max_events, max_messages, stop_at)
  *   -> (outcome, messages taken, highest WAL end seen, position, message bytes or None)
  *
@@ -563,103 +555,19 @@ store_state(PyObject *decoder, TxnState *st)
 static PyObject *
 pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "pump() takes 7 arguments");
+    PumpArgs a;
+    if (pump_args(args, nargs, 7, 3, change_type != NULL, &a) < 0)
         return NULL;
-    }
-    if (pq_getCopyData == NULL || change_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "pump: bind_libpq() and configure() must be called first");
-        return NULL;
-    }
-    PGconn *conn = (PGconn *)PyLong_AsVoidPtr(args[0]);
-    if (conn == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "pump: no connection");
-        return NULL;
-    }
-    PyObject *decoder = args[1], *relations = args[2], *out = args[3];
-    if (!PyDict_Check(relations) || !PyList_Check(out)) {
+    PumpState ps;
+    ps.decoder = args[1];
+    ps.relations = args[2];
+    if (!PyDict_Check(ps.relations) || !PyList_Check(a.out)) {
         PyErr_SetString(PyExc_TypeError, "pump: relations must be a dict and out a list");
         return NULL;
     }
-    Py_ssize_t max_events = PyLong_AsSsize_t(args[4]);
-    Py_ssize_t max_messages = PyLong_AsSsize_t(args[5]);
-    if ((max_events == -1 || max_messages == -1) && PyErr_Occurred())
+    if (load_state(ps.decoder, &ps.st) < 0)
         return NULL;
-    unsigned long long stop_at = PyLong_AsUnsignedLongLong(args[6]);
-    if (stop_at == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    TxnState st;
-    if (load_state(decoder, &st) < 0)
-        return NULL;
-
-    int outcome = PUMP_COUNT;
-    Py_ssize_t taken = 0;
-    uint64_t received = 0, position = 0;
-    PyObject *message = NULL;
-    while (taken < max_messages) {
-        if (PyList_GET_SIZE(out) >= max_events) {
-            outcome = PUMP_FULL;
-            break;
-        }
-        char *buf = NULL;
-        int n = pq_getCopyData(conn, &buf, 1);
-        if (n <= 0) {
-            outcome = n == 0 ? PUMP_NO_DATA : n == -1 ? PUMP_END : PUMP_FAILED;
-            break;
-        }
-        taken++;
-        const unsigned char *data = (const unsigned char *)buf;
-        int done = 0;
-        if (data[0] == 'w' && n > 25) {
-            const unsigned char *msg = data + 25;
-            if (msg[0] == 'B' || msg[0] == 'C') {
-                done = transaction_event(msg, n - 25, &st, out);
-            } else {
-                PyObject *change = change_of(msg, n - 25, relations, be64(data + 1), st.xid, st.commit_time);
-                if (change != NULL) {
-                    done = PyList_Append(out, change) < 0 ? -1 : 1;
-                    Py_DECREF(change);
-                } else if (PyErr_Occurred()) {
-                    done = -1;
-                }
-            }
-        }
-        if (done < 0) {
-            pq_freemem(buf);
-            store_state(decoder, &st);
-            return NULL;
-        }
-        if (done == 0) { /* not ours to decode: the caller handles it */
-            message = PyBytes_FromStringAndSize(buf, n);
-            pq_freemem(buf);
-            if (message == NULL) {
-                store_state(decoder, &st);
-                return NULL;
-            }
-            outcome = PUMP_MESSAGE;
-            break;
-        }
-        uint64_t end = be64(data + 9);
-        if (end > received)
-            received = end;
-        int ended = data[25] == 'C';
-        if (ended)
-            position = be64(data + 1);
-        pq_freemem(buf);
-        if (ended && position >= stop_at) {
-            outcome = PUMP_UNTIL;
-            break;
-        }
-    }
-    if (store_state(decoder, &st) < 0) {
-        Py_XDECREF(message);
-        return NULL;
-    }
-    PyObject *result = Py_BuildValue("(inKKO)", outcome, taken, (unsigned long long)received,
-                                     (unsigned long long)position, message ? message : Py_None);
-    Py_XDECREF(message);
-    return result;
+    return pump_loop(&a, &ps, decode_xlogdata, store_pump_state);
 }
 
 static PyMethodDef methods[] = {

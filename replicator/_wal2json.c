@@ -33,8 +33,8 @@
 #include <Python.h>
 #include <structmember.h>
 
-#include "_libpq_bind.h"
 #include "_events.h"
+#include "_pump.h"
 #include <stdint.h>
 #include <string.h>
 
@@ -1226,37 +1226,19 @@ step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 /* -- the read loop ---------------------------------------------------------------------------- */
 
-typedef struct pg_conn PGconn;
-static int (*pq_getCopyData)(PGconn *, char **, int);
-static void (*pq_freemem)(void *);
-
-static PyObject *
-bind_libpq(PyObject *self, PyObject *args)
+static int
+decode_xlogdata(void *state, const unsigned char *data, Py_ssize_t n, PyObject *out, int *ended)
 {
-    const char *path;
-    int expected;
-    if (!PyArg_ParseTuple(args, "si:bind_libpq", &path, &expected))
-        return NULL;
-    const char *names[] = {"PQgetCopyData", "PQfreemem", "PQlibVersion"};
-    void *found[3];
-    PyObject *result = find_psycopg_libpq(path, expected, names, found, 3, 2);
-    if (result == NULL)
-        return NULL;
-    pq_getCopyData = (int (*)(PGconn *, char **, int))found[0];
-    pq_freemem = (void (*)(void *))found[1];
-    return result;
+    State *st = (State *)state;
+    int got = decode_one(st, data + 25, n - 25, out);
+    *ended = !st->in_txn;
+    return got == ERR ? PUMP_ERROR : got == BACK ? PUMP_BACK : PUMP_DECODED;
 }
 
-/* Outcomes, as replicator._pgoutput's pump (stream.py knows them by these numbers). */
-enum { PUMP_FULL = 0, PUMP_COUNT = 1, PUMP_NO_DATA = 2, PUMP_MESSAGE = 3, PUMP_END = 4, PUMP_FAILED = 5, PUMP_UNTIL = 6 };
-
-static uint64_t
-be64(const unsigned char *p)
+static int
+store_pump_state(void *state)
 {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
+    return store_state((State *)state);
 }
 
 /* pump(conn_ptr, decoder, out, max_events, max_messages, stop_at)
@@ -1268,95 +1250,17 @@ be64(const unsigned char *p)
 static PyObject *
 pump(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "pump() takes 6 arguments");
+    PumpArgs a;
+    if (pump_args(args, nargs, 6, 2, change_type != NULL, &a) < 0)
         return NULL;
-    }
-    if (pq_getCopyData == NULL || change_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "pump: bind_libpq() and configure() must be called first");
-        return NULL;
-    }
-    PGconn *conn = (PGconn *)PyLong_AsVoidPtr(args[0]);
-    if (conn == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "pump: no connection");
-        return NULL;
-    }
-    PyObject *decoder = args[1], *out = args[2];
-    if (!PyList_Check(out)) {
+    if (!PyList_Check(a.out)) {
         PyErr_SetString(PyExc_TypeError, "pump: out must be a list");
         return NULL;
     }
-    Py_ssize_t max_events = PyLong_AsSsize_t(args[3]);
-    Py_ssize_t max_messages = PyLong_AsSsize_t(args[4]);
-    if ((max_events == -1 || max_messages == -1) && PyErr_Occurred())
-        return NULL;
-    unsigned long long stop_at = PyLong_AsUnsignedLongLong(args[5]);
-    if (stop_at == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
     State st;
-    if (load_state(decoder, &st) < 0)
+    if (load_state(args[1], &st) < 0)
         return NULL;
-
-    int outcome = PUMP_COUNT;
-    Py_ssize_t taken = 0;
-    uint64_t received = 0, position = 0;
-    PyObject *message = NULL;
-    while (taken < max_messages) {
-        if (PyList_GET_SIZE(out) >= max_events) {
-            outcome = PUMP_FULL;
-            break;
-        }
-        char *buf = NULL;
-        int n = pq_getCopyData(conn, &buf, 1);
-        if (n <= 0) {
-            outcome = n == 0 ? PUMP_NO_DATA : n == -1 ? PUMP_END : PUMP_FAILED;
-            break;
-        }
-        taken++;
-        const unsigned char *data = (const unsigned char *)buf;
-        int got = BACK;
-        if (data[0] == 'w' && n > 25) {
-            Py_ssize_t before = PyList_GET_SIZE(out);
-            got = decode_one(&st, data + 25, n - 25, out);
-            if (got == ERR && PyList_GET_SIZE(out) > before)
-                PyList_SetSlice(out, before, PyList_GET_SIZE(out), NULL);
-        }
-        if (got == ERR) {
-            pq_freemem(buf);
-            store_state(&st);
-            return NULL;
-        }
-        if (got == BACK) {
-            message = PyBytes_FromStringAndSize(buf, n);
-            pq_freemem(buf);
-            if (message == NULL) {
-                store_state(&st);
-                return NULL;
-            }
-            outcome = PUMP_MESSAGE;
-            break;
-        }
-        uint64_t end = be64(data + 9);
-        if (end > received)
-            received = end;
-        int ended = !st.in_txn;
-        if (ended)
-            position = be64(data + 1);
-        pq_freemem(buf);
-        if (ended && position >= stop_at) {
-            outcome = PUMP_UNTIL;
-            break;
-        }
-    }
-    if (store_state(&st) < 0) {
-        Py_XDECREF(message);
-        return NULL;
-    }
-    PyObject *result = Py_BuildValue("(inKKO)", outcome, taken, (unsigned long long)received,
-                                     (unsigned long long)position, message ? message : Py_None);
-    Py_XDECREF(message);
-    return result;
+    return pump_loop(&a, &st, decode_xlogdata, store_pump_state);
 }
 
 static PyMethodDef methods[] = {
