@@ -2,13 +2,16 @@
 
 Every function here may run again on a database where it already ran, or half ran: roles,
 grants and publications are created only when missing and granted again harmlessly, so a
-``pulumi up`` that was interrupted is repaired by the next one. Each call runs in one
-transaction, so a failure leaves nothing half done. The statement builders are shared with
-``replicator check``, whose fixes must be exactly what the program would have run.
+``pulumi up`` that was interrupted is repaired by the next one. Each step runs in one
+transaction, so a failure leaves nothing half done, and a step that a concurrent session made
+fail (a deadlock, "tuple concurrently updated", a connection ended by a failover) is redone
+(``adminsession``). The statement builders are shared with ``replicator check``, whose fixes
+must be exactly what the program would have run.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,6 +19,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
+from replicator.provision.adminsession import AccessError, Admin, AdminSession
 from replicator.source import ddlcapture
 from replicator.source.publication import INSERT_ONLY, insert_only_publication, publication_options
 
@@ -23,10 +27,6 @@ ReplicationRight = Literal["rds_replication", "attribute"]
 QualifiedName = tuple[str, str]  # (schema, table)
 
 ALL_TABLES = "*"
-
-
-class AccessError(RuntimeError):
-    """The database refused a step; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -169,68 +169,84 @@ def encrypted_password(conn: psycopg.Connection[Any], user: str, password: str) 
     return conn.pgconn.encrypt_password(password.encode(), user.encode(), b"scram-sha-256").decode()
 
 
-def ensure_access(conn: psycopg.Connection[Any], spec: AccessSpec, password: str) -> None:
+def ensure_access(admin: Admin, spec: AccessSpec, password: str) -> None:
     """Create or repair the user and every right it needs, in one transaction."""
-    if spec.ddl_capture:  # refused before anything is written
+    AdminSession.of(admin).step(
+        f"setting up replication user {spec.user}", lambda conn: _ensure(conn, spec, password)
+    )
+
+
+def _refuse_early(conn: psycopg.Connection[Any], spec: AccessSpec) -> None:
+    """What would fail halfway, refused before anything is written."""
+    if spec.ddl_capture:
         reason = ddlcapture.can_install(conn)
         if reason is not None:
             raise AccessError(f"ddl_capture: cannot install the DDL capture: {reason}")
     if spec.publication and spec.publication_tables == ALL_TABLES:
         _refuse_keyless_under_all_tables(conn, spec.publication)
-    with _transaction(conn, f"setting up replication user {spec.user}"):
-        _ensure_role(conn, spec.user, password)
-        conn.execute(grant_replication(spec.user, spec.replication_right))
-        conn.execute(grant_connect(spec.user, _current_database(conn)))
-        for schema in spec.schemas:
-            _require_schema(conn, schema)
-            conn.execute(grant_schema_usage(spec.user, schema))
-            conn.execute(grant_select_all(spec.user, schema))
-            conn.execute(grant_select_all_sequences(spec.user, schema))
-            for owner in spec.table_owners or (None,):
-                conn.execute(default_select(spec.user, schema, owner))
-                conn.execute(default_select(spec.user, schema, owner, objects="SEQUENCES"))
-        if spec.heartbeat_table:
-            _ensure_heartbeat_rights(conn, spec.user, spec.heartbeat_table)
-        if spec.publication and spec.publication_tables is not None:
-            _ensure_publication(conn, spec.publication, spec.publication_tables)
-        if spec.ddl_capture:
-            for statement in ddlcapture.install_statements():
-                conn.execute(statement)
-            # The trigger adds new tables to the replicator's publication as this admin: it needs the
-            # rights of the publication's owner (the replication user, who creates it).
-            row = conn.execute("SELECT pg_has_role(%s, 'USAGE')", (spec.user,)).fetchone()
-            if not (row and row[0]):
-                conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(spec.user)))
 
 
-def update_access(conn: psycopg.Connection[Any], old: AccessSpec, new: AccessSpec, password: str) -> None:
-    """Take back what ``old`` granted and ``new`` no longer asks for, then ensure ``new``."""
+def _ensure(conn: psycopg.Connection[Any], spec: AccessSpec, password: str) -> None:
+    _refuse_early(conn, spec)
+    _ensure_role(conn, spec.user, password)
+    conn.execute(grant_replication(spec.user, spec.replication_right))
+    conn.execute(grant_connect(spec.user, _current_database(conn)))
+    for schema in spec.schemas:
+        _require_schema(conn, schema)
+        conn.execute(grant_schema_usage(spec.user, schema))
+        conn.execute(grant_select_all(spec.user, schema))
+        conn.execute(grant_select_all_sequences(spec.user, schema))
+        for owner in spec.table_owners or (None,):
+            conn.execute(default_select(spec.user, schema, owner))
+            conn.execute(default_select(spec.user, schema, owner, objects="SEQUENCES"))
+    if spec.heartbeat_table:
+        _ensure_heartbeat_rights(conn, spec.user, spec.heartbeat_table)
+    if spec.publication and spec.publication_tables is not None:
+        _ensure_publication(conn, spec.publication, spec.publication_tables)
+    if spec.ddl_capture:
+        for statement in ddlcapture.install_statements():
+            conn.execute(statement)
+        # The trigger adds new tables to the replicator's publication as this admin: it needs the
+        # rights of the publication's owner (the replication user, who creates it).
+        row = conn.execute("SELECT pg_has_role(%s, 'USAGE')", (spec.user,)).fetchone()
+        if not (row and row[0]):
+            conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(spec.user)))
+
+
+def update_access(admin: Admin, old: AccessSpec, new: AccessSpec, password: str) -> None:
+    """Take back what ``old`` granted and ``new`` no longer asks for, then ensure ``new``: one transaction."""
     if old.user != new.user:
         raise AccessError("renaming the replication user is a replacement, not an update")
-    with _transaction(conn, f"updating replication user {new.user}"):
-        for schema in set(old.schemas) - set(new.schemas):
-            _revoke_schema(conn, old, schema)
-        for schema in set(old.schemas) & set(new.schemas):
-            for owner in set(old.table_owners or (None,)) - set(new.table_owners or (None,)):
-                conn.execute(default_select(old.user, schema, owner, revoke=True))
-                conn.execute(default_select(old.user, schema, owner, revoke=True, objects="SEQUENCES"))
-        if old.replication_right != new.replication_right:
-            _revoke_replication(conn, old.user, old.replication_right)
-        if old.heartbeat_table and old.heartbeat_table != new.heartbeat_table:
-            _revoke_heartbeat_rights(conn, old.user, old.heartbeat_table)
-        if old.publication and old.publication_tables is not None and (
-            old.publication != new.publication or new.publication_tables is None
-        ):
-            _drop_publications(conn, old.publication)
-        if old.ddl_capture and not new.ddl_capture:
-            _drop_ddl_capture(conn)
-        ensure_access(conn, new, password)
+    AdminSession.of(admin).step(
+        f"updating replication user {new.user}", lambda conn: _update(conn, old, new, password)
+    )
+
+
+def _update(conn: psycopg.Connection[Any], old: AccessSpec, new: AccessSpec, password: str) -> None:
+    _refuse_early(conn, new)
+    for schema in set(old.schemas) - set(new.schemas):
+        _revoke_schema(conn, old, schema)
+    for schema in set(old.schemas) & set(new.schemas):
+        for owner in set(old.table_owners or (None,)) - set(new.table_owners or (None,)):
+            conn.execute(default_select(old.user, schema, owner, revoke=True))
+            conn.execute(default_select(old.user, schema, owner, revoke=True, objects="SEQUENCES"))
+    if old.replication_right != new.replication_right:
+        _revoke_replication(conn, old.user, old.replication_right)
+    if old.heartbeat_table and old.heartbeat_table != new.heartbeat_table:
+        _revoke_heartbeat_rights(conn, old.user, old.heartbeat_table)
+    if old.publication and old.publication_tables is not None and (
+        old.publication != new.publication or new.publication_tables is None
+    ):
+        _drop_publications(conn, old.publication)
+    if old.ddl_capture and not new.ddl_capture:
+        _drop_ddl_capture(conn)
+    _ensure(conn, new, password)
 
 
 ConnectTo = Callable[[str], "psycopg.Connection[Any]"]
 
 
-def drop_access(conn: psycopg.Connection[Any], spec: AccessSpec, connect_to: ConnectTo | None = None) -> None:
+def drop_access(admin: Admin, spec: AccessSpec, connect_to: ConnectTo | None = None) -> None:
     """Remove the user and everything granted to it; nothing to do if it is already gone.
 
     Whatever else the role owns or was granted (a table it created, a grant someone added by hand)
@@ -238,29 +254,41 @@ def drop_access(conn: psycopg.Connection[Any], spec: AccessSpec, connect_to: Con
     kept) and its remaining privileges dropped (``DROP OWNED``), here and, through ``connect_to``
     (database name -> admin connection), in every other database where it holds something.
     """
-    with _transaction(conn, f"removing replication user {spec.user}"):
-        if spec.publication and spec.publication_tables is not None:
-            _drop_publications(conn, spec.publication)
-        if spec.ddl_capture:
-            _drop_ddl_capture(conn)
-        if not _role_exists(conn, spec.user):
-            return
-        _take_over_membership(conn, spec.user)
-        elsewhere = _databases_holding(conn, spec.user)
+    session = AdminSession.of(admin)
+    what = f"removing replication user {spec.user}"
+    elsewhere = session.step(what, lambda conn: _detach(conn, spec))
+    if elsewhere is None:
+        return
     # Other databases first, each committed on its own: done inside the transaction below, their DROP OWNED
     # would wait for its locks on the role's shared dependencies (a wait no server detects across sessions).
     if elsewhere:
         _clean_other_databases(spec.user, elsewhere, connect_to)
-    with _transaction(conn, f"removing replication user {spec.user}"):
-        if not _role_exists(conn, spec.user):
-            return
-        for schema in spec.schemas:
-            _revoke_schema(conn, spec, schema)
-        if spec.heartbeat_table:
-            # The heartbeat table the replicator created is ours to drop, not to hand over.
-            _revoke_heartbeat_rights(conn, spec.user, spec.heartbeat_table, drop_owned_table=True)
-        _reassign_and_drop_owned(conn, spec.user)
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(spec.user)))
+    session.step(what, lambda conn: _drop_role(conn, spec))
+
+
+def _detach(conn: psycopg.Connection[Any], spec: AccessSpec) -> list[str] | None:
+    """Publications and DDL capture gone, the admin a member of the role; the other databases where the role
+    holds something (None: no role)."""
+    if spec.publication and spec.publication_tables is not None:
+        _drop_publications(conn, spec.publication)
+    if spec.ddl_capture:
+        _drop_ddl_capture(conn)
+    if not _role_exists(conn, spec.user):
+        return None
+    _take_over_membership(conn, spec.user)
+    return _databases_holding(conn, spec.user)
+
+
+def _drop_role(conn: psycopg.Connection[Any], spec: AccessSpec) -> None:
+    if not _role_exists(conn, spec.user):
+        return
+    for schema in spec.schemas:
+        _revoke_schema(conn, spec, schema)
+    if spec.heartbeat_table:
+        # The heartbeat table the replicator created is ours to drop, not to hand over.
+        _revoke_heartbeat_rights(conn, spec.user, spec.heartbeat_table, drop_owned_table=True)
+    _reassign_and_drop_owned(conn, spec.user)
+    conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(spec.user)))
 
 
 def reassign_and_drop_owned(user: str) -> sql.Composed:
@@ -302,12 +330,12 @@ def _clean_other_databases(user: str, databases: list[str], connect_to: ConnectT
                 f"{statements}"
             )
         try:
-            with connect_to(name) as other, other.transaction():
-                _reassign_and_drop_owned(other, user)
-        except psycopg.Error as e:
+            with AdminSession(functools.partial(connect_to, name)) as other:
+                other.step(f"cleaning database {name}", lambda conn: _reassign_and_drop_owned(conn, user))
+        except AccessError as e:
             raise AccessError(
                 f"role {user} owns objects or holds privileges in database {name}, and cleaning them failed "
-                f"({e.diag.message_primary or e}): connect there as an admin and run {statements}"
+                f"({e}): connect there as an admin and run {statements}"
             ) from None
 
 
@@ -317,25 +345,9 @@ def _drop_ddl_capture(conn: psycopg.Connection[Any]) -> None:
     conn.execute("DROP SCHEMA IF EXISTS _replicator_ddl CASCADE")
 
 
-def role_exists(conn: psycopg.Connection[Any], user: str) -> bool:
-    return _role_exists(conn, user)
-
-
-class _transaction:
-    """One transaction whose failure becomes an AccessError naming the step (nested use is a savepoint)."""
-
-    def __init__(self, conn: psycopg.Connection[Any], what: str) -> None:
-        self.conn, self.what = conn, what
-        self._tx = conn.transaction()
-
-    def __enter__(self) -> None:
-        self._tx.__enter__()
-
-    def __exit__(self, et: Any, ev: BaseException | None, tb: Any) -> None:
-        self._tx.__exit__(et, ev, tb)
-        if isinstance(ev, psycopg.Error) and not isinstance(ev, AccessError):
-            detail = f" ({ev.diag.message_detail})" if ev.diag.message_detail else ""
-            raise AccessError(f"{self.what}: {ev.diag.message_primary or ev}{detail}") from None
+def role_exists(admin: Admin, user: str) -> bool:
+    session = AdminSession.of(admin)
+    return session.step(f"reading replication user {user}", lambda conn: _role_exists(conn, user))
 
 
 def _role_exists(conn: psycopg.Connection[Any], user: str) -> bool:
