@@ -8,7 +8,8 @@ or it may not (a wrong password, a missing table). It honours the error's own wo
    then a server that says it is a read-only node (in recovery, an Aurora reader: a failover
    in progress) is transient, whatever the error's class (``on_read_only_node``), and so is a
    catalog row changed under a statement by a concurrent session (XX000 "tuple concurrently
-   updated": two GRANTs on one object; ``concurrent_catalog_update``);
+   updated": two GRANTs on one object; a duplicate in a catalog's unique index: two CREATE ...
+   IF NOT EXISTS of one name; ``concurrent_catalog_change``);
 2. psycopg's ``OperationalError``s are transient (connection exceptions, operator intervention,
    insufficient resources, ...), except authorization and unknown-catalog SQLSTATEs (28, 3D) and
    the connection failures libpq describes in words only (a failed connection attempt has no
@@ -106,19 +107,26 @@ def on_read_only_node(exc: BaseException) -> bool:
     return any(marker in text for marker in _READ_ONLY_NODE)
 
 
-# PostgreSQL updates a catalog row (an ACL in pg_class, pg_namespace, pg_database, pg_default_acl, a
+# PostgreSQL changes a catalog row (an ACL in pg_class, pg_namespace, pg_database, pg_default_acl, a
 # publication's options) without re-checking it: a statement that waited for another session's change of
-# the same row fails with XX000 once that session commits. The row is then settled: trying again works.
+# the same row fails with XX000 once that session commits. Likewise CREATE ... IF NOT EXISTS that waited for
+# another session's creation of the same name fails on the catalog's unique index (23505 in pg_catalog).
+# Either way the row is then settled, and trying again works.
 _CONCURRENT_CATALOG_UPDATE = ("tuple concurrently updated", "tuple concurrently deleted")
 _INTERNAL_ERROR = "XX000"
+_UNIQUE_VIOLATION = "23505"
 
 
-def concurrent_catalog_update(exc: BaseException) -> bool:
-    """Whether ``exc`` is PostgreSQL's "tuple concurrently updated" (a race on a catalog row)."""
-    if getattr(exc, "sqlstate", None) != _INTERNAL_ERROR:
-        return False
-    text = str(exc)
-    return any(marker in text for marker in _CONCURRENT_CATALOG_UPDATE)
+def concurrent_catalog_change(exc: BaseException) -> bool:
+    """Whether ``exc`` is a race with another session on a catalog row ("tuple concurrently updated", or
+    a duplicate in a catalog's unique index)."""
+    state = getattr(exc, "sqlstate", None)
+    if state == _INTERNAL_ERROR:
+        text = str(exc)
+        return any(marker in text for marker in _CONCURRENT_CATALOG_UPDATE)
+    if state == _UNIQUE_VIOLATION and isinstance(exc, psycopg.Error):
+        return exc.diag.schema_name == "pg_catalog"
+    return False
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -128,7 +136,7 @@ def is_transient(exc: BaseException) -> bool:
     flag = getattr(exc, "transient", None)
     if flag is not None:
         return bool(flag)
-    if on_read_only_node(exc) or concurrent_catalog_update(exc):
+    if on_read_only_node(exc) or concurrent_catalog_change(exc):
         return True
     if not isinstance(exc, psycopg.OperationalError):
         return False

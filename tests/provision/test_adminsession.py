@@ -212,3 +212,21 @@ def test_removing_the_user_while_another_session_grants_on_its_tables_is_redone(
     assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (props["user"],)) == 0
     assert can_select(db, f"{props['user']}_other", "sales.orders")
     assert len(retries(caplog)) == 1 and "tuple concurrently updated" in retries(caplog)[0], caplog.text
+
+
+def test_a_schema_another_session_creates_at_the_same_moment_is_taken_as_it_is(
+    db: Database, props: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    props = {**props, "heartbeat_table": "replicator_hb.heartbeat"}
+    with db.connect() as other:
+        other.execute("BEGIN")
+        other.execute("CREATE SCHEMA replicator_hb")
+        create = Background(lambda: ReplicationUserProvider().create(props))
+        create.start()
+        blocked_provisioning(db)  # its CREATE SCHEMA IF NOT EXISTS waits for our creation of that name
+        other.execute("COMMIT")  # ... and then finds the name taken in pg_namespace's unique index
+    created = create.outcome()
+    assert provisioned(db, props["user"], created.outs["password"])
+    assert db.fetchone("SELECT has_schema_privilege(%s, 'replicator_hb', 'CREATE')", (props["user"],)) is True
+    assert len(retries(caplog)) == 1 and "pg_namespace_nspname_index" in retries(caplog)[0], caplog.text
