@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from replicator.provision import rds, wal
-from replicator.provision.pgaccess import ALL_TABLES
+from replicator.provision.accessspec import ALL_TABLES
 
 NAMESPACE = "replicator"
 

@@ -22,6 +22,7 @@ from pulumi.dynamic import (
 )
 
 from replicator.provision import adminconn, attach, pgaccess, slotguard
+from replicator.provision.accessspec import AccessSpec
 from replicator.provision.adminsession import AccessError
 
 # Changing any of these means another role, or another server: a new resource.
@@ -62,20 +63,20 @@ class ReplicationUserProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         password = new_password()
         with adminconn.admin_session(props) as session:
-            pgaccess.ensure_access(session, pgaccess.AccessSpec.from_props(props), password)
+            pgaccess.ensure_access(session, AccessSpec.from_props(props), password)
         return CreateResult(_user_id(props), {**props, "password": password})
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         rotate = olds.get("password_version") != news.get("password_version")
         password = new_password() if rotate or not olds.get("password") else olds["password"]
-        old_spec, new_spec = pgaccess.AccessSpec.from_props(olds), pgaccess.AccessSpec.from_props(news)
+        old_spec, new_spec = AccessSpec.from_props(olds), AccessSpec.from_props(news)
         with adminconn.admin_session(news) as session:
             pgaccess.update_access(session, old_spec, new_spec, password)
         return UpdateResult({**news, "password": password})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         with adminconn.admin_session(props) as session:
-            spec = pgaccess.AccessSpec.from_props(props)
+            spec = AccessSpec.from_props(props)
             pgaccess.drop_access(session, spec, lambda db: adminconn.admin_connection(props, db))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:

@@ -11,7 +11,8 @@ import psycopg
 import pytest
 
 from replicator.provision import pgaccess
-from replicator.provision.pgaccess import AccessError, AccessSpec
+from replicator.provision.accessspec import AccessSpec
+from replicator.provision.adminsession import AccessError
 from replicator.source import ddlcapture
 from tests.conftest import Database
 
@@ -224,12 +225,6 @@ def test_unmanaged_publication_is_left_alone(db: Database, user: str) -> None:
     run(db, pgaccess.ensure_access, spec, "pw-123456")
     run(db, pgaccess.drop_access, spec)
     assert db.fetchone("SELECT count(*) FROM pg_publication WHERE pubname = 'theirs'") == 1
-
-
-def test_statement_builders_quote_names(db: Database) -> None:
-    with db.connect() as conn:
-        text = pgaccess.grant_select('we"ird', ("Sales", "Order Lines")).as_string(conn)
-    assert text == 'GRANT SELECT ON "Sales"."Order Lines" TO "we""ird"'
 
 
 # -- sequences (the destination's sequence values come from here) --------------------------------------
