@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +33,9 @@ class Background(threading.Thread):
 
     def __init__(self, work: Callable[[], Any]) -> None:
         super().__init__(daemon=True)
-        self.work, self.result, self.error = work, None, None  # type: Any, Any, BaseException | None
+        self.work = work
+        self.result: Any = None
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
@@ -51,17 +52,8 @@ class Background(threading.Thread):
 
 
 @pytest.fixture
-def db(source_db: Database) -> Database:
-    source_db.execute("CREATE SCHEMA sales")
-    source_db.execute("CREATE TABLE public.items (id int PRIMARY KEY, name text)")
-    source_db.execute("CREATE TABLE sales.orders (id int PRIMARY KEY, total numeric)")
-    return source_db
-
-
-@pytest.fixture
-def props(db: Database) -> Iterator[dict[str, Any]]:
+def props(db: Database, user: str) -> Iterator[dict[str, Any]]:
     """The replication user's resource inputs, as the engine hands them over; the roles removed afterwards."""
-    user = f"conflict_{os.getpid()}_{next(_n)}"
     props = {
         "host": "127.0.0.1", "port": float(db.cluster.port), "database": db.name,
         "admin_user": SUPERUSER, "admin_password": SUPERUSER_PASSWORD, "sslmode": "prefer",
@@ -127,8 +119,9 @@ def test_a_deadlock_with_another_session_is_redone(
     db: Database, props: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    # Provisioning's sessions look for the deadlock after 2 s of waiting, ours never: the victim is known.
-    db.execute(f"ALTER DATABASE \"{db.name}\" SET deadlock_timeout = '2s'")
+    # Provisioning's sessions look for the deadlock after 3 s of waiting, ours never: the victim is known
+    # (and we have 3 s to close the cycle: the check runs once per wait).
+    db.execute(f"ALTER DATABASE \"{db.name}\" SET deadlock_timeout = '3s'")
     with db.connect() as other:
         other.execute("SET deadlock_timeout = '60s'")
         other.execute("BEGIN")
