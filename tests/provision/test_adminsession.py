@@ -9,7 +9,6 @@ be redone and end in the declared state; an error no retry can cure must not be 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -24,7 +23,6 @@ from replicator.provision.adminsession import AccessError
 from replicator.provision.dynamic import ReplicationUserProvider
 from tests.conftest import Database
 
-_n = itertools.count()
 PROVISIONING = "replicator-provision"  # the admin connection's application_name
 
 
