@@ -203,7 +203,7 @@ def retrying(
         limit = f" of {attempts}" if attempts is not None else ""
         wait = state.next_action.sleep if state.next_action is not None else wait_s
         log.warning(
-            "%s failed, trying again in %.3g s (attempt %d%s): %s",
+            "%s failed, trying again in %.2f s (attempt %d%s): %s",
             what() if callable(what) else what, wait, counter.failures, limit, first_line(exc),
         )  # fmt: skip
 

@@ -19,7 +19,9 @@ import psycopg
 import pytest
 
 from replicator.localpg import SUPERUSER, SUPERUSER_PASSWORD
-from replicator.provision.adminsession import AccessError
+from replicator.provision import pgaccess
+from replicator.provision.accessspec import AccessSpec
+from replicator.provision.adminsession import AccessError, AdminSession
 from replicator.provision.dynamic import ReplicationUserProvider
 from tests.conftest import Database
 
@@ -221,3 +223,34 @@ def test_a_schema_another_session_creates_at_the_same_moment_is_taken_as_it_is(
     assert provisioned(db, props["user"], created.outs["password"])
     assert db.fetchone("SELECT has_schema_privilege(%s, 'replicator_hb', 'CREATE')", (props["user"],)) is True
     assert len(retries(caplog)) == 1 and "pg_namespace_nspname_index" in retries(caplog)[0], caplog.text
+
+
+def test_a_conflict_that_outlasts_every_attempt_ends_with_the_step_named(
+    db: Database, props: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    spec = AccessSpec(user=props["user"], schemas=("public", "sales"), replication_right="attribute")
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(db.cluster.conninfo(db.name), autocommit=True, application_name=PROVISIONING)
+
+    session = AdminSession(connect, attempts=3, wait_s=0.05, max_wait_s=0.1)
+    with db.connect() as other, session:
+        other.execute("BEGIN")
+        other.execute(f'GRANT SELECT ON sales.orders TO "{props["user"]}_other"')
+        create = Background(lambda: pgaccess.ensure_access(session, spec, "pw-123456"))
+        create.start()
+        # Every attempt waits for our lock, and its connection is ended: a failover that outlasts them all.
+        for _ in range(3):
+            pid = blocked_provisioning(db)
+            db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            while db.fetchone("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)):
+                time.sleep(0.01)
+        with pytest.raises(AccessError) as failed:
+            create.outcome()
+        other.execute("ROLLBACK")
+    step = f"setting up replication user {props['user']}"
+    assert str(failed.value).startswith(f"{step}: terminating connection"), failed.value
+    assert "gave up after 3 attempts" in str(failed.value) and "Run pulumi up again" in str(failed.value)
+    assert len(retries(caplog)) == 2  # attempts 1 and 2 were retried, 3 was the last
+    assert db.fetchone("SELECT count(*) FROM pg_roles WHERE rolname = %s", (props["user"],)) == 0
