@@ -13,6 +13,7 @@ from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
 from replicator.destinations.postgres.load import copy_in_sql
 from replicator.destinations.postgres.stage import KEY_PROBES, match
+from replicator.keybuckets import Buckets, Selection, Summary, summaries
 from replicator.keyorder import KeyOrder
 from replicator.relay import PgCopyIn, PgCopyOut
 
@@ -31,17 +32,51 @@ def text_key_encoding(conn: psycopg.Connection[Any]) -> str | None:
 
 
 def live_keys(
-    conn: psycopg.Connection[Any], deletes: DeletePolicy, table: DestTable, order: KeyOrder
+    conn: psycopg.Connection[Any],
+    deletes: DeletePolicy,
+    table: DestTable,
+    order: KeyOrder,
+    only: Selection | None = None,
 ) -> PgCopyOut:
-    """``COPY (SELECT key FROM table WHERE live ORDER BY key) TO STDOUT (FORMAT binary)``, not started."""
+    """``COPY (SELECT key FROM table WHERE live ORDER BY key) TO STDOUT (FORMAT binary)``, not started;
+    with ``only``, just the keys in these buckets (``keybuckets``: a single integer key)."""
     live = deletes.live(table, "d")
+    keys = sql.SQL(", ").join(sql.Identifier("d", k) for k in order.names)
+    if only is not None:
+        (name,) = order.names
+        key = sql.Identifier("d", name)
+        preds = [*live, only.in_bucket(key)]
+        inner = sql.SQL("SELECT {} FROM {} d WHERE {}").format(
+            keys, ident(table), sql.SQL(" AND ").join(preds)
+        )
+        query = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(only.keys(inner, key, name))
+        return PgCopyOut(conn, query.as_string(None).encode(), "destination")
     query = sql.SQL("COPY (SELECT {} FROM {} d{} ORDER BY {}) TO STDOUT (FORMAT binary)").format(
-        sql.SQL(", ").join(sql.Identifier("d", k) for k in order.names),
+        keys,
         ident(table),
         sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(live)) if live else sql.SQL(""),
         order.order_by(alias="d"),
     )
     return PgCopyOut(conn, query.as_string(None).encode(), "destination")
+
+
+def key_buckets(
+    conn: psycopg.Connection[Any], deletes: DeletePolicy, table: DestTable, order: KeyOrder, shift: int
+) -> dict[int, Summary]:
+    """The summary of each bucket of the live keys (``keybuckets``), by one sequential scan."""
+    (name,) = order.names
+    live = deletes.live(table, "d")
+    query = sql.SQL("SELECT {} FROM {} d{} GROUP BY 1").format(
+        Buckets(shift).select_list(sql.Identifier("d", name)),
+        ident(table),
+        sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(live)) if live else sql.SQL(""),
+    )
+    with conn.transaction():
+        # Every row is read: page by page, not key by key (most pages are not all-visible after a pass).
+        conn.execute("SET LOCAL enable_indexscan = off")
+        conn.execute("SET LOCAL enable_indexonlyscan = off")
+        conn.execute("SET LOCAL enable_bitmapscan = off")
+        return summaries(conn.execute(query).fetchall())
 
 
 def delete_keys(

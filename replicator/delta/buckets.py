@@ -1,0 +1,192 @@
+"""replicate-deletes by key buckets: walk only the key ranges whose summaries differ.
+
+The key walk (``walk``) streams both sides' keys in key order. Its cost is an ordered scan of
+the key index on each side, and where a heap page changed since the last vacuum (on the
+destination, every page a pass's changes touched; on a busy source, most), each key costs a
+heap visit as well: at 1% of rows changed per pass, spread over the table, that is most keys.
+For a single-column integer key (``keybuckets``), a pass instead:
+
+1. asks both servers at once for the summary (count and two hash sums) of each bucket of
+   ``2^shift`` consecutive key values: one sequential scan and hash aggregate each, which do
+   not visit pages per key, and a few thousand rows sent;
+2. walks, as ``walk`` does, only the keys in the buckets whose summaries differ (a few index
+   range scans), so the gone keys are found by comparing the keys themselves, exactly.
+
+Why a bucket with equal summaries holds no gone key. The source summarises its rows in the
+pass's snapshot (under the filter's ``conditions``), the destination its live rows before this
+pass's changes are merged (their transaction commits only after the gone keys are deleted, in
+it). A gone key g is in the destination's bucket and not in the source's. For the two summaries
+to be equal the source's bucket would need other keys the destination lacks, with the same
+count and the same two hash sums as the gone ones: a chance of about 2^-64 (``keybuckets``),
+whatever caused the difference (rows this pass inserts, or a destination that drifted).
+Differences the other way (keys this pass inserts) make a bucket walked for nothing; the walk
+counts them as *missing*, and ``walk.remove_gone``'s guard applies as before.
+
+The width of a bucket comes from the source's statistics (``choose_shift``): about
+``KEYS_PER_BUCKET`` keys in a bucket where the keys are densest, so that with deletes spread
+over the table only those few buckets are walked. Without statistics, or when keys are so sparse
+that buckets would hold a handful of keys each, or when most buckets differ anyway, the whole
+key set is walked as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import IO, Any
+
+import psycopg
+from psycopg import sql
+
+from replicator import keybuckets, keywalk
+from replicator.delta.tables import DeltaTable
+from replicator.delta.walk import SPOOL_MEMORY, GoneKeys
+from replicator.destinations.base import DestinationSession, DestTable
+from replicator.keybuckets import Buckets, Selection, Summary
+from replicator.keyorder import KeyOrder
+from replicator.relay import PgCopyOut
+from replicator.snapshot.plan import select_sql
+
+log = logging.getLogger(__name__)
+
+KEYS_PER_BUCKET = 64  # where keys are densest; fewer buckets walk more keys, more cost more groups
+MIN_KEYS_PER_BUCKET = 8  # sparser than this on average: the summaries would cost about a full walk
+MAX_SHIFT = 40  # wider buckets hold most of a table: walking it all is as cheap
+WALK_ALL_SHARE = 0.5  # more of the keys in differing buckets: walk them all (no per-range scans)
+
+
+def bucketable(order: KeyOrder, target: DestTable) -> bool:
+    """A single integer key column, of the same type at the destination."""
+    if len(order.columns) != 1:
+        return False
+    col = order.columns[0]
+    there = target.columns.get(col.name)
+    return col.type_oid in keybuckets.BUCKET_OIDS and there is not None and there.type_sql == col.type_sql
+
+
+def choose_shift(src: psycopg.Connection[Any], t: DeltaTable, order: KeyOrder) -> int | None:
+    """The bucket width (as a shift) for ``t``'s key from the source's statistics; None: walk it all.
+
+    ``pg_stats``' histogram splits the key values into ranges of about equal row counts; the
+    median range's width over its rows is the typical distance between keys."""
+    (name,) = order.names
+    st = t.st
+    row = src.execute(
+        "SELECT s.histogram_bounds::text, c.reltuples FROM pg_class c "
+        "LEFT JOIN pg_stats s ON s.schemaname = %s AND s.tablename = %s AND s.attname = %s "
+        "WHERE c.oid = %s ORDER BY s.inherited DESC LIMIT 1",
+        (st.table.schema, st.table.name, name, st.table.oid),
+    ).fetchone()
+    if row is None or row[0] is None or not row[1] or row[1] <= 0:
+        return None
+    bounds = [int(v) for v in str(row[0]).strip("{}").split(",") if v]
+    if len(bounds) < 3:
+        return None
+    rows = float(row[1])
+    per_range = rows / (len(bounds) - 1)
+    widths = sorted(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+    typical = max(widths[len(widths) // 2], 1)
+    shift = max(0, round(math.log2(max(KEYS_PER_BUCKET * typical / per_range, 1))))
+    groups = sum(min(per_range, w / (1 << shift) + 1) for w in widths)
+    if groups > rows / MIN_KEYS_PER_BUCKET or shift > MAX_SHIFT:
+        return None
+    return shift
+
+
+@contextmanager
+def sequential(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Plan the next statements (in the current transaction) as sequential scans, then as before.
+
+    A summary reads every row: a sequential scan visits each page once, where an index scan
+    visits a page per key when the page is not all-visible."""
+    names = ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan")
+    found = conn.execute(sql.SQL("SELECT {}").format(
+        sql.SQL(", ").join(sql.SQL("current_setting({})").format(sql.Literal(n)) for n in names)
+    )).fetchone()  # fmt: skip
+    assert found is not None
+    conn.execute(sql.SQL("SELECT {}").format(
+        sql.SQL(", ").join(sql.SQL("set_config({}, 'off', true)").format(sql.Literal(n)) for n in names)
+    ))  # fmt: skip
+    yield
+    conn.execute(sql.SQL("SELECT {}").format(
+        sql.SQL(", ").join(
+            sql.SQL("set_config({}, {}, true)").format(sql.Literal(n), sql.Literal(v))
+            for n, v in zip(names, found, strict=True)
+        )
+    ))  # fmt: skip
+
+
+def source_summaries(
+    src: psycopg.Connection[Any], t: DeltaTable, order: KeyOrder, buckets: Buckets
+) -> dict[int, Summary]:
+    """The source's bucket summaries in the pass's snapshot (``src`` is in it), under the filter."""
+    (name,) = order.names
+    query = sql.SQL("{} GROUP BY 1").format(select_sql(t.st, [buckets.select_list(sql.Identifier(name))]))
+    if t.st.condition:  # a condition may be selective on an index: the planner knows best
+        return keybuckets.summaries(src.execute(query).fetchall())
+    with sequential(src):
+        return keybuckets.summaries(src.execute(query).fetchall())
+
+
+def find_gone(
+    src: psycopg.Connection[Any],
+    dst: DestinationSession,
+    t: DeltaTable,
+    target: DestTable,
+    order: KeyOrder,
+    shift: int,
+    key_kinds: str,
+) -> GoneKeys:
+    """The destination's gone keys (``src`` reads in the pass's snapshot; ``dst`` must be idle)."""
+    buckets = Buckets(shift)
+    began = time.monotonic()
+    with ThreadPoolExecutor(1, thread_name_prefix="bucket-summary") as pool:
+        at_source = pool.submit(source_summaries, src, t, order, buckets)
+        at_destination = dst.key_buckets(target, order, shift)
+        at_source_done = at_source.result()
+    summed = time.monotonic()
+    differing: Selection | None = buckets.differing(at_source_done, at_destination)
+    assert differing is not None
+    total = sum(s[0] for s in at_destination.values())
+    chosen = set(differing.buckets)
+    in_differing = sum(s[0] for b, s in at_destination.items() if b in chosen)
+    log.debug(
+        "%s: key buckets of 2^%d values: %s at the source, %s at the destination, summarised in %.2f s; "
+        "%s differ (%s destination keys)",
+        t.display, shift, f"{len(at_source_done):,}", f"{len(at_destination):,}", summed - began,
+        f"{len(chosen):,}", f"{in_differing:,}",
+    )  # fmt: skip
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
+    if not differing.buckets:
+        source_keys = sum(s[0] for s in at_source_done.values())
+        return GoneKeys(spool, keywalk.WalkResult(source_keys, total, 0, 0))
+    if in_differing > WALK_ALL_SHARE * total:
+        differing = None  # one ordered scan of every key costs less than that many range scans
+    (name,) = order.names
+    key = sql.Identifier(name)
+    query: sql.Composable
+    if differing is None:
+        query = sql.SQL("{} ORDER BY {}").format(select_sql(t.st, [key]), order.order_by())
+    else:
+        query = differing.keys(select_sql(t.st, [key], [differing.in_bucket(key)]), key, name)
+    copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query)
+
+    def on_gone(data: bytes) -> None:
+        spool.write(data)
+
+    try:
+        walked = keywalk.walk(
+            PgCopyOut(src, copy_out.as_string(None).encode(), "source"),
+            dst.live_keys(target, order, differing),
+            key_kinds,
+            on_gone,
+        )
+    except BaseException:
+        spool.close()
+        raise
+    return GoneKeys(spool, walked)
