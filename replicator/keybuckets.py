@@ -30,8 +30,11 @@ from psycopg import sql
 BUCKET_OIDS = frozenset({20, 21, 23})  # int8, int2, int4
 HASH_SEED = 7  # any constant: both sides use the same
 
-Summary = tuple[int, int, int]
-"""(key count, sum of hashint8(key), sum of the high 32 bits of hashint8extended(key, HASH_SEED))."""
+MAX_SHIFT = 30  # a key's offset in its bucket fits an integer, their sum a bigint
+
+Summary = tuple[int, int, int, int]
+"""(key count, sum of the keys' offsets in the bucket, sum of hashint8(key), sum of the high 32
+bits of hashint8extended(key, HASH_SEED))."""
 
 RANGES_ALIAS = "_replicator_key_buckets"
 
@@ -44,10 +47,25 @@ class Buckets:
 
     def select_list(self, key: sql.Composable) -> sql.Composable:
         """The columns of a summary query, grouped by its first (``GROUP BY 1``)."""
+        assert 0 <= self.shift <= MAX_SHIFT
         as_int8 = sql.SQL("{}::int8").format(key)
         return sql.SQL(
-            "{k} >> {s}, count(*), sum(hashint8({k})), sum((hashint8extended({k}, {seed}) >> 32)::int4)"
-        ).format(k=as_int8, s=sql.Literal(self.shift), seed=sql.Literal(HASH_SEED))
+            "{k} >> {s}, count(*), sum(({k} & {mask})::int4), sum(hashint8({k})), "
+            "sum((hashint8extended({k}, {seed}) >> 32)::int4)"
+        ).format(
+            k=as_int8, s=sql.Literal(self.shift), mask=sql.Literal((1 << self.shift) - 1),
+            seed=sql.Literal(HASH_SEED),
+        )  # fmt: skip
+
+    def single_extra(self, bucket: int, source: Summary | None, destination: Summary) -> int | None:
+        """The key the destination's bucket would have if its only difference from the source's
+        were one more key: its offset is the difference of the offset sums. (A candidate only:
+        ``single_matches`` checks that its hashes account for the whole difference.)"""
+        count, offsets = (source[0], source[1]) if source is not None else (0, 0)
+        offset = destination[1] - offsets
+        if destination[0] - count != 1 or not 0 <= offset < 1 << self.shift:
+            return None
+        return (bucket << self.shift) + offset
 
     def differing(self, source: Mapping[int, Summary], destination: Mapping[int, Summary]) -> Selection:
         """The buckets whose summaries differ (a bucket on one side only differs), in key order."""
@@ -86,5 +104,18 @@ class Selection:
         )  # fmt: skip
 
 
-def summaries(rows: Iterable[tuple[int, int, int, int]]) -> dict[int, Summary]:
-    return {int(b): (int(n), int(s), int(x)) for b, n, s, x in rows}
+def single_matches(source: Summary | None, destination: Summary, hashes: tuple[int, int]) -> bool:
+    """Whether one key with these ``hashes`` (``hash_sql``) is all that tells the buckets apart."""
+    base = source if source is not None else (0, 0, 0, 0)
+    return (destination[2] - base[2], destination[3] - base[3]) == hashes
+
+
+def hash_sql(key: sql.Composable) -> sql.Composable:
+    """The two hashes of ``key`` (an int8 expression) that a summary sums."""
+    return sql.SQL("hashint8({k}), (hashint8extended({k}, {seed}) >> 32)::int4").format(
+        k=key, seed=sql.Literal(HASH_SEED)
+    )
+
+
+def summaries(rows: Iterable[tuple[int, int, int, int, int]]) -> dict[int, Summary]:
+    return {int(b): (int(n), int(o), int(s), int(x)) for b, n, o, s, x in rows}

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 KEYS_PER_BUCKET = 64  # where keys are densest; fewer buckets walk more keys, more cost more groups
 MIN_KEYS_PER_BUCKET = 8  # sparser than this on average: the summaries would cost about a full walk
-MAX_SHIFT = 40  # wider buckets hold most of a table: walking it all is as cheap
 WALK_ALL_SHARE = 0.5  # more of the keys in differing buckets: walk them all (no per-range scans)
 
 
@@ -93,7 +93,7 @@ def choose_shift(src: psycopg.Connection[Any], t: DeltaTable, order: KeyOrder) -
     typical = max(widths[len(widths) // 2], 1)
     shift = max(0, round(math.log2(max(KEYS_PER_BUCKET * typical / per_range, 1))))
     groups = sum(min(per_range, w / (1 << shift) + 1) for w in widths)
-    if groups > rows / MIN_KEYS_PER_BUCKET or shift > MAX_SHIFT:
+    if groups > rows / MIN_KEYS_PER_BUCKET or shift > keybuckets.MAX_SHIFT:
         return None
     return shift
 
@@ -146,34 +146,39 @@ def find_gone(
     buckets = Buckets(shift)
     began = time.monotonic()
     with ThreadPoolExecutor(1, thread_name_prefix="bucket-summary") as pool:
-        at_source = pool.submit(source_summaries, src, t, order, buckets)
+        at_source_future = pool.submit(source_summaries, src, t, order, buckets)
         at_destination = dst.key_buckets(target, order, shift)
-        at_source_done = at_source.result()
+        at_source = at_source_future.result()
     summed = time.monotonic()
-    differing: Selection | None = buckets.differing(at_source_done, at_destination)
-    assert differing is not None
-    total = sum(s[0] for s in at_destination.values())
-    chosen = set(differing.buckets)
-    in_differing = sum(s[0] for b, s in at_destination.items() if b in chosen)
+    differing = buckets.differing(at_source, at_destination)
+    decoded = _single_gone_keys(src, t, order, buckets, differing, at_source, at_destination)
+    left = Selection(shift, tuple(b for b in differing.buckets if b not in decoded))
+    source_keys = sum(s[0] for s in at_source.values())
+    destination_keys = sum(s[0] for s in at_destination.values())
+    left_keys = sum(at_destination[b][0] for b in left.buckets if b in at_destination)
+    walk_all = left_keys > WALK_ALL_SHARE * destination_keys
     log.debug(
         "%s: key buckets of 2^%d values: %s at the source, %s at the destination, summarised in %.2f s; "
-        "%s differ (%s destination keys)",
-        t.display, shift, f"{len(at_source_done):,}", f"{len(at_destination):,}", summed - began,
-        f"{len(chosen):,}", f"{in_differing:,}",
+        "%s differ, %s of them by one gone key found from the sums, %s to walk (%s destination keys)%s",
+        t.display, shift, f"{len(at_source):,}", f"{len(at_destination):,}", summed - began,
+        f"{len(differing.buckets):,}", f"{len(decoded):,}", f"{len(left.buckets):,}", f"{left_keys:,}",
+        ": walking every key instead" if walk_all else "",
     )  # fmt: skip
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
-    if not differing.buckets:
-        source_keys = sum(s[0] for s in at_source_done.values())
-        return GoneKeys(spool, keywalk.WalkResult(source_keys, total, 0, 0))
-    if in_differing > WALK_ALL_SHARE * total:
-        differing = None  # one ordered scan of every key costs less than that many range scans
+    size = _BINARY_SIZE[order.columns[0].type_oid]
+    if not walk_all:
+        for key_value in decoded.values():
+            spool.write(struct.pack(">hi", 1, size) + key_value.to_bytes(size, "big", signed=True))
+        if not left.buckets:
+            return GoneKeys(spool, keywalk.WalkResult(source_keys, destination_keys, len(decoded), 0))
     (name,) = order.names
     key = sql.Identifier(name)
     query: sql.Composable
-    if differing is None:
+    only: Selection | None = None if walk_all else left
+    if only is None:
         query = sql.SQL("{} ORDER BY {}").format(select_sql(t.st, [key]), order.order_by())
     else:
-        query = differing.keys(select_sql(t.st, [key], [differing.in_bucket(key)]), key, name)
+        query = only.keys(select_sql(t.st, [key], [only.in_bucket(key)]), key, name)
     copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query)
 
     def on_gone(data: bytes) -> None:
@@ -182,11 +187,62 @@ def find_gone(
     try:
         walked = keywalk.walk(
             PgCopyOut(src, copy_out.as_string(None).encode(), "source"),
-            dst.live_keys(target, order, differing),
+            dst.live_keys(target, order, only),
             key_kinds,
             on_gone,
         )
     except BaseException:
         spool.close()
         raise
-    return GoneKeys(spool, walked)
+    if walk_all:
+        return GoneKeys(spool, walked)
+    # The counts of the whole table: the deletes choose how to find the keys by the table's size.
+    result = keywalk.WalkResult(source_keys, destination_keys, walked.gone + len(decoded), walked.missing)
+    return GoneKeys(spool, result)
+
+
+_BINARY_SIZE = {21: 2, 23: 4, 20: 8}
+CANDIDATES = "_replicator_candidates"
+
+
+def _single_gone_keys(
+    src: psycopg.Connection[Any],
+    t: DeltaTable,
+    order: KeyOrder,
+    buckets: Buckets,
+    differing: Selection,
+    at_source: dict[int, Summary],
+    at_destination: dict[int, Summary],
+) -> dict[int, int]:
+    """Buckets whose only difference is one key the destination has and the source does not
+    (the usual case: deletes are rare and spread): bucket -> that key, without walking them.
+
+    The key's offset is the difference of the offset sums; it is taken only if both of its
+    hashes are exactly the difference of the hash sums (else something else differs too: the
+    bucket is walked), and if the source, asked in the pass's snapshot, does not have it (so a
+    key the source has is never deleted, whatever the sums say)."""
+    candidates = {}
+    for b in differing.buckets:
+        if b in at_destination:
+            found = buckets.single_extra(b, at_source.get(b), at_destination[b])
+            if found is not None:
+                candidates[b] = found
+    if not candidates:
+        return {}
+    (name,) = order.names
+    c = sql.Identifier(CANDIDATES, "c")
+    at_source_sql = select_sql(t.st, [sql.SQL("1")], [sql.SQL("{} = {}").format(sql.Identifier(name), c)])
+    query = sql.SQL(
+        "SELECT {c}, {hashes}, EXISTS ({there}) FROM unnest({keys}::int8[]) AS {alias}(c)"
+    ).format(
+        c=c, hashes=keybuckets.hash_sql(c), there=at_source_sql,
+        keys=sql.Literal("{" + ",".join(str(v) for v in candidates.values()) + "}"),
+        alias=sql.Identifier(CANDIDATES),
+    )  # fmt: skip
+    checked = {int(r[0]): (int(r[1]), int(r[2]), bool(r[3])) for r in src.execute(query).fetchall()}
+    decoded = {}
+    for b, key_value in candidates.items():
+        h1, h2, at_source_too = checked[key_value]
+        if not at_source_too and keybuckets.single_matches(at_source.get(b), at_destination[b], (h1, h2)):
+            decoded[b] = key_value
+    return decoded
