@@ -156,6 +156,22 @@ def test_equal_counts_hiding_a_missing_key_stop_the_table_as_the_walk_does(
     setup.assert_same("small", "mid")
 
 
+def test_a_bucket_whose_sums_point_at_a_key_nobody_has_is_walked(
+    setup: DeltaSetup, fixed_shift: list[int | None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bucket 100 (1600..1615): the source deleted 1602; the destination also drifted, with an
+    extra 1609 and without 1604. One key more at the destination, offsets 2 + 9 - 4 = 7: the sums
+    point at 1607, which neither side has. Only the hash sums show that 1607 is not the whole
+    difference: the bucket is walked, which sees the missing 1604 and stops the table."""
+    setup.once()
+    setup.source.execute("DELETE FROM nums WHERE id = 1602")
+    setup.dest.execute("DELETE FROM nums WHERE id = 1604; INSERT INTO nums VALUES (1609, 'drift')")
+    capsys.readouterr()
+    assert run_cli(*setup.args("--once")) == 1
+    err = capsys.readouterr().err
+    assert "public.nums: comparing keys found 1 source keys that the destination lacks" in err
+
+
 def test_a_candidate_key_the_source_still_has_is_never_deleted(
     setup: DeltaSetup, fixed_shift: list[int | None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
