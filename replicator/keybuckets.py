@@ -31,6 +31,7 @@ BUCKET_OIDS = frozenset({20, 21, 23})  # int8, int2, int4
 HASH_SEED = 7  # any constant: both sides use the same
 
 MAX_SHIFT = 30  # a key's offset in its bucket fits an integer, their sum a bigint
+MAX_GROUPS = 400_000  # summaries held in memory per side (~60 MB); a query returns at most one more
 
 Summary = tuple[int, int, int, int]
 """(key count, sum of the keys' offsets in the bucket, sum of hashint8(key), sum of the high 32

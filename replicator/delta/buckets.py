@@ -45,6 +45,7 @@ import psycopg
 from psycopg import sql
 
 from replicator import keybuckets, keywalk
+from replicator.delta import walk
 from replicator.delta.tables import DeltaTable
 from replicator.delta.walk import SPOOL_MEMORY, GoneKeys
 from replicator.destinations.base import DestinationSession, DestTable
@@ -92,10 +93,15 @@ def choose_shift(src: psycopg.Connection[Any], t: DeltaTable, order: KeyOrder) -
     widths = sorted(b - a for a, b in zip(bounds, bounds[1:], strict=False))
     typical = max(widths[len(widths) // 2], 1)
     shift = max(0, round(math.log2(max(KEYS_PER_BUCKET * typical / per_range, 1))))
-    groups = sum(min(per_range, w / (1 << shift) + 1) for w in widths)
-    if groups > rows / MIN_KEYS_PER_BUCKET or shift > keybuckets.MAX_SHIFT:
+
+    def groups(shift: int) -> float:
+        return sum(min(per_range, w / (1 << shift) + 1) for w in widths)
+
+    if groups(shift) > rows / MIN_KEYS_PER_BUCKET:
         return None
-    return shift
+    while groups(shift) > keybuckets.MAX_GROUPS / 2 and shift < keybuckets.MAX_SHIFT:
+        shift += 1  # a big table: wider buckets, so that the summaries stay small in memory
+    return shift if shift <= keybuckets.MAX_SHIFT else None
 
 
 @contextmanager
@@ -126,7 +132,9 @@ def source_summaries(
 ) -> dict[int, Summary]:
     """The source's bucket summaries in the pass's snapshot (``src`` is in it), under the filter."""
     (name,) = order.names
-    query = sql.SQL("{} GROUP BY 1").format(select_sql(t.st, [buckets.select_list(sql.Identifier(name))]))
+    query = sql.SQL("{} GROUP BY 1 LIMIT {}").format(
+        select_sql(t.st, [buckets.select_list(sql.Identifier(name))]), sql.Literal(keybuckets.MAX_GROUPS + 1)
+    )
     if t.st.condition:  # a condition may be selective on an index: the planner knows best
         return keybuckets.summaries(src.execute(query).fetchall())
     with sequential(src):
@@ -150,6 +158,10 @@ def find_gone(
         at_destination = dst.key_buckets(target, order, shift)
         at_source = at_source_future.result()
     summed = time.monotonic()
+    if max(len(at_source), len(at_destination)) > keybuckets.MAX_GROUPS:
+        log.debug("%s: more than %s key buckets (stale statistics?): walking every key", t.display,
+                  f"{keybuckets.MAX_GROUPS:,}")  # fmt: skip
+        return walk.find_gone(src, dst, t, target, order, key_kinds)
     differing = buckets.differing(at_source, at_destination)
     decoded = _single_gone_keys(src, t, order, buckets, differing, at_source, at_destination)
     left = Selection(shift, tuple(b for b in differing.buckets if b not in decoded))

@@ -284,3 +284,18 @@ def test_keys_without_buckets_fall_back_to_the_full_walk(
     delta.assert_same(*tables)
     assert caplog.text.count("deletes by one key walk") == len(tables)
     assert "deletes by key buckets" not in caplog.text
+
+
+def test_more_buckets_than_memory_allows_walk_every_key(
+    setup: DeltaSetup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Statistics can be stale (a table grew since its last ANALYZE): a summary of more buckets
+    than ``MAX_GROUPS`` is not compared (its buckets were cut at an arbitrary point); every key
+    is walked instead."""
+    monkeypatch.setattr("replicator.keybuckets.MAX_GROUPS", 50)
+    monkeypatch.setattr(buckets, "choose_shift", lambda *a: 0)
+    setup.once()
+    setup.source.execute("DELETE FROM nums WHERE id % 6 = 0; DELETE FROM mid WHERE id % 15 = 0")
+    setup.once()
+    setup.assert_same(*TABLES)
+    assert "more than 50 key buckets (stale statistics?): walking every key" in caplog.text

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator import keybuckets
 from replicator.destinations.base import DestTable, Fill
 from replicator.destinations.postgres.ddl import ident
 from replicator.destinations.postgres.deletes import DeletePolicy
@@ -63,13 +64,15 @@ def live_keys(
 def key_buckets(
     conn: psycopg.Connection[Any], deletes: DeletePolicy, table: DestTable, order: KeyOrder, shift: int
 ) -> dict[int, Summary]:
-    """The summary of each bucket of the live keys (``keybuckets``), by one sequential scan."""
+    """The summary of each bucket of the live keys (``keybuckets``), by one sequential scan; at
+    most ``MAX_GROUPS + 1`` buckets (more: the caller walks every key instead)."""
     (name,) = order.names
     live = deletes.live(table, "d")
-    query = sql.SQL("SELECT {} FROM {} d{} GROUP BY 1").format(
+    query = sql.SQL("SELECT {} FROM {} d{} GROUP BY 1 LIMIT {}").format(
         Buckets(shift).select_list(sql.Identifier("d", name)),
         ident(table),
         sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(live)) if live else sql.SQL(""),
+        sql.Literal(keybuckets.MAX_GROUPS + 1),
     )
     with conn.transaction():
         # Every row is read: page by page, not key by key (most pages are not all-visible after a pass).
