@@ -33,6 +33,11 @@ HASH_SEED = 7  # any constant: both sides use the same
 MAX_SHIFT = 30  # a key's offset in its bucket fits an integer, their sum a bigint
 MAX_GROUPS = 400_000  # summaries held in memory per side (~60 MB); a query returns at most one more
 
+# Planner settings for a summary: it reads every row, so a sequential scan (each page once,
+# where an index scan visits a page per key on pages not all-visible) and a hash aggregate (the
+# planner guesses a group per row and, for the LIMIT, would sort them all instead).
+SEQUENTIAL_HASHED = ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan", "enable_sort")
+
 Summary = tuple[int, int, int, int]
 """(key count, sum of the keys' offsets in the bucket, sum of hashint8(key), sum of the high 32
 bits of hashint8extended(key, HASH_SEED))."""

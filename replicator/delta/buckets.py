@@ -49,7 +49,7 @@ from replicator.delta import walk
 from replicator.delta.tables import DeltaTable
 from replicator.delta.walk import SPOOL_MEMORY, GoneKeys
 from replicator.destinations.base import DestinationSession, DestTable
-from replicator.keybuckets import Buckets, Selection, Summary
+from replicator.keybuckets import SEQUENTIAL_HASHED, Buckets, Selection, Summary
 from replicator.keyorder import KeyOrder
 from replicator.relay import PgCopyOut
 from replicator.snapshot.plan import select_sql
@@ -106,11 +106,9 @@ def choose_shift(src: psycopg.Connection[Any], t: DeltaTable, order: KeyOrder) -
 
 @contextmanager
 def sequential(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """Plan the next statements (in the current transaction) as sequential scans, then as before.
-
-    A summary reads every row: a sequential scan visits each page once, where an index scan
-    visits a page per key when the page is not all-visible."""
-    names = ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan")
+    """Plan the next statements (in the current transaction) as one sequential scan and a hash
+    aggregate (``keybuckets.SEQUENTIAL_HASHED``), then as before."""
+    names = SEQUENTIAL_HASHED
     found = conn.execute(sql.SQL("SELECT {}").format(
         sql.SQL(", ").join(sql.SQL("current_setting({})").format(sql.Literal(n)) for n in names)
     )).fetchone()  # fmt: skip

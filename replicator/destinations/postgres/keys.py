@@ -75,10 +75,8 @@ def key_buckets(
         sql.Literal(keybuckets.MAX_GROUPS + 1),
     )
     with conn.transaction():
-        # Every row is read: page by page, not key by key (most pages are not all-visible after a pass).
-        conn.execute("SET LOCAL enable_indexscan = off")
-        conn.execute("SET LOCAL enable_indexonlyscan = off")
-        conn.execute("SET LOCAL enable_bitmapscan = off")
+        for setting in keybuckets.SEQUENTIAL_HASHED:  # most pages are not all-visible after a pass
+            conn.execute(sql.SQL("SET LOCAL {} = off").format(sql.Identifier(setting)))
         return summaries(conn.execute(query).fetchall())
 
 
