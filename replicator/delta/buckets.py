@@ -105,10 +105,9 @@ def choose_shift(src: psycopg.Connection[Any], t: DeltaTable, order: KeyOrder) -
 
 
 @contextmanager
-def sequential(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """Plan the next statements (in the current transaction) as one sequential scan and a hash
-    aggregate (``keybuckets.SEQUENTIAL_HASHED``), then as before."""
-    names = SEQUENTIAL_HASHED
+def planned_without(conn: psycopg.Connection[Any], names: tuple[str, ...]) -> Iterator[None]:
+    """Plan the next statements (in the current transaction) with these ``enable_*`` settings
+    off, then as before (``SET LOCAL`` would last until the pass's snapshot ends)."""
     found = conn.execute(sql.SQL("SELECT {}").format(
         sql.SQL(", ").join(sql.SQL("current_setting({})").format(sql.Literal(n)) for n in names)
     )).fetchone()  # fmt: skip
@@ -133,9 +132,8 @@ def source_summaries(
     query = sql.SQL("{} GROUP BY 1 LIMIT {}").format(
         select_sql(t.st, [buckets.select_list(sql.Identifier(name))]), sql.Literal(keybuckets.MAX_GROUPS + 1)
     )
-    if t.st.condition:  # a condition may be selective on an index: the planner knows best
-        return keybuckets.summaries(src.execute(query).fetchall())
-    with sequential(src):
+    # A condition may be selective on an index: then the planner chooses the scan.
+    with planned_without(src, ("enable_sort",) if t.st.condition else SEQUENTIAL_HASHED):
         return keybuckets.summaries(src.execute(query).fetchall())
 
 
