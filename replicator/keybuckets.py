@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from replicator.errors import ReplicatorError
+
 BUCKET_OIDS = frozenset({20, 21, 23})  # int8, int2, int4
 HASH_SEED = 7  # any constant: both sides use the same
 
@@ -123,5 +125,14 @@ def hash_sql(key: sql.Composable) -> sql.Composable:
     )
 
 
-def summaries(rows: Iterable[tuple[int, int, int, int, int]]) -> dict[int, Summary]:
-    return {int(b): (int(n), int(o), int(s), int(x)) for b, n, o, s, x in rows}
+class NullKey(ReplicatorError):
+    """A key column held NULL (a unique index allows it; comparing keys cannot)."""
+
+
+def summaries(rows: Iterable[tuple[int | None, int, int, int, int]], side: str) -> dict[int, Summary]:
+    found = {}
+    for b, n, o, s, x in rows:
+        if b is None:
+            raise NullKey(f"the {side} has {n:,} row(s) with a NULL key; keys cannot be compared")
+        found[int(b)] = (int(n), int(o), int(s), int(x))
+    return found

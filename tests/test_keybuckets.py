@@ -20,7 +20,7 @@ def _summaries(db: Database, keys: list[int], shift: int) -> dict[int, keybucket
         Buckets(shift).select_list(sql.Identifier("k"))
     )
     with db.connect() as conn:
-        return keybuckets.summaries(conn.execute(query, (keys,)).fetchall())
+        return keybuckets.summaries(conn.execute(query, (keys,)).fetchall(), "test")
 
 
 def _hashes(db: Database, key: int) -> tuple[int, int]:

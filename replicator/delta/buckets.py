@@ -134,7 +134,7 @@ def source_summaries(
     )
     # A condition may be selective on an index: then the planner chooses the scan.
     with planned_without(src, ("enable_sort",) if t.st.condition else SEQUENTIAL_HASHED):
-        return keybuckets.summaries(src.execute(query).fetchall())
+        return keybuckets.summaries(src.execute(query).fetchall(), "source")
 
 
 def find_gone(

@@ -339,3 +339,23 @@ def test_rows_that_stop_matching_the_conditions_are_deleted(
     assert setup.dest.fetchone("SELECT count(*) FROM nums") == setup.source.fetchone(
         "SELECT count(*) FROM nums WHERE v <> 'hidden'"
     )
+
+
+def test_a_null_key_at_the_destination_stops_that_table_not_the_pass(
+    setup: DeltaSetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A destination key under a unique index (not a primary key) can be NULL; the summary would
+    put it in a bucket of its own. That table's pass fails, as the full walk's does; the rest go on."""
+    setup.once()
+    setup.dest.execute(
+        "ALTER TABLE nums DROP CONSTRAINT nums_pkey, ALTER COLUMN id DROP NOT NULL; "
+        "CREATE UNIQUE INDEX nums_id ON nums (id); "
+        "INSERT INTO nums VALUES (NULL, 'null')"
+    )
+    setup.source.execute("DELETE FROM nums WHERE id = 40; DELETE FROM mid WHERE id = 25")
+    capsys.readouterr()
+    assert run_cli(*setup.args("--once")) == 1
+    out, err = capsys.readouterr()
+    assert "1 table(s) FAILED: public.nums" in out
+    assert "the destination has 1 row(s) with a NULL key" in err
+    setup.assert_same("mid", "small")

@@ -77,7 +77,7 @@ def key_buckets(
     with conn.transaction():
         for setting in keybuckets.SEQUENTIAL_HASHED:  # most pages are not all-visible after a pass
             conn.execute(sql.SQL("SET LOCAL {} = off").format(sql.Identifier(setting)))
-        return summaries(conn.execute(query).fetchall())
+        return summaries(conn.execute(query).fetchall(), "destination")
 
 
 def delete_keys(
