@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.catalog import Catalog
-from replicator.delta import changes, deletes, walk
+from replicator.delta import buckets, changes, deletes, walk
 from replicator.delta.phases import Phases
 from replicator.delta.tables import DeltaTable
 from replicator.destinations.base import ColumnChanges, DestinationSession, DestTable, Watermark
@@ -51,7 +51,7 @@ class TableResult:
     deleted: int = 0
     full_read: bool = False
     error: BaseException | None = None  # this table's pass failed (the others went on)
-    deletes_by: str = ""  # "walk" | "ranges" | ""
+    deletes_by: str = ""  # "walk" | "buckets" | "ranges" | ""
 
 
 @dataclass
@@ -62,6 +62,7 @@ class Walk:
     target: DestTable
     order: KeyOrder
     kinds: str
+    shift: int | None = None  # compare key buckets first (``buckets``); None: walk every key
     done: threading.Event = field(default_factory=threading.Event)
     gone: walk.GoneKeys | None = None
     error: BaseException | None = None
@@ -123,7 +124,11 @@ class Ticker:
 
 Item = Walk | Changes | deletes.KeyRange
 
-_DELETES_BY = {"walk": ", deletes by one key walk", "ranges": ", deletes by key ranges"}
+_DELETES_BY = {
+    "walk": ", deletes by one key walk",
+    "buckets": ", deletes by key buckets",
+    "ranges": ", deletes by key ranges",
+}
 
 
 def apply_all(
@@ -147,8 +152,11 @@ def apply_all(
             order = deletes.key_order(src, w.table)
             kinds = walk.walk_kinds(w.table, w.target, order, *encodings)
             if kinds is not None:
-                w = replace(w, walk=Walk(w.table, w.target, order, kinds))
-                w.result.deletes_by = "walk"
+                shift = (
+                    buckets.choose_shift(src, w.table, order) if buckets.bucketable(order, w.target) else None
+                )
+                w = replace(w, walk=Walk(w.table, w.target, order, kinds, shift))
+                w.result.deletes_by = "walk" if shift is None else "buckets"
             else:
                 w.result.deletes_by = "ranges"
         plan.append(w)
@@ -179,7 +187,12 @@ def apply_all(
             src_conn, dst = session.connections()
             phases.note(f"{item.table.display}: walk connected")
             began = time.monotonic()
-            gone = walk.find_gone(src_conn, dst, item.table, item.target, item.order, item.kinds)
+            if item.shift is not None:
+                gone = buckets.find_gone(
+                    src_conn, dst, item.table, item.target, item.order, item.shift, item.kinds
+                )
+            else:
+                gone = walk.find_gone(src_conn, dst, item.table, item.target, item.order, item.kinds)
             w = gone.walked
             log.debug(
                 "%s: keys walked in %.2f s: %s at the source, %s at the destination, %s gone",

@@ -24,6 +24,7 @@ from replicator.catalog import Catalog, Column
 from replicator.decoding.ddlplan import SchemaChange
 from replicator.decoding.fold import Folded
 from replicator.filters import SelectedTable
+from replicator.keybuckets import Selection, Summary
 from replicator.keyorder import Bound, Digest, KeyOrder
 from replicator.lsn import Lsn
 from replicator.relay import CopySink, CopySource, RelayResult
@@ -673,9 +674,17 @@ class DestinationSession(Protocol):
         in (their bytes then order as byte-wise comparison at the destination does); else None."""
         ...
 
-    def live_keys(self, table: DestTable, order: KeyOrder) -> CopySource:
+    def live_keys(
+        self, table: DestTable, order: KeyOrder, only: Selection | None = None
+    ) -> CopySource:
         """The keys of the live rows of ``table`` in ``order``'s order, as a binary COPY stream of
-        the key columns (not started). Read it to its end before the session does anything else."""
+        the key columns (not started). Read it to its end before the session does anything else.
+        ``only`` (a single integer key): just the keys in these buckets (``keybuckets``)."""
+        ...
+
+    def key_buckets(self, table: DestTable, order: KeyOrder, shift: int) -> dict[int, Summary]:
+        """The summary of each bucket of ``2^shift`` key values of the live rows, as
+        ``keybuckets.Buckets`` computes it at the source (a single integer key only)."""
         ...
 
     def delete_keys(

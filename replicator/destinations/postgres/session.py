@@ -44,6 +44,7 @@ from replicator.destinations.postgres.stage import Stages
 from replicator.destinations.postgres.state import PgStateStore
 from replicator.errors import DestinationError
 from replicator.filters import SelectedTable
+from replicator.keybuckets import Selection, Summary
 from replicator.keyorder import Bound, Digest, KeyOrder
 from replicator.otherobjects import names as other_object_names
 from replicator.relay import PgCopyOut, RelayResult
@@ -280,8 +281,13 @@ class PostgresSession:
     def text_key_encoding(self) -> str | None:
         return keys.text_key_encoding(self.conn)
 
-    def live_keys(self, table: DestTable, order: KeyOrder) -> PgCopyOut:
-        return keys.live_keys(self.conn, self.deletes, table, order)
+    def live_keys(
+        self, table: DestTable, order: KeyOrder, only: Selection | None = None
+    ) -> PgCopyOut:
+        return keys.live_keys(self.conn, self.deletes, table, order, only)
+
+    def key_buckets(self, table: DestTable, order: KeyOrder, shift: int) -> dict[int, Summary]:
+        return keys.key_buckets(self.conn, self.deletes, table, order, shift)
 
     def delete_keys(
         self, table: DestTable, key: tuple[str, ...], count: int, table_rows: int, fill: Fill
