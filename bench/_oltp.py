@@ -220,10 +220,11 @@ def write_configs(workdir: Path, src: LocalCluster, dst: LocalCluster, name: str
     return paths
 
 
-def replicator_cmd(paths: dict[str, Path], once: bool, prefix: Sequence[str] = ()) -> list[str]:
+def replicator_cmd(paths: dict[str, Path], once: bool, prefix: Sequence[str] = (),
+                   python: str | None = None) -> list[str]:
     return [
         *prefix,
-        sys.executable,
+        python or sys.executable,
         "-m",
         "replicator",
         "run",
@@ -247,6 +248,7 @@ class Child:
 
     args: list[str]
     log_path: Path
+    cwd: Path = REPO  # the tree whose replicator runs (python -m finds the cwd's package first)
     proc: subprocess.Popen[bytes] = field(init=False)
     peak_kb: int = 0
     started: float = 0.0
@@ -255,7 +257,7 @@ class Child:
     def start(self) -> Child:
         self.started = time.perf_counter()
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -387,7 +389,7 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def positions(src: LocalCluster, dst: LocalCluster, plugins: Sequence[str]) -> str:
+def positions(src: LocalCluster, dst: LocalCluster, dbs: Sequence[str]) -> str:
     """Our slots' confirmed positions and our checkpoints, to diagnose a difference."""
     out = []
     with psycopg.connect(src.conninfo(SOURCE_DB), autocommit=True) as conn:
@@ -396,8 +398,8 @@ def positions(src: LocalCluster, dst: LocalCluster, plugins: Sequence[str]) -> s
         ):
             out.append(f"slot {slot} confirmed {lsn}")
         out.append(f"source at {conn.execute('SELECT pg_current_wal_lsn()::text').fetchone()[0]}")  # type: ignore[index]
-    for pl in plugins:
-        with psycopg.connect(dst.conninfo(f"ours_{pl}"), autocommit=True) as conn:
+    for db in dbs:
+        with psycopg.connect(dst.conninfo(db), autocommit=True) as conn:
             for slot, lsn in conn.execute("SELECT slot_name, lsn::text FROM _replicator.slot_checkpoints"):
                 out.append(f"checkpoint {slot} {lsn}")
     return ", ".join(out)
