@@ -128,6 +128,8 @@ def main() -> int:
     proxy = None
     try:
         print(f"load average at start: {_oltp.load_average()}; {_oltp.code_under_test()}", flush=True)
+        for tree in sorted({t for _, t in ours.values()}):
+            print(_oltp.byte_compile(tree), flush=True)
         proxy = _oltp.destination_proxy(dst, args.destination_rtt_ms)
         print(
             f"pgbench -i -s {args.scale} on the source, copies for native and {', '.join(plugins)} ...",

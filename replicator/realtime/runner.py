@@ -48,7 +48,6 @@ from replicator.realtime.setup import (
     tables_changed_in_place,
     unlogged_warnings,
 )
-from replicator.snapshot.runner import unfinished_tables
 from replicator.source.slots import ensure_slot, get_slot
 from replicator.source.wal2json_nan import keeps_nan, nan_refusal, nan_risks
 from replicator.tableobjects import read_objects
@@ -172,6 +171,8 @@ def _check_snapshot_targets(
     job: Job, src: psycopg.Connection[Any], plans: list[SlotPlan], tables: list[SelectedTable]
 ) -> None:
     """The tables a full run will snapshot: all of a slot that is new, else those not finished."""
+    from replicator.snapshot.runner import unfinished_tables  # the full mode's: not on realtime's start-up
+
     fresh = {key for plan in plans if get_slot(src, plan.slot) is None for key in plan.table_keys}
     with open_destination(job.destination.value).open_session(APP) as dst:
         pending = {(t.table.schema, t.table.name) for t in unfinished_tables(dst, job.job_id, tables)}
