@@ -36,6 +36,7 @@ trip, as across a network (RDS: 0.2-1 ms); native applies inside the destination
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import statistics
@@ -110,6 +111,12 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the work directory (our logs)")
     p.add_argument("--baseline", type=Path, metavar="DIR",
                    help="also run DIR's replicator (e.g. a worktree of main) as base_PLUGIN, same rounds")
+    p.add_argument(
+        "--no-bytecode",
+        action="store_true",
+        help="run our trees from source, compiled at every start (as this benchmark did before it "
+        "byte-compiled them: see bench/_oltp.py byte_compile)",
+    )
     _oltp.add_destination_rtt_flag(p)
     args = p.parse_args()
     plugins = [x for x in args.plugins.split(",") if x]
@@ -128,8 +135,14 @@ def main() -> int:
     proxy = None
     try:
         print(f"load average at start: {_oltp.load_average()}; {_oltp.code_under_test()}", flush=True)
-        for tree in sorted({t for _, t in ours.values()}):
-            print(_oltp.byte_compile(tree), flush=True)
+        if args.no_bytecode:
+            # Our children look for bytecode in an empty directory and write none there.
+            os.environ["PYTHONPYCACHEPREFIX"] = str(workdir / "no-bytecode")
+            os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+            print("our runs compile their sources at every start (--no-bytecode)", flush=True)
+        else:
+            for tree in sorted({t for _, t in ours.values()}):
+                print(_oltp.byte_compile(tree), flush=True)
         proxy = _oltp.destination_proxy(dst, args.destination_rtt_ms)
         print(
             f"pgbench -i -s {args.scale} on the source, copies for native and {', '.join(plugins)} ...",
