@@ -136,10 +136,13 @@ def main() -> int:
     try:
         print(f"load average at start: {_oltp.load_average()}; {_oltp.code_under_test()}", flush=True)
         if args.no_bytecode:
-            # Our children look for bytecode in an empty directory and write none there.
-            os.environ["PYTHONPYCACHEPREFIX"] = str(workdir / "no-bytecode")
+            # Our packages' bytecode removed and never written: they compile at every start (the
+            # libraries keep theirs, as pip installed them).
             os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-            print("our runs compile their sources at every start (--no-bytecode)", flush=True)
+            for tree in sorted({t for _, t in ours.values()}):
+                for cache in (tree / "replicator").rglob("__pycache__"):
+                    shutil.rmtree(cache)
+            print("our packages compile their sources at every start (--no-bytecode)", flush=True)
         else:
             for tree in sorted({t for _, t in ours.values()}):
                 print(_oltp.byte_compile(tree), flush=True)
