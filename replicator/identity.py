@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
@@ -61,10 +62,11 @@ class SameDatabaseError(ConfigError):
 def verify_distinct(
     source: ConfigFile[ConnectionConfig],
     destination: ConfigFile[ConnectionConfig],
-    session: DestinationSession | None = None,
+    session: Callable[[], DestinationSession] | None = None,
 ) -> ServerFacts:
     """Refuse (``SameDatabaseError``, exit 2) when both configs reach one database; else the source's
-    facts. ``session``: an open session of ``destination`` to ask (else one is opened for it)."""
+    facts. ``session``: gives the caller's session of ``destination`` (else one is opened here); it
+    is asked for once the source is reached, so an unreachable source is the error reported."""
     token = f"{APP}-{uuid.uuid4().hex[:12]}"
     with connect(source.value, "source", token, autocommit=True) as src:
         facts = server_facts(src)
@@ -92,12 +94,12 @@ def source_key(facts: ServerFacts) -> str | None:
     return f"{facts.system_identifier}/{facts.database}"
 
 
-def identify(job: Job, session: DestinationSession | None = None) -> Job:
+def identify(job: Job, session: Callable[[], DestinationSession] | None = None) -> Job:
     """The job checked (source is not destination) and named by the source's identity.
 
     Checkpoints recorded under the old name (``host:port/database`` as spelt in the config)
     are carried over to the new one, so an upgrade never silently starts a replication over.
-    ``session``: an open destination session to use (else one is opened for each step).
+    ``session``: gives the caller's destination session (else one is opened for each step).
     """
     facts = verify_distinct(job.source, job.destination, session)
     key = source_key(facts)
@@ -113,15 +115,15 @@ def identify(job: Job, session: DestinationSession | None = None) -> Job:
 
 
 def _session(
-    destination: ConfigFile[ConnectionConfig], session: DestinationSession | None
+    destination: ConfigFile[ConnectionConfig], session: Callable[[], DestinationSession] | None
 ) -> AbstractContextManager[DestinationSession]:
-    """``session`` as it is (its owner closes it), or a new session of ``destination``, closed after."""
+    """The caller's session (its owner closes it), or a new session of ``destination``, closed after."""
     if session is not None:
-        return nullcontext(session)
+        return nullcontext(session())
     return open_destination(destination.value).open_session(APP)
 
 
-def _adopt_legacy_progress(job: Job, session: DestinationSession | None) -> None:
+def _adopt_legacy_progress(job: Job, session: Callable[[], DestinationSession] | None) -> None:
     old, new = job.legacy_job_id, job.job_id
     with _session(job.destination, session) as dst:
         if not dst.state.present():

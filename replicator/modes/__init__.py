@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from replicator.errors import ConfigError
@@ -36,11 +37,20 @@ def runner(mode: str) -> Callable[[Job], int]:
         from replicator.identity import identify
 
         # One destination session for these checks (each new one is a connection and its
-        # authentication: start-up time of every run).
-        with open_destination(job.destination.value).open_session("replicator/run") as dst:
+        # authentication: start-up time of every run), opened when first asked for: after the
+        # source is reached, so that an unreachable source is the error a run reports first.
+        destination = open_destination(job.destination.value)
+        with ExitStack() as closing:
+            opened: list[DestinationSession] = []
+
+            def session() -> DestinationSession:
+                if not opened:
+                    opened.append(closing.enter_context(destination.open_session("replicator/run")))
+                return opened[0]
+
             # Refuses a destination that is the source (exit 2) and names the job by the source's identity.
-            job = identify(job, dst)
-            refuse_promoted(job, dst)
+            job = identify(job, session)
+            refuse_promoted(job, session())
         result: int = module.run(job)
         return result
 
