@@ -220,10 +220,11 @@ def write_configs(workdir: Path, src: LocalCluster, dst: LocalCluster, name: str
     return paths
 
 
-def replicator_cmd(paths: dict[str, Path], once: bool, prefix: Sequence[str] = ()) -> list[str]:
+def replicator_cmd(paths: dict[str, Path], once: bool, prefix: Sequence[str] = (),
+                   python: str | None = None) -> list[str]:
     return [
         *prefix,
-        sys.executable,
+        python or sys.executable,
         "-m",
         "replicator",
         "run",
@@ -247,6 +248,7 @@ class Child:
 
     args: list[str]
     log_path: Path
+    cwd: Path = REPO  # the tree whose replicator runs (python -m finds the cwd's package first)
     proc: subprocess.Popen[bytes] = field(init=False)
     peak_kb: int = 0
     started: float = 0.0
@@ -255,7 +257,7 @@ class Child:
     def start(self) -> Child:
         self.started = time.perf_counter()
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -376,6 +378,20 @@ def rtt_fields(proxy: DelayProxy | None) -> list[str]:
     return [f"destination_rtt_ms={proxy.rtt_ms if proxy else 0:g}", f"proxy={'yes' if proxy else 'no'}"]
 
 
+def byte_compile(tree: Path) -> str:
+    """Compile ``tree``'s replicator package to bytecode (its __pycache__, ignored by git), as
+    ``pip install`` does for an installed package; says so, for the benchmark's first lines.
+
+    A development tree run in place (``pip install -e``) has no bytecode, and with
+    PYTHONDONTWRITEBYTECODE=1 (as set in this project's sessions) Python never writes any: every
+    run of ours compiled its ~100 modules from source again, about 70 ms of CPU before the first
+    connection, which no installed replicator pays. Stale files are recompiled (source mtime)."""
+    import compileall
+
+    ok = compileall.compile_dir(str(tree / "replicator"), quiet=1)
+    return f"bytecode of {tree / 'replicator'} {'compiled' if ok else 'NOT compiled (errors)'}"
+
+
 def code_under_test() -> str:
     """Which replicator this benchmark runs (our runs start with cwd = this tree)."""
     import replicator
@@ -387,7 +403,7 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def positions(src: LocalCluster, dst: LocalCluster, plugins: Sequence[str]) -> str:
+def positions(src: LocalCluster, dst: LocalCluster, dbs: Sequence[str]) -> str:
     """Our slots' confirmed positions and our checkpoints, to diagnose a difference."""
     out = []
     with psycopg.connect(src.conninfo(SOURCE_DB), autocommit=True) as conn:
@@ -396,8 +412,8 @@ def positions(src: LocalCluster, dst: LocalCluster, plugins: Sequence[str]) -> s
         ):
             out.append(f"slot {slot} confirmed {lsn}")
         out.append(f"source at {conn.execute('SELECT pg_current_wal_lsn()::text').fetchone()[0]}")  # type: ignore[index]
-    for pl in plugins:
-        with psycopg.connect(dst.conninfo(f"ours_{pl}"), autocommit=True) as conn:
+    for db in dbs:
+        with psycopg.connect(dst.conninfo(db), autocommit=True) as conn:
             for slot, lsn in conn.execute("SELECT slot_name, lsn::text FROM _replicator.slot_checkpoints"):
                 out.append(f"checkpoint {slot} {lsn}")
     return ", ".join(out)

@@ -29,7 +29,7 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._oltp import flushed_end  # noqa: E402
+from bench._oltp import byte_compile, flushed_end  # noqa: E402
 from bench._table import FILL_SQL, TABLE_DDL  # noqa: E402
 from replicator.decoding.pgoutput import NATIVE  # noqa: E402
 from replicator.localpg import LocalCluster, start_cluster  # noqa: E402
@@ -148,6 +148,7 @@ def main() -> int:
     src = start_cluster(workdir / "src", settings=settings)
     dst = start_cluster(workdir / "dst", settings=settings)
     try:
+        print(byte_compile(REPO), flush=True)
         print(f"loading {args.rows:,} rows on the source and both destinations ...", flush=True)
         setup(src, dst, args.rows, args.plugin)
         source: dict[str, object] = {"replication-slots": {"ours": [args.plugin]}, "publication": "ours_pub"}

@@ -26,6 +26,9 @@ source, the destination backends (native: its apply worker) and our process's ma
 --without-history leaves pgbench_history (no key) out of both publications: the keyed tables alone.
 --ours-prefix 'py-spy record --threads --idle -f raw -o prof.txt --' runs our process under a
 profiler (or anything else); bench/pyspy_summary.py prof.txt says where the time went.
+--baseline DIR also runs the replicator of another tree (a throwaway worktree of main, its C
+extensions built or copied in) as consumers ``base_PLUGIN``, on the same backlog in the same rounds:
+a before/after comparison paired round by round (RESULT ... vs_baseline=median(base/ours)).
 --destination-rtt-ms X puts bench/_delay.py between us and the destination: X ms more per round
 trip, as across a network (RDS: 0.2-1 ms); native applies inside the destination, untouched.
 """
@@ -33,6 +36,7 @@ trip, as across a network (RDS: 0.2-1 ms); native applies inside the destination
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import statistics
@@ -105,9 +109,21 @@ def main() -> int:
     )
     p.add_argument("--ours-prefix", default="", help="command prefix for our process, e.g. a profiler")
     p.add_argument("--keep", action="store_true", help="keep the work directory (our logs)")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="also run DIR's replicator (e.g. a worktree of main) as base_PLUGIN, same rounds")
+    p.add_argument(
+        "--no-bytecode",
+        action="store_true",
+        help="run our trees from source, compiled at every start (as this benchmark did before it "
+        "byte-compiled them: see bench/_oltp.py byte_compile)",
+    )
     _oltp.add_destination_rtt_flag(p)
     args = p.parse_args()
     plugins = [x for x in args.plugins.split(",") if x]
+    # Our consumers: name -> (plugin, tree). The name is also its slot and destination database.
+    ours: dict[str, tuple[str, Path]] = {pl: (pl, _oltp.REPO) for pl in plugins}
+    if args.baseline:
+        ours.update({f"base_{pl}": (pl, args.baseline.resolve()) for pl in plugins})
     extractor = args.extractor.read_text() if args.extractor else EXTRACTOR
     workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-oltp-"))
     workdir.chmod(0o755)
@@ -119,6 +135,17 @@ def main() -> int:
     proxy = None
     try:
         print(f"load average at start: {_oltp.load_average()}; {_oltp.code_under_test()}", flush=True)
+        if args.no_bytecode:
+            # Our packages' bytecode removed and never written: they compile at every start (the
+            # libraries keep theirs, as pip installed them).
+            os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+            for tree in sorted({t for _, t in ours.values()}):
+                for cache in (tree / "replicator").rglob("__pycache__"):
+                    shutil.rmtree(cache)
+            print("our packages compile their sources at every start (--no-bytecode)", flush=True)
+        else:
+            for tree in sorted({t for _, t in ours.values()}):
+                print(_oltp.byte_compile(tree), flush=True)
         proxy = _oltp.destination_proxy(dst, args.destination_rtt_ms)
         print(
             f"pgbench -i -s {args.scale} on the source, copies for native and {', '.join(plugins)} ...",
@@ -130,7 +157,7 @@ def main() -> int:
         keyed = [t for t in tables if t != "pgbench_history"]
         pubs = {"native_pub": tables, "ours_pub": keyed, "ours_pub_insert_only": ["pgbench_history"]}
         _oltp.build_source(src, args.scale, pubs)
-        dbs = ["native"] + [f"ours_{pl}" for pl in plugins]
+        dbs = ["native"] + [_db(c) for c in ours]
         for db in dbs:
             _oltp.copy_to(src, dst, db)
         if args.statements:
@@ -138,16 +165,16 @@ def main() -> int:
                 conn.execute("CREATE EXTENSION pg_stat_statements")
         configs = {}
         with psycopg.connect(src.conninfo(SOURCE_DB), autocommit=True) as conn:
-            for pl in plugins:
-                conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (f"ours_{pl}", pl))
-                configs[pl] = _oltp.write_configs(
+            for c, (pl, _) in ours.items():
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (_db(c), pl))
+                configs[c] = _oltp.write_configs(
                     workdir,
                     src,
                     dst,
-                    f"ours_{pl}",
-                    f"ours_{pl}",
+                    _db(c),
+                    _db(c),
                     pl,
-                    f"ours_{pl}",
+                    _db(c),
                     "ours_pub" if pl == "pgoutput" else None,
                     extractor,
                     tables if args.without_history else None,
@@ -155,12 +182,12 @@ def main() -> int:
                 )
         _oltp.create_subscription(src, dst, "native", "native_pub", enabled=False)
         prefix = shlex.split(args.ours_prefix)
-        for pl in plugins:  # first runs set up (state schema, publication checks) on an empty backlog
-            Child(_oltp.replicator_cmd(configs[pl], once=True), workdir / f"ours_{pl}.log").start().wait()
+        for c in ours:  # first runs set up (state schema, publication checks) on an empty backlog
+            _child(configs[c], ours[c][1], workdir / f"{_db(c)}.log").start().wait()
 
-        consumers = ([] if args.no_native else ["native"]) + plugins
+        consumers = ([] if args.no_native else ["native"]) + list(ours)
         times: dict[str, list[float]] = {c: [] for c in consumers}
-        peaks: dict[str, int] = {pl: 0 for pl in plugins}
+        peaks: dict[str, int] = {c: 0 for c in ours}
         diff: list[str] = []
         for r in range(args.rounds):
             target, txns, tps = backlog(src, args.transactions, args.clients)
@@ -173,11 +200,9 @@ def main() -> int:
                 else:
                     if args.statements:
                         _oltp.reset_statements(dst)
-                    child = Child(
-                        _oltp.replicator_cmd(configs[c], once=True, prefix=prefix), workdir / f"ours_{c}.log"
-                    ).start()
+                    child = _child(configs[c], ours[c][1], workdir / f"{_db(c)}.log", prefix).start()
                     sampler = (
-                        _oltp.CpuSampler(src, dst, f"ours_{c}", f"ours_{c}", child) if args.cpu else None
+                        _oltp.CpuSampler(src, dst, _db(c), _db(c), child) if args.cpu else None
                     )
                     if sampler is not None:
                         sampler.start()
@@ -186,30 +211,34 @@ def main() -> int:
                         cpu.update(sampler.stop())
                     peaks[c] = max(peaks[c], child.peak_kb)
                     if args.statements:
-                        _oltp.report_statements(dst, f"ours_{c}", txns)
+                        _oltp.report_statements(dst, _db(c), txns)
                 line.append(f"{c} {times[c][-1]:.2f} s")
                 if cpu:
                     line[-1] += " (CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items())) + ")"
-            round_diff = _oltp.differences(src, dst, [f"ours_{c}" if c != "native" else c for c in consumers],
+            round_diff = _oltp.differences(src, dst, [_db(c) for c in consumers],
                                            skip=() if tables == list(TABLES) else ("pgbench_history",))
             if round_diff:
-                line.append("DIFFERENT: " + "; ".join(round_diff) + "; " + _oltp.positions(src, dst, plugins))
+                line.append("DIFFERENT: " + "; ".join(round_diff) + "; "
+                            + _oltp.positions(src, dst, [_db(c) for c in ours]))
             print(", ".join(line), flush=True)
             diff += round_diff
         print("destinations equal the source after every round" if not diff else "DESTINATIONS DIFFERED")
         print(f"load average at end: {_oltp.load_average()}; pgoutput rows decoded by "
               f"{'the C extension' if NATIVE else 'pure Python'}")
-        for pl in plugins:
-            ours = statistics.median(times[pl])
+        for pl in ours:
+            mine = statistics.median(times[pl])
             fields = [f"plugin={pl}", f"transactions={args.transactions}",
                       f"history={'no' if args.without_history else 'yes'}"]
             if not args.no_native:
                 native = statistics.median(times["native"])
                 paired = statistics.median(n / o for n, o in zip(times["native"], times[pl], strict=True))
-                fields += [f"native_s={native:.2f}", f"ours_s={ours:.2f}", f"ratio={native / ours:.2f}",
+                fields += [f"native_s={native:.2f}", f"ours_s={mine:.2f}", f"ratio={native / mine:.2f}",
                            f"paired_ratio={paired:.2f}"]
             else:
-                fields.append(f"ours_s={ours:.2f}")
+                fields.append(f"ours_s={mine:.2f}")
+            if f"base_{pl}" in times:
+                fields.append("vs_baseline=" + format(statistics.median(
+                    b / o for b, o in zip(times[f"base_{pl}"], times[pl], strict=True)), ".3f"))
             fields += [
                 f"rounds={args.rounds}",
                 f"peak_rss_mb={peaks[pl] / 1024:.0f}",
@@ -227,6 +256,18 @@ def main() -> int:
             print(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _db(consumer: str) -> str:
+    """A consumer's slot and destination database: native, ours_PLUGIN, base_PLUGIN."""
+    return consumer if consumer == "native" or consumer.startswith("base_") else f"ours_{consumer}"
+
+
+def _child(configs: dict[str, Path], tree: Path, log: Path, prefix: list[str] | None = None) -> Child:
+    """One of our runs from ``tree`` (its own .venv if it has one, else this interpreter)."""
+    venv = tree / ".venv" / "bin" / "python"
+    python = str(venv) if venv.exists() else None
+    return Child(_oltp.replicator_cmd(configs, once=True, prefix=prefix or [], python=python), log, tree)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
 from replicator.config import ConfigFile, ConnectionConfig
 from replicator.connect import connect, describe
@@ -33,6 +36,9 @@ from replicator.destinations import open_destination
 from replicator.errors import ConfigError
 from replicator.job import Job
 from replicator.serverfacts import ServerFacts, Verdict, compare, server_facts
+
+if TYPE_CHECKING:
+    from replicator.destinations.base import DestinationSession
 
 __all__ = [
     "SameDatabaseError",
@@ -54,14 +60,17 @@ class SameDatabaseError(ConfigError):
 
 
 def verify_distinct(
-    source: ConfigFile[ConnectionConfig], destination: ConfigFile[ConnectionConfig]
+    source: ConfigFile[ConnectionConfig],
+    destination: ConfigFile[ConnectionConfig],
+    session: Callable[[], DestinationSession] | None = None,
 ) -> ServerFacts:
     """Refuse (``SameDatabaseError``, exit 2) when both configs reach one database; else the source's
-    facts."""
+    facts. ``session``: gives the caller's session of ``destination`` (else one is opened here); it
+    is asked for once the source is reached, so an unreachable source is the error reported."""
     token = f"{APP}-{uuid.uuid4().hex[:12]}"
     with connect(source.value, "source", token, autocommit=True) as src:
         facts = server_facts(src)
-        with open_destination(destination.value).open_session(APP) as dst:
+        with _session(destination, session) as dst:
             verdict = dst.compare_server(facts, token)
     if verdict.same_database:
         raise SameDatabaseError(
@@ -85,13 +94,14 @@ def source_key(facts: ServerFacts) -> str | None:
     return f"{facts.system_identifier}/{facts.database}"
 
 
-def identify(job: Job) -> Job:
+def identify(job: Job, session: Callable[[], DestinationSession] | None = None) -> Job:
     """The job checked (source is not destination) and named by the source's identity.
 
     Checkpoints recorded under the old name (``host:port/database`` as spelt in the config)
     are carried over to the new one, so an upgrade never silently starts a replication over.
+    ``session``: gives the caller's destination session (else one is opened for each step).
     """
-    facts = verify_distinct(job.source, job.destination)
+    facts = verify_distinct(job.source, job.destination, session)
     key = source_key(facts)
     if key is None:
         log.info(
@@ -100,13 +110,22 @@ def identify(job: Job) -> Job:
         )
         return job
     named = dataclasses.replace(job, source_key=key)
-    _adopt_legacy_progress(named)
+    _adopt_legacy_progress(named, session)
     return named
 
 
-def _adopt_legacy_progress(job: Job) -> None:
+def _session(
+    destination: ConfigFile[ConnectionConfig], session: Callable[[], DestinationSession] | None
+) -> AbstractContextManager[DestinationSession]:
+    """The caller's session (its owner closes it), or a new session of ``destination``, closed after."""
+    if session is not None:
+        return nullcontext(session())
+    return open_destination(destination.value).open_session(APP)
+
+
+def _adopt_legacy_progress(job: Job, session: Callable[[], DestinationSession] | None) -> None:
     old, new = job.legacy_job_id, job.job_id
-    with open_destination(job.destination.value).open_session(APP) as dst:
+    with _session(job.destination, session) as dst:
         if not dst.state.present():
             return
         moved = dst.state.rename_job(old, new)

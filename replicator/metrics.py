@@ -11,6 +11,10 @@ anyone scrapes them; what they cost is paid per chunk, per pass or per scrape, n
   when Prometheus asks, so the streaming loop does no extra work at all.
 
 Every metric, what it means and what to alarm on: docs/operations.md.
+
+``prometheus_client`` is imported when a registry is first made (``serve``, or a snapshot or
+delta pass recording): a realtime run without ``--metrics-port`` never imports it (``track_slot``
+only notes the slot), which keeps it out of every start-up (tests/test_imports.py).
 """
 
 from __future__ import annotations
@@ -21,30 +25,19 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
-    start_http_server,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
-
-from replicator.destinations.base import Watermark
 from replicator.errors import ConfigError
 from replicator.lag import ApplyLag, seconds_or_nan
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.registry import Collector
 
-# The `_created` series of every counter and histogram only say when the process started.
-disable_created_metrics()  # type: ignore[no-untyped-call]
+    from replicator.destinations.base import Watermark
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 
@@ -66,8 +59,10 @@ class SlotSample:
     applied_through: datetime | None  # source commit time of the last applied transaction
 
 
-class _Slots(Collector):
-    """Realtime slots, sampled when scraped: the streaming loop pays nothing for metrics."""
+class _Slots:
+    """Realtime slots, sampled when scraped: the streaming loop pays nothing for metrics. A
+    prometheus_client collector (``collect``), kept for the process: tracking a slot needs no
+    registry, and every registry made afterwards reports it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -85,6 +80,8 @@ class _Slots(Collector):
         return untrack
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         def gauge(name: str, doc: str) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=["slot"])
 
@@ -142,12 +139,24 @@ class Metrics:
     standard metrics included)."""
 
     def __init__(self) -> None:
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            GCCollector,
+            PlatformCollector,
+            ProcessCollector,
+            disable_created_metrics,
+        )
+
+        # The `_created` series of every counter and histogram only say when the process started.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        self.slots = _Slots()
-        r.register(self.slots)
+        self.slots = _slots
+        r.register(cast("Collector", self.slots))
         table = ["table"]
         self.snapshot_rows = Counter(
             "replicator_snapshot_rows", "rows copied by this run (counted when their chunk commits)", table,
@@ -181,6 +190,8 @@ class Metrics:
 
 class DeltaMetrics:
     def __init__(self, r: CollectorRegistry) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
         table = ["table"]
         self.pass_seconds = Histogram(
             "replicator_delta_pass_duration_seconds", "how long each successful delta pass took",
@@ -209,12 +220,17 @@ class DeltaMetrics:
         )  # fmt: skip
 
 
-_current = Metrics()
+_slots = _Slots()
+_current: Metrics | None = None  # made when first needed
 _current_lock = threading.Lock()
 
 
 def current() -> Metrics:
-    return _current
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = Metrics()
+        return _current
 
 
 def reset() -> Metrics:
@@ -248,6 +264,8 @@ def serve(host: str, port: int, where: str) -> MetricsServer:
     """Serve a fresh registry at ``http://host:port/metrics``, in a thread; ``where`` names the
     setting (``--metrics-port`` or ``file:line: metrics.port``) in the error when the address
     cannot be bound: a busy port is refused at start (exit 2), never found out later."""
+    from prometheus_client import start_http_server
+
     metrics = reset()
     try:
         server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
@@ -352,4 +370,4 @@ def watermark_number(mark: Watermark) -> float | None:
 
 def track_slot(slot: str, sample: Callable[[], SlotSample]) -> Callable[[], None]:
     """Report ``slot`` at every scrape by calling ``sample``; returns the function that stops it."""
-    return current().slots.track(slot, sample)
+    return _slots.track(slot, sample)

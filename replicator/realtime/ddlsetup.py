@@ -9,7 +9,6 @@ from typing import Any
 
 import psycopg
 
-from replicator.destinations import open_destination
 from replicator.destinations.base import DestinationSession, StreamTable, TableName, Target
 from replicator.job import Job
 from replicator.realtime.follow import ALL_SCHEMAS, whole_schemas
@@ -78,12 +77,13 @@ def register_schemas(conn: psycopg.Connection[Any], job: Job, plans: list[SlotPl
         )
 
 
-def stream_tables(job: Job, src: psycopg.Connection[Any]) -> dict[int, StreamTable]:
+def stream_tables(
+    job: Job, src: psycopg.Connection[Any], dst: DestinationSession
+) -> dict[int, StreamTable]:
     """Source table oid -> where its changes go, as of each existing slot's checkpoint, from the
     destination's state (empty on a first run). A slot that is gone (``full`` creates it again)
     starts from the catalog: its old record says nothing about the new slot."""
-    with open_destination(job.destination.value).open_session("replicator/realtime") as dst:
-        stored = dst.state.stream_tables(job.job_id)
+    stored = dst.state.stream_tables(job.job_id)
     alive = {t.slot for t in stored.values() if get_slot(src, t.slot) is not None}
     return {relid: t for relid, t in stored.items() if t.slot in alive}
 

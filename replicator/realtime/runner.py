@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from replicator import metrics
+from replicator.catalog import Catalog
 from replicator.connect import connect, describe, retrying_for
 from replicator.destinations import open_destination
 from replicator.destinations.base import DestinationSession, Target
@@ -48,7 +49,7 @@ from replicator.realtime.setup import (
     tables_changed_in_place,
     unlogged_warnings,
 )
-from replicator.snapshot.runner import unfinished_tables
+from replicator.source.rowfilter import RowFilter
 from replicator.source.slots import ensure_slot, get_slot
 from replicator.source.wal2json_nan import keeps_nan, nan_refusal, nan_risks
 from replicator.tableobjects import read_objects
@@ -71,18 +72,23 @@ class Prepared:
 def prepare(
     job: Job, create_slots: bool = True, before_destination: Callable[[list[SlotPlan]], None] | None = None
 ) -> Prepared:
-    """Everything up to streaming: tables, publications, slots, destination tables, state."""
-    with writer_connection(job) as src:
+    """Everything up to streaming: tables, publications, slots, destination tables, state.
+
+    One source connection and one destination session do every check and set-up step (each
+    new one is a connection and its authentication: start-up time of every run); the full mode
+    opens a new destination session after its snapshot, which can take hours."""
+    destination = open_destination(job.destination.value)
+    with writer_connection(job) as src, destination.open_session(APP) as dst:
         with src.transaction():
             catalog, tables = select_realtime_tables(job, src, with_snapshot=before_destination is not None)
             soft = job.destination.value.deletes == "soft"
             planned = plan_objects(read_objects(src, tables), tables, soft_deletes=soft)
         full = before_destination is not None  # the full mode snapshots before the destination step
         # Where each table is at the slots' checkpoints (schema changes followed: see follow.py).
-        stored = ddlsetup.stream_tables(job, src)
+        stored = ddlsetup.stream_tables(job, src, dst)
         plans = plan_slots(job.source, tables, {relid: t.slot for relid, t in stored.items()})
         # Before anything is written: a stream that would skip changes is refused (positions.py).
-        starts = _check_positions(job, src, plans, "full" if full else "realtime")
+        starts = _check_positions(job, src, dst, plans, "full" if full else "realtime")
         for t in tables:
             identity_match_key(t)  # raises if the filter leaves out the columns rows are found by
         _refuse_nan_loss(job, src, plans)
@@ -90,14 +96,13 @@ def prepare(
         # must be one harmless boolean expression (conditions.py), as for the snapshot.
         check_conditions(src, tables)
         row_filters = decide_row_filters(src, plans)
-        with open_destination(job.destination.value).open_session(APP) as dst:
-            # Before publications, slots or a snapshot are made.
-            check_replica_role(dst, [t for t in tables if not t.table.unlogged], planned)
-            if any(not rf.native for rf in row_filters.values()):
-                check_destination_conditions(dst, tables, row_filters)
+        # Before publications, slots or a snapshot are made.
+        check_replica_role(dst, [t for t in tables if not t.table.unlogged], planned)
+        if any(not rf.native for rf in row_filters.values()):
+            check_destination_conditions(dst, tables, row_filters)
         if full:
             # Before publications or slots are made: every table the snapshot will empty must fit.
-            _check_snapshot_targets(job, src, plans, tables)
+            _check_snapshot_targets(job, src, dst, plans, tables)
         for level, message in identity_warnings(tables, tables_changed_in_place(src, tables)):
             log.log(level, message)
         for warning in unlogged_warnings(tables, "full" if full else "realtime"):
@@ -109,20 +114,36 @@ def prepare(
         if create_slots:
             for plan in plans:
                 ensure_slot(src, plan.slot, plan.plugin)
+        if before_destination is None:
+            ddlsetup.as_the_stream_has_them(plans, stored)
+            targets = _destination_targets(dst, plans, catalog, planned, row_filters, full)
     if before_destination is not None:
         before_destination(plans)
-    ddlsetup.as_the_stream_has_them(plans, stored)
-    with open_destination(job.destination.value).open_session(APP) as dst:
-        dst.state.ensure()
-        # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
-        streamed = [t for plan in plans for t in plan.tables if not t.table.unlogged]
-        if not full:
-            for key in [(t.table.schema, t.table.name) for t in streamed]:
-                for note in planned[key].notes if dst.describe(key) is None else ():
-                    log.warning("%s", note)
-        targets = prepare_destination(dst, catalog, streamed, planned, row_filters)
-        targets.update(ddlsetup.ghost_targets(dst, plans))
+        ddlsetup.as_the_stream_has_them(plans, stored)
+        with destination.open_session(APP) as dst:
+            targets = _destination_targets(dst, plans, catalog, planned, row_filters, full)
     return Prepared(plans, targets, heartbeat is not None, planned, starts)
+
+
+def _destination_targets(
+    dst: DestinationSession,
+    plans: list[SlotPlan],
+    catalog: Catalog,
+    planned: dict[tuple[str, str], PlannedObjects],
+    row_filters: dict[tuple[str, str], RowFilter],
+    full: bool,
+) -> dict[tuple[str, str], Target]:
+    """The destination's state schema, and its tables made ready: the apply targets."""
+    dst.state.ensure()
+    # Apply targets: the streamed tables (an UNLOGGED one never sends a change).
+    streamed = [t for plan in plans for t in plan.tables if not t.table.unlogged]
+    if not full:
+        for key in [(t.table.schema, t.table.name) for t in streamed]:
+            for note in planned[key].notes if dst.describe(key) is None else ():
+                log.warning("%s", note)
+    targets = prepare_destination(dst, catalog, streamed, planned, row_filters)
+    targets.update(ddlsetup.ghost_targets(dst, plans))
+    return targets
 
 
 def writer_connection(job: Job) -> psycopg.Connection[Any]:
@@ -156,26 +177,28 @@ def _refuse_nan_loss(job: Job, src: psycopg.Connection[Any], plans: list[SlotPla
 
 
 def _check_positions(
-    job: Job, src: psycopg.Connection[Any], plans: list[SlotPlan], mode: Mode
+    job: Job, src: psycopg.Connection[Any], dst: DestinationSession, plans: list[SlotPlan], mode: Mode
 ) -> dict[str, SlotStart]:
     configured = job.extractor.value.realtime.start_position
     start_lsn = Lsn.parse(configured.start_lsn) if configured and configured.start_lsn else None
     where = job.extractor.where("realtime", "start-position", "start-lsn")
-    with open_destination(job.destination.value).open_session(APP) as dst:
-        state = dst.state if dst.state.present() else None
-        return check_start_positions(
-            src, state, job.job_id, [p.slot for p in plans], mode, start_lsn, where
-        )
+    state = dst.state if dst.state.present() else None
+    return check_start_positions(src, state, job.job_id, [p.slot for p in plans], mode, start_lsn, where)
 
 
 def _check_snapshot_targets(
-    job: Job, src: psycopg.Connection[Any], plans: list[SlotPlan], tables: list[SelectedTable]
+    job: Job,
+    src: psycopg.Connection[Any],
+    dst: DestinationSession,
+    plans: list[SlotPlan],
+    tables: list[SelectedTable],
 ) -> None:
     """The tables a full run will snapshot: all of a slot that is new, else those not finished."""
+    from replicator.snapshot.runner import unfinished_tables  # the full mode's: not on realtime's start-up
+
     fresh = {key for plan in plans if get_slot(src, plan.slot) is None for key in plan.table_keys}
-    with open_destination(job.destination.value).open_session(APP) as dst:
-        pending = {(t.table.schema, t.table.name) for t in unfinished_tables(dst, job.job_id, tables)}
-        dst.check_can_take([t for t in tables if (t.table.schema, t.table.name) in fresh | pending])
+    pending = {(t.table.schema, t.table.name) for t in unfinished_tables(dst, job.job_id, tables)}
+    dst.check_can_take([t for t in tables if (t.table.schema, t.table.name) in fresh | pending])
 
 
 def stream(job: Job, prepared: Prepared, stop: threading.Event | None = None) -> list[SlotStats]:

@@ -9,11 +9,12 @@ destination stores every one of those columns (the usual case) and otherwise wor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+from typing import Any, cast
 
 from replicator.decoding.changes import Value
-from replicator.decoding.fold import Folded, Prepared, TableBatch
+from replicator.decoding.fold import Folded, Prepared, TableBatch, Upsert
 
 # COPY text format: backslash, and the characters that would end a field or a row.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -23,6 +24,14 @@ def prepare(batch: TableBatch, texts: bool = True) -> Prepared:
     """Sort the batch's operations (and, with ``texts``, format them); remembered on the batch."""
     prepared = Prepared.sort(batch)
     deletes, fresh, existing = prepared.deletes, prepared.fresh, prepared.existing
+    if len(existing) >= SORT_MIN_ROWS:
+        order = index_order(batch)
+        if order is not None:
+            try:
+                if not _looks_sorted(existing, order):
+                    existing.sort(key=order)
+            except (TypeError, ValueError):  # a NULL in an integer key: any order is as correct
+                pass
     if texts:
         width = len(batch.relation.columns)
         if fresh:
@@ -33,6 +42,48 @@ def prepare(batch: TableBatch, texts: bool = True) -> Prepared:
             prepared.deleted_keys = array_literal([k[0] for k in deletes])
     batch.prepared = prepared
     return prepared
+
+
+# Updated rows are staged in the order of their key (``index_order``) from this many on: the merge
+# then probes the key's index and visits the table's pages in order, not at random. Measured on
+# pgbench_accounts (500k rows), 2,400 rows updated from a stage: 16.9 -> 14.6 ms; from arrays
+# (pipelined.py): 20.5 -> 18.1 ms. Sorting 10,000 rows costs about 1 ms of the reading thread, so
+# rows that already come in key order (a range updated at once) are left as they are
+# (``_looks_sorted``). New rows are COPYed straight into their table: no probe to put in order.
+SORT_MIN_ROWS = 64
+_SAMPLES = 32  # rows looked at to tell whether a batch already comes in key order
+
+# Integer types (int2, int4, int8, oid): their text sorts as the number it spells, not as text.
+_INTEGER_OIDS = frozenset({20, 21, 23, 26})
+
+
+def _looks_sorted(rows: list[Upsert], order: Callable[[Upsert], Any]) -> bool:
+    """Whether ``_SAMPLES`` rows spread over ``rows`` are in key order: rows in random order almost
+    never pass (32 random keys in order: 1 in 32!), a range updated in key order always does."""
+    sample = [order(r) for r in rows[:: max(1, len(rows) // _SAMPLES)]]
+    return all(a <= b for a, b in pairwise(sample))
+
+
+def index_order(batch: TableBatch) -> Callable[[Upsert], Any] | None:
+    """A sort key putting rows in (about) the order of the destination key's index: numbers for
+    integer columns, the text itself otherwise (the order of a C collation, and of uuid). Only
+    locality depends on it, never correctness: the rows' keys are distinct, and every statement
+    applies them as a set (a NULL in an integer key column raises TypeError: the caller then keeps
+    the order as it was)."""
+    positions = batch.key_positions
+    columns = batch.relation.columns
+    if not positions or any(p >= len(columns) for p in positions):
+        return None
+    integer = [columns[p].type_oid in _INTEGER_OIDS for p in positions]
+    if len(positions) == 1:
+        (p,) = positions
+        if integer[0]:
+            return lambda op: int(cast(str, op.values[p]))
+        return lambda op: str(op.values[p])
+    return lambda op: tuple(
+        int(cast(str, op.values[p])) if is_int else str(op.values[p])
+        for p, is_int in zip(positions, integer, strict=True)
+    )
 
 
 def prepare_all(folded: Folded) -> Folded:
