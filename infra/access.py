@@ -8,8 +8,8 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from replicator.provision.accessspec import ReplicationRight
 from replicator.provision.dynamic import ReplicationUserProvider
-from replicator.provision.pgaccess import ReplicationRight
 
 
 class ReplicationUser(pulumi.dynamic.Resource, module="replicator", name="ReplicationUser"):

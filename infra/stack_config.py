@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from replicator.provision import rds, wal
-from replicator.provision.pgaccess import ALL_TABLES
+from replicator.provision.accessspec import ALL_TABLES
 
 NAMESPACE = "replicator"
 
@@ -109,8 +109,8 @@ class Bastion(_Model):
     def _key_loads(self) -> Bastion:
         """Refuse before anything is declared: a key file missing, not a key, or not decrypted by the
         passphrase."""
+        from replicator.provision.adminsession import AccessError
         from replicator.provision.bastion import STACK_KEYS, tunnel_settings
-        from replicator.provision.pgaccess import AccessError
         from replicator.ssh.keys import config_problems
 
         try:

@@ -6,7 +6,10 @@ or it may not (a wrong password, a missing table). It honours the error's own wo
 1. an exception with a ``transient`` attribute says so itself: ours do (``ReplicationLost``,
    ``SlotInUse``; ``RelayError`` asks the server error it carries);
    then a server that says it is a read-only node (in recovery, an Aurora reader: a failover
-   in progress) is transient, whatever the error's class (``on_read_only_node``);
+   in progress) is transient, whatever the error's class (``on_read_only_node``), and so is a
+   catalog row changed under a statement by a concurrent session (XX000 "tuple concurrently
+   updated": two GRANTs on one object; a duplicate in a catalog's unique index: two CREATE ...
+   IF NOT EXISTS of one name; ``concurrent_catalog_change``);
 2. psycopg's ``OperationalError``s are transient (connection exceptions, operator intervention,
    insufficient resources, ...), except authorization and unknown-catalog SQLSTATEs (28, 3D) and
    the connection failures libpq describes in words only (a failed connection attempt has no
@@ -21,10 +24,11 @@ fresh start later may succeed: ``ConnectError`` after ``connect`` retried an unr
 beginning (the delta loop's next pass), never for retrying the same operation again at once.
 
 The policy (``retrying``): tenacity, retrying only what the rule says is transient, a fixed
-wait apart, a bounded number of times in a row, logging each retry. Used by ``connect``, the
-snapshot/delta worker pool (an item is retried on new connections), the realtime pipeline
-(the stream resumes from the destination's checkpoint) and the delta loop (a failed pass is
-tried again after the interval).
+wait apart (or a jittered exponential backoff), a bounded number of times in a row, logging
+each retry. Used by ``connect``, the snapshot/delta worker pool (an item is retried on new
+connections), the realtime pipeline (the stream resumes from the destination's checkpoint), the
+delta loop (a failed pass is tried again after the interval) and provisioning (each step's
+transaction is redone: ``replicator.provision.adminsession``).
 """
 
 from __future__ import annotations
@@ -103,12 +107,36 @@ def on_read_only_node(exc: BaseException) -> bool:
     return any(marker in text for marker in _READ_ONLY_NODE)
 
 
+# PostgreSQL changes a catalog row (an ACL in pg_class, pg_namespace, pg_database, pg_default_acl, a
+# publication's options) without re-checking it: a statement that waited for another session's change of
+# the same row fails with XX000 once that session commits. Likewise CREATE ... IF NOT EXISTS that waited for
+# another session's creation of the same name fails on the catalog's unique index (23505 in pg_catalog).
+# Either way the row is then settled, and trying again works.
+_CONCURRENT_CATALOG_UPDATE = ("tuple concurrently updated", "tuple concurrently deleted")
+_INTERNAL_ERROR = "XX000"
+_UNIQUE_VIOLATION = "23505"
+
+
+def concurrent_catalog_change(exc: BaseException) -> bool:
+    """Whether ``exc`` is a race with another session on a catalog row ("tuple concurrently updated", or
+    a duplicate in a catalog's unique index)."""
+    state = getattr(exc, "sqlstate", None)
+    if state == _INTERNAL_ERROR:
+        text = str(exc)
+        return any(marker in text for marker in _CONCURRENT_CATALOG_UPDATE)
+    if state == _UNIQUE_VIOLATION and isinstance(exc, psycopg.Error):
+        return exc.diag.schema_name == "pg_catalog"
+    return False
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether a failure may go away by itself (network, restart), so that retrying makes sense."""
+    """Whether a failure may go away by itself (network, restart, a concurrent session's change), so
+    that retrying makes sense. Deadlocks (40P01) and serialization failures (40001) are psycopg
+    ``OperationalError``s: transient by rule 2."""
     flag = getattr(exc, "transient", None)
     if flag is not None:
         return bool(flag)
-    if on_read_only_node(exc):
+    if on_read_only_node(exc) or concurrent_catalog_change(exc):
         return True
     if not isinstance(exc, psycopg.OperationalError):
         return False
@@ -147,9 +175,14 @@ def retrying(
     streak: Streak | None = None,
     before_retry: Callable[[BaseException], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    max_wait_s: float | None = None,
 ) -> tenacity.Retrying:
     """Retry ``what`` while ``retry_if`` says the failure is transient: ``attempts`` attempts in
     all (None: no limit), ``wait_s`` apart. The last failure is re-raised as it is.
+
+    ``max_wait_s``: back off instead: a random wait up to ``wait_s`` doubled after each failure,
+    at most ``max_wait_s``. Sessions that conflicted once (a deadlock between two of them) would
+    collide again if they retried in step; the jitter takes them apart.
 
     ``streak``: count failures in a row there (the caller resets it on progress) instead of
     attempts since the start. ``before_retry``: cleanup before waiting (e.g. close connections).
@@ -168,14 +201,18 @@ def retrying(
         if before_retry is not None:
             before_retry(exc)
         limit = f" of {attempts}" if attempts is not None else ""
+        wait = state.next_action.sleep if state.next_action is not None else wait_s
         log.warning(
-            "%s failed, trying again in %g s (attempt %d%s): %s",
-            what() if callable(what) else what, wait_s, counter.failures, limit, first_line(exc),
+            "%s failed, trying again in %.2f s (attempt %d%s): %s",
+            what() if callable(what) else what, wait, counter.failures, limit, first_line(exc),
         )  # fmt: skip
 
+    waits: tenacity.wait.wait_base = tenacity.wait_fixed(wait_s)
+    if max_wait_s is not None:
+        waits = tenacity.wait_random_exponential(multiplier=wait_s, max=max_wait_s)
     return tenacity.Retrying(
         stop=stop,
-        wait=tenacity.wait_fixed(wait_s),
+        wait=waits,
         retry=tenacity.retry_if_exception(retry_if),
         before_sleep=before_sleep,
         sleep=sleep,

@@ -18,7 +18,7 @@ from replicator.check.tunnel import check_tunnel
 from replicator.config.connection import ConnectionConfig
 from replicator.connect import ConnectError, connect, describe
 from replicator.errors import ReplicatorError
-from replicator.provision import pgaccess
+from replicator.provision import accessspec, accesssql
 from replicator.source import ddlcapture, ddlinstall
 from replicator.source.slots import FAILOVER_SLOTS_FROM
 
@@ -249,10 +249,10 @@ def check_replication_right(ctx: SourceContext) -> CheckResult:
             else ("member of rds_replication" if rds_member else "REPLICATION attribute")
         )
         return ok(SOURCE, "replication right", f"{ctx.user} may replicate ({how})")
-    right: pgaccess.ReplicationRight = "rds_replication" if ctx.is_rds or ctx.has_rds_role else "attribute"
+    right: accessspec.ReplicationRight = "rds_replication" if ctx.is_rds or ctx.has_rds_role else "attribute"
     return fail(
         SOURCE, "replication right", f"{ctx.user} may not open replication connections or use slots",
-        ctx.sql(pgaccess.grant_replication(ctx.user, right)) + "  -- as the master user / a superuser",
+        ctx.sql(accesssql.grant_replication(ctx.user, right)) + "  -- as the master user / a superuser",
     )
 
 

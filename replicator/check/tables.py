@@ -13,7 +13,7 @@ from replicator.check.report import CheckResult, fail, ok, skip, warn
 from replicator.config import ConfigFile, ExtractorConfig, FilterConfig
 from replicator.errors import ConfigError
 from replicator.filters import SelectedTable, check_conditions, select_tables
-from replicator.provision import pgaccess
+from replicator.provision import accesssql
 from replicator.realtime.setup import plan_slots
 from replicator.source import rowfilter
 from replicator.source.wal2json_nan import OPT_IN, OPTION, keeps_nan, nan_risks
@@ -98,8 +98,8 @@ def check_select_grants(ctx: SourceContext, tables: list[SelectedTable]) -> Chec
             missing.append(t)
     if not missing:
         return ok(TABLES, "select grants", f"{user} may read all {len(tables)} selected table(s)")
-    statements = [ctx.sql(pgaccess.grant_schema_usage(user, s)) for s in no_usage]
-    statements += [ctx.sql(pgaccess.grant_select(user, (t.table.schema, t.table.name))) for t in missing]
+    statements = [ctx.sql(accesssql.grant_schema_usage(user, s)) for s in no_usage]
+    statements += [ctx.sql(accesssql.grant_select(user, (t.table.schema, t.table.name))) for t in missing]
     return fail(
         TABLES, "select grants",
         f"{user} may not read {len(missing)} table(s): {_names(missing)}",
@@ -126,7 +126,7 @@ def check_sequence_grants(ctx: SourceContext, tables: list[SelectedTable]) -> Ch
         TABLES, "sequence grants",
         f"{ctx.user} may not read the value of {len(unreadable)} sequence(s): "
         f"{', '.join('.'.join(n) for n in unreadable)} (kept in step at the destination, set at switchover)",
-        "\n".join(ctx.sql(pgaccess.grant_select_all_sequences(ctx.user, s)) for s in schemas),
+        "\n".join(ctx.sql(accesssql.grant_select_all_sequences(ctx.user, s)) for s in schemas),
     )
 
 
@@ -164,7 +164,7 @@ def check_publication(ctx: SourceContext, tables: list[SelectedTable]) -> list[C
     """The publication of every pgoutput slot, as `replicator run` will use it (one per slot when several)."""
     if not ctx.cfg.publication:
         # Tables without a replica identity stay out: published for updates, theirs would fail.
-        create = pgaccess.create_publication(
+        create = accesssql.create_publication(
             "replicator_pub",
             tuple((t.table.schema, t.table.name) for t in tables if t.table.identity_gap is None),
             ctx.conn.info.server_version,
@@ -185,7 +185,7 @@ def _check_one_publication(ctx: SourceContext, name: str, tables: list[SelectedT
         "SELECT puballtables, pubinsert, pubupdate, pubdelete FROM pg_publication WHERE pubname = %s", (name,)
     ).fetchone()
     if row is None:
-        create = pgaccess.create_publication(
+        create = accesssql.create_publication(
             name, tuple((t.table.schema, t.table.name) for t in tables), conn.info.server_version
         )
         if _owns_all(ctx, tables):
@@ -201,7 +201,7 @@ def _check_one_publication(ctx: SourceContext, name: str, tables: list[SelectedT
                 TABLES,
                 "publish operations",
                 f"publication {name} does not publish {', '.join(ops)}",
-                ctx.sql(pgaccess.publish_all_operations(name, ctx.conn.info.server_version)),
+                ctx.sql(accesssql.publish_all_operations(name, ctx.conn.info.server_version)),
             )
         )
     else:
@@ -232,7 +232,7 @@ def _coverage(ctx: SourceContext, name: str, all_tables: bool, tables: list[Sele
     missing = [t for t in tables if not _published(t, members)]
     if not missing:
         return ok(TABLES, "publication coverage", f"{name} covers all {len(tables)} selected table(s)")
-    fixes = [ctx.sql(pgaccess.add_to_publication(name, (t.table.schema, t.table.name)))
+    fixes = [ctx.sql(accesssql.add_to_publication(name, (t.table.schema, t.table.name)))
              for t in missing if not _leaves_published(t, members)]
     if any(_leaves_published(t, members) for t in missing):
         fixes.append(ctx.sql(sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)").format(
@@ -279,8 +279,8 @@ def _filters(ctx: SourceContext, name: str, tables: list[SelectedTable]) -> Chec
         what += ["a column list"] if columns else []
         details.append(f"{t.display} ({' and '.join(what)})")
         key = (t.table.schema, t.table.name)
-        statements.append(ctx.sql(pgaccess.drop_from_publication(name, key)))
-        statements.append(ctx.sql(pgaccess.add_to_publication(name, key)))
+        statements.append(ctx.sql(accesssql.drop_from_publication(name, key)))
+        statements.append(ctx.sql(accesssql.add_to_publication(name, key)))
     return fail(
         TABLES, "publication filters",
         f"{name} publishes only part of {', '.join(details)}; the filter config does the filtering, "

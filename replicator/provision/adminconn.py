@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from replicator.provision import bastion
-from replicator.provision.pgaccess import AccessError
+from replicator.provision.adminsession import AccessError, AdminSession
 
 REACH_TIMEOUT_S = 10.0
 PRIVATE_DATABASES = "infra/README.md, section 'Private databases'"
@@ -83,3 +83,11 @@ def admin_connection(props: dict[str, Any], dbname: str | None = None) -> psycop
         application_name="replicator-provision",
         autocommit=True,
     )
+
+
+def admin_session(props: dict[str, Any], dbname: str | None = None) -> AdminSession:
+    """An admin session on ``dbname`` (see ``admin_connection``) that reopens its connection when a step
+    lost it. Connected now: a wrong address or password fails here, before any step."""
+    session = AdminSession(lambda: admin_connection(props, dbname))
+    session.conn  # noqa: B018  (opens it)
+    return session

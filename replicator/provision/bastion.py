@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from replicator import ssh
 from replicator.config.connection import ConnectionConfig, SshTunnelConfig
-from replicator.provision.pgaccess import AccessError
+from replicator.provision.adminsession import AccessError
 
 # Stack config (camelCase) -> ssh-tunnel key (kebab-case); ``knownHosts`` (the lines themselves) is ours.
 STACK_KEYS = {

@@ -22,6 +22,8 @@ from pulumi.dynamic import (
 )
 
 from replicator.provision import adminconn, attach, pgaccess, slotguard
+from replicator.provision.accessspec import AccessSpec
+from replicator.provision.adminsession import AccessError
 
 # Changing any of these means another role, or another server: a new resource.
 _USER_IDENTITY = ("host", "port", "database", "user")
@@ -60,28 +62,27 @@ class ReplicationUserProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         password = new_password()
-        with adminconn.admin_connection(props) as conn:
-            pgaccess.ensure_access(conn, pgaccess.AccessSpec.from_props(props), password)
+        with adminconn.admin_session(props) as session:
+            pgaccess.ensure_access(session, AccessSpec.from_props(props), password)
         return CreateResult(_user_id(props), {**props, "password": password})
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         rotate = olds.get("password_version") != news.get("password_version")
         password = new_password() if rotate or not olds.get("password") else olds["password"]
-        old_spec, new_spec = pgaccess.AccessSpec.from_props(olds), pgaccess.AccessSpec.from_props(news)
-        with adminconn.admin_connection(news) as conn:
-            pgaccess.update_access(conn, old_spec, new_spec, password)
+        old_spec, new_spec = AccessSpec.from_props(olds), AccessSpec.from_props(news)
+        with adminconn.admin_session(news) as session:
+            pgaccess.update_access(session, old_spec, new_spec, password)
         return UpdateResult({**news, "password": password})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        with adminconn.admin_connection(props) as conn:
-            pgaccess.drop_access(
-                conn, pgaccess.AccessSpec.from_props(props), lambda db: adminconn.admin_connection(props, db)
-            )
+        with adminconn.admin_session(props) as session:
+            spec = AccessSpec.from_props(props)
+            pgaccess.drop_access(session, spec, lambda db: adminconn.admin_connection(props, db))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         # `pulumi refresh`: a role dropped by hand is reported gone, so the next `up` recreates it.
-        with adminconn.admin_connection(props) as conn:
-            exists = pgaccess.role_exists(conn, props["user"])
+        with adminconn.admin_session(props) as session:
+            exists = pgaccess.role_exists(session, props["user"])
         return ReadResult(id_ if exists else None, props)
 
 
@@ -140,8 +141,8 @@ _ATTACH_SETTINGS = (
 def _no_logical_slots_left(props: dict[str, Any], what: str) -> None:
     try:
         conn = adminconn.admin_connection(props)
-    except (psycopg.Error, pgaccess.AccessError) as e:
-        raise pgaccess.AccessError(
+    except (psycopg.Error, AccessError) as e:
+        raise AccessError(
             f"before it can {what} (which switches logical replication off), the program must check the "
             f"database for logical slots, and cannot connect: {e}"
         ) from None

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.provision.pgaccess import AccessError
+from replicator.provision.adminsession import AccessError
 
 
 @dataclass(frozen=True)

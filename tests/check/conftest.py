@@ -18,7 +18,7 @@ import yaml
 from replicator.check import Report, check_all
 from replicator.config import load_connection, load_extractor, load_filter
 from replicator.localpg import LocalCluster, start_cluster
-from replicator.provision import pgaccess
+from replicator.provision import accessspec, pgaccess
 from tests.conftest import AwsEndpoint, Database
 
 _n = itertools.count()
@@ -80,13 +80,13 @@ class Source:
 
 
 def make_source(
-    db: Database, tmp: Path, right: pgaccess.ReplicationRight = "attribute", **spec: Any
+    db: Database, tmp: Path, right: accessspec.ReplicationRight = "attribute", **spec: Any
 ) -> Source:
     user = f"cdc_{os.getpid()}_{next(_n)}"
     password = "check-password-123"
     with db.connect() as conn:
         pgaccess.ensure_access(
-            conn, pgaccess.AccessSpec(user=user, replication_right=right, **spec), password
+            conn, accessspec.AccessSpec(user=user, replication_right=right, **spec), password
         )
     return Source(db, user, password, tmp)
 

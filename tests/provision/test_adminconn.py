@@ -10,8 +10,8 @@ import pytest
 
 from replicator.localpg import SUPERUSER, SUPERUSER_PASSWORD, free_port
 from replicator.provision import adminconn
+from replicator.provision.adminsession import AccessError
 from replicator.provision.dynamic import ReplicationUserProvider
-from replicator.provision.pgaccess import AccessError
 from tests.conftest import Database
 
 

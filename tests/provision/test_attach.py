@@ -21,8 +21,8 @@ import pytest
 
 from replicator.localpg import SUPERUSER, SUPERUSER_PASSWORD, LocalCluster, start_cluster
 from replicator.provision import attach
+from replicator.provision.adminsession import AccessError
 from replicator.provision.dynamic import RdsAttachmentProvider
-from replicator.provision.pgaccess import AccessError
 from tests.conftest import AwsEndpoint
 
 PARAMS = [

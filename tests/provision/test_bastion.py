@@ -10,8 +10,8 @@ import pytest
 
 from replicator.localpg import free_port
 from replicator.provision import adminconn
+from replicator.provision.adminsession import AccessError
 from replicator.provision.dynamic import ReplicationUserProvider
-from replicator.provision.pgaccess import AccessError
 from tests.conftest import Database
 from tests.provision.test_adminconn import admin
 from tests.ssh.conftest import _fresh_tunnels, sshd  # noqa: F401  (fixtures)

@@ -49,10 +49,30 @@ Statement = tuple[sql.Composed | sql.SQL | str, Sequence[Any] | None]
 # A type by its schema and internal name (pg_catalog.bpchar, pg_catalog."bit", pg_catalog._bpchar for
 # char(n)[]): such a name carries no typmod. format_type's SQL spellings would not do: "character"
 # and "bit" without a length mean a length of 1, and a cast to them cuts values to one character.
-_PLAIN_TYPES = """SELECT a.attname, format('%%I.%%I', n.nspname, t.typname)
-                  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-                  JOIN pg_namespace n ON n.oid = t.typnamespace
-                  WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped"""
+# A domain (or an array of one) is walked down to its base type: a cast to a domain over varchar(3)
+# applies the length as an explicit cast does, cutting the value; the assignment to the column then
+# checks the length, and the domain's constraints, as COPY's input would.
+_PLAIN_TYPES = """
+WITH RECURSIVE col AS (
+    SELECT a.attname, t.oid AS typ, false AS arr
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typlen = -1
+    WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+      AND (e.oid IS NULL OR e.typtype <> 'd')
+  UNION ALL
+    SELECT a.attname, e.oid, true
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    JOIN pg_type e ON e.oid = t.typelem AND t.typlen = -1 AND e.typtype = 'd'
+    WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+), down(attname, typ, arr) AS (
+    SELECT attname, typ, arr FROM col
+  UNION ALL
+    SELECT d.attname, t.typbasetype, d.arr FROM down d JOIN pg_type t ON t.oid = d.typ WHERE t.typtype = 'd'
+)
+SELECT d.attname, format('%%I.%%I', n.nspname, t.typname)
+FROM down d JOIN pg_type b ON b.oid = d.typ AND b.typtype <> 'd'
+JOIN pg_type t ON t.oid = CASE WHEN d.arr THEN b.typarray ELSE b.oid END
+JOIN pg_namespace n ON n.oid = t.typnamespace"""
 
 
 @dataclass(frozen=True)
@@ -80,7 +100,8 @@ def plain_types(
     shape = _shape(table)
     found = cache.get(table.key)
     if found is None or found.shape != shape:
-        rows = conn.execute(_PLAIN_TYPES, (ident(table).as_string(conn),)).fetchall()
+        name = ident(table).as_string(conn)
+        rows = conn.execute(_PLAIN_TYPES, (name, name)).fetchall()
         found = cache[table.key] = PlainTypes(shape, {str(r[0]): str(r[1]) for r in rows})
     return found.types
 
@@ -142,7 +163,7 @@ def statements(
     assert p is not None
     out: list[Statement] = []
     if p.deletes:
-        query = texts.get(("delete", *depends), lambda: _delete_keys(target, deletes))
+        query = texts.get(("delete", *depends), lambda: _delete_keys(target, deletes, types))
         out.append((query, (p.deleted_keys,)))
     ops = [*p.fresh, *p.existing]
     if ops:
@@ -151,11 +172,10 @@ def statements(
     return out
 
 
-def _delete_keys(target: Target, deletes: DeletePolicy) -> sql.Composed:
+def _delete_keys(target: Target, deletes: DeletePolicy, types: dict[str, str]) -> sql.Composed:
     key = target.key[0]
-    where = sql.SQL("{} = ANY({}::{}[])").format(
-        sql.Identifier(key), sql.Placeholder(), sql.SQL(target.table.columns[key].type_sql)
-    )
+    # the plain type: a cast to varchar(3)[] (or a domain of it) would cut a longer key into another
+    where = sql.SQL("{} = ANY({}::{}[])").format(sql.Identifier(key), sql.Placeholder(), sql.SQL(types[key]))
     return deletes.delete_where(target.table, where)
 
 

@@ -342,3 +342,60 @@ def test_a_large_source_transaction_is_never_all_queued(
     d.commit()
     assert len(queued) >= 60 and max(queued) < 100, queued
     assert len(contents(two, "piped")) == 3000
+
+
+
+DOMAIN_COLUMNS = [  # (name, destination type, value one character too long for it)
+    ("s", "short3", "abcd"),
+    ("ss", "shorter", "abcd"),  # a domain over that domain
+    ("arr", "short3[]", "{abcd}"),  # an array of the domain
+    ("b", "bits2", "101"),
+]
+
+
+@pytest.mark.parametrize("column,value", [(n, v) for n, _, v in DOMAIN_COLUMNS])
+def test_a_domain_with_a_length_does_not_cut_a_value_too_long_for_it(
+    dest_db: Database, monkeypatch: pytest.MonkeyPatch, column: str, value: str
+) -> None:
+    """A cast to a domain applies its base type's length as an explicit cast does: it cuts. So a
+    domain column is cast to its base type's plain type, and the assignment checks the length as
+    COPY does. (The source's domain of the same name may be wider: same name, so no widening.)"""
+    dest_db.execute(
+        "CREATE DOMAIN short3 AS varchar(3); CREATE DOMAIN shorter AS short3 CHECK (VALUE <> 'no');"
+        "CREATE DOMAIN bits2 AS bit(2);"
+        f"CREATE TABLE dom (id bigint PRIMARY KEY, {', '.join(f'{n} {t}' for n, t, _ in DOMAIN_COLUMNS)})"
+    )
+    names = ["id", *(n for n, _, _ in DOMAIN_COLUMNS)]
+    with dest_db.session() as session:
+        d = Driver(session, "dom")
+        found = session.describe(("public", "dom"))
+        assert found is not None
+        # the source's types, spelled as the destination's (the same names)
+        source_types = {90_000 + i: found.columns[n].type_sql for i, n in enumerate(names[1:])}
+        d.writer = session.applier(
+            "job", "dom", {("public", "dom"): Target(found, ("id",))},
+            lambda oid, typmod: (source_types.get(oid, "bigint"), Catalog()),
+        )
+        d.relation = Relation(
+            1, "public", "dom", ReplicaIdentity.DEFAULT,
+            tuple(Column(n, oid, -1, n == "id") for n, oid in zip(names, [20, *source_types], strict=True)),
+        )
+        decisions = counting(monkeypatch)
+        row = tuple("1" if n == "id" else value if n == column else None for n in names)
+        d.transaction((Op.INSERT, row, None))
+        too_long = (psycopg.errors.StringDataRightTruncation, psycopg.errors.StringDataLengthMismatch)
+        with pytest.raises(too_long):
+            d.commit()
+        d.writer.rollback()
+        assert decisions == [True]  # the pipelined path was the one taken
+        assert session.conn.execute("SELECT count(*) FROM dom").fetchone() == (0,)
+        # a value that fits still goes, and the domain's own CHECK still applies
+        d.transaction((Op.INSERT, ("2", "abc", "abc", "{abc}", "10"), None))
+        d.commit()
+        assert session.conn.execute("SELECT id, s, ss, arr::text, b::text FROM dom").fetchall() == [
+            (2, "abc", "abc", "{abc}", "10")
+        ]
+        d.transaction((Op.INSERT, ("3", None, "no", None, None), None))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            d.commit()
+        d.writer.rollback()
