@@ -25,11 +25,23 @@ source's WAL writer (about half of wal_writer_delay), ours too. --statements cou
 destination statements and commits during the steady part (pg_stat_statements).
 --destination-rtt-ms X puts bench/_delay.py between us and the destination: X ms more per round
 trip, as across a network (RDS: 0.2-1 ms); native applies inside the destination, untouched.
+
+Fairness: both pollers are threads of this process doing the same thing, on the same cluster.
+PostgreSQL wakes the walsenders in the order of their slots in shared memory, so the consumer
+that starts streaming first is woken first at every WAL flush: --first (native by default, as
+before) says which, and the output names the order. Measured on 2 cores, the order moved
+neither consumer's lag by more than the noise (ours minus native, mean over all probes: 7.8 ms
+native first, 7.9 ms ours first). The steady part also prints the CPU seconds of each
+consumer's processes (its walsender; the native apply worker, or our process and our
+destination backends): on 2 shared cores that is what the consumers take from each other.
+--probes-json FILE keeps every probe's times, to line up with a trace of our process.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -125,6 +137,60 @@ class Poller(threading.Thread):
         self.conn.close()
 
 
+def wait_streaming(writer: ProbeWriter, pollers: dict[str, Poller], dbs: list[str], workdir: Path) -> None:
+    """Commit a probe and wait until it is visible in each of ``dbs``."""
+    probe = writer.probe()
+    for db in dbs:
+        if not pollers[db].wait_for(probe, 120):
+            raise SystemExit(f"{db} did not start replicating within 120 s (see {workdir})")
+
+
+def walsender_order(src: LocalCluster) -> str:
+    """The slots being streamed, in the order their walsenders are woken (pg_stat_replication lists
+    walsenders in the order of their slots in shared memory)."""
+    with psycopg.connect(src.conninfo(SOURCE_DB), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT s.slot_name FROM pg_stat_replication r "
+            "JOIN pg_replication_slots s ON s.active_pid = r.pid"
+        ).fetchall()
+    return ", ".join(str(r[0]) for r in rows)
+
+
+def consumer_processes(src: LocalCluster, dst: LocalCluster, ours: Child) -> dict[str, int]:
+    """The processes each consumer runs on: its walsender at the source, and the native apply
+    worker or our process and our destination backends."""
+    procs: dict[str, int] = {}
+    with psycopg.connect(src.conninfo(SOURCE_DB), autocommit=True) as conn:
+        for slot, pid in conn.execute("SELECT slot_name, active_pid FROM pg_replication_slots WHERE active"):
+            procs[f"{slot}_walsender"] = int(pid)
+    with psycopg.connect(dst.conninfo(), autocommit=True) as conn:
+        row = conn.execute("SELECT pid FROM pg_stat_subscription WHERE pid IS NOT NULL").fetchone()
+        if row:
+            procs["native_apply"] = int(row[0])
+        for (pid,) in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = 'ours' AND application_name LIKE 'replicator%'"
+        ):
+            procs[f"ours_backend_{pid}"] = int(pid)
+    pid = ours.replicator_pid()
+    if pid is not None:
+        procs["ours_process"] = pid
+    return procs
+
+
+def cpu_seconds(procs: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds of each process so far (our destination backends summed)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for name, pid in procs.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        key = "ours_backends" if name.startswith("ours_backend_") else name
+        out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
@@ -179,6 +245,18 @@ def main() -> int:
         action="store_true",
         help="count our destination statements and commits during the steady part (pg_stat_statements)",
     )
+    p.add_argument(
+        "--first",
+        choices=["native", "ours"],
+        default="native",
+        help="which consumer starts streaming first (its walsender is then woken first at each WAL flush)",
+    )
+    p.add_argument(
+        "--probes-json",
+        type=Path,
+        help="write each probe's commit time and when each destination showed it (time.monotonic(), "
+        "the clock every process on this machine shares) to this file, to compare with a trace",
+    )
     p.add_argument("--ours-prefix", default="", help="command prefix for our process, e.g. a profiler")
     p.add_argument("--keep", action="store_true", help="keep the work directory (our log)")
     _oltp.add_destination_rtt_flag(p)
@@ -216,21 +294,27 @@ def main() -> int:
                                     args.extractor.read_text() if args.extractor else "",
                                     [*tables, "replicate_io_cdc_heartbeat"] if args.without_history else None,
                                     destination_port=proxy.port if proxy else None)
-        _oltp.create_subscription(src, dst, "native", "native_pub", enabled=True)
+        # The consumer whose walsender starts first is woken first at every WAL flush (PostgreSQL
+        # wakes walsenders in the order of their slots in shared memory): --first says which.
+        _oltp.create_subscription(src, dst, "native", "native_pub", enabled=args.first == "native")
         if args.statements:
             with psycopg.connect(dst.conninfo(), autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION pg_stat_statements")
-        ours = Child(_oltp.replicator_cmd(paths, once=False, prefix=shlex.split(args.ours_prefix)),
-                     workdir / "ours.log").start()
         writer = ProbeWriter(src, args.probe_ms / 1000)
         writer.start()
         pollers = {db: Poller(dst, db, args.poll_ms / 1000) for db in DESTINATIONS}
         for poller in pollers.values():
             poller.start()
-        first = writer.probe()
-        for db, poller in pollers.items():
-            if not poller.wait_for(first, 120):
-                raise SystemExit(f"{db} did not start replicating within 120 s (see {workdir})")
+        if args.first == "native":
+            wait_streaming(writer, pollers, ["native"], workdir)
+        ours = Child(_oltp.replicator_cmd(paths, once=False, prefix=shlex.split(args.ours_prefix)),
+                     workdir / "ours.log").start()
+        wait_streaming(writer, pollers, ["ours"], workdir)
+        if args.first == "ours":
+            with psycopg.connect(dst.conninfo("native"), autocommit=True) as conn:
+                conn.execute("ALTER SUBSCRIPTION native_sub ENABLE")
+            wait_streaming(writer, pollers, ["native"], workdir)
+        print(f"walsenders (first woken first): {walsender_order(src)}", flush=True)
         print(f"both streaming; steady: pgbench -R {args.rate} -c {args.clients} for "
               f"{args.warmup + args.seconds:.0f} s ({args.warmup:.0f} s warm-up) ...", flush=True)
 
@@ -238,11 +322,15 @@ def main() -> int:
         writer.running.set()
         time.sleep(args.warmup)
         counted_from = writer.next_id
+        cpu_before = cpu_seconds(consumer_processes(src, dst, ours))
         if args.statements:
             _oltp.reset_statements(dst)
             history_before = history_rows(src)
         out, _ = bench.communicate()
         writer.running.clear()
+        cpu = cpu_seconds(consumer_processes(src, dst, ours))
+        print("  CPU seconds during the measured part: " + ", ".join(
+            f"{name} {cpu[name] - cpu_before.get(name, 0.0):.1f}" for name in cpu), flush=True)
         if args.statements:
             _oltp.report_statements(dst, "ours", history_rows(src) - history_before, ignore=[Poller.QUERY])
         counted = range(counted_from, writer.next_id)
@@ -263,6 +351,7 @@ def main() -> int:
             )
         fields += [
             f"peak_rss_mb={ours.peak_kb / 1024:.0f}",
+            f"first={args.first}",
             f"plugin={args.plugin}",
             f"history={'no' if args.without_history else 'yes'}",
             *_oltp.rtt_fields(proxy),
@@ -310,6 +399,11 @@ def main() -> int:
         for db, poller in pollers.items():
             if not poller.wait_for(final, 600):
                 print(f"  {db}: the final probe is not there 600 s after the load ended")
+        if args.probes_json:
+            args.probes_json.write_text(json.dumps({
+                "committed": writer.committed, "counted": [counted.start, counted.stop],
+                **{db: poller.seen for db, poller in pollers.items()},
+            }))
         diff = _oltp.differences(
             src, dst, DESTINATIONS, skip=("pgbench_history",) if args.without_history else ()
         )

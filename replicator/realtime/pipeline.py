@@ -473,8 +473,20 @@ def _members(plan: SlotPlan) -> list[Member]:
 
 
 def current_wal_lsn(job: Job) -> Lsn:
+    """Where ``run --once`` stops: the end of the source's WAL now, every commit that has returned
+    included, and durable, so that a walsender (which sends only flushed WAL) gets there at once.
+
+    The *insert* position, not ``pg_current_wal_lsn()`` (the write position): with
+    ``synchronous_commit = off`` a transaction whose commit has returned can sit in the WAL
+    buffers, past the write position, until the WAL writer's next round. The transaction that
+    follows (an xid and a commit flushed locally, nothing else) flushes everything before it: without
+    it the stream would wait for the WAL writer, or, for a last record that is not a commit, until
+    someone writes more WAL."""
     with connect(job.source.value, "source", APP, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        with conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit = local")  # flushed here; no standby waited for
+            conn.execute("SELECT pg_catalog.txid_current()")
     assert row is not None
     return Lsn.parse(row[0])
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from replicator.localpg import LocalCluster, start_cluster
 from replicator.realtime.runner import _collector_for_streaming
+from tests.conftest import Database, _fresh_db
 from tests.realtime.conftest import Env
 from tests.support import spawn_cli
 
@@ -86,3 +91,49 @@ def test_a_clean_restart_finds_the_slot_at_the_checkpoint_and_does_not_warn(pg_e
     assert again.returncode == 0, err
     assert "another consumer" not in err and "not in the destination" not in err, err
     assert pg_env.dest.fetchone("SELECT count(*) FROM t") == 1  # realtime alone: only what streamed
+
+
+
+@pytest.fixture
+def lazy_wal_source(cluster_root: Path) -> Iterator[LocalCluster]:
+    """A source whose commits sit in the WAL buffers for seconds: asynchronous commits and a WAL
+    writer that wakes every 3 s (a `synchronous_commit = off` source keeps them there for up to
+    wal_writer_delay)."""
+    cluster = start_cluster(
+        cluster_root / f"lazy_wal_{os.getpid()}",
+        settings={"synchronous_commit": "off", "wal_writer_delay": "3s"},
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_once_brings_a_commit_that_is_still_in_the_wal_buffers(
+    lazy_wal_source: LocalCluster, dest_db: Database, tmp_path: Path
+) -> None:
+    """`run --once` goes on to the end of the WAL *inserted* when it starts: a transaction whose
+    commit returned is replicated, even while it is only in the source's WAL buffers (past
+    pg_current_wal_lsn(), the write position, where --once used to stop)."""
+    source = _fresh_db(lazy_wal_source, "src")
+    env = Env(source, dest_db, tmp_path, slot="lazy_slot",
+              extractor_text="realtime:\n  heartbeat:\n    enable: false\n")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    assert env.run("full", "--once") == 0
+    unwritten = "SELECT pg_current_wal_lsn() < pg_current_wal_insert_lsn()"
+    with source.connect() as conn:
+        for attempt in range(1, 6):
+            # Just after a round of the WAL writer (it has written everything), so that its next
+            # round comes seconds later, after the run below has started.
+            conn.execute("INSERT INTO t VALUES (%s)", (-attempt,))
+            deadline = time.monotonic() + 15
+            while conn.execute(unwritten).fetchone()[0]:  # type: ignore[index]
+                assert time.monotonic() < deadline, "the WAL writer never wrote"
+                time.sleep(0.005)
+            conn.execute("INSERT INTO t VALUES (%s)", (attempt,))
+            if conn.execute(unwritten).fetchone()[0]:  # type: ignore[index]
+                break  # committed, and only in the WAL buffers
+        else:
+            pytest.fail("every commit was written out at once: the WAL writer does not wait")
+    assert env.run("realtime", "--once") == 0
+    assert dest_db.fetchone("SELECT max(id) FROM t") == attempt

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -193,8 +193,29 @@ def _rows_sql(
     )
 
 
-def _arrays(columns: Sequence[tuple[int, str]], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    return [[row[i] for row in rows] for i, _ in columns]
+def _arrays(columns: Sequence[tuple[int, str]], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """One ``text[]`` literal per column. Built here rather than passed as lists: psycopg formats
+    a list element by element in Python (about 2 ms for a 140-transaction pgbench commit, before
+    anything is sent); this is a few joins and one scan for characters that need escaping."""
+    return [text_array([row[i] for row in rows]) for i, _ in columns]
+
+
+def text_array(values: Sequence[str | None]) -> str:
+    """A PostgreSQL array literal of text values, ``None`` as NULL: every element double-quoted
+    (so commas, braces, spaces and the word NULL stay values), backslashes and double quotes
+    escaped only when some value holds one."""
+    if None in values:
+        present = [v for v in values if v is not None]
+        body = ",".join("NULL" if v is None else '"' + v + '"' for v in values)
+    else:
+        present = cast(list[str], values)
+        body = '"' + '","'.join(present) + '"' if present else ""
+    joined = "".join(present)
+    if '"' in joined or "\\" in joined:
+        body = ",".join(
+            "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values
+        )
+    return "{" + body + "}"
 
 
 def _insert_rows(table: DestTable, columns: Sequence[tuple[int, str]], types: dict[str, str]) -> sql.Composed:

@@ -399,3 +399,22 @@ def test_a_domain_with_a_length_does_not_cut_a_value_too_long_for_it(
         with pytest.raises(psycopg.errors.CheckViolation):
             d.commit()
         d.writer.rollback()
+
+
+def test_text_array_literals_bring_every_value_back_as_it_was(dest_db: Database) -> None:
+    """Rows travel as text[] literals built by pipelined.text_array: hostile values (quotes,
+    backslashes, braces, commas, spaces, the word NULL, empty strings, newlines, non-ASCII) come
+    back unchanged, and None as NULL, with and without escaping and NULLs in the same array."""
+    hostile = ['a"b', "back\\slash", "{brace}", "co,ma", " spaced ", "NULL", "", "line\nbreak", "tab\tx",
+               "é€😀", '\\"', "\\x00ff", "}", '"']
+    plain = ["1", "two", "three words", "NULL", "", "{}", "a,b"]
+    cases = [hostile, [*hostile, None], plain, [None, *plain, None], [None], ["only"], [None, None]]
+    rng = random.Random(7)
+    for _ in range(200):
+        pool = hostile + plain + [None]
+        cases.append([rng.choice(pool) for _ in range(rng.randint(1, 12))])
+    with dest_db.connect() as conn:
+        for values in cases:
+            literal = pipelined.text_array(values)
+            got = conn.execute("SELECT %s::text[]", (literal,)).fetchone()[0]  # type: ignore[index]
+            assert got == values, literal
