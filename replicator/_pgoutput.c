@@ -196,9 +196,6 @@ row_message(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-/* Set by configure(): the change model's types and markers. */
-static PyTypeObject *change_type, *lsn_type, *begin_type, *commit_type;
-static PyObject *op_insert, *op_update, *op_delete, *unchanged_toast;
 /* configure(Change, Lsn, insert, update, delete, UNCHANGED_TOAST, Begin, Commit) */
 static PyObject *
 configure(PyObject *self, PyObject *args)
@@ -207,64 +204,9 @@ configure(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!OOOOO!O!:configure", &PyType_Type, &change, &PyType_Type, &lsn, &ins, &upd,
                           &del, &toast, &PyType_Type, &begin, &PyType_Type, &commit))
         return NULL;
-    if (!PyType_IsSubtype((PyTypeObject *)lsn, &PyLong_Type)) {
-        PyErr_SetString(PyExc_TypeError, "configure: Lsn must be an int subclass");
+    if (configure_events(change, lsn, ins, upd, del, toast, begin, commit) < 0) /* _events.h */
         return NULL;
-    }
-    PyMemberDef *found[N_FIELDS], *found_begin[N_BEGIN], *found_commit[N_COMMIT];
-    if (find_slots(change, "Change", field_names, N_FIELDS, found) < 0
-        || find_slots(begin, "Begin", begin_names, N_BEGIN, found_begin) < 0
-        || find_slots(commit, "Commit", commit_names, N_COMMIT, found_commit) < 0)
-        return NULL;
-    for (int i = 0; i < N_FIELDS; i++)
-        fields[i] = found[i];
-    for (int i = 0; i < N_BEGIN; i++)
-        begin_fields[i] = found_begin[i];
-    for (int i = 0; i < N_COMMIT; i++)
-        commit_fields[i] = found_commit[i];
-    Py_XSETREF(begin_type, (PyTypeObject *)Py_NewRef(begin));
-    Py_XSETREF(commit_type, (PyTypeObject *)Py_NewRef(commit));
-    Py_XSETREF(change_type, (PyTypeObject *)Py_NewRef(change));
-    Py_XSETREF(lsn_type, (PyTypeObject *)Py_NewRef(lsn));
-    Py_XSETREF(op_insert, Py_NewRef(ins));
-    Py_XSETREF(op_update, Py_NewRef(upd));
-    Py_XSETREF(op_delete, Py_NewRef(del));
-    Py_XSETREF(unchanged_toast, Py_NewRef(toast));
     Py_RETURN_NONE;
-}
-
-/* An Lsn (an int subclass) holding v: int.__new__(Lsn, v), without Lsn.__new__'s range check. */
-static PyObject *
-make_lsn(unsigned long long v)
-{
-    PyObject *n = PyLong_FromUnsignedLongLong(v);
-    if (n == NULL)
-        return NULL;
-    PyObject *args = PyTuple_Pack(1, n);
-    Py_DECREF(n);
-    if (args == NULL)
-        return NULL;
-    PyObject *lsn = PyLong_Type.tp_new(lsn_type, args, NULL);
-    Py_DECREF(args);
-    return lsn;
-}
-
-/* An event of type, built as its dataclass __init__ would: object.__new__ plus one assignment per
- * slot (frozen dataclasses check only in __setattr__, which this does not go through). New
- * reference, or NULL with an error set. */
-static PyObject *
-build(PyTypeObject *type, PyMemberDef **slots, PyObject **values, int n)
-{
-    PyObject *event = type->tp_alloc(type, 0);
-    if (event == NULL)
-        return NULL;
-    for (int i = 0; i < n; i++) {
-        if (PyMember_SetOne((char *)event, slots[i], values[i]) < 0) {
-            Py_DECREF(event);
-            return NULL;
-        }
-    }
-    return event;
 }
 
 /* A Change of relation rel: the one place row_change() and pump() make their events. */

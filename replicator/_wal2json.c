@@ -665,8 +665,7 @@ lsn_of(const Span *span, int kind, uint64_t *v)
 
 /* -- the change model (configure) ------------------------------------------------------------- */
 
-static PyTypeObject *change_type, *lsn_type, *begin_type, *commit_type;
-static PyObject *op_insert, *op_update, *op_delete, *unchanged_toast, *fromisoformat;
+static PyObject *fromisoformat; /* beside _events.h's types and markers, set by configure() */
 static PyObject *str_t, *str_f, *str_bytea_prefix;
 static PyObject *attr_xid, *attr_time, *attr_begin, *attr_in_txn, *attr_truncate, *attr_shapes, *attr_shape_fn;
 /* configure(Change, Lsn, insert, update, delete, UNCHANGED_TOAST, Begin, Commit, fromisoformat) */
@@ -677,61 +676,10 @@ configure(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!OOOOO!O!O:configure", &PyType_Type, &change, &PyType_Type, &lsn, &ins, &upd,
                           &del, &toast, &PyType_Type, &begin, &PyType_Type, &commit, &iso))
         return NULL;
-    if (!PyType_IsSubtype((PyTypeObject *)lsn, &PyLong_Type)) {
-        PyErr_SetString(PyExc_TypeError, "configure: Lsn must be an int subclass");
+    if (configure_events(change, lsn, ins, upd, del, toast, begin, commit) < 0) /* _events.h */
         return NULL;
-    }
-    PyMemberDef *found[N_FIELDS], *found_begin[N_BEGIN], *found_commit[N_COMMIT];
-    if (find_slots(change, "Change", field_names, N_FIELDS, found) < 0
-        || find_slots(begin, "Begin", begin_names, N_BEGIN, found_begin) < 0
-        || find_slots(commit, "Commit", commit_names, N_COMMIT, found_commit) < 0)
-        return NULL;
-    for (int i = 0; i < N_FIELDS; i++)
-        fields[i] = found[i];
-    for (int i = 0; i < N_BEGIN; i++)
-        begin_fields[i] = found_begin[i];
-    for (int i = 0; i < N_COMMIT; i++)
-        commit_fields[i] = found_commit[i];
-    Py_XSETREF(change_type, (PyTypeObject *)Py_NewRef(change));
-    Py_XSETREF(lsn_type, (PyTypeObject *)Py_NewRef(lsn));
-    Py_XSETREF(begin_type, (PyTypeObject *)Py_NewRef(begin));
-    Py_XSETREF(commit_type, (PyTypeObject *)Py_NewRef(commit));
-    Py_XSETREF(op_insert, Py_NewRef(ins));
-    Py_XSETREF(op_update, Py_NewRef(upd));
-    Py_XSETREF(op_delete, Py_NewRef(del));
-    Py_XSETREF(unchanged_toast, Py_NewRef(toast));
     Py_XSETREF(fromisoformat, Py_NewRef(iso));
     Py_RETURN_NONE;
-}
-
-static PyObject *
-make_lsn(uint64_t v)
-{
-    PyObject *n = PyLong_FromUnsignedLongLong(v);
-    if (n == NULL)
-        return NULL;
-    PyObject *args = PyTuple_Pack(1, n);
-    Py_DECREF(n);
-    if (args == NULL)
-        return NULL;
-    PyObject *lsn = PyLong_Type.tp_new(lsn_type, args, NULL);
-    Py_DECREF(args);
-    return lsn;
-}
-
-static PyObject *
-build(PyTypeObject *type, PyMemberDef **slots, PyObject **values, int n)
-{
-    PyObject *event = type->tp_alloc(type, 0);
-    if (event == NULL)
-        return NULL;
-    for (int i = 0; i < n; i++) {
-        if (PyMember_SetOne((char *)event, slots[i], values[i]) < 0) {
-            Py_DECREF(event);
-            return NULL;
-        }
-    }
-    return event;
 }
 
 /* -- the decoder's state ---------------------------------------------------------------------- */
