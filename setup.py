@@ -24,31 +24,21 @@ STRICT = os.environ.get("REPLICATOR_WERROR", "") not in ("", "0")
 if STRICT:
     CFLAGS.append("-Werror")
 
-relay = Extension(
-    "replicator._relay",
-    sources=["replicator/_relay.c"],
-    depends=["replicator/_libpq_bind.h"],
-    libraries=["dl"],
-    extra_compile_args=CFLAGS,
-    optional=not STRICT,
-)
 
-pgoutput = Extension(
-    "replicator._pgoutput",
-    sources=["replicator/_pgoutput.c"],
-    depends=["replicator/_libpq_bind.h", "replicator/_events.h", "replicator/_pump.h"],
-    libraries=["dl"],
-    extra_compile_args=CFLAGS,
-    optional=not STRICT,
-)
+def extension(name: str, *headers: str) -> Extension:
+    """replicator.<name> from replicator/<name>.c, rebuilt when one of its headers changes."""
+    return Extension(
+        f"replicator.{name}",
+        sources=[f"replicator/{name}.c"],
+        depends=[f"replicator/{h}" for h in headers],
+        libraries=["dl"],
+        extra_compile_args=CFLAGS,
+        optional=not STRICT,
+    )
 
-wal2json = Extension(
-    "replicator._wal2json",
-    sources=["replicator/_wal2json.c"],
-    depends=["replicator/_libpq_bind.h", "replicator/_events.h", "replicator/_pump.h"],
-    libraries=["dl"],
-    extra_compile_args=CFLAGS,
-    optional=not STRICT,
-)
+
+relay = extension("_relay", "_libpq_bind.h")
+pgoutput = extension("_pgoutput", "_libpq_bind.h", "_events.h", "_pump.h")
+wal2json = extension("_wal2json", "_libpq_bind.h", "_events.h", "_pump.h")
 
 setup(ext_modules=[relay, pgoutput, wal2json] if sys.platform.startswith("linux") else [])
