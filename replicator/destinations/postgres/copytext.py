@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from replicator.decoding.changes import Value
 from replicator.decoding.fold import Folded, Prepared, TableBatch, Upsert
-from replicator.destinations.postgres.pipelined import MAX_ROWS
+from replicator.destinations.postgres.pipelined import MAX_ROWS, text_array
 
 # COPY text format: backslash, and the characters that would end a field or a row.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -130,14 +130,8 @@ def _copy_line(row: Sequence[str | None]) -> str:
 
 
 def array_literal(values: Sequence[Value]) -> str | None:
-    """A PostgreSQL array literal of text-format values (None if one is NULL: stage those instead).
-
-    Every element is double-quoted; backslashes and double quotes are escaped only if the
-    values hold any (one scan of them all, in C)."""
+    """A PostgreSQL array literal of text-format values (None if one is NULL: stage those instead),
+    as ``pipelined.text_array`` writes it."""
     if None in values:
         return None
-    items = cast(Sequence[str], values)  # key values: never UNCHANGED_TOAST in a delete
-    joined = "".join(items)
-    if '"' in joined or "\\" in joined:
-        items = [v.replace("\\", "\\\\").replace('"', '\\"') for v in items]
-    return '{"' + '","'.join(items) + '"}'
+    return text_array(cast(Sequence[str], values))  # key values: never UNCHANGED_TOAST in a delete
