@@ -51,7 +51,6 @@ from replicator.delta.walk import SPOOL_MEMORY, GoneKeys
 from replicator.destinations.base import DestinationSession, DestTable
 from replicator.keybuckets import SEQUENTIAL_HASHED, Buckets, Selection, Summary
 from replicator.keyorder import KeyOrder
-from replicator.relay import PgCopyOut
 from replicator.snapshot.plan import select_sql
 
 log = logging.getLogger(__name__)
@@ -172,38 +171,18 @@ def find_gone(
         f"{len(differing.buckets):,}", f"{len(decoded):,}", f"{len(left.buckets):,}", f"{left_keys:,}",
         ": walking every key instead" if walk_all else "",
     )  # fmt: skip
+    if walk_all:
+        return walk.find_gone(src, dst, t, target, order, key_kinds)
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
     size = _BINARY_SIZE[order.columns[0].type_oid]
-    if not walk_all:
-        for key_value in decoded.values():
-            spool.write(struct.pack(">hi", 1, size) + key_value.to_bytes(size, "big", signed=True))
-        if not left.buckets:
-            return GoneKeys(spool, keywalk.WalkResult(source_keys, destination_keys, len(decoded), 0))
+    for key_value in decoded.values():
+        spool.write(struct.pack(">hi", 1, size) + key_value.to_bytes(size, "big", signed=True))
+    if not left.buckets:
+        return GoneKeys(spool, keywalk.WalkResult(source_keys, destination_keys, len(decoded), 0))
     (name,) = order.names
     key = sql.Identifier(name)
-    query: sql.Composable
-    only: Selection | None = None if walk_all else left
-    if only is None:
-        query = sql.SQL("{} ORDER BY {}").format(select_sql(t.st, [key]), order.order_by())
-    else:
-        query = only.keys(select_sql(t.st, [key], [only.in_bucket(key)]), key, name)
-    copy_out = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(query)
-
-    def on_gone(data: bytes) -> None:
-        spool.write(data)
-
-    try:
-        walked = keywalk.walk(
-            PgCopyOut(src, copy_out.as_string(None).encode(), "source"),
-            dst.live_keys(target, order, only),
-            key_kinds,
-            on_gone,
-        )
-    except BaseException:
-        spool.close()
-        raise
-    if walk_all:
-        return GoneKeys(spool, walked)
+    query = left.keys(select_sql(t.st, [key], [left.in_bucket(key)]), key, name)
+    walked = walk.walk_keys(src, dst, target, order, key_kinds, query, left, spool).walked
     # The counts of the whole table: the deletes choose how to find the keys by the table's size.
     result = keywalk.WalkResult(source_keys, destination_keys, walked.gone + len(decoded), walked.missing)
     return GoneKeys(spool, result)

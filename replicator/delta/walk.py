@@ -42,6 +42,7 @@ from replicator import keywalk
 from replicator.delta.tables import DeltaTable
 from replicator.destinations.base import DestinationSession, DestTable
 from replicator.errors import DestinationError
+from replicator.keybuckets import Selection
 from replicator.keyorder import KeyOrder
 from replicator.relay import BUFFER_BYTES, CopySink, PgCopyOut, RelayResult
 from replicator.snapshot.plan import select_sql
@@ -98,25 +99,40 @@ def find_gone(
 ) -> GoneKeys:
     """Walk both key sets (``src`` reads in the pass's snapshot; ``dst`` must be idle)."""
     keys = [sql.Identifier(k) for k in order.names]
-    query = sql.SQL("COPY ({} ORDER BY {}) TO STDOUT (FORMAT binary)").format(
-        select_sql(t.st, keys), order.order_by()
-    )
-    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)
+    query = sql.SQL("{} ORDER BY {}").format(select_sql(t.st, keys), order.order_by())
+    return walk_keys(src, dst, target, order, key_kinds, query)
+
+
+def walk_keys(
+    src: psycopg.Connection[Any],
+    dst: DestinationSession,
+    target: DestTable,
+    order: KeyOrder,
+    key_kinds: str,
+    source_keys: sql.Composable,
+    only: Selection | None = None,
+    spool: IO[bytes] | None = None,
+) -> GoneKeys:
+    """Walk the source's keys (``source_keys``: a query of them in ``order``'s order) against the
+    destination's live keys (those in ``only``'s buckets, or all), the gone ones written to
+    ``spool`` (after what it holds already; a new one if None)."""
+    query = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(source_keys)
+    out: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) if spool is None else spool
 
     def on_gone(data: bytes) -> None:
-        spool.write(data)
+        out.write(data)
 
     try:
         walked = keywalk.walk(
             PgCopyOut(src, query.as_string(None).encode(), "source"),
-            dst.live_keys(target, order),
+            dst.live_keys(target, order, only),
             key_kinds,
             on_gone,
         )
     except BaseException:
-        spool.close()
+        out.close()
         raise
-    return GoneKeys(spool, walked)
+    return GoneKeys(out, walked)
 
 
 def remove_gone(
