@@ -14,7 +14,7 @@ Every metric, what it means and what to alarm on: docs/operations.md.
 
 ``prometheus_client`` is imported when a registry is first made (``serve``, or a snapshot or
 delta pass recording): a realtime run without ``--metrics-port`` never imports it (``track_slot``
-only notes the slot), which keeps it out of every start-up (tests/test_imports.py).
+only notes the slot), which keeps it out of every start-up (tests/test_cli_imports.py).
 """
 
 from __future__ import annotations
